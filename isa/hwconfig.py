@@ -1,0 +1,165 @@
+"""The machine description: one TOML hardware config, validated on load.
+
+The compiler (buffer fit, tiling) and the simulator (cycles, energy) both read this object; nothing
+about the machine's sizes, speeds or energies is written anywhere else. Presets live in
+`isa/presets/*.toml`; `load_hw("sata")` takes a preset by name, anything else is a path.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .table import ON_CHIP
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class HwConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """An on-chip SRAM: size, access width, energy per access (pJ) and leakage (mW)."""
+
+    kib: float
+    access_bytes: int
+    read_pj: float
+    write_pj: float
+    leakage_mw: float
+
+    @property
+    def bytes(self) -> int:
+        return int(self.kib * 1024)
+
+
+@dataclass(frozen=True)
+class HwConfig:
+    name: str
+    description: str
+    frequency_mhz: float
+    pe_rows: int
+    pe_cols: int
+    neuron_lanes: int
+    vector_lanes: int
+    dram_bytes_per_cycle: int
+    dram_latency_cycles: int
+    dram_access_bytes: int
+    dram_pj_per_access: float
+    buffers: dict[str, Buffer]
+    energy_pj: dict[str, float]
+
+    @property
+    def pes(self) -> int:
+        return self.pe_rows * self.pe_cols
+
+    def to_json(self) -> str:
+        """Canonical text: the same config always gives the same bytes (it goes into prog.bin)."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @classmethod
+    def from_json(cls, text: str) -> "HwConfig":
+        raw = json.loads(text)
+        raw["buffers"] = {k: Buffer(**v) for k, v in raw["buffers"].items()}
+        return _validated(cls(**raw), "prog.bin hardware config")
+
+
+#: Actions whose energy every config must give (pJ per action); the simulator counts each of them.
+ENERGY_ACTIONS = {
+    "spike_add": "add of an 8-bit weight into an accumulator, triggered by one input spike",
+    "mac": "multiply-accumulate of a multi-bit input and an 8-bit weight",
+    "neuron_update": "one neuron's charge (add), compare against theta and state write-back in the neuron unit",
+    "decay_shift": "membrane decay by a shift",
+    "decay_mult": "membrane decay by a 16-bit multiply",
+    "vector_op": "one element of a vector-unit add, max or fill",
+}
+
+_SCHEMA = {
+    "name": str, "description": str,
+    "array": {"rows": int, "cols": int, "frequency_mhz": float},
+    "neuron_unit": {"lanes": int},
+    "vector_unit": {"lanes": int},
+    "dram": {"bytes_per_cycle": int, "latency_cycles": int, "access_bytes": int, "pj_per_access": float},
+    "energy_pj": {k: float for k in ENERGY_ACTIONS},
+}
+_BUFFER_SCHEMA = {"kib": float, "access_bytes": int, "read_pj": float, "write_pj": float, "leakage_mw": float}
+
+
+def _check(section: dict, schema: dict, where: str) -> None:
+    for key in section:
+        if key not in schema:
+            raise HwConfigError(f"{where}: unknown key {key!r} (known: {', '.join(schema)})")
+    for key, kind in schema.items():
+        if key not in section:
+            raise HwConfigError(f"{where}: missing key {key!r}")
+        value = section[key]
+        if isinstance(kind, dict):
+            if not isinstance(value, dict):
+                raise HwConfigError(f"{where}: [{key}] must be a table")
+            _check(value, kind, f"{where} [{key}]")
+        elif kind is float:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise HwConfigError(f"{where}: {key} must be a number, got {value!r}")
+            if value < 0:
+                raise HwConfigError(f"{where}: {key} must not be negative, got {value}")
+        elif kind is int:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise HwConfigError(f"{where}: {key} must be a positive integer, got {value!r}")
+        elif not isinstance(value, kind):
+            raise HwConfigError(f"{where}: {key} must be a {kind.__name__}")
+
+
+def _validated(hw: HwConfig, where: str) -> HwConfig:
+    if set(hw.buffers) != set(ON_CHIP):
+        raise HwConfigError(f"{where}: [buffers] must define exactly {', '.join(ON_CHIP)}; got {', '.join(hw.buffers)}")
+    for name, buf in hw.buffers.items():
+        if buf.bytes < 64:
+            raise HwConfigError(f"{where}: buffer {name} of {buf.bytes} bytes is too small for any tile")
+    return hw
+
+
+def parse_hw(text: str, where: str) -> HwConfig:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise HwConfigError(f"{where}: not valid TOML: {e}") from None
+    buffers = raw.pop("buffers", None)
+    if not isinstance(buffers, dict):
+        raise HwConfigError(f"{where}: missing [buffers]")
+    _check(raw, _SCHEMA, where)
+    for name, buf in buffers.items():
+        _check(buf, _BUFFER_SCHEMA, f"{where} [buffers.{name}]")
+    hw = HwConfig(
+        name=raw["name"], description=raw["description"],
+        frequency_mhz=float(raw["array"]["frequency_mhz"]),
+        pe_rows=raw["array"]["rows"], pe_cols=raw["array"]["cols"],
+        neuron_lanes=raw["neuron_unit"]["lanes"], vector_lanes=raw["vector_unit"]["lanes"],
+        dram_bytes_per_cycle=raw["dram"]["bytes_per_cycle"],
+        dram_latency_cycles=raw["dram"]["latency_cycles"],
+        dram_access_bytes=raw["dram"]["access_bytes"],
+        dram_pj_per_access=float(raw["dram"]["pj_per_access"]),
+        buffers={k: Buffer(**{f: (float(v) if _BUFFER_SCHEMA[f] is float else v) for f, v in b.items()})
+                 for k, b in sorted(buffers.items())},
+        energy_pj={k: float(v) for k, v in raw["energy_pj"].items()},
+    )
+    return _validated(hw, where)
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load_hw(preset_or_path: str) -> HwConfig:
+    path = PRESET_DIR / f"{preset_or_path}.toml"
+    if not path.is_file():
+        path = Path(preset_or_path)
+        if not path.is_file():
+            raise HwConfigError(f"no hardware preset or file {preset_or_path!r} (presets: {', '.join(presets())})")
+    return parse_hw(path.read_text(), str(path.name))

@@ -1,0 +1,136 @@
+"""prog.bin: a versioned, self-describing, checksummed program container.
+
+Layout (all integers little-endian):
+
+    header   magic b"TTCPROG\\0" | format u16 | isa u16 | section count u16 | reserved u16 (0)
+    table    per section: name (8 bytes, NUL-padded ASCII) | offset u64 | length u64 | crc32 u32 | 0 u32
+    sections meta (canonical JSON), hw (canonical JSON hardware config), code (32-byte words),
+             data (the initial DRAM image, from address 0)
+    trailer  SHA-256 of every byte before it
+
+The same program always gives the same bytes: JSON is written with sorted keys and no timestamps.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .encoding import EncodingError, Instr, decode_all, encode_all
+from .hwconfig import HwConfig, HwConfigError
+from .table import ISA_VERSION
+
+MAGIC = b"TTCPROG\0"
+FORMAT_VERSION = 1
+SECTIONS = ("meta", "hw", "code", "data")
+_HEADER = struct.Struct("<8sHHHH")
+_ENTRY = struct.Struct("<8sQQII")
+_DIGEST = 32
+
+
+class ProgramError(ValueError):
+    """A prog.bin that cannot be used; the message says what is wrong with it."""
+
+
+@dataclass
+class Program:
+    code: list[Instr]
+    data: bytes
+    meta: dict
+    hw: HwConfig
+
+    def meta_json(self) -> str:
+        return json.dumps(self.meta, sort_keys=True, separators=(",", ":"))
+
+    def to_bytes(self) -> bytes:
+        bodies = {
+            "meta": self.meta_json().encode(),
+            "hw": self.hw.to_json().encode(),
+            "code": encode_all(self.code),
+            "data": bytes(self.data),
+        }
+        offset = _HEADER.size + _ENTRY.size * len(SECTIONS)
+        table, payload = b"", b""
+        for name in SECTIONS:
+            body = bodies[name]
+            table += _ENTRY.pack(name.encode(), offset, len(body), zlib.crc32(body), 0)
+            payload += body
+            offset += len(body)
+        blob = _HEADER.pack(MAGIC, FORMAT_VERSION, ISA_VERSION, len(SECTIONS), 0) + table + payload
+        return blob + hashlib.sha256(blob).digest()
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically: a reader never sees a half-written file."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(self.to_bytes())
+        tmp.replace(path)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, where: str = "prog.bin") -> "Program":
+        if len(blob) < _HEADER.size + _DIGEST:
+            raise ProgramError(f"{where}: truncated ({len(blob)} bytes is shorter than any program)")
+        magic, fmt, isa, count, _ = _HEADER.unpack_from(blob)
+        if magic != MAGIC:
+            raise ProgramError(f"{where}: not a ttc program (bad magic {magic!r})")
+        if fmt != FORMAT_VERSION:
+            raise ProgramError(f"{where}: format version {fmt}, this ttc reads version {FORMAT_VERSION}")
+        if isa != ISA_VERSION:
+            raise ProgramError(f"{where}: compiled for ISA version {isa}, this ttc implements version {ISA_VERSION}")
+        if count != len(SECTIONS):
+            raise ProgramError(f"{where}: {count} sections, expected {len(SECTIONS)}")
+        end = _HEADER.size + _ENTRY.size * count
+        bodies = {}
+        for i in range(count):
+            raw_name, offset, length, crc, _ = _ENTRY.unpack_from(blob, _HEADER.size + _ENTRY.size * i)
+            name = raw_name.rstrip(b"\0").decode("ascii", "replace")
+            if name != SECTIONS[i]:
+                raise ProgramError(f"{where}: section {i} is {name!r}, expected {SECTIONS[i]!r}")
+            if offset != end or offset + length > len(blob) - _DIGEST:
+                raise ProgramError(f"{where}: truncated or malformed (section {name!r} runs past the end of the file)")
+            body = blob[offset:offset + length]
+            if zlib.crc32(body) != crc:
+                raise ProgramError(f"{where}: section {name!r} is corrupted (CRC mismatch)")
+            bodies[name] = body
+            end = offset + length
+        if len(blob) != end + _DIGEST:
+            raise ProgramError(f"{where}: {len(blob) - end - _DIGEST:+d} bytes after the last section (truncated or padded)")
+        if hashlib.sha256(blob[:end]).digest() != blob[end:]:
+            raise ProgramError(f"{where}: checksum mismatch (the file is corrupted)")
+        try:
+            meta = json.loads(bodies["meta"])
+            hw = HwConfig.from_json(bodies["hw"].decode())
+            code = decode_all(bodies["code"])
+        except (ValueError, TypeError, HwConfigError, EncodingError) as e:
+            raise ProgramError(f"{where}: {e}") from None
+        prog = cls(code=code, data=bodies["data"], meta=meta, hw=hw)
+        validate(prog, where)
+        return prog
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Program":
+        path = Path(path)
+        if not path.is_file():
+            raise ProgramError(f"{path}: no such file")
+        return cls.from_bytes(path.read_bytes(), str(path))
+
+
+_META_KEYS = {"ttc_version", "dram_bytes", "inputs", "outputs", "layers", "options", "source"}
+
+
+def validate(prog: Program, where: str) -> None:
+    """Check what the container cannot: the metadata's shape and that code and data fit."""
+    missing = _META_KEYS - set(prog.meta)
+    if missing:
+        raise ProgramError(f"{where}: metadata lacks {', '.join(sorted(missing))}")
+    if not prog.code or prog.code[-1].op != "halt":
+        raise ProgramError(f"{where}: code does not end with halt")
+    dram = prog.meta["dram_bytes"]
+    if len(prog.data) > dram:
+        raise ProgramError(f"{where}: data image of {len(prog.data)} bytes exceeds DRAM size {dram}")
+    for io in prog.meta["inputs"] + prog.meta["outputs"]:
+        if io["addr"] + io["bytes"] > dram:
+            raise ProgramError(f"{where}: {io['name']} at {io['addr']:#x}+{io['bytes']} lies outside DRAM")
