@@ -1,0 +1,482 @@
+"""ttc's IR: a dataflow graph of typed ops on per-sample tensors.
+
+Values are per sample: the batch axis never appears (a batch runs in lock-step). A value is either a
+time series `seqT<dtype[shape]>` (T per-step tensors, SpikingJelly's multi-step convention without the
+batch axis) or a static tensor `dtype[shape]`. Element types: `f32` (float model), `spike` (0/1),
+`fixB.F` (a B-bit two's-complement integer q standing for q * 2^-F).
+
+Every op is a dataclass that validates its operands and infers its result type (`infer`); the math
+is in each docstring. `Graph.verify` runs between passes. Text form: `ttc.compiler.ir_text`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
+
+import numpy as np
+
+
+class IRError(ValueError):
+    """An IR that breaks a rule; the message names the op and its source path."""
+
+
+# ----------------------------------------------------------------------------------------- types
+
+@dataclass(frozen=True)
+class DType:
+    kind: str  # 'f32' | 'spike' | 'fix'
+    bits: int = 0
+    frac: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ("f32", "spike", "fix"):
+            raise IRError(f"unknown element type {self.kind!r}")
+        if self.kind == "fix" and self.bits not in (8, 16, 32):
+            raise IRError(f"fixed-point values are 8, 16 or 32 bits wide, not {self.bits}")
+
+    def __str__(self):
+        return f"fix{self.bits}.{self.frac}" if self.kind == "fix" else self.kind
+
+
+F32 = DType("f32")
+SPIKE = DType("spike")
+
+
+def fix(bits: int, frac: int) -> DType:
+    return DType("fix", bits, frac)
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: DType
+    shape: tuple[int, ...]
+    time: int | None = None  # number of time steps; None for a static tensor
+
+    def __post_init__(self):
+        if any(d <= 0 for d in self.shape) or (self.time is not None and self.time <= 0):
+            raise IRError(f"non-positive dimension in {self}")
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def with_(self, **changes) -> "TensorType":
+        return TensorType(**{"dtype": self.dtype, "shape": self.shape, "time": self.time, **changes})
+
+    def __str__(self):
+        inner = f"{self.dtype}[{','.join(map(str, self.shape))}]"
+        return inner if self.time is None else f"seq{self.time}<{inner}>"
+
+
+# ------------------------------------------------------------------------------------------- ops
+
+OPS: dict[str, type["Op"]] = {}
+
+
+@dataclass(eq=False, kw_only=True)
+class Op:
+    """Base of all ops: `name` is the SSA value it defines, `inputs` the values it reads, `path` the
+    qualified name of the source module (for errors and reports)."""
+
+    name: str
+    inputs: tuple[str, ...] = ()
+    type: TensorType | None = None
+    path: str = ""
+    dram: int | None = None  # where the value lives in DRAM (set by the allocate pass; None if never stored)
+
+    opname: ClassVar[str] = ""
+    arity: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.opname:
+            OPS[cls.opname] = cls
+
+    def attrs(self) -> dict:
+        skip = {"name", "inputs", "type", "path"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+    def where(self) -> str:
+        return f"%{self.name} ({self.opname}{', from ' + repr(self.path) if self.path else ''})"
+
+    def fail(self, msg: str):
+        raise IRError(f"{self.where()}: {msg}")
+
+    def infer(self, ins: list[TensorType]) -> TensorType:
+        raise NotImplementedError(type(self).__name__)  # every concrete op overrides this
+
+    def seq_input(self, t: TensorType) -> TensorType:
+        if t.time is None:
+            self.fail(f"needs a time series, got a static {t}")
+        return t
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _conv_out(n: int, k: int, s: int, p: int) -> int:
+    return (n + 2 * p - k) // s + 1
+
+
+def _accumulator(op: Op, x: TensorType, weight: np.ndarray, weight_frac: int | None) -> DType:
+    """Result type of a conv or linear: float in, float out; integers in, a 32-bit accumulator with
+    the input's and the weight's fractional bits."""
+    if weight_frac is None:
+        if weight.dtype != np.float32:
+            op.fail("float weights must be f32 (or give weight_frac for integer weights)")
+        if x.dtype.kind == "fix":
+            op.fail("float weights applied to a fixed-point input")
+        return F32
+    if weight.dtype != np.int8:
+        op.fail("quantized weights must be i8")
+    if x.dtype.kind == "f32":
+        op.fail("integer weights applied to a float input")
+    return fix(32, x.dtype.frac + weight_frac)
+
+
+def _check_bias(op: Op, bias, channels: int, weight_frac) -> None:
+    if bias is None:
+        return
+    if bias.shape != (channels,):
+        op.fail(f"bias of shape {bias.shape}, expected ({channels},)")
+    want = np.float32 if weight_frac is None else np.int32
+    if bias.dtype != want:
+        op.fail(f"bias must be {np.dtype(want).name}")
+
+
+@dataclass(eq=False, kw_only=True)
+class Input(Op):
+    """The model's forward input number `index`: `seqT<f32[...]>` laid out [T, B, ...] or static
+    `f32[...]` laid out [B, ...]. Quantization turns it into `fixB.F`: the runtime feeds
+    q = clamp(round_half_even(x * 2^F), -2^(B-1), 2^(B-1) - 1)."""
+
+    opname: ClassVar[str] = "input"
+    arity: ClassVar[int] = 0
+    index: int = 0
+    declared: TensorType
+
+    def infer(self, ins):
+        if self.declared.dtype.kind == "spike":
+            self.fail("inputs are f32 or fixed point")
+        return self.declared
+
+
+@dataclass(eq=False, kw_only=True)
+class Repeat(Op):
+    """Direct input coding: y[t] = x for t < steps (a static tensor repeated over time)."""
+
+    opname: ClassVar[str] = "repeat"
+    steps: int
+
+    def infer(self, ins):
+        (x,) = ins
+        if x.time is not None:
+            self.fail("input is already a time series")
+        return x.with_(time=self.steps)
+
+
+@dataclass(eq=False, kw_only=True)
+class Conv2d(Op):
+    """y[t,co,i,j] = b[co] + sum_{ci,u,v} w[co,ci,u,v] * x[t,ci,i*sh+u-ph,j*sw+v-pw] (zero padding).
+    Quantized: w is i8 standing for w * 2^-weight_frac, b is i32 in the result's format."""
+
+    opname: ClassVar[str] = "conv2d"
+    weight: np.ndarray
+    bias: np.ndarray | None = None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    weight_frac: int | None = None
+    wdram: int | None = None  # DRAM address of the weights, then the bias (allocate pass)
+    tile: int | None = None  # output channels per tile (allocate pass)
+
+    def infer(self, ins):
+        x = self.seq_input(ins[0])
+        if self.weight.ndim != 4 or len(x.shape) != 3:
+            self.fail(f"expects a [C,H,W] input and [Cout,Cin,kh,kw] weights, got {x} and {self.weight.shape}")
+        cout, cin, kh, kw = self.weight.shape
+        if x.shape[0] != cin:
+            self.fail(f"input has {x.shape[0]} channels, weights expect {cin}")
+        (sh, sw), (ph, pw) = _pair(self.stride), _pair(self.padding)
+        oh, ow = _conv_out(x.shape[1], kh, sh, ph), _conv_out(x.shape[2], kw, sw, pw)
+        if oh <= 0 or ow <= 0:
+            self.fail(f"kernel {kh}x{kw} does not fit input {x.shape[1]}x{x.shape[2]}")
+        _check_bias(self, self.bias, cout, self.weight_frac)
+        return x.with_(dtype=_accumulator(self, x, self.weight, self.weight_frac), shape=(cout, oh, ow))
+
+
+@dataclass(eq=False, kw_only=True)
+class Linear(Op):
+    """y[t,o] = b[o] + sum_i w[o,i] * x[t,i]. Quantized as conv2d."""
+
+    opname: ClassVar[str] = "linear"
+    weight: np.ndarray
+    bias: np.ndarray | None = None
+    weight_frac: int | None = None
+    wdram: int | None = None
+    tile: int | None = None
+
+    def infer(self, ins):
+        x = self.seq_input(ins[0])
+        if self.weight.ndim != 2 or x.shape != (self.weight.shape[1],):
+            self.fail(f"weights {self.weight.shape} do not take an input {x}")
+        _check_bias(self, self.bias, self.weight.shape[0], self.weight_frac)
+        return x.with_(dtype=_accumulator(self, x, self.weight, self.weight_frac), shape=(self.weight.shape[0],))
+
+
+@dataclass(eq=False, kw_only=True)
+class BatchNorm(Op):
+    """y[t,c,...] = (x[t,c,...] - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c] (inference
+    statistics). Folded into the conv or linear before it by the fold-batchnorm pass."""
+
+    opname: ClassVar[str] = "batchnorm"
+    weight: np.ndarray
+    bias: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    eps: float
+
+    def infer(self, ins):
+        x = self.seq_input(ins[0])
+        if x.dtype != F32:
+            self.fail("batchnorm on a quantized value (it must be folded first)")
+        for a in (self.weight, self.bias, self.mean, self.var):
+            if a.shape != (x.shape[0],):
+                self.fail(f"parameters of shape {a.shape} for {x.shape[0]} channels")
+        return x
+
+
+@dataclass(eq=False, kw_only=True)
+class Neuron(Op):
+    """A layer of spiking neurons, one update per time step (float semantics of the source model).
+
+        u = state                               (state starts at v_init; it holds h of the last step)
+        s = [u > theta] (cmp 'gt') or [u >= theta] (cmp 'ge')
+        order 'reset_decay': u = decay * R(u, s);  order 'decay_reset': u = R(decay * u, s)
+        R(u, s) = v_reset if s else u  (reset 'hard');  u - theta*s ('subtract');  u ('none')
+        h = u + input_gain * x[t] + charge;   y[t] = [h cmp theta];   state = h
+
+    TT-SNN mem_update is hard reset to 0 with order reset_decay; SpikingJelly LIFNode has
+    decay = 1 - 1/tau, input_gain = 1/tau (decay_input), charge = v_reset/tau; snnTorch Leaky
+    (subtract) is order decay_reset with decay = beta."""
+
+    opname: ClassVar[str] = "neuron"
+    theta: float
+    decay: float = 1.0
+    v_reset: float = 0.0
+    v_init: float = 0.0
+    reset: str = "hard"
+    order: str = "reset_decay"
+    cmp: str = "gt"
+    input_gain: float = 1.0
+    charge: float = 0.0
+
+    def infer(self, ins):
+        x = self.seq_input(ins[0])
+        if self.reset not in ("hard", "subtract", "none") or self.order not in ("reset_decay", "decay_reset") \
+                or self.cmp not in ("gt", "ge"):
+            self.fail(f"unknown mode reset={self.reset} order={self.order} cmp={self.cmp}")
+        if not 0.0 <= self.decay <= 1.0:
+            self.fail(f"decay {self.decay} is outside [0, 1]")
+        if x.dtype.kind != "f32":
+            self.fail("a float neuron on a quantized input (quantize turns it into neuron_q)")
+        fires_at_start = self.v_init > self.theta if self.cmp == "gt" else self.v_init >= self.theta
+        if fires_at_start:
+            self.fail(f"initial membrane {self.v_init} is already above threshold {self.theta}")
+        return x.with_(dtype=SPIKE)
+
+
+@dataclass(eq=False, kw_only=True)
+class NeuronQ(Op):
+    """The integer neuron the hardware runs (instruction `nrn`): as `neuron` with integers in the
+    state format fix32.(F+in_shift) where F is the input's frac, input_gain = 1, charge = 0 and
+
+        decay(u) = (u * decay_mul + 2^(decay_shift-1)) >> decay_shift   (u * decay_mul if decay_shift = 0)
+        h = u + (x[t] << in_shift)
+    """
+
+    opname: ClassVar[str] = "neuron_q"
+    theta: int
+    v_reset: int
+    v_init: int
+    decay_mul: int
+    decay_shift: int
+    in_shift: int
+    reset: str = "hard"
+    order: str = "reset_decay"
+    cmp: str = "gt"
+
+    def infer(self, ins):
+        x = self.seq_input(ins[0])
+        if x.dtype.kind != "fix" or x.dtype.bits != 32:
+            self.fail(f"input must be a 32-bit accumulator, got {x.dtype}")
+        if not (0 <= self.decay_mul < 1 << 16 and 0 <= self.decay_shift <= 16 and 0 <= self.in_shift < 31):
+            self.fail("decay_mul, decay_shift or in_shift out of range")
+        if self.decay_mul > 1 << self.decay_shift:
+            self.fail("decay above 1")
+        return x.with_(dtype=SPIKE)
+
+
+@dataclass(eq=False, kw_only=True)
+class Membrane(Op):
+    """m[t] = the state h of the neuron op `inputs[0]` after step t (what snnTorch returns as mem)."""
+
+    opname: ClassVar[str] = "membrane"
+    frac: int | None = None
+
+    def infer(self, ins):
+        x = self.seq_input(ins[0])
+        if x.dtype != SPIKE:
+            self.fail("membrane of a value that is not a neuron's spikes")
+        return x.with_(dtype=F32 if self.frac is None else fix(32, self.frac))
+
+
+def _pool_out(op: Op, x: TensorType, k: int, s: int) -> tuple[int, int, int]:
+    if len(x.shape) != 3:
+        op.fail(f"pools a [C,H,W] tensor, got {x}")
+    c, h, w = x.shape
+    oh, ow = _conv_out(h, k, s, 0), _conv_out(w, k, s, 0)
+    if oh <= 0 or ow <= 0:
+        op.fail(f"kernel {k} does not fit {h}x{w}")
+    return c, oh, ow
+
+
+@dataclass(eq=False, kw_only=True)
+class MaxPool(Op):
+    """y[t,c,i,j] = max_{u,v<k} x[t,c,i*s+u,j*s+v] (on spikes: OR)."""
+
+    opname: ClassVar[str] = "maxpool"
+    kernel: int
+    stride: int
+    tile: int | None = None  # channels per tile (allocate pass)
+
+    def infer(self, ins):
+        x = self.seq_input(ins[0])
+        return x.with_(shape=_pool_out(self, x, self.kernel, self.stride))
+
+
+@dataclass(eq=False, kw_only=True)
+class AvgPool(Op):
+    """y[t,c,i,j] = (1/k^2) sum_{u,v<k} x[t,c,i*s+u,j*s+v]. With k^2 a power of two this is exact
+    in fixed point: the integer sum with log2(k^2) more fractional bits."""
+
+    opname: ClassVar[str] = "avgpool"
+    kernel: int
+    stride: int
+    tile: int | None = None
+
+    def infer(self, ins):
+        x = self.seq_input(ins[0])
+        shape = _pool_out(self, x, self.kernel, self.stride)
+        if x.dtype == F32:
+            return x.with_(shape=shape)
+        area_bits = (self.kernel * self.kernel).bit_length() - 1
+        if 1 << area_bits != self.kernel * self.kernel:
+            self.fail(f"a {self.kernel}x{self.kernel} average is not exact in fixed point (area not a power of two)")
+        if x.dtype == SPIKE:
+            return x.with_(dtype=fix(8, area_bits), shape=shape)
+        return x.with_(dtype=fix(32, x.dtype.frac + area_bits), shape=shape)
+
+
+@dataclass(eq=False, kw_only=True)
+class Flatten(Op):
+    """y[t] = x[t] flattened in C order (free: every tensor is stored C-major)."""
+
+    opname: ClassVar[str] = "flatten"
+
+    def infer(self, ins):
+        x = self.seq_input(ins[0])
+        return x.with_(shape=(x.numel,))
+
+
+@dataclass(eq=False, kw_only=True)
+class TimeReduce(Op):
+    """y = sum_t x[t] ('sum') or (1/T) sum_t x[t] ('mean'). Quantized, the hardware sums in a
+    32-bit accumulator and the host divides by T when it decodes the output (exactly as float32
+    `x.mean(0)` does after an exact sum), so a mean may only feed the graph's outputs."""
+
+    opname: ClassVar[str] = "time_reduce"
+    mode: str = "mean"
+
+    def infer(self, ins):
+        x = self.seq_input(ins[0])
+        if self.mode not in ("sum", "mean"):
+            self.fail(f"unknown mode {self.mode!r}")
+        if x.dtype.kind == "f32":
+            return TensorType(F32, x.shape)
+        return TensorType(fix(32, x.dtype.frac), x.shape)
+
+
+# ----------------------------------------------------------------------------------------- graph
+
+@dataclass(eq=False)
+class Graph:
+    name: str
+    ops: list[Op] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    def op(self, name: str) -> Op:
+        for o in self.ops:
+            if o.name == name:
+                return o
+        raise IRError(f"no value %{name}")
+
+    def by_name(self) -> dict[str, Op]:
+        return {o.name: o for o in self.ops}
+
+    def users(self, name: str) -> list[Op]:
+        return [o for o in self.ops if name in o.inputs]
+
+    @property
+    def inputs(self) -> list[Input]:
+        return sorted((o for o in self.ops if isinstance(o, Input)), key=lambda o: o.index)
+
+    def fresh(self, base: str) -> str:
+        names = {o.name for o in self.ops}
+        if base not in names:
+            return base
+        i = 1
+        while f"{base}_{i}" in names:
+            i += 1
+        return f"{base}_{i}"
+
+    def infer_types(self) -> "Graph":
+        types: dict[str, TensorType] = {}
+        for o in self.ops:
+            missing = [i for i in o.inputs if i not in types]
+            if missing:
+                o.fail(f"reads %{missing[0]} before it is defined")
+            if len(o.inputs) != o.arity:
+                o.fail(f"takes {o.arity} operands, got {len(o.inputs)}")
+            o.type = o.infer([types[i] for i in o.inputs])
+            types[o.name] = o.type
+        return self
+
+    def verify(self) -> "Graph":
+        """Names unique, operands defined before use, types as stored, means feed only outputs."""
+        seen: dict[str, TensorType] = {}
+        for o in self.ops:
+            if o.name in seen:
+                o.fail("redefines a value")
+            for i in o.inputs:
+                if i not in seen:
+                    o.fail(f"reads %{i} before it is defined")
+            if len(o.inputs) != o.arity:
+                o.fail(f"takes {o.arity} operands, got {len(o.inputs)}")
+            inferred = o.infer([seen[i] for i in o.inputs])
+            if o.type != inferred:
+                o.fail(f"type {o.type} but its operands give {inferred}")
+            if isinstance(o, Membrane) and not isinstance(self.op(o.inputs[0]), (Neuron, NeuronQ)):
+                o.fail("membrane of a value that no neuron op defines")
+            seen[o.name] = o.type
+        if not self.outputs:
+            raise IRError(f"graph @{self.name} has no outputs")
+        for name in self.outputs:
+            if name not in seen:
+                raise IRError(f"graph @{self.name} returns undefined %{name}")
+        for o in self.ops:
+            if isinstance(o, TimeReduce) and o.mode == "mean" and o.type.dtype.kind == "fix":
+                if any(u for u in self.users(o.name)):
+                    o.fail("a quantized mean over time may only feed the outputs")
+        return self

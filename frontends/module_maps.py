@@ -1,0 +1,238 @@
+"""Module maps: how each known layer or neuron module lowers to IR ops.
+
+One handler per kind of layer, shared by ttc's modules, torch.nn and SpikingJelly's wrappers (which
+subclass torch.nn's layers); neurons have one handler per library because their equations differ
+(see ttc.compiler.ir.Neuron). SpikingJelly and snnTorch are never imported here: a model that uses
+them has imported them already when it was built or unpickled.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+
+from ttc.compiler import ir
+
+from . import modules as ttc
+from .trace import ZERO_STATE, Lowering, State, Step, UnsupportedModel, Val, _qual, to_numpy
+
+
+def is_multi_step(m: nn.Module) -> bool:
+    """ttc's modules work on [T, B, ...]; SpikingJelly's say so with step_mode; torch.nn's do not."""
+    if type(m).__module__ == ttc.__name__:
+        return True
+    return getattr(m, "step_mode", "s") == "m"
+
+
+def _require(cond: bool, path: str, m: nn.Module, what: str) -> None:
+    if not cond:
+        raise UnsupportedModel(f"module {path!r} ({_qual(m)}): {what}")
+
+
+def _int_pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(int(e) for e in v)
+
+
+def _square(path, m, v, name) -> int:
+    a, b = _int_pair(v)
+    _require(a == b, path, m, f"non-square {name} {v} is not supported")
+    return a
+
+
+def _bias(m) -> object:
+    return None if m.bias is None else to_numpy(m.bias)
+
+
+def conv2d(lw: Lowering, path, m: nn.Conv2d, x):
+    _require(m.groups == 1, path, m, f"grouped convolution (groups={m.groups}) is not supported")
+    _require(_int_pair(m.dilation) == (1, 1), path, m, "dilated convolution is not supported")
+    _require(m.padding_mode == "zeros" and not isinstance(m.padding, str), path, m,
+             "only explicit zero padding is supported")
+    return lw.per_step(path, m, x, is_multi_step(m), lambda v: lw.emit(
+        ir.Conv2d, path, (v,), weight=to_numpy(m.weight), bias=_bias(m),
+        stride=_int_pair(m.stride), padding=_int_pair(m.padding)))
+
+
+def linear(lw: Lowering, path, m: nn.Linear, x):
+    # torch's Linear acts on the last axis, so on a [T, B, F] sequence it is multi-step as it stands.
+    multi = is_multi_step(m) or isinstance(x, Val)
+    return lw.per_step(path, m, x, multi, lambda v: lw.emit(
+        ir.Linear, path, (v,), weight=to_numpy(m.weight), bias=_bias(m)))
+
+
+def batchnorm(lw: Lowering, path, m: nn.modules.batchnorm._BatchNorm, x):
+    _require(m.track_running_stats and m.running_mean is not None, path, m, "batchnorm without running statistics")
+    weight = to_numpy(m.weight) if m.affine else None
+    bias = to_numpy(m.bias) if m.affine else None
+    mean, var = to_numpy(m.running_mean), to_numpy(m.running_var)
+    return lw.per_step(path, m, x, is_multi_step(m), lambda v: lw.emit(
+        ir.BatchNorm, path, (v,), weight=weight if weight is not None else mean * 0 + 1,
+        bias=bias if bias is not None else mean * 0, mean=mean, var=var, eps=float(m.eps)))
+
+
+def pool(lw: Lowering, path, m, x):
+    k = _square(path, m, m.kernel_size, "kernel")
+    s = _square(path, m, m.stride if m.stride is not None else m.kernel_size, "stride")
+    _require(_int_pair(m.padding) == (0, 0) and not m.ceil_mode, path, m, "padded or ceil-mode pooling is not supported")
+    if isinstance(m, nn.MaxPool2d):
+        _require(_int_pair(m.dilation) == (1, 1), path, m, "dilated max pooling is not supported")
+        cls = ir.MaxPool
+    else:
+        _require(m.divisor_override is None, path, m, "divisor_override is not supported")
+        cls = ir.AvgPool
+    return lw.per_step(path, m, x, is_multi_step(m), lambda v: lw.emit(cls, path, (v,), kernel=k, stride=s))
+
+
+def flatten(lw: Lowering, path, m, x):
+    multi = is_multi_step(m)
+    if isinstance(m, nn.Flatten):
+        _require(m.end_dim == -1, path, m, "flatten with end_dim != -1")
+        # SpikingJelly's multi-step Flatten counts dims of one step; a bare nn.Flatten on [T,B,...] does not.
+        start = m.start_dim + (1 if multi else 0)
+        if isinstance(x, Val) and not multi and m.start_dim == 2:
+            multi, start = True, 2
+        _require(start == 2 if multi else start == 1, path, m, f"flatten(start_dim={m.start_dim}) would merge the batch or time axis")
+    return lw.per_step(path, m, x, multi, lambda v: lw.emit(ir.Flatten, path, (v,)))
+
+
+def identity(lw: Lowering, path, m, x):
+    return x
+
+
+def direct_encoder(lw: Lowering, path, m: ttc.DirectEncoder, x):
+    _require(isinstance(x, Val) and lw.type_of(x).time is None, path, m, "direct encoding of a value that is not a static input")
+    lw.steps = m.steps
+    return Val(lw.emit(ir.Repeat, path, (x.name,), steps=int(m.steps)))
+
+
+def time_mean(lw: Lowering, path, m, x):
+    _require(isinstance(x, Val), path, m, "TimeMean needs the whole sequence")
+    return Val(lw.emit(ir.TimeReduce, path, (x.name,), mode="mean"))
+
+
+def seq_to_ann(lw: Lowering, path, m, x):
+    """SpikingJelly's SeqToANNContainer: its children are single-step layers run on every step."""
+    for name, child in m.named_children():
+        handler = handler_for(child)
+        if handler not in _STATELESS:
+            raise UnsupportedModel(f"unsupported module {path}.{name!r} of type {_qual(child)} in a SeqToANNContainer")
+        _require(isinstance(x, Val), path, m, "SeqToANNContainer needs the whole sequence")
+        x = _as_multi_step(lw, f"{path}.{name}", child, x, handler)
+    return x
+
+
+def _as_multi_step(lw, path, child, x, handler):
+    before = child.__dict__.get("step_mode")
+    child.__dict__["step_mode"] = "m"
+    try:
+        return handler(lw, path, child, x)
+    finally:
+        if before is None:
+            del child.__dict__["step_mode"]
+        else:
+            child.__dict__["step_mode"] = before
+
+
+# ------------------------------------------------------------------------------------ neurons
+
+def _neuron(lw: Lowering, path, m, x, multi: bool, **params):
+    return lw.per_step(path, m, x, multi, lambda v: lw.emit(ir.Neuron, path, (v,), **params))
+
+
+def ttc_lif(lw: Lowering, path, m: ttc.LIF, x):
+    return _neuron(lw, path, m, x, True, theta=float(m.threshold), decay=float(m.decay), v_reset=float(m.v_reset),
+                   v_init=float(m.v_init), reset=m.reset, order="reset_decay", cmp=m.cmp)
+
+
+def spikingjelly_node(lw: Lowering, path, m, x):
+    """SpikingJelly LIFNode / IFNode / ParametricLIFNode:
+    H = V + (X - (V - V_reset)) / tau (decay_input) or V - (V - V_reset) / tau + X; IF: H = V + X;
+    spike = [H >= V_th]; V = V_reset where spiking (hard) or V - V_th (v_reset=None, soft)."""
+    name = type(m).__name__
+    neuron_mod = sys.modules["spikingjelly.activation_based.neuron"]
+    v_reset = m.v_reset
+    if isinstance(m, neuron_mod.ParametricLIFNode):
+        k = float(m.w.detach().sigmoid())  # 1/tau, as the module computes it
+    elif isinstance(m, neuron_mod.LIFNode):
+        k = 1.0 / float(m.tau)
+    elif isinstance(m, neuron_mod.IFNode):
+        k = None
+    else:
+        raise UnsupportedModel(f"unsupported module {path!r} of type {_qual(m)}")
+    vr = 0.0 if v_reset is None else float(v_reset)
+    if k is None:
+        decay, gain, charge = 1.0, 1.0, 0.0
+    else:
+        decay, charge = 1.0 - k, vr * k
+        gain = k if getattr(m, "decay_input", True) else 1.0
+    _require(name in ("LIFNode", "IFNode", "ParametricLIFNode"), path, m, "unsupported SpikingJelly neuron subclass")
+    return _neuron(lw, path, m, x, is_multi_step(m), theta=float(m.v_threshold), decay=decay, v_reset=vr, v_init=vr,
+                   reset="subtract" if v_reset is None else "hard", order="reset_decay", cmp="ge",
+                   input_gain=gain, charge=charge)
+
+
+def snntorch_leaky(lw: Lowering, path, m, x, mem=None):
+    """snnTorch Leaky: U[t] = beta*U[t-1] + X[t] - R[t]*theta (subtract), with R[t] = [U[t-1] > theta];
+    'zero' sets U[t-1] to 0 where R[t]; spike = [U[t] > theta]."""
+    _require(not m.inhibition, path, m, "inhibition is not supported")
+    _require(not m.state_quant, path, m, "state_quant is not supported (ttc quantizes the state itself)")
+    _require(float(m.graded_spikes_factor) == 1.0, path, m, "graded spikes are not supported")
+    _require(m.reset_delay, path, m, "reset_delay=False is not supported")
+    mechanism = m.reset_mechanism
+    params = dict(theta=float(m.threshold), decay=float(torch.as_tensor(m.beta).clamp(0, 1)), v_reset=0.0, v_init=0.0,
+                  cmp="gt", reset={"subtract": "subtract", "zero": "hard", "none": "none"}[mechanism],
+                  order="decay_reset" if mechanism == "subtract" else "reset_decay")
+    explicit = not m.init_hidden
+    if not isinstance(x, Step):
+        raise UnsupportedModel(f"module {path!r} ({_qual(m)}) must be called on x[t] inside a time loop")
+    if explicit and mem is not None and mem is not ZERO_STATE:
+        key = (path, x.name)
+        expected = State(lw.memo.get(key), x.t - 1)
+        if mem != expected:
+            raise UnsupportedModel(f"module {path!r}: at step {x.t} the membrane passed in is not the one it "
+                                   f"returned at step {x.t - 1}")
+    elif explicit and x.t != 0:
+        raise UnsupportedModel(f"module {path!r}: a fresh membrane is passed in at step {x.t}; ttc runs the "
+                               "state through all time steps")
+    spikes = _neuron(lw, path, m, x, False, **params)
+    if explicit or m.output:
+        return spikes, State(spikes.name, spikes.t)
+    return spikes
+
+
+_STATELESS = (conv2d, linear, batchnorm, pool, flatten, identity)
+
+
+def handler_for(m: nn.Module):
+    """The handler that lowers module `m`, or None if ttc does not know it."""
+    if isinstance(m, (ttc.LIF,)):
+        return ttc_lif
+    if isinstance(m, ttc.DirectEncoder):
+        return direct_encoder
+    if isinstance(m, ttc.TimeMean):
+        return time_mean
+    if isinstance(m, ttc.Flatten):
+        return flatten
+    if isinstance(m, nn.Conv2d):
+        return conv2d
+    if isinstance(m, nn.Linear):
+        return linear
+    if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        return batchnorm
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        return pool
+    if isinstance(m, nn.Flatten):
+        return flatten
+    if isinstance(m, (nn.Identity, nn.Dropout)):
+        return identity
+    sj = sys.modules.get("spikingjelly.activation_based.neuron")
+    if sj is not None and isinstance(m, sj.BaseNode):
+        return spikingjelly_node
+    sj_layer = sys.modules.get("spikingjelly.activation_based.layer")
+    if sj_layer is not None and isinstance(m, sj_layer.SeqToANNContainer):
+        return seq_to_ann
+    snn = sys.modules.get("snntorch")
+    if snn is not None and isinstance(m, snn.SpikingNeuron):
+        return snntorch_leaky if isinstance(m, snn.Leaky) else None
+    return None

@@ -1,0 +1,129 @@
+"""ttc's reference modules: what users train with. Every module takes and returns time-first tensors
+[T, B, ...] (SpikingJelly's multi-step convention) and means exactly what the IR op it lowers to
+means (ttc.compiler.ir), so a trained model compiles without surprises. All of them pickle with
+`torch.save` and load with `weights_only=True`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _per_step(layer_forward, x: torch.Tensor) -> torch.Tensor:
+    """Apply a single-step layer to every time step at once by folding T into the batch."""
+    t, b = x.shape[:2]
+    y = layer_forward(x.flatten(0, 1))
+    return y.reshape(t, b, *y.shape[1:])
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d applied at every time step: [T, B, Cin, H, W] -> [T, B, Cout, H', W']."""
+
+    def forward(self, x):
+        return _per_step(super().forward, x)
+
+
+class Linear(nn.Linear):
+    """nn.Linear applied at every time step: [T, B, Fin] -> [T, B, Fout]."""
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d over [T, B, C, H, W], statistics shared across time (as tdBN and TT-SNN)."""
+
+    def forward(self, x):
+        return _per_step(super().forward, x)
+
+
+class MaxPool2d(nn.MaxPool2d):
+    def forward(self, x):
+        return _per_step(super().forward, x)
+
+
+class AvgPool2d(nn.AvgPool2d):
+    def forward(self, x):
+        return _per_step(super().forward, x)
+
+
+class Flatten(nn.Module):
+    """[T, B, C, H, W] -> [T, B, C*H*W]."""
+
+    def forward(self, x):
+        return x.flatten(2)
+
+
+class DirectEncoder(nn.Module):
+    """Direct input coding: a static input [B, ...] repeated over `steps` time steps."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps = steps
+
+    def forward(self, x):
+        return x.unsqueeze(0).expand(self.steps, *x.shape)
+
+
+class TimeMean(nn.Module):
+    """[T, B, ...] -> [B, ...], the mean over time (a rate readout)."""
+
+    def forward(self, x):
+        return x.mean(0)
+
+
+class _SpikeFn(torch.autograd.Function):
+    """Heaviside step forward; the arctan surrogate gradient backward (alpha = 2)."""
+
+    @staticmethod
+    def forward(ctx, v, strict: bool):
+        ctx.save_for_backward(v)
+        return (v > 0).to(v.dtype) if strict else (v >= 0).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (v,) = ctx.saved_tensors
+        return grad / (1 + (torch.pi * v) ** 2), None
+
+
+class LIF(nn.Module):
+    """Leaky integrate-and-fire neurons over [T, B, ...] (ttc.compiler.ir.Neuron, order reset_decay):
+
+        u_t = decay * R(h_{t-1}, s_{t-1}) + x_t,   s_t = [u_t > threshold] (cmp='gt') or >=
+        R(h, s) = h * (1 - s) + v_reset * s  (reset='hard'; TT-SNN's mem_update with v_reset = 0)
+        R(h, s) = h - threshold * s          (reset='subtract')
+
+    starting from h_{-1} = v_reset (hard) or 0 (subtract) and s_{-1} = 0.
+    """
+
+    def __init__(self, decay: float = 0.25, threshold: float = 0.5, reset: str = "hard",
+                 v_reset: float = 0.0, cmp: str = "gt"):
+        super().__init__()
+        if reset not in ("hard", "subtract") or cmp not in ("gt", "ge"):
+            raise ValueError(f"reset must be 'hard' or 'subtract' and cmp 'gt' or 'ge', got {reset!r}, {cmp!r}")
+        self.decay, self.threshold, self.reset, self.v_reset, self.cmp = decay, threshold, reset, v_reset, cmp
+
+    @property
+    def v_init(self) -> float:
+        return self.v_reset if self.reset == "hard" else 0.0
+
+    def forward(self, x):
+        h = torch.full_like(x[0], self.v_init)
+        s = torch.zeros_like(x[0])
+        out = []
+        for t in range(x.shape[0]):
+            r = h * (1 - s) + self.v_reset * s if self.reset == "hard" else h - self.threshold * s
+            h = self.decay * r + x[t]
+            s = _SpikeFn.apply(h - self.threshold, self.cmp == "gt")
+            out.append(s)
+        return torch.stack(out)
+
+    def extra_repr(self):
+        return f"decay={self.decay}, threshold={self.threshold}, reset={self.reset}, v_reset={self.v_reset}, cmp={self.cmp}"
+
+
+class IF(LIF):
+    """Integrate-and-fire: LIF with decay 1."""
+
+    def __init__(self, threshold: float = 1.0, reset: str = "hard", v_reset: float = 0.0, cmp: str = "gt"):
+        super().__init__(1.0, threshold, reset, v_reset, cmp)
+
+
+SAFE_CLASSES = (Conv2d, Linear, BatchNorm2d, MaxPool2d, AvgPool2d, Flatten, DirectEncoder, TimeMean, LIF, IF)

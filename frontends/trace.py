@@ -1,0 +1,308 @@
+"""torch.fx frontend: trace a PyTorch SNN and lower it to ttc's IR.
+
+The model is traced symbolically with every layer and neuron module as a leaf. The fx graph is then
+evaluated over abstract values that know about time, so that both styles of SNN code lower to the
+same multi-step IR:
+
+* multi-step code (ttc's modules, SpikingJelly with step_mode='m') passes whole sequences
+  [T, B, ...] between layers: each leaf becomes one IR op;
+* time-loop code (snnTorch, SpikingJelly step_mode='s') unrolls a Python loop over `x[t]`; every
+  per-step call of the same module on step t of the same sequence is one IR op, checked to be applied
+  at every step in order, and `torch.stack` of the T steps gives back the sequence.
+
+Anything the frontend does not understand is an `UnsupportedModel` error naming the module's
+qualified path in the model and its type.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from ttc.compiler import ir
+
+
+class UnsupportedModel(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Val:
+    """A whole IR value: a time series, or a static tensor."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """Time step t of the IR time series `name` (what `x[t]` gives inside a time loop)."""
+
+    name: str
+    t: int
+
+
+@dataclass(frozen=True)
+class State:
+    """The membrane of neuron op `neuron` after step t (snnTorch's explicit `mem`)."""
+
+    neuron: str
+    t: int
+
+
+class _ZeroState:
+    def __repr__(self):
+        return "<zero state>"
+
+
+ZERO_STATE = _ZeroState()
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self):
+        super().__init__()
+        self.record_stack_traces = True
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from .module_maps import handler_for  # module_maps builds on this file's classes
+
+        return handler_for(m) is not None or super().is_leaf_module(m, qualname)
+
+
+def parse_input_shape(spec: str | Sequence) -> list:
+    """'4,N,1,8,8' -> [4, 'N', 1, 8, 8]; the batch axis is N, at position 1 (time first) or 0 (static)."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    shape = []
+    for item in items:
+        item = str(item).strip()
+        if item.upper() == "N":
+            shape.append("N")
+        elif item.isdigit() and int(item) > 0:
+            shape.append(int(item))
+        else:
+            raise UnsupportedModel(f"input shape {spec!r}: {item!r} is neither a positive size nor N")
+    if shape.count("N") != 1 or shape.index("N") not in (0, 1):
+        raise UnsupportedModel(f"input shape {spec!r}: write the batch axis as N, first (static input) or second (after time)")
+    return shape
+
+
+def input_type(shape: list) -> ir.TensorType:
+    if shape[0] == "N":
+        return ir.TensorType(ir.F32, tuple(shape[1:]))
+    return ir.TensorType(ir.F32, tuple(shape[2:]), time=shape[0])
+
+
+class Lowering:
+    """Evaluates an fx graph over abstract values, emitting IR ops into `graph`."""
+
+    def __init__(self, gm: fx.GraphModule, graph: ir.Graph, steps: int | None):
+        self.gm = gm
+        self.graph = graph
+        self.steps = steps
+        self.memo: dict[tuple, str] = {}
+        self.visits: dict[str, list[int]] = {}
+        self.modules = dict(gm.named_modules())
+
+    # ---- emitting ops
+    def emit(self, cls, path: str, inputs: Sequence[str], **attrs) -> str:
+        name = self.graph.fresh(path.replace("/", ".") or cls.opname)
+        op = cls(name=name, inputs=tuple(inputs), path=path, **attrs)
+        try:
+            op.type = op.infer([self.graph.op(i).type for i in inputs])
+        except ir.IRError as e:
+            raise UnsupportedModel(f"module {path!r}: {e}") from None
+        self.graph.ops.append(op)
+        return name
+
+    def type_of(self, v) -> ir.TensorType:
+        return self.graph.op(v.name).type
+
+    def per_step(self, path: str, module: nn.Module, x, multi: bool, build: Callable[[str], str]):
+        """Apply a layer to a sequence (multi-step) or to one step inside a time loop."""
+        if isinstance(x, Val):
+            if self.type_of(x).time is None:
+                raise UnsupportedModel(f"module {path!r} ({_qual(module)}) is applied to a static tensor; "
+                                       "repeat it over time first (direct coding)")
+            if not multi:
+                raise UnsupportedModel(f"module {path!r} ({_qual(module)}) is a single-step layer applied to a "
+                                       "whole [T, B, ...] sequence; use a multi-step layer (ttc.frontends.modules, "
+                                       "or SpikingJelly with step_mode='m')")
+            return Val(build(x.name))
+        if isinstance(x, Step):
+            if multi:
+                raise UnsupportedModel(f"module {path!r} ({_qual(module)}) is multi-step but is given one time step")
+            key = (path, x.name)
+            if key not in self.memo:
+                self.memo[key] = build(x.name)
+                self.visits[self.memo[key]] = []
+            self.visit(path, self.memo[key], x.t)
+            return Step(self.memo[key], x.t)
+        raise UnsupportedModel(f"module {path!r} ({_qual(module)}) is applied to {x!r}, not a tensor of the model")
+
+    def visit(self, path: str, name: str, t: int) -> None:
+        seen = self.visits[name]
+        if t != len(seen):
+            raise UnsupportedModel(f"module {path!r} is applied at time step {t} after steps {seen}: ttc needs "
+                                   "every layer applied at every step, in order")
+        seen.append(t)
+
+    def check_all_steps(self) -> None:
+        for name, seen in self.visits.items():
+            if len(seen) != self.steps:
+                op = self.graph.op(name)
+                raise UnsupportedModel(f"module {op.path!r} is applied at steps {seen} of {self.steps}: "
+                                       "ttc needs every layer applied at every time step")
+
+    # ---- evaluating the fx graph
+    def run(self, input_types: list[ir.TensorType]):
+        env: dict[fx.Node, object] = {}
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != len(input_types):
+            raise UnsupportedModel(f"forward takes {len(placeholders)} inputs; ttc compiles models with one tensor input")
+        for index, (node, typ) in enumerate(zip(placeholders, input_types)):
+            env[node] = Val(self.emit(ir.Input, node.target, (), index=index, declared=typ))
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                continue
+            args = fx.node.map_arg(node.args, lambda n: env[n])
+            kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+            if node.op == "output":
+                self.check_all_steps()
+                return args[0]
+            if node.op == "get_attr":
+                env[node] = self.constant(node)
+            elif node.op == "call_module":
+                from .module_maps import handler_for
+
+                module = self.modules[node.target]
+                handler = handler_for(module)
+                if handler is None:
+                    raise UnsupportedModel(f"unsupported module {node.target!r} of type {_qual(module)}")
+                env[node] = handler(self, node.target, module, *args, **kwargs)
+            else:
+                env[node] = self.call(node, args, kwargs)
+        raise UnsupportedModel("the traced model has no output")
+
+    def constant(self, node: fx.Node):
+        value = self.gm
+        for part in node.target.split("."):
+            value = getattr(value, part)
+        if isinstance(value, torch.Tensor) and not value.any():
+            return ZERO_STATE
+        raise UnsupportedModel(f"tensor constant {node.target!r} used as data ({_where(node)}); ttc compiles layers, not free tensors")
+
+    def call(self, node: fx.Node, args, kwargs):
+        fn = node.target
+        name = fn if isinstance(fn, str) else getattr(fn, "__name__", str(fn))
+        if node.op == "call_method":
+            fn = _METHODS.get(fn)
+        else:
+            fn = _FUNCTIONS.get(fn)
+        if fn is None:
+            raise UnsupportedModel(f"unsupported {'method' if node.op == 'call_method' else 'function'} "
+                                   f"{name!r} at {_where(node)}")
+        return fn(self, node, *args, **kwargs)
+
+
+def _qual(module) -> str:
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def _where(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack")
+    path = repr(list(stack)[-1]) if stack else "the top-level forward"
+    trace = (node.stack_trace or "").strip().splitlines()
+    line = next((ln.strip() for ln in reversed(trace) if ln.strip().startswith("File")), "")
+    return f"{path}{' (' + line + ')' if line else ''}"
+
+
+# ------------------------------------------------------------------- functions inside forward
+
+def _getitem(lw: Lowering, node, x, index):
+    if isinstance(x, (tuple, list)):
+        return x[index]
+    if isinstance(x, Val) and isinstance(index, int):
+        typ = lw.type_of(x)
+        if typ.time is None:
+            raise UnsupportedModel(f"indexing a static tensor at {_where(node)}")
+        t = index + typ.time if index < 0 else index
+        if not 0 <= t < typ.time:
+            raise UnsupportedModel(f"time index {index} out of range at {_where(node)}")
+        return Step(x.name, t)
+    raise UnsupportedModel(f"unsupported indexing {index!r} at {_where(node)}: only x[t] over time is understood")
+
+
+def _stack(lw: Lowering, node, items, dim=0):
+    items = list(items)
+    if dim != 0 or not items:
+        raise UnsupportedModel(f"torch.stack must stack the time steps along dim 0 ({_where(node)})")
+    if all(isinstance(i, State) for i in items):
+        neuron = items[0].neuron
+        if [(i.neuron, i.t) for i in items] != [(neuron, t) for t in range(len(items))]:
+            raise UnsupportedModel(f"torch.stack of membranes that are not steps 0..T-1 of one neuron layer ({_where(node)})")
+        return Val(lw.emit(ir.Membrane, f"{lw.graph.op(neuron).path}.mem", (neuron,)))
+    if all(isinstance(i, Step) for i in items):
+        name = items[0].name
+        if [(i.name, i.t) for i in items] == [(name, t) for t in range(lw.type_of(Val(name)).time)]:
+            return Val(name)
+    raise UnsupportedModel(f"torch.stack of values that are not the T steps of one layer, in order ({_where(node)})")
+
+
+def _flatten(lw: Lowering, node, x, start_dim=0, end_dim=-1):
+    if end_dim != -1:
+        raise UnsupportedModel(f"flatten with end_dim={end_dim} at {_where(node)}")
+    if isinstance(x, Val) and start_dim == 2:
+        return Val(lw.emit(ir.Flatten, _path(node), (x.name,)))
+    if isinstance(x, Step) and start_dim == 1:
+        return lw.per_step(_path(node), node, x, False, lambda v: lw.emit(ir.Flatten, _path(node), (v,)))
+    raise UnsupportedModel(f"flatten(start_dim={start_dim}) at {_where(node)}: ttc flattens all but the time and "
+                           "batch axes ([T,B,...]: start_dim=2; one step [B,...]: start_dim=1)")
+
+
+def _reduce(mode):
+    def reduce(lw: Lowering, node, x, dim=None, keepdim=False, **kw):
+        if kw or keepdim or dim not in (0, (0,), [0]) or not isinstance(x, Val) or lw.type_of(x).time is None:
+            raise UnsupportedModel(f"{mode} at {_where(node)}: only the {mode} over time (dim 0 of [T,B,...]) is supported")
+        return Val(lw.emit(ir.TimeReduce, _path(node), (x.name,), mode=mode))
+    return reduce
+
+
+def _path(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack")
+    prefix = list(stack)[-1] if stack else ""
+    return f"{prefix}.{node.name}" if prefix else node.name
+
+
+_FUNCTIONS = {operator.getitem: _getitem, torch.stack: _stack, torch.flatten: _flatten,
+              torch.mean: _reduce("mean"), torch.sum: _reduce("sum")}
+_METHODS = {"flatten": _flatten, "mean": _reduce("mean"), "sum": _reduce("sum")}
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def trace(model: nn.Module, input_shape, name: str = "model") -> ir.Graph:
+    """Lower `model` (in eval mode) to an IR graph for inputs of `input_shape` (see parse_input_shape)."""
+    shape = parse_input_shape(input_shape)
+    model = model.eval()
+    try:
+        gm = fx.GraphModule(model, _Tracer().trace(model))
+    except UnsupportedModel:
+        raise
+    except Exception as e:  # fx raises many types for untraceable Python; say what and where
+        raise UnsupportedModel(f"cannot trace the model with torch.fx: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    typ = input_type(shape)
+    graph = ir.Graph(name)
+    result = Lowering(gm, graph, typ.time).run([typ])
+    results = list(result) if isinstance(result, (tuple, list)) else [result]
+    for r in results:
+        if not isinstance(r, Val):
+            raise UnsupportedModel(f"forward returns {r!r}: ttc returns whole tensors (a sequence, or a reduction over time)")
+    graph.outputs = [r.name for r in results]
+    return graph.verify()
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().to(torch.float32).numpy().copy()
