@@ -1,0 +1,53 @@
+"""Compiler passes: one small, named pass a file, each a dataclass whose fields are its options.
+
+`PIPELINE` is the order `ttc compile` runs them in; the graph is verified after every pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+from ..ir import Graph
+
+
+@dataclass
+class Pass:
+    name: ClassVar[str] = ""
+
+    def run(self, graph: Graph) -> Graph:
+        raise NotImplementedError(type(self).__name__)  # every pass overrides run
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+REGISTRY: dict[str, type[Pass]] = {}
+
+
+def register(cls: type[Pass]) -> type[Pass]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+from . import allocate, fold_batchnorm, fold_neuron_input, quantize  # noqa: E402,F401  (registers the passes)
+
+PIPELINE = ("fold-batchnorm", "fold-neuron-input", "quantize", "allocate")
+
+
+def make_pass(name: str, **options) -> Pass:
+    cls = REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown pass {name!r} (passes: {', '.join(REGISTRY)})")
+    known = set(cls.option_names())
+    unknown = set(options) - known
+    if unknown:
+        raise ValueError(f"pass {name}: unknown options {', '.join(sorted(unknown))} (options: {', '.join(sorted(known))})")
+    return cls(**options)
+
+
+def run_pipeline(graph: Graph, options: dict[str, dict]) -> Graph:
+    """Run every pass of PIPELINE with its options (`options[pass name]`), verifying after each."""
+    for name in PIPELINE:
+        graph = make_pass(name, **options.get(name, {})).run(graph).verify()
+    return graph

@@ -1,0 +1,42 @@
+"""fold-batchnorm: y = BN(conv(x)) becomes one conv with
+
+    w'[o] = w[o] * g[o],   b'[o] = (b[o] - mean[o]) * g[o] + beta[o],   g = gamma / sqrt(var + eps)
+
+computed in float64 and rounded once to float32. A batchnorm that follows anything else, or whose
+conv feeds other ops too, cannot be folded and is an error."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import BatchNorm, Conv2d, Graph, Linear
+from . import Pass, register
+
+
+@register
+@dataclass
+class FoldBatchNorm(Pass):
+    name = "fold-batchnorm"
+
+    def run(self, graph: Graph) -> Graph:
+        for bn in [o for o in graph.ops if isinstance(o, BatchNorm)]:
+            producer = graph.op(bn.inputs[0])
+            if not isinstance(producer, (Conv2d, Linear)) or len(graph.users(producer.name)) != 1:
+                bn.fail("does not directly follow a conv or linear layer (used by nothing else) that it could fold into")
+            if producer.weight_frac is not None:
+                bn.fail("follows an already quantized layer")
+            g = bn.weight.astype(np.float64) / np.sqrt(bn.var.astype(np.float64) + bn.eps)
+            w = producer.weight.astype(np.float64) * g.reshape((-1,) + (1,) * (producer.weight.ndim - 1))
+            b = producer.bias.astype(np.float64) if producer.bias is not None else np.zeros(len(g))
+            producer.weight = w.astype(np.float32)
+            producer.bias = ((b - bn.mean) * g + bn.bias).astype(np.float32)
+            _replace_uses(graph, bn.name, producer.name)
+            graph.ops.remove(bn)
+        return graph.infer_types()
+
+
+def _replace_uses(graph: Graph, old: str, new: str) -> None:
+    for o in graph.ops:
+        o.inputs = tuple(new if i == old else i for i in o.inputs)
+    graph.outputs = [new if o == old else o for o in graph.outputs]
