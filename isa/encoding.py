@@ -33,8 +33,10 @@ class Instr:
         spec = BY_NAME.get(self.op)
         if spec is None:
             raise EncodingError(f"unknown opcode {self.op!r}")
-        if tuple(self.args) != spec.field_names:
-            raise EncodingError(f"{self.op}: operands {tuple(self.args)} != {spec.field_names}")
+        if set(self.args) != set(spec.field_names):
+            missing, extra = set(spec.field_names) - set(self.args), set(self.args) - set(spec.field_names)
+            raise EncodingError(f"{self.op}: missing operands {sorted(missing)}, unknown operands {sorted(extra)}")
+        object.__setattr__(self, "args", {name: self.args[name] for name in spec.field_names})
         for f in spec.fields:
             _check_value(self.op, f, self.args[f.name])
 

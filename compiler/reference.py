@@ -1,0 +1,113 @@
+"""The quantized reference: the integer IR evaluated with PyTorch (integers held exactly in float64
+and int64 tensors). It computes what the hardware must compute, independently of the code generator
+and the simulator, so `ttc run --check` can hold the simulator to it bit for bit (DESIGN.md section 3).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ttc.isa.io import decode_output, encode_input
+
+from .ir import (AvgPool, Conv2d, Flatten, Graph, Input, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, Repeat,
+                 TimeReduce)
+
+LIMIT = 1 << 31
+
+
+def _per_step(fn, x: torch.Tensor) -> torch.Tensor:
+    t, b = x.shape[:2]
+    y = fn(x.flatten(0, 1))
+    return y.reshape(t, b, *y.shape[1:])
+
+
+def _decay(u: torch.Tensor, mul: int, shift: int) -> torch.Tensor:
+    if shift == 0:
+        return u * mul
+    return (u * mul + (1 << (shift - 1))) >> shift
+
+
+def neuron_steps(op: NeuronQ, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spikes and states h of every step (int64 [T, B, ...]); the equations of ir.NeuronQ."""
+    x = x.to(torch.int64)
+    fire = (lambda v: v > op.theta) if op.cmp == "gt" else (lambda v: v >= op.theta)
+
+    def reset(u, s):
+        if op.reset == "hard":
+            return torch.where(s, torch.full_like(u, op.v_reset), u)
+        if op.reset == "subtract":
+            return u - s.to(torch.int64) * op.theta
+        return u
+
+    u = torch.full_like(x[0], op.v_init)
+    spikes, states = [], []
+    for t in range(x.shape[0]):
+        s_prev = fire(u)
+        if op.order == "reset_decay":
+            u = _decay(reset(u, s_prev), op.decay_mul, op.decay_shift)
+        else:
+            u = reset(_decay(u, op.decay_mul, op.decay_shift), s_prev)
+        u = u + (x[t] << op.in_shift)
+        spikes.append(fire(u).to(torch.int64))
+        states.append(u)
+    return torch.stack(spikes), torch.stack(states)
+
+
+def evaluate(graph: Graph, inputs: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """Every value of the quantized graph as integers, batch after time: [T, B, ...] or [B, ...]."""
+    env: dict[str, torch.Tensor] = {}
+    states: dict[str, torch.Tensor] = {}
+    for op in graph.ops:
+        x = env[op.inputs[0]] if op.inputs else None
+        if isinstance(op, Input):
+            dt = op.type.dtype
+            env[op.name] = torch.from_numpy(encode_input(inputs[op.index], dt.bits, dt.frac)).to(torch.float64)
+        elif isinstance(op, Repeat):
+            env[op.name] = x.unsqueeze(0).expand(op.steps, *x.shape)
+        elif isinstance(op, Conv2d):
+            w = torch.from_numpy(op.weight.astype(np.float64))
+            b = torch.from_numpy(op.bias.astype(np.float64)) if op.bias is not None else None
+            env[op.name] = _per_step(lambda v: F.conv2d(v, w, b, op.stride, op.padding), x)
+        elif isinstance(op, Linear):
+            w = torch.from_numpy(op.weight.astype(np.float64))
+            b = torch.from_numpy(op.bias.astype(np.float64)) if op.bias is not None else None
+            env[op.name] = F.linear(x, w, b)
+        elif isinstance(op, NeuronQ):
+            spikes, states[op.name] = neuron_steps(op, x)
+            env[op.name] = spikes.to(torch.float64)
+        elif isinstance(op, Membrane):
+            env[op.name] = states[op.inputs[0]].to(torch.float64)
+        elif isinstance(op, MaxPool):
+            env[op.name] = _per_step(lambda v: F.max_pool2d(v, op.kernel, op.stride), x)
+        elif isinstance(op, AvgPool):
+            env[op.name] = _per_step(lambda v: F.avg_pool2d(v, op.kernel, op.stride, divisor_override=1), x)
+        elif isinstance(op, Flatten):
+            env[op.name] = x.flatten(2)
+        elif isinstance(op, TimeReduce):
+            env[op.name] = x.sum(0)
+        else:
+            op.fail("has no quantized semantics (is the graph quantized?)")
+        _check_range(op, env[op.name])
+    return env
+
+
+def _check_range(op: Op, v: torch.Tensor) -> None:
+    if v.numel() and v.abs().max() >= LIMIT:
+        raise IRError(f"{op.where()}: reached {int(v.abs().max())}, beyond 32 bits (a quantizer bound is wrong)")
+
+
+def output_divisor(graph: Graph, name: str) -> int:
+    op = graph.op(name)
+    return graph.op(op.inputs[0]).type.time if isinstance(op, TimeReduce) and op.mode == "mean" else 1
+
+
+def run_reference(graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """The graph's outputs, decoded exactly as the runtime decodes the machine's."""
+    env = evaluate(graph, inputs)
+    outs = []
+    for name in graph.outputs:
+        dt = graph.op(name).type.dtype
+        q = env[name].numpy()
+        outs.append(q.astype(np.float32) if dt.kind == "spike" else decode_output(q, dt.frac, output_divisor(graph, name)))
+    return outs

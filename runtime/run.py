@@ -1,0 +1,105 @@
+"""Run a program on the simulator: encode and place the inputs, run a batch in lock-step, read and
+decode the outputs, and price what the machine did."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ttc.isa.io import decode_output, encode_input
+from ttc.isa.program import Program
+from ttc.simulator.machine import Machine
+from ttc.simulator.models import CycleModel, energy_pj
+
+
+class InputError(ValueError):
+    pass
+
+
+@dataclass
+class RunResult:
+    outputs: list[np.ndarray]
+    batch: int
+    cycles: int
+    cycles_by_unit: dict
+    counters: dict  # per inference
+    energy_pj: dict  # per inference, by component
+
+    @property
+    def total_energy_pj(self) -> float:
+        return sum(self.energy_pj.values())
+
+    def stats(self) -> dict:
+        return dict(batch=self.batch, cycles_per_inference=self.cycles, cycles_by_unit=self.cycles_by_unit,
+                    energy_pj_per_inference=self.total_energy_pj, energy_pj_by_component=self.energy_pj,
+                    actions_per_inference=self.counters)
+
+
+def expected_shape(io: dict) -> list:
+    return ([io["time"], "N"] if io["time"] is not None else ["N"]) + io["shape"]
+
+
+def _batch_of(io: dict, x: np.ndarray) -> int:
+    want = expected_shape(io)
+    got = list(x.shape)
+    batch_axis = want.index("N")
+    if len(got) != len(want) or any(w != g for w, g in zip(want, got) if w != "N"):
+        raise InputError(f"input {io['path'] or io['name']!r} has shape {tuple(got)}, the program expects "
+                         f"({', '.join(map(str, want))})")
+    if got[batch_axis] == 0:
+        raise InputError("the input batch is empty")
+    return got[batch_axis]
+
+
+def _time_major(x: np.ndarray, io: dict) -> np.ndarray:
+    """[T, B, ...] or [B, ...] -> [B, T, numel]"""
+    if io["time"] is None:
+        return x.reshape(x.shape[0], 1, -1)
+    return np.moveaxis(x, 1, 0).reshape(x.shape[1], x.shape[0], -1)
+
+
+def _write_input(machine: Machine, io: dict, x: np.ndarray) -> None:
+    q = _time_major(encode_input(x, io["bits"], io["frac"]), io)
+    raw = q.astype(f"<i{io['bits'] // 8}").view(np.uint8)  # [B, T, step_bytes]
+    steps = raw.shape[1]
+    region = np.zeros((raw.shape[0], steps, io["step_stride"] or io["step_bytes"]), dtype=np.uint8)
+    region[:, :, :io["step_bytes"]] = raw
+    machine.mem["dram"][:, io["addr"]:io["addr"] + region[0].size] = region.reshape(raw.shape[0], -1)
+
+
+def _read_output(machine: Machine, io: dict) -> np.ndarray:
+    steps = io["time"] or 1
+    stride = io["step_stride"] or io["step_bytes"]
+    raw = machine.mem["dram"][:, io["addr"]:io["addr"] + steps * stride].reshape(machine.batch, steps, stride)
+    raw = np.ascontiguousarray(raw[:, :, :io["step_bytes"]])
+    numel = int(np.prod(io["shape"]))
+    if io["fmt"] == "spike":
+        values = np.unpackbits(raw, axis=2, count=numel, bitorder="little").astype(np.float32)
+    else:
+        values = decode_output(raw.view(f"<i{int(io['fmt'][1:]) // 8}"), io["frac"], io["divide_by"])
+    values = values.reshape(machine.batch, steps, *io["shape"])
+    return np.ascontiguousarray(np.moveaxis(values, 0, 1)) if io["time"] is not None else values[:, 0]
+
+
+def run(prog: Program, inputs: list[np.ndarray]) -> RunResult:
+    ios = prog.meta["inputs"]
+    if len(inputs) != len(ios):
+        raise InputError(f"the program takes {len(ios)} inputs, got {len(inputs)}")
+    batches = {_batch_of(io, np.asarray(x)) for io, x in zip(ios, inputs)}
+    if len(batches) != 1:
+        raise InputError(f"inputs disagree on the batch size: {sorted(batches)}")
+    batch = batches.pop()
+    machine = Machine(prog, batch)
+    for io, x in zip(ios, inputs):
+        x = np.asarray(x, dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise InputError(f"input {io['path'] or io['name']!r} holds NaN or infinite values")
+        _write_input(machine, io, x)
+    cycle_model = CycleModel(prog.hw)
+    machine.listeners.append(cycle_model)
+    machine.run()
+    per_inference = {k: v / batch for k, v in sorted(machine.counters.items())}
+    return RunResult(
+        outputs=[_read_output(machine, io) for io in prog.meta["outputs"]], batch=batch,
+        cycles=cycle_model.cycles, cycles_by_unit=dict(cycle_model.by_unit), counters=per_inference,
+        energy_pj=energy_pj(prog.hw, per_inference, cycle_model.cycles))

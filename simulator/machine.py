@@ -1,0 +1,213 @@
+"""The instruction-level simulator: machine state, one handler per opcode, counters.
+
+A batch of B inputs runs in lock-step: every memory is a [B, bytes] array and every handler works on
+all samples at once (the program is static, so every sample takes the same path). Handlers compute
+with NumPy on int64, or on float64 where a BLAS product is faster and still exact (every product
+and partial sum stays far below 2^53); every value written to a 32-bit location is checked to fit.
+
+Each handler returns the instruction's `Event`: its action counts (summed over the batch) and the bytes
+it moved per memory. The dispatch loop adds events to the counters and hands them to listeners, such as
+the cycle model (`ttc.simulator.models`).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ttc.isa.encoding import Instr, Ref
+from ttc.isa.program import Program
+from ttc.isa.table import BY_NAME, FORMAT_BYTES, MEMORIES
+
+I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+class SimError(RuntimeError):
+    """The program did something the machine cannot: out-of-bounds access, 32-bit overflow."""
+
+
+@dataclass
+class Event:
+    actions: Counter = field(default_factory=Counter)  # summed over the batch
+    reads: Counter = field(default_factory=Counter)  # bytes per memory, per sample
+    writes: Counter = field(default_factory=Counter)
+
+
+class Machine:
+    def __init__(self, prog: Program, batch: int):
+        self.prog, self.hw, self.batch = prog, prog.hw, batch
+        sizes = {"dram": prog.meta["dram_bytes"], **{m: b.bytes for m, b in prog.hw.buffers.items()}}
+        self.mem = {m: np.zeros((batch, sizes[m]), dtype=np.uint8) for m in MEMORIES}
+        self.mem["dram"][:, :len(prog.data)] = np.frombuffer(prog.data, dtype=np.uint8)
+        self.counters: Counter = Counter()
+        self.listeners: list = []
+        self.pc = 0
+        self.event = Event()
+
+    # ---- memory access (bounds-checked, counted)
+    def _span(self, ref: Ref, nbytes: int) -> slice:
+        size = self.mem[ref.mem].shape[1]
+        if ref.addr + nbytes > size:
+            raise SimError(f"instruction {self.pc} ({self.prog.code[self.pc].op}): {ref}+{nbytes} lies beyond the "
+                           f"{size} bytes of {ref.mem}")
+        return slice(ref.addr, ref.addr + nbytes)
+
+    def read_bytes(self, ref: Ref, nbytes: int) -> np.ndarray:
+        self.event.reads[ref.mem] += nbytes
+        return self.mem[ref.mem][:, self._span(ref, nbytes)]
+
+    def write_bytes(self, ref: Ref, data: np.ndarray) -> None:
+        self.event.writes[ref.mem] += data.shape[1]
+        self.mem[ref.mem][:, self._span(ref, data.shape[1])] = data
+
+    def read(self, ref: Ref, fmt: str, n: int) -> np.ndarray:
+        """n elements as int64 [B, n]."""
+        if fmt == "spike":
+            raw = self.read_bytes(ref, (n + 7) // 8)
+            return np.unpackbits(raw, axis=1, count=n, bitorder="little").astype(np.int64)
+        raw = np.ascontiguousarray(self.read_bytes(ref, n * FORMAT_BYTES[fmt]))
+        return raw.view(f"<i{FORMAT_BYTES[fmt]}").astype(np.int64)
+
+    def write(self, ref: Ref, fmt: str, values: np.ndarray) -> None:
+        values = values.reshape(self.batch, -1)
+        if fmt == "spike":
+            self.write_bytes(ref, np.packbits(values.astype(np.uint8), axis=1, bitorder="little"))
+            return
+        bits = 8 * FORMAT_BYTES[fmt]
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        if values.size and (values.min() < lo or values.max() > hi):
+            raise SimError(f"instruction {self.pc} ({self.prog.code[self.pc].op}): value out of {fmt} range "
+                           f"writing {ref} (overflow)")
+        self.write_bytes(ref, values.astype(f"<i{FORMAT_BYTES[fmt]}").view(np.uint8))
+
+    # ---- execution
+    def step(self, instr: Instr) -> bool:
+        self.event = Event()
+        HANDLERS[instr.op](self, instr)
+        self.counters.update(self.event.actions)
+        for m, n in self.event.reads.items():
+            self.counters[f"{m}_read_bytes"] += n * self.batch
+        for m, n in self.event.writes.items():
+            self.counters[f"{m}_write_bytes"] += n * self.batch
+        self.counters["instructions"] += self.batch
+        for listener in self.listeners:
+            listener.on_instr(instr, self.event)
+        return instr.op != "halt"
+
+    def run(self) -> None:
+        for self.pc, instr in enumerate(self.prog.code):
+            if not self.step(instr):
+                return
+        raise SimError("the program ran past its last instruction without halting")
+
+
+# ------------------------------------------------------------------------------------- handlers
+
+def _halt(m: Machine, i: Instr) -> None:
+    pass
+
+
+def _dma(m: Machine, i: Instr) -> None:
+    for r in range(i["rows"]):
+        src = Ref(i["src"].mem, i["src"].addr + r * i["src_stride"])
+        dst = Ref(i["dst"].mem, i["dst"].addr + r * i["dst_stride"])
+        m.write_bytes(dst, m.read_bytes(src, i["row_bytes"]).copy())
+
+
+def _vfill(m: Machine, i: Instr) -> None:
+    m.write(i["dst"], "i32", np.full((m.batch, i["n"]), i["value"], dtype=np.int64))
+    m.event.actions["vector_op"] += i["n"] * m.batch
+
+
+def _vbias(m: Machine, i: Instr) -> None:
+    bias = m.read(i["bias"], "i32", i["channels"])
+    m.write(i["dst"], "i32", np.repeat(bias, i["plane"], axis=1))
+    m.event.actions["vector_op"] += i["channels"] * i["plane"] * m.batch
+
+
+def _im2col(x: np.ndarray, i: Instr) -> tuple[np.ndarray, int, int]:
+    """x [B, C, H, W] -> columns [B, OH*OW, C*kh*kw] (zero padding)."""
+    ph, pw, sh, sw, kh, kw = i["ph"], i["pw"], i["sh"], i["sw"], i["kh"], i["kw"]
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # [B, C, OH, OW, kh, kw]
+    b, c, oh, ow = win.shape[:4]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(b, oh * ow, c * kh * kw), oh, ow
+
+
+def _conv(m: Machine, i: Instr, src_fmt: str) -> None:
+    cin, cout, ih, iw, kh, kw = i["cin"], i["cout"], i["ih"], i["iw"], i["kh"], i["kw"]
+    x = m.read(i["src"], src_fmt, cin * ih * iw).reshape(m.batch, cin, ih, iw)
+    w = m.read(i["wgt"], "i8", cout * cin * kh * kw).reshape(m.batch, cout, cin * kh * kw)[0]
+    cols, oh, ow = _im2col(x.astype(np.float64), i)
+    y = (cols @ w.T.astype(np.float64)).transpose(0, 2, 1).reshape(m.batch, cout * oh * ow)
+    y = np.rint(y).astype(np.int64)
+    if i["accumulate"]:
+        y += m.read(i["dst"], "i32", cout * oh * ow)
+    m.write(i["dst"], "i32", y)
+    nonzero_per_tap = (w != 0).sum(axis=0)  # fan-out of an input to this tile's output channels
+    if src_fmt == "spike":
+        m.event.actions["spike_add"] += int(cols.sum(axis=(0, 1)) @ nonzero_per_tap)
+    else:
+        ones, _, _ = _im2col(np.ones((1, cin, ih, iw)), i)
+        m.event.actions["mac"] += int(ones.sum()) * cout * m.batch
+
+
+def _sconv(m: Machine, i: Instr) -> None:
+    _conv(m, i, "spike")
+
+
+def _dconv(m: Machine, i: Instr) -> None:
+    _conv(m, i, i["fmt"])
+
+
+def _pool(m: Machine, i: Instr) -> None:
+    c, h, w, k, s = i["channels"], i["ih"], i["iw"], i["k"], i["stride"]
+    x = m.read(i["src"], i["src_fmt"], c * h * w).reshape(m.batch, c, h, w)
+    win = sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+    y = win.max(axis=(4, 5)) if i["mode"] == "max" else win.sum(axis=(4, 5))
+    m.write(i["dst"], i["dst_fmt"], y)
+    m.event.actions["vector_op"] += y[0].size * k * k * m.batch
+
+
+def _decay(u: np.ndarray, mul: int, shift: int) -> np.ndarray:
+    return u * mul if shift == 0 else (u * mul + (1 << (shift - 1))) >> shift
+
+
+def _nrn(m: Machine, i: Instr) -> None:
+    n, theta = i["n"], i["theta"]
+    x = m.read(i["src"], "i32", n)
+    u = m.read(i["state"], "i32", n)
+    fire = (lambda v: v > theta) if i["cmp"] == "gt" else (lambda v: v >= theta)
+    s_prev = fire(u)
+
+    def reset(v):
+        if i["reset"] == "hard":
+            return np.where(s_prev, i["v_reset"], v)
+        return v - s_prev * theta if i["reset"] == "subtract" else v
+
+    mul, shift = i["decay_mul"], i["decay_shift"]
+    u = _decay(reset(u), mul, shift) if i["order"] == "reset_decay" else reset(_decay(u, mul, shift))
+    h = u + (x << i["in_shift"])
+    s = fire(h)
+    m.write(i["state"], "i32", h)
+    m.write(i["dst"], "spike", s)
+    a = m.event.actions
+    a["neuron_update"] += n * m.batch
+    a["spike"] += int(s.sum())
+    if mul != 1 << shift:
+        a["decay_shift" if mul & (mul - 1) == 0 else "decay_mult"] += n * m.batch
+
+
+def _vacc(m: Machine, i: Instr) -> None:
+    n = i["n"]
+    m.write(i["dst"], "i32", m.read(i["dst"], "i32", n) + m.read(i["src"], i["src_fmt"], n))
+    m.event.actions["vector_op"] += n * m.batch
+
+
+HANDLERS = {"halt": _halt, "dma": _dma, "vfill": _vfill, "vbias": _vbias, "sconv": _sconv, "dconv": _dconv,
+            "pool": _pool, "nrn": _nrn, "vacc": _vacc}
+
+if set(HANDLERS) != set(BY_NAME):
+    raise ImportError(f"simulator handlers {sorted(HANDLERS)} do not match the ISA table {sorted(BY_NAME)}")

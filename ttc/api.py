@@ -1,0 +1,73 @@
+"""ttc's public Python API: compile a model, run a program on the simulator, check it."""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ttc.compiler.codegen import generate
+from ttc.compiler.ir import Graph
+from ttc.compiler.passes import run_pipeline
+from ttc.compiler.reference import run_reference
+from ttc.frontends.load import load_model
+from ttc.frontends.trace import parse_input_shape, trace
+from ttc.isa.hwconfig import HwConfig, load_hw
+from ttc.isa.program import Program
+from ttc.runtime.run import RunResult, run
+
+
+@dataclass
+class Compiled:
+    graph: Graph  # the quantized, allocated IR
+    program: Program
+
+
+def compile_model(model: torch.nn.Module, input_shape, hw: str | HwConfig = "sata", input_bits: int = 16,
+                  input_frac: int = 8, name: str = "model", source: dict | None = None) -> Compiled:
+    """Trace, optimise, quantize, allocate and generate code for `model` (left unchanged)."""
+    hw = hw if isinstance(hw, HwConfig) else load_hw(hw)
+    shape = parse_input_shape(input_shape)
+    graph = trace(copy.deepcopy(model), shape, name)
+    options = {"input_shape": ",".join(map(str, shape)), "input_bits": input_bits, "input_frac": input_frac}
+    graph = run_pipeline(graph, {"quantize": {"input_bits": input_bits, "input_frac": input_frac}, "allocate": {"hw": hw}})
+    return Compiled(graph, generate(graph, hw, options, source or {}))
+
+
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def compile_file(path: str | Path, input_shape, hw: str | HwConfig = "sata", trust: bool = False, **options) -> Compiled:
+    model = load_model(path, trust)
+    return compile_model(model, input_shape, hw, name=Path(path).stem.replace("-", "_") or "model",
+                         source={"file": Path(path).name, "sha256": file_digest(path)}, **options)
+
+
+def recompile_for_check(prog: Program, model: torch.nn.Module) -> Compiled:
+    """Compile `model` with the options recorded in `prog`, for the quantized reference."""
+    o = prog.meta["options"]
+    return compile_model(model, o["input_shape"], prog.hw, input_bits=o["input_bits"], input_frac=o["input_frac"])
+
+
+def run_float(model: torch.nn.Module, x: np.ndarray) -> list[np.ndarray]:
+    """The float model's outputs (reference 1), in eval mode, with stateful neurons reset first."""
+    model.eval()
+    for m in model.modules():
+        if type(m).__module__.startswith("spikingjelly") and hasattr(m, "reset"):
+            m.reset()
+    with torch.no_grad():
+        y = model(torch.from_numpy(np.asarray(x, dtype=np.float32)))
+    ys = list(y) if isinstance(y, (tuple, list)) else [y]
+    return [t.detach().numpy() for t in ys]
+
+
+def simulate(prog: Program, x: np.ndarray) -> RunResult:
+    return run(prog, [x])
+
+
+def reference(compiled: Compiled, x: np.ndarray) -> list[np.ndarray]:
+    return run_reference(compiled.graph, [x])

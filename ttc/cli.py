@@ -1,0 +1,276 @@
+"""The `ttc` command line. Every failure is one readable line on stderr and a non-zero exit; no
+command leaves a half-written output file (outputs are written to a temporary name, then renamed)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+EXIT_ERROR = 1
+EXIT_MISMATCH = 3
+
+
+class CliError(Exception):
+    pass
+
+
+def _atomic_write(path: str | Path, write) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_npy(path: str, arrays: list[np.ndarray]) -> None:
+    if len(arrays) == 1:
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.save(f, arrays[0])
+    else:
+        if not path.endswith(".npz"):
+            raise CliError(f"the model returns {len(arrays)} tensors: give an --output ending in .npz")
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, *arrays)
+    _atomic_write(path, write)
+
+
+def _load_input(path: str) -> np.ndarray:
+    if not Path(path).is_file():
+        raise CliError(f"{path}: no such file")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise CliError(f"{path}: not a .npy array ({str(e).splitlines()[0]})") from None
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "fiub":
+        raise CliError(f"{path}: holds {getattr(x, 'dtype', type(x))} data, not numbers")
+    return x
+
+
+def default_input(io: dict) -> np.ndarray:
+    """A deterministic batch of one: values on the input's grid in [0, 1]."""
+    shape = [1 if d == "N" else d for d in ([io["time"], "N"] if io["time"] is not None else ["N"]) + io["shape"]]
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, (1 << io["frac"]) + 1, size=shape) / (1 << io["frac"])).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------ commands
+
+def cmd_compile(a) -> int:
+    from ttc.api import compile_file
+
+    compiled = compile_file(a.model, a.input_shape, a.hw, trust=a.trust_model, input_bits=a.input_bits,
+                            input_frac=a.input_frac)
+    if a.emit_ir:
+        from ttc.compiler.ir_text import print_graph
+
+        text = print_graph(compiled.graph)
+        _atomic_write(a.emit_ir, lambda tmp: tmp.write_text(text))
+    compiled.program.save(a.output)
+    p = compiled.program
+    print(f"wrote {a.output}: {len(p.code)} instructions, {len(p.data)} bytes of weights, "
+          f"{len(p.meta['layers'])} layers, hardware {p.hw.name}")
+    return 0
+
+
+def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _agreement(sim: np.ndarray, flt: np.ndarray) -> dict:
+    flt = flt.astype(np.float32)
+    out = {"bit_exact": _bits_equal(sim, flt), "max_abs_error": float(np.abs(sim - flt).max()) if sim.size else 0.0}
+    if set(np.unique(flt)) <= {0.0, 1.0}:
+        out["spike_agreement"] = float((sim == flt).mean())
+    if sim.ndim == 2:
+        out["top1_agreement"] = float((sim.argmax(1) == flt.argmax(1)).mean())
+    return out
+
+
+def check(prog, model_path: str, trust: bool, x: np.ndarray, sim_outputs: list[np.ndarray]) -> dict:
+    from ttc.api import file_digest, recompile_for_check, reference, run_float
+    from ttc.frontends.load import load_model
+
+    model = load_model(model_path, trust)
+    recorded = prog.meta["source"].get("sha256")
+    if recorded and recorded != file_digest(model_path):
+        raise CliError(f"{model_path} is not the model this program was compiled from (its SHA-256 differs)")
+    compiled = recompile_for_check(prog, model)
+    ref = reference(compiled, x)
+    flt = run_float(model, x)
+    report = {"reference_bit_exact": all(_bits_equal(s, r) for s, r in zip(sim_outputs, ref)),
+              "mismatched_elements": int(sum((s != r).sum() for s, r in zip(sim_outputs, ref))),
+              "float": [_agreement(s, f) for s, f in zip(sim_outputs, flt)]}
+    return report
+
+
+def cmd_run(a) -> int:
+    from ttc.isa.program import Program
+    from ttc.runtime.run import run
+
+    if not a.sim:
+        raise CliError("only the simulator backend exists: pass --sim")
+    prog = Program.load(a.program)
+    ios = prog.meta["inputs"]
+    x = _load_input(a.input) if a.input else default_input(ios[0])
+    result = run(prog, [x])
+    report = {"program": a.program, **result.stats()}
+    if a.check:
+        report["check"] = check(prog, a.check, a.trust_model, x, result.outputs)
+    if a.output:
+        _save_npy(a.output, result.outputs)
+    if a.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        _print_run(report)
+    if a.check and not report["check"]["reference_bit_exact"]:
+        print(f"ttc: error: the simulator differs from the quantized reference in "
+              f"{report['check']['mismatched_elements']} elements", file=sys.stderr)
+        return EXIT_MISMATCH
+    return 0
+
+
+def _print_run(r: dict) -> None:
+    print(f"batch {r['batch']}: {r['cycles_per_inference']} cycles and "
+          f"{r['energy_pj_per_inference'] / 1e6:.4f} uJ per inference")
+    print("  energy by component (pJ): " + ", ".join(f"{k} {v:.1f}" for k, v in r["energy_pj_by_component"].items()))
+    print("  cycles by unit: " + ", ".join(f"{k} {v}" for k, v in r["cycles_by_unit"].items()))
+    print("  actions per inference: " + ", ".join(f"{k} {v:g}" for k, v in r["actions_per_inference"].items()))
+    if "check" in r:
+        c = r["check"]
+        print(f"  quantized reference: {'bit-exact' if c['reference_bit_exact'] else 'MISMATCH'}")
+        for i, f in enumerate(c["float"]):
+            print(f"  float model, output {i}: " + ", ".join(f"{k} {v}" for k, v in f.items()))
+
+
+def cmd_asm(a) -> int:
+    from ttc.isa.asm import assemble
+
+    if not Path(a.source).is_file():
+        raise CliError(f"{a.source}: no such file")
+    assemble(Path(a.source).read_text(), a.source).save(a.output)
+    print(f"wrote {a.output}")
+    return 0
+
+
+def cmd_disasm(a) -> int:
+    from ttc.isa.asm import disassemble
+    from ttc.isa.program import Program
+
+    text = disassemble(Program.load(a.program))
+    if a.output:
+        _atomic_write(a.output, lambda tmp: tmp.write_text(text))
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def inspect_program(prog) -> dict:
+    from ttc.isa.program import FORMAT_VERSION
+    from ttc.isa.table import ISA_VERSION
+
+    return dict(format_version=FORMAT_VERSION, isa_version=ISA_VERSION, hardware=prog.hw.name,
+                hardware_digest=prog.hw.digest, source=prog.meta["source"], options=prog.meta["options"],
+                ttc_version=prog.meta["ttc_version"], instructions=len(prog.code),
+                instructions_by_opcode=dict(sorted(Counter(i.op for i in prog.code).items())),
+                data_bytes=len(prog.data), dram_bytes=prog.meta["dram_bytes"], inputs=prog.meta["inputs"],
+                outputs=prog.meta["outputs"], layers=prog.meta["layers"])
+
+
+def cmd_inspect(a) -> int:
+    from ttc.isa.program import Program
+
+    info = inspect_program(Program.load(a.program))
+    if a.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    print(f"{a.program}: ttc program format {info['format_version']}, ISA {info['isa_version']}, "
+          f"compiled by ttc {info['ttc_version']} for hardware {info['hardware']} ({info['hardware_digest'][:12]})")
+    print(f"  source: {info['source'] or '(Python API)'}; options: {info['options']}")
+    print(f"  code: {info['instructions']} instructions ({', '.join(f'{k} {v}' for k, v in info['instructions_by_opcode'].items())})")
+    print(f"  data: {info['data_bytes']} bytes of weights; DRAM image {info['dram_bytes']} bytes")
+    for io in info["inputs"]:
+        print(f"  input  {io['name']}: [{', '.join(map(str, ([io['time'], 'N'] if io['time'] else ['N']) + io['shape']))}] "
+              f"as {io['fmt']} with {io['frac']} fractional bits")
+    for io in info["outputs"]:
+        print(f"  output {io['name']}: [{', '.join(map(str, ([io['time'], 'N'] if io['time'] else ['N']) + io['shape']))}] "
+              f"{io['fmt']}, {io['frac']} fractional bits{', divided by ' + str(io['divide_by']) if io['divide_by'] != 1 else ''}")
+    print("  layers:")
+    for layer in info["layers"]:
+        tile = f", tile {layer['tile']}" if layer.get("tile") else ""
+        print(f"    {layer['path'] or layer['name']:<20} {layer['op']:<20} {layer['type']}{tile}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ttc", description="Compile PyTorch SNNs to an SNN accelerator and simulate them.")
+    sub = p.add_subparsers(dest="command", required=True)
+    trust_help = ("allow the model file to name classes ttc does not know; unpickling them runs code chosen by "
+                  "the file, so use this only for files you trust")
+
+    c = sub.add_parser("compile", help="compile a torch.save'd model to prog.bin")
+    c.add_argument("model")
+    c.add_argument("-o", "--output", required=True)
+    c.add_argument("--input-shape", required=True, help="the forward input's shape with the batch axis as N, e.g. 4,N,1,8,8")
+    c.add_argument("--hw", default="sata", help="hardware preset name or TOML file (default: sata)")
+    c.add_argument("--input-bits", type=int, default=16, choices=(8, 16, 32))
+    c.add_argument("--input-frac", type=int, default=8, help="fractional bits of the quantized input (default 8)")
+    c.add_argument("--emit-ir", metavar="FILE", help="also write the final IR as text")
+    c.add_argument("--trust-model", action="store_true", help=trust_help)
+    c.set_defaults(fn=cmd_compile)
+
+    r = sub.add_parser("run", help="run prog.bin on the simulator")
+    r.add_argument("--sim", action="store_true", help="run on the instruction-level simulator")
+    r.add_argument("program")
+    r.add_argument("--input", help=".npy laid out as the model's forward input (any batch size)")
+    r.add_argument("--output", help="write what forward returns (.npy; .npz for several tensors)")
+    r.add_argument("--check", metavar="MODEL", help="compare with the quantized reference (bit for bit) and the float model")
+    r.add_argument("--trust-model", action="store_true", help=trust_help)
+    r.add_argument("--json", action="store_true", help="machine-readable statistics")
+    r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("asm", help="assemble text assembly into prog.bin")
+    s.add_argument("source")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(fn=cmd_asm)
+
+    d = sub.add_parser("disasm", help="disassemble prog.bin")
+    d.add_argument("program")
+    d.add_argument("-o", "--output")
+    d.set_defaults(fn=cmd_disasm)
+
+    i = sub.add_parser("inspect", help="describe prog.bin")
+    i.add_argument("program")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("ttc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one readable line, never a traceback (TTC_DEBUG=1 shows it)
+        if os.environ.get("TTC_DEBUG"):
+            raise
+        known = type(e).__module__.startswith("ttc") or isinstance(e, (OSError, ValueError))
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        prefix = "error" if known else f"internal error ({type(e).__name__})"
+        print(f"ttc: {prefix}: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
