@@ -71,7 +71,7 @@ def print_graph(g: Graph) -> str:
 
 _GRAMMAR = r"""
 start: "graph" "@" NAME "{" op* ret "}"
-op: VALUE "=" NAME operands? "{" [attr ("," attr)*] "}" ":" type
+op: VALUE "=" NAME operands? ("{" [attr ("," attr)*] "}")? ":" type
 operands: "(" [VALUE ("," VALUE)*] ")"
 attr: NAME "=" value
 ?value: INT -> int | FLOAT -> float | STRING -> string | "none" -> none | "true" -> true

@@ -94,7 +94,8 @@ class Quantize(Pass):
             bq = np.rint(bias * 2.0 ** out_frac)
             if np.abs(bq).max(initial=0) >= LIMIT:
                 op.fail(f"bias {np.abs(bias).max()} does not fit 32 bits at 2^-{out_frac}")
-            op.weight, op.weight_frac, op.bias = q, frac, bq.astype(np.int32)
+            op.weight, op.weight_frac = q, frac
+            op.bias = bq.astype(np.int32) if op.bias is not None else None
             fan_in = np.abs(q.astype(np.int64)).reshape(q.shape[0], -1).sum(axis=1)
             self.bound[op.name] = int((fan_in * b_in + np.abs(bq).astype(np.int64)).max())
         elif isinstance(op, Neuron):

@@ -1,0 +1,28 @@
+# Two commands do all set-up: `make demo` and `make test` each create the virtual environment
+# (.venv) on first use, install ttc with its dependencies (torch pinned by constraints.txt), then run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ttc-installed
+
+.PHONY: demo test bench docs clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[thirdparty,test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m ttc.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/bench_sim.py
+
+docs: $(STAMP)
+	$(PY) -m ttc.isa.docs > docs/isa.md
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,116 @@
+"""The ISA table drives encoding, assembly and docs; prog.bin rejects every kind of damage."""
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from ttc import api
+from ttc.isa import asm, docs, encoding, table
+from ttc.isa.encoding import EncodingError, Instr, Ref
+from ttc.isa.hwconfig import HwConfigError, load_hw, parse_hw, presets
+from ttc.isa.program import Program, ProgramError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sample(op: table.Opcode, salt: int) -> Instr:
+    args = {}
+    for k, f in enumerate(op.fields):
+        if f.kind == "ref":
+            args[f.name] = Ref(f.choices[(salt + k) % len(f.choices)], (salt * 977 + k * 31) % (1 << 20))
+        elif f.kind == "enum":
+            args[f.name] = f.choices[(salt + k) % len(f.choices)]
+        elif f.kind == "u":
+            args[f.name] = (salt * 7919 + k) % (1 << f.bits)
+        else:
+            args[f.name] = ((salt * 7919 + k) % (1 << f.bits)) - (1 << (f.bits - 1))
+    return Instr(op.name, args)
+
+
+@pytest.mark.parametrize("op", table.INSTRUCTIONS, ids=lambda o: o.name)
+def test_encode_decode_every_opcode(op):
+    for salt in range(25):
+        instr = _sample(op, salt)
+        raw = encoding.encode(instr)
+        assert len(raw) == table.WORD_BYTES
+        assert encoding.decode(raw) == instr
+        assert raw[0] == op.code
+
+
+def test_field_range_and_memory_are_checked():
+    op = table.BY_NAME["vfill"]
+    good = _sample(op, 1)
+    with pytest.raises(EncodingError, match="does not fit"):
+        Instr("vfill", {**good.args, "n": 1 << 24})
+    with pytest.raises(EncodingError, match="not allowed"):
+        Instr("vfill", {**good.args, "dst": Ref("dram", 0)})
+    with pytest.raises(EncodingError, match="unknown opcode"):
+        encoding.decode(bytes([0xEE]) + bytes(31))
+
+
+def test_docs_isa_md_is_generated_from_the_table():
+    assert (ROOT / "docs" / "isa.md").read_text() == docs.render()
+
+
+def test_presets_load_and_bad_configs_are_rejected():
+    assert "sata" in presets()
+    hw = load_hw("sata")
+    assert (hw.pe_rows, hw.pe_cols, hw.buffers["wgt"].bytes) == (8, 16, 144 * 1024)
+    text = (ROOT / "isa" / "presets" / "sata.toml").read_text()
+    with pytest.raises(HwConfigError, match="unknown key 'bogus'"):
+        parse_hw(text.replace("[array]\n", "[array]\nbogus = 1\n"), "t")
+    with pytest.raises(HwConfigError, match="must not be negative"):
+        parse_hw(text.replace("read_pj = 28.6", "read_pj = -1.0"), "t")
+    with pytest.raises(HwConfigError, match="too small"):
+        parse_hw(text.replace("kib = 144", "kib = 0.01"), "t")
+    with pytest.raises(HwConfigError, match="no hardware preset"):
+        load_hw("no-such-preset")
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    from conftest import small_conv_snn
+
+    return api.compile_model(small_conv_snn(), "4,N,1,8,8").program
+
+
+def test_asm_bin_asm_is_identity(program):
+    text = asm.disassemble(program)
+    again = asm.assemble(text)
+    assert again.to_bytes() == program.to_bytes()
+    assert asm.disassemble(again) == text
+    assert Program.from_bytes(program.to_bytes()).to_bytes() == program.to_bytes()
+
+
+def test_asm_syntax_errors_name_the_line(program):
+    lines = asm.disassemble(program).splitlines()
+    code_at = lines.index(".code") + 2
+    lines[code_at] = lines[code_at].replace("dma", "dmx", 1)
+    with pytest.raises(asm.AsmError, match=f":{code_at + 1}:"):
+        asm.assemble("\n".join(lines) + "\n", "p.s")
+
+
+def test_prog_bin_is_deterministic(conv_snn):
+    a = api.compile_model(conv_snn, "4,N,1,8,8").program.to_bytes()
+    b = api.compile_model(conv_snn, "4,N,1,8,8").program.to_bytes()
+    assert a == b
+
+
+def test_damaged_prog_bin_says_what_is_wrong(program):
+    blob = program.to_bytes()
+    with pytest.raises(ProgramError, match="truncated"):
+        Program.from_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ProgramError, match="not a ttc program"):
+        Program.from_bytes(b"XXXX" + blob[4:])
+    flipped = bytearray(blob)
+    flipped[len(blob) // 2] ^= 0x40
+    with pytest.raises(ProgramError, match="corrupted"):
+        Program.from_bytes(bytes(flipped))
+    with pytest.raises(ProgramError, match="ISA version"):
+        Program.from_bytes(blob[:10] + (99).to_bytes(2, "little") + blob[12:])
+
+
+def test_program_validation_catches_bad_metadata(program):
+    broken = dataclasses.replace(program, meta={**program.meta, "dram_bytes": 16})
+    with pytest.raises(ProgramError, match="exceeds DRAM size"):
+        Program.from_bytes(broken.to_bytes())
