@@ -358,25 +358,29 @@ class MaxPool(Op):
 
 @dataclass(eq=False, kw_only=True)
 class AvgPool(Op):
-    """y[t,c,i,j] = (1/k^2) sum_{u,v<k} x[t,c,i*s+u,j*s+v]. With k^2 a power of two this is exact
-    in fixed point: the integer sum with log2(k^2) more fractional bits."""
+    """y[t,c,i,j] = (1/k^2) sum_{u,v<k} x[t,c,i*s+u,j*s+v]. Quantized (`area_bits` set) with k^2 a
+    power of two this is exact: the integer sum, with area_bits = log2(k^2) more fractional bits."""
 
     opname: ClassVar[str] = "avgpool"
     kernel: int
     stride: int
+    area_bits: int | None = None
     tile: int | None = None
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
         shape = _pool_out(self, x, self.kernel, self.stride)
-        if x.dtype == F32:
-            return x.with_(shape=shape)
-        area_bits = (self.kernel * self.kernel).bit_length() - 1
-        if 1 << area_bits != self.kernel * self.kernel:
+        if self.area_bits is None:
+            if x.dtype.kind == "fix":
+                self.fail("a float average of a quantized input (quantize sets area_bits)")
+            return x.with_(dtype=F32, shape=shape)
+        if 1 << self.area_bits != self.kernel * self.kernel:
             self.fail(f"a {self.kernel}x{self.kernel} average is not exact in fixed point (area not a power of two)")
         if x.dtype == SPIKE:
-            return x.with_(dtype=fix(8, area_bits), shape=shape)
-        return x.with_(dtype=fix(32, x.dtype.frac + area_bits), shape=shape)
+            return x.with_(dtype=fix(8, self.area_bits), shape=shape)
+        if x.dtype.kind != "fix":
+            self.fail("a quantized average of a float input")
+        return x.with_(dtype=fix(32, x.dtype.frac + self.area_bits), shape=shape)
 
 
 @dataclass(eq=False, kw_only=True)

@@ -104,7 +104,11 @@ class Quantize(Pass):
             op.frac = self.state_frac[op.inputs[0]]
             self.bound[op.name] = self.bound[("state", op.inputs[0])]
         elif isinstance(op, AvgPool):
-            self.bound[op.name] = b_in * op.kernel * op.kernel
+            area = op.kernel * op.kernel
+            if area & (area - 1):
+                op.fail(f"a {op.kernel}x{op.kernel} average is not exact in fixed point (area not a power of two)")
+            op.area_bits = area.bit_length() - 1
+            self.bound[op.name] = b_in * area
         elif isinstance(op, TimeReduce):
             self.bound[op.name] = b_in * ins[0].type.time
         elif isinstance(op, NeuronQ):

@@ -1,0 +1,121 @@
+"""The command line, end to end: compile, run, check, asm/disasm, inspect; and every kind of bad
+input gives one clear line, a non-zero exit and no output file."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import grid_inputs, small_conv_snn
+
+
+def ttc(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ttc.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def assert_clean_failure(result, *words):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    torch.save(small_conv_snn(), d / "model.pt")
+    r = ttc("compile", d / "model.pt", "-o", d / "prog.bin", "--input-shape", "4,N,1,8,8")
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def test_run_check_is_bit_exact_and_writes_outputs(compiled):
+    x = grid_inputs((4, 5, 1, 8, 8))
+    np.save(compiled / "x.npy", x)
+    r = ttc("run", "--sim", compiled / "prog.bin", "--input", compiled / "x.npy", "--output", compiled / "y.npy",
+            "--check", compiled / "model.pt", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["check"]["reference_bit_exact"] and report["check"]["mismatched_elements"] == 0
+    assert report["batch"] == 5 and report["cycles_per_inference"] > 0 and report["energy_pj_per_inference"] > 0
+    assert report["actions_per_inference"]["spike_add"] > 0
+    y = np.load(compiled / "y.npy")
+    assert y.shape == (5, 10) and y.dtype == np.float32
+    assert report["check"]["float"][0]["top1_agreement"] >= 0.8
+
+
+def test_run_without_input_uses_a_deterministic_batch_of_one(compiled):
+    a, b = (ttc("run", "--sim", compiled / "prog.bin", "--json") for _ in range(2))
+    assert a.returncode == 0 and json.loads(a.stdout)["batch"] == 1
+    assert json.loads(a.stdout)["actions_per_inference"] == json.loads(b.stdout)["actions_per_inference"]
+
+
+def test_asm_disasm_inspect(compiled):
+    assert ttc("disasm", compiled / "prog.bin", "-o", compiled / "prog.s").returncode == 0
+    assert ttc("asm", compiled / "prog.s", "-o", compiled / "again.bin").returncode == 0
+    assert (compiled / "again.bin").read_bytes() == (compiled / "prog.bin").read_bytes()
+    info = json.loads(ttc("inspect", compiled / "prog.bin", "--json").stdout)
+    assert info["hardware"] == "sata" and info["inputs"][0]["shape"] == [1, 8, 8]
+    assert info["source"]["file"] == "model.pt"
+    text = ttc("inspect", compiled / "prog.bin").stdout
+    assert "conv2d+neuron_q" in text
+
+
+def test_wrong_input_shape(compiled):
+    np.save(compiled / "bad.npy", np.zeros((4, 2, 1, 8, 9), np.float32))
+    r = ttc("run", "--sim", compiled / "prog.bin", "--input", compiled / "bad.npy", "--output", compiled / "never.npy")
+    assert_clean_failure(r, "shape (4, 2, 1, 8, 9)", "(4, N, 1, 8, 8)")
+    assert not (compiled / "never.npy").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_damaged_program(compiled, damage):
+    blob = (compiled / "prog.bin").read_bytes()
+    bad = {"truncate": blob[:-100], "flip": blob[:200] + bytes([blob[200] ^ 1]) + blob[201:],
+           "garbage": b"hello world" * 10}[damage]
+    (compiled / "bad.bin").write_bytes(bad)
+    r = ttc("run", "--sim", compiled / "bad.bin", "--output", compiled / "never.npy")
+    assert_clean_failure(r, "bad.bin")
+    assert not (compiled / "never.npy").exists()
+
+
+def test_missing_files(compiled, tmp_path):
+    assert_clean_failure(ttc("run", "--sim", tmp_path / "nope.bin"), "no such file")
+    assert_clean_failure(ttc("compile", tmp_path / "nope.pt", "-o", tmp_path / "p.bin", "--input-shape", "4,N,1,8,8"),
+                         "no such file")
+    assert not (tmp_path / "p.bin").exists()
+
+
+class Custom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_pickle_of_unknown_class_needs_trust(tmp_path):
+    torch.save(Custom(), tmp_path / "custom.pt")
+    r = ttc("compile", tmp_path / "custom.pt", "-o", tmp_path / "p.bin", "--input-shape", "2,N,4")
+    assert_clean_failure(r, "test_cli.Custom", "--trust-model")
+    assert not (tmp_path / "p.bin").exists()
+
+
+def test_unsupported_module_names_its_path_and_type(tmp_path):
+    from ttc.frontends import modules as M
+
+    torch.save(nn.Sequential(M.Linear(4, 3), nn.Sequential(nn.ReLU())), tmp_path / "relu.pt")
+    r = ttc("compile", tmp_path / "relu.pt", "-o", tmp_path / "p.bin", "--input-shape", "2,N,4")
+    assert_clean_failure(r, "'1.0'", "torch.nn.modules.activation.ReLU")
+    assert not (tmp_path / "p.bin").exists()
+
+
+def test_bad_input_shape_spec(compiled, tmp_path):
+    r = ttc("compile", compiled / "model.pt", "-o", tmp_path / "p.bin", "--input-shape", "4,1,8,8")
+    assert_clean_failure(r, "batch axis as N")
