@@ -6,7 +6,7 @@ disassembler. The text is a complete image of prog.bin, so asm -> bin -> asm is 
     .hw {...canonical JSON...}
     .data 0x000000 00ff10...          (64 bytes a line, the initial DRAM image)
     .code
-    dma dst=ifmap[0x0] src=dram[0x40] rows=1 row_bytes=64 src_stride=0 dst_stride=0
+    load dst=ifmap[0x0] src=dram[0x40] rows=1 row_bytes=64 src_stride=0 dst_stride=0 wait={} signal={pe0}
     ...
     halt
 
@@ -39,6 +39,9 @@ def _field_rule(op: str, f: Field) -> tuple[str, str]:
         alts = " | ".join(f'"{m}" "[" INT "]" -> mem_{m}' for m in f.choices)
     elif f.kind == "enum":
         alts = " | ".join(f'"{c}" -> choice_{i}' for i, c in enumerate(f.choices))
+    elif f.kind == "mask":
+        items = " | ".join(f'"{c}" -> choice_{i}' for i, c in enumerate(f.choices))
+        return rule, (f'{rule}: "{f.name}" "=" "{{" [v_{rule} ("," v_{rule})*] "}}"\nv_{rule}: {items}')
     return rule, f'{rule}: "{f.name}" "=" v_{rule}\nv_{rule}: {alts}'
 
 
@@ -79,6 +82,9 @@ def _instr(tree: lark.Tree) -> Instr:
     op = _BY_RULE[tree.data]
     args = {}
     for f, sub in zip(op.fields, tree.children):
+        if f.kind == "mask":
+            args[f.name] = tuple(f.choices[int(v.data.removeprefix("choice_"))] for v in sub.children if v is not None)
+            continue
         value = sub.children[0]
         if f.kind == "ref":
             args[f.name] = Ref(value.data.removeprefix("mem_"), int(value.children[0], 0))
@@ -120,7 +126,7 @@ def assemble(text: str, where: str = "<asm>") -> Program:
 def format_instr(instr: Instr) -> str:
     parts = [instr.op]
     for name, value in instr.args.items():
-        parts.append(f"{name}={value}")
+        parts.append(f"{name}={{{','.join(value)}}}" if isinstance(value, tuple) else f"{name}={value}")
     return " ".join(parts)
 
 

@@ -11,6 +11,8 @@ def _kind(f) -> str:
         return f"ref ({' / '.join(f.choices)})"
     if f.kind == "enum":
         return "enum: " + ", ".join(f"{i}={c}" for i, c in enumerate(f.choices))
+    if f.kind == "mask":
+        return "mask: " + ", ".join(f"bit {i}={c}" for i, c in enumerate(f.choices))
     return {"u": "unsigned", "s": "signed"}[f.kind]
 
 

@@ -24,7 +24,7 @@ class Ref:
 @dataclass(frozen=True)
 class Instr:
     """One instruction: an opcode name and its operands by field name (refs as `Ref`, enums as
-    their names, integers as ints)."""
+    their names, masks as tuples of names, integers as ints). Omitted masks are empty."""
 
     op: str
     args: dict = field(default_factory=dict)
@@ -33,6 +33,13 @@ class Instr:
         spec = BY_NAME.get(self.op)
         if spec is None:
             raise EncodingError(f"unknown opcode {self.op!r}")
+        masks = {f.name: f for f in spec.fields if f.kind == "mask"}
+        args = {**{name: () for name in masks}, **self.args}
+        for name, f in masks.items():
+            if not isinstance(args[name], (tuple, list, set, frozenset)) or not all(isinstance(v, str) for v in args[name]):
+                raise EncodingError(f"{self.op}.{name}: expected a tuple of names, got {args[name]!r}")
+            args[name] = tuple(c for c in f.choices if c in args[name]) + tuple(v for v in args[name] if v not in f.choices)
+        object.__setattr__(self, "args", args)
         if set(self.args) != set(spec.field_names):
             missing, extra = set(spec.field_names) - set(self.args), set(self.args) - set(spec.field_names)
             raise EncodingError(f"{self.op}: missing operands {sorted(missing)}, unknown operands {sorted(extra)}")
@@ -59,6 +66,10 @@ def _check_value(op: str, f: Field, value) -> None:
     elif f.kind == "enum":
         if value not in f.choices:
             raise EncodingError(f"{where}: {value!r} is not one of {', '.join(f.choices)}")
+    elif f.kind == "mask":
+        unknown = [v for v in value if v not in f.choices]
+        if unknown or len(set(value)) != len(value):
+            raise EncodingError(f"{where}: {value!r} is not a set of {', '.join(f.choices)}")
     else:
         if not isinstance(value, int) or isinstance(value, bool):
             raise EncodingError(f"{where}: expected an integer, got {value!r}")
@@ -72,6 +83,8 @@ def _field_bits(f: Field, value) -> int:
         return (MEMORIES.index(value.mem) << REF_ADDR_BITS) | value.addr
     if f.kind == "enum":
         return f.choices.index(value)
+    if f.kind == "mask":
+        return sum(1 << f.choices.index(v) for v in value)
     return value & ((1 << f.bits) - 1)
 
 
@@ -85,6 +98,8 @@ def _field_value(op: str, f: Field, bits: int):
         if bits >= len(f.choices):
             raise EncodingError(f"{op}.{f.name}: enum value {bits} out of range")
         return f.choices[bits]
+    if f.kind == "mask":
+        return tuple(c for i, c in enumerate(f.choices) if bits >> i & 1)
     if f.kind == "s" and bits >> (f.bits - 1):
         return bits - (1 << f.bits)
     return bits

@@ -12,7 +12,7 @@ import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .table import ON_CHIP
+from .table import ON_CHIP, PE_GROUPS
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -43,6 +43,7 @@ class HwConfig:
     frequency_mhz: float
     pe_rows: int
     pe_cols: int
+    pe_groups: int
     neuron_lanes: int
     vector_lanes: int
     dram_bytes_per_cycle: int
@@ -55,6 +56,21 @@ class HwConfig:
     @property
     def pes(self) -> int:
         return self.pe_rows * self.pe_cols
+
+    # ---- time per unit of work: the simulator's cycle model and the compiler's cost model both use these
+    def conv_cycles(self, cout: int, oh: int, ow: int, cin: int, kh: int, kw: int) -> int:
+        """One PE group computes every (output, tap) pair, spike or not (the dense array schedule)."""
+        return -(-cout * oh * ow * cin * kh * kw // (self.pes // self.pe_groups))
+
+    def transfer_cycles(self, nbytes: int) -> int:
+        """Cycles a DMA transfer holds the DRAM interface; the data lands `dram_latency_cycles` later."""
+        return -(-nbytes // self.dram_bytes_per_cycle)
+
+    def neuron_cycles(self, n: int) -> int:
+        return -(-n // self.neuron_lanes)
+
+    def vector_cycles(self, n: int) -> int:
+        return -(-n // self.vector_lanes)
 
     def to_json(self) -> str:
         """Canonical text: the same config always gives the same bytes (it goes into prog.bin)."""
@@ -83,7 +99,7 @@ ENERGY_ACTIONS = {
 
 _SCHEMA = {
     "name": str, "description": str,
-    "array": {"rows": int, "cols": int, "frequency_mhz": float},
+    "array": {"rows": int, "cols": int, "groups": int, "frequency_mhz": float},
     "neuron_unit": {"lanes": int},
     "vector_unit": {"lanes": int},
     "dram": {"bytes_per_cycle": int, "latency_cycles": int, "access_bytes": int, "pj_per_access": float},
@@ -117,6 +133,8 @@ def _check(section: dict, schema: dict, where: str) -> None:
 
 
 def _validated(hw: HwConfig, where: str) -> HwConfig:
+    if hw.pe_groups > PE_GROUPS or hw.pes % hw.pe_groups:
+        raise HwConfigError(f"{where}: [array] groups = {hw.pe_groups} must divide the {hw.pes} PEs and be at most {PE_GROUPS}")
     if set(hw.buffers) != set(ON_CHIP):
         raise HwConfigError(f"{where}: [buffers] must define exactly {', '.join(ON_CHIP)}; got {', '.join(hw.buffers)}")
     for name, buf in hw.buffers.items():
@@ -139,7 +157,7 @@ def parse_hw(text: str, where: str) -> HwConfig:
     hw = HwConfig(
         name=raw["name"], description=raw["description"],
         frequency_mhz=float(raw["array"]["frequency_mhz"]),
-        pe_rows=raw["array"]["rows"], pe_cols=raw["array"]["cols"],
+        pe_rows=raw["array"]["rows"], pe_cols=raw["array"]["cols"], pe_groups=raw["array"]["groups"],
         neuron_lanes=raw["neuron_unit"]["lanes"], vector_lanes=raw["vector_unit"]["lanes"],
         dram_bytes_per_cycle=raw["dram"]["bytes_per_cycle"],
         dram_latency_cycles=raw["dram"]["latency_cycles"],

@@ -7,12 +7,24 @@ docs/isa.md (`python -m ttc.isa.docs`). No opcode number or field position is wr
 
 An instruction is one 256-bit little-endian word: the opcode in bits [0, 8), then the opcode's
 fields packed in table order from bit 8 upwards.
+
+The machine has several units, each running its own in-order instruction queue (`QUEUES`): two DMA
+queues (loads from DRAM, stores to DRAM), up to four PE-array groups, the neuron unit and the vector
+unit. Every instruction but `halt` carries `wait` and `signal` masks over the queues: before it starts
+it takes one dependency token from each queue named in `wait` (tokens from queue A to queue B are
+counted, first in first out), and when it completes it gives one token to each queue named in
+`signal`, as VTA's dependency queues do. `halt` waits for every queue to drain.
+
+Each opcode also declares its footprint: the bytes each memory operand reads and writes, computed
+from its fields. The compiler places tokens from footprints; the simulator checks that handlers stay
+inside them and that no two instructions whose footprints conflict ever overlap in time.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
-ISA_VERSION = 1
+ISA_VERSION = 2
 WORD_BYTES = 32
 OPCODE_BITS = 8
 
@@ -26,11 +38,24 @@ REF_ADDR_BITS = 29
 FORMATS = ("spike", "i8", "i16", "i32")
 FORMAT_BYTES = {"i8": 1, "i16": 2, "i32": 4}
 
+#: Instruction queues, one per unit; a PE instruction's queue is the PE group its `group` field names.
+PE_GROUPS = 4
+QUEUES = ("load", "store", *(f"pe{g}" for g in range(PE_GROUPS)), "neuron", "vector")
+
+
+def elems_bytes(fmt: str, n: int) -> int:
+    """Bytes of n elements in `fmt` (spikes bit-packed)."""
+    return (n + 7) // 8 if fmt == "spike" else n * FORMAT_BYTES[fmt]
+
+
+def conv_out(n: int, k: int, s: int, pad: int) -> int:
+    return (n + 2 * pad - k) // s + 1
+
 
 @dataclass(frozen=True)
 class Field:
-    """One operand: `kind` is 'u' (unsigned), 's' (two's complement), 'ref' (memory, address)
-    or 'enum' (one of `choices`, encoded as its index)."""
+    """One operand: `kind` is 'u' (unsigned), 's' (two's complement), 'ref' (memory, address),
+    'enum' (one of `choices`, encoded as its index) or 'mask' (a set of `choices`, bit i for choice i)."""
 
     name: str
     kind: str
@@ -39,7 +64,7 @@ class Field:
     doc: str = ""
 
     def __post_init__(self):
-        if self.kind not in ("u", "s", "ref", "enum"):
+        if self.kind not in ("u", "s", "ref", "enum", "mask"):
             raise ValueError(f"field {self.name}: unknown kind {self.kind!r}")
         if self.kind == "ref" and self.bits != REF_MEM_BITS + REF_ADDR_BITS:
             raise ValueError(f"field {self.name}: a ref is {REF_MEM_BITS + REF_ADDR_BITS} bits")
@@ -47,19 +72,32 @@ class Field:
             raise ValueError(f"field {self.name}: unknown memories {self.choices}")
         if self.kind == "enum" and len(self.choices) > (1 << self.bits):
             raise ValueError(f"field {self.name}: {len(self.choices)} choices in {self.bits} bits")
+        if self.kind == "mask" and len(self.choices) != self.bits:
+            raise ValueError(f"field {self.name}: a mask has one bit per choice")
+
+
+#: One memory operand's footprint: (field name, "r" / "w" / "rw", bytes from the operand's address).
+Access = tuple[str, str, int]
 
 
 @dataclass(frozen=True)
 class Opcode:
+    """`unit` is a queue name, or "pe" (the queue is `pe{group}`) or "ctrl" (`halt`);
+    `footprint(args)` lists the bytes each memory operand touches."""
+
     name: str
     code: int
     unit: str
     fields: tuple[Field, ...]
     semantics: str
+    footprint: Callable[[dict], list[Access]] = lambda args: []
 
     @property
     def field_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
+
+    def queue(self, args: dict) -> str:
+        return f"pe{args['group']}" if self.unit == "pe" else self.unit
 
 
 def _u(name, bits, doc=""):
@@ -78,62 +116,88 @@ def _enum(name, choices, doc=""):
     return Field(name, "enum", max(1, (len(choices) - 1).bit_length()), tuple(choices), doc)
 
 
-_CONV_GEOMETRY = (
-    _u("cin", 16), _u("cout", 16), _u("ih", 12), _u("iw", 12),
-    _u("kh", 4), _u("kw", 4), _u("sh", 4), _u("sw", 4), _u("ph", 4), _u("pw", 4),
-    _u("accumulate", 1, "1: add to out; 0: overwrite out"),
+_SYNC = (
+    Field("wait", "mask", len(QUEUES), QUEUES, "take one token from each queue named before starting"),
+    Field("signal", "mask", len(QUEUES), QUEUES, "give one token to each queue named on completion"),
 )
 
+
+def _op(name, code, unit, fields, semantics, footprint):
+    """A unit instruction: its own fields, then the group (PE instructions) and the sync masks."""
+    group = (_u("group", (PE_GROUPS - 1).bit_length(), "PE group that runs it"),) if unit == "pe" else ()
+    return Opcode(name, code, unit, tuple(fields) + group + _SYNC, semantics, footprint)
+
+
+def _span(a, stride) -> int:
+    return (a["rows"] - 1) * a[stride] + a["row_bytes"] if a["rows"] else 0
+
+
+def _conv_footprint(src_fmt):
+    def footprint(a):
+        acc = "rw" if a["accumulate"] else "w"
+        return [("src", "r", elems_bytes(src_fmt(a), a["cin"] * a["ih"] * a["iw"])),
+                ("wgt", "r", a["cout"] * a["cin"] * a["kh"] * a["kw"]),
+                ("dst", acc, 4 * a["cout"] * a["oh"] * a["ow"])]
+    return footprint
+
+
+_CONV_GEOMETRY = (
+    _u("cin", 16), _u("cout", 16), _u("ih", 12), _u("iw", 12), _u("oh", 12), _u("ow", 12),
+    _u("kh", 4), _u("kw", 4), _u("sh", 4), _u("sw", 4),
+    _u("pt", 4, "zero rows above the input"), _u("pl", 4, "zero columns left of the input"),
+    _u("accumulate", 1, "1: add to out; 0: overwrite out"),
+)
+_CONV_INDEX = "src[ci, y*sh+i-pt, x*sw+j-pl] (zero outside the input) for y < oh, x < ow"
+
 INSTRUCTIONS: tuple[Opcode, ...] = (
-    Opcode("halt", 0x00, "ctrl", (), "stop the machine"),
-    Opcode(
-        "dma", 0x01, "dma",
-        (_ref("dst", MEMORIES), _ref("src", MEMORIES), _u("rows", 16), _u("row_bytes", 24),
+    Opcode("halt", 0x00, "ctrl", (), "wait until every queue is idle, then stop the machine"),
+    _op("load", 0x01, "load",
+        (_ref("dst", ON_CHIP), _ref("src", ("dram",)), _u("rows", 16), _u("row_bytes", 24),
          _u("src_stride", 24), _u("dst_stride", 24)),
         "for r < rows: dst[r*dst_stride : +row_bytes] = src[r*src_stride : +row_bytes]",
-    ),
-    Opcode(
-        "vfill", 0x02, "vector",
+        lambda a: [("src", "r", _span(a, "src_stride")), ("dst", "w", _span(a, "dst_stride"))]),
+    _op("store", 0x02, "store",
+        (_ref("dst", ("dram",)), _ref("src", ON_CHIP), _u("rows", 16), _u("row_bytes", 24),
+         _u("src_stride", 24), _u("dst_stride", 24)),
+        "for r < rows: dst[r*dst_stride : +row_bytes] = src[r*src_stride : +row_bytes]",
+        lambda a: [("src", "r", _span(a, "src_stride")), ("dst", "w", _span(a, "dst_stride"))]),
+    _op("vfill", 0x03, "vector",
         (_ref("dst", ON_CHIP), _u("n", 24), _s("value", 32)),
         "dst[i] = value for i < n (i32 elements)",
-    ),
-    Opcode(
-        "vbias", 0x03, "vector",
+        lambda a: [("dst", "w", 4 * a["n"])]),
+    _op("vbias", 0x04, "vector",
         (_ref("dst", ("psum",)), _ref("bias", ("wgt",)), _u("channels", 16), _u("plane", 24)),
         "dst[c*plane + p] = bias[c] (i32) for c < channels, p < plane",
-    ),
-    Opcode(
-        "sconv", 0x04, "pe",
+        lambda a: [("bias", "r", 4 * a["channels"]), ("dst", "w", 4 * a["channels"] * a["plane"])]),
+    _op("sconv", 0x05, "pe",
         (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",))) + _CONV_GEOMETRY,
-        "dst[co,y,x] (+)= sum over spikes src[ci,y*sh+i-ph,x*sw+j-pw] of wgt[co,ci,i,j] (i8 weights, adds only)",
-    ),
-    Opcode(
-        "dconv", 0x05, "pe",
+        f"dst[co,y,x] (+)= sum over spikes {_CONV_INDEX} of wgt[co,ci,i,j] (i8 weights, adds only)",
+        _conv_footprint(lambda a: "spike")),
+    _op("dconv", 0x06, "pe",
         (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",)),
          _enum("fmt", FORMATS[1:], "element format of src")) + _CONV_GEOMETRY,
-        "dst[co,y,x] (+)= sum of src[ci,y*sh+i-ph,x*sw+j-pw] * wgt[co,ci,i,j] (multiply-accumulate)",
-    ),
-    Opcode(
-        "pool", 0x06, "vector",
+        f"dst[co,y,x] (+)= sum of {_CONV_INDEX} times wgt[co,ci,i,j] (multiply-accumulate)",
+        _conv_footprint(lambda a: a["fmt"])),
+    _op("pool", 0x07, "vector",
         (_ref("src", ("ifmap",)), _ref("dst", ("ofmap",)), _enum("mode", ("max", "sum")),
          _enum("src_fmt", FORMATS), _enum("dst_fmt", FORMATS), _u("channels", 16), _u("ih", 12),
          _u("iw", 12), _u("k", 4), _u("stride", 4)),
         "dst[c,y,x] = max or sum of src[c, y*stride+i, x*stride+j] for i, j < k (max of spikes is OR)",
-    ),
-    Opcode(
-        "nrn", 0x07, "neuron",
+        lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["channels"] * a["ih"] * a["iw"])),
+                   ("dst", "w", elems_bytes(a["dst_fmt"], a["channels"] * conv_out(a["ih"], a["k"], a["stride"], 0)
+                                            * conv_out(a["iw"], a["k"], a["stride"], 0)))]),
+    _op("nrn", 0x08, "neuron",
         (_ref("src", ("psum",)), _ref("state", ("vmem",)), _ref("dst", ("ofmap",)), _u("n", 24),
          _s("theta", 32), _s("v_reset", 32), _u("decay_mul", 16), _u("decay_shift", 5),
          _u("in_shift", 5), _enum("cmp", ("gt", "ge")), _enum("reset", ("hard", "subtract", "none")),
          _enum("order", ("reset_decay", "decay_reset"))),
         "one time step of n neurons: u = state; s = u cmp theta; u = D(u, s); h = u + (src << in_shift); "
         "dst = h cmp theta (bit-packed); state = h (see docs/numerics.md)",
-    ),
-    Opcode(
-        "vacc", 0x08, "vector",
+        lambda a: [("src", "r", 4 * a["n"]), ("state", "rw", 4 * a["n"]), ("dst", "w", (a["n"] + 7) // 8)]),
+    _op("vacc", 0x09, "vector",
         (_ref("dst", ON_CHIP), _ref("src", ON_CHIP), _enum("src_fmt", FORMATS), _u("n", 24)),
         "dst[i] += src[i] for i < n (dst i32; src spikes or integers)",
-    ),
+        lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["n"])), ("dst", "rw", 4 * a["n"])]),
 )
 
 BY_NAME = {op.name: op for op in INSTRUCTIONS}
@@ -149,6 +213,8 @@ def _check_table():
             raise ValueError(f"{op.name}: {width} bits do not fit a {WORD_BYTES * 8}-bit word")
         if len(set(op.field_names)) != len(op.fields):
             raise ValueError(f"{op.name}: duplicate field names")
+        if op.unit not in (*QUEUES, "pe", "ctrl"):
+            raise ValueError(f"{op.name}: unknown unit {op.unit!r}")
 
 
 _check_table()

@@ -9,7 +9,8 @@ import numpy as np
 from ttc.isa.io import decode_output, encode_input
 from ttc.isa.program import Program
 from ttc.simulator.machine import Machine
-from ttc.simulator.models import CycleModel, energy_pj
+from ttc.simulator.models import energy_pj
+from ttc.simulator.timeline import Timeline
 
 
 class InputError(ValueError):
@@ -95,11 +96,11 @@ def run(prog: Program, inputs: list[np.ndarray]) -> RunResult:
         if not np.isfinite(x).all():
             raise InputError(f"input {io['path'] or io['name']!r} holds NaN or infinite values")
         _write_input(machine, io, x)
-    cycle_model = CycleModel(prog.hw)
-    machine.listeners.append(cycle_model)
+    timeline = Timeline(prog.hw)
+    machine.listeners.append(timeline)
     machine.run()
     per_inference = {k: v / batch for k, v in sorted(machine.counters.items())}
     return RunResult(
         outputs=[_read_output(machine, io) for io in prog.meta["outputs"]], batch=batch,
-        cycles=cycle_model.cycles, cycles_by_unit=dict(cycle_model.by_unit), counters=per_inference,
-        energy_pj=energy_pj(prog.hw, per_inference, cycle_model.cycles))
+        cycles=timeline.cycles, cycles_by_unit=dict(timeline.busy), counters=per_inference,
+        energy_pj=energy_pj(prog.hw, per_inference, timeline.cycles))

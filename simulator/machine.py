@@ -5,9 +5,10 @@ all samples at once (the program is static, so every sample takes the same path)
 with NumPy on int64, or on float64 where a BLAS product is faster and still exact (every product
 and partial sum stays far below 2^53); every value written to a 32-bit location is checked to fit.
 
-Each handler returns the instruction's `Event`: its action counts (summed over the batch) and the bytes
+Each handler fills the instruction's `Event`: its action counts (summed over the batch) and the bytes
 it moved per memory. The dispatch loop adds events to the counters and hands them to listeners, such as
-the cycle model (`ttc.simulator.models`).
+the timeline (`ttc.simulator.timeline`). Every access a handler makes must lie inside the footprint the
+instruction table declares for it, which is what the timeline's hazard check relies on.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ttc.isa.encoding import Instr, Ref
+from ttc.isa.footprint import regions
 from ttc.isa.program import Program
 from ttc.isa.table import BY_NAME, FORMAT_BYTES, MEMORIES
 
@@ -45,22 +47,26 @@ class Machine:
         self.listeners: list = []
         self.pc = 0
         self.event = Event()
+        self.footprint = []
 
     # ---- memory access (bounds-checked, counted)
-    def _span(self, ref: Ref, nbytes: int) -> slice:
+    def _span(self, ref: Ref, nbytes: int, mode: str) -> slice:
         size = self.mem[ref.mem].shape[1]
+        where = f"instruction {self.pc} ({self.prog.code[self.pc].op})"
         if ref.addr + nbytes > size:
-            raise SimError(f"instruction {self.pc} ({self.prog.code[self.pc].op}): {ref}+{nbytes} lies beyond the "
-                           f"{size} bytes of {ref.mem}")
+            raise SimError(f"{where}: {ref}+{nbytes} lies beyond the {size} bytes of {ref.mem}")
+        if nbytes and not any(r.mem == ref.mem and mode in r.mode and r.lo <= ref.addr and ref.addr + nbytes <= r.hi
+                              for r in self.footprint):
+            raise SimError(f"{where}: {mode} access {ref}+{nbytes} lies outside its declared footprint (ISA table bug)")
         return slice(ref.addr, ref.addr + nbytes)
 
     def read_bytes(self, ref: Ref, nbytes: int) -> np.ndarray:
         self.event.reads[ref.mem] += nbytes
-        return self.mem[ref.mem][:, self._span(ref, nbytes)]
+        return self.mem[ref.mem][:, self._span(ref, nbytes, "r")]
 
     def write_bytes(self, ref: Ref, data: np.ndarray) -> None:
         self.event.writes[ref.mem] += data.shape[1]
-        self.mem[ref.mem][:, self._span(ref, data.shape[1])] = data
+        self.mem[ref.mem][:, self._span(ref, data.shape[1], "w")] = data
 
     def read(self, ref: Ref, fmt: str, n: int) -> np.ndarray:
         """n elements as int64 [B, n]."""
@@ -85,6 +91,7 @@ class Machine:
     # ---- execution
     def step(self, instr: Instr) -> bool:
         self.event = Event()
+        self.footprint = regions(instr)
         HANDLERS[instr.op](self, instr)
         self.counters.update(self.event.actions)
         for m, n in self.event.reads.items():
@@ -93,7 +100,7 @@ class Machine:
             self.counters[f"{m}_write_bytes"] += n * self.batch
         self.counters["instructions"] += self.batch
         for listener in self.listeners:
-            listener.on_instr(instr, self.event)
+            listener.on_instr(self.pc, instr, self.event)
         return instr.op != "halt"
 
     def run(self) -> None:
@@ -109,7 +116,7 @@ def _halt(m: Machine, i: Instr) -> None:
     pass
 
 
-def _dma(m: Machine, i: Instr) -> None:
+def _copy(m: Machine, i: Instr) -> None:
     for r in range(i["rows"]):
         src = Ref(i["src"].mem, i["src"].addr + r * i["src_stride"])
         dst = Ref(i["dst"].mem, i["dst"].addr + r * i["dst_stride"])
@@ -127,20 +134,23 @@ def _vbias(m: Machine, i: Instr) -> None:
     m.event.actions["vector_op"] += i["channels"] * i["plane"] * m.batch
 
 
-def _im2col(x: np.ndarray, i: Instr) -> tuple[np.ndarray, int, int]:
-    """x [B, C, H, W] -> columns [B, OH*OW, C*kh*kw] (zero padding)."""
-    ph, pw, sh, sw, kh, kw = i["ph"], i["pw"], i["sh"], i["sw"], i["kh"], i["kw"]
-    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # [B, C, OH, OW, kh, kw]
-    b, c, oh, ow = win.shape[:4]
-    return win.transpose(0, 2, 3, 1, 4, 5).reshape(b, oh * ow, c * kh * kw), oh, ow
+def _im2col(x: np.ndarray, i: Instr) -> np.ndarray:
+    """x [B, C, ih, iw] -> columns [B, oh*ow, C*kh*kw]: pt zero rows above, pl zero columns left, and
+    as many zeros below and right as the oh x ow outputs reach (the input is cropped if they reach less)."""
+    oh, ow, sh, sw, kh, kw = i["oh"], i["ow"], i["sh"], i["sw"], i["kh"], i["kw"]
+    rows, cols = (oh - 1) * sh + kh, (ow - 1) * sw + kw
+    x = np.pad(x, ((0, 0), (0, 0), (i["pt"], max(0, rows - i["pt"] - x.shape[2])),
+                   (i["pl"], max(0, cols - i["pl"] - x.shape[3]))))[:, :, :rows, :cols]
+    win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # [B, C, oh, ow, kh, kw]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(x.shape[0], oh * ow, x.shape[1] * kh * kw)
 
 
 def _conv(m: Machine, i: Instr, src_fmt: str) -> None:
     cin, cout, ih, iw, kh, kw = i["cin"], i["cout"], i["ih"], i["iw"], i["kh"], i["kw"]
     x = m.read(i["src"], src_fmt, cin * ih * iw).reshape(m.batch, cin, ih, iw)
     w = m.read(i["wgt"], "i8", cout * cin * kh * kw).reshape(m.batch, cout, cin * kh * kw)[0]
-    cols, oh, ow = _im2col(x.astype(np.float64), i)
+    oh, ow = i["oh"], i["ow"]
+    cols = _im2col(x.astype(np.float64), i)
     y = (cols @ w.T.astype(np.float64)).transpose(0, 2, 1).reshape(m.batch, cout * oh * ow)
     y = np.rint(y).astype(np.int64)
     if i["accumulate"]:
@@ -150,7 +160,7 @@ def _conv(m: Machine, i: Instr, src_fmt: str) -> None:
     if src_fmt == "spike":
         m.event.actions["spike_add"] += int(cols.sum(axis=(0, 1)) @ nonzero_per_tap)
     else:
-        ones, _, _ = _im2col(np.ones((1, cin, ih, iw)), i)
+        ones = _im2col(np.ones((1, cin, ih, iw)), i)
         m.event.actions["mac"] += int(ones.sum()) * cout * m.batch
 
 
@@ -206,7 +216,7 @@ def _vacc(m: Machine, i: Instr) -> None:
     m.event.actions["vector_op"] += n * m.batch
 
 
-HANDLERS = {"halt": _halt, "dma": _dma, "vfill": _vfill, "vbias": _vbias, "sconv": _sconv, "dconv": _dconv,
+HANDLERS = {"halt": _halt, "load": _copy, "store": _copy, "vfill": _vfill, "vbias": _vbias, "sconv": _sconv, "dconv": _dconv,
             "pool": _pool, "nrn": _nrn, "vacc": _vacc}
 
 if set(HANDLERS) != set(BY_NAME):

@@ -20,6 +20,8 @@ def _sample(op: table.Opcode, salt: int) -> Instr:
             args[f.name] = Ref(f.choices[(salt + k) % len(f.choices)], (salt * 977 + k * 31) % (1 << 20))
         elif f.kind == "enum":
             args[f.name] = f.choices[(salt + k) % len(f.choices)]
+        elif f.kind == "mask":
+            args[f.name] = tuple(c for i, c in enumerate(f.choices) if (salt * 37 + k) >> i & 1)
         elif f.kind == "u":
             args[f.name] = (salt * 7919 + k) % (1 << f.bits)
         else:
@@ -46,6 +48,10 @@ def test_field_range_and_memory_are_checked():
         Instr("vfill", {**good.args, "dst": Ref("dram", 0)})
     with pytest.raises(EncodingError, match="unknown opcode"):
         encoding.decode(bytes([0xEE]) + bytes(31))
+    with pytest.raises(EncodingError, match="is not a set of"):
+        Instr("vfill", {**good.args, "wait": ("pe0", "bogus")})
+    with pytest.raises(EncodingError, match="expected a tuple of names"):
+        Instr("vfill", {**good.args, "signal": 3})
 
 
 def test_docs_isa_md_is_generated_from_the_table():
@@ -85,7 +91,7 @@ def test_asm_bin_asm_is_identity(program):
 def test_asm_syntax_errors_name_the_line(program):
     lines = asm.disassemble(program).splitlines()
     code_at = lines.index(".code") + 2
-    lines[code_at] = lines[code_at].replace("dma", "dmx", 1)
+    lines[code_at] = lines[code_at].replace("load", "lode", 1)
     with pytest.raises(asm.AsmError, match=f":{code_at + 1}:"):
         asm.assemble("\n".join(lines) + "\n", "p.s")
 

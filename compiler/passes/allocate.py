@@ -76,10 +76,10 @@ def fused_consumer(graph: Graph, op: Op) -> Op | None:
 def conv_geometry(op: Op, x: TensorType) -> dict:
     """The conv a conv2d or linear op runs: linear is a 1x1 conv on a 1x1 image."""
     if isinstance(op, Linear):
-        return dict(cin=x.shape[0], ih=1, iw=1, kh=1, kw=1, sh=1, sw=1, ph=0, pw=0)
+        return dict(cin=x.shape[0], ih=1, iw=1, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0)
     _, cin, kh, kw = op.weight.shape
     return dict(cin=cin, ih=x.shape[1], iw=x.shape[2], kh=kh, kw=kw, sh=op.stride[0], sw=op.stride[1],
-                ph=op.padding[0], pw=op.padding[1])
+                pt=op.padding[0], pl=op.padding[1])
 
 
 def weight_bytes(op: Op) -> int:

@@ -1,0 +1,118 @@
+"""The cycle model: every queue's timeline under dependency tokens and a shared DRAM interface, and
+the hazard check that makes overlap safe to trust.
+
+An instruction starts when its queue has finished the one before and every token it waits for has
+been given; a `load` or `store` also waits for the DRAM interface, holds it for its transfer cycles
+and completes `dram_latency_cycles` later. Other instructions take the hardware config's cycles for
+their work (`HwConfig.conv_cycles` and friends), which do not depend on the data, so the timeline is
+the same for every sample of a batch.
+
+The functional simulator executes in program order. That is only what the machine computes if every
+two instructions whose footprints conflict (one writes bytes the other touches) run in program order
+in time: the hazard check verifies exactly that, byte range by byte range, and a missing token is an
+error naming both instructions.
+"""
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from ttc.isa.encoding import Instr
+from ttc.isa.footprint import RangeMap, regions
+from ttc.isa.hwconfig import HwConfig
+from ttc.isa.table import BY_NAME, QUEUES, conv_out
+
+
+class ScheduleError(RuntimeError):
+    """The program deadlocks, races or leaves tokens behind."""
+
+
+def work_cycles(hw: HwConfig, i: Instr) -> int:
+    """Cycles an instruction occupies its unit (for DMA: the DRAM interface)."""
+    a = i.args
+    if i.op in ("load", "store"):
+        return hw.transfer_cycles(a["rows"] * a["row_bytes"])
+    if i.op in ("sconv", "dconv"):
+        return hw.conv_cycles(a["cout"], a["oh"], a["ow"], a["cin"], a["kh"], a["kw"])
+    if i.op == "nrn":
+        return hw.neuron_cycles(a["n"])
+    if i.op in ("vfill", "vacc"):
+        return hw.vector_cycles(a["n"])
+    if i.op == "vbias":
+        return hw.vector_cycles(a["channels"] * a["plane"])
+    if i.op == "pool":
+        oh, ow = conv_out(a["ih"], a["k"], a["stride"], 0), conv_out(a["iw"], a["k"], a["stride"], 0)
+        return hw.vector_cycles(a["channels"] * oh * ow * a["k"] ** 2)
+    return 0
+
+
+@dataclass
+class Span:
+    index: int
+    op: str
+    queue: str
+    start: int
+    end: int
+
+
+@dataclass
+class Timeline:
+    hw: HwConfig
+    spans: list[Span] = field(default_factory=list)
+    busy: Counter = field(default_factory=Counter)  # cycles each queue (and "dram") was working
+    cycles: int = 0
+
+    def __post_init__(self):
+        self._free = dict.fromkeys(QUEUES, 0)
+        self._dram_free = 0
+        self._tokens = {(a, b): deque() for a in QUEUES for b in QUEUES}
+        # per memory and byte: (end of last write, its index, latest end of a read since, its index)
+        self._board: dict[str, RangeMap] = {}
+
+    def on_instr(self, index: int, instr: Instr, event) -> None:
+        if instr.op == "halt":
+            self.finish(index)
+            return
+        queue = BY_NAME[instr.op].queue(instr.args)
+        ready = self._free[queue]
+        for src in instr["wait"]:
+            channel = self._tokens[(src, queue)]
+            if not channel:
+                raise ScheduleError(f"instruction {index} ({instr.op}) on queue {queue} waits for a token from "
+                                    f"{src} that no earlier instruction gives: the machine would deadlock")
+            ready = max(ready, channel.popleft())
+        work = work_cycles(self.hw, instr)
+        if instr.op in ("load", "store"):
+            start = max(ready, self._dram_free)
+            self._dram_free = start + work
+            self.busy["dram"] += work
+            end = start + work + self.hw.dram_latency_cycles
+        else:
+            start, end = ready, ready + work
+        self.busy[queue] += end - start
+        self._free[queue] = end
+        for dst in instr["signal"]:
+            self._tokens[(queue, dst)].append(end)
+        self.spans.append(Span(index, instr.op, queue, start, end))
+        self._check_hazards(index, instr, start, end)
+
+    def _check_hazards(self, index: int, instr: Instr, start: int, end: int) -> None:
+        for r in regions(instr):
+            board = self._board.setdefault(r.mem, RangeMap((0, -1, 0, -1)))
+            for w_end, writer, r_end, reader in board.runs(r.lo, r.hi):
+                other = writer if w_end > start else reader if "w" in r.mode and r_end > start else None
+                if other is not None:
+                    o = self.spans[other]  # spans are in program order, halt is last
+                    raise ScheduleError(
+                        f"race on {r}: instruction {index} ({instr.op}, {self.spans[-1].queue}) starts at cycle {start} "
+                        f"while instruction {other} ({o.op}, {o.queue}) runs until cycle {o.end}: a dependency token is missing")
+            if "w" in r.mode:
+                board.update(r.lo, r.hi, lambda v: (end, index, 0, -1))
+            else:
+                board.update(r.lo, r.hi, lambda v: v if v[2] >= end else (v[0], v[1], end, index))
+
+    def finish(self, index: int) -> None:
+        left = [f"{a}->{b}" for (a, b), ch in self._tokens.items() if ch]
+        if left:
+            raise ScheduleError(f"halt (instruction {index}): tokens given but never taken on {', '.join(left)}")
+        self.cycles = max(self._free.values())
