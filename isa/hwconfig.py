@@ -87,14 +87,16 @@ class HwConfig:
         return _validated(cls(**raw), "prog.bin hardware config")
 
 
-#: Actions whose energy every config must give (pJ per action); the simulator counts each of them.
+#: Arithmetic actions whose energy every config gives (pJ per action), by bit width; the simulator
+#: counts each of them. Memory accesses are priced per buffer and for DRAM.
 ENERGY_ACTIONS = {
-    "spike_add": "add of an 8-bit weight into an accumulator, triggered by one input spike",
-    "mac": "multiply-accumulate of a multi-bit input and an 8-bit weight",
-    "neuron_update": "one neuron's charge (add), compare against theta and state write-back in the neuron unit",
-    "decay_shift": "membrane decay by a shift",
-    "decay_mult": "membrane decay by a 16-bit multiply",
-    "vector_op": "one element of a vector-unit add, max or fill",
+    "add8": "8-bit add: one input spike adds one weight into an accumulator (sconv)",
+    "add32": "32-bit add: multiply-accumulate sums, membrane charge, soft reset, vector adds",
+    "mul8": "8x8-bit multiply (dconv of 8-bit inputs)",
+    "mul16": "16-bit multiply (dconv of 16-bit inputs; membrane decay by a non-power-of-two factor)",
+    "shift32": "32-bit shift (decay by a power of two, rescaling a neuron's input)",
+    "cmp32": "32-bit compare (threshold test, max pooling of integers)",
+    "or1": "1-bit OR (max pooling of spikes)",
 }
 
 _SCHEMA = {

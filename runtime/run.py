@@ -9,7 +9,7 @@ import numpy as np
 from ttc.isa.io import decode_output, encode_input
 from ttc.isa.program import Program
 from ttc.simulator.machine import Machine
-from ttc.simulator.models import energy_pj
+from ttc.simulator.energy import EnergyModel
 from ttc.simulator.timeline import Timeline
 
 
@@ -25,6 +25,7 @@ class RunResult:
     cycles_by_unit: dict
     counters: dict  # per inference
     energy_pj: dict  # per inference, by component
+    layers: list[dict]  # per layer of the program's layer table: its counts and energy by component
 
     @property
     def total_energy_pj(self) -> float:
@@ -33,7 +34,7 @@ class RunResult:
     def stats(self) -> dict:
         return dict(batch=self.batch, cycles_per_inference=self.cycles, cycles_by_unit=self.cycles_by_unit,
                     energy_pj_per_inference=self.total_energy_pj, energy_pj_by_component=self.energy_pj,
-                    actions_per_inference=self.counters)
+                    actions_per_inference=self.counters, layers=self.layers)
 
 
 def expected_shape(io: dict) -> list:
@@ -97,10 +98,14 @@ def run(prog: Program, inputs: list[np.ndarray]) -> RunResult:
             raise InputError(f"input {io['path'] or io['name']!r} holds NaN or infinite values")
         _write_input(machine, io, x)
     timeline = Timeline(prog.hw)
-    machine.listeners.append(timeline)
+    energy = EnergyModel(prog.hw, prog.meta["layers"], batch)
+    machine.listeners += [timeline, energy]
     machine.run()
+    energy.finish(timeline.spans)
+    layers = [dict(name=layer["name"], path=layer["path"], op=layer["op"], counts=dict(energy.counts[k]),
+                   energy_pj=dict(energy.energy[k])) for k, layer in enumerate(prog.meta["layers"])]
     per_inference = {k: v / batch for k, v in sorted(machine.counters.items())}
     return RunResult(
         outputs=[_read_output(machine, io) for io in prog.meta["outputs"]], batch=batch,
         cycles=timeline.cycles, cycles_by_unit=dict(timeline.busy), counters=per_inference,
-        energy_pj=energy_pj(prog.hw, per_inference, timeline.cycles))
+        energy_pj=energy.by_component(), layers=layers)

@@ -125,13 +125,11 @@ def _copy(m: Machine, i: Instr) -> None:
 
 def _vfill(m: Machine, i: Instr) -> None:
     m.write(i["dst"], "i32", np.full((m.batch, i["n"]), i["value"], dtype=np.int64))
-    m.event.actions["vector_op"] += i["n"] * m.batch
 
 
 def _vbias(m: Machine, i: Instr) -> None:
     bias = m.read(i["bias"], "i32", i["channels"])
     m.write(i["dst"], "i32", np.repeat(bias, i["plane"], axis=1))
-    m.event.actions["vector_op"] += i["channels"] * i["plane"] * m.batch
 
 
 def _im2col(x: np.ndarray, i: Instr) -> np.ndarray:
@@ -157,11 +155,13 @@ def _conv(m: Machine, i: Instr, src_fmt: str) -> None:
         y += m.read(i["dst"], "i32", cout * oh * ow)
     m.write(i["dst"], "i32", y)
     nonzero_per_tap = (w != 0).sum(axis=0)  # fan-out of an input to this tile's output channels
+    a = m.event.actions
     if src_fmt == "spike":
-        m.event.actions["spike_add"] += int(cols.sum(axis=(0, 1)) @ nonzero_per_tap)
+        a["spike_add"] = a["add8"] = int(cols.sum(axis=(0, 1)) @ nonzero_per_tap)
     else:
         ones = _im2col(np.ones((1, cin, ih, iw)), i)
-        m.event.actions["mac"] += int(ones.sum()) * cout * m.batch
+        a["mac"] = a["add32"] = int(ones.sum()) * cout * m.batch
+        a["mul8" if src_fmt == "i8" else "mul16"] = a["mac"]
 
 
 def _sconv(m: Machine, i: Instr) -> None:
@@ -178,7 +178,8 @@ def _pool(m: Machine, i: Instr) -> None:
     win = sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s]
     y = win.max(axis=(4, 5)) if i["mode"] == "max" else win.sum(axis=(4, 5))
     m.write(i["dst"], i["dst_fmt"], y)
-    m.event.actions["vector_op"] += y[0].size * k * k * m.batch
+    op = "add32" if i["mode"] == "sum" else "or1" if i["src_fmt"] == "spike" else "cmp32"
+    m.event.actions[op] += y[0].size * k * k * m.batch
 
 
 def _decay(u: np.ndarray, mul: int, shift: int) -> np.ndarray:
@@ -203,17 +204,19 @@ def _nrn(m: Machine, i: Instr) -> None:
     s = fire(h)
     m.write(i["state"], "i32", h)
     m.write(i["dst"], "spike", s)
-    a = m.event.actions
-    a["neuron_update"] += n * m.batch
-    a["spike"] += int(s.sum())
-    if mul != 1 << shift:
-        a["decay_shift" if mul & (mul - 1) == 0 else "decay_mult"] += n * m.batch
+    a, count = m.event.actions, n * m.batch
+    a["neuron_update"] = a["cmp32"] = count
+    a["add32"] = count * (2 if i["reset"] == "subtract" else 1)  # charge (and subtract)
+    a["spike"] = int(s.sum())
+    a["shift32"] = count * ((i["in_shift"] > 0) + (mul != 1 << shift))  # a non-trivial decay ends in a shift
+    if mul & (mul - 1):
+        a["mul16"] = count
 
 
 def _vacc(m: Machine, i: Instr) -> None:
     n = i["n"]
     m.write(i["dst"], "i32", m.read(i["dst"], "i32", n) + m.read(i["src"], i["src_fmt"], n))
-    m.event.actions["vector_op"] += n * m.batch
+    m.event.actions["add32"] += n * m.batch
 
 
 HANDLERS = {"halt": _halt, "load": _copy, "store": _copy, "vfill": _vfill, "vbias": _vbias, "sconv": _sconv, "dconv": _dconv,

@@ -1,0 +1,72 @@
+"""The energy model: a listener on the simulator's dispatch that prices every instruction's actions
+with the hardware config and charges them to the layer the instruction belongs to (docs/hardware.md).
+
+    arithmetic   count of each action (add8, add32, mul8, mul16, shift32, cmp32, or1) x its pJ,
+                 charged to the unit that did it (pe, neuron, vector)
+    buffers      accesses (bytes an instruction moved, rounded up to whole access widths) x read or
+                 write pJ, per buffer
+    dram         accesses (DRAM access width) x pJ per access
+    leakage      every buffer's leakage power x the layer's share of the simulated time
+"""
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import Counter, defaultdict
+from math import ceil
+
+from ttc.isa.encoding import Instr
+from ttc.isa.hwconfig import HwConfig
+from ttc.isa.table import BY_NAME
+
+from .machine import Event
+
+
+class EnergyModel:
+    """Per layer (by the program's layer table): energy by component and action counts, per inference."""
+
+    def __init__(self, hw: HwConfig, layers: list[dict], batch: int):
+        self.hw, self.batch = hw, batch
+        self.first = [layer["first_instr"] for layer in layers]
+        self.energy = defaultdict(Counter)  # layer index -> component -> pJ
+        self.counts = defaultdict(Counter)  # layer index -> action or "<mem>_read_bytes" -> count
+        self.last_instr = {}  # layer index -> its last instruction
+
+    def layer_of(self, index: int) -> int:
+        return max(0, bisect_right(self.first, index) - 1)
+
+    def on_instr(self, index: int, instr: Instr, event: Event) -> None:
+        if instr.op == "halt":
+            return
+        layer = self.layer_of(index)
+        self.last_instr[layer] = index
+        energy, counts = self.energy[layer], self.counts[layer]
+        unit = BY_NAME[instr.op].unit
+        for action, n in event.actions.items():
+            counts[action] += n / self.batch
+            if action in self.hw.energy_pj:
+                energy[unit] += n / self.batch * self.hw.energy_pj[action]
+        for direction, moved in (("read", event.reads), ("write", event.writes)):
+            for mem, nbytes in moved.items():
+                counts[f"{mem}_{direction}_bytes"] += nbytes
+                if mem == "dram":
+                    energy["dram"] += ceil(nbytes / self.hw.dram_access_bytes) * self.hw.dram_pj_per_access
+                else:
+                    buf = self.hw.buffers[mem]
+                    energy[mem] += ceil(nbytes / buf.access_bytes) * getattr(buf, f"{direction}_pj")
+
+    def finish(self, spans) -> None:
+        """Charge leakage: each layer leaks from the end of the previous layer's last instruction to
+        the end of its own (the layers partition the simulated time)."""
+        watts = sum(b.leakage_mw for b in self.hw.buffers.values()) * 1e-3
+        done = 0
+        for layer in sorted(self.last_instr):
+            end = max(done, spans[self.last_instr[layer]].end)
+            self.counts[layer]["cycles"] = end - done
+            self.energy[layer]["leakage"] = watts * (end - done) / (self.hw.frequency_mhz * 1e6) * 1e12
+            done = end
+
+    def by_component(self) -> dict[str, float]:
+        total = Counter()
+        for energy in self.energy.values():
+            total.update(energy)
+        return dict(total)
