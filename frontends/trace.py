@@ -61,15 +61,22 @@ class _ZeroState:
 ZERO_STATE = _ZeroState()
 
 
+_LIBRARIES = ("torch", "spikingjelly", "snntorch")
+
+
 class _Tracer(fx.Tracer):
     def __init__(self):
         super().__init__()
         self.record_stack_traces = True
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        """Known layers, and every layer of torch.nn, SpikingJelly and snnTorch, so that one ttc
+        cannot compile is named as a module instead of failing somewhere inside its code."""
         from .module_maps import handler_for  # module_maps builds on this file's classes
 
-        return handler_for(m) is not None or super().is_leaf_module(m, qualname)
+        library = type(m).__module__.split(".")[0] in _LIBRARIES
+        container = isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
+        return handler_for(m) is not None or (library and not container) or super().is_leaf_module(m, qualname)
 
 
 def parse_input_shape(spec: str | Sequence) -> list:
@@ -254,10 +261,11 @@ def _stack(lw: Lowering, node, items, dim=0):
 def _flatten(lw: Lowering, node, x, start_dim=0, end_dim=-1):
     if end_dim != -1:
         raise UnsupportedModel(f"flatten with end_dim={end_dim} at {_where(node)}")
+    path = _path(node, "flatten")  # the same path at every step of a time loop: one op for all steps
     if isinstance(x, Val) and start_dim == 2:
-        return Val(lw.emit(ir.Flatten, _path(node), (x.name,)))
+        return Val(lw.emit(ir.Flatten, path, (x.name,)))
     if isinstance(x, Step) and start_dim == 1:
-        return lw.per_step(_path(node), node, x, False, lambda v: lw.emit(ir.Flatten, _path(node), (v,)))
+        return lw.per_step(path, node, x, False, lambda v: lw.emit(ir.Flatten, path, (v,)))
     raise UnsupportedModel(f"flatten(start_dim={start_dim}) at {_where(node)}: ttc flattens all but the time and "
                            "batch axes ([T,B,...]: start_dim=2; one step [B,...]: start_dim=1)")
 
@@ -266,14 +274,15 @@ def _reduce(mode):
     def reduce(lw: Lowering, node, x, dim=None, keepdim=False, **kw):
         if kw or keepdim or dim not in (0, (0,), [0]) or not isinstance(x, Val) or lw.type_of(x).time is None:
             raise UnsupportedModel(f"{mode} at {_where(node)}: only the {mode} over time (dim 0 of [T,B,...]) is supported")
-        return Val(lw.emit(ir.TimeReduce, _path(node), (x.name,), mode=mode))
+        return Val(lw.emit(ir.TimeReduce, _path(node, mode), (x.name,), mode=mode))
     return reduce
 
 
-def _path(node: fx.Node) -> str:
+def _path(node: fx.Node, what: str) -> str:
+    """Where a function call sits in the model: the enclosing module's path and what it computes."""
     stack = node.meta.get("nn_module_stack")
     prefix = list(stack)[-1] if stack else ""
-    return f"{prefix}.{node.name}" if prefix else node.name
+    return f"{prefix}.{what}" if prefix else what
 
 
 _FUNCTIONS = {operator.getitem: _getitem, torch.stack: _stack, torch.flatten: _flatten,
