@@ -2,8 +2,8 @@
 
 A batch of B inputs runs in lock-step: every memory is a [B, bytes] array and every handler works on
 all samples at once (the program is static, so every sample takes the same path). Handlers compute
-with NumPy on int64, or on float64 where a BLAS product is faster and still exact (every product
-and partial sum stays far below 2^53); every value written to a 32-bit location is checked to fit.
+with NumPy on int64, or, for convolutions, with torch in floating point where that is provably exact;
+every value written to a 32-bit location is checked to fit.
 
 Each handler fills the instruction's `Event`: its action counts (summed over the batch) and the bytes
 it moved per memory. The dispatch loop adds events to the counters and hands them to listeners, such as
@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ttc.isa.encoding import Instr, Ref
@@ -132,35 +133,44 @@ def _vbias(m: Machine, i: Instr) -> None:
     m.write(i["dst"], "i32", np.repeat(bias, i["plane"], axis=1))
 
 
-def _im2col(x: np.ndarray, i: Instr) -> np.ndarray:
-    """x [B, C, ih, iw] -> columns [B, oh*ow, C*kh*kw]: pt zero rows above, pl zero columns left, and
-    as many zeros below and right as the oh x ow outputs reach (the input is cropped if they reach less)."""
-    oh, ow, sh, sw, kh, kw = i["oh"], i["ow"], i["sh"], i["sw"], i["kh"], i["kw"]
-    rows, cols = (oh - 1) * sh + kh, (ow - 1) * sw + kw
-    x = np.pad(x, ((0, 0), (0, 0), (i["pt"], max(0, rows - i["pt"] - x.shape[2])),
-                   (i["pl"], max(0, cols - i["pl"] - x.shape[3]))))[:, :, :rows, :cols]
-    win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # [B, C, oh, ow, kh, kw]
-    return win.transpose(0, 2, 3, 1, 4, 5).reshape(x.shape[0], oh * ow, x.shape[1] * kh * kw)
+def _padded(x: np.ndarray, i: Instr) -> np.ndarray:
+    """x [B, C, ih, iw] with pt zero rows above, pl zero columns left, and as many zeros below and
+    right as the oh x ow outputs reach (cropped if they reach less)."""
+    rows, cols = (i["oh"] - 1) * i["sh"] + i["kh"], (i["ow"] - 1) * i["sw"] + i["kw"]
+    return np.pad(x, ((0, 0), (0, 0), (i["pt"], max(0, rows - i["pt"] - x.shape[2])),
+                      (i["pl"], max(0, cols - i["pl"] - x.shape[3]))))[:, :, :rows, :cols]
+
+
+def _per_tap(x: np.ndarray, i: Instr) -> np.ndarray:
+    """For every tap (c, i, j): the sum over the batch and all outputs of the input it reads."""
+    win = sliding_window_view(_padded(x, i).sum(axis=0), (i["kh"], i["kw"]), axis=(1, 2))
+    return win[:, ::i["sh"], ::i["sw"]].sum(axis=(1, 2)).reshape(-1)
 
 
 def _conv(m: Machine, i: Instr, src_fmt: str) -> None:
-    cin, cout, ih, iw, kh, kw = i["cin"], i["cout"], i["ih"], i["iw"], i["kh"], i["kw"]
+    """Integer convolution through torch's conv2d in floating point, which is exact here: every
+    partial sum is an integer bounded by max|x| * sum|w|, checked below 2^24 for float32 (else
+    float64, below 2^53)."""
+    cin, cout, ih, iw, kh, kw, oh, ow = (i[k] for k in ("cin", "cout", "ih", "iw", "kh", "kw", "oh", "ow"))
     x = m.read(i["src"], src_fmt, cin * ih * iw).reshape(m.batch, cin, ih, iw)
-    w = m.read(i["wgt"], "i8", cout * cin * kh * kw).reshape(m.batch, cout, cin * kh * kw)[0]
-    oh, ow = i["oh"], i["ow"]
-    cols = _im2col(x.astype(np.float64), i)
-    y = (cols @ w.T.astype(np.float64)).transpose(0, 2, 1).reshape(m.batch, cout * oh * ow)
-    y = np.rint(y).astype(np.int64)
+    w = m.read(i["wgt"], "i8", cout * cin * kh * kw)[0].reshape(cout, cin * kh * kw)
+    bound = int(np.abs(x).max(initial=0)) * int(np.abs(w).sum(axis=1).max(initial=0))
+    xp, w4 = torch.from_numpy(_padded(x, i)), torch.from_numpy(w.reshape(cout, cin, kh, kw))
+    y = None
+    if bound < 1 << 24:
+        y = torch.nn.functional.conv2d(xp.float(), w4.float(), stride=(i["sh"], i["sw"])).numpy()
+        y = y if (y == np.rint(y)).all() else None  # a transform-domain algorithm (Winograd) would round
+    if y is None:
+        y = torch.nn.functional.conv2d(xp.double(), w4.double(), stride=(i["sh"], i["sw"])).numpy()
+    y = np.rint(y).astype(np.int64).reshape(m.batch, cout * oh * ow)
     if i["accumulate"]:
         y += m.read(i["dst"], "i32", cout * oh * ow)
     m.write(i["dst"], "i32", y)
-    nonzero_per_tap = (w != 0).sum(axis=0)  # fan-out of an input to this tile's output channels
     a = m.event.actions
-    if src_fmt == "spike":
-        a["spike_add"] = a["add8"] = int(cols.sum(axis=(0, 1)) @ nonzero_per_tap)
-    else:
-        ones = _im2col(np.ones((1, cin, ih, iw)), i)
-        a["mac"] = a["add32"] = int(ones.sum()) * cout * m.batch
+    if src_fmt == "spike":  # every spike adds each non-zero weight it reaches
+        a["spike_add"] = a["add8"] = int(_per_tap(x, i) @ (w != 0).sum(axis=0))
+    else:  # every in-bounds tap multiplies, whatever the values
+        a["mac"] = a["add32"] = int(_per_tap(np.ones((1, cin, ih, iw), np.int64), i).sum()) * cout * m.batch
         a["mul8" if src_fmt == "i8" else "mul16"] = a["mac"]
 
 
