@@ -26,6 +26,7 @@ class RunResult:
     counters: dict  # per inference
     energy_pj: dict  # per inference, by component
     layers: list[dict]  # per layer of the program's layer table: its counts and energy by component
+    spans: list  # per instruction (but halt): its queue and [start, end) cycles (ttc.simulator.timeline.Span)
 
     @property
     def total_energy_pj(self) -> float:
@@ -108,4 +109,4 @@ def run(prog: Program, inputs: list[np.ndarray]) -> RunResult:
     return RunResult(
         outputs=[_read_output(machine, io) for io in prog.meta["outputs"]], batch=batch,
         cycles=timeline.cycles, cycles_by_unit=dict(timeline.busy), counters=per_inference,
-        energy_pj=energy.by_component(), layers=layers)
+        energy_pj=energy.by_component(), layers=layers, spans=timeline.spans)

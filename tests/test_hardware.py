@@ -1,5 +1,10 @@
-"""The hardware model: presets, energy by action and by layer, leakage over the timeline."""
+"""The hardware model: presets, energy by action and by layer, leakage over the timeline, reports."""
+import json
+import subprocess
+import sys
+
 import pytest
+import torch
 
 from conftest import grid_inputs, small_conv_snn
 from ttc import api
@@ -51,3 +56,36 @@ def test_pe_groups_must_divide_the_array():
     toml = (PRESET_DIR / "sata.toml").read_text()
     with pytest.raises(HwConfigError, match="groups = 3 must divide"):
         parse_hw(toml.replace("groups = 2", "groups = 3"), "t")
+
+
+def test_report_table_trace_and_pictures(tmp_path, model, x):
+    from ttc.runtime.report import format_table, write_report
+
+    program = api.compile_model(model, "4,N,1,8,8").program
+    result = api.simulate(program, x)
+    rep = write_report(program, result, tmp_path)
+    assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(rep))
+    assert sum(r["cycles"] for r in rep["layers"]) == rep["cycles"]
+    for r in rep["layers"]:
+        assert 0 < r["roofline_utilisation"] <= 1 and r["energy_pj"] > 0
+    assert rep["layers"][0]["macs"] > 0 and rep["layers"][-1]["spike_adds"] > 0
+    trace = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    slices = [e for e in trace if e["ph"] == "X"]
+    assert len(slices) == len(program.code) - 1  # every instruction but halt
+    assert max(e["ts"] + e["dur"] for e in slices) == pytest.approx(result.cycles / program.hw.frequency_mhz)
+    for png in ("energy.png", "timeline.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert rep["layers"][0]["layer"] in format_table(rep)
+
+
+def test_cli_report_and_repricing_with_another_config(tmp_path, model):
+    torch.save(model, tmp_path / "m.pt")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "ttc.cli", *map(str, a)], capture_output=True, text=True)
+    assert run("compile", tmp_path / "m.pt", "-o", tmp_path / "p.bin", "--input-shape", "4,N,1,8,8").returncode == 0
+    r = run("run", "--sim", tmp_path / "p.bin", "--report", tmp_path / "rep")
+    assert r.returncode == 0, r.stderr
+    assert "roofline" in r.stdout and (tmp_path / "rep" / "timeline.png").is_file()
+    stats = {hw: json.loads(run("run", "--sim", tmp_path / "p.bin", "--json", *hw).stdout) for hw in ((), ("--hw", "horowitz45"))}
+    plain, repriced = stats[()], stats[("--hw", "horowitz45")]
+    assert plain["cycles_per_inference"] == repriced["cycles_per_inference"]
+    assert plain["energy_pj_by_component"]["dram"] != repriced["energy_pj_by_component"]["dram"]

@@ -3,6 +3,7 @@ command leaves a half-written output file (outputs are written to a temporary na
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -120,10 +121,18 @@ def cmd_run(a) -> int:
     if not a.sim:
         raise CliError("only the simulator backend exists: pass --sim")
     prog = Program.load(a.program)
+    if a.hw:
+        from ttc.isa.hwconfig import load_hw
+
+        prog = dataclasses.replace(prog, hw=load_hw(a.hw))
     ios = prog.meta["inputs"]
     x = _load_input(a.input) if a.input else default_input(ios[0])
     result = run(prog, [x])
     report = {"program": a.program, **result.stats()}
+    if a.report:
+        from ttc.runtime.report import format_table, write_report
+
+        table = format_table(write_report(prog, result, a.report))
     if a.check:
         report["check"] = check(prog, a.check, a.trust_model, x, result.outputs)
     if a.output:
@@ -132,6 +141,10 @@ def cmd_run(a) -> int:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
         _print_run(report)
+    if a.report and not a.json:
+        print(table)
+        print(f"report: {Path(a.report) / 'report.json'}, {Path(a.report) / 'trace.json'} (Perfetto), "
+              f"{Path(a.report) / 'energy.png'}, {Path(a.report) / 'timeline.png'}")
     if a.check and not report["check"]["reference_bit_exact"]:
         print(f"ttc: error: the simulator differs from the quantized reference in "
               f"{report['check']['mismatched_elements']} elements", file=sys.stderr)
@@ -236,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--check", metavar="MODEL", help="compare with the quantized reference (bit for bit) and the float model")
     r.add_argument("--trust-model", action="store_true", help=trust_help)
     r.add_argument("--json", action="store_true", help="machine-readable statistics")
+    r.add_argument("--report", metavar="DIR", help="print the per-layer table and write report.json, trace.json "
+                   "(Chrome/Perfetto), energy.png and timeline.png to DIR")
+    r.add_argument("--hw", metavar="PRESET|FILE", help="price and time the run with this hardware config instead of "
+                   "the one prog.bin was compiled for (its buffers must hold the program's tiles)")
     r.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("asm", help="assemble text assembly into prog.bin")

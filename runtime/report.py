@@ -1,0 +1,155 @@
+"""Reports of a simulated run: the per-layer table (terminal and JSON), the per-unit timeline as a
+Chrome / Perfetto trace, and PNG pictures of energy by layer and component and of the timeline.
+
+Utilisation is against the config's roofline: a layer's ideal cycles are the larger of its dense PE
+work over all PEs and its DRAM bytes over the DRAM bandwidth; utilisation = ideal / simulated cycles.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ttc.isa.program import Program
+from ttc.isa.table import BY_NAME, QUEUES
+
+from .run import RunResult
+
+ON_CHIP_BYTES = ("wgt", "ifmap", "ofmap", "psum", "vmem")
+
+
+def _pe_work(prog: Program, first: int, last: int) -> int:
+    """Dense (output, tap) pairs of the layer's convolutions: what the PE array must do."""
+    return sum(i["cout"] * i["oh"] * i["ow"] * i["cin"] * i["kh"] * i["kw"]
+               for i in prog.code[first:last] if i.op in ("sconv", "dconv"))
+
+
+def layer_table(prog: Program, result: RunResult) -> list[dict]:
+    hw, firsts = prog.hw, [layer["first_instr"] for layer in prog.meta["layers"]]
+    rows = []
+    for k, layer in enumerate(result.layers):
+        c = layer["counts"]
+        cycles = c.get("cycles", 0)
+        dram = c.get("dram_read_bytes", 0) + c.get("dram_write_bytes", 0)
+        work = _pe_work(prog, firsts[k], firsts[k + 1] if k + 1 < len(firsts) else len(prog.code))
+        ideal = max(work / hw.pes, dram / hw.dram_bytes_per_cycle)
+        rows.append(dict(
+            layer=layer["name"], path=layer["path"], op=layer["op"],
+            spike_adds=c.get("spike_add", 0), macs=c.get("mac", 0), neuron_updates=c.get("neuron_update", 0),
+            spikes=c.get("spike", 0), dram_bytes=dram,
+            on_chip_bytes=sum(c.get(f"{m}_{d}_bytes", 0) for m in ON_CHIP_BYTES for d in ("read", "write")),
+            cycles=cycles, ideal_cycles=ideal, pe_utilisation=work / hw.pes / cycles if cycles else 0.0,
+            roofline_utilisation=ideal / cycles if cycles else 0.0,
+            energy_pj=sum(layer["energy_pj"].values()), energy_pj_by_component=layer["energy_pj"]))
+    return rows
+
+
+def report(prog: Program, result: RunResult) -> dict:
+    return dict(hardware=prog.hw.name, batch=result.batch, cycles=result.cycles,
+                microseconds=result.cycles / prog.hw.frequency_mhz, energy_pj=result.total_energy_pj,
+                energy_pj_by_component=result.energy_pj, busy_cycles_by_unit=result.cycles_by_unit,
+                layers=layer_table(prog, result))
+
+
+def format_table(rep: dict) -> str:
+    head = (f"{'layer':<22} {'op':<16} {'spike adds':>11} {'MACs':>9} {'spikes':>8} {'DRAM B':>9} {'on-chip B':>10} "
+            f"{'cycles':>9} {'PE util':>7} {'roofline':>8} {'energy nJ':>10}")
+    lines = [head, "-" * len(head)]
+    for r in rep["layers"]:
+        lines.append(f"{r['layer'][:22]:<22} {r['op'][:16]:<16} {r['spike_adds']:>11.0f} {r['macs']:>9.0f} "
+                     f"{r['spikes']:>8.0f} {r['dram_bytes']:>9.0f} {r['on_chip_bytes']:>10.0f} {r['cycles']:>9} "
+                     f"{100 * r['pe_utilisation']:>6.1f}% {100 * r['roofline_utilisation']:>7.1f}% "
+                     f"{r['energy_pj'] / 1e3:>10.2f}")
+    lines.append(f"total: {rep['cycles']} cycles ({rep['microseconds']:.1f} us on {rep['hardware']}), "
+                 f"{rep['energy_pj'] / 1e3:.2f} nJ per inference; energy by component (nJ): "
+                 + ", ".join(f"{k} {v / 1e3:.2f}" for k, v in sorted(rep["energy_pj_by_component"].items(),
+                                                                      key=lambda kv: -kv[1])))
+    return "\n".join(lines)
+
+
+def perfetto_trace(prog: Program, result: RunResult) -> dict:
+    """Chrome trace-event JSON (chrome://tracing, ui.perfetto.dev): one track per queue, one slice
+    per instruction, times in microseconds at the config's clock."""
+    us = 1.0 / prog.hw.frequency_mhz
+    firsts = [layer["first_instr"] for layer in prog.meta["layers"]]
+    names = [layer["name"] for layer in prog.meta["layers"]]
+    events = [dict(name="thread_name", ph="M", pid=0, tid=k, args=dict(name=q)) for k, q in enumerate(QUEUES)]
+    for s in result.spans:
+        layer = max([k for k, f in enumerate(firsts) if f <= s.index] or [0])
+        events.append(dict(name=s.op, cat=names[layer] if names else "", ph="X", pid=0, tid=QUEUES.index(s.queue),
+                           ts=s.start * us, dur=(s.end - s.start) * us, args=dict(instruction=s.index, layer=names[layer] if names else "")))
+    return dict(traceEvents=events, displayTimeUnit="ns")
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def plot_energy(rep: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = rep["layers"]
+    components = sorted({c for r in layers for c in r["energy_pj_by_component"]},
+                        key=lambda c: -rep["energy_pj_by_component"].get(c, 0))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(layers) + 2), 4))
+    bottom = [0.0] * len(layers)
+    for c in components:
+        values = [r["energy_pj_by_component"].get(c, 0) / 1e3 for r in layers]
+        ax.bar(range(len(layers)), values, bottom=bottom, label=c)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_xticks(range(len(layers)), [r["layer"] for r in layers], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("energy per inference (nJ)")
+    ax.set_title(f"energy by layer and component ({rep['hardware']})")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def plot_timeline(prog: Program, result: RunResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    queues = [q for q in QUEUES if any(s.queue == q for s in result.spans)]
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(queues) + 1.5))
+    ops = sorted({s.op for s in result.spans})
+    colours = {op: plt.cm.tab10(k % 10) for k, op in enumerate(ops)}
+    for row, q in enumerate(queues):
+        for op in ops:
+            bars = [(s.start, s.end - s.start) for s in result.spans if s.queue == q and s.op == op]
+            if bars:
+                ax.broken_barh(bars, (row - 0.4, 0.8), color=colours[op])
+    ax.set_yticks(range(len(queues)), queues)
+    ax.set_xlabel("cycle")
+    ax.set_title(f"per-unit timeline: {result.cycles} cycles ({prog.hw.name})")
+    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[o]) for o in ops], labels=ops, fontsize=7,
+              loc="upper right", ncol=len(ops))
+    fig.tight_layout()
+    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def write_report(prog: Program, result: RunResult, directory: str | Path) -> dict:
+    """report.json, trace.json (Perfetto), energy.png and timeline.png in `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rep = report(prog, result)
+    _atomic(directory / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(rep, indent=1)))
+    _atomic(directory / "trace.json", lambda tmp: Path(tmp).write_text(json.dumps(perfetto_trace(prog, result))))
+    plot_energy(rep, directory / "energy.png")
+    plot_timeline(prog, result, directory / "timeline.png")
+    return rep
