@@ -5,9 +5,12 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import grid_inputs, small_conv_snn
+from test_end_to_end import dyadic_
 from ttc import api
+from ttc.frontends import modules as M
 from ttc.isa.hwconfig import ENERGY_ACTIONS, PRESET_DIR, HwConfigError, parse_hw, presets
 
 
@@ -89,3 +92,35 @@ def test_cli_report_and_repricing_with_another_config(tmp_path, model):
     plain, repriced = stats[()], stats[("--hw", "horowitz45")]
     assert plain["cycles_per_inference"] == repriced["cycles_per_inference"]
     assert plain["energy_pj_by_component"]["dram"] != repriced["energy_pj_by_component"]["dram"]
+
+
+class _BatchFirst(nn.Module):
+    """NeuroBench feeds [batch, time, ...]; ttc's modules take [time, batch, ...]."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x.transpose(0, 1))
+
+
+def test_spike_driven_adds_equal_neurobench_effective_acs():
+    """NeuroBench's SynapticOperations counts, for layers whose inputs are all 0/1, every non-zero
+    input times the non-zero weights it reaches: ttc's spike-driven adds. (Its effective MACs count
+    non-zero inputs, ttc's MACs every in-bounds tap, so those differ by definition.)"""
+    from neurobench.benchmarks import Benchmark
+    from neurobench.metrics.workload import SynapticOperations
+    from neurobench.models import TorchModel
+    from torch.utils.data import DataLoader, TensorDataset
+
+    net = dyadic_(nn.Sequential(
+        M.Conv2d(1, 6, 3, padding=1), M.LIF(decay=0.5, threshold=0.25), M.MaxPool2d(2),
+        M.Conv2d(6, 8, 3, padding=1), M.LIF(decay=0.5, threshold=0.25), M.Flatten(), M.Linear(128, 10),
+        M.TimeMean()), 9, span=3)  # exactly representable: the float model spikes as the machine does
+    x = grid_inputs((4, 32, 1, 8, 8), seed=9)
+    data = DataLoader(TensorDataset(torch.from_numpy(x).transpose(0, 1), torch.zeros(32)), batch_size=16)
+    results = Benchmark(TorchModel(_BatchFirst(net)), data, [], [], [[], [SynapticOperations]]).run(quiet=True)
+    result = api.simulate(api.compile_model(net, "4,N,1,8,8").program, x)
+    assert result.counters["spike_add"] > 1000
+    assert result.counters["spike_add"] == results["SynapticOperations"]["Effective_ACs"]
