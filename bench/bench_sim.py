@@ -20,32 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ttc import api
 from ttc.demo import MODEL as DIGITS_MODEL
 from ttc.digits import STEPS, load_digits_split
-from ttc.frontends import modules as M
-
-
-def cifar4() -> nn.Module:
-    """A 4-conv-layer VGG-style LIF SNN for 3x32x32 inputs, random weights with batchnorm statistics
-    set so that every layer spikes."""
-    torch.manual_seed(0)
-    lif = lambda: M.LIF(decay=0.5, threshold=0.5)
-    net = nn.Sequential(
-        M.Conv2d(3, 32, 3, padding=1), M.BatchNorm2d(32), lif(),
-        M.Conv2d(32, 64, 3, padding=1), M.BatchNorm2d(64), lif(), M.MaxPool2d(2),
-        M.Conv2d(64, 128, 3, padding=1), M.BatchNorm2d(128), lif(), M.MaxPool2d(2),
-        M.Conv2d(128, 128, 3, padding=1), M.BatchNorm2d(128), lif(), M.MaxPool2d(2),
-        M.Flatten(), M.Linear(128 * 16, 10), M.TimeMean())
-    g = torch.Generator().manual_seed(1)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.zero_()
-            m.running_var.fill_(0.25)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.1)
-    return net.eval()
+from ttc.models import vgg_snn
 
 
 def digits(batch: int):
@@ -56,7 +35,7 @@ def digits(batch: int):
 
 def cifar(batch: int):
     x = np.random.default_rng(0).random((4, batch, 3, 32, 32), dtype=np.float32)
-    return cifar4(), x, "4,N,3,32,32"
+    return vgg_snn(widths=(32, 64, 128, 128), pool_after=(1, 2, 3)), x, "4,N,3,32,32"
 
 
 MODELS = {"digits": (digits, 256), "cifar4": (cifar, 32)}

@@ -18,16 +18,12 @@ from ttc.isa.hwconfig import HwConfig
 from ttc.isa.program import Program
 
 from .ir import AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce
-from .passes.allocate import conv_geometry, elems_bytes, fmt, fused_consumer, step_bytes, step_stride, storage
+from .passes.allocate import step_bytes, step_stride, storage
 from .reference import output_divisor
 from .sync import place_tokens
+from .tiling import SLOT_ALIGN, Block, Plan, conv_plan, fmt, fused_consumer, pool_plan, split
 
-VERSION = "0.2.0"
-SLOT_ALIGN = 32
-
-
-def _copy(op: str, dst: Ref, src: Ref, nbytes: int) -> Instr:
-    return Instr(op, dict(dst=dst, src=src, rows=1, row_bytes=nbytes, src_stride=0, dst_stride=0))
+VERSION = "0.3.0"
 
 
 def _dram(addr: int) -> Ref:
@@ -35,21 +31,20 @@ def _dram(addr: int) -> Ref:
 
 
 class _Slots:
-    """`need` bytes of one buffer, twice (alternating) if two copies fit, else once."""
+    """A buffer region of `plan.slots(mem)` slots used in turn (two: double buffering)."""
 
-    def __init__(self, hw: HwConfig, mem: str, need: int, base: int = 0):
-        self.mem, self.base = mem, base
-        self.size = (need + SLOT_ALIGN - 1) // SLOT_ALIGN * SLOT_ALIGN
-        self.count = 2 if base + 2 * self.size <= hw.buffers[mem].bytes else 1
+    def __init__(self, plan: Plan, mem: str):
+        self.mem = mem
+        self.size = (plan.slot_bytes[mem] + SLOT_ALIGN - 1) // SLOT_ALIGN * SLOT_ALIGN
+        self.count = plan.slots(mem)
+        self.used = 0
 
     def __getitem__(self, k: int) -> Ref:
-        return Ref(self.mem, self.base + k % self.count * self.size)
+        return Ref(self.mem, k % self.count * self.size)
 
-
-def _split(n: int, parts: int) -> list[tuple[int, int]]:
-    """[0, n) in `parts` nearly equal, non-empty ranges (fewer if n < parts)."""
-    cuts = [n * k // parts for k in range(parts + 1)]
-    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    def next(self) -> Ref:
+        self.used += 1
+        return self[self.used - 1]
 
 
 class _Emitter:
@@ -61,11 +56,17 @@ class _Emitter:
     def emit(self, op: str, **args) -> None:
         self.code.append(Instr(op, args))
 
-    def load(self, dst: Ref, src: Ref, nbytes: int) -> None:
-        self.code.append(_copy("load", dst, src, nbytes))
+    def copy(self, op: str, dst: Ref, src: Ref, nbytes: int, rows: int = 1, src_stride: int = 0, dst_stride: int = 0) -> None:
+        self.emit(op, dst=dst, src=src, rows=rows, row_bytes=nbytes, src_stride=src_stride, dst_stride=dst_stride)
 
-    def store(self, dst: Ref, src: Ref, nbytes: int) -> None:
-        self.code.append(_copy("store", dst, src, nbytes))
+    def move_block(self, op: str, value: Op, t: int, block: Block, chip: Ref) -> None:
+        """Load (`op` = "load") or store one block of step t of `value` between DRAM and `chip`."""
+        run = block.copy()
+        dram = self.step_addr(value, t, run["offset"])
+        if op == "load":
+            self.copy("load", chip, dram, run["row_bytes"], run["rows"], run["stride"], run["row_bytes"])
+        else:
+            self.copy("store", dram, chip, run["row_bytes"], run["rows"], run["row_bytes"], run["stride"])
 
     def addr(self, op: Op) -> int:
         return storage(self.graph, op).dram
@@ -76,112 +77,124 @@ class _Emitter:
     def membranes(self, neuron: Op) -> list[Op]:
         return [u for u in self.graph.users(neuron.name) if isinstance(u, Membrane)]
 
-    def neuron_step(self, n: NeuronQ, count: int, t: int, offset: int, src: Ref, out: Ref) -> None:
+    def neuron_step(self, n: NeuronQ, count: int, t: int, src: Ref, out: Ref, spikes: Block, states: Block) -> None:
         """One step of `count` neurons whose input is at `src`; spikes (and states) go to DRAM."""
         self.emit("nrn", src=src, state=Ref("vmem", 0), dst=out, n=count, theta=n.theta, v_reset=n.v_reset,
                   decay_mul=n.decay_mul, decay_shift=n.decay_shift, in_shift=n.in_shift, cmp=n.cmp,
                   reset=n.reset, order=n.order)
-        self.store(self.step_addr(n, t, offset // 8), out, (count + 7) // 8)
+        self.move_block("store", n, t, spikes, out)
         for m in self.membranes(n):
-            self.store(self.step_addr(m, t, 4 * offset), Ref("vmem", 0), 4 * count)
+            self.move_block("store", m, t, states, Ref("vmem", 0))
 
     def layer(self, op: Op, kind: str, **extra) -> None:
         self.layers.append(dict(name=op.name, path=op.path, op=kind, type=str(op.type), first_instr=len(self.code), **extra))
 
     # ---- layer groups
     def conv(self, op: Conv2d | Linear) -> None:
-        x_op = self.graph.op(op.inputs[0])
-        x, consumer = x_op.type, fused_consumer(self.graph, op)
-        g = conv_geometry(op, x)
-        cout, oh, ow = op.type.shape[0], *(op.type.shape[1:] or (1, 1))
-        plane = oh * ow
-        per_channel_weights = op.weight.size // cout
-        bias_at = (op.tile * per_channel_weights + 3) // 4 * 4
-        spiking = x.dtype.kind == "spike"
-        neuron, reduce = isinstance(consumer, NeuronQ), isinstance(consumer, TimeReduce)
-        wgt = _Slots(self.hw, "wgt", bias_at + 4 * op.tile)
-        ifmap = _Slots(self.hw, "ifmap", step_bytes(x))
-        psum = _Slots(self.hw, "psum", 4 * op.tile * plane)
-        out = _Slots(self.hw, "ofmap", (op.tile * plane + 7) // 8 if neuron else 4 * op.tile * plane)
-        last = consumer or op
-        self.layer(last, type(op).opname + ("+" + consumer.opname if consumer else ""), tile=op.tile,
-                   source=op.path, weights=int(op.weight.size), macs_per_step=int(op.weight.size * plane))
-        step = 0
-        for k, c0 in enumerate(range(0, cout, op.tile)):
-            tc = min(op.tile, cout - c0)
-            n = tc * plane
-            self.load(wgt[k], _dram(op.wdram + c0 * per_channel_weights), tc * per_channel_weights)
-            bias = Ref("wgt", wgt[k].addr + bias_at)
-            if op.bias is not None:
-                self.load(bias, _dram(op.wdram + op.weight.size + 4 * c0), 4 * tc)
-            if neuron:
-                self.emit("vfill", dst=Ref("vmem", 0), n=n, value=consumer.v_init)
-            elif reduce:
-                self.emit("vfill", dst=out[0], n=n, value=0)
-            for t in range(x.time):
-                src, acc = ifmap[step], psum[step]
-                self.load(src, self.step_addr(x_op, t), step_bytes(x))
-                if op.bias is not None:
-                    self.emit("vbias", dst=acc, bias=bias, channels=tc, plane=plane)
-                for group, (lo, hi) in enumerate(_split(tc, self.hw.pe_groups)):
-                    args = dict(src=src, wgt=Ref("wgt", wgt[k].addr + lo * per_channel_weights),
-                                dst=Ref("psum", acc.addr + 4 * lo * plane), **g, cout=hi - lo, oh=oh, ow=ow,
-                                accumulate=int(op.bias is not None), group=group)
-                    if spiking:
-                        self.emit("sconv", **args)
+        x_op, consumer = self.graph.op(op.inputs[0]), fused_consumer(self.graph, op)
+        plan = conv_plan(self.graph, op, self.hw, op.tile)
+        wgt, ifmap, psum = (_Slots(plan, m) for m in ("wgt", "ifmap", "psum"))
+        out = _Slots(plan, "ofmap") if "ofmap" in plan.slot_bytes else None
+        taps, size = plan.taps, op.weight.size
+        self.layer(consumer or op, type(op).opname + ("+" + consumer.opname if consumer else ""), tile=list(op.tile),
+                   source=op.path, weights=int(size), macs_per_step=int(size * plan.oh * plan.ow))
+        for c0, c1 in plan.co_tiles:
+            tc = c1 - c0
+
+            def weights_at(slot: Ref, i0: int) -> int:
+                """Where the [tc, ci, kh, kw] weights of the block starting at input channel i0 sit: a
+                resident slot holds every block of the tile one after another."""
+                return slot.addr + (tc * i0 * taps if plan.resident else 0)
+
+            def load_weights(slot: Ref, i0: int, i1: int) -> None:
+                rows, per_row = (1, tc * plan.cin * taps) if i1 - i0 == plan.cin else (tc, (i1 - i0) * taps)
+                self.copy("load", Ref("wgt", weights_at(slot, i0)), _dram(op.wdram + (c0 * plan.cin + i0) * taps),
+                          per_row, rows, plan.cin * taps, per_row)
+
+            def bias_at(slot: Ref, held: int) -> Ref:
+                return Ref("wgt", slot.addr + plan.bias_offset(tc * held * taps))
+
+            def load_bias(slot: Ref, held: int) -> None:
+                if plan.bias:
+                    self.copy("load", bias_at(slot, held), _dram(op.wdram + size + 4 * c0), 4 * tc)
+
+            if plan.resident:
+                w = wgt.next()
+                for i0, i1 in plan.ci_tiles:
+                    load_weights(w, i0, i1)
+                load_bias(w, plan.cin)
+            for rt in plan.row_tiles:
+                n = tc * (rt.y1 - rt.y0) * plan.ow
+                if plan.consumer == "neuron":
+                    self.emit("vfill", dst=Ref("vmem", 0), n=n, value=consumer.v_init)
+                elif plan.consumer == "reduce":
+                    self.emit("vfill", dst=out[0], n=n, value=0)
+                for t in range(x_op.type.time):
+                    acc = psum.next()
+                    for k, (i0, i1) in enumerate(plan.ci_tiles):
+                        if not plan.resident:
+                            w = wgt.next()
+                            load_weights(w, i0, i1)
+                            if k == 0:
+                                load_bias(w, i1 - i0)
+                        if k == 0 and plan.bias:
+                            held = plan.cin if plan.resident else i1 - i0
+                            self.emit("vbias", dst=acc, bias=bias_at(w, held), channels=tc, plane=n // tc)
+                        src = ifmap.next()
+                        self.move_block("load", x_op, t, plan.input_block((i0, i1), rt), src)
+                        for group, (lo, hi) in enumerate(split(tc, self.hw.pe_groups)):
+                            args = dict(src=src, wgt=Ref("wgt", weights_at(w, i0) + lo * (i1 - i0) * taps),
+                                        dst=Ref("psum", acc.addr + 4 * lo * n // tc), **plan.conv_args(i1 - i0, rt),
+                                        cout=hi - lo, accumulate=int(plan.bias or k > 0), group=group)
+                            if plan.in_fmt == "spike":
+                                self.emit("sconv", **args)
+                            else:
+                                self.emit("dconv", **args, fmt=plan.in_fmt)
+                    if plan.consumer == "neuron":
+                        self.neuron_step(consumer, n, t, acc, out.next(), plan.output_block("spike", (c0, c1), rt),
+                                         plan.output_block("i32", (c0, c1), rt))
+                    elif plan.consumer == "reduce":
+                        self.emit("vacc", dst=out[0], src=acc, src_fmt="i32", n=n)
                     else:
-                        self.emit("dconv", **args, fmt=fmt(x.dtype))
-                if neuron:
-                    self.neuron_step(consumer, n, t, c0 * plane, acc, out[step])
-                elif reduce:
-                    self.emit("vacc", dst=out[0], src=acc, src_fmt="i32", n=n)
-                else:
-                    self.store(self.step_addr(op, t, 4 * c0 * plane), acc, 4 * n)
-                step += 1
-            if reduce:
-                self.store(_dram(self.addr(consumer) + 4 * c0 * plane), out[0], 4 * n)
+                        self.move_block("store", op, t, plan.output_block("i32", (c0, c1), rt), acc)
+                if plan.consumer == "reduce":
+                    self.move_block("store", consumer, 0, plan.output_block("i32", (c0, c1), rt), out[0])
 
     def pool(self, op: MaxPool | AvgPool) -> None:
         x_op = self.graph.op(op.inputs[0])
-        x = x_op.type
-        c, h, w = x.shape
-        out_plane = op.type.numel // c
-        ifmap = _Slots(self.hw, "ifmap", elems_bytes(x.dtype, op.tile * h * w))
-        ofmap = _Slots(self.hw, "ofmap", elems_bytes(op.type.dtype, op.tile * out_plane))
-        self.layer(op, op.opname, tile=op.tile, source=op.path)
-        step = 0
-        for c0 in range(0, c, op.tile):
-            tc = min(op.tile, c - c0)
-            for t in range(x.time):
-                self.load(ifmap[step], self.step_addr(x_op, t, elems_bytes(x.dtype, c0 * h * w)), elems_bytes(x.dtype, tc * h * w))
-                self.emit("pool", src=ifmap[step], dst=ofmap[step], mode="max" if isinstance(op, MaxPool) else "sum",
-                          src_fmt=fmt(x.dtype), dst_fmt=fmt(op.type.dtype), channels=tc, ih=h, iw=w, k=op.kernel,
-                          stride=op.stride)
-                self.store(self.step_addr(op, t, elems_bytes(op.type.dtype, c0 * out_plane)), ofmap[step],
-                           elems_bytes(op.type.dtype, tc * out_plane))
-                step += 1
+        plan = pool_plan(self.graph, op, self.hw, op.tile)
+        ifmap, ofmap = _Slots(plan, "ifmap"), _Slots(plan, "ofmap")
+        self.layer(op, op.opname, tile=list(op.tile), source=op.path)
+        for c0, c1 in plan.channel_tiles:
+            for rt in plan.row_tiles:
+                for t in range(x_op.type.time):
+                    src, dst = ifmap.next(), ofmap.next()
+                    self.move_block("load", x_op, t, plan.input_block((c0, c1), rt), src)
+                    self.emit("pool", src=src, dst=dst, mode="max" if isinstance(op, MaxPool) else "sum",
+                              src_fmt=plan.in_fmt, dst_fmt=plan.out_fmt, channels=c1 - c0, ih=rt.r1 - rt.r0, iw=plan.iw,
+                              oh=rt.y1 - rt.y0, ow=plan.ow, k=plan.k, stride=plan.stride, pt=rt.pt)
+                    self.move_block("store", op, t, plan.output_block((c0, c1), rt), dst)
 
     def neuron(self, op: NeuronQ) -> None:
         x_op = self.graph.op(op.inputs[0])
         n = op.type.numel
-        psum = _Slots(self.hw, "psum", 4 * n)
-        ofmap = _Slots(self.hw, "ofmap", (n + 7) // 8)
         self.layer(op, op.opname, source=op.path)
         self.emit("vfill", dst=Ref("vmem", 0), n=n, value=op.v_init)
+        whole = (1, 1, n)
         for t in range(op.type.time):
-            self.load(psum[t], self.step_addr(x_op, t), 4 * n)
-            self.neuron_step(op, n, t, 0, psum[t], ofmap[t])
+            self.copy("load", Ref("psum", 0), self.step_addr(x_op, t), 4 * n)
+            self.neuron_step(op, n, t, Ref("psum", 0), Ref("ofmap", 0), Block("spike", whole, 0, 1, 0, 1),
+                             Block("i32", whole, 0, 1, 0, 1))
 
     def time_reduce(self, op: TimeReduce) -> None:
         x_op = self.graph.op(op.inputs[0])
         x = x_op.type
-        ifmap = _Slots(self.hw, "ifmap", step_bytes(x))
         self.layer(op, op.opname, source=op.path)
         self.emit("vfill", dst=Ref("ofmap", 0), n=x.numel, value=0)
         for t in range(x.time):
-            self.load(ifmap[t], self.step_addr(x_op, t), step_bytes(x))
-            self.emit("vacc", dst=Ref("ofmap", 0), src=ifmap[t], src_fmt=fmt(x.dtype), n=x.numel)
-        self.store(_dram(self.addr(op)), Ref("ofmap", 0), 4 * x.numel)
+            self.copy("load", Ref("ifmap", 0), self.step_addr(x_op, t), step_bytes(x))
+            self.emit("vacc", dst=Ref("ofmap", 0), src=Ref("ifmap", 0), src_fmt=fmt(x.dtype), n=x.numel)
+        self.copy("store", _dram(self.addr(op)), Ref("ofmap", 0), 4 * x.numel)
 
 
 def _io(graph: Graph, op: Op, **extra) -> dict:
@@ -204,7 +217,7 @@ def generate(graph: Graph, hw: HwConfig, options: dict, source: dict) -> Program
         elif isinstance(op, TimeReduce) and fused_consumer(graph, graph.op(op.inputs[0])) is None:
             emit.time_reduce(op)
     emit.code.append(Instr("halt", {}))
-    code = place_tokens(emit.code)
+    code = place_tokens(emit.code, barriers=[layer["first_instr"] for layer in emit.layers[1:]])
 
     weights_end = 0
     blobs = []

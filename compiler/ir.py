@@ -16,6 +16,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from ttc.isa.table import conv_out
+
 
 class IRError(ValueError):
     """An IR that breaks a rule; the message names the op and its source path."""
@@ -116,10 +118,6 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def _conv_out(n: int, k: int, s: int, p: int) -> int:
-    return (n + 2 * p - k) // s + 1
-
-
 def _accumulator(op: Op, x: TensorType, weight: np.ndarray, weight_frac: int | None) -> DType:
     """Result type of a conv or linear: float in, float out; integers in, a 32-bit accumulator with
     the input's and the weight's fractional bits."""
@@ -189,7 +187,7 @@ class Conv2d(Op):
     padding: tuple[int, int] = (0, 0)
     weight_frac: int | None = None
     wdram: int | None = None  # DRAM address of the weights, then the bias (allocate pass)
-    tile: int | None = None  # output channels per tile (allocate pass)
+    tile: tuple[int, int, int] | None = None  # output channels, output rows, input channels per tile (allocate)
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
@@ -199,7 +197,7 @@ class Conv2d(Op):
         if x.shape[0] != cin:
             self.fail(f"input has {x.shape[0]} channels, weights expect {cin}")
         (sh, sw), (ph, pw) = _pair(self.stride), _pair(self.padding)
-        oh, ow = _conv_out(x.shape[1], kh, sh, ph), _conv_out(x.shape[2], kw, sw, pw)
+        oh, ow = conv_out(x.shape[1], kh, sh, ph), conv_out(x.shape[2], kw, sw, pw)
         if oh <= 0 or ow <= 0:
             self.fail(f"kernel {kh}x{kw} does not fit input {x.shape[1]}x{x.shape[2]}")
         _check_bias(self, self.bias, cout, self.weight_frac)
@@ -215,7 +213,7 @@ class Linear(Op):
     bias: np.ndarray | None = None
     weight_frac: int | None = None
     wdram: int | None = None
-    tile: int | None = None
+    tile: tuple[int, int, int] | None = None
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
@@ -336,7 +334,7 @@ def _pool_out(op: Op, x: TensorType, k: int, s: int) -> tuple[int, int, int]:
     if len(x.shape) != 3:
         op.fail(f"pools a [C,H,W] tensor, got {x}")
     c, h, w = x.shape
-    oh, ow = _conv_out(h, k, s, 0), _conv_out(w, k, s, 0)
+    oh, ow = conv_out(h, k, s, 0), conv_out(w, k, s, 0)
     if oh <= 0 or ow <= 0:
         op.fail(f"kernel {k} does not fit {h}x{w}")
     return c, oh, ow
@@ -349,7 +347,7 @@ class MaxPool(Op):
     opname: ClassVar[str] = "maxpool"
     kernel: int
     stride: int
-    tile: int | None = None  # channels per tile (allocate pass)
+    tile: tuple[int, int] | None = None  # channels, output rows per tile (allocate pass)
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
@@ -365,7 +363,7 @@ class AvgPool(Op):
     kernel: int
     stride: int
     area_bits: int | None = None
-    tile: int | None = None
+    tile: tuple[int, int] | None = None
 
     def infer(self, ins):
         x = self.seq_input(ins[0])

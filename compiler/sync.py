@@ -7,6 +7,11 @@ touches, and, if it writes, on the readers since. For a dependency on another qu
 waits for a token from that queue and the producer signals it; a queue runs in order, so only the
 newest producer per queue matters, and none at all if an earlier instruction of the same queue
 already waited for it or for something later on that queue.
+
+A barrier (the first instruction of a layer) separates layers: the first instruction of every queue
+from the barrier on also waits for the last instruction of every other queue before it, so a layer
+starts when the one before has finished, as on a layer-by-layer accelerator, and each layer's cycles
+are its own.
 """
 from __future__ import annotations
 
@@ -14,15 +19,19 @@ from collections import defaultdict
 
 from ttc.isa.encoding import Instr
 from ttc.isa.footprint import RangeMap, regions
-from ttc.isa.table import BY_NAME
+from ttc.isa.table import BY_NAME, QUEUES
 
 
 def _with_reader(readers: tuple, queue: str, index: int) -> tuple:
     return tuple(sorted({**dict(readers), queue: index}.items()))
 
 
-def place_tokens(code: list[Instr]) -> list[Instr]:
+def place_tokens(code: list[Instr], barriers=()) -> list[Instr]:
+    barriers = set(barriers)
     boards: dict[str, RangeMap] = defaultdict(lambda: RangeMap((None, ())))
+    last_on: dict[str, int] = {}  # queue -> its latest instruction so far
+    fence: dict[str, int] = {}  # queue -> its last instruction before the latest barrier
+    unfenced: set[str] = set()  # queues that have not yet waited for the fence
     synced: dict[tuple[str, str], int] = {}
     waits = [set() for _ in code]
     signals = [set() for _ in code]
@@ -34,6 +43,11 @@ def place_tokens(code: list[Instr]) -> list[Instr]:
         queue = BY_NAME[instr.op].queue(instr.args)
         touched = regions(instr)
         deps: dict[str, int] = {}
+        if j in barriers:
+            fence, unfenced = dict(last_on), set(QUEUES)
+        if queue in unfenced:
+            unfenced.discard(queue)
+            deps.update({q: i for q, i in fence.items() if q != queue})
         for r in touched:
             for writer, readers in boards[r.mem].runs(r.lo, r.hi):
                 producers = ([writer] if writer else []) + (list(readers) if "w" in r.mode else [])
@@ -45,6 +59,7 @@ def place_tokens(code: list[Instr]) -> list[Instr]:
                 signals[i].add(queue)
                 waits[j].add(q)
                 synced[(q, queue)] = i
+        last_on[queue] = j
         for r in touched:
             if "w" in r.mode:
                 boards[r.mem].update(r.lo, r.hi, lambda v: ((queue, j), ()))

@@ -99,6 +99,17 @@ ENERGY_ACTIONS = {
     "or1": "1-bit OR (max pooling of spikes)",
 }
 
+
+def neuron_update_actions(reset: str, in_shift: int, decay_mul: int, decay_shift: int) -> dict[str, int]:
+    """Arithmetic actions of one neuron update (`nrn`, per neuron and step): the threshold compare, the
+    charge (and a soft reset's subtraction), shifts and the decay's multiply."""
+    actions = {"cmp32": 1, "add32": 2 if reset == "subtract" else 1,
+               "shift32": (in_shift > 0) + (decay_mul != 1 << decay_shift)}  # a non-trivial decay ends in a shift
+    if decay_mul & (decay_mul - 1):
+        actions["mul16"] = 1
+    return actions
+
+
 _SCHEMA = {
     "name": str, "description": str,
     "array": {"rows": int, "cols": int, "groups": int, "frequency_mhz": float},

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-ISA_VERSION = 2
+ISA_VERSION = 3
 WORD_BYTES = 32
 OPCODE_BITS = 8
 
@@ -144,10 +144,12 @@ def _conv_footprint(src_fmt):
 _CONV_GEOMETRY = (
     _u("cin", 16), _u("cout", 16), _u("ih", 12), _u("iw", 12), _u("oh", 12), _u("ow", 12),
     _u("kh", 4), _u("kw", 4), _u("sh", 4), _u("sw", 4),
-    _u("pt", 4, "zero rows above the input"), _u("pl", 4, "zero columns left of the input"),
+    _s("pt", 5, "zero rows above the input (negative: input rows skipped)"),
+    _u("pl", 4, "zero columns left of the input"),
     _u("accumulate", 1, "1: add to out; 0: overwrite out"),
 )
 _CONV_INDEX = "src[ci, y*sh+i-pt, x*sw+j-pl] (zero outside the input) for y < oh, x < ow"
+_POOL_INDEX = "src[c, y*stride+i-pt, x*stride+j] (zero outside the input) for i, j < k, y < oh, x < ow"
 
 INSTRUCTIONS: tuple[Opcode, ...] = (
     Opcode("halt", 0x00, "ctrl", (), "wait until every queue is idle, then stop the machine"),
@@ -181,11 +183,11 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
     _op("pool", 0x07, "vector",
         (_ref("src", ("ifmap",)), _ref("dst", ("ofmap",)), _enum("mode", ("max", "sum")),
          _enum("src_fmt", FORMATS), _enum("dst_fmt", FORMATS), _u("channels", 16), _u("ih", 12),
-         _u("iw", 12), _u("k", 4), _u("stride", 4)),
-        "dst[c,y,x] = max or sum of src[c, y*stride+i, x*stride+j] for i, j < k (max of spikes is OR)",
+         _u("iw", 12), _u("oh", 12), _u("ow", 12), _u("k", 4), _u("stride", 4),
+         _s("pt", 5, "zero rows above the input (negative: input rows skipped)")),
+        f"dst[c,y,x] = max or sum of {_POOL_INDEX} (max of spikes is OR)",
         lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["channels"] * a["ih"] * a["iw"])),
-                   ("dst", "w", elems_bytes(a["dst_fmt"], a["channels"] * conv_out(a["ih"], a["k"], a["stride"], 0)
-                                            * conv_out(a["iw"], a["k"], a["stride"], 0)))]),
+                   ("dst", "w", elems_bytes(a["dst_fmt"], a["channels"] * a["oh"] * a["ow"]))]),
     _op("nrn", 0x08, "neuron",
         (_ref("src", ("psum",)), _ref("state", ("vmem",)), _ref("dst", ("ofmap",)), _u("n", 24),
          _s("theta", 32), _s("v_reset", 32), _u("decay_mul", 16), _u("decay_shift", 5),

@@ -21,6 +21,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ttc.isa.encoding import Instr, Ref
 from ttc.isa.footprint import regions
+from ttc.isa.hwconfig import neuron_update_actions
 from ttc.isa.program import Program
 from ttc.isa.table import BY_NAME, FORMAT_BYTES, MEMORIES
 
@@ -133,12 +134,18 @@ def _vbias(m: Machine, i: Instr) -> None:
     m.write(i["dst"], "i32", np.repeat(bias, i["plane"], axis=1))
 
 
+def _window(x: np.ndarray, i: Instr, kh: int, kw: int, sh: int, sw: int, pl: int) -> np.ndarray:
+    """The input the oh x ow outputs read: x [B, C, ih, iw] with pt zero rows above (pt < 0: the first
+    -pt rows skipped), pl zero columns left, and zeros below and right as far as the outputs reach."""
+    rows, cols = (i["oh"] - 1) * sh + kh, (i["ow"] - 1) * sw + kw
+    x = x[:, :, max(0, -i["pt"]):]
+    top = max(0, i["pt"])
+    return np.pad(x, ((0, 0), (0, 0), (top, max(0, rows - top - x.shape[2])),
+                      (pl, max(0, cols - pl - x.shape[3]))))[:, :, :rows, :cols]
+
+
 def _padded(x: np.ndarray, i: Instr) -> np.ndarray:
-    """x [B, C, ih, iw] with pt zero rows above, pl zero columns left, and as many zeros below and
-    right as the oh x ow outputs reach (cropped if they reach less)."""
-    rows, cols = (i["oh"] - 1) * i["sh"] + i["kh"], (i["ow"] - 1) * i["sw"] + i["kw"]
-    return np.pad(x, ((0, 0), (0, 0), (i["pt"], max(0, rows - i["pt"] - x.shape[2])),
-                      (i["pl"], max(0, cols - i["pl"] - x.shape[3]))))[:, :, :rows, :cols]
+    return _window(x, i, i["kh"], i["kw"], i["sh"], i["sw"], i["pl"])
 
 
 def _per_tap(x: np.ndarray, i: Instr) -> np.ndarray:
@@ -185,7 +192,7 @@ def _dconv(m: Machine, i: Instr) -> None:
 def _pool(m: Machine, i: Instr) -> None:
     c, h, w, k, s = i["channels"], i["ih"], i["iw"], i["k"], i["stride"]
     x = m.read(i["src"], i["src_fmt"], c * h * w).reshape(m.batch, c, h, w)
-    win = sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+    win = sliding_window_view(_window(x, i, k, k, s, s, 0), (k, k), axis=(2, 3))[:, :, ::s, ::s]
     y = win.max(axis=(4, 5)) if i["mode"] == "max" else win.sum(axis=(4, 5))
     m.write(i["dst"], i["dst_fmt"], y)
     op = "add32" if i["mode"] == "sum" else "or1" if i["src_fmt"] == "spike" else "cmp32"
@@ -215,12 +222,10 @@ def _nrn(m: Machine, i: Instr) -> None:
     m.write(i["state"], "i32", h)
     m.write(i["dst"], "spike", s)
     a, count = m.event.actions, n * m.batch
-    a["neuron_update"] = a["cmp32"] = count
-    a["add32"] = count * (2 if i["reset"] == "subtract" else 1)  # charge (and subtract)
+    a["neuron_update"] = count
     a["spike"] = int(s.sum())
-    a["shift32"] = count * ((i["in_shift"] > 0) + (mul != 1 << shift))  # a non-trivial decay ends in a shift
-    if mul & (mul - 1):
-        a["mul16"] = count
+    for action, per_update in neuron_update_actions(i["reset"], i["in_shift"], mul, shift).items():
+        a[action] = count * per_update
 
 
 def _vacc(m: Machine, i: Instr) -> None:

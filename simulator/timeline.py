@@ -2,8 +2,10 @@
 the hazard check that makes overlap safe to trust.
 
 An instruction starts when its queue has finished the one before and every token it waits for has
-been given; a `load` or `store` also waits for the DRAM interface, holds it for its transfer cycles
-and completes `dram_latency_cycles` later. Other instructions take the hardware config's cycles for
+been given; a `load` or `store` also needs the DRAM interface: it takes the earliest time from then on
+that the interface is free for its transfer cycles (the load and store queues arbitrate by time, not
+by program order), and completes `dram_latency_cycles` after its transfer ends; its queue may start
+the next transfer meanwhile (requests are pipelined, completions stay in order). Other instructions take the hardware config's cycles for
 their work (`HwConfig.conv_cycles` and friends), which do not depend on the data, so the timeline is
 the same for every sample of a batch.
 
@@ -14,13 +16,14 @@ error naming both instructions.
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from ttc.isa.encoding import Instr
 from ttc.isa.footprint import RangeMap, regions
 from ttc.isa.hwconfig import HwConfig
-from ttc.isa.table import BY_NAME, QUEUES, conv_out
+from ttc.isa.table import BY_NAME, QUEUES
 
 
 class ScheduleError(RuntimeError):
@@ -41,9 +44,39 @@ def work_cycles(hw: HwConfig, i: Instr) -> int:
     if i.op == "vbias":
         return hw.vector_cycles(a["channels"] * a["plane"])
     if i.op == "pool":
-        oh, ow = conv_out(a["ih"], a["k"], a["stride"], 0), conv_out(a["iw"], a["k"], a["stride"], 0)
-        return hw.vector_cycles(a["channels"] * oh * ow * a["k"] ** 2)
+        return hw.vector_cycles(a["channels"] * a["oh"] * a["ow"] * a["k"] ** 2)
     return 0
+
+
+class Reservations:
+    """Busy intervals of a shared resource: `reserve` books the earliest free interval of a given
+    length that starts no earlier than `ready`."""
+
+    def __init__(self):
+        self.starts: list[int] = []
+        self.ends: list[int] = []  # disjoint, sorted, never touching (touching intervals are merged)
+
+    def reserve(self, ready: int, length: int) -> int:
+        k = bisect_right(self.ends, ready)  # the first interval that ends after `ready`
+        start = ready
+        while k < len(self.starts) and self.starts[k] < start + length:
+            start = max(start, self.ends[k])
+            k += 1
+        if length:
+            self._insert(start, start + length)
+        return start
+
+    def _insert(self, lo: int, hi: int) -> None:
+        k = bisect_right(self.starts, lo)
+        if k and self.ends[k - 1] == lo:  # merge with the interval before
+            k -= 1
+            lo = self.starts[k]
+            del self.starts[k], self.ends[k]
+        if k < len(self.starts) and self.starts[k] == hi:  # and with the one after
+            hi = self.ends[k]
+            del self.starts[k], self.ends[k]
+        self.starts.insert(k, lo)
+        self.ends.insert(k, hi)
 
 
 @dataclass
@@ -64,7 +97,7 @@ class Timeline:
 
     def __post_init__(self):
         self._free = dict.fromkeys(QUEUES, 0)
-        self._dram_free = 0
+        self._dram = Reservations()
         self._tokens = {(a, b): deque() for a in QUEUES for b in QUEUES}
         # per memory and byte: (end of last write, its index, latest end of a read since, its index)
         self._board: dict[str, RangeMap] = {}
@@ -83,14 +116,13 @@ class Timeline:
             ready = max(ready, channel.popleft())
         work = work_cycles(self.hw, instr)
         if instr.op in ("load", "store"):
-            start = max(ready, self._dram_free)
-            self._dram_free = start + work
+            start = self._dram.reserve(ready, work)
             self.busy["dram"] += work
             end = start + work + self.hw.dram_latency_cycles
         else:
             start, end = ready, ready + work
-        self.busy[queue] += end - start
-        self._free[queue] = end
+        self.busy[queue] += work
+        self._free[queue] = start + work  # a DMA queue issues its next transfer while this one is in flight
         for dst in instr["signal"]:
             self._tokens[(queue, dst)].append(end)
         self.spans.append(Span(index, instr.op, queue, start, end))
@@ -115,4 +147,4 @@ class Timeline:
         left = [f"{a}->{b}" for (a, b), ch in self._tokens.items() if ch]
         if left:
             raise ScheduleError(f"halt (instruction {index}): tokens given but never taken on {', '.join(left)}")
-        self.cycles = max(self._free.values())
+        self.cycles = max((span.end for span in self.spans), default=0)

@@ -50,6 +50,7 @@ def test_layer_that_does_not_fit_names_layer_and_buffer():
     import dataclasses
 
     hw = load_hw("sata")
-    tiny = dataclasses.replace(hw, buffers={**hw.buffers, "psum": dataclasses.replace(hw.buffers["psum"], kib=0.03125)})
-    with pytest.raises(IRError, match=r"%c \(conv2d, from 'conv'\).*psum buffer, which holds 32 bytes"):
+    tiny = dataclasses.replace(hw, buffers={**hw.buffers, "psum": dataclasses.replace(hw.buffers["psum"], kib=2 / 1024)})
+    with pytest.raises(IRError, match=r"%c \(conv2d, from 'conv'\): its smallest tile \(\(output channels, output rows, "
+                       r"input channels\) = \(1, 2, 1\)\) needs 32 bytes of the psum buffer, which holds 2 bytes"):
         make_pass("allocate", hw=tiny).run(graph)

@@ -7,44 +7,37 @@ bytes. A conv or linear whose only user is a neuron or a reduction over time is 
 stored. `flatten` and `repeat` cost nothing: they alias their input (a repeat reads the same step T
 times).
 
-Layers run one at a time, each on all T steps while its weights stay on chip, in tiles of output
-channels: the largest tile for which weights, partial sums, membranes and outputs fit their buffers
-(spike tiles end on a byte boundary). A layer whose single input step or single output channel does not
-fit is an error naming the layer, the buffer and the sizes.
+Layers run one at a time, each on all T steps while its weights stay on chip, in tiles
+(`ttc.compiler.tiling`): of output channels x output rows x input channels for a conv or linear, of
+channels x rows for a pooling. Of the tilings whose tiles start on bytes and fit every buffer, the
+pass takes the one the cost model (`ttc.compiler.cost`) predicts fastest, then least energy; the
+choice also decides which buffers are double-buffered (those with room for two slots). A layer that no
+tiling fits is an error naming the layer, the buffer and the sizes of its smallest tile.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from itertools import product
 
 from ttc.isa.hwconfig import HwConfig, load_hw
+from ttc.isa.table import elems_bytes
 
-from ..ir import (AvgPool, Conv2d, DType, Flatten, Graph, IRError, Linear, MaxPool, Membrane, NeuronQ, Op,
-                  Repeat, TensorType, TimeReduce)
+from ..cost import op_cost
+from ..ir import (AvgPool, Conv2d, Flatten, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, Repeat, TensorType,
+                  TimeReduce)
+from ..tiling import Plan, conv_plan, fmt, fused_consumer, pool_plan, sizes
 from . import Pass, register
 
 DRAM_ALIGN = 16
+CYCLE_TIE = 0.01
 
 
 def align(n: int, to: int = DRAM_ALIGN) -> int:
     return (n + to - 1) // to * to
 
 
-def fmt(dtype: DType) -> str:
-    """The ISA element format a value is stored in."""
-    if dtype.kind == "spike":
-        return "spike"
-    if dtype.kind == "fix":
-        return f"i{dtype.bits}"
-    raise IRError(f"a {dtype} value cannot be stored on the machine (quantize first)")
-
-
-def elems_bytes(dtype: DType, n: int) -> int:
-    return (n + 7) // 8 if dtype.kind == "spike" else n * dtype.bits // 8
-
-
 def step_bytes(t: TensorType) -> int:
-    return elems_bytes(t.dtype, t.numel)
+    return elems_bytes(fmt(t.dtype), t.numel)
 
 
 def step_stride(graph: Graph, op: Op) -> int:
@@ -63,27 +56,14 @@ def storage(graph: Graph, op: Op) -> Op:
     return op
 
 
-def fused_consumer(graph: Graph, op: Op) -> Op | None:
-    """The neuron or time reduction a conv/linear is fused with, if any."""
-    if not isinstance(op, (Conv2d, Linear)) or op.name in graph.outputs:
-        return None
-    users = graph.users(op.name)
-    if len(users) == 1 and isinstance(users[0], (NeuronQ, TimeReduce)):
-        return users[0]
-    return None
-
-
-def conv_geometry(op: Op, x: TensorType) -> dict:
-    """The conv a conv2d or linear op runs: linear is a 1x1 conv on a 1x1 image."""
-    if isinstance(op, Linear):
-        return dict(cin=x.shape[0], ih=1, iw=1, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0)
-    _, cin, kh, kw = op.weight.shape
-    return dict(cin=cin, ih=x.shape[1], iw=x.shape[2], kh=kh, kw=kw, sh=op.stride[0], sw=op.stride[1],
-                pt=op.padding[0], pl=op.padding[1])
-
-
 def weight_bytes(op: Op) -> int:
     return op.weight.size + 4 * op.weight.shape[0]
+
+
+def _candidates(n: int) -> list[int]:
+    """Tile sizes to try for n items: every tile count's largest size, also in multiples of 2, 4, 8
+    (byte-aligned tiles of spike tensors)."""
+    return sorted({size for unit in (1, 2, 4, 8) for size in sizes(n, unit)}, reverse=True)
 
 
 @register
@@ -113,24 +93,14 @@ class Allocate(Pass):
     def tile(self, graph: Graph, op: Op, hw: HwConfig) -> None:
         if isinstance(op, (Conv2d, Linear)):
             x = graph.op(op.inputs[0]).type
-            consumer = fused_consumer(graph, op)
-            plane = op.type.numel // op.type.shape[0]
-            g = conv_geometry(op, x)
-            per_channel = {
-                "wgt": g["cin"] * g["kh"] * g["kw"] + 4,
-                "psum": 4 * plane,
-                "vmem": 4 * plane if isinstance(consumer, NeuronQ) else 0,
-                "ofmap": plane / 8 if isinstance(consumer, NeuronQ) else 4 * plane,
-            }
-            self.fits(op, hw, "ifmap", step_bytes(x), "one time step of its input")
-            op.tile = self.largest_tile(op, hw, op.type.shape[0], per_channel, [plane] if isinstance(consumer, NeuronQ) else [])
+            cout, oh = op.type.shape[0], (op.type.shape[1:] or (1,))[0]
+            op.tile = self.choose(graph, op, hw, lambda tile: conv_plan(graph, op, hw, tile),
+                                  [_candidates(cout), _candidates(oh), _candidates(x.shape[0])],
+                                  ("output channels", "output rows", "input channels"))
         elif isinstance(op, (MaxPool, AvgPool)):
-            x = graph.op(op.inputs[0]).type
-            c, h, w = x.shape
-            out_plane = op.type.numel // c
-            per_channel = {"ifmap": elems_bytes(x.dtype, h * w), "ofmap": elems_bytes(op.type.dtype, out_plane)}
-            bit_planes = [n for n, t in ((h * w, x), (out_plane, op.type)) if t.dtype.kind == "spike"]
-            op.tile = self.largest_tile(op, hw, c, per_channel, bit_planes)
+            c, oh, _ = op.type.shape
+            op.tile = self.choose(graph, op, hw, lambda tile: pool_plan(graph, op, hw, tile),
+                                  [_candidates(c), _candidates(oh)], ("channels", "output rows"))
         elif isinstance(op, NeuronQ) and fused_consumer(graph, graph.op(op.inputs[0])) is None:
             n = op.type.numel
             self.fits(op, hw, "psum", 4 * n, "one time step of its input")
@@ -148,23 +118,33 @@ class Allocate(Pass):
         have = hw.buffers[buffer].bytes
         if need > have:
             op.fail(f"{what} needs {need} bytes of the {buffer} buffer, which holds {have} bytes in hardware "
-                    f"config {hw.name!r} (spatial tiling is not implemented)")
+                    f"config {hw.name!r} (this layer is not tiled)")
 
     @staticmethod
-    def largest_tile(op: Op, hw: HwConfig, channels: int, per_channel: dict, bit_planes: list[int]) -> int:
-        """The most channels whose data fit every buffer; tiles of spike tensors (`bit_planes` bits a
-        channel) hold whole bytes."""
-        limit = channels
-        for buffer, need in per_channel.items():
-            if need:
-                limit = min(limit, int(hw.buffers[buffer].bytes // need))
-        if limit < 1:
-            buffer, need = max(((b, n / hw.buffers[b].bytes) for b, n in per_channel.items()), key=lambda p: p[1])
-            op.fail(f"one output channel needs {math.ceil(per_channel[buffer])} bytes of the {buffer} buffer, "
-                    f"which holds {hw.buffers[buffer].bytes} bytes in hardware config {hw.name!r}")
-        if limit == channels:
-            return channels
-        step = math.lcm(1, *(8 // math.gcd(8, p) for p in bit_planes))  # tiles of `step` channels end on a byte
-        if limit < step:
-            op.fail(f"a byte-aligned tile of {step} channels does not fit the buffers of hardware config {hw.name!r}")
-        return limit // step * step
+    def choose(graph: Graph, op: Op, hw: HwConfig, plan_of, candidates: list[list[int]], names: tuple[str, ...]) -> tuple:
+        """The tile (one size per dimension) the cost model likes best. For every choice of the leading
+        sizes, the largest last size that fits is a candidate; of those within `CYCLE_TIE` of the
+        fewest cycles (each tile costs instructions the model does not time), the one with the fewest
+        tiles wins, then the least energy."""
+        *outer, last = candidates
+        scored, smallest = [], None
+        for lead in product(*outer):
+            for size in last:
+                tile = (*lead, size)
+                plan: Plan = plan_of(tile)
+                if not plan.aligned():
+                    continue
+                smallest = tile, plan
+                if plan.overflow() is None:
+                    cost = op_cost(graph, op, hw, tile)
+                    scored.append((cost.cycles, plan.tiles, cost.total_pj, tile))
+                    break
+        if not scored:
+            if smallest is None:
+                op.fail(f"no tiling of it starts every spike tile on a byte in hardware config {hw.name!r}")
+            tile, plan = smallest
+            buffer, need, have = plan.overflow()
+            op.fail(f"its smallest tile (({', '.join(names)}) = ({', '.join(map(str, tile))})) needs {need} bytes "
+                    f"of the {buffer} buffer, which holds {have} bytes in hardware config {hw.name!r}")
+        fastest = min(s[0] for s in scored)
+        return min((s for s in scored if s[0] <= fastest * (1 + CYCLE_TIE)), key=lambda s: s[1:3])[3]
