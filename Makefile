@@ -20,6 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_sim.py
+	$(PY) bench/vgg_report.py
 
 docs: $(STAMP)
 	$(PY) -m ttc.isa.docs > docs/isa.md
