@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ttc.isa.program import Program
-from ttc.isa.table import BY_NAME, QUEUES
+from ttc.isa.table import QUEUES
 
 from .run import RunResult
 

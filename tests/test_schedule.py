@@ -2,7 +2,6 @@
 import dataclasses
 import re
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,7 +9,7 @@ from hypothesis import strategies as st
 from conftest import grid_inputs, small_conv_snn
 from ttc import api
 from ttc.isa import table
-from ttc.isa.encoding import Instr, Ref
+from ttc.isa.encoding import Instr
 from ttc.isa.footprint import RangeMap
 from ttc.simulator.machine import SimError
 from ttc.simulator.timeline import ScheduleError, work_cycles

@@ -1,7 +1,6 @@
 """Third-party models: SpikingJelly (multi-step and single-step) and snnTorch (time loops) compile and
 run bit-exact against the quantized reference; exactly representable ones equal PyTorch bit for bit;
 what ttc cannot compile is named by path and type."""
-import numpy as np
 import pytest
 import snntorch as snn
 import torch
