@@ -21,7 +21,7 @@ from .ir import AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, 
 from .passes.allocate import step_bytes, step_stride, storage
 from .reference import output_divisor
 from .sync import place_tokens
-from .tiling import SLOT_ALIGN, Block, Plan, conv_plan, fmt, fused_consumer, pool_plan, split
+from .tiling import Block, ConvPlan, Plan, RowTile, conv_plan, fmt, fused_consumer, pool_plan, split
 
 VERSION = "0.3.0"
 
@@ -35,7 +35,7 @@ class _Slots:
 
     def __init__(self, plan: Plan, mem: str):
         self.mem = mem
-        self.size = (plan.slot_bytes[mem] + SLOT_ALIGN - 1) // SLOT_ALIGN * SLOT_ALIGN
+        self.size = plan.slot_size(mem)
         self.count = plan.slots(mem)
         self.used = 0
 
@@ -89,40 +89,33 @@ class _Emitter:
     def layer(self, op: Op, kind: str, **extra) -> None:
         self.layers.append(dict(name=op.name, path=op.path, op=kind, type=str(op.type), first_instr=len(self.code), **extra))
 
+    def load_weights(self, op: Conv2d | Linear, plan: ConvPlan, slot: Ref, co: tuple[int, int], ci: tuple[int, int]) -> None:
+        """The weights of output channels `co` x input channels `ci` into `slot` (with the bias, once
+        per slot: with the first block)."""
+        (c0, c1), (i0, i1), taps, cin = co, ci, plan.taps, plan.cin
+        rows, per_row = (1, (c1 - c0) * cin * taps) if i1 - i0 == cin else (c1 - c0, (i1 - i0) * taps)
+        self.copy("load", Ref("wgt", slot.addr + plan.weights_at(c1 - c0, i0)), _dram(op.wdram + (c0 * cin + i0) * taps),
+                  per_row, rows, cin * taps, per_row)
+        if i0 == 0 and plan.bias:
+            self.copy("load", Ref("wgt", slot.addr + plan.bias_at(c1 - c0)), _dram(op.wdram + op.weight.size + 4 * c0),
+                      4 * (c1 - c0))
+
     # ---- layer groups
     def conv(self, op: Conv2d | Linear) -> None:
         x_op, consumer = self.graph.op(op.inputs[0]), fused_consumer(self.graph, op)
         plan = conv_plan(self.graph, op, self.hw, op.tile)
         wgt, ifmap, psum = (_Slots(plan, m) for m in ("wgt", "ifmap", "psum"))
         out = _Slots(plan, "ofmap") if "ofmap" in plan.slot_bytes else None
-        taps, size = plan.taps, op.weight.size
+        size = op.weight.size
         self.layer(consumer or op, type(op).opname + ("+" + consumer.opname if consumer else ""), tile=list(op.tile),
                    source=op.path, weights=int(size), macs_per_step=int(size * plan.oh * plan.ow))
+        w = None
         for c0, c1 in plan.co_tiles:
             tc = c1 - c0
-
-            def weights_at(slot: Ref, i0: int) -> int:
-                """Where the [tc, ci, kh, kw] weights of the block starting at input channel i0 sit: a
-                resident slot holds every block of the tile one after another."""
-                return slot.addr + (tc * i0 * taps if plan.resident else 0)
-
-            def load_weights(slot: Ref, i0: int, i1: int) -> None:
-                rows, per_row = (1, tc * plan.cin * taps) if i1 - i0 == plan.cin else (tc, (i1 - i0) * taps)
-                self.copy("load", Ref("wgt", weights_at(slot, i0)), _dram(op.wdram + (c0 * plan.cin + i0) * taps),
-                          per_row, rows, plan.cin * taps, per_row)
-
-            def bias_at(slot: Ref, held: int) -> Ref:
-                return Ref("wgt", slot.addr + plan.bias_offset(tc * held * taps))
-
-            def load_bias(slot: Ref, held: int) -> None:
-                if plan.bias:
-                    self.copy("load", bias_at(slot, held), _dram(op.wdram + size + 4 * c0), 4 * tc)
-
             if plan.resident:
                 w = wgt.next()
                 for i0, i1 in plan.ci_tiles:
-                    load_weights(w, i0, i1)
-                load_bias(w, plan.cin)
+                    self.load_weights(op, plan, w, (c0, c1), (i0, i1))
             for rt in plan.row_tiles:
                 n = tc * (rt.y1 - rt.y0) * plan.ow
                 if plan.consumer == "neuron":
@@ -131,25 +124,7 @@ class _Emitter:
                     self.emit("vfill", dst=out[0], n=n, value=0)
                 for t in range(x_op.type.time):
                     acc = psum.next()
-                    for k, (i0, i1) in enumerate(plan.ci_tiles):
-                        if not plan.resident:
-                            w = wgt.next()
-                            load_weights(w, i0, i1)
-                            if k == 0:
-                                load_bias(w, i1 - i0)
-                        if k == 0 and plan.bias:
-                            held = plan.cin if plan.resident else i1 - i0
-                            self.emit("vbias", dst=acc, bias=bias_at(w, held), channels=tc, plane=n // tc)
-                        src = ifmap.next()
-                        self.move_block("load", x_op, t, plan.input_block((i0, i1), rt), src)
-                        for group, (lo, hi) in enumerate(split(tc, self.hw.pe_groups)):
-                            args = dict(src=src, wgt=Ref("wgt", weights_at(w, i0) + lo * (i1 - i0) * taps),
-                                        dst=Ref("psum", acc.addr + 4 * lo * n // tc), **plan.conv_args(i1 - i0, rt),
-                                        cout=hi - lo, accumulate=int(plan.bias or k > 0), group=group)
-                            if plan.in_fmt == "spike":
-                                self.emit("sconv", **args)
-                            else:
-                                self.emit("dconv", **args, fmt=plan.in_fmt)
+                    w = self.conv_sums(op, plan, x_op, t, (c0, c1), rt, acc, w, wgt, ifmap)
                     if plan.consumer == "neuron":
                         self.neuron_step(consumer, n, t, acc, out.next(), plan.output_block("spike", (c0, c1), rt),
                                          plan.output_block("i32", (c0, c1), rt))
@@ -159,6 +134,31 @@ class _Emitter:
                         self.move_block("store", op, t, plan.output_block("i32", (c0, c1), rt), acc)
                 if plan.consumer == "reduce":
                     self.move_block("store", consumer, 0, plan.output_block("i32", (c0, c1), rt), out[0])
+
+    def conv_sums(self, op: Conv2d | Linear, plan: ConvPlan, x_op: Op, t: int, co: tuple[int, int], rt: RowTile,
+                  acc: Ref, w: Ref | None, wgt: "_Slots", ifmap: "_Slots") -> Ref:
+        """acc = bias + the conv of step t of the input over output tile (co, rt), block by block of
+        input channels, streaming each block's weights unless they are resident at `w`; returns the
+        weight slot last used."""
+        tc, taps = co[1] - co[0], plan.taps
+        n = tc * (rt.y1 - rt.y0) * plan.ow
+        for k, (i0, i1) in enumerate(plan.ci_tiles):
+            if not plan.resident:
+                w = wgt.next()
+                self.load_weights(op, plan, w, co, (i0, i1))
+            if k == 0 and plan.bias:
+                self.emit("vbias", dst=acc, bias=Ref("wgt", w.addr + plan.bias_at(tc)), channels=tc, plane=n // tc)
+            src = ifmap.next()
+            self.move_block("load", x_op, t, plan.input_block((i0, i1), rt), src)
+            for group, (lo, hi) in enumerate(split(tc, self.hw.pe_groups)):
+                args = dict(src=src, wgt=Ref("wgt", w.addr + plan.weights_at(tc, i0) + lo * (i1 - i0) * taps),
+                            dst=Ref("psum", acc.addr + 4 * lo * n // tc), **plan.conv_args(i1 - i0, rt),
+                            cout=hi - lo, accumulate=int(plan.bias or k > 0), group=group)
+                if plan.in_fmt == "spike":
+                    self.emit("sconv", **args)
+                else:
+                    self.emit("dconv", **args, fmt=plan.in_fmt)
+        return w
 
     def pool(self, op: MaxPool | AvgPool) -> None:
         x_op = self.graph.op(op.inputs[0])

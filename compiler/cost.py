@@ -18,8 +18,7 @@ is the buffers' leakage power over the predicted cycles.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from math import ceil
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -71,10 +70,7 @@ class _Bill:
     def access(self, mem: str, direction: str, nbytes: int, times: float = 1) -> None:
         if mem == "dram":
             self.dram_bytes += nbytes * times
-            self.pj["dram"] += times * ceil(nbytes / self.hw.dram_access_bytes) * self.hw.dram_pj_per_access
-        else:
-            buf = self.hw.buffers[mem]
-            self.pj[mem] += times * ceil(nbytes / buf.access_bytes) * getattr(buf, f"{direction}_pj")
+        self.pj[mem] += times * self.hw.access_pj(mem, direction, nbytes)
 
     def load(self, mem: str, nbytes: int, times: float = 1) -> float:
         """Price a load; return its transfer cycles."""
@@ -151,7 +147,7 @@ def conv_cost(plan: ConvPlan, time: int, weight: np.ndarray, neuron: dict | None
                 bubbles += weights_cycles  # the first input waits behind the first weights
             prefetched = weights_cycles if k == 0 and c0 and slots["wgt"] == 2 else 0.0
             boundary = steps[-1][0].pe + max(waits) if waits else 0.0
-            first = _Step(**{**step.__dict__, "loads": step.loads + prefetched, "boundary": boundary})
+            first = replace(step, loads=step.loads + prefetched, boundary=boundary)
             steps += [(first, 1), (step, time - 1)]
             if plan.consumer == "reduce":
                 sums_out = bill.store("ofmap", 4 * n)
@@ -315,13 +311,9 @@ def _neuron_args(n: NeuronQ) -> dict:
 
 def _finish(hw: HwConfig, bill: _Bill, steps: list, bubbles: float) -> LayerCost:
     cycles = _pipeline(hw, steps, bubbles)
-    bill.pj["leakage"] = _leakage(hw, cycles)
+    bill.pj["leakage"] = hw.leakage_pj(cycles)
     return LayerCost(cycles, dict(bill.pj), bill.dram_bytes)
 
-
-def _leakage(hw: HwConfig, cycles: float) -> float:
-    watts = sum(b.leakage_mw for b in hw.buffers.values()) * 1e-3
-    return watts * cycles / (hw.frequency_mhz * 1e6) * 1e12
 
 
 def input_densities(graph: Graph, values: dict) -> dict[str, float]:

@@ -120,9 +120,11 @@ class Plan:
     slot_bytes: dict[str, int] = field(init=False)
     double: frozenset = field(init=False)  # buffers that alternate between two slots when two fit
 
+    def slot_size(self, buffer: str) -> int:
+        return _ceil(self.slot_bytes[buffer], SLOT_ALIGN)
+
     def slots(self, buffer: str) -> int:
-        size = _ceil(self.slot_bytes[buffer], SLOT_ALIGN)
-        return 2 if buffer in self.double and 2 * size <= self.hw.buffers[buffer].bytes else 1
+        return 2 if buffer in self.double and 2 * self.slot_size(buffer) <= self.hw.buffers[buffer].bytes else 1
 
     def overflow(self) -> tuple[str, int, int] | None:
         """(buffer, bytes needed, bytes it holds) of the first buffer one slot does not fit, if any."""
@@ -181,6 +183,16 @@ class ConvPlan(Plan):
     @property
     def taps(self) -> int:
         return self.kh * self.kw
+
+    def weights_at(self, tc: int, i0: int) -> int:
+        """Offset in a weight slot of the [tc, ci, kh, kw] weights of the block from input channel i0:
+        a resident slot holds every block of its output-channel tile in turn."""
+        return tc * i0 * self.taps if self.resident else 0
+
+    def bias_at(self, tc: int) -> int:
+        """Offset of a tile's bias in the slot it is loaded with, after the weights that slot holds."""
+        held = self.cin if self.resident else self.ci_tiles[0][1]
+        return self.bias_offset(tc * held * self.taps)
 
     @cached_property
     def row_tiles(self) -> list[RowTile]:

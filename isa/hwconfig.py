@@ -72,6 +72,20 @@ class HwConfig:
     def vector_cycles(self, n: int) -> int:
         return -(-n // self.vector_lanes)
 
+    # ---- energy: the simulator's energy model and the compiler's cost model both price with these
+    def access_pj(self, mem: str, direction: str, nbytes: int) -> float:
+        """One instruction's access of `nbytes` of a memory ("dram" or a buffer), "read" or "write":
+        whole access widths times the energy per access."""
+        if mem == "dram":
+            return -(-nbytes // self.dram_access_bytes) * self.dram_pj_per_access
+        buf = self.buffers[mem]
+        return -(-nbytes // buf.access_bytes) * getattr(buf, f"{direction}_pj")
+
+    def leakage_pj(self, cycles: float) -> float:
+        """Every buffer's leakage over `cycles`."""
+        watts = sum(b.leakage_mw for b in self.buffers.values()) * 1e-3
+        return watts * cycles / (self.frequency_mhz * 1e6) * 1e12
+
     def to_json(self) -> str:
         """Canonical text: the same config always gives the same bytes (it goes into prog.bin)."""
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter, defaultdict
-from math import ceil
 
 from ttc.isa.encoding import Instr
 from ttc.isa.hwconfig import HwConfig
@@ -48,21 +47,16 @@ class EnergyModel:
         for direction, moved in (("read", event.reads), ("write", event.writes)):
             for mem, nbytes in moved.items():
                 counts[f"{mem}_{direction}_bytes"] += nbytes
-                if mem == "dram":
-                    energy["dram"] += ceil(nbytes / self.hw.dram_access_bytes) * self.hw.dram_pj_per_access
-                else:
-                    buf = self.hw.buffers[mem]
-                    energy[mem] += ceil(nbytes / buf.access_bytes) * getattr(buf, f"{direction}_pj")
+                energy[mem] += self.hw.access_pj(mem, direction, nbytes)
 
     def finish(self, spans) -> None:
         """Charge leakage: each layer leaks from the end of the previous layer's last instruction to
         the end of its own (the layers partition the simulated time)."""
-        watts = sum(b.leakage_mw for b in self.hw.buffers.values()) * 1e-3
         done = 0
         for layer in sorted(self.last_instr):
             end = max(done, spans[self.last_instr[layer]].end)
             self.counts[layer]["cycles"] = end - done
-            self.energy[layer]["leakage"] = watts * (end - done) / (self.hw.frequency_mhz * 1e6) * 1e12
+            self.energy[layer]["leakage"] = self.hw.leakage_pj(end - done)
             done = end
 
     def by_component(self) -> dict[str, float]:
