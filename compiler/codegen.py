@@ -13,15 +13,18 @@ that let the queues overlap exactly as far as the data allows.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ttc.isa.encoding import Instr, Ref
 from ttc.isa.hwconfig import HwConfig
 from ttc.isa.program import Program
 
-from .ir import AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce
-from .passes.allocate import step_bytes, step_stride, storage
+from .ir import Add, AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce
+from .passes.allocate import step_bytes, step_stride, value_addr
 from .reference import output_divisor
 from .sync import place_tokens
-from .tiling import Block, ConvPlan, Plan, RowTile, conv_plan, fmt, fused_consumer, pool_plan, split
+from .tiling import (Block, ConvPlan, Plan, RowTile, conv_plan, elementwise_plan, fmt, fused_consumer, is_elementwise,
+                     pool_plan, split)
 
 VERSION = "0.3.0"
 
@@ -69,7 +72,7 @@ class _Emitter:
             self.copy("store", dram, chip, run["row_bytes"], run["rows"], run["row_bytes"], run["stride"])
 
     def addr(self, op: Op) -> int:
-        return storage(self.graph, op).dram
+        return value_addr(self.graph, op)
 
     def step_addr(self, op: Op, t: int, offset: int = 0) -> Ref:
         return _dram(self.addr(op) + t * step_stride(self.graph, op) + offset)
@@ -92,12 +95,12 @@ class _Emitter:
     def load_weights(self, op: Conv2d | Linear, plan: ConvPlan, slot: Ref, co: tuple[int, int], ci: tuple[int, int]) -> None:
         """The weights of output channels `co` x input channels `ci` into `slot` (with the bias, once
         per slot: with the first block)."""
-        (c0, c1), (i0, i1), taps, cin = co, ci, plan.taps, plan.cin
-        rows, per_row = (1, (c1 - c0) * cin * taps) if i1 - i0 == cin else (c1 - c0, (i1 - i0) * taps)
-        self.copy("load", Ref("wgt", slot.addr + plan.weights_at(c1 - c0, i0)), _dram(op.wdram + (c0 * cin + i0) * taps),
-                  per_row, rows, cin * taps, per_row)
+        (c0, c1), (i0, i1), taps, cin, wb = co, ci, plan.taps, plan.cin, plan.wbytes
+        rows, per_row = (1, (c1 - c0) * cin * taps * wb) if i1 - i0 == cin else (c1 - c0, (i1 - i0) * taps * wb)
+        self.copy("load", Ref("wgt", slot.addr + plan.weights_at(c1 - c0, i0)), _dram(op.wdram + (c0 * cin + i0) * taps * wb),
+                  per_row, rows, cin * taps * wb, per_row)
         if i0 == 0 and plan.bias:
-            self.copy("load", Ref("wgt", slot.addr + plan.bias_at(c1 - c0)), _dram(op.wdram + op.weight.size + 4 * c0),
+            self.copy("load", Ref("wgt", slot.addr + plan.bias_at(c1 - c0)), _dram(op.wdram + op.weight.nbytes + 4 * c0),
                       4 * (c1 - c0))
 
     # ---- layer groups
@@ -106,6 +109,7 @@ class _Emitter:
         plan = conv_plan(self.graph, op, self.hw, op.tile)
         wgt, ifmap, psum = (_Slots(plan, m) for m in ("wgt", "ifmap", "psum"))
         out = _Slots(plan, "ofmap") if "ofmap" in plan.slot_bytes else None
+        out_block = "spike" if plan.consumer == "neuron" else plan.out_fmt
         size = op.weight.size
         self.layer(consumer or op, type(op).opname + ("+" + consumer.opname if consumer else ""), tile=list(op.tile),
                    source=op.path, weights=int(size), macs_per_step=int(size * plan.oh * plan.ow))
@@ -129,9 +133,14 @@ class _Emitter:
                         self.neuron_step(consumer, n, t, acc, out.next(), plan.output_block("spike", (c0, c1), rt),
                                          plan.output_block("i32", (c0, c1), rt))
                     elif plan.consumer == "reduce":
-                        self.emit("vacc", dst=out[0], src=acc, src_fmt="i32", n=n)
+                        self.emit("vacc", dst=out[0], src=acc, src_fmt="i32", dst_fmt="i32", n=n, shift=0, accumulate=1)
+                    elif plan.narrowed:
+                        narrow = out.next()
+                        self.emit("vacc", dst=narrow, src=acc, src_fmt="i32", dst_fmt=plan.out_fmt, n=n, shift=0,
+                                  accumulate=0)
+                        self.move_block("store", op, t, plan.output_block(out_block, (c0, c1), rt), narrow)
                     else:
-                        self.move_block("store", op, t, plan.output_block("i32", (c0, c1), rt), acc)
+                        self.move_block("store", op, t, plan.output_block(out_block, (c0, c1), rt), acc)
                 if plan.consumer == "reduce":
                     self.move_block("store", consumer, 0, plan.output_block("i32", (c0, c1), rt), out[0])
 
@@ -151,9 +160,10 @@ class _Emitter:
             src = ifmap.next()
             self.move_block("load", x_op, t, plan.input_block((i0, i1), rt), src)
             for group, (lo, hi) in enumerate(split(tc, self.hw.pe_groups)):
-                args = dict(src=src, wgt=Ref("wgt", w.addr + plan.weights_at(tc, i0) + lo * (i1 - i0) * taps),
+                args = dict(src=src, wgt=Ref("wgt", w.addr + plan.weights_at(tc, i0) + lo * (i1 - i0) * taps * plan.wbytes),
                             dst=Ref("psum", acc.addr + 4 * lo * n // tc), **plan.conv_args(i1 - i0, rt),
-                            cout=hi - lo, accumulate=int(plan.bias or k > 0), group=group)
+                            cout=hi - lo, accumulate=int(plan.bias or k > 0), group=group, wfmt=plan.wfmt,
+                            shift=plan.shift)
                 if plan.in_fmt == "spike":
                     self.emit("sconv", **args)
                 else:
@@ -175,16 +185,31 @@ class _Emitter:
                               oh=rt.y1 - rt.y0, ow=plan.ow, k=plan.k, stride=plan.stride, pt=rt.pt)
                     self.move_block("store", op, t, plan.output_block((c0, c1), rt), dst)
 
-    def neuron(self, op: NeuronQ) -> None:
-        x_op = self.graph.op(op.inputs[0])
-        n = op.type.numel
-        self.layer(op, op.opname, source=op.path)
-        self.emit("vfill", dst=Ref("vmem", 0), n=n, value=op.v_init)
-        whole = (1, 1, n)
-        for t in range(op.type.time):
-            self.copy("load", Ref("psum", 0), self.step_addr(x_op, t), 4 * n)
-            self.neuron_step(op, n, t, Ref("psum", 0), Ref("ofmap", 0), Block("spike", whole, 0, 1, 0, 1),
-                             Block("i32", whole, 0, 1, 0, 1))
+    def elementwise(self, op: Op) -> None:
+        """An add, rescale or neuron, chunk by chunk, each chunk on all T steps."""
+        plan = elementwise_plan(self.graph, op, self.hw, op.tile)
+        ins = [self.graph.op(i) for i in op.inputs]
+        out, shape = _Slots(plan, "ofmap"), (1, plan.n, 1)  # elements as the rows of one channel
+        src = _Slots(plan, "psum" if plan.kind == "neuron" else "ifmap")
+        self.layer(op, op.opname, tile=list(op.tile), source=op.path)
+        for e0, e1 in plan.chunks:
+            count = e1 - e0
+            if plan.kind == "neuron":
+                self.emit("vfill", dst=Ref("vmem", 0), n=count, value=op.v_init)
+            for t in range(op.type.time):
+                slot, dst = src.next(), out.next()
+                for k, x in enumerate(ins):
+                    self.move_block("load", x, t, Block(plan.in_fmts[k], shape, 0, 1, e0, e1),
+                                    Ref(slot.mem, slot.addr + plan.operand_at(k)))
+                if plan.kind == "neuron":
+                    self.neuron_step(op, count, t, slot, dst, Block("spike", shape, 0, 1, e0, e1),
+                                     Block("i32", shape, 0, 1, e0, e1))
+                    continue
+                shifts = (op.shift_a, op.shift_b) if isinstance(op, Add) else (op.shift,)
+                for k, shift in enumerate(shifts):
+                    self.emit("vacc", dst=dst, src=Ref(slot.mem, slot.addr + plan.operand_at(k)), src_fmt=plan.in_fmts[k],
+                              dst_fmt=plan.out_fmt, n=count, shift=shift, accumulate=int(k > 0))
+                self.move_block("store", op, t, Block(plan.out_fmt, shape, 0, 1, e0, e1), dst)
 
     def time_reduce(self, op: TimeReduce) -> None:
         x_op = self.graph.op(op.inputs[0])
@@ -193,14 +218,15 @@ class _Emitter:
         self.emit("vfill", dst=Ref("ofmap", 0), n=x.numel, value=0)
         for t in range(x.time):
             self.copy("load", Ref("ifmap", 0), self.step_addr(x_op, t), step_bytes(x))
-            self.emit("vacc", dst=Ref("ofmap", 0), src=Ref("ifmap", 0), src_fmt=fmt(x.dtype), n=x.numel)
+            self.emit("vacc", dst=Ref("ofmap", 0), src=Ref("ifmap", 0), src_fmt=fmt(x.dtype), dst_fmt="i32", n=x.numel,
+                      shift=0, accumulate=1)
         self.copy("store", _dram(self.addr(op)), Ref("ofmap", 0), 4 * x.numel)
 
 
 def _io(graph: Graph, op: Op, **extra) -> dict:
     t = op.type
     stride = step_stride(graph, op)
-    return dict(name=op.name, path=op.path, addr=storage(graph, op).dram, shape=list(t.shape), time=t.time,
+    return dict(name=op.name, path=op.path, addr=value_addr(graph, op), shape=list(t.shape), time=t.time,
                 step_stride=stride, step_bytes=step_bytes(t), bytes=stride * (t.time or 1) if stride else step_bytes(t),
                 fmt=fmt(t.dtype), frac=t.dtype.frac, **extra)
 
@@ -212,8 +238,8 @@ def generate(graph: Graph, hw: HwConfig, options: dict, source: dict) -> Program
             emit.conv(op)
         elif isinstance(op, (MaxPool, AvgPool)):
             emit.pool(op)
-        elif isinstance(op, NeuronQ) and fused_consumer(graph, graph.op(op.inputs[0])) is None:
-            emit.neuron(op)
+        elif is_elementwise(graph, op):
+            emit.elementwise(op)
         elif isinstance(op, TimeReduce) and fused_consumer(graph, graph.op(op.inputs[0])) is None:
             emit.time_reduce(op)
     emit.code.append(Instr("halt", {}))
@@ -223,8 +249,8 @@ def generate(graph: Graph, hw: HwConfig, options: dict, source: dict) -> Program
     blobs = []
     for op in graph.ops:
         if isinstance(op, (Conv2d, Linear)):
-            bias = op.bias if op.bias is not None else op.weight[:, 0].astype("<i4") * 0
-            blob = op.weight.astype("i1").tobytes() + bias.astype("<i4").tobytes()
+            bias = op.bias if op.bias is not None else np.zeros(op.weight.shape[0])
+            blob = op.weight.astype(f"<i{op.weight.itemsize}").tobytes() + bias.astype("<i4").tobytes()
             blobs.append((op.wdram, blob))
             weights_end = max(weights_end, op.wdram + len(blob))
     data = bytearray(weights_end)

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ttc.isa.hwconfig import HwConfig, neuron_update_actions
+from ttc.isa.hwconfig import HwConfig, multiply_action, neuron_update_actions, spike_add_action
 from ttc.isa.table import elems_bytes
 
-from .ir import AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce
-from .tiling import ConvPlan, PoolPlan, RowTile, conv_plan, fmt, fused_consumer, pool_plan, split
+from .ir import Add, AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce
+from .tiling import (ConvPlan, ElementwisePlan, PoolPlan, RowTile, conv_plan, elementwise_plan, fmt, fused_consumer,
+                     is_elementwise, pool_plan, split)
 
 DEFAULT_DENSITY = 0.1  # input spikes per neuron and step, when nothing better is known
 
@@ -127,7 +128,7 @@ def conv_cost(plan: ConvPlan, time: int, weight: np.ndarray, neuron: dict | None
         tc = c1 - c0
         weights_cycles = 0.0
         if plan.resident:
-            weights_cycles = sum(bill.load("wgt", tc * (i1 - i0) * taps) for i0, i1 in plan.ci_tiles)
+            weights_cycles = sum(bill.load("wgt", tc * (i1 - i0) * taps * plan.wbytes) for i0, i1 in plan.ci_tiles)
             weights_cycles += bill.load("wgt", 4 * tc) if plan.bias else 0
         for k, rt in enumerate(plan.row_tiles):
             step = priced[(tc, rt)]
@@ -170,13 +171,13 @@ def _conv_step(plan: ConvPlan, bill: _Bill, tc: int, rt: RowTile, time: int, mem
         load = bill.load("ifmap", block, time)
         wload = 0.0
         if not plan.resident:
-            wload = bill.load("wgt", tc * tci * taps, time) + (bill.load("wgt", 4 * tc, time) if plan.bias and k == 0 else 0)
+            wload = bill.load("wgt", tc * tci * taps * plan.wbytes, time) + (bill.load("wgt", 4 * tc, time) if plan.bias and k == 0 else 0)
         conv = 0
         for lo, hi in split(tc, hw.pe_groups):
             g = hi - lo
             conv = max(conv, hw.conv_cycles(g, rows, plan.ow, tci, plan.kh, plan.kw))
             bill.access("ifmap", "read", block, time)
-            bill.access("wgt", "read", g * tci * taps, time)
+            bill.access("wgt", "read", g * tci * taps * plan.wbytes, time)
             if plan.bias or k:
                 bill.access("psum", "read", 4 * g * rows * plan.ow, time)
             bill.access("psum", "write", 4 * g * rows * plan.ow, time)
@@ -203,13 +204,20 @@ def _conv_step(plan: ConvPlan, bill: _Bill, tc: int, rt: RowTile, time: int, mem
         bill.access("psum", "read", 4 * n, time)
         bill.access("ofmap", "read", 4 * n, time)
         bill.access("ofmap", "write", 4 * n, time)
+    elif plan.narrowed:  # the vector unit narrows the sums into ofmap, which is stored
+        narrow = elems_bytes(plan.out_fmt, n)
+        step.vector += hw.vector_cycles(n)
+        bill.access("psum", "read", 4 * n, time)
+        bill.access("ofmap", "write", narrow, time)
+        out = bill.store("ofmap", plan.output_block(plan.out_fmt, (0, tc), rt).nbytes, time)
+        step.chains["ofmap"] = (step.vector + out + lat, slots["ofmap"])
     else:
         out = bill.store("psum", 4 * n, time)
     step.stores = out
     step.chains["ifmap"] = (chain_ifmap, slots["ifmap"])
     if not plan.resident:
         step.chains["wgt"] = (chain_wgt, slots["wgt"])
-    release = step.neuron if plan.consumer == "neuron" else out + lat if not plan.consumer else 0  # psum's last use
+    release = (step.neuron if plan.consumer == "neuron" else 0 if plan.consumer or plan.narrowed else out + lat)  # psum's last use
     step.chains["psum"] = (step.vector + step.pe + release, slots["psum"])
     # the step's input blocks take turns in their slots: with fewer slots than blocks they serialise
     inner = max([step.loads / len(plan.ci_tiles) + lat + step.pe]
@@ -224,11 +232,13 @@ def _conv_actions(plan: ConvPlan, bill: _Bill, time: int, weight: np.ndarray, ne
     reach = np.outer(rows, cols)  # outputs each kernel tap reaches
     w = weight.reshape(plan.cout, plan.cin, plan.kh, plan.kw)
     if plan.in_fmt == "spike":
-        bill.act("pe", {"add8": density * float(((w != 0).sum(axis=(0, 1)) * reach).sum())}, time)
+        bill.act("pe", {spike_add_action(plan.wfmt): density * float(((w != 0).sum(axis=(0, 1)) * reach).sum())}, time)
     else:
         macs = plan.cout * plan.cin * int(reach.sum())
-        bill.act("pe", {"add32": macs, "mul8" if plan.in_fmt == "i8" else "mul16": macs}, time)
+        bill.act("pe", {"add32": macs, multiply_action(plan.in_fmt, plan.wfmt): macs}, time)
     n = plan.cout * plan.oh * plan.ow
+    if plan.shift:
+        bill.act("pe", {"shift32": n * len(plan.ci_tiles)}, time)
     if neuron is not None:
         bill.act("neuron", neuron_update_actions(**neuron), time * n)
     elif plan.consumer == "reduce":
@@ -257,19 +267,44 @@ def pool_cost(plan: PoolPlan, time: int, mode: str) -> LayerCost:
     return _finish(hw, bill, steps, 0.0)
 
 
-def neuron_cost(hw: HwConfig, n: int, time: int, neuron: dict, membranes: int) -> LayerCost:
-    """A neuron layer that is not fused with a conv: each step loads its input, updates, stores."""
-    bill, lat = _Bill(hw), hw.dram_latency_cycles
-    bill.access("vmem", "write", 4 * n)
-    step = _Step(loads=bill.load("psum", 4 * n, time), neuron=hw.neuron_cycles(n))
-    for mem, direction, nbytes in (("psum", "read", 4 * n), ("vmem", "read", 4 * n), ("vmem", "write", 4 * n),
-                                   ("ofmap", "write", elems_bytes("spike", n))):
-        bill.access(mem, direction, nbytes, time)
-    step.stores = bill.store("ofmap", elems_bytes("spike", n), time) + sum(bill.store("vmem", 4 * n, time) for _ in range(membranes))
-    step.chains = {"psum": (step.loads + lat + step.neuron, 1), "ofmap": (step.neuron + step.stores + lat, 1)}
-    step.latency = step.loads + lat + step.neuron + step.stores + lat
-    bill.act("neuron", neuron_update_actions(**neuron), time * n)
-    return _finish(hw, bill, [(step, time)], hw.vector_cycles(n))
+def elementwise_cost(plan: ElementwisePlan, time: int, neuron: dict | None = None, membranes: int = 0,
+                     shifts: tuple[int, ...] = ()) -> LayerCost:
+    """An add, rescale or unfused neuron: each chunk's steps load their operands, compute, store.
+    `neuron`: the neuron's update arguments; `shifts`: the vacc shift of each operand otherwise."""
+    hw, bill, lat = plan.hw, _Bill(plan.hw), plan.hw.dram_latency_cycles
+    slots = {b: plan.slots(b) for b in plan.slot_bytes}
+    src = "psum" if neuron else "ifmap"
+    steps: list[tuple[_Step, int]] = []
+    for e0, e1 in plan.chunks:
+        c = e1 - e0
+        out = elems_bytes(plan.out_fmt, c)
+        step = _Step(loads=sum(bill.load(src, elems_bytes(f, c), time) for f in plan.in_fmts))
+        if neuron:
+            bill.access("vmem", "write", 4 * c)  # the chunk's membranes start at v_init
+            step.neuron = hw.neuron_cycles(c)
+            for mem, direction, nbytes in (("psum", "read", 4 * c), ("vmem", "read", 4 * c), ("vmem", "write", 4 * c),
+                                           ("ofmap", "write", out)):
+                bill.access(mem, direction, nbytes, time)
+            step.stores = bill.store("ofmap", out, time) + sum(bill.store("vmem", 4 * c, time) for _ in range(membranes))
+            work = step.neuron
+            step.boundary = steps[-1][0].neuron + hw.vector_cycles(c) if steps else 0.0
+        else:
+            for k, f in enumerate(plan.in_fmts):
+                bill.access("ifmap", "read", elems_bytes(f, c), time)
+                if k:
+                    bill.access("ofmap", "read", out, time)
+                bill.access("ofmap", "write", out, time)
+            step.vector = len(plan.in_fmts) * hw.vector_cycles(c)
+            step.stores = bill.store("ofmap", out, time)
+            work = step.vector
+        step.chains = {src: (step.loads + lat + work, slots[src]), "ofmap": (work + step.stores + lat, slots["ofmap"])}
+        step.latency = step.loads + lat + work + step.stores + lat
+        steps.append((step, time))
+    if neuron:
+        bill.act("neuron", neuron_update_actions(**neuron), time * plan.n)
+    else:
+        bill.act("vector", {"add32": (len(plan.in_fmts) - 1) * plan.n, "shift32": sum(s != 0 for s in shifts) * plan.n}, time)
+    return _finish(hw, bill, steps, hw.vector_cycles(plan.chunks[0][1]) if neuron else 0.0)
 
 
 def reduce_cost(hw: HwConfig, in_fmt: str, n: int, time: int) -> LayerCost:
@@ -297,9 +332,12 @@ def op_cost(graph: Graph, op: Op, hw: HwConfig, tile=None, density: float = DEFA
         return conv_cost(plan, x_op.type.time, op.weight, neuron, plan.membranes, density)
     if isinstance(op, (MaxPool, AvgPool)):
         return pool_cost(pool_plan(graph, op, hw, tile or op.tile), x_op.type.time, "max" if isinstance(op, MaxPool) else "sum")
-    if isinstance(op, NeuronQ) and fused_consumer(graph, x_op) is None:
-        membranes = sum(isinstance(u, Membrane) for u in graph.users(op.name))
-        return neuron_cost(hw, op.type.numel, op.type.time, _neuron_args(op), membranes)
+    if is_elementwise(graph, op):
+        plan = elementwise_plan(graph, op, hw, tile or op.tile)
+        if isinstance(op, NeuronQ):
+            membranes = sum(isinstance(u, Membrane) for u in graph.users(op.name))
+            return elementwise_cost(plan, op.type.time, _neuron_args(op), membranes)
+        return elementwise_cost(plan, op.type.time, shifts=(op.shift_a, op.shift_b) if isinstance(op, Add) else (op.shift,))
     if isinstance(op, TimeReduce) and fused_consumer(graph, x_op) is None:
         return reduce_cost(hw, fmt(x_op.type.dtype), x_op.type.numel, x_op.type.time)
     return None

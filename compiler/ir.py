@@ -118,20 +118,25 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def _accumulator(op: Op, x: TensorType, weight: np.ndarray, weight_frac: int | None) -> DType:
-    """Result type of a conv or linear: float in, float out; integers in, a 32-bit accumulator with
-    the input's and the weight's fractional bits."""
+def _accumulator(op: Op, x: TensorType, weight: np.ndarray, weight_frac: int | None, shift: int = 0,
+                 out_bits: int = 32) -> DType:
+    """Result type of a conv or linear: float in, float out; integers in, the sums with the input's
+    and the weight's fractional bits (plus `shift`), stored in `out_bits` (accumulated in 32)."""
     if weight_frac is None:
         if weight.dtype != np.float32:
             op.fail("float weights must be f32 (or give weight_frac for integer weights)")
         if x.dtype.kind == "fix":
             op.fail("float weights applied to a fixed-point input")
+        if shift:
+            op.fail("a float layer has no output shift")
         return F32
-    if weight.dtype != np.int8:
-        op.fail("quantized weights must be i8")
+    if weight.dtype not in (np.int8, np.int16):
+        op.fail(f"quantized weights must be i8 or i16, not {weight.dtype}")
     if x.dtype.kind == "f32":
         op.fail("integer weights applied to a float input")
-    return fix(32, x.dtype.frac + weight_frac)
+    if not 0 <= shift < 32:
+        op.fail(f"output shift {shift} out of range")
+    return fix(out_bits, x.dtype.frac + weight_frac + shift)
 
 
 def _check_bias(op: Op, bias, channels: int, weight_frac) -> None:
@@ -178,7 +183,10 @@ class Repeat(Op):
 @dataclass(eq=False, kw_only=True)
 class Conv2d(Op):
     """y[t,co,i,j] = b[co] + sum_{ci,u,v} w[co,ci,u,v] * x[t,ci,i*sh+u-ph,j*sw+v-pw] (zero padding).
-    Quantized: w is i8 standing for w * 2^-weight_frac, b is i32 in the result's format."""
+    Quantized: w is i8 (or i16: a contracted tensor-train kernel) standing for w * 2^-weight_frac, the
+    sums are shifted left by `shift` bits (y = b + (sum << shift)), b is i32 in the result's format, and
+    the result is stored in `out_bits` (narrower than the 32-bit accumulator where the quantizer proves
+    the values fit)."""
 
     opname: ClassVar[str] = "conv2d"
     weight: np.ndarray
@@ -186,6 +194,8 @@ class Conv2d(Op):
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     weight_frac: int | None = None
+    shift: int = 0
+    out_bits: int = 32
     wdram: int | None = None  # DRAM address of the weights, then the bias (allocate pass)
     tile: tuple[int, int, int] | None = None  # output channels, output rows, input channels per tile (allocate)
 
@@ -201,7 +211,8 @@ class Conv2d(Op):
         if oh <= 0 or ow <= 0:
             self.fail(f"kernel {kh}x{kw} does not fit input {x.shape[1]}x{x.shape[2]}")
         _check_bias(self, self.bias, cout, self.weight_frac)
-        return x.with_(dtype=_accumulator(self, x, self.weight, self.weight_frac), shape=(cout, oh, ow))
+        dtype = _accumulator(self, x, self.weight, self.weight_frac, self.shift, self.out_bits)
+        return x.with_(dtype=dtype, shape=(cout, oh, ow))
 
 
 @dataclass(eq=False, kw_only=True)
@@ -212,15 +223,91 @@ class Linear(Op):
     weight: np.ndarray
     bias: np.ndarray | None = None
     weight_frac: int | None = None
+    out_bits: int = 32
     wdram: int | None = None
     tile: tuple[int, int, int] | None = None
+
+    shift: ClassVar[int] = 0
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
         if self.weight.ndim != 2 or x.shape != (self.weight.shape[1],):
             self.fail(f"weights {self.weight.shape} do not take an input {x}")
         _check_bias(self, self.bias, self.weight.shape[0], self.weight_frac)
-        return x.with_(dtype=_accumulator(self, x, self.weight, self.weight_frac), shape=(self.weight.shape[0],))
+        dtype = _accumulator(self, x, self.weight, self.weight_frac, 0, self.out_bits)
+        return x.with_(dtype=dtype, shape=(self.weight.shape[0],))
+
+
+TT_VARIANTS = ("stt", "ptt", "htt")
+
+
+@dataclass(eq=False, kw_only=True)
+class TTConv2d(Op):
+    """A 3x3 convolution Cin -> Cout (stride 1, padding 1) factorised into tensor-train cores
+    (TT-SNN), applied at every step as four convolutions without bias:
+
+        G1 1x1 Cin -> R,  G2 (3,1) R -> R (padding (1,0)),  G3 (1,3) R -> R (padding (0,1)),  G4 1x1 R -> Cout
+        u = G1 * x[t]
+        stt: y[t] = b + G4 * (G3 * (G2 * u))
+        ptt: y[t] = b + G4 * ((G2 * u + G3 * u) / 2)
+        htt: y[t] as ptt for t < T/2, y[t] = b + G4 * u for t >= T/2
+
+    Quantized: each core is i8 with its own power-of-two scale, `fracs` = (f1, f2, f3, f4), f2 = f3 in
+    ptt and htt; every product is exact (no rounding between cores), so the result has the input's
+    frac plus f1 + f2 + f3 + f4 (stt) or f1 + f2 + 1 + f4 (ptt, htt: the /2 is one more fractional bit;
+    htt's late steps are shifted left by f2 + 1 to match), and b is i32 in that format."""
+
+    opname: ClassVar[str] = "tt_conv2d"
+    g1: np.ndarray
+    g2: np.ndarray
+    g3: np.ndarray
+    g4: np.ndarray
+    bias: np.ndarray | None = None
+    variant: str = "stt"
+    fracs: tuple[int, int, int, int] | None = None
+
+    @property
+    def cores(self) -> tuple[np.ndarray, ...]:
+        return self.g1, self.g2, self.g3, self.g4
+
+    @property
+    def rank(self) -> int:
+        return self.g1.shape[0]
+
+    def late_shift(self) -> int:
+        """htt: the left shift that puts G4 * u in the result's format."""
+        return self.fracs[1] + 1
+
+    def result_frac(self, x_frac: int) -> int:
+        f1, f2, f3, f4 = self.fracs
+        return x_frac + f1 + f4 + (f2 + f3 if self.variant == "stt" else f2 + 1)
+
+    def infer(self, ins):
+        x = self.seq_input(ins[0])
+        if self.variant not in TT_VARIANTS:
+            self.fail(f"unknown variant {self.variant!r} (one of {', '.join(TT_VARIANTS)})")
+        if len(x.shape) != 3:
+            self.fail(f"expects a [C,H,W] input, got {x}")
+        r, cin = self.g1.shape[:2]
+        want = {"g1": (r, cin, 1, 1), "g2": (r, r, 3, 1), "g3": (r, r, 1, 3), "g4": (self.g4.shape[0], r, 1, 1)}
+        for core, shape in want.items():
+            if getattr(self, core).shape != shape:
+                self.fail(f"core {core} of shape {getattr(self, core).shape}, expected {shape}")
+        if x.shape[0] != cin:
+            self.fail(f"input has {x.shape[0]} channels, G1 expects {cin}")
+        cout = self.g4.shape[0]
+        _check_bias(self, self.bias, cout, self.fracs)
+        if self.fracs is None:
+            if any(c.dtype != np.float32 for c in self.cores) or x.dtype.kind == "fix":
+                self.fail("a float tensor-train layer needs f32 cores and a float or spike input")
+            return x.with_(dtype=F32, shape=(cout, *x.shape[1:]))
+        if any(c.dtype != np.int8 for c in self.cores) or len(self.fracs) != 4:
+            self.fail("quantized cores must be i8, with four fracs")
+        if self.variant != "stt" and self.fracs[1] != self.fracs[2]:
+            self.fail(f"{self.variant} adds G2's and G3's results: their fracs must agree, got {self.fracs}")
+        if x.dtype.kind == "f32":
+            self.fail("integer cores applied to a float input")
+        return x.with_(dtype=fix(32, self.result_frac(x.dtype.frac)), shape=(cout, *x.shape[1:]))
 
 
 @dataclass(eq=False, kw_only=True)
@@ -291,7 +378,7 @@ class NeuronQ(Op):
     state format fix32.(F+in_shift) where F is the input's frac, input_gain = 1, charge = 0 and
 
         decay(u) = (u * decay_mul + 2^(decay_shift-1)) >> decay_shift   (u * decay_mul if decay_shift = 0)
-        h = u + (x[t] << in_shift)
+        h = u + R(x[t], in_shift)     R(v, s) = v << s, or (v + 2^(-s-1)) >> -s for s < 0
     """
 
     opname: ClassVar[str] = "neuron_q"
@@ -309,7 +396,7 @@ class NeuronQ(Op):
         x = self.seq_input(ins[0])
         if x.dtype.kind != "fix" or x.dtype.bits != 32:
             self.fail(f"input must be a 32-bit accumulator, got {x.dtype}")
-        if not (0 <= self.decay_mul < 1 << 16 and 0 <= self.decay_shift <= 16 and 0 <= self.in_shift < 31):
+        if not (0 <= self.decay_mul < 1 << 16 and 0 <= self.decay_shift <= 16 and -31 < self.in_shift < 31):
             self.fail("decay_mul, decay_shift or in_shift out of range")
         if self.decay_mul > 1 << self.decay_shift:
             self.fail("decay above 1")
@@ -392,6 +479,88 @@ class Flatten(Op):
         return x.with_(shape=(x.numel,))
 
 
+def _operand_frac(op: Op, t: TensorType) -> int:
+    if t.dtype.kind == "f32":
+        op.fail("a float operand in a quantized op")
+    return t.dtype.frac  # spikes are integers: frac 0
+
+
+@dataclass(eq=False, kw_only=True)
+class Add(Op):
+    """y[t] = (a[t] + b[t]) / 2^halve (a residual connection; halve = 1: PTT's mean of two branches).
+    Quantized: y = R(a, shift_a) + R(b, shift_b) as fix{out_bits}.frac, where R(v, s) = v << s, or
+    for s < 0 (v + 2^(-s-1)) >> -s (rounding half up); both operands land on frac - halve, and the
+    halving is one more fractional bit."""
+
+    opname: ClassVar[str] = "add"
+    arity: ClassVar[int] = 2
+    halve: int = 0
+    shift_a: int = 0
+    shift_b: int = 0
+    frac: int | None = None
+    out_bits: int = 32
+
+    def infer(self, ins):
+        a, b = (self.seq_input(t) for t in ins)
+        if a.shape != b.shape or a.time != b.time:
+            self.fail(f"operands {a} and {b} differ in shape or steps")
+        if self.halve not in (0, 1):
+            self.fail(f"halve is 0 or 1, not {self.halve}")
+        if self.frac is None:
+            if a.dtype.kind == "fix" or b.dtype.kind == "fix":
+                self.fail("a float add of a quantized operand (quantize sets frac)")
+            return a.with_(dtype=F32)
+        for t, shift in ((a, self.shift_a), (b, self.shift_b)):
+            if _operand_frac(self, t) + shift + self.halve != self.frac:
+                self.fail(f"operand {t} shifted by {shift} does not land on frac {self.frac - self.halve}")
+        return a.with_(dtype=fix(self.out_bits, self.frac))
+
+
+@dataclass(eq=False, kw_only=True)
+class Rescale(Op):
+    """y[t] = R(x[t], shift) (R as in add): the quantizer's requantization of a multi-bit value, as
+    fix{out_bits}.(frac + shift); a negative shift rounds off low bits."""
+
+    opname: ClassVar[str] = "rescale"
+    shift: int
+    out_bits: int = 32
+
+    def infer(self, ins):
+        x = self.seq_input(ins[0])
+        if x.dtype.kind != "fix":
+            self.fail(f"rescales fixed-point values, not {x.dtype}")
+        return x.with_(dtype=fix(self.out_bits, x.dtype.frac + self.shift))
+
+
+@dataclass(eq=False, kw_only=True)
+class TimeSlice(Op):
+    """y[t] = x[start + t] for t < stop - start (free: it reads x's steps in place)."""
+
+    opname: ClassVar[str] = "time_slice"
+    start: int
+    stop: int
+
+    def infer(self, ins):
+        x = self.seq_input(ins[0])
+        if not 0 <= self.start < self.stop <= x.time:
+            self.fail(f"steps [{self.start}, {self.stop}) of a {x.time}-step series")
+        return x.with_(time=self.stop - self.start)
+
+
+@dataclass(eq=False, kw_only=True)
+class TimeConcat(Op):
+    """y = the steps of a, then the steps of b (free: a and b are stored in y's place)."""
+
+    opname: ClassVar[str] = "time_concat"
+    arity: ClassVar[int] = 2
+
+    def infer(self, ins):
+        a, b = (self.seq_input(t) for t in ins)
+        if a.with_(time=b.time) != b:
+            self.fail(f"operands {a} and {b} differ in type")
+        return a.with_(time=a.time + b.time)
+
+
 @dataclass(eq=False, kw_only=True)
 class TimeReduce(Op):
     """y = sum_t x[t] ('sum') or (1/T) sum_t x[t] ('mean'). Quantized, the hardware sums in a
@@ -417,6 +586,7 @@ class Graph:
     name: str
     ops: list[Op] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)  # what passes decided and why, for reports (not in the text form)
 
     def op(self, name: str) -> Op:
         for o in self.ops:

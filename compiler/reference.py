@@ -10,16 +10,45 @@ import torch.nn.functional as F
 
 from ttc.isa.io import decode_output, encode_input
 
-from .ir import (AvgPool, Conv2d, Flatten, Graph, Input, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, Repeat,
-                 TimeReduce)
+from .ir import (Add, AvgPool, Conv2d, Flatten, Graph, Input, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, Repeat, Rescale,
+                 TimeConcat, TimeReduce, TimeSlice, TTConv2d)
 
-LIMIT = 1 << 31
 
 
 def _per_step(fn, x: torch.Tensor) -> torch.Tensor:
     t, b = x.shape[:2]
     y = fn(x.flatten(0, 1))
     return y.reshape(t, b, *y.shape[1:])
+
+
+def _f64(a: np.ndarray | None) -> torch.Tensor | None:
+    return None if a is None else torch.from_numpy(a.astype(np.float64))
+
+
+def rescale(v: torch.Tensor, shift: int) -> torch.Tensor:
+    """R(v, shift) on integers: a left shift, or a right shift rounding half up."""
+    v = v.to(torch.int64)
+    return v << shift if shift >= 0 else (v + (1 << (-shift - 1))) >> -shift
+
+
+def tt_conv(op: TTConv2d, x: torch.Tensor) -> torch.Tensor:
+    """The tensor-train layer core by core, exactly (integers in float64, every partial sum < 2^53)."""
+    g1, g2, g3, g4 = (_f64(c) for c in op.cores)
+    bias = _f64(op.bias)
+
+    def steps(v):
+        u = F.conv2d(v, g1)
+        if op.variant == "stt":
+            return F.conv2d(F.conv2d(F.conv2d(u, g2, padding=(1, 0)), g3, padding=(0, 1)), g4, bias)
+        return F.conv2d(F.conv2d(u, g2, padding=(1, 0)) + F.conv2d(u, g3, padding=(0, 1)), g4, bias)
+
+    if op.variant != "htt":
+        return _per_step(steps, x)
+    half = x.shape[0] // 2
+    late = _per_step(lambda v: F.conv2d(F.conv2d(v, g1), g4), x[half:]) * 2.0 ** op.late_shift()
+    if bias is not None:
+        late = late + bias.reshape(-1, 1, 1)
+    return torch.cat([_per_step(steps, x[:half]), late])
 
 
 def _decay(u: torch.Tensor, mul: int, shift: int) -> torch.Tensor:
@@ -48,7 +77,7 @@ def neuron_steps(op: NeuronQ, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
             u = _decay(reset(u, s_prev), op.decay_mul, op.decay_shift)
         else:
             u = reset(_decay(u, op.decay_mul, op.decay_shift), s_prev)
-        u = u + (x[t] << op.in_shift)
+        u = u + rescale(x[t], op.in_shift)
         spikes.append(fire(u).to(torch.int64))
         states.append(u)
     return torch.stack(spikes), torch.stack(states)
@@ -66,13 +95,22 @@ def evaluate(graph: Graph, inputs: list[np.ndarray]) -> dict[str, torch.Tensor]:
         elif isinstance(op, Repeat):
             env[op.name] = x.unsqueeze(0).expand(op.steps, *x.shape)
         elif isinstance(op, Conv2d):
-            w = torch.from_numpy(op.weight.astype(np.float64))
-            b = torch.from_numpy(op.bias.astype(np.float64)) if op.bias is not None else None
-            env[op.name] = _per_step(lambda v: F.conv2d(v, w, b, op.stride, op.padding), x)
+            w, b = _f64(op.weight), _f64(op.bias)
+            y = _per_step(lambda v: F.conv2d(v, w, None, op.stride, op.padding), x) * 2.0 ** op.shift
+            env[op.name] = y if b is None else y + b.reshape(-1, 1, 1)
         elif isinstance(op, Linear):
-            w = torch.from_numpy(op.weight.astype(np.float64))
-            b = torch.from_numpy(op.bias.astype(np.float64)) if op.bias is not None else None
-            env[op.name] = F.linear(x, w, b)
+            env[op.name] = F.linear(x, _f64(op.weight), _f64(op.bias))
+        elif isinstance(op, TTConv2d):
+            env[op.name] = tt_conv(op, x)
+        elif isinstance(op, Add):
+            b = env[op.inputs[1]]
+            env[op.name] = (rescale(x, op.shift_a) + rescale(b, op.shift_b)).to(torch.float64)
+        elif isinstance(op, Rescale):
+            env[op.name] = rescale(x, op.shift).to(torch.float64)
+        elif isinstance(op, TimeSlice):
+            env[op.name] = x[op.start:op.stop]
+        elif isinstance(op, TimeConcat):
+            env[op.name] = torch.cat([x, env[op.inputs[1]]])
         elif isinstance(op, NeuronQ):
             spikes, states[op.name] = neuron_steps(op, x)
             env[op.name] = spikes.to(torch.float64)
@@ -93,8 +131,10 @@ def evaluate(graph: Graph, inputs: list[np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def _check_range(op: Op, v: torch.Tensor) -> None:
-    if v.numel() and v.abs().max() >= LIMIT:
-        raise IRError(f"{op.where()}: reached {int(v.abs().max())}, beyond 32 bits (a quantizer bound is wrong)")
+    bits = op.type.dtype.bits if op.type.dtype.kind == "fix" else 32
+    if v.numel() and (v.max() >= 1 << (bits - 1) or v.min() < -(1 << (bits - 1))):
+        peak = int(v.abs().max())
+        raise IRError(f"{op.where()}: reached {peak}, beyond {bits} bits (a quantizer bound is wrong)")
 
 
 def output_divisor(graph: Graph, name: str) -> int:

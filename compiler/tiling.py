@@ -3,7 +3,8 @@
 A conv or linear layer (with the neuron or time reduction fused into it) runs in tiles of `co` output
 channels by `rows` output rows, each tile on all T steps while its membranes stay in `vmem`; every step
 sums its input in blocks of `ci` input channels (rows plus the halo the kernel needs). A pooling layer
-runs in tiles of `channels` by `rows`. The allocate pass chooses the tile sizes with the cost model
+runs in tiles of `channels` by `rows`; an elementwise layer (add, rescale, a neuron of its own) in
+chunks of elements, each chunk on all T steps. The allocate pass chooses the tile sizes with the cost model
 (`ttc.compiler.cost`); the code generator emits exactly the plan; the cost model prices exactly it.
 
 Spike tensors are bit-packed, [C, H, W] per step, so a block of rows of every channel starts on a
@@ -18,9 +19,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ttc.isa.hwconfig import HwConfig
-from ttc.isa.table import elems_bytes
+from ttc.isa.table import FORMAT_BYTES, elems_bytes
 
-from .ir import AvgPool, Conv2d, DType, Graph, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, TensorType, TimeReduce
+from .ir import (Add, AvgPool, Conv2d, DType, Graph, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, Rescale, TensorType,
+                 TimeReduce)
 
 SLOT_ALIGN = 32
 
@@ -126,6 +128,11 @@ class Plan:
     def slots(self, buffer: str) -> int:
         return 2 if buffer in self.double and 2 * self.slot_size(buffer) <= self.hw.buffers[buffer].bytes else 1
 
+    def fits(self, slots: int) -> bool:
+        """Do `slots` slots of every double-buffered buffer (one of the others) fit?"""
+        return all((slots if b in self.double else 1) * self.slot_size(b) <= self.hw.buffers[b].bytes
+                   for b in self.slot_bytes)
+
     def overflow(self) -> tuple[str, int, int] | None:
         """(buffer, bytes needed, bytes it holds) of the first buffer one slot does not fit, if any."""
         for buffer, need in self.slot_bytes.items():
@@ -157,14 +164,18 @@ class ConvPlan(Plan):
     consumer: str  # "neuron", "reduce" or "" (the raw sums are stored)
     bias: bool
     membranes: int  # membrane outputs of the fused neuron
+    wfmt: str = "i8"
+    out_fmt: str = "i32"  # how stored sums are stored (narrowed through ofmap when not i32)
+    shift: int = 0
 
     def __post_init__(self):
         taps = self.kh * self.kw
-        self.resident = self.co * (self.cin * taps) + 4 * self.co <= self.hw.buffers["wgt"].bytes
-        weights = self.co * (self.cin if self.resident else self.ci) * taps
+        wb = self.wbytes
+        self.resident = self.co * (self.cin * taps) * wb + 4 * self.co <= self.hw.buffers["wgt"].bytes
+        weights = self.co * (self.cin if self.resident else self.ci) * taps * wb
         n = self.co * self.rows * self.ow
         out = {"neuron": self.co * elems_bytes("spike", self.rows * self.ow) if self.rows < self.oh else elems_bytes("spike", n),
-               "reduce": 4 * n}.get(self.consumer)
+               "reduce": 4 * n, "": elems_bytes(self.out_fmt, n) if self.narrowed else None}[self.consumer]
         loaded = max(t.r1 - t.r0 for t in self.row_tiles)
         self.slot_bytes = {"wgt": self.bias_offset(weights) + 4 * self.co,
                            "ifmap": self.ci * elems_bytes(self.in_fmt, loaded * self.iw) if self.rows < self.oh
@@ -174,7 +185,15 @@ class ConvPlan(Plan):
             self.slot_bytes["vmem"] = 4 * n
         if out is not None:
             self.slot_bytes["ofmap"] = out
-        self.double = frozenset({"wgt", "ifmap", "psum"} | ({"ofmap"} if self.consumer == "neuron" else set()))
+        self.double = frozenset({"wgt", "ifmap", "psum"} | ({"ofmap"} if self.consumer == "neuron" or self.narrowed else set()))
+
+    @property
+    def narrowed(self) -> bool:
+        return self.consumer == "" and self.out_fmt != "i32"
+
+    @property
+    def wbytes(self) -> int:
+        return FORMAT_BYTES[self.wfmt]
 
     @staticmethod
     def bias_offset(weights: int) -> int:
@@ -187,12 +206,12 @@ class ConvPlan(Plan):
     def weights_at(self, tc: int, i0: int) -> int:
         """Offset in a weight slot of the [tc, ci, kh, kw] weights of the block from input channel i0:
         a resident slot holds every block of its output-channel tile in turn."""
-        return tc * i0 * self.taps if self.resident else 0
+        return tc * i0 * self.taps * self.wbytes if self.resident else 0
 
     def bias_at(self, tc: int) -> int:
         """Offset of a tile's bias in the slot it is loaded with, after the weights that slot holds."""
         held = self.cin if self.resident else self.ci_tiles[0][1]
-        return self.bias_offset(tc * held * self.taps)
+        return self.bias_offset(tc * held * self.taps * self.wbytes)
 
     @cached_property
     def row_tiles(self) -> list[RowTile]:
@@ -223,7 +242,7 @@ class ConvPlan(Plan):
 
     def aligned(self) -> bool:
         """Do the tiles of every spike tensor start on bytes?"""
-        out_fmt = "spike" if self.consumer == "neuron" else "i32"
+        out_fmt = "spike" if self.consumer == "neuron" else self.out_fmt
         if self.rows < self.oh:
             if self.in_fmt == "spike" and self.ih * self.iw % 8:
                 return False
@@ -292,6 +311,42 @@ class PoolPlan(Plan):
                    for f, plane in ((self.in_fmt, self.ih * self.iw), (self.out_fmt, self.oh * self.ow)))
 
 
+@dataclass
+class ElementwisePlan(Plan):
+    """An add, rescale or unfused neuron over n elements a step, in chunks of `chunk` elements, each
+    chunk on all T steps (a neuron's membranes stay in vmem meanwhile)."""
+
+    chunk: int
+    n: int
+    kind: str  # "add", "rescale" or "neuron"
+    in_fmts: tuple[str, ...]
+    out_fmt: str
+
+    def __post_init__(self):
+        ins = [elems_bytes(f, self.chunk) for f in self.in_fmts]
+        self.slot_bytes = {"ofmap": elems_bytes(self.out_fmt, self.chunk)}
+        if self.kind == "neuron":
+            self.slot_bytes.update(psum=ins[0], vmem=4 * self.chunk)
+        else:
+            self.slot_bytes["ifmap"] = sum(_ceil(b, SLOT_ALIGN) for b in ins[:-1]) + ins[-1]
+        self.double = frozenset({"ifmap", "ofmap", "psum"})
+
+    @cached_property
+    def chunks(self) -> list[tuple[int, int]]:
+        return spans(self.n, self.chunk)
+
+    @property
+    def tiles(self) -> int:
+        return len(self.chunks)
+
+    def operand_at(self, k: int) -> int:
+        """Offset of input operand k in an ifmap slot."""
+        return sum(_ceil(elems_bytes(f, self.chunk), SLOT_ALIGN) for f in self.in_fmts[:k])
+
+    def aligned(self) -> bool:
+        return self.chunk % 8 == 0 or self.chunk == self.n
+
+
 # ------------------------------------------------------------------------- plans of IR ops
 
 def fmt(dtype: DType) -> str:
@@ -330,7 +385,21 @@ def conv_plan(graph: Graph, op: Conv2d | Linear, hw: HwConfig, tile) -> ConvPlan
     return ConvPlan(hw, co=co, rows=rows, ci=ci, cout=op.type.shape[0], oh=oh, ow=ow, in_fmt=fmt(x.dtype),
                     consumer="neuron" if neuron else "reduce" if consumer else "", bias=op.bias is not None,
                     membranes=sum(isinstance(u, Membrane) for u in graph.users(consumer.name)) if neuron else 0,
+                    wfmt=f"i{8 * op.weight.itemsize}", out_fmt=fmt(op.type.dtype), shift=op.shift,
                     **conv_geometry(op, x))
+
+
+def is_elementwise(graph: Graph, op: Op) -> bool:
+    """An add, a rescale, or a neuron that is not fused with the conv before it."""
+    if isinstance(op, NeuronQ):
+        return fused_consumer(graph, graph.op(op.inputs[0])) is None
+    return isinstance(op, (Add, Rescale))
+
+
+def elementwise_plan(graph: Graph, op: Op, hw: HwConfig, tile) -> ElementwisePlan:
+    ins = [fmt(graph.op(i).type.dtype) for i in op.inputs]
+    kind = "neuron" if isinstance(op, NeuronQ) else op.opname
+    return ElementwisePlan(hw, chunk=tile[0], n=op.type.numel, kind=kind, in_fmts=tuple(ins), out_fmt=fmt(op.type.dtype))
 
 
 def pool_plan(graph: Graph, op: MaxPool | AvgPool, hw: HwConfig, tile) -> PoolPlan:

@@ -19,8 +19,9 @@ from .trace import ZERO_STATE, Lowering, State, Step, UnsupportedModel, Val, _qu
 
 
 def is_multi_step(m: nn.Module) -> bool:
-    """ttc's modules work on [T, B, ...]; SpikingJelly's say so with step_mode; torch.nn's do not."""
-    if type(m).__module__ == ttc.__name__:
+    """ttc's modules and the official TT-SNN layers work on [T, B, ...]; SpikingJelly's say so with
+    step_mode; torch.nn's do not."""
+    if type(m).__module__ == ttc.__name__ or type(m).__name__ in _TT_SNN:
         return True
     return getattr(m, "step_mode", "s") == "m"
 
@@ -32,6 +33,13 @@ def _require(cond: bool, path: str, m: nn.Module, what: str) -> None:
 
 def _int_pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(int(e) for e in v)
+
+
+def _padding(m: nn.Conv2d) -> tuple[int, int]:
+    """Explicit padding, with 'same' (stride 1, odd kernels) made explicit."""
+    if m.padding == "same":
+        return tuple(k // 2 for k in m.kernel_size)
+    return _int_pair(m.padding)
 
 
 def _square(path, m, v, name) -> int:
@@ -47,26 +55,33 @@ def _bias(m) -> object:
 def conv2d(lw: Lowering, path, m: nn.Conv2d, x):
     _require(m.groups == 1, path, m, f"grouped convolution (groups={m.groups}) is not supported")
     _require(_int_pair(m.dilation) == (1, 1), path, m, "dilated convolution is not supported")
-    _require(m.padding_mode == "zeros" and not isinstance(m.padding, str), path, m,
-             "only explicit zero padding is supported")
+    _require(m.padding_mode == "zeros" and m.padding != "valid", path, m, "only explicit zero padding is supported")
     return lw.per_step(path, m, x, is_multi_step(m), lambda v: lw.emit(
         ir.Conv2d, path, (v,), weight=to_numpy(m.weight), bias=_bias(m),
-        stride=_int_pair(m.stride), padding=_int_pair(m.padding)))
+        stride=_int_pair(m.stride), padding=_padding(m)))
 
 
 def linear(lw: Lowering, path, m: nn.Linear, x):
-    # torch's Linear acts on the last axis, so on a [T, B, F] sequence it is multi-step as it stands.
+    """torch's Linear acts on the last axis, so on a [T, B, F] sequence it is multi-step as it stands.
+    A linear readout of a mean over time is the mean over time of the readout (exactly:
+    W mean(x) + b = mean(W x + b)), which is how ttc computes it."""
+    if isinstance(x, Val) and isinstance(lw.graph.op(x.name), ir.TimeReduce) and lw.graph.op(x.name).mode == "mean":
+        steps = Val(lw.graph.op(x.name).inputs[0])
+        return Val(lw.emit(ir.TimeReduce, f"{path}.mean", (linear(lw, path, m, steps).name,), mode="mean"))
     multi = is_multi_step(m) or isinstance(x, Val)
     return lw.per_step(path, m, x, multi, lambda v: lw.emit(
         ir.Linear, path, (v,), weight=to_numpy(m.weight), bias=_bias(m)))
 
 
 def batchnorm(lw: Lowering, path, m: nn.modules.batchnorm._BatchNorm, x):
+    multi = is_multi_step(m)
+    if type(m).__name__ in _TT_SNN:  # TT-SNN's batch_norm_2d: a BatchNorm3d over [B, C, T, H, W], in `bn`
+        path, m = f"{path}.bn", m.bn
     _require(m.track_running_stats and m.running_mean is not None, path, m, "batchnorm without running statistics")
     weight = to_numpy(m.weight) if m.affine else None
     bias = to_numpy(m.bias) if m.affine else None
     mean, var = to_numpy(m.running_mean), to_numpy(m.running_var)
-    return lw.per_step(path, m, x, is_multi_step(m), lambda v: lw.emit(
+    return lw.per_step(path, m, x, multi, lambda v: lw.emit(
         ir.BatchNorm, path, (v,), weight=weight if weight is not None else mean * 0 + 1,
         bias=bias if bias is not None else mean * 0, mean=mean, var=var, eps=float(m.eps)))
 
@@ -201,13 +216,65 @@ def snntorch_leaky(lw: Lowering, path, m, x, mem=None):
     return spikes
 
 
+def _core(path, m, name, kernel, padding) -> object:
+    core = getattr(m, name, None)
+    where = f"{path}.{name}"
+    _require(isinstance(core, nn.Conv2d), path, m, f"has no nn.Conv2d {name}")
+    _require(tuple(core.kernel_size) == kernel and _padding(core) == padding and _int_pair(core.stride) == (1, 1)
+             and core.groups == 1 and _int_pair(core.dilation) == (1, 1) and core.bias is None, where, core,
+             f"a tensor-train core must be a {kernel[0]}x{kernel[1]} conv with stride 1, padding {padding} and no bias")
+    return to_numpy(core.weight)
+
+
+def _tt_conv(lw: Lowering, path, m, x, variant: str) -> Val:
+    cores = dict(g1=_core(path, m, "first_layer", (1, 1), (0, 0)), g2=_core(path, m, "second_layer", (3, 1), (1, 0)),
+                 g3=_core(path, m, "third_layer", (1, 3), (0, 1)), g4=_core(path, m, "fourth_layer", (1, 1), (0, 0)))
+    return lw.per_step(path, m, x, True, lambda v: lw.emit(ir.TTConv2d, path, (v,), variant=variant, **cores))
+
+
+def tt_conv(lw: Lowering, path, m: ttc.TTConv2d, x):
+    return _tt_conv(lw, path, m, x, m.variant)
+
+
+def tt_snn_conv(lw: Lowering, path, m, x):
+    """TT-SNN's STT_/PTT_/HTT_Snn_Conv2d: the cores, then a 2x2 max pool where the channels change;
+    HTT runs PTT at steps 0 and 1 and G4 * G1 at steps 2 and 3 (and nothing after: 4 steps only)."""
+    variant = type(m).__name__[:3].lower()
+    _require(getattr(m, "kernel_size", 3) in (3, (3, 3)) and getattr(m, "padding", 1) in (1, (1, 1)), path, m,
+             "a tensor-train conv stands for a 3x3 conv with padding 1")
+    if variant == "htt" and isinstance(x, Val):
+        steps = lw.type_of(x).time
+        _require(steps == 4, path, m, f"HTT_Snn_Conv2d computes 4 time steps (PTT at 0-1, G4*G1 at 2-3), not {steps}")
+    y = _tt_conv(lw, path, m, x, variant)
+    if m.in_channels != m.out_channels:
+        y = lw.per_step(f"{path}.pool", m, y, True, lambda v: lw.emit(ir.MaxPool, f"{path}.pool", (v,), kernel=2, stride=2))
+    return y
+
+
+def tt_snn_neuron(lw: Lowering, path, m, x):
+    """TT-SNN's mem_update: mem = x[0], then mem = mem * decay * (1 - spike) + x[t]; spike = [mem > thresh]
+    with the module-level constants of its file (0.25 and 0.5 in the published code)."""
+    constants = sys.modules.get(type(m).__module__)
+    theta, decay = (float(getattr(constants, k, d)) for k, d in (("thresh", 0.5), ("decay", 0.25)))
+    return _neuron(lw, path, m, x, True, theta=theta, decay=decay, v_reset=0.0, v_init=0.0, reset="hard",
+                   order="reset_decay", cmp="gt")
+
+
 _STATELESS = (conv2d, linear, batchnorm, pool, flatten, identity)
+
+#: The official TT-SNN layers (github donghyunli/TT-SNN, models/MS_ResNet_TT.py), recognised by class name.
+_TT_SNN = {"mem_update": tt_snn_neuron, "Snn_Conv2d": conv2d, "batch_norm_2d": batchnorm, "batch_norm_2d1": batchnorm,
+           "STT_Snn_Conv2d": tt_snn_conv, "PTT_Snn_Conv2d": tt_snn_conv, "HTT_Snn_Conv2d": tt_snn_conv}
 
 
 def handler_for(m: nn.Module):
     """The handler that lowers module `m`, or None if ttc does not know it."""
+    if type(m).__name__ in _TT_SNN:
+        return _TT_SNN[type(m).__name__]
     if isinstance(m, (ttc.LIF,)):
         return ttc_lif
+    if isinstance(m, ttc.TTConv2d):
+        return tt_conv
     if isinstance(m, ttc.DirectEncoder):
         return direct_encoder
     if isinstance(m, ttc.TimeMean):

@@ -126,4 +126,75 @@ class IF(LIF):
         super().__init__(1.0, threshold, reset, v_reset, cmp)
 
 
-SAFE_CLASSES = (Conv2d, Linear, BatchNorm2d, MaxPool2d, AvgPool2d, Flatten, DirectEncoder, TimeMean, LIF, IF)
+class TTConv2d(nn.Module):
+    """A 3x3 convolution (stride 1, padding 1, no bias) factorised into tensor-train cores, over
+    [T, B, Cin, H, W] (TT-SNN; ttc.compiler.ir.TTConv2d):
+
+        G1 1x1 Cin -> R,  G2 (3,1) R -> R,  G3 (1,3) R -> R,  G4 1x1 R -> Cout;   u = G1 * x[t]
+        'stt': G4 * (G3 * (G2 * u))
+        'ptt': G4 * ((G2 * u + G3 * u) / 2)
+        'htt': 'ptt' for t < T/2, G4 * u for t >= T/2
+
+    The cores are the attributes `first_layer` .. `fourth_layer` (nn.Conv2d), as in the TT-SNN code.
+    To downsample, follow it with MaxPool2d(2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, rank: int, variant: str = "stt"):
+        super().__init__()
+        if variant not in ("stt", "ptt", "htt"):
+            raise ValueError(f"variant must be 'stt', 'ptt' or 'htt', got {variant!r}")
+        self.in_channels, self.out_channels, self.rank, self.variant = in_channels, out_channels, rank, variant
+        self.first_layer = nn.Conv2d(in_channels, rank, 1, bias=False)
+        self.second_layer = nn.Conv2d(rank, rank, (3, 1), padding=(1, 0), bias=False)
+        self.third_layer = nn.Conv2d(rank, rank, (1, 3), padding=(0, 1), bias=False)
+        self.fourth_layer = nn.Conv2d(rank, out_channels, 1, bias=False)
+
+    def _ptt(self, u):
+        return self.fourth_layer((self.second_layer(u) + self.third_layer(u)) / 2)
+
+    def forward(self, x):
+        if self.variant == "stt":
+            return _per_step(lambda v: self.fourth_layer(self.third_layer(self.second_layer(self.first_layer(v)))), x)
+        if self.variant == "ptt":
+            return _per_step(lambda v: self._ptt(self.first_layer(v)), x)
+        half = x.shape[0] // 2
+        return torch.cat([_per_step(lambda v: self._ptt(self.first_layer(v)), x[:half]),
+                          _per_step(lambda v: self.fourth_layer(self.first_layer(v)), x[half:])])
+
+    def extra_repr(self):
+        return f"{self.in_channels}, {self.out_channels}, rank={self.rank}, variant={self.variant!r}"
+
+
+class MSBlock(nn.Module):
+    """An MS-ResNet basic block (membrane shortcut) over [T, B, C, H, W], real values in and out:
+
+        y = BN(conv2(LIF(BN(conv1(LIF(x)))))) + shortcut(x)
+
+    conv1 is Cin -> Cout, conv2 Cout -> Cout, both 3x3: dense (`ranks` None) or tensor-train convolutions
+    of ranks `ranks` = (r1, r2) in `variant`; with `stride` 2 a dense conv1 strides, a TT conv1 is followed
+    by a 2x2 max pool (as in TT-SNN). The shortcut is the identity, or a strided 1x1 conv + BN where
+    the shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, ranks=None, variant: str = "stt",
+                 decay: float = 0.25, threshold: float = 0.5):
+        super().__init__()
+
+        def conv(cin, cout, stride, rank):
+            if rank is None:
+                return [Conv2d(cin, cout, 3, stride, 1, bias=False)]
+            return [TTConv2d(cin, cout, rank, variant)] + ([MaxPool2d(2)] if stride == 2 else [])
+
+        r1, r2 = ranks if ranks is not None else (None, None)
+        self.residual = nn.Sequential(
+            LIF(decay, threshold), *conv(in_channels, out_channels, stride, r1), BatchNorm2d(out_channels),
+            LIF(decay, threshold), *conv(out_channels, out_channels, 1, r2), BatchNorm2d(out_channels))
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                                          BatchNorm2d(out_channels))
+
+    def forward(self, x):
+        return self.residual(x) + self.shortcut(x)
+
+
+SAFE_CLASSES = (Conv2d, Linear, BatchNorm2d, MaxPool2d, AvgPool2d, Flatten, DirectEncoder, TimeMean, LIF, IF,
+                TTConv2d, MSBlock)

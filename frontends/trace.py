@@ -10,6 +10,12 @@ same multi-step IR:
   per-step call of the same module on step t of the same sequence is one IR op, checked to be applied
   at every step in order, and `torch.stack` of the T steps gives back the sequence.
 
+Glue code that builds a sequence by mutation, `seq = torch.zeros(T, N, ...)` then `seq[t] = x` for
+every t (TT-SNN's ResNet_CIFAR), traces because ttc's proxies record item assignment as an
+`operator.setitem` node; the evaluation below is in program order, so it sees the buffer filled step
+by step, and a buffer that holds the same static input at every step becomes a `repeat` (direct
+coding). Values no output depends on are dropped at the end.
+
 Anything the frontend does not understand is an `UnsupportedModel` error naming the module's
 qualified path in the model and its type.
 """
@@ -24,6 +30,7 @@ import torch
 from torch import fx, nn
 
 from ttc.compiler import ir
+from ttc.compiler.ir import Repeat
 
 
 class UnsupportedModel(ValueError):
@@ -64,10 +71,39 @@ ZERO_STATE = _ZeroState()
 _LIBRARIES = ("torch", "spikingjelly", "snntorch")
 
 
+class _Batch:
+    """The batch size, which ttc leaves open: what `x.size(1)` of a [T, B, ...] input gives."""
+
+    def __repr__(self):
+        return "N"
+
+
+BATCH = _Batch()
+
+
+@dataclass
+class Blank:
+    """A `torch.zeros(T, N, ...)` buffer being filled step by step (`steps[t]`: the value stored at t)."""
+
+    shape: tuple
+    steps: dict
+    value: "Val | None" = None
+
+
+class _MutableProxy(fx.Proxy):
+    """A proxy that records `proxy[index] = value` as an operator.setitem node (fx's own raises)."""
+
+    def __setitem__(self, index, value):
+        self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
+
+
 class _Tracer(fx.Tracer):
     def __init__(self):
         super().__init__()
         self.record_stack_traces = True
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _MutableProxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         """Known layers, and every layer of torch.nn, SpikingJelly and snnTorch, so that one ttc
@@ -176,6 +212,8 @@ class Lowering:
                 continue
             args = fx.node.map_arg(node.args, lambda n: env[n])
             kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+            if node.target is not operator.setitem:
+                args, kwargs = self.filled(node, args), self.filled(node, kwargs)
             if node.op == "output":
                 self.check_all_steps()
                 return args[0]
@@ -192,6 +230,25 @@ class Lowering:
             else:
                 env[node] = self.call(node, args, kwargs)
         raise UnsupportedModel("the traced model has no output")
+
+    def filled(self, node: fx.Node, value):
+        """`value` with every Blank buffer replaced by the sequence it was filled with."""
+        if isinstance(value, (tuple, list)):
+            return type(value)(self.filled(node, v) for v in value)
+        if isinstance(value, dict):
+            return {k: self.filled(node, v) for k, v in value.items()}
+        if not isinstance(value, Blank):
+            return value
+        if value.value is None:
+            steps = value.shape[0]
+            sources = {value.steps.get(t) for t in range(steps)}
+            if len(sources) != 1 or None in sources:
+                raise UnsupportedModel(f"a torch.zeros buffer used at {_where(node)} is not filled with one static "
+                                       f"input at each of its {steps} steps ({sorted(value.steps)} filled)")
+            (source,) = sources
+            self.steps = self.steps or steps
+            value.value = Val(self.emit(Repeat, _path(node, "repeat"), (source,), steps=steps))
+        return value.value
 
     def constant(self, node: fx.Node):
         value = self.gm
@@ -285,9 +342,72 @@ def _path(node: fx.Node, what: str) -> str:
     return f"{prefix}.{what}" if prefix else what
 
 
+def _add(lw: Lowering, node, a, b):
+    if isinstance(a, Val) and isinstance(b, Val):
+        return Val(lw.emit(ir.Add, _path(node, "add"), (a.name, b.name)))
+    raise UnsupportedModel(f"unsupported add at {_where(node)}: ttc adds two whole tensors of the model (a residual)")
+
+
+def _zeros(lw: Lowering, node, *size, **kw):
+    dims = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
+    if len(dims) < 3 or dims[1] is not BATCH or not all(isinstance(d, int) and d > 0 for d in dims[:1] + dims[2:]):
+        raise UnsupportedModel(f"torch.zeros{dims} at {_where(node)}: ttc understands zeros(T, N, ...) buffers "
+                               "filled step by step")
+    return Blank(dims, {})
+
+
+def _setitem(lw: Lowering, node, target, index, value):
+    if not isinstance(target, Blank) or not isinstance(index, int) or not 0 <= index < target.shape[0]:
+        raise UnsupportedModel(f"unsupported item assignment at {_where(node)}: ttc understands buf[t] = x on a "
+                               "torch.zeros(T, N, ...) buffer")
+    if not isinstance(value, Val) or lw.type_of(value).time is not None or lw.type_of(value).shape != target.shape[2:]:
+        raise UnsupportedModel(f"item assignment at {_where(node)}: buf[t] must be set to a static input of shape "
+                               f"{list(target.shape[2:])}")
+    target.steps[index] = value.name
+
+
+def _size(lw: Lowering, node, x, dim=None):
+    if not isinstance(x, Val):
+        raise UnsupportedModel(f"size() of {x!r} at {_where(node)}")
+    typ = lw.type_of(x)
+    sizes = (BATCH, *typ.shape) if typ.time is None else (typ.time, BATCH, *typ.shape)
+    return sizes if dim is None else sizes[dim]
+
+
+def _view(lw: Lowering, node, x, *shape):
+    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    if isinstance(x, Val) and lw.type_of(x).time is not None and len(shape) == 3 and shape[:2] == (lw.type_of(x).time, BATCH) \
+            and shape[2] in (-1, lw.type_of(x).numel):
+        return Val(lw.emit(ir.Flatten, _path(node, "flatten"), (x.name,)))
+    raise UnsupportedModel(f"view/reshape to {shape} at {_where(node)}: ttc understands flattening a [T, N, ...] "
+                           "sequence to [T, N, -1]")
+
+
+def _global_pool(lw: Lowering, node, x, output_size):
+    """adaptive_avg_pool3d(x, (None, 1, 1)) of a [T, N, C, H, W] sequence: the mean over each H x W plane."""
+    if isinstance(x, Val) and tuple(output_size) == (None, 1, 1):
+        typ = lw.type_of(x)
+        if typ.time is not None and len(typ.shape) == 3 and typ.shape[1] == typ.shape[2]:
+            k = typ.shape[1]
+            return Val(lw.emit(ir.AvgPool, _path(node, "avgpool"), (x.name,), kernel=k, stride=k))
+    raise UnsupportedModel(f"adaptive_avg_pool3d(output_size={output_size}) at {_where(node)}: ttc understands the "
+                           "global average (None, 1, 1) of square [T, N, C, H, W] planes")
+
+
+def _truediv(lw: Lowering, node, x, divisor):
+    """sum over time / T is the mean over time."""
+    op = lw.graph.op(x.name) if isinstance(x, Val) else None
+    if isinstance(op, ir.TimeReduce) and op.mode == "sum" and divisor == lw.graph.op(op.inputs[0]).type.time:
+        return Val(lw.emit(ir.TimeReduce, _path(node, "mean"), op.inputs, mode="mean"))
+    raise UnsupportedModel(f"unsupported division at {_where(node)}: ttc understands a sum over time divided by T")
+
+
 _FUNCTIONS = {operator.getitem: _getitem, torch.stack: _stack, torch.flatten: _flatten,
-              torch.mean: _reduce("mean"), torch.sum: _reduce("sum")}
-_METHODS = {"flatten": _flatten, "mean": _reduce("mean"), "sum": _reduce("sum")}
+              torch.mean: _reduce("mean"), torch.sum: _reduce("sum"), operator.add: _add, torch.add: _add,
+              torch.zeros: _zeros, operator.setitem: _setitem, operator.truediv: _truediv,
+              torch.nn.functional.adaptive_avg_pool3d: _global_pool}
+_METHODS = {"flatten": _flatten, "mean": _reduce("mean"), "sum": _reduce("sum"), "size": _size, "view": _view,
+            "reshape": _view}
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -310,7 +430,16 @@ def trace(model: nn.Module, input_shape, name: str = "model") -> ir.Graph:
         if not isinstance(r, Val):
             raise UnsupportedModel(f"forward returns {r!r}: ttc returns whole tensors (a sequence, or a reduction over time)")
     graph.outputs = [r.name for r in results]
-    return graph.verify()
+    return _without_dead_values(graph).verify()
+
+
+def _without_dead_values(graph: ir.Graph) -> ir.Graph:
+    live = set(graph.outputs)
+    for op in reversed(graph.ops):
+        if op.name in live:
+            live.update(op.inputs)
+    graph.ops = [op for op in graph.ops if op.name in live or isinstance(op, ir.Input)]
+    return graph
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

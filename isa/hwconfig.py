@@ -104,21 +104,34 @@ class HwConfig:
 #: Arithmetic actions whose energy every config gives (pJ per action), by bit width; the simulator
 #: counts each of them. Memory accesses are priced per buffer and for DRAM.
 ENERGY_ACTIONS = {
-    "add8": "8-bit add: one input spike adds one weight into an accumulator (sconv)",
+    "add8": "8-bit add: one input spike adds one 8-bit weight into an accumulator (sconv)",
+    "add16": "16-bit add: one input spike adds one 16-bit weight (sconv of a contracted TT kernel)",
     "add32": "32-bit add: multiply-accumulate sums, membrane charge, soft reset, vector adds",
     "mul8": "8x8-bit multiply (dconv of 8-bit inputs)",
-    "mul16": "16-bit multiply (dconv of 16-bit inputs; membrane decay by a non-power-of-two factor)",
+    "mul16": "16-bit multiply (dconv of 16-bit inputs or weights; membrane decay by a non-power-of-two factor)",
+    "mul32": "32-bit multiply (dconv of 32-bit inputs)",
     "shift32": "32-bit shift (decay by a power of two, rescaling a neuron's input)",
     "cmp32": "32-bit compare (threshold test, max pooling of integers)",
     "or1": "1-bit OR (max pooling of spikes)",
 }
 
 
+def spike_add_action(wfmt: str) -> str:
+    """The add one input spike does per weight it reaches (sconv): as wide as the weights."""
+    return "add16" if wfmt == "i16" else "add8"
+
+
+def multiply_action(src_fmt: str, wfmt: str) -> str:
+    """The multiply of a dconv tap: as wide as the wider of input and weight."""
+    width = max(int(src_fmt[1:]), int(wfmt[1:]))
+    return {8: "mul8", 16: "mul16", 32: "mul32"}[width]
+
+
 def neuron_update_actions(reset: str, in_shift: int, decay_mul: int, decay_shift: int) -> dict[str, int]:
     """Arithmetic actions of one neuron update (`nrn`, per neuron and step): the threshold compare, the
     charge (and a soft reset's subtraction), shifts and the decay's multiply."""
     actions = {"cmp32": 1, "add32": 2 if reset == "subtract" else 1,
-               "shift32": (in_shift > 0) + (decay_mul != 1 << decay_shift)}  # a non-trivial decay ends in a shift
+               "shift32": (in_shift != 0) + (decay_mul != 1 << decay_shift)}  # a non-trivial decay ends in a shift
     if decay_mul & (decay_mul - 1):
         actions["mul16"] = 1
     return actions

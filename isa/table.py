@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-ISA_VERSION = 3
+ISA_VERSION = 4
 WORD_BYTES = 32
 OPCODE_BITS = 8
 
@@ -136,7 +136,7 @@ def _conv_footprint(src_fmt):
     def footprint(a):
         acc = "rw" if a["accumulate"] else "w"
         return [("src", "r", elems_bytes(src_fmt(a), a["cin"] * a["ih"] * a["iw"])),
-                ("wgt", "r", a["cout"] * a["cin"] * a["kh"] * a["kw"]),
+                ("wgt", "r", elems_bytes(a["wfmt"], a["cout"] * a["cin"] * a["kh"] * a["kw"])),
                 ("dst", acc, 4 * a["cout"] * a["oh"] * a["ow"])]
     return footprint
 
@@ -147,6 +147,8 @@ _CONV_GEOMETRY = (
     _s("pt", 5, "zero rows above the input (negative: input rows skipped)"),
     _u("pl", 4, "zero columns left of the input"),
     _u("accumulate", 1, "1: add to out; 0: overwrite out"),
+    _enum("wfmt", ("i8", "i16"), "element format of the weights"),
+    _u("shift", 5, "the sums are shifted left by this many bits before they are added to out"),
 )
 _CONV_INDEX = "src[ci, y*sh+i-pt, x*sw+j-pl] (zero outside the input) for y < oh, x < ow"
 _POOL_INDEX = "src[c, y*stride+i-pt, x*stride+j] (zero outside the input) for i, j < k, y < oh, x < ow"
@@ -173,12 +175,12 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         lambda a: [("bias", "r", 4 * a["channels"]), ("dst", "w", 4 * a["channels"] * a["plane"])]),
     _op("sconv", 0x05, "pe",
         (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",))) + _CONV_GEOMETRY,
-        f"dst[co,y,x] (+)= sum over spikes {_CONV_INDEX} of wgt[co,ci,i,j] (i8 weights, adds only)",
+        f"dst[co,y,x] (+)= (sum over spikes {_CONV_INDEX} of wgt[co,ci,i,j]) << shift (adds only)",
         _conv_footprint(lambda a: "spike")),
     _op("dconv", 0x06, "pe",
         (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",)),
          _enum("fmt", FORMATS[1:], "element format of src")) + _CONV_GEOMETRY,
-        f"dst[co,y,x] (+)= sum of {_CONV_INDEX} times wgt[co,ci,i,j] (multiply-accumulate)",
+        f"dst[co,y,x] (+)= (sum of {_CONV_INDEX} times wgt[co,ci,i,j]) << shift (multiply-accumulate)",
         _conv_footprint(lambda a: a["fmt"])),
     _op("pool", 0x07, "vector",
         (_ref("src", ("ifmap",)), _ref("dst", ("ofmap",)), _enum("mode", ("max", "sum")),
@@ -191,15 +193,19 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
     _op("nrn", 0x08, "neuron",
         (_ref("src", ("psum",)), _ref("state", ("vmem",)), _ref("dst", ("ofmap",)), _u("n", 24),
          _s("theta", 32), _s("v_reset", 32), _u("decay_mul", 16), _u("decay_shift", 5),
-         _u("in_shift", 5), _enum("cmp", ("gt", "ge")), _enum("reset", ("hard", "subtract", "none")),
+         _s("in_shift", 6), _enum("cmp", ("gt", "ge")), _enum("reset", ("hard", "subtract", "none")),
          _enum("order", ("reset_decay", "decay_reset"))),
-        "one time step of n neurons: u = state; s = u cmp theta; u = D(u, s); h = u + (src << in_shift); "
+        "one time step of n neurons: u = state; s = u cmp theta; u = D(u, s); h = u + R(src, in_shift) (R as in vacc); "
         "dst = h cmp theta (bit-packed); state = h (see docs/numerics.md)",
         lambda a: [("src", "r", 4 * a["n"]), ("state", "rw", 4 * a["n"]), ("dst", "w", (a["n"] + 7) // 8)]),
     _op("vacc", 0x09, "vector",
-        (_ref("dst", ON_CHIP), _ref("src", ON_CHIP), _enum("src_fmt", FORMATS), _u("n", 24)),
-        "dst[i] += src[i] for i < n (dst i32; src spikes or integers)",
-        lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["n"])), ("dst", "rw", 4 * a["n"])]),
+        (_ref("dst", ON_CHIP), _ref("src", ON_CHIP), _enum("src_fmt", FORMATS), _enum("dst_fmt", FORMATS[1:]),
+         _u("n", 24), _s("shift", 6, "left shift (negative: right shift rounding half up)"),
+         _u("accumulate", 1, "1: add to dst; 0: overwrite dst")),
+        "dst[i] (+)= R(src[i], shift) for i < n, R(v, s) = v << s (s >= 0) or (v + 2^(-s-1)) >> -s (s < 0); "
+        "src spikes or integers, dst integers (written values must fit dst_fmt)",
+        lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["n"])),
+                   ("dst", "rw" if a["accumulate"] else "w", elems_bytes(a["dst_fmt"], a["n"]))]),
 )
 
 BY_NAME = {op.name: op for op in INSTRUCTIONS}

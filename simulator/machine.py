@@ -21,7 +21,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ttc.isa.encoding import Instr, Ref
 from ttc.isa.footprint import regions
-from ttc.isa.hwconfig import neuron_update_actions
+from ttc.isa.hwconfig import multiply_action, neuron_update_actions, spike_add_action
 from ttc.isa.program import Program
 from ttc.isa.table import BY_NAME, FORMAT_BYTES, MEMORIES
 
@@ -160,7 +160,7 @@ def _conv(m: Machine, i: Instr, src_fmt: str) -> None:
     float64, below 2^53)."""
     cin, cout, ih, iw, kh, kw, oh, ow = (i[k] for k in ("cin", "cout", "ih", "iw", "kh", "kw", "oh", "ow"))
     x = m.read(i["src"], src_fmt, cin * ih * iw).reshape(m.batch, cin, ih, iw)
-    w = m.read(i["wgt"], "i8", cout * cin * kh * kw)[0].reshape(cout, cin * kh * kw)
+    w = m.read(i["wgt"], i["wfmt"], cout * cin * kh * kw)[0].reshape(cout, cin * kh * kw)
     bound = int(np.abs(x).max(initial=0)) * int(np.abs(w).sum(axis=1).max(initial=0))
     xp, w4 = torch.from_numpy(_padded(x, i)), torch.from_numpy(w.reshape(cout, cin, kh, kw))
     y = None
@@ -169,16 +169,18 @@ def _conv(m: Machine, i: Instr, src_fmt: str) -> None:
         y = y if (y == np.rint(y)).all() else None  # a transform-domain algorithm (Winograd) would round
     if y is None:
         y = torch.nn.functional.conv2d(xp.double(), w4.double(), stride=(i["sh"], i["sw"])).numpy()
-    y = np.rint(y).astype(np.int64).reshape(m.batch, cout * oh * ow)
+    y = np.rint(y).astype(np.int64).reshape(m.batch, cout * oh * ow) << i["shift"]
     if i["accumulate"]:
         y += m.read(i["dst"], "i32", cout * oh * ow)
     m.write(i["dst"], "i32", y)
     a = m.event.actions
     if src_fmt == "spike":  # every spike adds each non-zero weight it reaches
-        a["spike_add"] = a["add8"] = int(_per_tap(x, i) @ (w != 0).sum(axis=0))
+        a["spike_add"] = a[spike_add_action(i["wfmt"])] = int(_per_tap(x, i) @ (w != 0).sum(axis=0))
     else:  # every in-bounds tap multiplies, whatever the values
         a["mac"] = a["add32"] = int(_per_tap(np.ones((1, cin, ih, iw), np.int64), i).sum()) * cout * m.batch
-        a["mul8" if src_fmt == "i8" else "mul16"] = a["mac"]
+        a[multiply_action(src_fmt, i["wfmt"])] = a["mac"]
+    if i["shift"]:
+        a["shift32"] += cout * oh * ow * m.batch
 
 
 def _sconv(m: Machine, i: Instr) -> None:
@@ -199,6 +201,11 @@ def _pool(m: Machine, i: Instr) -> None:
     m.event.actions[op] += y[0].size * k * k * m.batch
 
 
+def rescale(v: np.ndarray, shift: int) -> np.ndarray:
+    """R(v, shift): a left shift, or a right shift rounding half up."""
+    return v << shift if shift >= 0 else (v + (1 << (-shift - 1))) >> -shift
+
+
 def _decay(u: np.ndarray, mul: int, shift: int) -> np.ndarray:
     return u * mul if shift == 0 else (u * mul + (1 << (shift - 1))) >> shift
 
@@ -217,7 +224,7 @@ def _nrn(m: Machine, i: Instr) -> None:
 
     mul, shift = i["decay_mul"], i["decay_shift"]
     u = _decay(reset(u), mul, shift) if i["order"] == "reset_decay" else reset(_decay(u, mul, shift))
-    h = u + (x << i["in_shift"])
+    h = u + rescale(x, i["in_shift"])
     s = fire(h)
     m.write(i["state"], "i32", h)
     m.write(i["dst"], "spike", s)
@@ -229,9 +236,14 @@ def _nrn(m: Machine, i: Instr) -> None:
 
 
 def _vacc(m: Machine, i: Instr) -> None:
-    n = i["n"]
-    m.write(i["dst"], "i32", m.read(i["dst"], "i32", n) + m.read(i["src"], i["src_fmt"], n))
-    m.event.actions["add32"] += n * m.batch
+    n, shift = i["n"], i["shift"]
+    y = rescale(m.read(i["src"], i["src_fmt"], n), shift)
+    if i["accumulate"]:
+        y = y + m.read(i["dst"], i["dst_fmt"], n)
+        m.event.actions["add32"] += n * m.batch
+    if shift:
+        m.event.actions["shift32"] += n * m.batch
+    m.write(i["dst"], i["dst_fmt"], y)
 
 
 HANDLERS = {"halt": _halt, "load": _copy, "store": _copy, "vfill": _vfill, "vbias": _vbias, "sconv": _sconv, "dconv": _dconv,

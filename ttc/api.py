@@ -11,7 +11,7 @@ import torch
 
 from ttc.compiler.codegen import generate
 from ttc.compiler.ir import Graph
-from ttc.compiler.passes import run_pipeline
+from ttc.compiler.passes import PIPELINE, run_pipeline
 from ttc.compiler.reference import run_reference
 from ttc.frontends.load import load_model
 from ttc.frontends.trace import parse_input_shape, trace
@@ -22,19 +22,34 @@ from ttc.runtime.run import RunResult, run
 
 @dataclass
 class Compiled:
-    graph: Graph  # the quantized, allocated IR
+    graph: Graph  # the scheduled, allocated IR the program was generated from
     program: Program
+    quantized: Graph  # the quantized IR before scheduling: what the quantized reference evaluates
 
 
-def compile_model(model: torch.nn.Module, input_shape, hw: str | HwConfig = "sata", input_bits: int = 16,
-                  input_frac: int = 8, name: str = "model", source: dict | None = None) -> Compiled:
-    """Trace, optimise, quantize, allocate and generate code for `model` (left unchanged)."""
+#: Compile options recorded in prog.bin (so that `ttc run --check` recompiles the same reference).
+OPTIONS = {"input_bits": 16, "input_frac": 8, "tt_core_bits": 8, "objective": "latency", "schedule": ""}
+
+
+def compile_model(model: torch.nn.Module, input_shape, hw: str | HwConfig = "sata", name: str = "model",
+                  source: dict | None = None, **options) -> Compiled:
+    """Trace, optimise, quantize, schedule, allocate and generate code for `model` (left unchanged).
+    `options`: those of OPTIONS (quantization, tensor-train schedule objective or forced plans)."""
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown compile options {', '.join(sorted(unknown))} (options: {', '.join(OPTIONS)})")
+    o = {**OPTIONS, **options}
     hw = hw if isinstance(hw, HwConfig) else load_hw(hw)
     shape = parse_input_shape(input_shape)
     graph = trace(copy.deepcopy(model), shape, name)
-    options = {"input_shape": ",".join(map(str, shape)), "input_bits": input_bits, "input_frac": input_frac}
-    graph = run_pipeline(graph, {"quantize": {"input_bits": input_bits, "input_frac": input_frac}, "allocate": {"hw": hw}})
-    return Compiled(graph, generate(graph, hw, options, source or {}))
+    passes = {"quantize": {"input_bits": o["input_bits"], "input_frac": o["input_frac"], "tt_core_bits": o["tt_core_bits"]},
+              "tt-schedule": {"hw": hw, "objective": o["objective"], "schedule": o["schedule"]}, "allocate": {"hw": hw}}
+    until = PIPELINE.index("quantize") + 1
+    graph = run_pipeline(graph, passes, PIPELINE[:until])
+    quantized = copy.deepcopy(graph)
+    graph = run_pipeline(graph, passes, PIPELINE[until:])
+    recorded = {"input_shape": ",".join(map(str, shape)), **o}
+    return Compiled(graph, generate(graph, hw, recorded, source or {}), quantized)
 
 
 def file_digest(path: str | Path) -> str:
@@ -50,7 +65,7 @@ def compile_file(path: str | Path, input_shape, hw: str | HwConfig = "sata", tru
 def recompile_for_check(prog: Program, model: torch.nn.Module) -> Compiled:
     """Compile `model` with the options recorded in `prog`, for the quantized reference."""
     o = prog.meta["options"]
-    return compile_model(model, o["input_shape"], prog.hw, input_bits=o["input_bits"], input_frac=o["input_frac"])
+    return compile_model(model, o["input_shape"], prog.hw, **{k: o.get(k, v) for k, v in OPTIONS.items()})
 
 
 def run_float(model: torch.nn.Module, x: np.ndarray) -> list[np.ndarray]:
@@ -70,4 +85,6 @@ def simulate(prog: Program, x: np.ndarray) -> RunResult:
 
 
 def reference(compiled: Compiled, x: np.ndarray) -> list[np.ndarray]:
-    return run_reference(compiled.graph, [x])
+    """The quantized reference (reference 2): the quantized graph before scheduling, so that the
+    simulator is held to what every schedule must compute."""
+    return run_reference(compiled.quantized, [x])

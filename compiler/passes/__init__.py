@@ -30,9 +30,9 @@ def register(cls: type[Pass]) -> type[Pass]:
     return cls
 
 
-from . import allocate, fold_batchnorm, fold_neuron_input, quantize  # noqa: E402,F401  (registers the passes)
+from . import allocate, fold_batchnorm, fold_global_pool, fold_neuron_input, quantize, tt_schedule  # noqa: E402,F401  (registers the passes)
 
-PIPELINE = ("fold-batchnorm", "fold-neuron-input", "quantize", "allocate")
+PIPELINE = ("fold-batchnorm", "fold-global-pool", "fold-neuron-input", "quantize", "tt-schedule", "allocate")
 
 
 def make_pass(name: str, **options) -> Pass:
@@ -46,8 +46,8 @@ def make_pass(name: str, **options) -> Pass:
     return cls(**options)
 
 
-def run_pipeline(graph: Graph, options: dict[str, dict]) -> Graph:
-    """Run every pass of PIPELINE with its options (`options[pass name]`), verifying after each."""
-    for name in PIPELINE:
+def run_pipeline(graph: Graph, options: dict[str, dict], passes: tuple[str, ...] = PIPELINE) -> Graph:
+    """Run `passes` (default: all of PIPELINE) with their options (`options[pass name]`), verifying after each."""
+    for name in passes:
         graph = make_pass(name, **options.get(name, {})).run(graph).verify()
     return graph

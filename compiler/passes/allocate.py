@@ -4,12 +4,14 @@ config (docs/memory.md).
 DRAM holds, from address 0: the weights and biases of every conv and linear layer (the program's
 data image), then every value that is stored, T steps one after another, each step aligned to 16
 bytes. A conv or linear whose only user is a neuron or a reduction over time is fused with it and never
-stored. `flatten` and `repeat` cost nothing: they alias their input (a repeat reads the same step T
-times).
+stored. `flatten`, `repeat` and `time_slice` cost nothing: they alias their input (a repeat reads the
+same step T times, a slice some of its steps), and the two parts of a `time_concat` are stored in its
+place, one after the other.
 
 Layers run one at a time, each on all T steps while its weights stay on chip, in tiles
 (`ttc.compiler.tiling`): of output channels x output rows x input channels for a conv or linear, of
-channels x rows for a pooling. Of the tilings whose tiles start on bytes and fit every buffer, the
+channels x rows for a pooling, of elements for an elementwise layer (add, rescale, a neuron not fused
+with a conv). Of the tilings whose tiles start on bytes and fit every buffer, the
 pass takes the one the cost model (`ttc.compiler.cost`) predicts fastest, then least energy; the
 choice also decides which buffers are double-buffered (those with room for two slots). A layer that no
 tiling fits is an error naming the layer, the buffer and the sizes of its smallest tile.
@@ -23,9 +25,9 @@ from ttc.isa.hwconfig import HwConfig, load_hw
 from ttc.isa.table import elems_bytes
 
 from ..cost import op_cost
-from ..ir import (AvgPool, Conv2d, Flatten, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, Repeat, TensorType,
-                  TimeReduce)
-from ..tiling import Plan, conv_plan, fmt, fused_consumer, pool_plan, sizes
+from ..ir import (AvgPool, Conv2d, Flatten, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, Repeat, TensorType, TimeConcat,
+                  TimeReduce, TimeSlice)
+from ..tiling import Plan, conv_plan, elementwise_plan, fmt, fused_consumer, is_elementwise, pool_plan, sizes
 from . import Pass, register
 
 DRAM_ALIGN = 16
@@ -40,24 +42,34 @@ def step_bytes(t: TensorType) -> int:
     return elems_bytes(fmt(t.dtype), t.numel)
 
 
+_ALIASES = (Flatten, Repeat, TimeSlice)
+
+
 def step_stride(graph: Graph, op: Op) -> int:
     """Bytes between consecutive time steps of a stored value (0 for a repeated static input)."""
     if isinstance(op, Repeat):
         return 0
-    if isinstance(op, Flatten):
+    if isinstance(op, (Flatten, TimeSlice)):
         return step_stride(graph, graph.op(op.inputs[0]))
     return align(step_bytes(op.type))
 
 
-def storage(graph: Graph, op: Op) -> Op:
-    """The op whose DRAM region holds `op`'s value (itself unless it is an alias)."""
-    while isinstance(op, (Flatten, Repeat)):
-        op = graph.op(op.inputs[0])
-    return op
+def value_addr(graph: Graph, op: Op) -> int | None:
+    """The DRAM address of step 0 of `op`'s value (an alias reads its source's)."""
+    if isinstance(op, _ALIASES):
+        source = graph.op(op.inputs[0])
+        start = op.start * step_stride(graph, source) if isinstance(op, TimeSlice) else 0
+        return value_addr(graph, source) + start
+    return op.dram
+
+
+def _concat_part(graph: Graph, op: Op) -> TimeConcat | None:
+    users = graph.users(op.name)
+    return users[0] if len(users) == 1 and isinstance(users[0], TimeConcat) and op.name not in graph.outputs else None
 
 
 def weight_bytes(op: Op) -> int:
-    return op.weight.size + 4 * op.weight.shape[0]
+    return op.weight.nbytes + 4 * op.weight.shape[0]
 
 
 def _candidates(n: int) -> list[int]:
@@ -81,11 +93,18 @@ class Allocate(Pass):
                     op.fail("is not quantized (run quantize first)")
                 op.wdram, addr = addr, align(addr + weight_bytes(op))
         for op in graph.ops:
-            if isinstance(op, (Flatten, Repeat)) or fused_consumer(graph, op) is not None:
+            if isinstance(op, _ALIASES) or fused_consumer(graph, op) is not None or _concat_part(graph, op):
                 op.dram = None
                 continue
             op.dram = addr
             addr += step_stride(graph, op) * (op.type.time or 1)
+        for concat in [o for o in graph.ops if isinstance(o, TimeConcat)]:
+            offset = concat.dram
+            for part in (graph.op(i) for i in concat.inputs):
+                if _concat_part(graph, part) is not concat or isinstance(part, _ALIASES) or fused_consumer(graph, part):
+                    concat.fail(f"%{part.name} is read by more than the concatenation, or not stored itself: "
+                                "its steps cannot be stored in place")
+                part.dram, offset = offset, offset + step_stride(graph, part) * part.type.time
         for op in graph.ops:
             self.tile(graph, op, hw)
         return graph
@@ -101,17 +120,35 @@ class Allocate(Pass):
             c, oh, _ = op.type.shape
             op.tile = self.choose(graph, op, hw, lambda tile: pool_plan(graph, op, hw, tile),
                                   [_candidates(c), _candidates(oh)], ("channels", "output rows"))
-        elif isinstance(op, NeuronQ) and fused_consumer(graph, graph.op(op.inputs[0])) is None:
-            n = op.type.numel
-            self.fits(op, hw, "psum", 4 * n, "one time step of its input")
-            self.fits(op, hw, "vmem", 4 * n, "its membranes")
-            self.fits(op, hw, "ofmap", (n + 7) // 8, "one time step of its spikes")
+        elif is_elementwise(graph, op):
+            op.tile = self.elements(graph, op, hw)
         elif isinstance(op, TimeReduce) and fused_consumer(graph, graph.op(op.inputs[0])) is None:
             x = graph.op(op.inputs[0]).type
             self.fits(op, hw, "ifmap", step_bytes(x), "one time step of its input")
             self.fits(op, hw, "ofmap", 4 * x.numel, "its accumulators")
         elif isinstance(op, Membrane) and not isinstance(graph.op(op.inputs[0]), NeuronQ):
             op.fail("membrane of a value that is not a quantized neuron")
+
+    @staticmethod
+    def elements(graph: Graph, op: Op, hw: HwConfig) -> tuple[int]:
+        """An elementwise layer streams: the largest chunk of which two slots fit every buffer (double
+        buffering), else the largest of which one does."""
+        n = op.type.numel
+        unit = 8 if n % 8 == 0 else n  # spike chunks start on bytes
+        for slots in (2, 1):
+            hi = n // unit
+            lo = 1
+            while lo < hi:  # the largest count of units whose plan fits `slots` slots
+                mid = (lo + hi + 1) // 2
+                if elementwise_plan(graph, op, hw, (mid * unit,)).fits(slots):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if elementwise_plan(graph, op, hw, (lo * unit,)).fits(slots):
+                return (lo * unit,)
+        buffer, need, have = elementwise_plan(graph, op, hw, (unit,)).overflow()
+        op.fail(f"its smallest tile ({unit} elements) needs {need} bytes of the {buffer} buffer, which holds {have} "
+                f"bytes in hardware config {hw.name!r}")
 
     @staticmethod
     def fits(op: Op, hw: HwConfig, buffer: str, need: int, what: str) -> None:

@@ -4,10 +4,19 @@
 * weights: `weight_bits`-bit integers with one power-of-two scale per layer, the largest that holds
   max|w|: w = q * 2^-weight_frac; the accumulator has the input's frac plus weight_frac; biases are
   rounded into the accumulator's format;
+* tensor-train cores: each core its own scale (G2 and G3 one shared scale where their results are
+  added), at most `tt_core_bits` bits, fewer where the exact products of the four cores could
+  overflow 32 bits (no rounding between cores: every contraction plan computes the same integers);
+* residual adds: the operands meet at the coarser of their fracs (the finer is shifted right,
+  rounding half up), no finer than keeps the sum within `stream_bits` bits;
+* a conv of a multi-bit value whose sums could overflow 32 bits reads it through a `rescale` that
+  rounds off as few low bits as it needs;
+* a conv or add whose every reader is a conv is stored in 8 or 16 bits where its bound allows;
 * neurons become `neuron_q`: the decay is the nearest m * 2^-k with m < 2^decay_bits (a shift when
   m = 1, exact when the decay is such a dyadic number); the state keeps `in_shift` guard bits, as many
-  as T-1 exact decays need (k each) while the worst-case state still fits 32 bits; threshold, reset
-  and initial values are rounded into the state's format.
+  as T-1 exact decays need (k each) while the worst-case state still fits 32 bits (negative: the
+  input's lowest bits are rounded off, where even that is needed); threshold, reset and initial values
+  are rounded into the state's format.
 
 Every integer's worst-case magnitude is tracked; a layer that could overflow its 32-bit accumulator
 or state is an error naming the layer.
@@ -19,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir import AvgPool, Conv2d, Graph, Input, IRError, Linear, Membrane, Neuron, NeuronQ, Op, TimeReduce, fix
+from ..ir import (Add, AvgPool, Conv2d, Graph, Input, IRError, Linear, Membrane, Neuron, NeuronQ, Op, Rescale,
+                  TimeConcat, TimeReduce, TTConv2d, fix)
 from . import Pass, register
 
 LIMIT = 1 << 31
@@ -53,6 +63,59 @@ def _round_to(value: float, frac: int) -> int:
     return int(np.rint(np.float64(value) * 2.0 ** frac))
 
 
+def quantize_weights(w: np.ndarray, frac: int, bits: int) -> np.ndarray:
+    qmax = (1 << (bits - 1)) - 1
+    return np.clip(np.rint(w.astype(np.float64) * 2.0 ** frac), -qmax - 1, qmax).astype(np.int8)
+
+
+def conv_bounds(weight: np.ndarray, x_bound) -> np.ndarray:
+    """Per output channel, the largest |sum| a conv of `weight` [Cout, Cin, ...] reaches on inputs
+    bounded by `x_bound` (a scalar or one bound per input channel)."""
+    w = np.abs(weight.astype(np.int64)).reshape(weight.shape[0], weight.shape[1], -1).sum(axis=2)
+    return w @ np.broadcast_to(np.asarray(x_bound, dtype=object), (weight.shape[1],))
+
+
+def tt_bounds(op: TTConv2d, x_bound: int) -> list[int]:
+    """The largest magnitude of each intermediate of the core-by-core contraction and, last, of the
+    result before the bias: sum |K| x_bound for the contracted kernel K (tighter than chaining the
+    cores' bounds), on inputs bounded by x_bound."""
+    g1, g2, g3, g4 = op.cores
+    u = conv_bounds(g1, x_bound)
+    if op.variant == "stt":
+        v = conv_bounds(g2, u)
+        inner = [u, v, conv_bounds(g3, v)]
+    else:
+        inner = [u, conv_bounds(g2, u), conv_bounds(g3, u), conv_bounds(g2, u) + conv_bounds(g3, u)]
+    y = conv_bounds(contracted(op), x_bound)
+    if op.variant == "htt":
+        y = np.maximum(y, conv_bounds(contracted(op, late=True), x_bound) << op.late_shift())
+    return [int(b.max()) for b in inner] + [int(y.max())]
+
+
+def contracted(op: TTConv2d, late: bool = False) -> np.ndarray:
+    """The integer kernel of all four cores: [Cout, Cin, 3, 3] (stt, ptt; exact, int64), or for htt's
+    late steps (`late`) the 1x1 kernel G4 G1. Its fracs add up to the cores'."""
+    g1, g2, g3, g4 = (c.astype(np.int64) for c in op.cores)
+    if late:
+        return np.einsum("or,ri->oi", g4[:, :, 0, 0], g1[:, :, 0, 0])[:, :, None, None]
+    return np.einsum("or,rsuv,si->oiuv", g4[:, :, 0, 0], middle(op), g1[:, :, 0, 0])
+
+
+def middle(op: TTConv2d) -> np.ndarray:
+    """G2 and G3 as one 3x3 R -> R kernel: their contraction (stt) or their cross-shaped sum (ptt)."""
+    g2, g3 = (c.astype(np.int64) for c in op.cores[1:3])
+    if op.variant == "stt":
+        return np.einsum("osv,siu->oiuv", g3[:, :, 0, :], g2[:, :, :, 0])  # G3 after G2
+    k = np.zeros(g2.shape[:2] + (3, 3), dtype=np.int64)
+    k[:, :, :, 1] += g2[:, :, :, 0]
+    k[:, :, 1, :] += g3[:, :, 0, :]
+    return k
+
+
+def stored_bits(bound: int) -> int:
+    return 8 if bound < 1 << 7 else 16 if bound < 1 << 15 else 32
+
+
 @register
 @dataclass
 class Quantize(Pass):
@@ -61,6 +124,8 @@ class Quantize(Pass):
     input_bits: int = 16
     input_frac: int = 8
     decay_bits: int = 16
+    tt_core_bits: int = 8
+    stream_bits: int = 32
 
     def run(self, graph: Graph) -> Graph:
         if self.weight_bits != 8:
@@ -68,9 +133,13 @@ class Quantize(Pass):
         self.bound: dict[str, int] = {}
         self.state_frac: dict[str, int] = {}
         done: dict[str, Op] = {}
+        self.done = done
         for op in graph.ops:
+            op = self.quantize_op(op, [done[i] for i in op.inputs])
             ins = [done[i] for i in op.inputs]
-            op = self.quantize_op(op, ins)
+            if isinstance(op, (Conv2d, Add)) and graph.users(op.name) and op.name not in graph.outputs \
+                    and all(isinstance(u, (Conv2d, Linear, TTConv2d)) for u in graph.users(op.name)):
+                op.out_bits = stored_bits(self.bound[op.name])
             op.type = op.infer([i.type for i in ins])
             self.check(op, self.bound[op.name])
             done[op.name] = op
@@ -88,16 +157,30 @@ class Quantize(Pass):
             self.bound[op.name] = 1 << (self.input_bits - 1)
         elif isinstance(op, (Conv2d, Linear)):
             frac = weight_scale(op.weight, self.weight_bits)
-            q = np.clip(np.rint(op.weight.astype(np.float64) * 2.0 ** frac), -128, 127).astype(np.int8)
-            out_frac = ins[0].type.dtype.frac + frac
+            q = quantize_weights(op.weight, frac, self.weight_bits)
+            fan_in = np.abs(q.astype(np.int64)).reshape(q.shape[0], -1).sum(axis=1)
             bias = op.bias.astype(np.float64) if op.bias is not None else np.zeros(q.shape[0])
-            bq = np.rint(bias * 2.0 ** out_frac)
+            x = ins[0]
+            for shift in range(0, -32, -1):
+                if shift < 0 and x.type.dtype.kind == "spike":
+                    break
+                bq = np.rint(bias * 2.0 ** (x.type.dtype.frac + shift + frac))
+                x_bound = _rescaled_bound(b_in, shift)
+                if int((fan_in * x_bound + np.abs(bq).astype(np.int64)).max()) < LIMIT:
+                    break
+            if shift < 0:
+                x = self.rescale(op, x, shift, x_bound)
             if np.abs(bq).max(initial=0) >= LIMIT:
-                op.fail(f"bias {np.abs(bias).max()} does not fit 32 bits at 2^-{out_frac}")
+                op.fail(f"bias {np.abs(bias).max()} does not fit 32 bits at 2^-{x.type.dtype.frac + frac}")
             op.weight, op.weight_frac = q, frac
             op.bias = bq.astype(np.int32) if op.bias is not None else None
-            fan_in = np.abs(q.astype(np.int64)).reshape(q.shape[0], -1).sum(axis=1)
-            self.bound[op.name] = int((fan_in * b_in + np.abs(bq).astype(np.int64)).max())
+            self.bound[op.name] = int((fan_in * x_bound + np.abs(bq).astype(np.int64)).max())
+        elif isinstance(op, TTConv2d):
+            self.tensor_train(op, ins[0], b_in)
+        elif isinstance(op, Add):
+            self.add(op, ins, b_in)
+        elif isinstance(op, TimeConcat):
+            self.bound[op.name] = max(b_in, self.bound[ins[1].name])
         elif isinstance(op, Neuron):
             op = self.neuron(op, ins[0], b_in)
         elif isinstance(op, Membrane):
@@ -117,6 +200,45 @@ class Quantize(Pass):
             self.bound[op.name] = b_in
         return op
 
+    def rescale(self, conv: Op, x: Op, shift: int, bound: int) -> Op:
+        """Insert y = R(x, shift) before `conv`, stored as narrow as its bound allows."""
+        name = f"{conv.name}.rescale"
+        r = Rescale(name=name, inputs=(x.name,), path=conv.path, shift=shift, out_bits=stored_bits(bound))
+        r.type = r.infer([x.type])
+        self.done[name], self.bound[name] = r, bound
+        conv.inputs = (name,) + conv.inputs[1:]
+        return r
+
+    def tensor_train(self, op: TTConv2d, x: Op, x_bound: int) -> None:
+        """The most bits per core (at most tt_core_bits) whose exact core-by-core products fit 32 bits."""
+        floats = op.cores
+        for bits in range(self.tt_core_bits, 1, -1):
+            f1, f4 = (weight_scale(c, bits) for c in (floats[0], floats[3]))
+            f2, f3 = ((weight_scale(floats[1], bits), weight_scale(floats[2], bits)) if op.variant == "stt"
+                      else (weight_scale(np.concatenate([floats[1].ravel(), floats[2].ravel()]), bits),) * 2)
+            op.fracs = (f1, f2, f3, f4)
+            op.g1, op.g2, op.g3, op.g4 = (quantize_weights(c, f, bits) for c, f in zip(floats, op.fracs))
+            out_frac = op.result_frac(x.type.dtype.frac)
+            bias = np.rint(op.bias.astype(np.float64) * 2.0 ** out_frac) if op.bias is not None else np.zeros(1)
+            bounds = tt_bounds(op, x_bound)
+            bounds[-1] += int(np.abs(bias).max())
+            if max(bounds) < LIMIT:
+                break
+            op.g1, op.g2, op.g3, op.g4 = floats
+        else:
+            op.fail(f"its cores' exact products exceed 32 bits even at 2 bits per core (bounds {bounds})")
+        op.bias = bias.astype(np.int32) if op.bias is not None else None
+        self.bound[op.name] = bounds[-1]
+
+    def add(self, op: Add, ins: list[Op], a_bound: int) -> None:
+        fa, fb = (_frac_of(i) for i in ins)
+        b_bound = self.bound[ins[1].name]
+        real = a_bound * 2.0 ** -fa + b_bound * 2.0 ** -fb
+        stream = math.floor(math.log2(((1 << (self.stream_bits - 1)) - 2) / real)) if real else 0
+        aligned = min(fa, fb, stream)
+        op.shift_a, op.shift_b, op.frac = aligned - fa, aligned - fb, aligned + op.halve
+        self.bound[op.name] = sum(_rescaled_bound(b, s) for b, s in ((a_bound, op.shift_a), (b_bound, op.shift_b)))
+
     def neuron(self, n: Neuron, x: Op, x_bound: int) -> NeuronQ:
         if n.input_gain != 1.0 or n.charge != 0.0:
             n.fail("input gain or charge left (run fold-neuron-input first)")
@@ -126,8 +248,8 @@ class Quantize(Pass):
         while True:
             sf = frac + guard
             theta, v_reset, v_init = (_round_to(v, sf) for v in (n.theta, n.v_reset, n.v_init))
-            bound = steps * ((x_bound << guard) + abs(theta)) + abs(v_reset) + abs(v_init)
-            if bound < LIMIT or guard == 0:
+            bound = steps * (_rescaled_bound(x_bound, guard) + abs(theta)) + abs(v_reset) + abs(v_init)
+            if bound < LIMIT or guard <= -31:
                 break
             guard -= 1
         self.check(n, bound)
@@ -136,3 +258,15 @@ class Quantize(Pass):
         self.bound[n.name] = 1
         return NeuronQ(name=n.name, inputs=n.inputs, path=n.path, theta=theta, v_reset=v_reset, v_init=v_init,
                        decay_mul=mul, decay_shift=shift, in_shift=guard, reset=n.reset, order=n.order, cmp=n.cmp)
+
+
+def _frac_of(op: Op) -> int:
+    dtype = op.type.dtype
+    if dtype.kind == "f32":
+        op.fail("is a float operand of a quantized add")
+    return dtype.frac
+
+
+def _rescaled_bound(bound: int, shift: int) -> int:
+    """The largest |R(v, shift)| for |v| <= bound."""
+    return bound << shift if shift >= 0 else (bound + (1 << (-shift - 1))) >> -shift

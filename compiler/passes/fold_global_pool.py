@@ -1,0 +1,40 @@
+"""fold-global-pool: a global average pool (one value per channel) read only by a linear layer,
+through a flatten, becomes part of that linear layer:
+
+    W'[o, c*A + p] = W[o, c] / A      (A = H*W, p < A: the positions of channel c)
+
+exact in real arithmetic, and the way to quantize a global average whose area is not a power of two
+(6x6 after a 48x48 ResNet), which fixed point cannot divide by. Pools of power-of-two areas stay."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import AvgPool, Flatten, Graph, Linear
+from . import Pass, register
+
+
+@register
+@dataclass
+class FoldGlobalPool(Pass):
+    name = "fold-global-pool"
+
+    def run(self, graph: Graph) -> Graph:
+        for pool in [o for o in graph.ops if isinstance(o, AvgPool)]:
+            _, h, w = graph.op(pool.inputs[0]).type.shape
+            area = h * w
+            if pool.type.shape[1:] != (1, 1) or pool.kernel != h or h != w or not area & (area - 1):
+                continue
+            users = graph.users(pool.name)
+            flat = users[0] if len(users) == 1 and isinstance(users[0], Flatten) else None
+            readers = graph.users(flat.name) if flat is not None else []
+            if len(readers) != 1 or not isinstance(readers[0], Linear) or pool.name in graph.outputs \
+                    or flat.name in graph.outputs:
+                pool.fail(f"averages {h}x{w} = {area} values, not a power of two: fixed point cannot divide by it "
+                          "exactly, and only a global pool read by a linear layer (through a flatten) can be folded into it")
+            linear = readers[0]
+            linear.weight = (np.repeat(linear.weight.astype(np.float64), area, axis=1) / area).astype(np.float32)
+            flat.inputs = pool.inputs
+            graph.ops.remove(pool)
+        return graph.infer_types()

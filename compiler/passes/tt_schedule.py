@@ -1,0 +1,212 @@
+"""tt-schedule: choose how each tensor-train layer is contracted, and rewrite it into the convolutions
+that plan runs (DESIGN.md section 7, docs/tensor-train.md). Every plan computes the same integers as
+the core-by-core reference (`ttc.compiler.reference.tt_conv`): they differ in cost only.
+
+    cores   G1, G2, G3, G4 as four convolutions (ptt: G2 and G3 on the same input, then their sum);
+            the intermediates are multi-bit, so G2..G4 multiply, and they round-trip through DRAM
+    merged  G1, one 3x3 R -> R conv for the middle (stt: G2 G3 contracted; ptt: the cross-shaped
+            kernel holding G2 in its middle column and G3 in its middle row), G4
+    dense   all four cores contracted into one 3x3 Cin -> Cout kernel: spike-driven adds only, but
+            wider weights (16 bits where 8 do not hold them) and Cin*Cout*9 of them
+
+htt runs the plan on its ptt steps (t < T/2) and G4 (G1 x) << (f2 + 1) on the rest (slices of one
+sequence, concatenated in place). A plan whose weights do not fit 16 bits is unavailable. The pass
+prices every available plan with the cost model (`ttc.compiler.cost`, each conv tiled as allocate
+would) and takes the best for `objective` (latency: cycles, energy, edp: their product), unless
+`schedule` forces one ("cores", or "path=plan,path=plan"). Its reasons go to `graph.notes["schedule"]`.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ttc.isa.hwconfig import HwConfig, load_hw
+
+from ..cost import op_cost
+from ..ir import Add, Conv2d, Graph, IRError, Op, TimeConcat, TimeSlice, TTConv2d
+from . import Pass, register
+from .allocate import Allocate
+from .quantize import contracted, conv_bounds, middle, stored_bits
+
+PLANS = ("cores", "merged", "dense")
+OBJECTIVES = ("latency", "energy", "edp")
+I16_MAX = (1 << 15) - 1
+
+
+class PlanUnavailable(Exception):
+    pass
+
+
+def _weights(w: np.ndarray, what: str) -> np.ndarray:
+    peak = int(np.abs(w).max())
+    if peak > I16_MAX:
+        raise PlanUnavailable(f"{what} reaches {peak}, beyond 16-bit weights")
+    return w.astype(np.int8 if peak <= 127 else np.int16)
+
+
+@dataclass
+class _Builder:
+    """Emits the plan's ops for TT layer `tt`, tracking each value's per-channel bound."""
+
+    tt: TTConv2d
+    x_bound: int
+    ops: list = field(default_factory=list)
+    bounds: dict = field(default_factory=dict)
+
+    def conv(self, suffix: str, x: str, weight, frac: int, padding=(0, 0), shift: int = 0, last: bool = False) -> str:
+        name = self.tt.name if last else f"{self.tt.name}.{suffix}"
+        bound = conv_bounds(weight, self.bounds.get(x, self.x_bound)) << shift
+        op = Conv2d(name=name, inputs=(x,), path=self.tt.path, weight=_weights(weight, f"the {suffix} kernel"),
+                    bias=self.tt.bias if last else None, padding=padding, weight_frac=frac, shift=shift,
+                    out_bits=32 if last else stored_bits(int(bound.max())))
+        self.ops.append(op)
+        self.bounds[name] = bound
+        return name
+
+    def add(self, suffix: str, a: str, b: str) -> str:
+        name = f"{self.tt.name}.{suffix}"
+        bound = self.bounds[a] + self.bounds[b]
+        self.ops.append(Add(name=name, inputs=(a, b), path=self.tt.path, halve=1, frac=None,
+                            out_bits=stored_bits(int(bound.max()))))
+        self.bounds[name] = bound
+        return name
+
+    def slice(self, x: str, start: int, stop: int, suffix: str) -> str:
+        name = f"{self.tt.name}.{suffix}"
+        self.ops.append(TimeSlice(name=name, inputs=(x,), path=self.tt.path, start=start, stop=stop))
+        if x in self.bounds:
+            self.bounds[name] = self.bounds[x]
+        return name
+
+
+def lower(tt: TTConv2d, plan: str, x_frac: int, x_bound: int, steps: int) -> list[Op]:
+    """The ops of `plan` for `tt` (the last one is named as `tt`); fracs set where an add needs them."""
+    if plan not in PLANS:
+        raise IRError(f"unknown tensor-train plan {plan!r} (plans: {', '.join(PLANS)})")
+    f1, f2, f3, f4 = tt.fracs
+    b = _Builder(tt, x_bound)
+    x = tt.inputs[0]
+    mid_frac = f2 + f3 if tt.variant == "stt" else f2 + 1  # ptt's /2: one more fractional bit
+    htt = tt.variant == "htt"
+    half = steps // 2
+
+    def early(x: str, u: str | None, last: bool) -> str:
+        """The stt/ptt function of the plan, from input x (or G1's result u)."""
+        if plan == "dense":
+            return b.conv("dense", x, contracted(tt), f1 + mid_frac + f4, (1, 1), last=last)
+        if plan == "merged":
+            m = b.conv("middle", u, middle(tt), mid_frac, (1, 1))
+        elif tt.variant == "stt":
+            m = b.conv("g3", b.conv("g2", u, tt.g2, f2, (1, 0)), tt.g3, f3, (0, 1))
+        else:
+            m = b.add("mean", b.conv("g2", u, tt.g2, f2, (1, 0)), b.conv("g3", u, tt.g3, f3, (0, 1)))
+        return b.conv("g4", m, tt.g4, f4, last=last)
+
+    u = None if plan == "dense" else b.conv("g1", x, tt.g1, f1)
+    if not htt:
+        early(x, u, last=True)
+    else:
+        xe, xl = (b.slice(u or x, lo, hi, f"steps{lo}") for lo, hi in ((0, half), (half, steps)))
+        y_early = early(xe, xe, last=False) if plan != "dense" else early(xe, None, last=False)
+        if plan == "dense":
+            y_late = b.conv("late", xl, contracted(tt, late=True), f1 + f4, shift=tt.late_shift())
+        else:
+            y_late = b.conv("late", xl, tt.g4, f4, shift=tt.late_shift())
+        for op in b.ops:  # both halves end with the layer's bias
+            if op.name in (y_early, y_late):
+                op.bias = tt.bias
+                op.out_bits = 32
+        b.ops.append(TimeConcat(name=tt.name, inputs=(y_early, y_late), path=tt.path))
+    for op in b.ops:
+        if isinstance(op, Add):
+            fa = x_frac + f1 + f2  # both branches: input, G1 and the shared G2/G3 frac
+            op.frac = fa + 1
+    return b.ops
+
+
+def _parse_schedule(schedule: str) -> dict[str, str]:
+    """"dense" (every layer) or "path=plan,path=plan"."""
+    if not schedule:
+        return {}
+    if "=" not in schedule:
+        return {"*": schedule}
+    out = {}
+    for item in schedule.split(","):
+        path, _, plan = item.partition("=")
+        out[path.strip()] = plan.strip()
+    return out
+
+
+@register
+@dataclass
+class TTSchedule(Pass):
+    name = "tt-schedule"
+    hw: str | HwConfig = "sata"
+    objective: str = "latency"
+    schedule: str = ""
+
+    def run(self, graph: Graph) -> Graph:
+        if self.objective not in OBJECTIVES:
+            raise IRError(f"unknown objective {self.objective!r} (one of {', '.join(OBJECTIVES)})")
+        hw = self.hw if isinstance(self.hw, HwConfig) else load_hw(self.hw)
+        forced = _parse_schedule(self.schedule)
+        for plan in forced.values():
+            if plan not in PLANS:
+                raise IRError(f"--schedule names unknown plan {plan!r} (plans: {', '.join(PLANS)})")
+        notes = graph.notes.setdefault("schedule", {})
+        for tt in [o for o in graph.ops if isinstance(o, TTConv2d)]:
+            if tt.fracs is None:
+                tt.fail("is not quantized (run quantize first)")
+            x = graph.op(tt.inputs[0]).type
+            x_bound = 1 if x.dtype.kind == "spike" else 1 << (x.dtype.bits - 1)
+            options = {}
+            for plan in PLANS:
+                try:
+                    ops = lower(copy.deepcopy(tt), plan, x.dtype.frac, x_bound, x.time)
+                except PlanUnavailable as e:
+                    options[plan] = {"available": False, "why": str(e)}
+                    continue
+                options[plan] = {"available": True, **_price(graph, tt, ops, hw)}
+            want = forced.get(tt.path, forced.get("*"))
+            if want is not None and not options[want]["available"]:
+                tt.fail(f"plan {want!r} is unavailable: {options[want]['why']}")
+            chosen = want or min((p for p in PLANS if options[p]["available"]), key=lambda p: _score(options[p], self.objective))
+            notes[tt.path or tt.name] = {"variant": tt.variant, "rank": tt.rank, "chosen": chosen,
+                                         "forced": want is not None, "objective": self.objective, "plans": options}
+            _replace(graph, tt, lower(tt, chosen, x.dtype.frac, x_bound, x.time))
+        return graph.infer_types()
+
+
+def _score(option: dict, objective: str) -> float:
+    return {"latency": option["cycles"], "energy": option["energy_pj"],
+            "edp": option["cycles"] * option["energy_pj"]}[objective]
+
+
+def _replace(graph: Graph, tt: TTConv2d, ops: list[Op]) -> None:
+    at = graph.ops.index(tt)
+    graph.ops[at:at + 1] = ops
+
+
+def _price(graph: Graph, tt: TTConv2d, ops: list[Op], hw: HwConfig) -> dict:
+    """Predicted cycles and energy of a plan's layers, each tiled as allocate would tile it; the
+    layer that takes the TT layer's name is priced with what it fuses (its neuron)."""
+    trial = copy.copy(graph)
+    trial.ops = list(graph.ops)
+    _replace(trial, tt, [copy.deepcopy(o) for o in ops])
+    trial.infer_types()
+    allocate = Allocate(hw)
+    cycles = energy = 0.0
+    dram = 0
+    layers = []
+    for op in trial.ops[graph.ops.index(tt):graph.ops.index(tt) + len(ops)]:
+        allocate.tile(trial, op, hw)
+        cost = op_cost(trial, op, hw)
+        if cost is None:
+            continue
+        cycles, energy, dram = cycles + cost.cycles, energy + cost.total_pj, dram + cost.dram_bytes
+        layers.append({"op": op.opname, "name": op.name, "tile": list(op.tile) if op.tile else None,
+                       "cycles": round(cost.cycles), "energy_pj": round(cost.total_pj, 1)})
+    weights = sum(o.weight.nbytes for o in ops if isinstance(o, Conv2d))
+    return {"cycles": cycles, "energy_pj": energy, "dram_bytes": dram, "weight_bytes": int(weights), "layers": layers}
