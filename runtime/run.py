@@ -103,7 +103,8 @@ def run(prog: Program, inputs: list[np.ndarray]) -> RunResult:
     machine.listeners += [timeline, energy]
     machine.run()
     energy.finish(timeline.spans)
-    layers = [dict(name=layer["name"], path=layer["path"], op=layer["op"], counts=dict(energy.counts[k]),
+    layers = [dict(name=layer["name"], path=layer["path"], source=layer.get("source", layer["path"]), op=layer["op"],
+                   counts=dict(energy.counts[k]),
                    energy_pj=dict(energy.energy[k])) for k, layer in enumerate(prog.meta["layers"])]
     per_inference = {k: v / batch for k, v in sorted(machine.counters.items())}
     return RunResult(
