@@ -70,7 +70,8 @@ def cmd_compile(a) -> int:
     from ttc.api import compile_file
 
     compiled = compile_file(a.model, a.input_shape, a.hw, trust=a.trust_model, input_bits=a.input_bits,
-                            input_frac=a.input_frac)
+                            input_frac=a.input_frac, tt_core_bits=a.tt_core_bits, objective=a.objective,
+                            schedule=a.schedule)
     if a.emit_ir:
         from ttc.compiler.ir_text import print_graph
 
@@ -78,9 +79,24 @@ def cmd_compile(a) -> int:
         _atomic_write(a.emit_ir, lambda tmp: tmp.write_text(text))
     compiled.program.save(a.output)
     p = compiled.program
+    if a.explain:
+        print(explain(p.meta.get("schedule", {})))
     print(f"wrote {a.output}: {len(p.code)} instructions, {len(p.data)} bytes of weights, "
           f"{len(p.meta['layers'])} layers, hardware {p.hw.name}")
     return 0
+
+
+def explain(schedule: dict) -> str:
+    """One block per TT layer: each plan's predicted cycles and energy, or why it is unavailable."""
+    lines = []
+    for path, note in schedule.items():
+        how = "forced" if note["forced"] else f"best {note['objective']}"
+        lines.append(f"{path}: {note['variant']} rank {note['rank']} -> {note['chosen']} ({how})")
+        for plan, o in note["plans"].items():
+            lines.append(f"  {plan:<7} " + (f"{o['cycles']:>10.0f} cycles {o['energy_pj'] / 1e3:>10.2f} nJ "
+                                            f"{o['weight_bytes']:>8} weight bytes" if o["available"]
+                                            else f"unavailable: {o['why']}"))
+    return "\n".join(lines) if lines else "no tensor-train layers"
 
 
 def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -237,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--hw", default="sata", help="hardware preset name or TOML file (default: sata)")
     c.add_argument("--input-bits", type=int, default=16, choices=(8, 16, 32))
     c.add_argument("--input-frac", type=int, default=8, help="fractional bits of the quantized input (default 8)")
+    c.add_argument("--tt-core-bits", type=int, default=8, help="most bits per tensor-train core (default 8; fewer "
+                   "where the cores' exact products would overflow)")
+    c.add_argument("--objective", default="latency", choices=("latency", "energy", "edp"),
+                   help="what the tensor-train contraction plans are chosen for (default latency)")
+    c.add_argument("--schedule", default="", metavar="PLAN|PATH=PLAN,...",
+                   help="force the contraction plan (cores, merged, dense) of every or of the named TT layers")
+    c.add_argument("--explain", action="store_true", help="print each TT layer's plans, their predicted cost and the choice")
     c.add_argument("--emit-ir", metavar="FILE", help="also write the final IR as text")
     c.add_argument("--trust-model", action="store_true", help=trust_help)
     c.set_defaults(fn=cmd_compile)
