@@ -19,7 +19,7 @@ from ttc.isa.encoding import Instr, Ref
 from ttc.isa.hwconfig import HwConfig
 from ttc.isa.program import Program
 
-from .ir import Add, AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce
+from .ir import AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce
 from .passes.allocate import step_bytes, step_stride, value_addr
 from .reference import output_divisor
 from .sync import place_tokens
@@ -189,27 +189,24 @@ class _Emitter:
         """An add, rescale or neuron, chunk by chunk, each chunk on all T steps."""
         plan = elementwise_plan(self.graph, op, self.hw, op.tile)
         ins = [self.graph.op(i) for i in op.inputs]
-        out, shape = _Slots(plan, "ofmap"), (1, plan.n, 1)  # elements as the rows of one channel
-        src = _Slots(plan, "psum" if plan.kind == "neuron" else "ifmap")
+        out, src = _Slots(plan, "ofmap"), _Slots(plan, "psum" if plan.kind == "neuron" else "ifmap")
         self.layer(op, op.opname, tile=list(op.tile), source=op.path)
-        for e0, e1 in plan.chunks:
-            count = e1 - e0
+        for chunk in plan.chunks:
+            count = chunk[1] - chunk[0]
             if plan.kind == "neuron":
                 self.emit("vfill", dst=Ref("vmem", 0), n=count, value=op.v_init)
             for t in range(op.type.time):
                 slot, dst = src.next(), out.next()
-                for k, x in enumerate(ins):
-                    self.move_block("load", x, t, Block(plan.in_fmts[k], shape, 0, 1, e0, e1),
-                                    Ref(slot.mem, slot.addr + plan.operand_at(k)))
+                operands = [Ref(slot.mem, slot.addr + plan.operand_at(k)) for k in range(len(ins))]
+                for x, f, at in zip(ins, plan.in_fmts, operands):
+                    self.move_block("load", x, t, plan.block(f, chunk), at)
                 if plan.kind == "neuron":
-                    self.neuron_step(op, count, t, slot, dst, Block("spike", shape, 0, 1, e0, e1),
-                                     Block("i32", shape, 0, 1, e0, e1))
+                    self.neuron_step(op, count, t, slot, dst, plan.block("spike", chunk), plan.block("i32", chunk))
                     continue
-                shifts = (op.shift_a, op.shift_b) if isinstance(op, Add) else (op.shift,)
-                for k, shift in enumerate(shifts):
-                    self.emit("vacc", dst=dst, src=Ref(slot.mem, slot.addr + plan.operand_at(k)), src_fmt=plan.in_fmts[k],
-                              dst_fmt=plan.out_fmt, n=count, shift=shift, accumulate=int(k > 0))
-                self.move_block("store", op, t, Block(plan.out_fmt, shape, 0, 1, e0, e1), dst)
+                for k, (f, at, shift) in enumerate(zip(plan.in_fmts, operands, plan.shifts)):
+                    self.emit("vacc", dst=dst, src=at, src_fmt=f, dst_fmt=plan.out_fmt, n=count, shift=shift,
+                              accumulate=int(k > 0))
+                self.move_block("store", op, t, plan.block(plan.out_fmt, chunk), dst)
 
     def time_reduce(self, op: TimeReduce) -> None:
         x_op = self.graph.op(op.inputs[0])

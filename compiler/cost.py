@@ -25,7 +25,7 @@ import numpy as np
 from ttc.isa.hwconfig import HwConfig, multiply_action, neuron_update_actions, spike_add_action
 from ttc.isa.table import elems_bytes
 
-from .ir import Add, AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce
+from .ir import AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce
 from .tiling import (ConvPlan, ElementwisePlan, PoolPlan, RowTile, conv_plan, elementwise_plan, fmt, fused_consumer,
                      is_elementwise, pool_plan, split)
 
@@ -267,10 +267,9 @@ def pool_cost(plan: PoolPlan, time: int, mode: str) -> LayerCost:
     return _finish(hw, bill, steps, 0.0)
 
 
-def elementwise_cost(plan: ElementwisePlan, time: int, neuron: dict | None = None, membranes: int = 0,
-                     shifts: tuple[int, ...] = ()) -> LayerCost:
+def elementwise_cost(plan: ElementwisePlan, time: int, neuron: dict | None = None, membranes: int = 0) -> LayerCost:
     """An add, rescale or unfused neuron: each chunk's steps load their operands, compute, store.
-    `neuron`: the neuron's update arguments; `shifts`: the vacc shift of each operand otherwise."""
+    `neuron`: the neuron's update arguments."""
     hw, bill, lat = plan.hw, _Bill(plan.hw), plan.hw.dram_latency_cycles
     slots = {b: plan.slots(b) for b in plan.slot_bytes}
     src = "psum" if neuron else "ifmap"
@@ -303,7 +302,7 @@ def elementwise_cost(plan: ElementwisePlan, time: int, neuron: dict | None = Non
     if neuron:
         bill.act("neuron", neuron_update_actions(**neuron), time * plan.n)
     else:
-        bill.act("vector", {"add32": (len(plan.in_fmts) - 1) * plan.n, "shift32": sum(s != 0 for s in shifts) * plan.n}, time)
+        bill.act("vector", {"add32": (len(plan.in_fmts) - 1) * plan.n, "shift32": sum(s != 0 for s in plan.shifts) * plan.n}, time)
     return _finish(hw, bill, steps, hw.vector_cycles(plan.chunks[0][1]) if neuron else 0.0)
 
 
@@ -337,7 +336,7 @@ def op_cost(graph: Graph, op: Op, hw: HwConfig, tile=None, density: float = DEFA
         if isinstance(op, NeuronQ):
             membranes = sum(isinstance(u, Membrane) for u in graph.users(op.name))
             return elementwise_cost(plan, op.type.time, _neuron_args(op), membranes)
-        return elementwise_cost(plan, op.type.time, shifts=(op.shift_a, op.shift_b) if isinstance(op, Add) else (op.shift,))
+        return elementwise_cost(plan, op.type.time)
     if isinstance(op, TimeReduce) and fused_consumer(graph, x_op) is None:
         return reduce_cost(hw, fmt(x_op.type.dtype), x_op.type.numel, x_op.type.time)
     return None

@@ -391,6 +391,7 @@ class NeuronQ(Op):
     reset: str = "hard"
     order: str = "reset_decay"
     cmp: str = "gt"
+    tile: tuple[int] | None = None  # elements per chunk, when not fused with a conv (allocate pass)
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
@@ -499,6 +500,7 @@ class Add(Op):
     shift_b: int = 0
     frac: int | None = None
     out_bits: int = 32
+    tile: tuple[int] | None = None  # elements per chunk (allocate pass)
 
     def infer(self, ins):
         a, b = (self.seq_input(t) for t in ins)
@@ -524,6 +526,7 @@ class Rescale(Op):
     opname: ClassVar[str] = "rescale"
     shift: int
     out_bits: int = 32
+    tile: tuple[int] | None = None  # elements per chunk (allocate pass)
 
     def infer(self, ins):
         x = self.seq_input(ins[0])

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ttc.isa.io import decode_output, encode_input
+from ttc.isa.table import rescale
 
 from .ir import (Add, AvgPool, Conv2d, Flatten, Graph, Input, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, Repeat, Rescale,
                  TimeConcat, TimeReduce, TimeSlice, TTConv2d)
@@ -23,12 +24,6 @@ def _per_step(fn, x: torch.Tensor) -> torch.Tensor:
 
 def _f64(a: np.ndarray | None) -> torch.Tensor | None:
     return None if a is None else torch.from_numpy(a.astype(np.float64))
-
-
-def rescale(v: torch.Tensor, shift: int) -> torch.Tensor:
-    """R(v, shift) on integers: a left shift, or a right shift rounding half up."""
-    v = v.to(torch.int64)
-    return v << shift if shift >= 0 else (v + (1 << (-shift - 1))) >> -shift
 
 
 def tt_conv(op: TTConv2d, x: torch.Tensor) -> torch.Tensor:
@@ -104,9 +99,9 @@ def evaluate(graph: Graph, inputs: list[np.ndarray]) -> dict[str, torch.Tensor]:
             env[op.name] = tt_conv(op, x)
         elif isinstance(op, Add):
             b = env[op.inputs[1]]
-            env[op.name] = (rescale(x, op.shift_a) + rescale(b, op.shift_b)).to(torch.float64)
+            env[op.name] = (rescale(x.long(), op.shift_a) + rescale(b.long(), op.shift_b)).to(torch.float64)
         elif isinstance(op, Rescale):
-            env[op.name] = rescale(x, op.shift).to(torch.float64)
+            env[op.name] = rescale(x.long(), op.shift).to(torch.float64)
         elif isinstance(op, TimeSlice):
             env[op.name] = x[op.start:op.stop]
         elif isinstance(op, TimeConcat):

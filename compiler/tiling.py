@@ -321,6 +321,7 @@ class ElementwisePlan(Plan):
     kind: str  # "add", "rescale" or "neuron"
     in_fmts: tuple[str, ...]
     out_fmt: str
+    shifts: tuple[int, ...] = ()  # add, rescale: each operand's vacc shift
 
     def __post_init__(self):
         ins = [elems_bytes(f, self.chunk) for f in self.in_fmts]
@@ -342,6 +343,10 @@ class ElementwisePlan(Plan):
     def operand_at(self, k: int) -> int:
         """Offset of input operand k in an ifmap slot."""
         return sum(_ceil(elems_bytes(f, self.chunk), SLOT_ALIGN) for f in self.in_fmts[:k])
+
+    def block(self, fmt: str, chunk: tuple[int, int]) -> Block:
+        """Elements [e0, e1) of one step, as the rows of a one-channel tensor."""
+        return Block(fmt, (1, self.n, 1), 0, 1, *chunk)
 
     def aligned(self) -> bool:
         return self.chunk % 8 == 0 or self.chunk == self.n
@@ -399,7 +404,9 @@ def is_elementwise(graph: Graph, op: Op) -> bool:
 def elementwise_plan(graph: Graph, op: Op, hw: HwConfig, tile) -> ElementwisePlan:
     ins = [fmt(graph.op(i).type.dtype) for i in op.inputs]
     kind = "neuron" if isinstance(op, NeuronQ) else op.opname
-    return ElementwisePlan(hw, chunk=tile[0], n=op.type.numel, kind=kind, in_fmts=tuple(ins), out_fmt=fmt(op.type.dtype))
+    shifts = (op.shift_a, op.shift_b) if isinstance(op, Add) else (op.shift,) if isinstance(op, Rescale) else ()
+    return ElementwisePlan(hw, chunk=tile[0], n=op.type.numel, kind=kind, in_fmts=tuple(ins), out_fmt=fmt(op.type.dtype),
+                           shifts=shifts)
 
 
 def pool_plan(graph: Graph, op: MaxPool | AvgPool, hw: HwConfig, tile) -> PoolPlan:

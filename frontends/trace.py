@@ -30,7 +30,6 @@ import torch
 from torch import fx, nn
 
 from ttc.compiler import ir
-from ttc.compiler.ir import Repeat
 
 
 class UnsupportedModel(ValueError):
@@ -247,7 +246,7 @@ class Lowering:
                                        f"input at each of its {steps} steps ({sorted(value.steps)} filled)")
             (source,) = sources
             self.steps = self.steps or steps
-            value.value = Val(self.emit(Repeat, _path(node, "repeat"), (source,), steps=steps))
+            value.value = Val(self.emit(ir.Repeat, _path(node, "repeat"), (source,), steps=steps))
         return value.value
 
     def constant(self, node: fx.Node):

@@ -52,6 +52,12 @@ def conv_out(n: int, k: int, s: int, pad: int) -> int:
     return (n + 2 * pad - k) // s + 1
 
 
+def rescale(v, shift: int):
+    """R(v, shift) of `vacc` and `nrn`: v << shift, or for shift < 0 a right shift rounding half up.
+    On integers of any kind (Python ints, NumPy or torch int64 arrays)."""
+    return v << shift if shift >= 0 else (v + (1 << (-shift - 1))) >> -shift
+
+
 @dataclass(frozen=True)
 class Field:
     """One operand: `kind` is 'u' (unsigned), 's' (two's complement), 'ref' (memory, address),

@@ -23,7 +23,7 @@ from ttc.isa.encoding import Instr, Ref
 from ttc.isa.footprint import regions
 from ttc.isa.hwconfig import multiply_action, neuron_update_actions, spike_add_action
 from ttc.isa.program import Program
-from ttc.isa.table import BY_NAME, FORMAT_BYTES, MEMORIES
+from ttc.isa.table import BY_NAME, FORMAT_BYTES, MEMORIES, rescale
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -199,11 +199,6 @@ def _pool(m: Machine, i: Instr) -> None:
     m.write(i["dst"], i["dst_fmt"], y)
     op = "add32" if i["mode"] == "sum" else "or1" if i["src_fmt"] == "spike" else "cmp32"
     m.event.actions[op] += y[0].size * k * k * m.batch
-
-
-def rescale(v: np.ndarray, shift: int) -> np.ndarray:
-    """R(v, shift): a left shift, or a right shift rounding half up."""
-    return v << shift if shift >= 0 else (v + (1 << (-shift - 1))) >> -shift
 
 
 def _decay(u: np.ndarray, mul: int, shift: int) -> np.ndarray:

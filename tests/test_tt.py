@@ -11,6 +11,7 @@ from torch import nn
 import tt_snn_classes as official
 from ttc import api
 from ttc.compiler.ir import IRError
+from ttc.compiler.ir_text import parse_graph, print_graph
 from ttc.compiler.passes.tt_schedule import OBJECTIVES, PLANS
 from ttc.compiler.reference import evaluate
 from ttc.frontends import modules as M
@@ -65,6 +66,8 @@ def test_every_plan_of_every_tt_layer_is_bit_exact(every_plan):
         assert len(notes) == 4 and {n["chosen"] for n in notes.values()} == {plan}
         assert all(n["variant"] == variant for n in notes.values())
         assert result.outputs[0].tobytes() == ref[0].tobytes(), (variant, plan)
+        text = print_graph(compiled.graph)  # the scheduled, tiled IR prints and parses back
+        assert print_graph(parse_graph(text)) == text
         # the rewritten graph computes what the tensor-train layers define, value for value
         scheduled, quantized = evaluate(compiled.graph, [x]), evaluate(compiled.quantized, [x])
         for name in notes:

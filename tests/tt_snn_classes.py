@@ -44,6 +44,8 @@ class batch_norm_2d1(batch_norm_2d):  # noqa: N801
 
 
 class _TT(nn.Module):
+    """The cores and the max-pool rule; each variant's `step(x, t)` is one time step of the cores."""
+
     def __init__(self, in_channels, out_channels, kernel_size, rank, stride=1, padding=0, bias=None):
         super().__init__()
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
@@ -53,9 +55,6 @@ class _TT(nn.Module):
         self.third_layer = nn.Conv2d(rank, rank, (1, 3), padding=(0, 1), bias=False)
         self.fourth_layer = nn.Conv2d(rank, out_channels, (1, 1), bias=False)
         self.pool = nn.MaxPool2d(2, stride=2)
-
-    def step(self, x, t):
-        raise NotImplementedError
 
     def forward(self, x):
         steps = []

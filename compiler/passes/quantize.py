@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ttc.isa.table import rescale
+
 from ..ir import (Add, AvgPool, Conv2d, Graph, Input, IRError, Linear, Membrane, Neuron, NeuronQ, Op, Rescale,
                   TimeConcat, TimeReduce, TTConv2d, fix)
 from . import Pass, register
@@ -161,15 +163,13 @@ class Quantize(Pass):
             fan_in = np.abs(q.astype(np.int64)).reshape(q.shape[0], -1).sum(axis=1)
             bias = op.bias.astype(np.float64) if op.bias is not None else np.zeros(q.shape[0])
             x = ins[0]
-            for shift in range(0, -32, -1):
-                if shift < 0 and x.type.dtype.kind == "spike":
-                    break
+            for shift in range(0, -32, -1) if x.type.dtype.kind == "fix" else (0,):  # spikes cannot be rescaled
                 bq = np.rint(bias * 2.0 ** (x.type.dtype.frac + shift + frac))
-                x_bound = _rescaled_bound(b_in, shift)
+                x_bound = rescale(b_in, shift)
                 if int((fan_in * x_bound + np.abs(bq).astype(np.int64)).max()) < LIMIT:
                     break
             if shift < 0:
-                x = self.rescale(op, x, shift, x_bound)
+                x = self.insert_rescale(op, x, shift, x_bound)
             if np.abs(bq).max(initial=0) >= LIMIT:
                 op.fail(f"bias {np.abs(bias).max()} does not fit 32 bits at 2^-{x.type.dtype.frac + frac}")
             op.weight, op.weight_frac = q, frac
@@ -200,7 +200,7 @@ class Quantize(Pass):
             self.bound[op.name] = b_in
         return op
 
-    def rescale(self, conv: Op, x: Op, shift: int, bound: int) -> Op:
+    def insert_rescale(self, conv: Op, x: Op, shift: int, bound: int) -> Op:
         """Insert y = R(x, shift) before `conv`, stored as narrow as its bound allows."""
         name = f"{conv.name}.rescale"
         r = Rescale(name=name, inputs=(x.name,), path=conv.path, shift=shift, out_bits=stored_bits(bound))
@@ -237,7 +237,7 @@ class Quantize(Pass):
         stream = math.floor(math.log2(((1 << (self.stream_bits - 1)) - 2) / real)) if real else 0
         aligned = min(fa, fb, stream)
         op.shift_a, op.shift_b, op.frac = aligned - fa, aligned - fb, aligned + op.halve
-        self.bound[op.name] = sum(_rescaled_bound(b, s) for b, s in ((a_bound, op.shift_a), (b_bound, op.shift_b)))
+        self.bound[op.name] = sum(rescale(b, s) for b, s in ((a_bound, op.shift_a), (b_bound, op.shift_b)))
 
     def neuron(self, n: Neuron, x: Op, x_bound: int) -> NeuronQ:
         if n.input_gain != 1.0 or n.charge != 0.0:
@@ -248,7 +248,7 @@ class Quantize(Pass):
         while True:
             sf = frac + guard
             theta, v_reset, v_init = (_round_to(v, sf) for v in (n.theta, n.v_reset, n.v_init))
-            bound = steps * (_rescaled_bound(x_bound, guard) + abs(theta)) + abs(v_reset) + abs(v_init)
+            bound = steps * (rescale(x_bound, guard) + abs(theta)) + abs(v_reset) + abs(v_init)
             if bound < LIMIT or guard <= -31:
                 break
             guard -= 1
@@ -265,8 +265,3 @@ def _frac_of(op: Op) -> int:
     if dtype.kind == "f32":
         op.fail("is a float operand of a quantized add")
     return dtype.frac
-
-
-def _rescaled_bound(bound: int, shift: int) -> int:
-    """The largest |R(v, shift)| for |v| <= bound."""
-    return bound << shift if shift >= 0 else (bound + (1 << (-shift - 1))) >> -shift

@@ -48,81 +48,73 @@ def _weights(w: np.ndarray, what: str) -> np.ndarray:
 
 @dataclass
 class _Builder:
-    """Emits the plan's ops for TT layer `tt`, tracking each value's per-channel bound."""
+    """Emits the plan's ops for TT layer `tt`, tracking each value's per-channel bound and frac."""
 
     tt: TTConv2d
     x_bound: int
+    x_frac: int
     ops: list = field(default_factory=list)
     bounds: dict = field(default_factory=dict)
+    fracs: dict = field(default_factory=dict)
 
-    def conv(self, suffix: str, x: str, weight, frac: int, padding=(0, 0), shift: int = 0, last: bool = False) -> str:
-        name = self.tt.name if last else f"{self.tt.name}.{suffix}"
+    def conv(self, suffix: str, x: str, weight, frac: int, padding=(0, 0), shift: int = 0, ends: bool = False) -> str:
+        """A conv; one that `ends` the layer carries its bias and keeps 32 bits (and, unless an htt half,
+        the layer's name)."""
+        name = self.tt.name if ends and self.tt.variant != "htt" else f"{self.tt.name}.{suffix}"
         bound = conv_bounds(weight, self.bounds.get(x, self.x_bound)) << shift
         op = Conv2d(name=name, inputs=(x,), path=self.tt.path, weight=_weights(weight, f"the {suffix} kernel"),
-                    bias=self.tt.bias if last else None, padding=padding, weight_frac=frac, shift=shift,
-                    out_bits=32 if last else stored_bits(int(bound.max())))
-        self.ops.append(op)
-        self.bounds[name] = bound
-        return name
+                    bias=self.tt.bias if ends else None, padding=padding, weight_frac=frac, shift=shift,
+                    out_bits=32 if ends else stored_bits(int(bound.max())))
+        return self._emit(op, bound, self.fracs.get(x, self.x_frac) + frac + shift)
 
     def add(self, suffix: str, a: str, b: str) -> str:
-        name = f"{self.tt.name}.{suffix}"
+        """(a + b) / 2: both operands share a frac; the halving is one more fractional bit."""
         bound = self.bounds[a] + self.bounds[b]
-        self.ops.append(Add(name=name, inputs=(a, b), path=self.tt.path, halve=1, frac=None,
-                            out_bits=stored_bits(int(bound.max()))))
-        self.bounds[name] = bound
-        return name
+        op = Add(name=f"{self.tt.name}.{suffix}", inputs=(a, b), path=self.tt.path, halve=1, frac=self.fracs[a] + 1,
+                 out_bits=stored_bits(int(bound.max())))
+        return self._emit(op, bound, op.frac)
 
     def slice(self, x: str, start: int, stop: int, suffix: str) -> str:
-        name = f"{self.tt.name}.{suffix}"
-        self.ops.append(TimeSlice(name=name, inputs=(x,), path=self.tt.path, start=start, stop=stop))
-        if x in self.bounds:
-            self.bounds[name] = self.bounds[x]
-        return name
+        op = TimeSlice(name=f"{self.tt.name}.{suffix}", inputs=(x,), path=self.tt.path, start=start, stop=stop)
+        return self._emit(op, self.bounds.get(x, self.x_bound), self.fracs.get(x, self.x_frac))
+
+    def _emit(self, op: Op, bound, frac: int) -> str:
+        self.ops.append(op)
+        self.bounds[op.name], self.fracs[op.name] = bound, frac
+        return op.name
 
 
 def lower(tt: TTConv2d, plan: str, x_frac: int, x_bound: int, steps: int) -> list[Op]:
-    """The ops of `plan` for `tt` (the last one is named as `tt`); fracs set where an add needs them."""
+    """The ops of `plan` for `tt`; the last one is named as `tt`."""
     if plan not in PLANS:
         raise IRError(f"unknown tensor-train plan {plan!r} (plans: {', '.join(PLANS)})")
     f1, f2, f3, f4 = tt.fracs
-    b = _Builder(tt, x_bound)
-    x = tt.inputs[0]
+    b = _Builder(tt, x_bound, x_frac)
     mid_frac = f2 + f3 if tt.variant == "stt" else f2 + 1  # ptt's /2: one more fractional bit
-    htt = tt.variant == "htt"
-    half = steps // 2
 
-    def early(x: str, u: str | None, last: bool) -> str:
-        """The stt/ptt function of the plan, from input x (or G1's result u)."""
+    def stt_or_ptt(x: str, u: str) -> str:
+        """The stt/ptt function of the plan, from the input x or G1's result u."""
         if plan == "dense":
-            return b.conv("dense", x, contracted(tt), f1 + mid_frac + f4, (1, 1), last=last)
+            return b.conv("dense", x, contracted(tt), f1 + mid_frac + f4, (1, 1), ends=True)
         if plan == "merged":
             m = b.conv("middle", u, middle(tt), mid_frac, (1, 1))
         elif tt.variant == "stt":
             m = b.conv("g3", b.conv("g2", u, tt.g2, f2, (1, 0)), tt.g3, f3, (0, 1))
         else:
             m = b.add("mean", b.conv("g2", u, tt.g2, f2, (1, 0)), b.conv("g3", u, tt.g3, f3, (0, 1)))
-        return b.conv("g4", m, tt.g4, f4, last=last)
+        return b.conv("g4", m, tt.g4, f4, ends=True)
 
-    u = None if plan == "dense" else b.conv("g1", x, tt.g1, f1)
-    if not htt:
-        early(x, u, last=True)
-    else:
-        xe, xl = (b.slice(u or x, lo, hi, f"steps{lo}") for lo, hi in ((0, half), (half, steps)))
-        y_early = early(xe, xe, last=False) if plan != "dense" else early(xe, None, last=False)
-        if plan == "dense":
-            y_late = b.conv("late", xl, contracted(tt, late=True), f1 + f4, shift=tt.late_shift())
-        else:
-            y_late = b.conv("late", xl, tt.g4, f4, shift=tt.late_shift())
-        for op in b.ops:  # both halves end with the layer's bias
-            if op.name in (y_early, y_late):
-                op.bias = tt.bias
-                op.out_bits = 32
-        b.ops.append(TimeConcat(name=tt.name, inputs=(y_early, y_late), path=tt.path))
-    for op in b.ops:
-        if isinstance(op, Add):
-            fa = x_frac + f1 + f2  # both branches: input, G1 and the shared G2/G3 frac
-            op.frac = fa + 1
+    x = tt.inputs[0]
+    u = x if plan == "dense" else b.conv("g1", x, tt.g1, f1)  # dense reads x itself
+    if tt.variant != "htt":
+        stt_or_ptt(x, u)
+        return b.ops
+    half = steps // 2
+    early, late = (b.slice(u, lo, hi, f"steps{lo}") for lo, hi in ((0, half), (half, steps)))
+    y_early = stt_or_ptt(early, early)
+    late_kernel, late_frac = (contracted(tt, late=True), f1 + f4) if plan == "dense" else (tt.g4, f4)
+    y_late = b.conv("late", late, late_kernel, late_frac, shift=tt.late_shift(), ends=True)
+    b.ops.append(TimeConcat(name=tt.name, inputs=(y_early, y_late), path=tt.path))
     return b.ops
 
 
@@ -161,21 +153,21 @@ class TTSchedule(Pass):
                 tt.fail("is not quantized (run quantize first)")
             x = graph.op(tt.inputs[0]).type
             x_bound = 1 if x.dtype.kind == "spike" else 1 << (x.dtype.bits - 1)
-            options = {}
+            options, built = {}, {}
             for plan in PLANS:
                 try:
-                    ops = lower(copy.deepcopy(tt), plan, x.dtype.frac, x_bound, x.time)
+                    built[plan] = lower(tt, plan, x.dtype.frac, x_bound, x.time)
                 except PlanUnavailable as e:
                     options[plan] = {"available": False, "why": str(e)}
                     continue
-                options[plan] = {"available": True, **_price(graph, tt, ops, hw)}
+                options[plan] = {"available": True, **_price(graph, tt, built[plan], hw)}
             want = forced.get(tt.path, forced.get("*"))
             if want is not None and not options[want]["available"]:
                 tt.fail(f"plan {want!r} is unavailable: {options[want]['why']}")
             chosen = want or min((p for p in PLANS if options[p]["available"]), key=lambda p: _score(options[p], self.objective))
             notes[tt.path or tt.name] = {"variant": tt.variant, "rank": tt.rank, "chosen": chosen,
                                          "forced": want is not None, "objective": self.objective, "plans": options}
-            _replace(graph, tt, lower(tt, chosen, x.dtype.frac, x_bound, x.time))
+            _replace(graph, tt, built[chosen])
         return graph.infer_types()
 
 
@@ -191,22 +183,24 @@ def _replace(graph: Graph, tt: TTConv2d, ops: list[Op]) -> None:
 
 def _price(graph: Graph, tt: TTConv2d, ops: list[Op], hw: HwConfig) -> dict:
     """Predicted cycles and energy of a plan's layers, each tiled as allocate would tile it; the
-    layer that takes the TT layer's name is priced with what it fuses (its neuron)."""
+    layer that takes the TT layer's name is priced with what it fuses (its neuron). The ops are left
+    untiled: tiling is allocate's to record, in the final graph."""
     trial = copy.copy(graph)
     trial.ops = list(graph.ops)
-    _replace(trial, tt, [copy.deepcopy(o) for o in ops])
+    _replace(trial, tt, ops)
     trial.infer_types()
     allocate = Allocate(hw)
     cycles = energy = 0.0
     dram = 0
     layers = []
-    for op in trial.ops[graph.ops.index(tt):graph.ops.index(tt) + len(ops)]:
+    for op in ops:
         allocate.tile(trial, op, hw)
         cost = op_cost(trial, op, hw)
         if cost is None:
             continue
+        tile, op.tile = op.tile, None
         cycles, energy, dram = cycles + cost.cycles, energy + cost.total_pj, dram + cost.dram_bytes
-        layers.append({"op": op.opname, "name": op.name, "tile": list(op.tile) if op.tile else None,
+        layers.append({"op": op.opname, "name": op.name, "tile": list(tile) if tile else None,
                        "cycles": round(cost.cycles), "energy_pj": round(cost.total_pj, 1)})
     weights = sum(o.weight.nbytes for o in ops if isinstance(o, Conv2d))
     return {"cycles": cycles, "energy_pj": energy, "dram_bytes": dram, "weight_bytes": int(weights), "layers": layers}
