@@ -246,7 +246,7 @@ class TTConv2d(Op):
     """A 3x3 convolution Cin -> Cout (stride 1, padding 1) factorised into tensor-train cores
     (TT-SNN), applied at every step as four convolutions without bias:
 
-        G1 1x1 Cin -> R,  G2 (3,1) R -> R (padding (1,0)),  G3 (1,3) R -> R (padding (0,1)),  G4 1x1 R -> Cout
+        G1 1x1 Cin -> R1,  G2 (3,1) R1 -> R2 (padding (1,0)),  G3 (1,3) R2 -> R3 (padding (0,1)),  G4 1x1 R3 -> Cout
         u = G1 * x[t]
         stt: y[t] = b + G4 * (G3 * (G2 * u))
         ptt: y[t] = b + G4 * ((G2 * u + G3 * u) / 2)
@@ -255,7 +255,8 @@ class TTConv2d(Op):
     Quantized: each core is i8 with its own power-of-two scale, `fracs` = (f1, f2, f3, f4), f2 = f3 in
     ptt and htt; every product is exact (no rounding between cores), so the result has the input's
     frac plus f1 + f2 + f3 + f4 (stt) or f1 + f2 + 1 + f4 (ptt, htt: the /2 is one more fractional bit;
-    htt's late steps are shifted left by f2 + 1 to match), and b is i32 in that format."""
+    htt's late steps are shifted left by f2 + 1 to match), and b is i32 in that format. ptt and htt
+    add G2's and G3's results, so their three ranks are one R; stt's may differ (TT-SVD's do)."""
 
     opname: ClassVar[str] = "tt_conv2d"
     g1: np.ndarray
@@ -271,8 +272,8 @@ class TTConv2d(Op):
         return self.g1, self.g2, self.g3, self.g4
 
     @property
-    def rank(self) -> int:
-        return self.g1.shape[0]
+    def ranks(self) -> tuple[int, int, int]:
+        return self.g1.shape[0], self.g2.shape[0], self.g3.shape[0]
 
     def late_shift(self) -> int:
         """htt: the left shift that puts G4 * u in the result's format."""
@@ -288,8 +289,12 @@ class TTConv2d(Op):
             self.fail(f"unknown variant {self.variant!r} (one of {', '.join(TT_VARIANTS)})")
         if len(x.shape) != 3:
             self.fail(f"expects a [C,H,W] input, got {x}")
-        r, cin = self.g1.shape[:2]
-        want = {"g1": (r, cin, 1, 1), "g2": (r, r, 3, 1), "g3": (r, r, 1, 3), "g4": (self.g4.shape[0], r, 1, 1)}
+        if any(c.ndim != 4 for c in self.cores):
+            self.fail("cores must be 4-d convolution weights")
+        (r1, cin), r2, r3 = self.g1.shape[:2], self.g2.shape[0], self.g3.shape[0]
+        if self.variant != "stt" and not r1 == r2 == r3:
+            self.fail(f"{self.variant} adds G2's and G3's results: its ranks must agree, got {r1}, {r2}, {r3}")
+        want = {"g1": (r1, cin, 1, 1), "g2": (r2, r1, 3, 1), "g3": (r3, r2, 1, 3), "g4": (self.g4.shape[0], r3, 1, 1)}
         for core, shape in want.items():
             if getattr(self, core).shape != shape:
                 self.fail(f"core {core} of shape {getattr(self, core).shape}, expected {shape}")
@@ -444,14 +449,21 @@ class MaxPool(Op):
 
 @dataclass(eq=False, kw_only=True)
 class AvgPool(Op):
-    """y[t,c,i,j] = (1/k^2) sum_{u,v<k} x[t,c,i*s+u,j*s+v]. Quantized (`area_bits` set) with k^2 a
-    power of two this is exact: the integer sum, with area_bits = log2(k^2) more fractional bits."""
+    """y[t,c,i,j] = (1/d) sum_{u,v<k} x[t,c,i*s+u,j*s+v], d = `divisor` or k^2 (fold-global-pool sets a
+    power-of-two d for an area that is not one, and scales the reader by d / k^2). Quantized
+    (`area_bits` set) d must be a power of two, and this is exact: the integer sum, with
+    area_bits = log2(d) more fractional bits."""
 
     opname: ClassVar[str] = "avgpool"
     kernel: int
     stride: int
+    divisor: int | None = None
     area_bits: int | None = None
     tile: tuple[int, int] | None = None
+
+    @property
+    def area(self) -> int:
+        return self.divisor or self.kernel * self.kernel
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
@@ -460,10 +472,10 @@ class AvgPool(Op):
             if x.dtype.kind == "fix":
                 self.fail("a float average of a quantized input (quantize sets area_bits)")
             return x.with_(dtype=F32, shape=shape)
-        if 1 << self.area_bits != self.kernel * self.kernel:
-            self.fail(f"a {self.kernel}x{self.kernel} average is not exact in fixed point (area not a power of two)")
-        if x.dtype == SPIKE:
-            return x.with_(dtype=fix(8, self.area_bits), shape=shape)
+        if 1 << self.area_bits != self.area:
+            self.fail(f"dividing by {self.area} is not exact in fixed point (not a power of two)")
+        if x.dtype == SPIKE:  # sums of at most k^2 spikes
+            return x.with_(dtype=fix(8 if self.kernel ** 2 < 128 else 16, self.area_bits), shape=shape)
         if x.dtype.kind != "fix":
             self.fail("a quantized average of a float input")
         return x.with_(dtype=fix(32, x.dtype.frac + self.area_bits), shape=shape)

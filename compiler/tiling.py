@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ttc.isa.hwconfig import HwConfig
-from ttc.isa.table import FORMAT_BYTES, elems_bytes
+from ttc.isa.table import BY_NAME, FORMAT_BYTES, elems_bytes
 
 from .ir import (Add, AvgPool, Conv2d, DType, Graph, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, Rescale, TensorType,
                  TimeReduce)
@@ -141,6 +141,9 @@ class Plan:
         return None
 
 
+CONV_FIELD_MAX = {f.name: (1 << f.bits) - 1 for f in BY_NAME["sconv"].fields if f.kind == "u"}
+
+
 @dataclass
 class ConvPlan(Plan):
     """A conv (linear: a 1x1 conv of a 1x1 image) with its fused consumer, in tiles of co x rows x ci."""
@@ -241,8 +244,11 @@ class ConvPlan(Plan):
                     sh=self.sh, sw=self.sw, pt=rt.pt, pl=self.pl)
 
     def aligned(self) -> bool:
-        """Do the tiles of every spike tensor start on bytes?"""
+        """Do the tiles of every spike tensor start on bytes, and do a tile's channels fit the conv
+        instructions' `cin` and `cout` fields (a linear layer of 70,000 inputs must take them in tiles)?"""
         out_fmt = "spike" if self.consumer == "neuron" else self.out_fmt
+        if self.ci > CONV_FIELD_MAX["cin"] or self.co > CONV_FIELD_MAX["cout"]:
+            return False
         if self.rows < self.oh:
             if self.in_fmt == "spike" and self.ih * self.iw % 8:
                 return False

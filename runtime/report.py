@@ -35,7 +35,7 @@ def layer_table(prog: Program, result: RunResult) -> list[dict]:
         work = _pe_work(prog, firsts[k], firsts[k + 1] if k + 1 < len(firsts) else len(prog.code))
         ideal = max(work / hw.pes, dram / hw.dram_bytes_per_cycle)
         rows.append(dict(
-            layer=layer["name"], path=layer["path"], op=layer["op"],
+            layer=layer["name"], path=layer["path"], source=layer["source"], op=layer["op"],
             spike_adds=c.get("spike_add", 0), macs=c.get("mac", 0), neuron_updates=c.get("neuron_update", 0),
             spikes=c.get("spike", 0), dram_bytes=dram,
             on_chip_bytes=sum(c.get(f"{m}_{d}_bytes", 0) for m in ON_CHIP_BYTES for d in ("read", "write")),
@@ -49,7 +49,7 @@ def report(prog: Program, result: RunResult) -> dict:
     return dict(hardware=prog.hw.name, batch=result.batch, cycles=result.cycles,
                 microseconds=result.cycles / prog.hw.frequency_mhz, energy_pj=result.total_energy_pj,
                 energy_pj_by_component=result.energy_pj, busy_cycles_by_unit=result.cycles_by_unit,
-                layers=layer_table(prog, result))
+                layers=layer_table(prog, result), counts=prog.meta.get("counts", {}))
 
 
 def format_table(rep: dict) -> str:
@@ -65,6 +65,22 @@ def format_table(rep: dict) -> str:
                  f"{rep['energy_pj'] / 1e3:.2f} nJ per inference; energy by component (nJ): "
                  + ", ".join(f"{k} {v / 1e3:.2f}" for k, v in sorted(rep["energy_pj_by_component"].items(),
                                                                       key=lambda kv: -kv[1])))
+    if rep.get("counts"):
+        lines.append(format_counts(rep["counts"]))
+    return "\n".join(lines)
+
+
+def format_counts(counts: dict) -> str:
+    """The compiler's static per-layer counts ({"model": .., "factorised": .. or None}) as a table."""
+    lines = []
+    for title, table in (("model", counts.get("model")), ("after tt-factorize", counts.get("factorised"))):
+        if not table:
+            continue
+        head = f"{title + ':':<28} {'params':>10} {'MACs/step':>12} {'spike adds':>12} {'multiplies':>12}"
+        lines += [head, "-" * len(head)]
+        for c in table["layers"] + [{"path": "total", "op": "", **table["total"]}]:
+            lines.append(f"  {c['path'][:26]:<26} {c['params']:>10} {c['macs']:>12.0f} {c['adds']:>12.0f} "
+                         f"{c['muls']:>12.0f}")
     return "\n".join(lines)
 
 

@@ -101,3 +101,20 @@ def test_spike_driven_adds_equal_pytorch_hook_count():
     assert len(expected) == 2
     assert result.counters["spike_add"] * 16 == sum(expected)
     assert result.counters["mac"] > 0
+
+
+@pytest.mark.parametrize("size, divisor", [(12, 256), (6, 64)])
+def test_global_average_over_an_area_not_a_power_of_two(size, divisor):
+    """Global pools of spikes over areas fixed point cannot divide by (12x12: sums up to 144, 16 bits;
+    6x6: 8 bits): the pool divides by the next power of two and the readout makes up the difference;
+    the float model agrees on top-1 and the simulator equals the reference."""
+    torch.manual_seed(0)
+    net = nn.Sequential(M.Conv2d(2, 8, 3, padding=1), M.LIF(decay=0.5, threshold=0.5), M.AvgPool2d(size),
+                        M.Flatten(), M.Linear(8, 4), M.TimeMean()).eval()
+    compiled = api.compile_model(net, f"4,N,2,{size},{size}")
+    pool = next(o for o in compiled.graph.ops if o.opname == "avgpool")
+    assert pool.divisor == divisor and pool.type.dtype.bits == (16 if size == 12 else 8)
+    x = grid_inputs((4, 16, 2, size, size))
+    sim = api.simulate(compiled.program, x).outputs[0]
+    assert bits_equal(sim, api.reference(compiled, x)[0])
+    assert (sim.argmax(1) == api.run_float(net, x)[0].argmax(1)).mean() >= 0.9

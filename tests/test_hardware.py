@@ -79,6 +79,13 @@ def test_report_table_trace_and_pictures(tmp_path, model, x):
     for png in ("energy.png", "timeline.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert rep["layers"][0]["layer"] in format_table(rep)
+    counted = {c["path"]: c for c in rep["counts"]["model"]["layers"]}  # the compiler's static counts
+    measured = {r["source"]: r for r in rep["layers"]}
+    for path, c in counted.items():  # per inference the simulator adds only where spikes fire: at most T x the count
+        assert c["macs"] == c["adds"] + c["muls"]
+        assert measured[path]["spike_adds"] <= c["adds"] * x.shape[0] and measured[path]["macs"] <= c["muls"] * x.shape[0]
+    assert measured["5"]["spike_adds"] > 0 and measured["0"]["macs"] > 0
+    assert rep["counts"]["factorised"] is None and "model:" in format_table(rep)
 
 
 def test_cli_report_and_repricing_with_another_config(tmp_path, model):

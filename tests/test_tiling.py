@@ -4,6 +4,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -12,9 +14,10 @@ from ttc import api
 from ttc.compiler.cost import graph_costs, input_densities
 from ttc.compiler.ir import Conv2d, IRError
 from ttc.compiler.reference import evaluate
-from ttc.compiler.tiling import Block, row_tiles
+from ttc.compiler.tiling import CONV_FIELD_MAX, Block, row_tiles
 from ttc.demo import MODEL as DIGITS_MODEL
 from ttc.digits import load_digits_split
+from ttc.frontends import modules as M
 from ttc.isa.hwconfig import load_hw
 from ttc.models import vgg_snn
 from ttc.simulator.machine import _window
@@ -115,3 +118,14 @@ def test_cost_model_is_within_ten_percent_of_the_simulator_on_every_layer(hw):
     assert len(checks) >= 10
     for name, cycles_error, energy_error in checks:
         assert abs(cycles_error) <= 0.10 and abs(energy_error) <= 0.10, (name, cycles_error, energy_error)
+
+
+def test_a_fan_in_beyond_the_cin_field_is_taken_in_tiles():
+    """76,800 inputs do not fit sconv's 16-bit `cin`: the tile search keeps every tile encodable."""
+    torch.manual_seed(0)
+    net = nn.Sequential(M.Conv2d(1, 300, 1), M.LIF(), M.Flatten(), M.Linear(300 * 16 * 16, 3), M.TimeMean()).eval()
+    compiled = api.compile_model(net, "2,N,1,16,16")
+    linear = next(o for o in compiled.graph.ops if o.opname == "linear")
+    assert linear.weight.shape[1] > CONV_FIELD_MAX["cin"] >= linear.tile[2]
+    x = grid_inputs((2, 2, 1, 16, 16))
+    assert api.simulate(compiled.program, x).outputs[0].tobytes() == api.reference(compiled, x)[0].tobytes()

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ttc.compiler.codegen import generate
+from ttc.compiler.counting import count
 from ttc.compiler.ir import Graph
 from ttc.compiler.passes import PIPELINE, run_pipeline
 from ttc.compiler.reference import run_reference
@@ -26,15 +27,22 @@ class Compiled:
     program: Program
     quantized: Graph  # the quantized IR before scheduling: what the quantized reference evaluates
 
+    @property
+    def counts(self) -> dict:
+        """Parameters, MACs, spike-driven adds and multiplies per layer and in total
+        (`ttc.compiler.counting`): {"model": .., "factorised": .. or None when tt-factorize changed nothing}."""
+        return self.graph.notes["counts"]
+
 
 #: Compile options recorded in prog.bin (so that `ttc run --check` recompiles the same reference).
-OPTIONS = {"input_bits": 16, "input_frac": 8, "tt_core_bits": 8, "objective": "latency", "schedule": ""}
+OPTIONS = {"input_bits": 16, "input_frac": 8, "tt_rank": "", "tt_error": 0.0, "tt_core_bits": 8,
+           "objective": "latency", "schedule": ""}
 
 
 def compile_model(model: torch.nn.Module, input_shape, hw: str | HwConfig = "sata", name: str = "model",
                   source: dict | None = None, **options) -> Compiled:
     """Trace, optimise, quantize, schedule, allocate and generate code for `model` (left unchanged).
-    `options`: those of OPTIONS (quantization, tensor-train schedule objective or forced plans)."""
+    `options`: those of OPTIONS (quantization, tensor-train factorisation, schedule objective or forced plans)."""
     unknown = set(options) - set(OPTIONS)
     if unknown:
         raise ValueError(f"unknown compile options {', '.join(sorted(unknown))} (options: {', '.join(OPTIONS)})")
@@ -42,10 +50,16 @@ def compile_model(model: torch.nn.Module, input_shape, hw: str | HwConfig = "sat
     hw = hw if isinstance(hw, HwConfig) else load_hw(hw)
     shape = parse_input_shape(input_shape)
     graph = trace(copy.deepcopy(model), shape, name)
-    passes = {"quantize": {"input_bits": o["input_bits"], "input_frac": o["input_frac"], "tt_core_bits": o["tt_core_bits"]},
+    passes = {"tt-factorize": {"rank": o["tt_rank"], "error": o["tt_error"]},
+              "quantize": {"input_bits": o["input_bits"], "input_frac": o["input_frac"], "tt_core_bits": o["tt_core_bits"]},
               "tt-schedule": {"hw": hw, "objective": o["objective"], "schedule": o["schedule"]}, "allocate": {"hw": hw}}
-    until = PIPELINE.index("quantize") + 1
-    graph = run_pipeline(graph, passes, PIPELINE[:until])
+    factorize, until = PIPELINE.index("tt-factorize"), PIPELINE.index("quantize") + 1
+    graph = run_pipeline(graph, passes, PIPELINE[:factorize])
+    model_counts = count(graph)
+    graph = run_pipeline(graph, passes, PIPELINE[factorize:factorize + 1])
+    factorised = any(n["factorised"] for n in graph.notes.get("factorize", {}).values())
+    graph.notes["counts"] = {"model": model_counts, "factorised": count(graph) if factorised else None}
+    graph = run_pipeline(graph, passes, PIPELINE[factorize + 1:until])
     quantized = copy.deepcopy(graph)
     graph = run_pipeline(graph, passes, PIPELINE[until:])
     recorded = {"input_shape": ",".join(map(str, shape)), **o}

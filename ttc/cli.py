@@ -70,8 +70,8 @@ def cmd_compile(a) -> int:
     from ttc.api import compile_file
 
     compiled = compile_file(a.model, a.input_shape, a.hw, trust=a.trust_model, input_bits=a.input_bits,
-                            input_frac=a.input_frac, tt_core_bits=a.tt_core_bits, objective=a.objective,
-                            schedule=a.schedule)
+                            input_frac=a.input_frac, tt_rank=a.tt_rank, tt_error=a.tt_error, tt_core_bits=a.tt_core_bits,
+                            objective=a.objective, schedule=a.schedule)
     if a.emit_ir:
         from ttc.compiler.ir_text import print_graph
 
@@ -80,18 +80,26 @@ def cmd_compile(a) -> int:
     compiled.program.save(a.output)
     p = compiled.program
     if a.explain:
-        print(explain(p.meta.get("schedule", {})))
+        print(explain(p.meta))
     print(f"wrote {a.output}: {len(p.code)} instructions, {len(p.data)} bytes of weights, "
           f"{len(p.meta['layers'])} layers, hardware {p.hw.name}")
     return 0
 
 
-def explain(schedule: dict) -> str:
-    """One block per TT layer: each plan's predicted cycles and energy, or why it is unavailable."""
+def explain(meta: dict) -> str:
+    """What tt-factorize did to each conv it looked at, then one block per TT layer: each plan's
+    predicted cycles and energy, or why it is unavailable."""
     lines = []
-    for path, note in schedule.items():
+    for path, note in meta.get("factorize", {}).items():
+        if "ranks" in note:
+            lines.append(f"{path}: ranks {','.join(map(str, note['ranks']))}, relative error {note['error']:.4f}, "
+                         f"{note['params_dense']} -> {note['params_tt']} weights"
+                         + ("" if note["factorised"] else f": kept dense ({note['why']})"))
+        else:
+            lines.append(f"{path}: kept dense ({note['why']})")
+    for path, note in meta.get("schedule", {}).items():
         how = "forced" if note["forced"] else f"best {note['objective']}"
-        lines.append(f"{path}: {note['variant']} rank {note['rank']} -> {note['chosen']} ({how})")
+        lines.append(f"{path}: {note['variant']} ranks {','.join(map(str, note['ranks']))} -> {note['chosen']} ({how})")
         for plan, o in note["plans"].items():
             lines.append(f"  {plan:<7} " + (f"{o['cycles']:>10.0f} cycles {o['energy_pj'] / 1e3:>10.2f} nJ "
                                             f"{o['weight_bytes']:>8} weight bytes" if o["available"]
@@ -212,7 +220,7 @@ def inspect_program(prog) -> dict:
                 ttc_version=prog.meta["ttc_version"], instructions=len(prog.code),
                 instructions_by_opcode=dict(sorted(Counter(i.op for i in prog.code).items())),
                 data_bytes=len(prog.data), dram_bytes=prog.meta["dram_bytes"], inputs=prog.meta["inputs"],
-                outputs=prog.meta["outputs"], layers=prog.meta["layers"])
+                outputs=prog.meta["outputs"], layers=prog.meta["layers"], counts=prog.meta.get("counts", {}))
 
 
 def cmd_inspect(a) -> int:
@@ -237,6 +245,10 @@ def cmd_inspect(a) -> int:
     for layer in info["layers"]:
         tile = f", tile {layer['tile']}" if layer.get("tile") else ""
         print(f"    {layer['path'] or layer['name']:<20} {layer['op']:<20} {layer['type']}{tile}")
+    if info["counts"]:
+        from ttc.runtime.report import format_counts
+
+        print(format_counts(info["counts"]))
     return 0
 
 
@@ -253,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--hw", default="sata", help="hardware preset name or TOML file (default: sata)")
     c.add_argument("--input-bits", type=int, default=16, choices=(8, 16, 32))
     c.add_argument("--input-frac", type=int, default=8, help="fractional bits of the quantized input (default 8)")
+    c.add_argument("--tt-rank", default="", metavar="R|PATH=R,...",
+                   help="factorise dense 3x3 convs (every eligible one, or the named) into STT cores of rank R by TT-SVD")
+    c.add_argument("--tt-error", type=float, default=0.0, metavar="E",
+                   help="factorise every eligible dense 3x3 conv at the smallest rank whose relative error is at most E")
     c.add_argument("--tt-core-bits", type=int, default=8, help="most bits per tensor-train core (default 8; fewer "
                    "where the cores' exact products would overflow)")
     c.add_argument("--objective", default="latency", choices=("latency", "energy", "edp"),

@@ -1,7 +1,9 @@
-"""The demo: compile the embedded digits SNN, run the 360 held-out digits on the simulator and
+"""The demo: compile the embedded digits SNN (or, with --model, another digits model such as the
+TT-SNN example examples/digits/tt_digits_snn.pt), run the 360 held-out digits on the simulator and
 compare the float model, the quantized reference and the simulator. `make demo` runs this."""
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -10,18 +12,24 @@ import numpy as np
 from ttc import api
 from ttc.digits import load_digits_split
 
-MODEL = Path(__file__).resolve().parent.parent / "examples" / "digits" / "digits_snn.pt"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "digits"
+MODEL = EXAMPLES / "digits_snn.pt"
+TT_MODEL = EXAMPLES / "tt_digits_snn.pt"
 OUT = Path("out")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=MODEL, help=f"a digits model (default {MODEL.name})")
+    path = ap.parse_args(argv).model
     _, _, x, y = load_digits_split()
     t0 = time.perf_counter()
-    compiled = api.compile_file(MODEL, "4,N,1,8,8")
+    compiled = api.compile_file(path, "4,N,1,8,8")
     compile_s = time.perf_counter() - t0
     OUT.mkdir(exist_ok=True)
-    compiled.program.save(OUT / "digits.bin")
-    model = api.load_model(MODEL)
+    out = OUT / f"{path.stem}.bin"
+    compiled.program.save(out)
+    model = api.load_model(path)
     t0 = time.perf_counter()
     result = api.simulate(compiled.program, x)
     sim_s = time.perf_counter() - t0
@@ -30,8 +38,13 @@ def main() -> int:
     flt = api.run_float(model, x)[0]
     acc = {name: float((out.argmax(1) == y).mean()) for name, out in (("float", flt), ("reference", ref), ("simulator", sim))}
     bit_exact = sim.tobytes() == ref.tobytes()
-    print(f"ttc demo: {MODEL.name} on the {len(y)} held-out scikit-learn digits (T=4), hardware {compiled.program.hw.name}")
-    print(f"  compiled in {compile_s:.2f} s to {OUT / 'digits.bin'}: {len(compiled.program.code)} instructions; simulated in {sim_s:.2f} s")
+    total = compiled.counts["model"]["total"]
+    print(f"ttc demo: {path.name} on the {len(y)} held-out scikit-learn digits (T=4), hardware {compiled.program.hw.name}")
+    print(f"  {total['params']} parameters, {total['macs']:.0f} MACs per step ({total['adds']:.0f} on spikes, "
+          f"{total['muls']:.0f} on multi-bit values)")
+    print(f"  compiled in {compile_s:.2f} s to {out}: {len(compiled.program.code)} instructions; simulated in {sim_s:.2f} s")
+    for layer, note in compiled.graph.notes.get("schedule", {}).items():
+        print(f"  tensor-train layer {layer}: {note['variant']}, ranks {note['ranks']}, plan {note['chosen']}")
     for name, a in acc.items():
         print(f"  accuracy  {name:<10} {100 * a:6.2f} %")
     print(f"  simulator vs quantized reference: {'bit-exact' if bit_exact else 'MISMATCH'} on all {len(y)} inputs")

@@ -25,10 +25,24 @@ def load_digits_split(steps: int = STEPS) -> tuple[np.ndarray, np.ndarray, np.nd
     return seq(x_tr), y_tr.astype(np.int64), seq(x_te), y_te.astype(np.int64)
 
 
+def _lif() -> M.LIF:
+    return M.LIF(decay=0.5, threshold=0.5)
+
+
 def build_digits_snn() -> nn.Sequential:
     """[T, N, 1, 8, 8] -> [N, 10]: two conv-BN-LIF-maxpool blocks and a linear rate readout."""
-    lif = lambda: M.LIF(decay=0.5, threshold=0.5)
     return nn.Sequential(
-        M.Conv2d(1, 8, 3, padding=1, bias=False), M.BatchNorm2d(8), lif(), M.MaxPool2d(2),
-        M.Conv2d(8, 16, 3, padding=1, bias=False), M.BatchNorm2d(16), lif(), M.MaxPool2d(2),
+        M.Conv2d(1, 8, 3, padding=1, bias=False), M.BatchNorm2d(8), _lif(), M.MaxPool2d(2),
+        M.Conv2d(8, 16, 3, padding=1, bias=False), M.BatchNorm2d(16), _lif(), M.MaxPool2d(2),
         M.Flatten(), M.Linear(64, 10), M.TimeMean())
+
+
+def build_tt_digits_snn(variant: str = "stt", rank: int = 4) -> nn.Sequential:
+    """[T, N, 1, 8, 8] -> [N, 10], a small TT-SNN: a dense 3x3 stem (it reads the multi-bit image, which
+    TT-SNN keeps dense), then two tensor-train 3x3 convs of `rank` in `variant`, each with BN, LIF and
+    a 2x2 max pool, and a linear rate readout."""
+    return nn.Sequential(
+        M.Conv2d(1, 16, 3, padding=1, bias=False), M.BatchNorm2d(16), _lif(),
+        M.TTConv2d(16, 16, rank, variant), M.BatchNorm2d(16), _lif(), M.MaxPool2d(2),
+        M.TTConv2d(16, 32, rank, variant), M.BatchNorm2d(32), _lif(), M.MaxPool2d(2),
+        M.Flatten(), M.Linear(128, 10), M.TimeMean())

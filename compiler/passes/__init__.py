@@ -30,9 +30,22 @@ def register(cls: type[Pass]) -> type[Pass]:
     return cls
 
 
-from . import allocate, fold_batchnorm, fold_global_pool, fold_neuron_input, quantize, tt_schedule  # noqa: E402,F401  (registers the passes)
+def parse_per_layer(option: str | int, what: str, convert=str) -> dict[str, object]:
+    """A per-layer option: "value" (key "*": every layer) or "path=value,path=value", each value
+    through `convert`."""
+    option = str(option)
+    if not option:
+        return {}
+    items = [("*", option)] if "=" not in option else [i.partition("=")[::2] for i in option.split(",")]
+    try:
+        return {path.strip(): convert(value.strip()) for path, value in items}
+    except ValueError:
+        raise ValueError(f"{what} {option!r}: expected a value or path=value,path=value") from None
 
-PIPELINE = ("fold-batchnorm", "fold-global-pool", "fold-neuron-input", "quantize", "tt-schedule", "allocate")
+
+from . import allocate, fold_batchnorm, fold_global_pool, fold_neuron_input, quantize, tt_factorize, tt_schedule  # noqa: E402,F401  (registers the passes)
+
+PIPELINE = ("fold-batchnorm", "tt-factorize", "fold-global-pool", "fold-neuron-input", "quantize", "tt-schedule", "allocate")
 
 
 def make_pass(name: str, **options) -> Pass:

@@ -1,10 +1,12 @@
-"""fold-global-pool: a global average pool (one value per channel) read only by a linear layer,
-through a flatten, becomes part of that linear layer:
+"""fold-global-pool: a global average pool (one value per channel) over an area A that is not a power
+of two (6x6 or 12x12 after a 48x48 ResNet), which fixed point cannot divide by, read only by a linear
+layer through a flatten: the pool divides by D, the power of two at or above A, and the linear layer
+makes up the difference,
 
-    W'[o, c*A + p] = W[o, c] / A      (A = H*W, p < A: the positions of channel c)
+    pool'(x)[c] = sum_p x[c, p] / D,    W'[o, c] = W[o, c] * D / A,
 
-exact in real arithmetic, and the way to quantize a global average whose area is not a power of two
-(6x6 after a 48x48 ResNet), which fixed point cannot divide by. Pools of power-of-two areas stay."""
+exact in real arithmetic; the pool's sum stays exact in fixed point (log2 D more fractional bits).
+Pools of power-of-two areas stay as they are."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,9 +34,9 @@ class FoldGlobalPool(Pass):
             if len(readers) != 1 or not isinstance(readers[0], Linear) or pool.name in graph.outputs \
                     or flat.name in graph.outputs:
                 pool.fail(f"averages {h}x{w} = {area} values, not a power of two: fixed point cannot divide by it "
-                          "exactly, and only a global pool read by a linear layer (through a flatten) can be folded into it")
+                          "exactly, and only a global pool read by a linear layer (through a flatten) can pass the "
+                          "difference on")
+            pool.divisor = 1 << (area - 1).bit_length()
             linear = readers[0]
-            linear.weight = (np.repeat(linear.weight.astype(np.float64), area, axis=1) / area).astype(np.float32)
-            flat.inputs = pool.inputs
-            graph.ops.remove(pool)
+            linear.weight = (linear.weight.astype(np.float64) * pool.divisor / area).astype(np.float32)
         return graph.infer_types()

@@ -187,11 +187,11 @@ class Quantize(Pass):
             op.frac = self.state_frac[op.inputs[0]]
             self.bound[op.name] = self.bound[("state", op.inputs[0])]
         elif isinstance(op, AvgPool):
-            area = op.kernel * op.kernel
-            if area & (area - 1):
-                op.fail(f"a {op.kernel}x{op.kernel} average is not exact in fixed point (area not a power of two)")
-            op.area_bits = area.bit_length() - 1
-            self.bound[op.name] = b_in * area
+            if op.area & (op.area - 1):
+                op.fail(f"a {op.kernel}x{op.kernel} average divides by {op.area}, which fixed point cannot do exactly "
+                        "(not a power of two)")
+            op.area_bits = op.area.bit_length() - 1
+            self.bound[op.name] = b_in * op.kernel * op.kernel
         elif isinstance(op, TimeReduce):
             self.bound[op.name] = b_in * ins[0].type.time
         elif isinstance(op, NeuronQ):

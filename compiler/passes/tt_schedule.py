@@ -26,7 +26,7 @@ from ttc.isa.hwconfig import HwConfig, load_hw
 
 from ..cost import op_cost
 from ..ir import Add, Conv2d, Graph, IRError, Op, TimeConcat, TimeSlice, TTConv2d
-from . import Pass, register
+from . import Pass, parse_per_layer, register
 from .allocate import Allocate
 from .quantize import contracted, conv_bounds, middle, stored_bits
 
@@ -118,19 +118,6 @@ def lower(tt: TTConv2d, plan: str, x_frac: int, x_bound: int, steps: int) -> lis
     return b.ops
 
 
-def _parse_schedule(schedule: str) -> dict[str, str]:
-    """"dense" (every layer) or "path=plan,path=plan"."""
-    if not schedule:
-        return {}
-    if "=" not in schedule:
-        return {"*": schedule}
-    out = {}
-    for item in schedule.split(","):
-        path, _, plan = item.partition("=")
-        out[path.strip()] = plan.strip()
-    return out
-
-
 @register
 @dataclass
 class TTSchedule(Pass):
@@ -143,7 +130,7 @@ class TTSchedule(Pass):
         if self.objective not in OBJECTIVES:
             raise IRError(f"unknown objective {self.objective!r} (one of {', '.join(OBJECTIVES)})")
         hw = self.hw if isinstance(self.hw, HwConfig) else load_hw(self.hw)
-        forced = _parse_schedule(self.schedule)
+        forced = parse_per_layer(self.schedule, "--schedule")
         for plan in forced.values():
             if plan not in PLANS:
                 raise IRError(f"--schedule names unknown plan {plan!r} (plans: {', '.join(PLANS)})")
@@ -165,7 +152,7 @@ class TTSchedule(Pass):
             if want is not None and not options[want]["available"]:
                 tt.fail(f"plan {want!r} is unavailable: {options[want]['why']}")
             chosen = want or min((p for p in PLANS if options[p]["available"]), key=lambda p: _score(options[p], self.objective))
-            notes[tt.path or tt.name] = {"variant": tt.variant, "rank": tt.rank, "chosen": chosen,
+            notes[tt.path or tt.name] = {"variant": tt.variant, "ranks": list(tt.ranks), "chosen": chosen,
                                          "forced": want is not None, "objective": self.objective, "plans": options}
             _replace(graph, tt, built[chosen])
         return graph.infer_types()

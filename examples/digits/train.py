@@ -1,7 +1,9 @@
-"""Train the demo's digits SNN (ttc.digits.build_digits_snn) with surrogate gradients and save it
-with torch.save. Deterministic on the CPU; takes well under a minute.
+"""Train a digits SNN with surrogate gradients and save it with torch.save: the demo's
+(ttc.digits.build_digits_snn, the default) or the TT-SNN example (--tt VARIANT:
+ttc.digits.build_tt_digits_snn). Deterministic on the CPU; takes about a minute.
 
     python examples/digits/train.py [-o examples/digits/digits_snn.pt] [--epochs 40] [--seed 0]
+    python examples/digits/train.py --tt stt -o examples/digits/tt_digits_snn.pt
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ttc.digits import build_digits_snn, load_digits_split
+from ttc.digits import build_digits_snn, build_tt_digits_snn, load_digits_split
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -22,10 +24,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
-def train(epochs: int, seed: int, batch: int = 64, lr: float = 3e-3) -> nn.Module:
-    torch.manual_seed(seed)
+def train(model: nn.Module, epochs: int, seed: int, batch: int = 64, lr: float = 3e-3) -> nn.Module:
     x_tr, y_tr, x_te, y_te = (torch.from_numpy(a) for a in load_digits_split())
-    model = build_digits_snn()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     for epoch in range(epochs):
@@ -58,9 +58,12 @@ def main() -> None:
     ap.add_argument("-o", "--output", type=Path, default=Path(__file__).with_name("digits_snn.pt"))
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tt", choices=("stt", "ptt", "htt"), help="train the TT-SNN example in this variant")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    save_atomically(train(args.epochs, args.seed), args.output)
+    torch.manual_seed(args.seed)
+    model = build_tt_digits_snn(args.tt) if args.tt else build_digits_snn()
+    save_atomically(train(model, args.epochs, args.seed), args.output)
     print(f"saved {args.output}")
 
 
