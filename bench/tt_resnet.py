@@ -54,19 +54,21 @@ def main() -> None:
     a = ap.parse_args()
     ranks = [a.rank] * 2 * sum(RESNETS[a.depth][0])
     build = dict(depth=a.depth, in_channels=2, size=a.size, steps=None)
-    rows = [measure("dense", tt_resnet(ranks=None, **build), 6, a.size, a.hw),
-            measure(f"dense, tt-factorize rank {a.rank}", tt_resnet(ranks=None, **build), 6, a.size, a.hw,
-                    tt_rank=str(a.rank))]
-    rows += [measure(v.upper(), tt_resnet(ranks=ranks, variant=v, **build), 4 if v == "htt" else 6, a.size, a.hw)
-             for v in ("stt", "ptt", "htt")]
+    models = [("dense", tt_resnet(ranks=None, **build), 6, {}),
+              (f"dense, tt-factorize rank {a.rank}", tt_resnet(ranks=None, **build), 6, {"tt_rank": str(a.rank)})]
+    models += [(v.upper(), tt_resnet(ranks=ranks, variant=v, **build), 4 if v == "htt" else 6, {})
+               for v in ("stt", "ptt", "htt")]
     print(f"ResNet-{a.depth} (MS-ResNet blocks) on [T, 1, 2, {a.size}, {a.size}] events, hardware {a.hw}, "
           f"TT rank {a.rank}, bit-exact against the quantized reference")
     print("| model | T | params | MMACs/step | spike adds (M) | multiplies (M) | cycles | energy uJ | plans chosen |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+    rows = []
+    for name, net, steps, options in models:
+        r = measure(name, net, steps, a.size, a.hw, **options)
+        rows.append(r)
         plans = ", ".join(f"{k} x{v}" for k, v in r["plans"].items()) or "-"
         print(f"| {r['model']} | {r['steps']} | {r['params']:,} | {r['macs'] / 1e6:.1f} | {r['spike_adds'] / 1e6:.1f} | "
-              f"{r['multiplies'] / 1e6:.1f} | {r['cycles']:,} | {r['energy_uj']:.1f} | {plans} |")
+              f"{r['multiplies'] / 1e6:.1f} | {r['cycles']:,} | {r['energy_uj']:.1f} | {plans} |", flush=True)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = a.json.with_name(f".{a.json.name}.tmp")

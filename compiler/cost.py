@@ -17,7 +17,7 @@ is the buffers' leakage power over the predicted cycles.
 """
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -97,19 +97,28 @@ def _in_bounds(n_out: int, n_in: int, k: int, s: int, pad: int) -> np.ndarray:
 
 def _pipeline(hw: HwConfig, steps: list[tuple[_Step, int]], bubbles: float) -> float:
     """Cycles of a pipeline of (step, repeat count) pairs in order: step k starts step k-1's throughput
-    after step k-1, and no sooner than a slot chain after step k-slots, which used the same slot."""
-    starts: list[float] = []
-    gap = 0.0
+    after step k-1, and no sooner than a slot chain after step k-slots, which used the same slot.
+    Once a repeated step (past its first) finds the last starts evenly spaced by the spacing it adds,
+    every further repeat adds the same (the recurrence only sees start differences): the rest are
+    counted, not stepped."""
+    window = max([slots for step, _ in steps for _, slots in step.chains.values()] + [1])
+    recent: deque[float] = deque(maxlen=window + 1)  # the last starts; recent[-s] is step k-s's
+    k, gap = 0, 0.0
     for step, count in steps:
-        for _ in range(count):
-            k = len(starts)
-            start = starts[-1] + max(gap, step.boundary) if starts else 0.0
+        done = 0
+        while done < count:
+            start = recent[-1] + max(gap, step.boundary) if k else 0.0
             for work, slots in step.chains.values():
                 if k >= slots:
-                    start = max(start, starts[k - slots] + work)
-            starts.append(start)
-            gap = step.throughput()
-    return starts[-1] + steps[-1][0].latency + bubbles
+                    start = max(start, recent[-slots] + work)
+            spacing = start - recent[-1] if k else None
+            recent.append(start)
+            k, done, gap = k + 1, done + 1, step.throughput()
+            if done > 1 and k > window and all(b - a == spacing for a, b in zip(list(recent), list(recent)[1:])):
+                rest = count - done
+                recent.extend(start + spacing * j for j in range(max(1, rest - window), rest + 1))
+                k, done = k + rest, count
+    return recent[-1] + steps[-1][0].latency + bubbles
 
 
 def conv_cost(plan: ConvPlan, time: int, weight: np.ndarray, neuron: dict | None = None, membranes: int = 0,

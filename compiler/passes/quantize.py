@@ -100,7 +100,8 @@ def contracted(op: TTConv2d, late: bool = False) -> np.ndarray:
     g1, g2, g3, g4 = (c.astype(np.int64) for c in op.cores)
     if late:
         return np.einsum("or,ri->oi", g4[:, :, 0, 0], g1[:, :, 0, 0])[:, :, None, None]
-    return np.einsum("or,rsuv,si->oiuv", g4[:, :, 0, 0], middle(op), g1[:, :, 0, 0])
+    # optimize: contracted pair by pair (matrix products), not in one loop over all six indices
+    return np.einsum("or,rsuv,si->oiuv", g4[:, :, 0, 0], middle(op), g1[:, :, 0, 0], optimize=True)
 
 
 def middle(op: TTConv2d) -> np.ndarray:
