@@ -118,3 +118,15 @@ def test_global_average_over_an_area_not_a_power_of_two(size, divisor):
     sim = api.simulate(compiled.program, x).outputs[0]
     assert bits_equal(sim, api.reference(compiled, x)[0])
     assert (sim.argmax(1) == api.run_float(net, x)[0].argmax(1)).mean() >= 0.9
+
+
+def test_a_neuron_on_the_network_input_is_widened_to_its_accumulator():
+    """The input is 16 bits, a neuron adds 32-bit accumulators: quantize widens it with a rescale."""
+    net = dyadic_(nn.Sequential(M.LIF(decay=0.5, threshold=0.5), M.Conv2d(2, 4, 3, padding=1),
+                                M.LIF(decay=0.5, threshold=0.5), M.Flatten(), M.Linear(4 * 64, 3), M.TimeMean()), 3)
+    compiled = api.compile_model(net, "4,N,2,8,8")
+    assert [o.opname for o in compiled.graph.ops[:3]] == ["input", "rescale", "neuron_q"]
+    x = grid_inputs((4, 8, 2, 8, 8))
+    sim = api.simulate(compiled.program, x).outputs[0]
+    assert bits_equal(sim, api.reference(compiled, x)[0])
+    assert bits_equal(sim, api.run_float(net, x)[0])  # dyadic weights, inputs k/16: exact end to end

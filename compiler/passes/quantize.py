@@ -201,10 +201,10 @@ class Quantize(Pass):
             self.bound[op.name] = b_in
         return op
 
-    def insert_rescale(self, conv: Op, x: Op, shift: int, bound: int) -> Op:
-        """Insert y = R(x, shift) before `conv`, stored as narrow as its bound allows."""
+    def insert_rescale(self, conv: Op, x: Op, shift: int, bound: int, out_bits: int | None = None) -> Op:
+        """Insert y = R(x, shift) before `conv`, stored in `out_bits` or as narrow as its bound allows."""
         name = f"{conv.name}.rescale"
-        r = Rescale(name=name, inputs=(x.name,), path=conv.path, shift=shift, out_bits=stored_bits(bound))
+        r = Rescale(name=name, inputs=(x.name,), path=conv.path, shift=shift, out_bits=out_bits or stored_bits(bound))
         r.type = r.infer([x.type])
         self.done[name], self.bound[name] = r, bound
         conv.inputs = (name,) + conv.inputs[1:]
@@ -243,6 +243,8 @@ class Quantize(Pass):
     def neuron(self, n: Neuron, x: Op, x_bound: int) -> NeuronQ:
         if n.input_gain != 1.0 or n.charge != 0.0:
             n.fail("input gain or charge left (run fold-neuron-input first)")
+        if x.type.dtype.bits != 32:  # the neuron adds 32-bit accumulators: widen a narrow input
+            x = self.insert_rescale(n, x, 0, x_bound, out_bits=32)
         frac, steps = x.type.dtype.frac, x.type.time
         mul, shift = dyadic(n.decay, self.decay_bits)
         guard = shift * (steps - 1) if 0 < mul < (1 << shift) else 0
