@@ -78,3 +78,29 @@ def test_log_layers_use_quantised_weights_and_train_straight_through():
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
     assert fc.weight.grad.abs().sum() > 0
     assert math.log2(float(log_quantize(fc.weight).detach().abs().max())) == weight_scale(fc.weight)
+
+
+def test_the_committed_cat_digits_ann_is_trained_and_runs_on_the_grid():
+    """examples/digits/cat_digits_ann.pt (python examples/digits/train.py --cat): every activation is a
+    TTFS value, every weight a 5-bit log weight, and it classifies the held-out digits."""
+    from ttc.demo import EXAMPLES
+    from ttc.digits import load_digits_split
+
+    model = torch.load(EXAMPLES / "cat_digits_ann.pt", weights_only=False).eval()
+    _, _, x, y = load_digits_split()
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, out: seen.append((m.window, out)))
+             for m in model.modules() if isinstance(m, CATActivation)]
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x[0]))
+    for h in hooks:
+        h.remove()
+    assert len(seen) == 4
+    for window, out in seen:
+        assert torch.equal(out, spike_value(spike_time(out, window), window))
+    for m in model.modules():
+        if isinstance(m, (LogConv2d, LogLinear)):
+            codes, s = log_weight_codes(m.weight)
+            assert len(torch.unique(codes & 0xF)) <= ZERO_EXPONENT + 1
+            assert torch.equal(log_weight_values(codes, s), log_quantize(m.weight).detach())
+    assert (logits.argmax(1).numpy() == y).mean() >= 0.95

@@ -6,6 +6,7 @@ import numpy as np
 from torch import nn
 
 from ttc.frontends import modules as M
+from ttc.frontends import ttfs
 
 STEPS = 4
 HELD_OUT = 360  # a fixed, stratified fifth of the 1797 digits
@@ -46,3 +47,16 @@ def build_tt_digits_snn(variant: str = "stt", rank: int = 4) -> nn.Sequential:
         M.TTConv2d(16, 16, rank, variant), M.BatchNorm2d(16), _lif(), M.MaxPool2d(2),
         M.TTConv2d(16, 32, rank, variant), M.BatchNorm2d(32), _lif(), M.MaxPool2d(2),
         M.Flatten(), M.Linear(128, 10), M.TimeMean())
+
+
+def build_cat_digits_ann(window: int = 8) -> nn.Sequential:
+    """[N, 1, 8, 8] -> [N, 10], the TTFS example: a VGG-style ANN trained with conversion-aware training
+    (docs/ttfs.md). The image goes onto the TTFS value grid first (the input spikes); then three 3x3
+    convs with 5-bit logarithmic weights (1->16, 16->16, 16->32), each followed by the CAT activation,
+    the last two by a 2x2 max pool, and a logarithmic linear readout (its accumulators are the logits)."""
+    act = lambda: ttfs.CATActivation(window)
+    return nn.Sequential(
+        act(), ttfs.LogConv2d(1, 16, 3, padding=1), act(),
+        ttfs.LogConv2d(16, 16, 3, padding=1), act(), nn.MaxPool2d(2),
+        ttfs.LogConv2d(16, 32, 3, padding=1), act(), nn.MaxPool2d(2),
+        nn.Flatten(), ttfs.LogLinear(128, 10))
