@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 
 import numpy as np
 
@@ -114,7 +115,7 @@ def _pipeline(hw: HwConfig, steps: list[tuple[_Step, int]], bubbles: float) -> f
             spacing = start - recent[-1] if k else None
             recent.append(start)
             k, done, gap = k + 1, done + 1, step.throughput()
-            if done > 1 and k > window and all(b - a == spacing for a, b in zip(list(recent), list(recent)[1:])):
+            if done > 1 and k > window and all(b - a == spacing for a, b in pairwise(recent)):
                 rest = count - done
                 recent.extend(start + spacing * j for j in range(max(1, rest - window), rest + 1))
                 k, done = k + rest, count

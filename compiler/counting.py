@@ -25,9 +25,9 @@ def _number(x: Fraction) -> int | float:
     return int(x) if x.denominator == 1 else float(x)
 
 
-def _tt_macs(op: TTConv2d, hw: int, steps: int) -> tuple[Fraction, Fraction]:
+def _tt_macs(op: TTConv2d, positions: int, steps: int) -> tuple[Fraction, Fraction]:
     """(MACs on the input, MACs on intermediates) per step: G1, then G2 G3 G4."""
-    g1, g2, g3, g4 = (c.size * hw for c in op.cores)
+    g1, g2, g3, g4 = (c.size * positions for c in op.cores)
     if op.variant != "htt":
         return Fraction(g1), Fraction(g2 + g3 + g4)
     early = steps // 2
@@ -40,14 +40,14 @@ def layer_counts(graph: Graph, op) -> dict | None:
         return None
     x = graph.op(op.inputs[0]).type
     out = op.type
-    hw = out.shape[1] * out.shape[2] if len(out.shape) == 3 else 1
+    positions = out.shape[1] * out.shape[2] if len(out.shape) == 3 else 1
     spike_input = x.dtype.kind == "spike"
     weights = op.cores if isinstance(op, TTConv2d) else (op.weight,)
     params = sum(w.size for w in weights) + (op.bias.size if op.bias is not None else 0)
     if isinstance(op, TTConv2d):
-        on_input, inner = _tt_macs(op, hw, out.time or 1)
+        on_input, inner = _tt_macs(op, positions, out.time or 1)
     else:
-        on_input, inner = Fraction(op.weight.size * hw), Fraction(0)  # Cout Cin kh kw per output position
+        on_input, inner = Fraction(op.weight.size * positions), Fraction(0)  # Cout Cin kh kw per output position
     adds, muls = (on_input, inner) if spike_input else (Fraction(0), on_input + inner)
     return {"path": op.path or op.name, "op": op.opname, "params": int(params), "macs": _number(adds + muls),
             "adds": _number(adds), "muls": _number(muls)}

@@ -101,6 +101,7 @@ def test_factorised_model_is_bit_exact_and_counted_before_and_after():
     assert tt["params"] == g1 + g2g3 + g4 + 8
     assert tt["adds"] == g1 * 64 and tt["muls"] == (g2g3 + g4) * 64  # only G1 reads spikes
     assert after["3.residual.1"] == before["3.residual.1"]  # stride 2: kept dense
+    assert set(compiled.graph.notes["factorize"]) == set(tts)  # layers not named are not looked at
     for field in ("params", "macs"):
         assert factorised["total"][field] == sum(c[field] for c in factorised["layers"]) < model["total"][field]
 

@@ -85,18 +85,16 @@ class TTFactorize(Pass):
         notes = graph.notes.setdefault("factorize", {})
         for conv in [o for o in graph.ops if isinstance(o, Conv2d)]:
             path = conv.path or conv.name
+            rank = ranks.get(path, ranks.get("*"))
+            if rank is None and not self.error:
+                continue  # not asked about
             why = _ineligible(conv)
+            if why is None and path not in ranks and graph.op(conv.inputs[0]).type.dtype.kind != "spike":
+                why = "reads a multi-bit input (TT-SNN keeps such layers dense): name it in --tt-rank to factorise it"
             if why is not None:
                 if path in ranks:
                     conv.fail(f"cannot be factorised: {why}")
                 notes[path] = {"factorised": False, "why": why}
-                continue
-            if path not in ranks and graph.op(conv.inputs[0]).type.dtype.kind != "spike":
-                notes[path] = {"factorised": False, "why": "reads a multi-bit input (TT-SNN keeps such layers "
-                                                           "dense): name it in --tt-rank to factorise it"}
-                continue
-            rank = ranks.get(path, ranks.get("*"))
-            if rank is None and not self.error:
                 continue
             rank = rank or _smallest_rank(conv.weight, self.error)
             cores, error = tt_svd(conv.weight, rank)
