@@ -18,8 +18,9 @@ import numpy as np
 from ttc.isa.encoding import Instr, Ref
 from ttc.isa.hwconfig import HwConfig
 from ttc.isa.program import Program
+from ttc.isa.table import TIME
 
-from .ir import AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce
+from .ir import AvgPool, Conv2d, Fire, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce
 from .passes.allocate import step_bytes, step_stride, value_addr
 from .reference import output_divisor
 from .sync import place_tokens
@@ -89,6 +90,12 @@ class _Emitter:
         for m in self.membranes(n):
             self.move_block("store", m, t, states, Ref("vmem", 0))
 
+    def fire(self, f: Fire, count: int, t: int, src: Ref, out: Ref, times: Block) -> None:
+        """TTFS firing of `count` accumulators at `src` (the fired op's input format); the spike times go to DRAM."""
+        x = self.graph.op(f.inputs[0]).type.dtype
+        self.emit("tfire", src=src, dst=out, src_fmt=fmt(x), n=count, frac=x.frac, window=f.window)
+        self.move_block("store", f, t, times, out)
+
     def layer(self, op: Op, kind: str, **extra) -> None:
         self.layers.append(dict(name=op.name, path=op.path, op=kind, type=str(op.type), first_instr=len(self.code), **extra))
 
@@ -109,7 +116,7 @@ class _Emitter:
         plan = conv_plan(self.graph, op, self.hw, op.tile)
         wgt, ifmap, psum = (_Slots(plan, m) for m in ("wgt", "ifmap", "psum"))
         out = _Slots(plan, "ofmap") if "ofmap" in plan.slot_bytes else None
-        out_block = "spike" if plan.consumer == "neuron" else plan.out_fmt
+        out_block = plan.stored_fmt
         size = op.weight.size
         self.layer(consumer or op, type(op).opname + ("+" + consumer.opname if consumer else ""), tile=list(op.tile),
                    source=op.path, weights=int(size), macs_per_step=int(size * plan.oh * plan.ow))
@@ -132,6 +139,8 @@ class _Emitter:
                     if plan.consumer == "neuron":
                         self.neuron_step(consumer, n, t, acc, out.next(), plan.output_block("spike", (c0, c1), rt),
                                          plan.output_block("i32", (c0, c1), rt))
+                    elif plan.consumer == "fire":
+                        self.fire(consumer, n, t, acc, out.next(), plan.output_block(TIME, (c0, c1), rt))
                     elif plan.consumer == "reduce":
                         self.emit("vacc", dst=out[0], src=acc, src_fmt="i32", dst_fmt="i32", n=n, shift=0, accumulate=1)
                     elif plan.narrowed:
@@ -164,7 +173,10 @@ class _Emitter:
                             dst=Ref("psum", acc.addr + 4 * lo * n // tc), **plan.conv_args(i1 - i0, rt),
                             cout=hi - lo, accumulate=int(plan.bias or k > 0), group=group, wfmt=plan.wfmt,
                             shift=plan.shift)
-                if plan.in_fmt == "spike":
+                if plan.in_fmt == TIME:
+                    del args["wfmt"]
+                    self.emit("tconv", **args, window=plan.in_window)
+                elif plan.in_fmt == "spike":
                     self.emit("sconv", **args)
                 else:
                     self.emit("dconv", **args, fmt=plan.in_fmt)
@@ -180,16 +192,17 @@ class _Emitter:
                 for t in range(x_op.type.time):
                     src, dst = ifmap.next(), ofmap.next()
                     self.move_block("load", x_op, t, plan.input_block((c0, c1), rt), src)
-                    self.emit("pool", src=src, dst=dst, mode="max" if isinstance(op, MaxPool) else "sum",
+                    mode = "sum" if isinstance(op, AvgPool) else "min" if plan.in_fmt == TIME else "max"  # earliest spike
+                    self.emit("pool", src=src, dst=dst, mode=mode,
                               src_fmt=plan.in_fmt, dst_fmt=plan.out_fmt, channels=c1 - c0, ih=rt.r1 - rt.r0, iw=plan.iw,
                               oh=rt.y1 - rt.y0, ow=plan.ow, k=plan.k, stride=plan.stride, pt=rt.pt)
                     self.move_block("store", op, t, plan.output_block((c0, c1), rt), dst)
 
     def elementwise(self, op: Op) -> None:
-        """An add, rescale or neuron, chunk by chunk, each chunk on all T steps."""
+        """An add, rescale, neuron or firing, chunk by chunk, each chunk on all T steps."""
         plan = elementwise_plan(self.graph, op, self.hw, op.tile)
         ins = [self.graph.op(i) for i in op.inputs]
-        out, src = _Slots(plan, "ofmap"), _Slots(plan, "psum" if plan.kind == "neuron" else "ifmap")
+        out, src = _Slots(plan, "ofmap"), _Slots(plan, "psum" if plan.kind in ("neuron", "fire") else "ifmap")
         self.layer(op, op.opname, tile=list(op.tile), source=op.path)
         for chunk in plan.chunks:
             count = chunk[1] - chunk[0]
@@ -202,6 +215,9 @@ class _Emitter:
                     self.move_block("load", x, t, plan.block(f, chunk), at)
                 if plan.kind == "neuron":
                     self.neuron_step(op, count, t, slot, dst, plan.block("spike", chunk), plan.block("i32", chunk))
+                    continue
+                if plan.kind == "fire":
+                    self.fire(op, count, t, slot, dst, plan.block(TIME, chunk))
                     continue
                 for k, (f, at, shift) in enumerate(zip(plan.in_fmts, operands, plan.shifts)):
                     self.emit("vacc", dst=dst, src=at, src_fmt=f, dst_fmt=plan.out_fmt, n=count, shift=shift,

@@ -23,10 +23,11 @@ from itertools import pairwise
 
 import numpy as np
 
-from ttc.isa.hwconfig import HwConfig, multiply_action, neuron_update_actions, spike_add_action
-from ttc.isa.table import elems_bytes
+from ttc.isa.hwconfig import (TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS, HwConfig, multiply_action, neuron_update_actions,
+                              spike_add_action)
+from ttc.isa.table import TIME, elems_bytes
 
-from .ir import AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce
+from .ir import AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce, integer_weights
 from .tiling import (ConvPlan, ElementwisePlan, PoolPlan, RowTile, conv_plan, elementwise_plan, fmt, fused_consumer,
                      is_elementwise, pool_plan, split)
 
@@ -144,7 +145,7 @@ def conv_cost(plan: ConvPlan, time: int, weight: np.ndarray, neuron: dict | None
             step = priced[(tc, rt)]
             n = tc * (rt.y1 - rt.y0) * plan.ow
             fill = hw.vector_cycles(n)
-            if plan.consumer:
+            if plan.consumer in ("neuron", "reduce"):  # the tile's membranes or sums start filled
                 bill.access("vmem" if plan.consumer == "neuron" else "ofmap", "write", 4 * n)
             # what the tile's first step waits for after the previous step starts (its PE work, then ...)
             waits = []
@@ -209,6 +210,12 @@ def _conv_step(plan: ConvPlan, bill: _Bill, tc: int, rt: RowTile, time: int, mem
         bill.access("ofmap", "write", elems_bytes("spike", n), time)
         out = bill.store("ofmap", spikes, time) + sum(bill.store("vmem", 4 * n, time) for _ in range(membranes))
         step.chains["ofmap"] = (step.neuron + out + lat, slots["ofmap"])
+    elif plan.consumer == "fire":
+        step.neuron = hw.neuron_cycles(n)
+        bill.access("psum", "read", 4 * n, time)
+        bill.access("ofmap", "write", elems_bytes(TIME, n), time)
+        out = bill.store("ofmap", plan.output_block(TIME, (0, tc), rt).nbytes, time)
+        step.chains["ofmap"] = (step.neuron + out + lat, slots["ofmap"])
     elif plan.consumer == "reduce":
         step.vector += hw.vector_cycles(n)
         bill.access("psum", "read", 4 * n, time)
@@ -227,7 +234,8 @@ def _conv_step(plan: ConvPlan, bill: _Bill, tc: int, rt: RowTile, time: int, mem
     step.chains["ifmap"] = (chain_ifmap, slots["ifmap"])
     if not plan.resident:
         step.chains["wgt"] = (chain_wgt, slots["wgt"])
-    release = (step.neuron if plan.consumer == "neuron" else 0 if plan.consumer or plan.narrowed else out + lat)  # psum's last use
+    release = (step.neuron if plan.consumer in ("neuron", "fire") else 0 if plan.consumer or plan.narrowed
+               else out + lat)  # psum's last use
     step.chains["psum"] = (step.vector + step.pe + release, slots["psum"])
     # the step's input blocks take turns in their slots: with fewer slots than blocks they serialise
     inner = max([step.loads / len(plan.ci_tiles) + lat + step.pe]
@@ -241,16 +249,21 @@ def _conv_actions(plan: ConvPlan, bill: _Bill, time: int, weight: np.ndarray, ne
     cols = _in_bounds(plan.ow, plan.iw, plan.kw, plan.sw, plan.pl)
     reach = np.outer(rows, cols)  # outputs each kernel tap reaches
     w = weight.reshape(plan.cout, plan.cin, plan.kh, plan.kw)
-    if plan.in_fmt == "spike":
-        bill.act("pe", {spike_add_action(plan.wfmt): density * float(((w != 0).sum(axis=(0, 1)) * reach).sum())}, time)
+    synapses = density * float(((w != 0).sum(axis=(0, 1)) * reach).sum())  # per step, at the input's spike density
+    if plan.in_fmt == TIME:
+        bill.act("pe", {action: n * synapses for action, n in TTFS_SYNAPSE_ACTIONS.items()}, time)
+    elif plan.in_fmt == "spike":
+        bill.act("pe", {spike_add_action(plan.wfmt): synapses}, time)
     else:
         macs = plan.cout * plan.cin * int(reach.sum())
         bill.act("pe", {"add32": macs, multiply_action(plan.in_fmt, plan.wfmt): macs}, time)
     n = plan.cout * plan.oh * plan.ow
-    if plan.shift:
+    if plan.shift and plan.in_fmt != TIME:  # tconv's shift is its base, not a shift of the sums
         bill.act("pe", {"shift32": n * len(plan.ci_tiles)}, time)
     if neuron is not None:
         bill.act("neuron", neuron_update_actions(**neuron), time * n)
+    elif plan.consumer == "fire":
+        bill.act("neuron", TTFS_FIRE_ACTIONS, time * n)
     elif plan.consumer == "reduce":
         bill.act("vector", {"add32": n}, time)
 
@@ -278,11 +291,11 @@ def pool_cost(plan: PoolPlan, time: int, mode: str) -> LayerCost:
 
 
 def elementwise_cost(plan: ElementwisePlan, time: int, neuron: dict | None = None, membranes: int = 0) -> LayerCost:
-    """An add, rescale or unfused neuron: each chunk's steps load their operands, compute, store.
+    """An add, rescale, unfused neuron or firing: each chunk's steps load their operands, compute, store.
     `neuron`: the neuron's update arguments."""
     hw, bill, lat = plan.hw, _Bill(plan.hw), plan.hw.dram_latency_cycles
     slots = {b: plan.slots(b) for b in plan.slot_bytes}
-    src = "psum" if neuron else "ifmap"
+    src = "psum" if neuron or plan.kind == "fire" else "ifmap"
     steps: list[tuple[_Step, int]] = []
     for e0, e1 in plan.chunks:
         c = e1 - e0
@@ -297,6 +310,11 @@ def elementwise_cost(plan: ElementwisePlan, time: int, neuron: dict | None = Non
             step.stores = bill.store("ofmap", out, time) + sum(bill.store("vmem", 4 * c, time) for _ in range(membranes))
             work = step.neuron
             step.boundary = steps[-1][0].neuron + hw.vector_cycles(c) if steps else 0.0
+        elif plan.kind == "fire":
+            step.neuron = work = hw.neuron_cycles(c)
+            bill.access("psum", "read", elems_bytes(plan.in_fmts[0], c), time)
+            bill.access("ofmap", "write", out, time)
+            step.stores = bill.store("ofmap", out, time)
         else:
             for k, f in enumerate(plan.in_fmts):
                 bill.access("ifmap", "read", elems_bytes(f, c), time)
@@ -311,6 +329,8 @@ def elementwise_cost(plan: ElementwisePlan, time: int, neuron: dict | None = Non
         steps.append((step, time))
     if neuron:
         bill.act("neuron", neuron_update_actions(**neuron), time * plan.n)
+    elif plan.kind == "fire":
+        bill.act("neuron", TTFS_FIRE_ACTIONS, time * plan.n)
     else:
         bill.act("vector", {"add32": (len(plan.in_fmts) - 1) * plan.n, "shift32": sum(s != 0 for s in plan.shifts) * plan.n}, time)
     return _finish(hw, bill, steps, hw.vector_cycles(plan.chunks[0][1]) if neuron else 0.0)
@@ -338,7 +358,7 @@ def op_cost(graph: Graph, op: Op, hw: HwConfig, tile=None, density: float = DEFA
         consumer = fused_consumer(graph, op)
         plan = conv_plan(graph, op, hw, tile or op.tile)
         neuron = _neuron_args(consumer) if isinstance(consumer, NeuronQ) else None
-        return conv_cost(plan, x_op.type.time, op.weight, neuron, plan.membranes, density)
+        return conv_cost(plan, x_op.type.time, integer_weights(op), neuron, plan.membranes, density)
     if isinstance(op, (MaxPool, AvgPool)):
         return pool_cost(pool_plan(graph, op, hw, tile or op.tile), x_op.type.time, "max" if isinstance(op, MaxPool) else "sum")
     if is_elementwise(graph, op):
@@ -364,12 +384,12 @@ def _finish(hw: HwConfig, bill: _Bill, steps: list, bubbles: float) -> LayerCost
 
 
 def input_densities(graph: Graph, values: dict) -> dict[str, float]:
-    """Spikes per input neuron and step of every conv and linear with a spike input, from a run of
-    the quantized reference (`ttc.compiler.reference.evaluate`), keyed by the conv's name."""
+    """Spikes per input neuron and step of every conv and linear with a spike (or spike time) input,
+    from a run of the quantized reference (`ttc.compiler.reference.evaluate`), keyed by the conv's name."""
     out = {}
     for op in graph.ops:
-        if isinstance(op, (Conv2d, Linear)) and graph.op(op.inputs[0]).type.dtype.kind == "spike":
-            out[op.name] = float(values[op.inputs[0]].double().mean())
+        if isinstance(op, (Conv2d, Linear)) and graph.op(op.inputs[0]).type.dtype.kind in ("spike", "ttfs"):
+            out[op.name] = float((values[op.inputs[0]] != 0).double().mean())
     return out
 
 

@@ -5,7 +5,8 @@
             tensor-train layer counts its four cores, htt the mean over its steps (G1 and G4 only on
             the late half)
     adds    the MACs whose activation is a spike: each is an add when its spike fires, nothing when
-            not, so this is the spike-driven adds at full activity (a run's report counts the real ones)
+            not, so this is the spike-driven adds at full activity (a run's report counts the real ones);
+            on TTFS spike times, the shift-adds
     muls    the MACs whose activation is multi-bit (the first layer on a direct-coded input, the
             cores after G1): true multiplies
 
@@ -41,7 +42,7 @@ def layer_counts(graph: Graph, op) -> dict | None:
     x = graph.op(op.inputs[0]).type
     out = op.type
     positions = out.shape[1] * out.shape[2] if len(out.shape) == 3 else 1
-    spike_input = x.dtype.kind == "spike"
+    spike_input = x.dtype.kind in ("spike", "ttfs")  # TTFS: each spike shifts and adds
     weights = op.cores if isinstance(op, TTConv2d) else (op.weight,)
     params = sum(w.size for w in weights) + (op.bias.size if op.bias is not None else 0)
     if isinstance(op, TTConv2d):

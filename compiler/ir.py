@@ -3,7 +3,8 @@
 Values are per sample: the batch axis never appears (a batch runs in lock-step). A value is either a
 time series `seqT<dtype[shape]>` (T per-step tensors, SpikingJelly's multi-step convention without the
 batch axis) or a static tensor `dtype[shape]`. Element types: `f32` (float model), `spike` (0/1),
-`fixB.F` (a B-bit two's-complement integer q standing for q * 2^-F).
+`fixB.F` (a B-bit two's-complement integer q standing for q * 2^-F), `ttfsW` (TTFS spike times in a window of
+W steps, one per neuron, a time t standing for 2^-t, i.e. the integer 2^(W-1-t) at frac W-1; docs/ttfs.md).
 
 Every op is a dataclass that validates its operands and infers its result type (`infer`); the math
 is in each docstring. `Graph.verify` runs between passes. Text form: `ttc.compiler.ir_text`.
@@ -17,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from ttc.isa.table import conv_out
+from ttc.isa.ttfs import MAX_WINDOW, ZERO_EXPONENT, code_integers
 
 
 class IRError(ValueError):
@@ -27,18 +29,20 @@ class IRError(ValueError):
 
 @dataclass(frozen=True)
 class DType:
-    kind: str  # 'f32' | 'spike' | 'fix'
-    bits: int = 0
+    kind: str  # 'f32' | 'spike' | 'fix' | 'ttfs'
+    bits: int = 0  # ttfs: the window
     frac: int = 0
 
     def __post_init__(self):
-        if self.kind not in ("f32", "spike", "fix"):
+        if self.kind not in ("f32", "spike", "fix", "ttfs"):
             raise IRError(f"unknown element type {self.kind!r}")
         if self.kind == "fix" and self.bits not in (8, 16, 32):
             raise IRError(f"fixed-point values are 8, 16 or 32 bits wide, not {self.bits}")
+        if self.kind == "ttfs" and not (1 <= self.bits <= MAX_WINDOW and self.frac == self.bits - 1):
+            raise IRError(f"a TTFS window is 1..{MAX_WINDOW} steps (frac window - 1), not {self.bits}")
 
     def __str__(self):
-        return f"fix{self.bits}.{self.frac}" if self.kind == "fix" else self.kind
+        return {"fix": f"fix{self.bits}.{self.frac}", "ttfs": f"ttfs{self.bits}"}.get(self.kind, self.kind)
 
 
 F32 = DType("f32")
@@ -47,6 +51,10 @@ SPIKE = DType("spike")
 
 def fix(bits: int, frac: int) -> DType:
     return DType("fix", bits, frac)
+
+
+def ttfs(window: int) -> DType:
+    return DType("ttfs", window, window - 1)
 
 
 @dataclass(frozen=True)
@@ -119,9 +127,22 @@ def _pair(v) -> tuple[int, int]:
 
 
 def _accumulator(op: Op, x: TensorType, weight: np.ndarray, weight_frac: int | None, shift: int = 0,
-                 out_bits: int = 32) -> DType:
+                 out_bits: int = 32, log_scale: int | None = None) -> DType:
     """Result type of a conv or linear: float in, float out; integers in, the sums with the input's
-    and the weight's fractional bits (plus `shift`), stored in `out_bits` (accumulated in 32)."""
+    and the weight's fractional bits (plus `shift`), stored in `out_bits` (accumulated in 32). With
+    `log_scale` s the weights are 5-bit log codes (TTFS, on a ttfs input): code e stands for the
+    integer sign * 2^(weight_frac + s - e), so every non-zero e must be at most weight_frac + s."""
+    if log_scale is not None:
+        if weight.dtype != np.uint8 or weight_frac is None:
+            op.fail("logarithmic weights are u8 codes with a weight_frac")
+        if x.dtype.kind != "ttfs":
+            op.fail(f"logarithmic weights take TTFS spike times, not {x.dtype}")
+        e = weight & 0xF
+        if (weight >= 32).any() or (e[e < ZERO_EXPONENT] > weight_frac + log_scale).any():
+            op.fail(f"weight codes outside 0..31, or finer than weight_frac {weight_frac} holds at scale 2^{log_scale}")
+        if shift or out_bits != 32:
+            op.fail("a TTFS layer accumulates in 32 bits, unshifted")
+        return fix(32, x.dtype.frac + weight_frac)
     if weight_frac is None:
         if weight.dtype != np.float32:
             op.fail("float weights must be f32 (or give weight_frac for integer weights)")
@@ -130,6 +151,8 @@ def _accumulator(op: Op, x: TensorType, weight: np.ndarray, weight_frac: int | N
         if shift:
             op.fail("a float layer has no output shift")
         return F32
+    if x.dtype.kind == "ttfs":
+        op.fail("integer weights applied to TTFS spike times (they take 5-bit log weights: log_scale)")
     if weight.dtype not in (np.int8, np.int16):
         op.fail(f"quantized weights must be i8 or i16, not {weight.dtype}")
     if x.dtype.kind == "f32":
@@ -137,6 +160,13 @@ def _accumulator(op: Op, x: TensorType, weight: np.ndarray, weight_frac: int | N
     if not 0 <= shift < 32:
         op.fail(f"output shift {shift} out of range")
     return fix(out_bits, x.dtype.frac + weight_frac + shift)
+
+
+def integer_weights(op: "Conv2d | Linear") -> np.ndarray:
+    """The integers a quantized conv or linear multiplies by: its weights, or what its log codes stand for."""
+    if op.log_scale is None:
+        return op.weight
+    return code_integers(op.weight, op.weight_frac + op.log_scale)
 
 
 def _check_bias(op: Op, bias, channels: int, weight_frac) -> None:
@@ -186,7 +216,9 @@ class Conv2d(Op):
     Quantized: w is i8 (or i16: a contracted tensor-train kernel) standing for w * 2^-weight_frac, the
     sums are shifted left by `shift` bits (y = b + (sum << shift)), b is i32 in the result's format, and
     the result is stored in `out_bits` (narrower than the 32-bit accumulator where the quantizer proves
-    the values fit)."""
+    the values fit). TTFS (`log_scale` s set): x is spike times, w u8 codes sign << 4 | e standing for
+    sign * 2^(s - e) (e = 15: zero), and the integer sum is sum over spikes of sign * 2^(weight_frac + s - e)
+    * 2^(W-1-t) at frac weight_frac + W - 1."""
 
     opname: ClassVar[str] = "conv2d"
     weight: np.ndarray
@@ -196,6 +228,7 @@ class Conv2d(Op):
     weight_frac: int | None = None
     shift: int = 0
     out_bits: int = 32
+    log_scale: int | None = None
     wdram: int | None = None  # DRAM address of the weights, then the bias (allocate pass)
     tile: tuple[int, int, int] | None = None  # output channels, output rows, input channels per tile (allocate)
 
@@ -211,19 +244,20 @@ class Conv2d(Op):
         if oh <= 0 or ow <= 0:
             self.fail(f"kernel {kh}x{kw} does not fit input {x.shape[1]}x{x.shape[2]}")
         _check_bias(self, self.bias, cout, self.weight_frac)
-        dtype = _accumulator(self, x, self.weight, self.weight_frac, self.shift, self.out_bits)
+        dtype = _accumulator(self, x, self.weight, self.weight_frac, self.shift, self.out_bits, self.log_scale)
         return x.with_(dtype=dtype, shape=(cout, oh, ow))
 
 
 @dataclass(eq=False, kw_only=True)
 class Linear(Op):
-    """y[t,o] = b[o] + sum_i w[o,i] * x[t,i]. Quantized as conv2d."""
+    """y[t,o] = b[o] + sum_i w[o,i] * x[t,i]. Quantized (and TTFS) as conv2d."""
 
     opname: ClassVar[str] = "linear"
     weight: np.ndarray
     bias: np.ndarray | None = None
     weight_frac: int | None = None
     out_bits: int = 32
+    log_scale: int | None = None
     wdram: int | None = None
     tile: tuple[int, int, int] | None = None
 
@@ -234,7 +268,7 @@ class Linear(Op):
         if self.weight.ndim != 2 or x.shape != (self.weight.shape[1],):
             self.fail(f"weights {self.weight.shape} do not take an input {x}")
         _check_bias(self, self.bias, self.weight.shape[0], self.weight_frac)
-        dtype = _accumulator(self, x, self.weight, self.weight_frac, 0, self.out_bits)
+        dtype = _accumulator(self, x, self.weight, self.weight_frac, 0, self.out_bits, self.log_scale)
         return x.with_(dtype=dtype, shape=(self.weight.shape[0],))
 
 
@@ -423,6 +457,28 @@ class Membrane(Op):
         return x.with_(dtype=F32 if self.frac is None else fix(32, self.frac))
 
 
+@dataclass(eq=False, kw_only=True)
+class Fire(Op):
+    """TTFS firing (the CAT activation): one spike per neuron at
+
+        t(x) = max(0, round(-log2 x))   if x > 0 and t(x) < window, else no spike;   y = 2^-t(x) (0: none)
+
+    The result is the spike times, `ttfs{window}` (as a neuron's result is `spike` in float and
+    quantized graphs alike). Quantized (fixed point in, x = a / 2^F), round(-log2 x) = F - round(log2 a)
+    is integer arithmetic (ttc.isa.ttfs.fire_times)."""
+
+    opname: ClassVar[str] = "fire"
+    window: int
+
+    def infer(self, ins):
+        x = self.seq_input(ins[0])
+        if not 1 <= self.window <= MAX_WINDOW:
+            self.fail(f"window {self.window} is not 1..{MAX_WINDOW}")
+        if x.dtype.kind in ("spike", "ttfs"):
+            self.fail(f"fires on values, not on {x.dtype}")
+        return x.with_(dtype=ttfs(self.window))
+
+
 def _pool_out(op: Op, x: TensorType, k: int, s: int) -> tuple[int, int, int]:
     if len(x.shape) != 3:
         op.fail(f"pools a [C,H,W] tensor, got {x}")
@@ -435,7 +491,7 @@ def _pool_out(op: Op, x: TensorType, k: int, s: int) -> tuple[int, int, int]:
 
 @dataclass(eq=False, kw_only=True)
 class MaxPool(Op):
-    """y[t,c,i,j] = max_{u,v<k} x[t,c,i*s+u,j*s+v] (on spikes: OR)."""
+    """y[t,c,i,j] = max_{u,v<k} x[t,c,i*s+u,j*s+v] (on spikes: OR; on TTFS spike times: the earliest)."""
 
     opname: ClassVar[str] = "maxpool"
     kernel: int
@@ -474,6 +530,8 @@ class AvgPool(Op):
             return x.with_(dtype=F32, shape=shape)
         if 1 << self.area_bits != self.area:
             self.fail(f"dividing by {self.area} is not exact in fixed point (not a power of two)")
+        if x.dtype.kind == "ttfs":
+            self.fail("a TTFS average is a conv of 2^-log2(k^2) weights (quantize lowers it so)")
         if x.dtype == SPIKE:  # sums of at most k^2 spikes
             return x.with_(dtype=fix(8 if self.kernel ** 2 < 128 else 16, self.area_bits), shape=shape)
         if x.dtype.kind != "fix":
@@ -493,8 +551,8 @@ class Flatten(Op):
 
 
 def _operand_frac(op: Op, t: TensorType) -> int:
-    if t.dtype.kind == "f32":
-        op.fail("a float operand in a quantized op")
+    if t.dtype.kind in ("f32", "ttfs"):
+        op.fail(f"a {t.dtype} operand (float, or spike times) in a quantized add")
     return t.dtype.frac  # spikes are integers: frac 0
 
 
@@ -589,6 +647,8 @@ class TimeReduce(Op):
         x = self.seq_input(ins[0])
         if self.mode not in ("sum", "mean"):
             self.fail(f"unknown mode {self.mode!r}")
+        if x.dtype.kind == "ttfs":
+            self.fail("sums spike times (reduce the accumulator they fire from instead)")
         if x.dtype.kind == "f32":
             return TensorType(F32, x.shape)
         return TensorType(fix(32, x.dtype.frac), x.shape)

@@ -1,5 +1,5 @@
 """The quantized reference: the integer IR evaluated with PyTorch (integers held exactly in float64
-and int64 tensors). It computes what the hardware must compute, independently of the code generator
+and int64 tensors; TTFS spike times as the integers 2^(W-1-t) they stand for). It computes what the hardware must compute, independently of the code generator
 and the simulator, so `ttc run --check` can hold the simulator to it bit for bit (DESIGN.md section 3).
 """
 from __future__ import annotations
@@ -10,9 +10,10 @@ import torch.nn.functional as F
 
 from ttc.isa.io import decode_output, encode_input
 from ttc.isa.table import rescale
+from ttc.isa.ttfs import fire_times, time_values
 
-from .ir import (Add, AvgPool, Conv2d, Flatten, Graph, Input, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, Repeat, Rescale,
-                 TimeConcat, TimeReduce, TimeSlice, TTConv2d)
+from .ir import (Add, AvgPool, Conv2d, Fire, Flatten, Graph, Input, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, Repeat,
+                 Rescale, TimeConcat, TimeReduce, TimeSlice, TTConv2d, integer_weights)
 
 
 
@@ -90,11 +91,11 @@ def evaluate(graph: Graph, inputs: list[np.ndarray]) -> dict[str, torch.Tensor]:
         elif isinstance(op, Repeat):
             env[op.name] = x.unsqueeze(0).expand(op.steps, *x.shape)
         elif isinstance(op, Conv2d):
-            w, b = _f64(op.weight), _f64(op.bias)
+            w, b = _f64(integer_weights(op)), _f64(op.bias)
             y = _per_step(lambda v: F.conv2d(v, w, None, op.stride, op.padding), x) * 2.0 ** op.shift
             env[op.name] = y if b is None else y + b.reshape(-1, 1, 1)
         elif isinstance(op, Linear):
-            env[op.name] = F.linear(x, _f64(op.weight), _f64(op.bias))
+            env[op.name] = F.linear(x, _f64(integer_weights(op)), _f64(op.bias))
         elif isinstance(op, TTConv2d):
             env[op.name] = tt_conv(op, x)
         elif isinstance(op, Add):
@@ -109,6 +110,9 @@ def evaluate(graph: Graph, inputs: list[np.ndarray]) -> dict[str, torch.Tensor]:
         elif isinstance(op, NeuronQ):
             spikes, states[op.name] = neuron_steps(op, x)
             env[op.name] = spikes.to(torch.float64)
+        elif isinstance(op, Fire):
+            times = fire_times(x.long().numpy(), graph.op(op.inputs[0]).type.dtype.frac, op.window)
+            env[op.name] = torch.from_numpy(time_values(times, op.window)).to(torch.float64)
         elif isinstance(op, Membrane):
             env[op.name] = states[op.inputs[0]].to(torch.float64)
         elif isinstance(op, MaxPool):

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ttc.isa.hwconfig import HwConfig
-from ttc.isa.table import BY_NAME, FORMAT_BYTES, elems_bytes
+from ttc.isa.table import BY_NAME, FORMAT_BYTES, LOG5, TIME, elems_bytes
 
-from .ir import (Add, AvgPool, Conv2d, DType, Graph, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, Rescale, TensorType,
-                 TimeReduce)
+from .ir import (Add, AvgPool, Conv2d, DType, Fire, Graph, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, Rescale,
+                 TensorType, TimeReduce)
 
 SLOT_ALIGN = 32
 
@@ -164,12 +164,14 @@ class ConvPlan(Plan):
     pt: int
     pl: int
     in_fmt: str
-    consumer: str  # "neuron", "reduce" or "" (the raw sums are stored)
+    consumer: str  # "neuron", "fire" (TTFS), "reduce" or "" (the raw sums are stored)
     bias: bool
     membranes: int  # membrane outputs of the fused neuron
     wfmt: str = "i8"
     out_fmt: str = "i32"  # how stored sums are stored (narrowed through ofmap when not i32)
     shift: int = 0
+    in_window: int = 0  # TTFS: the window of the input's spike times (tconv)
+    fire_window: int = 0  # TTFS: the window of the fused firing's
 
     def __post_init__(self):
         taps = self.kh * self.kw
@@ -178,7 +180,7 @@ class ConvPlan(Plan):
         weights = self.co * (self.cin if self.resident else self.ci) * taps * wb
         n = self.co * self.rows * self.ow
         out = {"neuron": self.co * elems_bytes("spike", self.rows * self.ow) if self.rows < self.oh else elems_bytes("spike", n),
-               "reduce": 4 * n, "": elems_bytes(self.out_fmt, n) if self.narrowed else None}[self.consumer]
+               "fire": n, "reduce": 4 * n, "": elems_bytes(self.out_fmt, n) if self.narrowed else None}[self.consumer]
         loaded = max(t.r1 - t.r0 for t in self.row_tiles)
         self.slot_bytes = {"wgt": self.bias_offset(weights) + 4 * self.co,
                            "ifmap": self.ci * elems_bytes(self.in_fmt, loaded * self.iw) if self.rows < self.oh
@@ -188,7 +190,13 @@ class ConvPlan(Plan):
             self.slot_bytes["vmem"] = 4 * n
         if out is not None:
             self.slot_bytes["ofmap"] = out
-        self.double = frozenset({"wgt", "ifmap", "psum"} | ({"ofmap"} if self.consumer == "neuron" or self.narrowed else set()))
+        self.double = frozenset({"wgt", "ifmap", "psum"}
+                                | ({"ofmap"} if self.consumer in ("neuron", "fire") or self.narrowed else set()))
+
+    @property
+    def stored_fmt(self) -> str:
+        """The format of what the layer stores: spikes, spike times, or sums."""
+        return {"neuron": "spike", "fire": TIME}.get(self.consumer, self.out_fmt)
 
     @property
     def narrowed(self) -> bool:
@@ -246,7 +254,7 @@ class ConvPlan(Plan):
     def aligned(self) -> bool:
         """Do the tiles of every spike tensor start on bytes, and do a tile's channels fit the conv
         instructions' `cin` and `cout` fields (a linear layer of 70,000 inputs must take them in tiles)?"""
-        out_fmt = "spike" if self.consumer == "neuron" else self.out_fmt
+        out_fmt = self.stored_fmt
         if self.ci > CONV_FIELD_MAX["cin"] or self.co > CONV_FIELD_MAX["cout"]:
             return False
         if self.rows < self.oh:
@@ -319,12 +327,12 @@ class PoolPlan(Plan):
 
 @dataclass
 class ElementwisePlan(Plan):
-    """An add, rescale or unfused neuron over n elements a step, in chunks of `chunk` elements, each
-    chunk on all T steps (a neuron's membranes stay in vmem meanwhile)."""
+    """An add, rescale, unfused neuron or TTFS firing over n elements a step, in chunks of `chunk`
+    elements, each chunk on all T steps (a neuron's membranes stay in vmem meanwhile)."""
 
     chunk: int
     n: int
-    kind: str  # "add", "rescale" or "neuron"
+    kind: str  # "add", "rescale", "neuron" or "fire"
     in_fmts: tuple[str, ...]
     out_fmt: str
     shifts: tuple[int, ...] = ()  # add, rescale: each operand's vacc shift
@@ -334,6 +342,8 @@ class ElementwisePlan(Plan):
         self.slot_bytes = {"ofmap": elems_bytes(self.out_fmt, self.chunk)}
         if self.kind == "neuron":
             self.slot_bytes.update(psum=ins[0], vmem=4 * self.chunk)
+        elif self.kind == "fire":
+            self.slot_bytes["psum"] = ins[0]
         else:
             self.slot_bytes["ifmap"] = sum(_ceil(b, SLOT_ALIGN) for b in ins[:-1]) + ins[-1]
         self.double = frozenset({"ifmap", "ofmap", "psum"})
@@ -366,15 +376,17 @@ def fmt(dtype: DType) -> str:
         return "spike"
     if dtype.kind == "fix":
         return f"i{dtype.bits}"
+    if dtype.kind == "ttfs":
+        return TIME
     raise IRError(f"a {dtype} value cannot be stored on the machine (quantize first)")
 
 
 def fused_consumer(graph: Graph, op: Op) -> Op | None:
-    """The neuron or time reduction a conv/linear is fused with, if any."""
+    """The neuron, TTFS firing or time reduction a conv/linear is fused with, if any."""
     if not isinstance(op, (Conv2d, Linear)) or op.name in graph.outputs:
         return None
     users = graph.users(op.name)
-    if len(users) == 1 and isinstance(users[0], (NeuronQ, TimeReduce)):
+    if len(users) == 1 and isinstance(users[0], (NeuronQ, Fire, TimeReduce)):
         return users[0]
     return None
 
@@ -393,23 +405,32 @@ def conv_plan(graph: Graph, op: Conv2d | Linear, hw: HwConfig, tile) -> ConvPlan
     oh, ow = op.type.shape[1:] or (1, 1)
     neuron = isinstance(consumer, NeuronQ)
     co, rows, ci = tile
+    kind = "neuron" if neuron else "fire" if isinstance(consumer, Fire) else "reduce" if consumer else ""
     return ConvPlan(hw, co=co, rows=rows, ci=ci, cout=op.type.shape[0], oh=oh, ow=ow, in_fmt=fmt(x.dtype),
-                    consumer="neuron" if neuron else "reduce" if consumer else "", bias=op.bias is not None,
+                    consumer=kind, bias=op.bias is not None,
                     membranes=sum(isinstance(u, Membrane) for u in graph.users(consumer.name)) if neuron else 0,
-                    wfmt=f"i{8 * op.weight.itemsize}", out_fmt=fmt(op.type.dtype), shift=op.shift,
+                    wfmt=LOG5 if op.log_scale is not None else f"i{8 * op.weight.itemsize}", out_fmt=fmt(op.type.dtype),
+                    shift=tconv_shift(op, x) if op.log_scale is not None else op.shift,
+                    in_window=x.dtype.bits if x.dtype.kind == "ttfs" else 0,
+                    fire_window=consumer.window if kind == "fire" else 0,
                     **conv_geometry(op, x))
 
 
+def tconv_shift(op: Conv2d | Linear, x: TensorType) -> int:
+    """tconv's base: a spike at t through code e adds 2^(base - e - t), in the accumulator's format."""
+    return x.dtype.frac + op.weight_frac + op.log_scale
+
+
 def is_elementwise(graph: Graph, op: Op) -> bool:
-    """An add, a rescale, or a neuron that is not fused with the conv before it."""
-    if isinstance(op, NeuronQ):
+    """An add, a rescale, or a neuron or firing that is not fused with the conv before it."""
+    if isinstance(op, (NeuronQ, Fire)):
         return fused_consumer(graph, graph.op(op.inputs[0])) is None
     return isinstance(op, (Add, Rescale))
 
 
 def elementwise_plan(graph: Graph, op: Op, hw: HwConfig, tile) -> ElementwisePlan:
     ins = [fmt(graph.op(i).type.dtype) for i in op.inputs]
-    kind = "neuron" if isinstance(op, NeuronQ) else op.opname
+    kind = "neuron" if isinstance(op, NeuronQ) else op.opname  # or add, rescale, fire
     shifts = (op.shift_a, op.shift_b) if isinstance(op, Add) else (op.shift,) if isinstance(op, Rescale) else ()
     return ElementwisePlan(hw, chunk=tile[0], n=op.type.numel, kind=kind, in_fmts=tuple(ins), out_fmt=fmt(op.type.dtype),
                            shifts=shifts)

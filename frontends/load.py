@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from . import modules as ttc_modules
+from . import ttfs
 
 
 class ModelLoadError(ValueError):
@@ -34,7 +35,7 @@ _SAFE_NAMESPACES = (
 
 def safe_classes() -> list:
     """The classes a model file may name without --trust-model."""
-    found = list(ttc_modules.SAFE_CLASSES)
+    found = list(ttc_modules.SAFE_CLASSES) + list(ttfs.SAFE_CLASSES)
     for name in _SAFE_NAMESPACES:
         try:
             mod = importlib.import_module(name)

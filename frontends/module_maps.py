@@ -15,6 +15,7 @@ from torch import nn
 from ttc.compiler import ir
 
 from . import modules as ttc
+from . import ttfs
 from .trace import ZERO_STATE, Lowering, State, Step, UnsupportedModel, Val, _qual, to_numpy
 
 
@@ -52,12 +53,17 @@ def _bias(m) -> object:
     return None if m.bias is None else to_numpy(m.bias)
 
 
+def _weight(m) -> object:
+    """The weights the layer computes with: a CAT-trained layer's are on the 5-bit log grid."""
+    return to_numpy(ttfs.log_quantize(m.weight) if isinstance(m, (ttfs.LogConv2d, ttfs.LogLinear)) else m.weight)
+
+
 def conv2d(lw: Lowering, path, m: nn.Conv2d, x):
     _require(m.groups == 1, path, m, f"grouped convolution (groups={m.groups}) is not supported")
     _require(_int_pair(m.dilation) == (1, 1), path, m, "dilated convolution is not supported")
     _require(m.padding_mode == "zeros" and m.padding != "valid", path, m, "only explicit zero padding is supported")
     return lw.per_step(path, m, x, is_multi_step(m), lambda v: lw.emit(
-        ir.Conv2d, path, (v,), weight=to_numpy(m.weight), bias=_bias(m),
+        ir.Conv2d, path, (v,), weight=_weight(m), bias=_bias(m),
         stride=_int_pair(m.stride), padding=_padding(m)))
 
 
@@ -70,7 +76,7 @@ def linear(lw: Lowering, path, m: nn.Linear, x):
         return Val(lw.emit(ir.TimeReduce, f"{path}.mean", (linear(lw, path, m, steps).name,), mode="mean"))
     multi = is_multi_step(m) or isinstance(x, Val)
     return lw.per_step(path, m, x, multi, lambda v: lw.emit(
-        ir.Linear, path, (v,), weight=to_numpy(m.weight), bias=_bias(m)))
+        ir.Linear, path, (v,), weight=_weight(m), bias=_bias(m)))
 
 
 def batchnorm(lw: Lowering, path, m: nn.modules.batchnorm._BatchNorm, x):
@@ -260,6 +266,35 @@ def tt_snn_neuron(lw: Lowering, path, m, x):
                    order="reset_decay", cmp="gt")
 
 
+# ---------------------------------------------------------------------------------------- TTFS
+
+def _fire(lw: Lowering, path, m, x, window: int):
+    return lw.per_step(path, m, x, True, lambda v: lw.emit(ir.Fire, path, (v,), window=int(window)))
+
+
+def cat_activation(lw: Lowering, path, m, x):
+    """CATActivation and a converted network's TTFSEncoder: values onto the TTFS grid (spike times)."""
+    return _fire(lw, path, m, lw.one_step(path, x), m.window)
+
+
+def ttfs_layer(lw: Lowering, path, m: ttfs.TTFSLinear, x):
+    """A converted layer: the conv or linear of the values its codes stand for, fired unless a readout."""
+    weight, bias = to_numpy(m.weight_values()), None if m.bias is None else to_numpy(m.bias)
+    if isinstance(m, ttfs.TTFSConv2d):
+        build = lambda v: lw.emit(ir.Conv2d, path, (v,), weight=weight, bias=bias, stride=m.stride, padding=m.padding)
+    else:
+        build = lambda v: lw.emit(ir.Linear, path, (v,), weight=weight, bias=bias)
+    y = lw.per_step(path, m, x, True, build)
+    return y if m.out_window is None else _fire(lw, f"{path}.fire", m, y, m.out_window)
+
+
+def ttfs_pool(lw: Lowering, path, m, x):
+    """TTFSMaxPool2d (the earliest spike), TTFSAvgPool2d (the average, fired again)."""
+    cls = ir.MaxPool if isinstance(m, ttfs.TTFSMaxPool2d) else ir.AvgPool
+    y = lw.per_step(path, m, x, True, lambda v: lw.emit(cls, path, (v,), kernel=m.kernel_size, stride=m.stride))
+    return y if cls is ir.MaxPool else _fire(lw, f"{path}.fire", m, y, m.out_window)
+
+
 _STATELESS = (conv2d, linear, batchnorm, pool, flatten, identity)
 
 #: The official TT-SNN layers (github donghyunli/TT-SNN, models/MS_ResNet_TT.py), recognised by class name.
@@ -277,6 +312,12 @@ def handler_for(m: nn.Module):
         return tt_conv
     if isinstance(m, ttc.DirectEncoder):
         return direct_encoder
+    if isinstance(m, (ttfs.CATActivation, ttfs.TTFSEncoder)):
+        return cat_activation
+    if isinstance(m, ttfs.TTFSLinear):
+        return ttfs_layer
+    if isinstance(m, (ttfs.TTFSMaxPool2d, ttfs.TTFSAvgPool2d)):
+        return ttfs_pool
     if isinstance(m, ttc.TimeMean):
         return time_mean
     if isinstance(m, ttc.Flatten):

@@ -147,6 +147,18 @@ class Lowering:
         self.memo: dict[tuple, str] = {}
         self.visits: dict[str, list[int]] = {}
         self.modules = dict(gm.named_modules())
+        self.single_pass = False  # a static model (TTFS) that runs as one step: see `one_step`
+
+    def one_step(self, path: str, x):
+        """A static input entering a TTFS network becomes a one-step sequence: the network runs once per
+        sample (its spikes' times are inside each layer's window), so torch.nn layers on [B, ...] apply
+        to that step, and the outputs are the step's values (`trace` sums the one step away)."""
+        if isinstance(x, Val) and self.type_of(x).time is None:
+            if self.steps not in (None, 1):
+                raise UnsupportedModel(f"module {path!r}: a static input in a {self.steps}-step model")
+            self.single_pass, self.steps = True, 1
+            return Val(self.emit(ir.Repeat, f"{path}.step", (x.name,), steps=1))
+        return x
 
     # ---- emitting ops
     def emit(self, cls, path: str, inputs: Sequence[str], **attrs) -> str:
@@ -168,7 +180,7 @@ class Lowering:
             if self.type_of(x).time is None:
                 raise UnsupportedModel(f"module {path!r} ({_qual(module)}) is applied to a static tensor; "
                                        "repeat it over time first (direct coding)")
-            if not multi:
+            if not multi and not self.single_pass:
                 raise UnsupportedModel(f"module {path!r} ({_qual(module)}) is a single-step layer applied to a "
                                        "whole [T, B, ...] sequence; use a multi-step layer (ttc.frontends.modules, "
                                        "or SpikingJelly with step_mode='m')")
@@ -423,11 +435,15 @@ def trace(model: nn.Module, input_shape, name: str = "model") -> ir.Graph:
         raise UnsupportedModel(f"cannot trace the model with torch.fx: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     typ = input_type(shape)
     graph = ir.Graph(name)
-    result = Lowering(gm, graph, typ.time).run([typ])
+    lowering = Lowering(gm, graph, typ.time)
+    result = lowering.run([typ])
     results = list(result) if isinstance(result, (tuple, list)) else [result]
     for r in results:
         if not isinstance(r, Val):
             raise UnsupportedModel(f"forward returns {r!r}: ttc returns whole tensors (a sequence, or a reduction over time)")
+    if lowering.single_pass:
+        results = [Val(lowering.emit(ir.TimeReduce, f"{graph.op(r.name).path}.out", (r.name,), mode="sum"))
+                   for r in results]
     graph.outputs = [r.name for r in results]
     return _without_dead_values(graph).verify()
 

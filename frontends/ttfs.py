@@ -116,3 +116,132 @@ class LogLinear(nn.Linear):
 
     def forward(self, x):
         return nn.functional.linear(x, log_quantize(self.weight), self.bias)
+
+
+# ------------------------------------------------------------------------ the converted TTFS model
+
+class TTFSEncoder(nn.Module):
+    """The input layer of a converted TTFS network: values [B, ...] -> spike times t(x) (int64,
+    `window` = no spike)."""
+
+    def __init__(self, window: int):
+        super().__init__()
+        self.window = window
+
+    def forward(self, x):
+        return spike_time(x, self.window)
+
+
+class TTFSLinear(nn.Module):
+    """A converted linear layer: spike times in (window `in_window`), each spike at t through code e
+    adding sign * 2^(s - e - t) to its neurons' accumulators (bias first). The result is the spike times
+    the accumulators fire at (window `out_window`), or, for a readout (`out_window` None), the
+    accumulators. Exact: sums of powers of two and a float32 bias, in float64."""
+
+    def __init__(self, codes: torch.Tensor, scale: int, bias: torch.Tensor | None, in_window: int,
+                 out_window: int | None):
+        super().__init__()
+        self.register_buffer("codes", codes.to(torch.uint8))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
+        self.scale, self.in_window, self.out_window = scale, in_window, out_window
+
+    def weight_values(self) -> torch.Tensor:
+        return log_weight_values(self.codes, self.scale)
+
+    def accumulate(self, values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return nn.functional.linear(values, weight, bias)
+
+    def forward(self, times):
+        values = spike_value(times, self.in_window).to(torch.float64)
+        bias = None if self.bias is None else self.bias.to(torch.float64)
+        acc = self.accumulate(values, self.weight_values().to(torch.float64), bias)
+        return acc.to(torch.float32) if self.out_window is None else spike_time(acc, self.out_window)
+
+
+class TTFSConv2d(TTFSLinear):
+    """A converted conv layer: as TTFSLinear, its synapses a convolution's."""
+
+    def __init__(self, codes, scale, bias, in_window, out_window, stride=(1, 1), padding=(0, 0)):
+        super().__init__(codes, scale, bias, in_window, out_window)
+        self.stride, self.padding = tuple(stride), tuple(padding)
+
+    def accumulate(self, values, weight, bias):
+        return nn.functional.conv2d(values, weight, bias, self.stride, self.padding)
+
+
+class TTFSMaxPool2d(nn.Module):
+    """Max pooling of TTFS values: the earliest spike of each window."""
+
+    def __init__(self, kernel_size: int, stride: int):
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def forward(self, times):
+        return -nn.functional.max_pool2d(-times.to(torch.float64), self.kernel_size, self.stride).to(torch.int64)
+
+
+class TTFSAvgPool2d(nn.Module):
+    """Average pooling of TTFS values, fired again with `out_window`: a TTFS layer of weight 1/k^2 from
+    each channel to itself (k^2 a power of two, so the weight is a 5-bit log weight)."""
+
+    def __init__(self, kernel_size: int, stride: int, in_window: int, out_window: int):
+        super().__init__()
+        if kernel_size & (kernel_size - 1):
+            raise ValueError(f"a {kernel_size}x{kernel_size} average: 1/{kernel_size ** 2} is not a power of two")
+        self.kernel_size, self.stride, self.in_window, self.out_window = kernel_size, stride, in_window, out_window
+
+    def forward(self, times):
+        values = spike_value(times, self.in_window).to(torch.float64)
+        return spike_time(nn.functional.avg_pool2d(values, self.kernel_size, self.stride), self.out_window)
+
+
+def _square(m: nn.Module, name: str, attr: str) -> int:
+    v = getattr(m, attr)
+    a, b = (v, v) if isinstance(v, int) else v
+    if a != b:
+        raise TypeError(f"module {name!r}: non-square {attr} {v} does not convert")
+    return a
+
+
+def convert(ann: nn.Sequential) -> nn.Sequential:
+    """The TTFS network of a CAT-trained ANN (docs/ttfs.md): the CAT activation on the input becomes
+    the encoder; each LogConv2d / LogLinear a TTFS layer that fires with the window of the CAT
+    activation right after it (the last layer, with none after it, is the readout); a max pool the
+    earliest spike; an average pool followed by a CAT activation a TTFSAvgPool2d; Flatten, Identity
+    and Dropout stay."""
+    if not isinstance(ann, nn.Sequential):
+        raise TypeError(f"convert takes an nn.Sequential CAT ANN, not {type(ann).__name__}")
+    items = list(ann.named_children())
+    out, window = [], None
+    for k, (name, m) in enumerate(items):
+        following = items[k + 1][1] if k + 1 < len(items) else None
+        fires = following.window if isinstance(following, CATActivation) else None
+        if isinstance(m, CATActivation):
+            if window is None:
+                out.append(TTFSEncoder(m.window))
+            window = m.window
+            continue
+        if window is None:
+            raise TypeError(f"module {name!r} ({type(m).__name__}) comes before the input's CAT activation")
+        if isinstance(m, (LogConv2d, LogLinear, nn.AvgPool2d)) and fires is None and following is not None:
+            raise TypeError(f"module {name!r} ({type(m).__name__}) is followed by {type(following).__name__}, not "
+                            "a CAT activation (only the last layer reads out its accumulators)")
+        if isinstance(m, LogConv2d):
+            if m.groups != 1 or m.dilation != (1, 1) or not isinstance(m.padding, tuple):
+                raise TypeError(f"module {name!r}: grouped, dilated or string-padded convs do not convert")
+            out.append(TTFSConv2d(*log_weight_codes(m.weight), m.bias, window, fires, m.stride, m.padding))
+        elif isinstance(m, LogLinear):
+            out.append(TTFSLinear(*log_weight_codes(m.weight), m.bias, window, fires))
+        elif isinstance(m, nn.MaxPool2d):
+            out.append(TTFSMaxPool2d(_square(m, name, "kernel_size"), _square(m, name, "stride")))
+        elif isinstance(m, nn.AvgPool2d) and fires is not None:
+            out.append(TTFSAvgPool2d(_square(m, name, "kernel_size"), _square(m, name, "stride"), window, fires))
+        elif isinstance(m, (nn.Flatten, nn.Identity, nn.Dropout)):
+            out.append(m)
+        else:
+            raise TypeError(f"module {name!r} ({type(m).__name__}) has no TTFS conversion")
+        window = fires or window
+    return nn.Sequential(*out).eval()
+
+
+SAFE_CLASSES = (CATActivation, LogConv2d, LogLinear, TTFSEncoder, TTFSConv2d, TTFSLinear, TTFSMaxPool2d, TTFSAvgPool2d)

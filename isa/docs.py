@@ -3,7 +3,8 @@ A test checks that the committed file equals this output."""
 from __future__ import annotations
 
 from .asm import grammar
-from .table import FORMATS, INSTRUCTIONS, ISA_VERSION, MEMORIES, OPCODE_BITS, REF_ADDR_BITS, REF_MEM_BITS, WORD_BYTES
+from .table import (FORMATS, INSTRUCTIONS, ISA_VERSION, LOG5, MEMORIES, OPCODE_BITS, REF_ADDR_BITS, REF_MEM_BITS, TIME,
+                    WORD_BYTES)
 
 
 def _kind(f) -> str:
@@ -29,8 +30,10 @@ def render() -> str:
         f"address in the low {REF_ADDR_BITS}.",
         "",
         "Memories: " + ", ".join(f"{i}=`{m}`" for i, m in enumerate(MEMORIES)) + ".",
-        "Element formats: " + ", ".join(f"`{f}`" for f in FORMATS)
-        + " (spikes are bit-packed, bit i of byte i//8 least significant first; integers are little-endian two's complement).",
+        "Element formats: " + ", ".join(f"`{f}`" for f in FORMATS + (TIME, LOG5))
+        + " (spikes are bit-packed, bit i of byte i//8 least significant first; integers are little-endian two's complement; "
+        f"`{TIME}` is one TTFS spike time per byte; `{LOG5}` one 5-bit logarithmic weight code per byte, sign << 4 | e, "
+        "e = 15 for zero; see docs/ttfs.md).",
         "",
         "| opcode | name | unit | semantics |",
         "|---|---|---|---|",

@@ -22,12 +22,14 @@ class Region:
 
 
 def regions(instr: Instr) -> list[Region]:
-    """The byte ranges `instr` may touch, one per memory operand (empty ranges left out)."""
+    """The byte ranges `instr` may touch: per memory operand one range, or one per row of a strided
+    copy, so that copies of interleaved rows (the row tiles of a tensor) are seen not to overlap
+    (empty ranges left out)."""
     out = []
-    for name, mode, nbytes in BY_NAME[instr.op].footprint(instr.args):
-        if nbytes:
-            ref = instr.args[name]
-            out.append(Region(ref.mem, ref.addr, ref.addr + nbytes, mode))
+    for name, mode, nbytes, *strided in BY_NAME[instr.op].footprint(instr.args):
+        rows, stride = strided or (1, 0)
+        ref = instr.args[name]
+        out += [Region(ref.mem, ref.addr + r * stride, ref.addr + r * stride + nbytes, mode) for r in range(rows) if nbytes]
     return out
 
 

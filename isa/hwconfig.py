@@ -106,12 +106,12 @@ class HwConfig:
 ENERGY_ACTIONS = {
     "add8": "8-bit add: one input spike adds one 8-bit weight into an accumulator (sconv)",
     "add16": "16-bit add: one input spike adds one 16-bit weight (sconv of a contracted TT kernel)",
-    "add32": "32-bit add: multiply-accumulate sums, membrane charge, soft reset, vector adds",
+    "add32": "32-bit add: multiply-accumulate sums, membrane charge, soft reset, vector adds, a TTFS synapse (tconv)",
     "mul8": "8x8-bit multiply (dconv of 8-bit inputs)",
     "mul16": "16-bit multiply (dconv of 16-bit inputs or weights; membrane decay by a non-power-of-two factor)",
     "mul32": "32-bit multiply (dconv of 32-bit inputs)",
-    "shift32": "32-bit shift (decay by a power of two, rescaling a neuron's input)",
-    "cmp32": "32-bit compare (threshold test, max pooling of integers)",
+    "shift32": "32-bit shift (decay by a power of two, rescaling a neuron's input, a TTFS synapse's 2^-(e+t))",
+    "cmp32": "32-bit compare (threshold test, max pooling, TTFS firing: leading one and one compare)",
     "or1": "1-bit OR (max pooling of spikes)",
 }
 
@@ -125,6 +125,13 @@ def multiply_action(src_fmt: str, wfmt: str) -> str:
     """The multiply of a dconv tap: as wide as the wider of input and weight."""
     width = max(int(src_fmt[1:]), int(wfmt[1:]))
     return {8: "mul8", 16: "mul16", 32: "mul32"}[width]
+
+
+#: A TTFS synapse (`tconv`, per input spike and non-zero weight it reaches): shift, then add.
+TTFS_SYNAPSE_ACTIONS = {"shift32": 1, "add32": 1}
+#: A TTFS firing (`tfire`, per neuron): find the accumulator's leading one (priced as a compare), compare
+#: the accumulator with the rounding constant for that position.
+TTFS_FIRE_ACTIONS = {"cmp32": 2}
 
 
 def neuron_update_actions(reset: str, in_shift: int, decay_mul: int, decay_shift: int) -> dict[str, int]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-ISA_VERSION = 4
+ISA_VERSION = 5
 WORD_BYTES = 32
 OPCODE_BITS = 8
 
@@ -36,7 +36,10 @@ REF_ADDR_BITS = 29
 
 #: Element formats of vector operands: bit-packed spikes or little-endian signed integers.
 FORMATS = ("spike", "i8", "i16", "i32")
-FORMAT_BYTES = {"i8": 1, "i16": 2, "i32": 4}
+#: TTFS: a spike time per byte (a time >= the instruction's window is no spike), and 5-bit
+#: logarithmic weight codes, one per byte (`ttc.isa.ttfs`).
+TIME, LOG5 = "time", "log5"
+FORMAT_BYTES = {"i8": 1, "i16": 2, "i32": 4, TIME: 1, LOG5: 1}
 
 #: Instruction queues, one per unit; a PE instruction's queue is the PE group its `group` field names.
 PE_GROUPS = 4
@@ -82,8 +85,9 @@ class Field:
             raise ValueError(f"field {self.name}: a mask has one bit per choice")
 
 
-#: One memory operand's footprint: (field name, "r" / "w" / "rw", bytes from the operand's address).
-Access = tuple[str, str, int]
+#: One memory operand's footprint: (field name, "r" / "w" / "rw", bytes from the operand's address), or
+#: for a strided copy (..., bytes per row, rows, stride): `rows` runs of that many bytes, `stride` apart.
+Access = tuple
 
 
 @dataclass(frozen=True)
@@ -134,15 +138,18 @@ def _op(name, code, unit, fields, semantics, footprint):
     return Opcode(name, code, unit, tuple(fields) + group + _SYNC, semantics, footprint)
 
 
-def _span(a, stride) -> int:
-    return (a["rows"] - 1) * a[stride] + a["row_bytes"] if a["rows"] else 0
+def _rows(a, stride) -> tuple[int, int, int]:
+    """The runs a strided copy touches on the side of `stride`: (bytes per run, runs, stride)."""
+    if a["rows"] <= 1 or a[stride] == a["row_bytes"]:
+        return a["rows"] * a["row_bytes"], 1, 0
+    return a["row_bytes"], a["rows"], a[stride]
 
 
-def _conv_footprint(src_fmt):
+def _conv_footprint(src_fmt, wfmt=lambda a: a["wfmt"]):
     def footprint(a):
         acc = "rw" if a["accumulate"] else "w"
         return [("src", "r", elems_bytes(src_fmt(a), a["cin"] * a["ih"] * a["iw"])),
-                ("wgt", "r", elems_bytes(a["wfmt"], a["cout"] * a["cin"] * a["kh"] * a["kw"])),
+                ("wgt", "r", elems_bytes(wfmt(a), a["cout"] * a["cin"] * a["kh"] * a["kw"])),
                 ("dst", acc, 4 * a["cout"] * a["oh"] * a["ow"])]
     return footprint
 
@@ -153,9 +160,12 @@ _CONV_GEOMETRY = (
     _s("pt", 5, "zero rows above the input (negative: input rows skipped)"),
     _u("pl", 4, "zero columns left of the input"),
     _u("accumulate", 1, "1: add to out; 0: overwrite out"),
+)
+_INTEGER_WEIGHTS = (
     _enum("wfmt", ("i8", "i16"), "element format of the weights"),
     _u("shift", 5, "the sums are shifted left by this many bits before they are added to out"),
 )
+_WINDOW = _u("window", 5, "TTFS window: spike times below it are spikes, the rest none")
 _CONV_INDEX = "src[ci, y*sh+i-pt, x*sw+j-pl] (zero outside the input) for y < oh, x < ow"
 _POOL_INDEX = "src[c, y*stride+i-pt, x*stride+j] (zero outside the input) for i, j < k, y < oh, x < ow"
 
@@ -165,12 +175,12 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         (_ref("dst", ON_CHIP), _ref("src", ("dram",)), _u("rows", 16), _u("row_bytes", 24),
          _u("src_stride", 24), _u("dst_stride", 24)),
         "for r < rows: dst[r*dst_stride : +row_bytes] = src[r*src_stride : +row_bytes]",
-        lambda a: [("src", "r", _span(a, "src_stride")), ("dst", "w", _span(a, "dst_stride"))]),
+        lambda a: [("src", "r", *_rows(a, "src_stride")), ("dst", "w", *_rows(a, "dst_stride"))]),
     _op("store", 0x02, "store",
         (_ref("dst", ("dram",)), _ref("src", ON_CHIP), _u("rows", 16), _u("row_bytes", 24),
          _u("src_stride", 24), _u("dst_stride", 24)),
         "for r < rows: dst[r*dst_stride : +row_bytes] = src[r*src_stride : +row_bytes]",
-        lambda a: [("src", "r", _span(a, "src_stride")), ("dst", "w", _span(a, "dst_stride"))]),
+        lambda a: [("src", "r", *_rows(a, "src_stride")), ("dst", "w", *_rows(a, "dst_stride"))]),
     _op("vfill", 0x03, "vector",
         (_ref("dst", ON_CHIP), _u("n", 24), _s("value", 32)),
         "dst[i] = value for i < n (i32 elements)",
@@ -180,20 +190,21 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         "dst[c*plane + p] = bias[c] (i32) for c < channels, p < plane",
         lambda a: [("bias", "r", 4 * a["channels"]), ("dst", "w", 4 * a["channels"] * a["plane"])]),
     _op("sconv", 0x05, "pe",
-        (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",))) + _CONV_GEOMETRY,
+        (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",))) + _CONV_GEOMETRY + _INTEGER_WEIGHTS,
         f"dst[co,y,x] (+)= (sum over spikes {_CONV_INDEX} of wgt[co,ci,i,j]) << shift (adds only)",
         _conv_footprint(lambda a: "spike")),
     _op("dconv", 0x06, "pe",
         (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",)),
-         _enum("fmt", FORMATS[1:], "element format of src")) + _CONV_GEOMETRY,
+         _enum("fmt", FORMATS[1:], "element format of src")) + _CONV_GEOMETRY + _INTEGER_WEIGHTS,
         f"dst[co,y,x] (+)= (sum of {_CONV_INDEX} times wgt[co,ci,i,j]) << shift (multiply-accumulate)",
         _conv_footprint(lambda a: a["fmt"])),
     _op("pool", 0x07, "vector",
-        (_ref("src", ("ifmap",)), _ref("dst", ("ofmap",)), _enum("mode", ("max", "sum")),
-         _enum("src_fmt", FORMATS), _enum("dst_fmt", FORMATS), _u("channels", 16), _u("ih", 12),
+        (_ref("src", ("ifmap",)), _ref("dst", ("ofmap",)), _enum("mode", ("max", "sum", "min")),
+         _enum("src_fmt", FORMATS + (TIME,)), _enum("dst_fmt", FORMATS + (TIME,)), _u("channels", 16), _u("ih", 12),
          _u("iw", 12), _u("oh", 12), _u("ow", 12), _u("k", 4), _u("stride", 4),
          _s("pt", 5, "zero rows above the input (negative: input rows skipped)")),
-        f"dst[c,y,x] = max or sum of {_POOL_INDEX} (max of spikes is OR)",
+        f"dst[c,y,x] = max, sum or min of {_POOL_INDEX} (max of spikes is OR; min of spike times is the "
+        "earliest spike, the max of the values they stand for)",
         lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["channels"] * a["ih"] * a["iw"])),
                    ("dst", "w", elems_bytes(a["dst_fmt"], a["channels"] * a["oh"] * a["ow"]))]),
     _op("nrn", 0x08, "neuron",
@@ -212,6 +223,18 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         "src spikes or integers, dst integers (written values must fit dst_fmt)",
         lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["n"])),
                    ("dst", "rw" if a["accumulate"] else "w", elems_bytes(a["dst_fmt"], a["n"]))]),
+    _op("tconv", 0x0A, "pe",
+        (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",))) + _CONV_GEOMETRY
+        + (_u("shift", 5, "base: a spike at t through code e adds sign * 2^(shift - e - t)"), _WINDOW),
+        f"dst[co,y,x] (+)= sum over spike times t < window of {_CONV_INDEX} of sign(w) << (shift - e(w) - t), "
+        "w = wgt[co,ci,i,j] a 5-bit log code, zero codes skipped (TTFS: shifts and adds, in time order)",
+        _conv_footprint(lambda a: TIME, lambda a: LOG5)),
+    _op("tfire", 0x0B, "neuron",
+        (_ref("src", ("psum", "ifmap")), _ref("dst", ("ofmap",)), _enum("src_fmt", FORMATS[1:]), _u("n", 24),
+         _u("frac", 6, "fractional bits of src"), _WINDOW),
+        "dst[i] = max(0, round(-log2(src[i] / 2^frac))) if src[i] > 0 and that is below window, else window "
+        "(TTFS: one spike time per neuron; the rounding is a leading-one position and one compare, see isa/ttfs.py)",
+        lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["n"])), ("dst", "w", a["n"])]),
 )
 
 BY_NAME = {op.name: op for op in INSTRUCTIONS}

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ttc.isa.io import decode_output, encode_input
+from ttc.isa.table import TIME
+from ttc.isa.ttfs import time_values
 from ttc.isa.program import Program
 from ttc.simulator.machine import Machine
 from ttc.simulator.energy import EnergyModel
@@ -78,6 +80,8 @@ def _read_output(machine: Machine, io: dict) -> np.ndarray:
     numel = int(np.prod(io["shape"]))
     if io["fmt"] == "spike":
         values = np.unpackbits(raw, axis=2, count=numel, bitorder="little").astype(np.float32)
+    elif io["fmt"] == TIME:  # spike times, window = frac + 1
+        values = decode_output(time_values(raw, io["frac"] + 1), io["frac"], io["divide_by"])
     else:
         values = decode_output(raw.view(f"<i{int(io['fmt'][1:]) // 8}"), io["frac"], io["divide_by"])
     values = values.reshape(machine.batch, steps, *io["shape"])

@@ -21,9 +21,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ttc.isa.encoding import Instr, Ref
 from ttc.isa.footprint import regions
-from ttc.isa.hwconfig import multiply_action, neuron_update_actions, spike_add_action
+from ttc.isa.hwconfig import (TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS, multiply_action, neuron_update_actions,
+                              spike_add_action)
 from ttc.isa.program import Program
-from ttc.isa.table import BY_NAME, FORMAT_BYTES, MEMORIES, rescale
+from ttc.isa.table import BY_NAME, FORMAT_BYTES, LOG5, MEMORIES, TIME, rescale
+from ttc.isa.ttfs import code_integers, fire_times, time_values
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -154,14 +156,14 @@ def _per_tap(x: np.ndarray, i: Instr) -> np.ndarray:
     return win[:, ::i["sh"], ::i["sw"]].sum(axis=(1, 2)).reshape(-1)
 
 
-def _conv(m: Machine, i: Instr, src_fmt: str) -> None:
-    """Integer convolution through torch's conv2d in floating point, which is exact here: every
-    partial sum is an integer bounded by max|x| * sum|w|, checked below 2^24 for float32 (else
-    float64, below 2^53)."""
-    cin, cout, ih, iw, kh, kw, oh, ow = (i[k] for k in ("cin", "cout", "ih", "iw", "kh", "kw", "oh", "ow"))
-    x = m.read(i["src"], src_fmt, cin * ih * iw).reshape(m.batch, cin, ih, iw)
-    w = m.read(i["wgt"], i["wfmt"], cout * cin * kh * kw)[0].reshape(cout, cin * kh * kw)
+def _conv_sums(m: Machine, i: Instr, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The integer convolution of x [B, cin, ih, iw] with w [cout, cin*kh*kw] as [B, cout*oh*ow], through
+    torch's conv2d in floating point, which is exact here: every partial sum is an integer bounded by
+    max|x| * sum|w|, checked below 2^24 for float32 (else float64, below 2^53)."""
+    cout, cin, kh, kw = i["cout"], i["cin"], i["kh"], i["kw"]
     bound = int(np.abs(x).max(initial=0)) * int(np.abs(w).sum(axis=1).max(initial=0))
+    if bound >= 1 << 53:
+        raise SimError(f"instruction {m.pc} ({i.op}): partial sums may reach {bound}, beyond exact arithmetic")
     xp, w4 = torch.from_numpy(_padded(x, i)), torch.from_numpy(w.reshape(cout, cin, kh, kw))
     y = None
     if bound < 1 << 24:
@@ -169,18 +171,59 @@ def _conv(m: Machine, i: Instr, src_fmt: str) -> None:
         y = y if (y == np.rint(y)).all() else None  # a transform-domain algorithm (Winograd) would round
     if y is None:
         y = torch.nn.functional.conv2d(xp.double(), w4.double(), stride=(i["sh"], i["sw"])).numpy()
-    y = np.rint(y).astype(np.int64).reshape(m.batch, cout * oh * ow) << i["shift"]
+    return np.rint(y).astype(np.int64).reshape(m.batch, -1)
+
+
+def _accumulate(m: Machine, i: Instr, y: np.ndarray) -> None:
     if i["accumulate"]:
-        y += m.read(i["dst"], "i32", cout * oh * ow)
+        y = y + m.read(i["dst"], "i32", y.shape[1])
     m.write(i["dst"], "i32", y)
-    a = m.event.actions
+
+
+def _conv_operands(m: Machine, i: Instr, src_fmt: str, wfmt: str) -> tuple[np.ndarray, np.ndarray]:
+    cin, cout, ih, iw, kh, kw = (i[k] for k in ("cin", "cout", "ih", "iw", "kh", "kw"))
+    x = m.read(i["src"], src_fmt, cin * ih * iw).reshape(m.batch, cin, ih, iw)
+    return x, m.read(i["wgt"], wfmt, cout * cin * kh * kw)[0].reshape(cout, cin * kh * kw)
+
+
+def _conv(m: Machine, i: Instr, src_fmt: str) -> None:
+    x, w = _conv_operands(m, i, src_fmt, i["wfmt"])
+    y = _conv_sums(m, i, x, w) << i["shift"]
+    _accumulate(m, i, y)
+    a, outputs = m.event.actions, y.shape[1] * m.batch
     if src_fmt == "spike":  # every spike adds each non-zero weight it reaches
         a["spike_add"] = a[spike_add_action(i["wfmt"])] = int(_per_tap(x, i) @ (w != 0).sum(axis=0))
     else:  # every in-bounds tap multiplies, whatever the values
-        a["mac"] = a["add32"] = int(_per_tap(np.ones((1, cin, ih, iw), np.int64), i).sum()) * cout * m.batch
+        a["mac"] = a["add32"] = int(_per_tap(np.ones((1,) + x.shape[1:], np.int64), i).sum()) * i["cout"] * m.batch
         a[multiply_action(src_fmt, i["wfmt"])] = a["mac"]
     if i["shift"]:
-        a["shift32"] += cout * oh * ow * m.batch
+        a["shift32"] += outputs
+
+
+def _tconv(m: Machine, i: Instr) -> None:
+    """TTFS: each input spike at t adds sign << (shift - e - t) for each non-zero code e it reaches,
+    which is the integer conv of the values 2^(window-1-t) with the weights sign * 2^(shift-(window-1)-e)."""
+    times, codes = _conv_operands(m, i, TIME, LOG5)
+    window = i["window"]
+    try:
+        w = code_integers(codes, i["shift"] - (window - 1))
+    except ValueError as e:
+        raise SimError(f"instruction {m.pc} (tconv): {e}") from None
+    _accumulate(m, i, _conv_sums(m, i, time_values(times, window), w))
+    synapses = int(_per_tap((times < window).astype(np.int64), i) @ (w != 0).sum(axis=0))
+    m.event.actions["shift_add"] = synapses
+    for action, per_synapse in TTFS_SYNAPSE_ACTIONS.items():
+        m.event.actions[action] += synapses * per_synapse
+
+
+def _tfire(m: Machine, i: Instr) -> None:
+    t = fire_times(m.read(i["src"], i["src_fmt"], i["n"]), i["frac"], i["window"])
+    m.write(i["dst"], TIME, t)
+    a, count = m.event.actions, i["n"] * m.batch
+    a["fire"] = count
+    a["spike"] = int((t < i["window"]).sum())
+    for action, per_neuron in TTFS_FIRE_ACTIONS.items():
+        a[action] += count * per_neuron
 
 
 def _sconv(m: Machine, i: Instr) -> None:
@@ -195,7 +238,7 @@ def _pool(m: Machine, i: Instr) -> None:
     c, h, w, k, s = i["channels"], i["ih"], i["iw"], i["k"], i["stride"]
     x = m.read(i["src"], i["src_fmt"], c * h * w).reshape(m.batch, c, h, w)
     win = sliding_window_view(_window(x, i, k, k, s, s, 0), (k, k), axis=(2, 3))[:, :, ::s, ::s]
-    y = win.max(axis=(4, 5)) if i["mode"] == "max" else win.sum(axis=(4, 5))
+    y = {"max": win.max, "min": win.min, "sum": win.sum}[i["mode"]](axis=(4, 5))
     m.write(i["dst"], i["dst_fmt"], y)
     op = "add32" if i["mode"] == "sum" else "or1" if i["src_fmt"] == "spike" else "cmp32"
     m.event.actions[op] += y[0].size * k * k * m.batch
@@ -242,7 +285,7 @@ def _vacc(m: Machine, i: Instr) -> None:
 
 
 HANDLERS = {"halt": _halt, "load": _copy, "store": _copy, "vfill": _vfill, "vbias": _vbias, "sconv": _sconv, "dconv": _dconv,
-            "pool": _pool, "nrn": _nrn, "vacc": _vacc}
+            "pool": _pool, "nrn": _nrn, "vacc": _vacc, "tconv": _tconv, "tfire": _tfire}
 
 if set(HANDLERS) != set(BY_NAME):
     raise ImportError(f"simulator handlers {sorted(HANDLERS)} do not match the ISA table {sorted(BY_NAME)}")

@@ -12,6 +12,11 @@
 * a conv of a multi-bit value whose sums could overflow 32 bits reads it through a `rescale` that
   rounds off as few low bits as it needs;
 * a conv or add whose every reader is a conv is stored in 8 or 16 bits where its bound allows;
+* TTFS (docs/ttfs.md): a layer on spike times keeps its weights as 5-bit log codes, which must already
+  lie on that grid (powers of two within 2^14 of the largest: CAT training's `LogConv2d` /
+  `LogLinear`), and accumulates exactly: the input's frac W-1 plus the codes' finest exponent, with
+  the bias rounded into that; an average pool of spike times becomes such a conv (weights 1/k^2);
+  `fire` reads whatever fixed point it is given;
 * neurons become `neuron_q`: the decay is the nearest m * 2^-k with m < 2^decay_bits (a shift when
   m = 1, exact when the decay is such a dyadic number); the state keeps `in_shift` guard bits, as many
   as T-1 exact decays need (k each) while the worst-case state still fits 32 bits (negative: the
@@ -29,9 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ttc.isa.table import rescale
+from ttc.isa.ttfs import ZERO_EXPONENT
 
-from ..ir import (Add, AvgPool, Conv2d, Graph, Input, IRError, Linear, Membrane, Neuron, NeuronQ, Op, Rescale,
-                  TimeConcat, TimeReduce, TTConv2d, fix)
+from ..ir import (Add, AvgPool, Conv2d, Fire, Graph, Input, IRError, Linear, Membrane, Neuron, NeuronQ, Op, Rescale,
+                  TimeConcat, TimeReduce, TTConv2d, fix, integer_weights)
 from . import Pass, register
 
 LIMIT = 1 << 31
@@ -140,7 +146,8 @@ class Quantize(Pass):
         for op in graph.ops:
             op = self.quantize_op(op, [done[i] for i in op.inputs])
             ins = [done[i] for i in op.inputs]
-            if isinstance(op, (Conv2d, Add)) and graph.users(op.name) and op.name not in graph.outputs \
+            if isinstance(op, (Conv2d, Add)) and getattr(op, "log_scale", None) is None and graph.users(op.name) \
+                    and op.name not in graph.outputs \
                     and all(isinstance(u, (Conv2d, Linear, TTConv2d)) for u in graph.users(op.name)):
                 op.out_bits = stored_bits(self.bound[op.name])
             op.type = op.infer([i.type for i in ins])
@@ -158,6 +165,12 @@ class Quantize(Pass):
         if isinstance(op, Input):
             op.declared = op.declared.with_(dtype=fix(self.input_bits, self.input_frac))
             self.bound[op.name] = 1 << (self.input_bits - 1)
+        elif isinstance(op, AvgPool) and ins[0].type.dtype.kind == "ttfs":
+            op = self.logarithmic(self.average_as_conv(op, ins[0]), ins[0])
+        elif isinstance(op, (Conv2d, Linear)) and ins[0].type.dtype.kind == "ttfs":
+            op = self.logarithmic(op, ins[0])
+        elif isinstance(op, Fire):
+            self.bound[op.name] = 1 << (op.window - 1)
         elif isinstance(op, (Conv2d, Linear)):
             frac = weight_scale(op.weight, self.weight_bits)
             q = quantize_weights(op.weight, frac, self.weight_bits)
@@ -200,6 +213,45 @@ class Quantize(Pass):
         else:  # max pooling, flatten, repeat: values pass through unchanged
             self.bound[op.name] = b_in
         return op
+
+    def logarithmic(self, op: Conv2d | Linear, x: Op) -> Op:
+        """A layer on spike times: its weights as log codes (they must be on the 5-bit grid) and the
+        exact accumulator format."""
+        w = op.weight.astype(np.float64)
+        live = w != 0
+        mantissa, exponent = np.frexp(np.abs(w))
+        if (mantissa[live] != 0.5).any():
+            op.fail("reads TTFS spike times but its weights are not powers of two: train it with "
+                    "ttc.frontends.ttfs.LogConv2d / LogLinear (5-bit logarithmic weights)")
+        k = exponent - 1  # |w| = 2^k
+        scale = int(k[live].max()) if live.any() else 0
+        e = np.where(live, scale - k, ZERO_EXPONENT)
+        if (e[live] >= ZERO_EXPONENT).any():
+            op.fail(f"weights span more than 2^{ZERO_EXPONENT - 1}: not 5-bit logarithmic weights")
+        op.weight = np.where(live, (w < 0).astype(np.int64) << 4 | e, ZERO_EXPONENT).astype(np.uint8)
+        op.log_scale = scale
+        op.weight_frac = int(e[live].max()) - scale if live.any() else -scale
+        frac = x.type.dtype.frac + op.weight_frac
+        magnitude = np.abs(integer_weights(op)).reshape(op.weight.shape[0], -1).sum(axis=1)
+        bias = np.rint(op.bias.astype(np.float64) * 2.0 ** frac) if op.bias is not None else np.zeros(op.weight.shape[0])
+        bound = int((magnitude * self.bound[x.name] + np.abs(bias)).max())
+        if bound >= LIMIT:
+            op.fail(f"its exact TTFS accumulator may reach {bound}, beyond 32 bits: fewer inputs, a shorter window "
+                    "or a narrower spread of weight exponents")
+        op.bias = bias.astype(np.int32) if op.bias is not None else None
+        self.bound[op.name] = bound
+        return op
+
+    @staticmethod
+    def average_as_conv(pool: AvgPool, x: Op) -> Conv2d:
+        """A k x k average of spike times as the conv of weights 1/k^2 from each channel to itself."""
+        if pool.area != pool.kernel ** 2 or pool.area & (pool.area - 1):
+            pool.fail(f"a TTFS average over {pool.area} inputs: the weight 1/{pool.area} is not a power of two")
+        channels = x.type.shape[0]
+        weight = np.zeros((channels, channels, pool.kernel, pool.kernel), dtype=np.float32)
+        weight[np.arange(channels), np.arange(channels)] = 1.0 / pool.area
+        return Conv2d(name=pool.name, inputs=pool.inputs, path=pool.path, weight=weight,
+                      stride=(pool.stride, pool.stride))
 
     def insert_rescale(self, conv: Op, x: Op, shift: int, bound: int, out_bits: int | None = None) -> Op:
         """Insert y = R(x, shift) before `conv`, stored in `out_bits` or as narrow as its bound allows."""
