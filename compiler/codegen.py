@@ -273,7 +273,7 @@ def generate(graph: Graph, hw: HwConfig, options: dict, source: dict) -> Program
     dram_bytes = max([len(data)] + [op.dram + step_stride(graph, op) * (op.type.time or 1) for op in stored])
     meta = dict(
         ttc_version=VERSION, dram_bytes=dram_bytes, options=options, source=source, layers=emit.layers,
-        **{note: graph.notes.get(note, {}) for note in ("counts", "factorize", "schedule")},
+        **{note: graph.notes.get(note, {}) for note in ("counts", "factorize", "schedule", "ttfs")},
         inputs=[_io(graph, op, index=op.index, bits=op.type.dtype.bits) for op in graph.inputs],
         outputs=[_io(graph, graph.op(name), divide_by=output_divisor(graph, name)) for name in graph.outputs],
     )

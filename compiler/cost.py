@@ -27,7 +27,7 @@ from ttc.isa.hwconfig import (TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS, HwConfig,
                               spike_add_action)
 from ttc.isa.table import TIME, elems_bytes
 
-from .ir import AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce, integer_weights
+from .ir import AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce, live_synapses
 from .tiling import (ConvPlan, ElementwisePlan, PoolPlan, RowTile, conv_plan, elementwise_plan, fmt, fused_consumer,
                      is_elementwise, pool_plan, split)
 
@@ -123,7 +123,7 @@ def _pipeline(hw: HwConfig, steps: list[tuple[_Step, int]], bubbles: float) -> f
     return recent[-1] + steps[-1][0].latency + bubbles
 
 
-def conv_cost(plan: ConvPlan, time: int, weight: np.ndarray, neuron: dict | None = None, membranes: int = 0,
+def conv_cost(plan: ConvPlan, time: int, live: np.ndarray, neuron: dict | None = None, membranes: int = 0,
               density: float = DEFAULT_DENSITY) -> LayerCost:
     """`neuron`: the fused neuron's reset, in_shift, decay_mul and decay_shift (None if there is none)."""
     hw, bill, lat = plan.hw, _Bill(plan.hw), plan.hw.dram_latency_cycles
@@ -165,7 +165,7 @@ def conv_cost(plan: ConvPlan, time: int, weight: np.ndarray, neuron: dict | None
                 sums_out = bill.store("ofmap", 4 * n)
     if plan.consumer == "reduce":
         bubbles += sums_out + lat
-    _conv_actions(plan, bill, time, weight, neuron, density)
+    _conv_actions(plan, bill, time, live, neuron, density)
     return _finish(hw, bill, steps, bubbles)
 
 
@@ -244,12 +244,12 @@ def _conv_step(plan: ConvPlan, bill: _Bill, tc: int, rt: RowTile, time: int, mem
     return step
 
 
-def _conv_actions(plan: ConvPlan, bill: _Bill, time: int, weight: np.ndarray, neuron: dict | None, density: float) -> None:
+def _conv_actions(plan: ConvPlan, bill: _Bill, time: int, live: np.ndarray, neuron: dict | None, density: float) -> None:
     rows = _in_bounds(plan.oh, plan.ih, plan.kh, plan.sh, plan.pt)
     cols = _in_bounds(plan.ow, plan.iw, plan.kw, plan.sw, plan.pl)
     reach = np.outer(rows, cols)  # outputs each kernel tap reaches
-    w = weight.reshape(plan.cout, plan.cin, plan.kh, plan.kw)
-    synapses = density * float(((w != 0).sum(axis=(0, 1)) * reach).sum())  # per step, at the input's spike density
+    w = live.reshape(plan.cout, plan.cin, plan.kh, plan.kw)
+    synapses = density * float((w.sum(axis=(0, 1)) * reach).sum())  # per step, at the input's spike density
     if plan.in_fmt == TIME:
         bill.act("pe", {action: n * synapses for action, n in TTFS_SYNAPSE_ACTIONS.items()}, time)
     elif plan.in_fmt == "spike":
@@ -358,7 +358,7 @@ def op_cost(graph: Graph, op: Op, hw: HwConfig, tile=None, density: float = DEFA
         consumer = fused_consumer(graph, op)
         plan = conv_plan(graph, op, hw, tile or op.tile)
         neuron = _neuron_args(consumer) if isinstance(consumer, NeuronQ) else None
-        return conv_cost(plan, x_op.type.time, integer_weights(op), neuron, plan.membranes, density)
+        return conv_cost(plan, x_op.type.time, live_synapses(op), neuron, plan.membranes, density)
     if isinstance(op, (MaxPool, AvgPool)):
         return pool_cost(pool_plan(graph, op, hw, tile or op.tile), x_op.type.time, "max" if isinstance(op, MaxPool) else "sum")
     if is_elementwise(graph, op):

@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from ttc.isa.table import conv_out
-from ttc.isa.ttfs import MAX_WINDOW, ZERO_EXPONENT, code_integers
+from ttc.isa.ttfs import MAX_WINDOW, ZERO_EXPONENT
 
 
 class IRError(ValueError):
@@ -137,9 +137,8 @@ def _accumulator(op: Op, x: TensorType, weight: np.ndarray, weight_frac: int | N
             op.fail("logarithmic weights are u8 codes with a weight_frac")
         if x.dtype.kind != "ttfs":
             op.fail(f"logarithmic weights take TTFS spike times, not {x.dtype}")
-        e = weight & 0xF
-        if (weight >= 32).any() or (e[e < ZERO_EXPONENT] > weight_frac + log_scale).any():
-            op.fail(f"weight codes outside 0..31, or finer than weight_frac {weight_frac} holds at scale 2^{log_scale}")
+        if (weight >= 32).any() or not 0 <= tconv_base(op, x) < 32:
+            op.fail(f"weight codes outside 0..31, or the accumulator's base {tconv_base(op, x)} outside 0..31")
         if shift or out_bits != 32:
             op.fail("a TTFS layer accumulates in 32 bits, unshifted")
         return fix(32, x.dtype.frac + weight_frac)
@@ -162,11 +161,15 @@ def _accumulator(op: Op, x: TensorType, weight: np.ndarray, weight_frac: int | N
     return fix(out_bits, x.dtype.frac + weight_frac + shift)
 
 
-def integer_weights(op: "Conv2d | Linear") -> np.ndarray:
-    """The integers a quantized conv or linear multiplies by: its weights, or what its log codes stand for."""
-    if op.log_scale is None:
-        return op.weight
-    return code_integers(op.weight, op.weight_frac + op.log_scale)
+def live_synapses(op: "Conv2d | Linear") -> np.ndarray:
+    """Where a quantized conv or linear has a non-zero weight (integer, or log code e < 15)."""
+    return op.weight != 0 if op.log_scale is None else (op.weight & 0xF) != ZERO_EXPONENT
+
+
+def tconv_base(op: "Conv2d | Linear", x: TensorType) -> int:
+    """A TTFS layer's base: a spike at t through code e adds sign * 2^(base - e - t) to the accumulator
+    (fix32 at frac = x's frac W-1 + weight_frac), dropped when base < e + t."""
+    return x.dtype.frac + op.weight_frac + op.log_scale
 
 
 def _check_bias(op: Op, bias, channels: int, weight_frac) -> None:
@@ -216,9 +219,12 @@ class Conv2d(Op):
     Quantized: w is i8 (or i16: a contracted tensor-train kernel) standing for w * 2^-weight_frac, the
     sums are shifted left by `shift` bits (y = b + (sum << shift)), b is i32 in the result's format, and
     the result is stored in `out_bits` (narrower than the 32-bit accumulator where the quantizer proves
-    the values fit). TTFS (`log_scale` s set): x is spike times, w u8 codes sign << 4 | e standing for
-    sign * 2^(s - e) (e = 15: zero), and the integer sum is sum over spikes of sign * 2^(weight_frac + s - e)
-    * 2^(W-1-t) at frac weight_frac + W - 1."""
+    the values fit). TTFS (`log_scale` s set): x is spike times t (window W), w u8 codes sign << 4 | e
+    standing for sign * 2^(s - e) (e = 15: zero), and the result at frac F = W - 1 + weight_frac is
+
+        y = b + sum over spikes and codes of sign * 2^(base - e - t),  base = F + s  (`tconv_base`),
+
+    each term dropped where base < e + t (below the accumulator's last bit): exact when weight_frac >= max e - s."""
 
     opname: ClassVar[str] = "conv2d"
     weight: np.ndarray

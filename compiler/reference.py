@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from ttc.isa.io import decode_output, encode_input
 from ttc.isa.table import rescale
-from ttc.isa.ttfs import fire_times, time_values
+from ttc.isa.ttfs import fire_times, synapse_weights, time_values
 
 from .ir import (Add, AvgPool, Conv2d, Fire, Flatten, Graph, Input, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, Repeat,
-                 Rescale, TimeConcat, TimeReduce, TimeSlice, TTConv2d, integer_weights)
+                 Rescale, TimeConcat, TimeReduce, TimeSlice, TTConv2d)
 
 
 
@@ -45,6 +45,19 @@ def tt_conv(op: TTConv2d, x: torch.Tensor) -> torch.Tensor:
     if bias is not None:
         late = late + bias.reshape(-1, 1, 1)
     return torch.cat([_per_step(steps, x[:half]), late])
+
+
+def ttfs_layer(op: Conv2d | Linear, window: int, x: torch.Tensor) -> torch.Tensor:
+    """A TTFS conv or linear, spike time by spike time: the spikes at t (the inputs equal to 2^(W-1-t))
+    each add synapse_weights(codes, base - t), exactly (integers in float64, every sum < 2^53)."""
+    base = op.weight_frac + op.log_scale + window - 1
+    y = 0
+    for t in range(window):
+        spikes = (x == 2.0 ** (window - 1 - t)).to(torch.float64)
+        w = torch.from_numpy(synapse_weights(op.weight, base - t).astype(np.float64))
+        y = y + (_per_step(lambda v: F.conv2d(v, w, None, op.stride, op.padding), spikes) if isinstance(op, Conv2d)
+                 else F.linear(spikes, w))
+    return y if op.bias is None else y + _f64(op.bias).reshape(-1, *(1,) * (len(op.type.shape) - 1))
 
 
 def _decay(u: torch.Tensor, mul: int, shift: int) -> torch.Tensor:
@@ -90,12 +103,14 @@ def evaluate(graph: Graph, inputs: list[np.ndarray]) -> dict[str, torch.Tensor]:
             env[op.name] = torch.from_numpy(encode_input(inputs[op.index], dt.bits, dt.frac)).to(torch.float64)
         elif isinstance(op, Repeat):
             env[op.name] = x.unsqueeze(0).expand(op.steps, *x.shape)
+        elif isinstance(op, (Conv2d, Linear)) and op.log_scale is not None:
+            env[op.name] = ttfs_layer(op, graph.op(op.inputs[0]).type.dtype.bits, x)
         elif isinstance(op, Conv2d):
-            w, b = _f64(integer_weights(op)), _f64(op.bias)
+            w, b = _f64(op.weight), _f64(op.bias)
             y = _per_step(lambda v: F.conv2d(v, w, None, op.stride, op.padding), x) * 2.0 ** op.shift
             env[op.name] = y if b is None else y + b.reshape(-1, 1, 1)
         elif isinstance(op, Linear):
-            env[op.name] = F.linear(x, _f64(integer_weights(op)), _f64(op.bias))
+            env[op.name] = F.linear(x, _f64(op.weight), _f64(op.bias))
         elif isinstance(op, TTConv2d):
             env[op.name] = tt_conv(op, x)
         elif isinstance(op, Add):

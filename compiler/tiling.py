@@ -22,7 +22,7 @@ from ttc.isa.hwconfig import HwConfig
 from ttc.isa.table import BY_NAME, FORMAT_BYTES, LOG5, TIME, elems_bytes
 
 from .ir import (Add, AvgPool, Conv2d, DType, Fire, Graph, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, Rescale,
-                 TensorType, TimeReduce)
+                 TensorType, TimeReduce, tconv_base)
 
 SLOT_ALIGN = 32
 
@@ -410,15 +410,10 @@ def conv_plan(graph: Graph, op: Conv2d | Linear, hw: HwConfig, tile) -> ConvPlan
                     consumer=kind, bias=op.bias is not None,
                     membranes=sum(isinstance(u, Membrane) for u in graph.users(consumer.name)) if neuron else 0,
                     wfmt=LOG5 if op.log_scale is not None else f"i{8 * op.weight.itemsize}", out_fmt=fmt(op.type.dtype),
-                    shift=tconv_shift(op, x) if op.log_scale is not None else op.shift,
+                    shift=tconv_base(op, x) if op.log_scale is not None else op.shift,
                     in_window=x.dtype.bits if x.dtype.kind == "ttfs" else 0,
                     fire_window=consumer.window if kind == "fire" else 0,
                     **conv_geometry(op, x))
-
-
-def tconv_shift(op: Conv2d | Linear, x: TensorType) -> int:
-    """tconv's base: a spike at t through code e adds 2^(base - e - t), in the accumulator's format."""
-    return x.dtype.frac + op.weight_frac + op.log_scale
 
 
 def is_elementwise(graph: Graph, op: Op) -> bool:

@@ -6,7 +6,7 @@ ttc's scheme (DESIGN.md section 2, docs/ttfs.md). A value v is one spike at time
 
 sent when v > 0 and t(v) < window; otherwise no spike (the value 0). round is to the nearest integer:
 a tie would need v = 2^-(k + 1/2), which no binary number is, so t(v) = ceil(-log2 v - 1/2) exactly,
-and in integers v >= 2^-(k + 1/2) iff v^2 >= 2^-(2k + 1).
+and the machine decides it in integers (ttc.isa.ttfs.fire_times, held equal to spike_time by the tests).
 
 Weights are 5-bit logarithmic: w = sign * 2^(s - e), a sign bit and a 4-bit exponent e in 0..14 (code
 15 is zero), with one power-of-two scale 2^s per layer, s = round(log2 max |w|) (the largest weight on

@@ -11,7 +11,7 @@ integers, so the test is a >= ceil(sqrt(2) * 2^p), one comparison with a constan
 
 Weights. A code is sign << 4 | e, e < 15 standing for sign * 2^-e (times the layer's scale 2^s), e = 15
 for zero. A spike at time t through code e adds sign * 2^(base - e - t) to an integer accumulator: a
-shift and an add.
+shift and an add; a term below the accumulator's last bit (base < e + t) is dropped.
 """
 from __future__ import annotations
 
@@ -62,10 +62,10 @@ def code_exponents(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return 1 - 2 * ((codes >> 4) & 1), codes & 0xF
 
 
-def code_integers(codes: np.ndarray, shift: int) -> np.ndarray:
-    """sign * 2^(shift - e) for every code (0 for e = 15), as int64; every non-zero e must be <= shift."""
+def synapse_weights(codes: np.ndarray, shift: int) -> np.ndarray:
+    """What one spike adds through each code into an integer accumulator: sign * 2^(shift - e), or 0
+    where that is below the accumulator's last bit (shift < e: the shifter drops it) or e = 15, as int64.
+    A spike at time t adds synapse_weights(codes, base - t)."""
     sign, e = code_exponents(codes)
-    live = e < ZERO_EXPONENT
-    if live.any() and int(e[live].max()) > shift:
-        raise ValueError(f"weight exponent {int(e[live].max())} lies below the accumulator's lowest bit (shift {shift})")
-    return np.where(live, sign * np.left_shift(1, np.maximum(shift - e, 0)), 0)
+    kept = (e < ZERO_EXPONENT) & (e <= shift)
+    return np.where(kept, sign * np.left_shift(1, np.clip(shift - e, 0, 62)), 0)

@@ -25,7 +25,7 @@ from ttc.isa.hwconfig import (TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS, multiply_
                               spike_add_action)
 from ttc.isa.program import Program
 from ttc.isa.table import BY_NAME, FORMAT_BYTES, LOG5, MEMORIES, TIME, rescale
-from ttc.isa.ttfs import code_integers, fire_times, time_values
+from ttc.isa.ttfs import fire_times, synapse_weights
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -201,16 +201,17 @@ def _conv(m: Machine, i: Instr, src_fmt: str) -> None:
 
 
 def _tconv(m: Machine, i: Instr) -> None:
-    """TTFS: each input spike at t adds sign << (shift - e - t) for each non-zero code e it reaches,
-    which is the integer conv of the values 2^(window-1-t) with the weights sign * 2^(shift-(window-1)-e)."""
+    """TTFS, in time order: the spikes at t each add sign << (shift - e - t) for every non-zero code e
+    they reach, dropped where shift < e + t (below the accumulator's last bit)."""
     times, codes = _conv_operands(m, i, TIME, LOG5)
-    window = i["window"]
-    try:
-        w = code_integers(codes, i["shift"] - (window - 1))
-    except ValueError as e:
-        raise SimError(f"instruction {m.pc} (tconv): {e}") from None
-    _accumulate(m, i, _conv_sums(m, i, time_values(times, window), w))
-    synapses = int(_per_tap((times < window).astype(np.int64), i) @ (w != 0).sum(axis=0))
+    y = np.zeros((m.batch, i["cout"] * i["oh"] * i["ow"]), dtype=np.int64)
+    synapses = 0
+    for t in range(i["window"]):
+        spikes = (times == t).astype(np.int64)
+        w = synapse_weights(codes, i["shift"] - t)
+        y += _conv_sums(m, i, spikes, w)
+        synapses += int(_per_tap(spikes, i) @ (w != 0).sum(axis=0))
+    _accumulate(m, i, y)
     m.event.actions["shift_add"] = synapses
     for action, per_synapse in TTFS_SYNAPSE_ACTIONS.items():
         m.event.actions[action] += synapses * per_synapse

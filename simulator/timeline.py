@@ -35,9 +35,9 @@ def work_cycles(hw: HwConfig, i: Instr) -> int:
     a = i.args
     if i.op in ("load", "store"):
         return hw.transfer_cycles(a["rows"] * a["row_bytes"])
-    if i.op in ("sconv", "dconv"):
+    if i.op in ("sconv", "dconv", "tconv"):
         return hw.conv_cycles(a["cout"], a["oh"], a["ow"], a["cin"], a["kh"], a["kw"])
-    if i.op == "nrn":
+    if i.op in ("nrn", "tfire"):
         return hw.neuron_cycles(a["n"])
     if i.op in ("vfill", "vacc"):
         return hw.vector_cycles(a["n"])
@@ -45,7 +45,9 @@ def work_cycles(hw: HwConfig, i: Instr) -> int:
         return hw.vector_cycles(a["channels"] * a["plane"])
     if i.op == "pool":
         return hw.vector_cycles(a["channels"] * a["oh"] * a["ow"] * a["k"] ** 2)
-    return 0
+    if i.op == "halt":
+        return 0
+    raise ValueError(f"no cycle model for instruction {i.op!r}")
 
 
 class Reservations:

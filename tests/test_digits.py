@@ -61,10 +61,6 @@ def test_training_script_writes_a_model_that_compiles(tmp_path):
         subprocess.run([sys.executable, str(ROOT / "examples/digits/train.py"), "--epochs", "1", "-o", str(out), *variant],
                        check=True, capture_output=True)
         assert not list(tmp_path.glob("*.tmp"))
-        if variant == ["--cat"]:  # a TTFS ANN: ttc does not compile those yet (issue 6)
-            model = torch.load(out, weights_only=False)
-            assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
-            continue
         model = api.load_model(out)
         assert isinstance(model, torch.nn.Sequential)
-        api.compile_model(model, f"{STEPS},N,1,8,8")
+        api.compile_model(model, "N,1,8,8" if variant == ["--cat"] else f"{STEPS},N,1,8,8")  # the CAT ANN is static

@@ -15,6 +15,7 @@ from ttc.compiler.cost import graph_costs, input_densities
 from ttc.compiler.ir import Conv2d, IRError
 from ttc.compiler.reference import evaluate
 from ttc.compiler.tiling import CONV_FIELD_MAX, Block, row_tiles
+from ttc.demo import CAT_MODEL
 from ttc.demo import MODEL as DIGITS_MODEL
 from ttc.digits import load_digits_split
 from ttc.frontends import modules as M
@@ -115,7 +116,9 @@ def test_cost_model_is_within_ten_percent_of_the_simulator_on_every_layer(hw):
     checks = _cost_vs_simulator(digits, api.simulate(digits.program, x), x)
     cifar = vgg_snn(widths=(32, 64, 128, 128), pool_after=(1, 2, 3))
     checks += _cost_vs_simulator(*compile_and_check(cifar, 2, config, batch=1))
-    assert len(checks) >= 10
+    ttfs = api.compile_model(api.load_model(CAT_MODEL), "N,1,8,8", config)  # tconv and tfire
+    checks += _cost_vs_simulator(ttfs, api.simulate(ttfs.program, x[0]), x[0])
+    assert len(checks) >= 17
     for name, cycles_error, energy_error in checks:
         assert abs(cycles_error) <= 0.10 and abs(energy_error) <= 0.10, (name, cycles_error, energy_error)
 

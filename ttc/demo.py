@@ -1,6 +1,7 @@
-"""The demo: compile the embedded digits SNN (or, with --model, another digits model such as the
-TT-SNN example examples/digits/tt_digits_snn.pt), run the 360 held-out digits on the simulator and
-compare the float model, the quantized reference and the simulator. `make demo` runs this."""
+"""The demo: compile the embedded digits SNN (or, with --model, another digits model: the TT-SNN example
+examples/digits/tt_digits_snn.pt, or the TTFS example examples/digits/cat_digits_ann.pt, a CAT-trained
+ANN that runs once per digit), run the 360 held-out digits on the simulator and compare the float
+model, the quantized reference and the simulator. `make demo` runs this."""
 from __future__ import annotations
 
 import argparse
@@ -11,10 +12,12 @@ import numpy as np
 
 from ttc import api
 from ttc.digits import load_digits_split
+from ttc.frontends import ttfs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "digits"
 MODEL = EXAMPLES / "digits_snn.pt"
 TT_MODEL = EXAMPLES / "tt_digits_snn.pt"
+CAT_MODEL = EXAMPLES / "cat_digits_ann.pt"
 OUT = Path("out")
 
 
@@ -23,13 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=MODEL, help=f"a digits model (default {MODEL.name})")
     path = ap.parse_args(argv).model
     _, _, x, y = load_digits_split()
+    model = api.load_model(path)
+    ttfs_model = isinstance(next(iter(model.children()), None), (ttfs.CATActivation, ttfs.TTFSEncoder))
+    if ttfs_model:  # static: one pass per digit, the spike times inside each layer's window
+        x = x[0]
     t0 = time.perf_counter()
-    compiled = api.compile_file(path, "4,N,1,8,8")
+    compiled = api.compile_file(path, "N,1,8,8" if ttfs_model else "4,N,1,8,8")
     compile_s = time.perf_counter() - t0
     OUT.mkdir(exist_ok=True)
     out = OUT / f"{path.stem}.bin"
     compiled.program.save(out)
-    model = api.load_model(path)
     t0 = time.perf_counter()
     result = api.simulate(compiled.program, x)
     sim_s = time.perf_counter() - t0
@@ -39,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     acc = {name: float((out.argmax(1) == y).mean()) for name, out in (("float", flt), ("reference", ref), ("simulator", sim))}
     bit_exact = sim.tobytes() == ref.tobytes()
     total = compiled.counts["model"]["total"]
-    print(f"ttc demo: {path.name} on the {len(y)} held-out scikit-learn digits (T=4), hardware {compiled.program.hw.name}")
+    coding = "TTFS, one pass" if ttfs_model else "T=4"
+    print(f"ttc demo: {path.name} on the {len(y)} held-out scikit-learn digits ({coding}), hardware {compiled.program.hw.name}")
     print(f"  {total['params']} parameters, {total['macs']:.0f} MACs per step ({total['adds']:.0f} on spikes, "
           f"{total['muls']:.0f} on multi-bit values)")
     print(f"  compiled in {compile_s:.2f} s to {out}: {len(compiled.program.code)} instructions; simulated in {sim_s:.2f} s")
@@ -52,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
           f"max |output difference| {np.abs(sim - flt).max():.4f}")
     print(f"  per inference: {result.cycles} cycles ({result.cycles / (compiled.program.hw.frequency_mhz * 1e6) * 1e6:.1f} us at "
           f"{compiled.program.hw.frequency_mhz:g} MHz), {result.total_energy_pj / 1e6:.3f} uJ, "
-          f"{result.counters.get('spike_add', 0):.0f} spike-driven adds, {result.counters.get('mac', 0):.0f} MACs, "
+          f"{result.counters.get('spike_add', 0):.0f} spike-driven adds, {result.counters.get('shift_add', 0):.0f} TTFS "
+          f"shift-adds, {result.counters.get('mac', 0):.0f} MACs, "
           f"{result.counters.get('spike', 0):.0f} spikes")
     print("  energy by component (nJ): " + ", ".join(f"{k} {v / 1e3:.2f}" for k, v in result.energy_pj.items()))
     return 0 if bit_exact else 1

@@ -1,12 +1,15 @@
 """Model builders shared by tests, benchmarks, examples and the notes: VGG-style LIF SNNs for 3x32x32
-inputs, sized to be larger than the buffers of the shipped hardware configs, and MS-ResNets with dense
-or tensor-train convolutions (TT-SNN)."""
+inputs, sized to be larger than the buffers of the shipped hardware configs, MS-ResNets with dense
+or tensor-train convolutions (TT-SNN), and VGG-shaped CAT ANNs for TTFS (docs/ttfs.md)."""
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from ttc.frontends import modules as M
+from ttc.frontends import ttfs
 
 
 def vgg_snn(widths=(64, 128, 256, 256, 512), pool_after=(0, 1, 3, 4), in_channels: int = 3, size: int = 32,
@@ -68,3 +71,37 @@ def tt_resnet(depth: int = 18, ranks=None, variant: str = "stt", in_channels: in
             c, k = width, k + 1
     layers += [M.LIF(), M.AvgPool2d(size), M.Flatten(), M.Linear(c, classes), M.TimeMean()]
     return spiking_statistics(nn.Sequential(*layers), seed + 1)
+
+
+#: VGG-16's 13 convolutions (channels; "M" a 2x2 max pool), then three linear layers.
+VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def cat_vgg(cfg=VGG16, hidden: int = 512, in_channels: int = 3, size: int = 32, classes: int = 10, window: int = 8,
+            seed: int = 0) -> nn.Sequential:
+    """[N, in_channels, size, size] -> [N, classes]: a VGG-shaped CAT ANN (3x3 LogConv2d + CAT, max pools
+    as in `cfg`, then LogLinear + CAT to `hidden`, twice, and a LogLinear readout). Random weights, each
+    layer scaled (by a power of two: the 5-bit grid is kept) so that its largest pre-activation on
+    uniform random images lies in [1, 2): every layer fires (cost studies, not accuracy)."""
+    torch.manual_seed(seed)
+    act = lambda: ttfs.CATActivation(window)
+    layers, c = [act()], in_channels
+    for item in cfg:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+        else:
+            layers += [ttfs.LogConv2d(c, item, 3, padding=1), act()]
+            c = item
+    layers += [nn.Flatten(), ttfs.LogLinear(c * size * size, hidden), act(), ttfs.LogLinear(hidden, hidden), act(),
+               ttfs.LogLinear(hidden, classes)]
+    net = nn.Sequential(*layers).eval()
+    x = torch.rand(16, in_channels, size * 2 ** cfg.count("M"), size * 2 ** cfg.count("M"), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, (ttfs.LogConv2d, ttfs.LogLinear)):
+                m.bias.zero_()
+                peak = float(m(x).max())
+                m.weight.mul_(2.0 ** -math.floor(math.log2(peak)) if peak > 0 else 1.0)
+            x = m(x)
+    return net

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ttc.isa.table import rescale
-from ttc.isa.ttfs import ZERO_EXPONENT
+from ttc.isa.ttfs import ZERO_EXPONENT, synapse_weights
 
 from ..ir import (Add, AvgPool, Conv2d, Fire, Graph, Input, IRError, Linear, Membrane, Neuron, NeuronQ, Op, Rescale,
-                  TimeConcat, TimeReduce, TTConv2d, fix, integer_weights)
+                  TimeConcat, TimeReduce, TTConv2d, fix, tconv_base)
 from . import Pass, register
 
 LIMIT = 1 << 31
@@ -139,6 +139,7 @@ class Quantize(Pass):
     def run(self, graph: Graph) -> Graph:
         if self.weight_bits != 8:
             raise IRError("the hardware stores 8-bit weights (weight_bits=8)")
+        self.graph = graph
         self.bound: dict[str, int] = {}
         self.state_frac: dict[str, int] = {}
         done: dict[str, Op] = {}
@@ -215,8 +216,9 @@ class Quantize(Pass):
         return op
 
     def logarithmic(self, op: Conv2d | Linear, x: Op) -> Op:
-        """A layer on spike times: its weights as log codes (they must be on the 5-bit grid) and the
-        exact accumulator format."""
+        """A layer on spike times: its weights as log codes (they must be on the 5-bit grid) and its
+        accumulator's format: exact (every term's bits kept) when that fits 32 bits, else as many
+        fractional bits as fit, the terms below the last one dropped (noted in graph.notes["ttfs"])."""
         w = op.weight.astype(np.float64)
         live = w != 0
         mantissa, exponent = np.frexp(np.abs(w))
@@ -230,15 +232,21 @@ class Quantize(Pass):
             op.fail(f"weights span more than 2^{ZERO_EXPONENT - 1}: not 5-bit logarithmic weights")
         op.weight = np.where(live, (w < 0).astype(np.int64) << 4 | e, ZERO_EXPONENT).astype(np.uint8)
         op.log_scale = scale
-        op.weight_frac = int(e[live].max()) - scale if live.any() else -scale
-        frac = x.type.dtype.frac + op.weight_frac
-        magnitude = np.abs(integer_weights(op)).reshape(op.weight.shape[0], -1).sum(axis=1)
-        bias = np.rint(op.bias.astype(np.float64) * 2.0 ** frac) if op.bias is not None else np.zeros(op.weight.shape[0])
-        bound = int((magnitude * self.bound[x.name] + np.abs(bias)).max())
-        if bound >= LIMIT:
-            op.fail(f"its exact TTFS accumulator may reach {bound}, beyond 32 bits: fewer inputs, a shorter window "
-                    "or a narrower spread of weight exponents")
-        op.bias = bias.astype(np.int32) if op.bias is not None else None
+        exact = int(e[live].max()) - scale if live.any() else -scale
+        bias = op.bias.astype(np.float64) if op.bias is not None else np.zeros(op.weight.shape[0])
+        for weight_frac in range(exact, -scale - x.type.dtype.frac - 1, -1):
+            op.weight_frac = weight_frac
+            base, frac = tconv_base(op, x.type), x.type.dtype.frac + weight_frac
+            per_spike = np.abs(synapse_weights(op.weight, base)).reshape(op.weight.shape[0], -1).sum(axis=1)
+            bq = np.rint(bias * 2.0 ** frac)
+            bound = int((per_spike + np.abs(bq)).max())  # every input spiking at t = 0 adds the most
+            if bound < LIMIT and base < 32:
+                break
+        else:
+            op.fail("its TTFS accumulator does not fit 32 bits even with no fractional bits")
+        self.graph.notes.setdefault("ttfs", {})[op.path or op.name] = {
+            "accumulator_frac": frac, "dropped_bits": exact - weight_frac, "scale": scale}
+        op.bias = bq.astype(np.int32) if op.bias is not None else None
         self.bound[op.name] = bound
         return op
 
