@@ -9,6 +9,8 @@ import torch
 
 from ttc.frontends.ttfs import (ZERO_EXPONENT, CATActivation, LogConv2d, LogLinear, convert, log_quantize,
                                 log_weight_codes, log_weight_values, spike_time, spike_value, weight_scale)
+from ttc.isa import asm
+from ttc.isa.program import Program
 from ttc.isa.ttfs import fire_times, leading_one, synapse_weights, time_values
 
 WINDOW = 8
@@ -147,6 +149,9 @@ def test_cat_digits_compile_bit_exact_and_agree_with_the_ann(cat_digits):
     ops = [layer["op"] for layer in compiled.program.meta["layers"]]
     assert ops == ["fire", "conv2d+fire", "conv2d+fire", "maxpool", "conv2d+fire", "maxpool", "linear+time_reduce"]
     assert all(n["dropped_bits"] == 0 for n in compiled.graph.notes["ttfs"].values())  # exact accumulators
+    prog = compiled.program
+    assert asm.assemble(asm.disassemble(prog)).to_bytes() == prog.to_bytes() == Program.from_bytes(prog.to_bytes()).to_bytes()
+    assert {i.op for i in prog.code} >= {"tconv", "tfire", "pool"}
 
 
 def test_counters_one_spike_per_neuron_and_shift_adds_as_pytorch_counts_them(cat_digits):
@@ -222,3 +227,23 @@ def test_bad_ttfs_models_are_named():
                                 LogLinear(8, 2))
     with pytest.raises(IRError, match="'1'.*not powers of two.*LogConv2d"):
         api.compile_model(plain, "N,1,2,2")
+
+
+def test_an_accumulator_beyond_32_bits_drops_its_lowest_terms_the_same_way_in_reference_and_simulator():
+    """4096 inputs, window 16, weights from 2^0 down to 2^-14: the exact sum needs 2^(12+14+15) in the
+    worst case; quantize lowers the accumulator's frac until it fits and notes the bits dropped."""
+    from ttc import api
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(CATActivation(16), torch.nn.Flatten(), LogLinear(4096, 8, bias=False))
+    with torch.no_grad():
+        net[2].weight.copy_(torch.exp2(-torch.randint(0, 15, (8, 4096)).float()) * torch.sign(torch.randn(8, 4096)))
+    compiled = api.compile_model(net, "N,1,64,64")
+    (note,) = compiled.graph.notes["ttfs"].values()
+    assert note["dropped_bits"] > 0
+    assert compiled.graph.inputs[0].type.dtype.frac == 14  # an input only fired: every bit below 1 is fraction
+    x = (np.random.default_rng(0).integers(0, 1 << 14, (3, 1, 64, 64)) / 2.0 ** 14).astype(np.float32)  # encoded exactly
+    sim = api.simulate(compiled.program, x)
+    assert sim.outputs[0].tobytes() == api.reference(compiled, x)[0].tobytes()
+    exact = api.run_float(net, x)[0]
+    assert 0 < np.abs(sim.outputs[0] - exact).max() <= 4096 * 2.0 ** -note["accumulator_frac"]  # < one LSB per input

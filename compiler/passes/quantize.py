@@ -1,6 +1,7 @@
 """quantize: float IR -> the integer IR the hardware runs (docs/numerics.md).
 
-* the input: `fix{input_bits}.{input_frac}`; the runtime rounds half to even and saturates;
+* the input: `fix{input_bits}.{input_frac}`; the runtime rounds half to even and saturates; an input
+  that is only fired (TTFS) is `fix{input_bits}.{input_bits - 2}` instead (values from 1 up fire alike);
 * weights: `weight_bits`-bit integers with one power-of-two scale per layer, the largest that holds
   max|w|: w = q * 2^-weight_frac; the accumulator has the input's frac plus weight_frac; biases are
   rounded into the accumulator's format;
@@ -36,8 +37,8 @@ import numpy as np
 from ttc.isa.table import rescale
 from ttc.isa.ttfs import ZERO_EXPONENT, synapse_weights
 
-from ..ir import (Add, AvgPool, Conv2d, Fire, Graph, Input, IRError, Linear, Membrane, Neuron, NeuronQ, Op, Rescale,
-                  TimeConcat, TimeReduce, TTConv2d, fix, tconv_base)
+from ..ir import (Add, AvgPool, Conv2d, Fire, Graph, Input, IRError, Linear, Membrane, Neuron, NeuronQ, Op, Repeat,
+                  Rescale, TimeConcat, TimeReduce, TTConv2d, fix, tconv_base)
 from . import Pass, register
 
 LIMIT = 1 << 31
@@ -164,7 +165,8 @@ class Quantize(Pass):
     def quantize_op(self, op: Op, ins: list[Op]) -> Op:
         b_in = self.bound[ins[0].name] if ins else 0
         if isinstance(op, Input):
-            op.declared = op.declared.with_(dtype=fix(self.input_bits, self.input_frac))
+            frac = self.input_bits - 2 if self.only_fired(op) else self.input_frac
+            op.declared = op.declared.with_(dtype=fix(self.input_bits, frac))
             self.bound[op.name] = 1 << (self.input_bits - 1)
         elif isinstance(op, AvgPool) and ins[0].type.dtype.kind == "ttfs":
             op = self.logarithmic(self.average_as_conv(op, ins[0]), ins[0])
@@ -214,6 +216,13 @@ class Quantize(Pass):
         else:  # max pooling, flatten, repeat: values pass through unchanged
             self.bound[op.name] = b_in
         return op
+
+    def only_fired(self, value: Op) -> bool:
+        """Is `value` only ever fired (TTFS encoding, through repeats)? Then it needs no integer bits
+        beyond the value 1 (all above 2^-1/2 fire at t = 0): every other bit is fraction, placing the
+        rounding edges 2^-(k+1/2) of the grid as finely as the input width allows."""
+        users = self.graph.users(value.name)
+        return bool(users) and all(isinstance(u, Fire) or (isinstance(u, Repeat) and self.only_fired(u)) for u in users)
 
     def logarithmic(self, op: Conv2d | Linear, x: Op) -> Op:
         """A layer on spike times: its weights as log codes (they must be on the 5-bit grid) and its
