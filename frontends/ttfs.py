@@ -22,9 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: Exponent codes 0..14 are weights 2^(s - e); code 15 is zero.
-ZERO_EXPONENT = 15
-WEIGHT_BITS = 5
+from ttc.isa.ttfs import MAX_WINDOW, ZERO_EXPONENT  # the codes' format is the machine's: exponent 15 is zero
+
 
 
 def _nearest_exponent(v: torch.Tensor) -> torch.Tensor:
@@ -64,8 +63,8 @@ class CATActivation(nn.Module):
 
     def __init__(self, window: int = 8):
         super().__init__()
-        if not 1 <= window <= ZERO_EXPONENT + 1:
-            raise ValueError(f"window {window}: between 1 and {ZERO_EXPONENT + 1} steps")
+        if not 1 <= window <= MAX_WINDOW:
+            raise ValueError(f"window {window}: between 1 and {MAX_WINDOW} steps")
         self.window = window
 
     def forward(self, x):
