@@ -15,8 +15,9 @@
 * a conv or add whose every reader is a conv is stored in 8 or 16 bits where its bound allows;
 * TTFS (docs/ttfs.md): a layer on spike times keeps its weights as 5-bit log codes, which must already
   lie on that grid (powers of two within 2^14 of the largest: CAT training's `LogConv2d` /
-  `LogLinear`), and accumulates exactly: the input's frac W-1 plus the codes' finest exponent, with
-  the bias rounded into that; an average pool of spike times becomes such a conv (weights 1/k^2);
+  `LogLinear`), and accumulates exactly (the input's frac W-1 plus the codes' finest exponent, the
+  bias rounded into that) where 32 bits hold the worst case, else with as many fractional bits as fit,
+  the terms below the last dropped (noted per layer in graph.notes["ttfs"]); an average pool of spike times becomes such a conv (weights 1/k^2);
   `fire` reads whatever fixed point it is given;
 * neurons become `neuron_q`: the decay is the nearest m * 2^-k with m < 2^decay_bits (a shift when
   m = 1, exact when the decay is such a dyadic number); the state keeps `in_shift` guard bits, as many
