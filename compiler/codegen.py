@@ -171,15 +171,13 @@ class _Emitter:
             for group, (lo, hi) in enumerate(split(tc, self.hw.pe_groups)):
                 args = dict(src=src, wgt=Ref("wgt", w.addr + plan.weights_at(tc, i0) + lo * (i1 - i0) * taps * plan.wbytes),
                             dst=Ref("psum", acc.addr + 4 * lo * n // tc), **plan.conv_args(i1 - i0, rt),
-                            cout=hi - lo, accumulate=int(plan.bias or k > 0), group=group, wfmt=plan.wfmt,
-                            shift=plan.shift)
+                            cout=hi - lo, accumulate=int(plan.bias or k > 0), group=group, shift=plan.shift)
                 if plan.in_fmt == TIME:
-                    del args["wfmt"]
                     self.emit("tconv", **args, window=plan.in_window)
                 elif plan.in_fmt == "spike":
-                    self.emit("sconv", **args)
+                    self.emit("sconv", **args, wfmt=plan.wfmt)
                 else:
-                    self.emit("dconv", **args, fmt=plan.in_fmt)
+                    self.emit("dconv", **args, wfmt=plan.wfmt, fmt=plan.in_fmt)
         return w
 
     def pool(self, op: MaxPool | AvgPool) -> None:

@@ -302,38 +302,23 @@ _TT_SNN = {"mem_update": tt_snn_neuron, "Snn_Conv2d": conv2d, "batch_norm_2d": b
            "STT_Snn_Conv2d": tt_snn_conv, "PTT_Snn_Conv2d": tt_snn_conv, "HTT_Snn_Conv2d": tt_snn_conv}
 
 
+#: ttc's, TTFS and torch.nn layers and the handler of each, in the order they are tried.
+_BY_CLASS = (
+    (ttc.LIF, ttc_lif), (ttc.TTConv2d, tt_conv), (ttc.DirectEncoder, direct_encoder),
+    ((ttfs.CATActivation, ttfs.TTFSEncoder), cat_activation), (ttfs.TTFSLinear, ttfs_layer),
+    ((ttfs.TTFSMaxPool2d, ttfs.TTFSAvgPool2d), ttfs_pool), (ttc.TimeMean, time_mean), (ttc.Flatten, flatten),
+    (nn.Conv2d, conv2d), (nn.Linear, linear), ((nn.BatchNorm2d, nn.BatchNorm1d), batchnorm),
+    ((nn.MaxPool2d, nn.AvgPool2d), pool), (nn.Flatten, flatten), ((nn.Identity, nn.Dropout), identity),
+)
+
+
 def handler_for(m: nn.Module):
     """The handler that lowers module `m`, or None if ttc does not know it."""
     if type(m).__name__ in _TT_SNN:
         return _TT_SNN[type(m).__name__]
-    if isinstance(m, (ttc.LIF,)):
-        return ttc_lif
-    if isinstance(m, ttc.TTConv2d):
-        return tt_conv
-    if isinstance(m, ttc.DirectEncoder):
-        return direct_encoder
-    if isinstance(m, (ttfs.CATActivation, ttfs.TTFSEncoder)):
-        return cat_activation
-    if isinstance(m, ttfs.TTFSLinear):
-        return ttfs_layer
-    if isinstance(m, (ttfs.TTFSMaxPool2d, ttfs.TTFSAvgPool2d)):
-        return ttfs_pool
-    if isinstance(m, ttc.TimeMean):
-        return time_mean
-    if isinstance(m, ttc.Flatten):
-        return flatten
-    if isinstance(m, nn.Conv2d):
-        return conv2d
-    if isinstance(m, nn.Linear):
-        return linear
-    if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-        return batchnorm
-    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-        return pool
-    if isinstance(m, nn.Flatten):
-        return flatten
-    if isinstance(m, (nn.Identity, nn.Dropout)):
-        return identity
+    for classes, handler in _BY_CLASS:
+        if isinstance(m, classes):
+            return handler
     sj = sys.modules.get("spikingjelly.activation_based.neuron")
     if sj is not None and isinstance(m, sj.BaseNode):
         return spikingjelly_node

@@ -234,7 +234,7 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
          _u("frac", 6, "fractional bits of src"), _WINDOW),
         "dst[i] = max(0, round(-log2(src[i] / 2^frac))) if src[i] > 0 and that is below window, else window "
         "(TTFS: one spike time per neuron; the rounding is a leading-one position and one compare, see isa/ttfs.py)",
-        lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["n"])), ("dst", "w", a["n"])]),
+        lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["n"])), ("dst", "w", elems_bytes(TIME, a["n"]))]),
 )
 
 BY_NAME = {op.name: op for op in INSTRUCTIONS}

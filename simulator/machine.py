@@ -25,7 +25,7 @@ from ttc.isa.hwconfig import (TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS, multiply_
                               spike_add_action)
 from ttc.isa.program import Program
 from ttc.isa.table import BY_NAME, FORMAT_BYTES, LOG5, MEMORIES, TIME, rescale
-from ttc.isa.ttfs import fire_times, synapse_weights
+from ttc.isa.ttfs import ZERO_EXPONENT, code_exponents, fire_times, synapse_weights
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -202,13 +202,22 @@ def _conv(m: Machine, i: Instr, src_fmt: str) -> None:
 
 def _tconv(m: Machine, i: Instr) -> None:
     """TTFS, in time order: the spikes at t each add sign << (shift - e - t) for every non-zero code e
-    they reach, dropped where shift < e + t (below the accumulator's last bit)."""
+    they reach, dropped where shift < e + t (below the accumulator's last bit). Up to the time `exact`
+    at which no term is dropped yet, the terms are 2^(exact - t) times those at `exact`: those times
+    are one integer conv; each later time is one conv of its own."""
     times, codes = _conv_operands(m, i, TIME, LOG5)
-    y = np.zeros((m.batch, i["cout"] * i["oh"] * i["ow"]), dtype=np.int64)
-    synapses = 0
-    for t in range(i["window"]):
+    window, shift = i["window"], i["shift"]
+    _, e = code_exponents(codes)
+    live = e < ZERO_EXPONENT
+    exact = min(window - 1, shift - int(e[live].max(initial=0)))
+    early = times <= exact
+    x = np.where(early, np.left_shift(1, np.clip(exact - times, 0, 62)), 0)
+    w = synapse_weights(codes, shift - exact) if exact >= 0 else np.zeros_like(codes)
+    y = _conv_sums(m, i, x, w)
+    synapses = int(_per_tap(early.astype(np.int64), i) @ live.sum(axis=0))
+    for t in range(max(exact + 1, 0), window):
         spikes = (times == t).astype(np.int64)
-        w = synapse_weights(codes, i["shift"] - t)
+        w = synapse_weights(codes, shift - t)
         y += _conv_sums(m, i, spikes, w)
         synapses += int(_per_tap(spikes, i) @ (w != 0).sum(axis=0))
     _accumulate(m, i, y)
