@@ -21,7 +21,7 @@ from ttc.isa.program import Program
 from ttc.isa.table import TIME
 
 from .ir import AvgPool, Conv2d, Fire, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce
-from .passes.allocate import step_bytes, step_stride, value_addr
+from .passes.allocate import plane_bytes, step_bytes, step_stride, value_addr
 from .reference import output_divisor
 from .sync import place_tokens
 from .tiling import (Block, ConvPlan, Plan, RowTile, conv_plan, elementwise_plan, fmt, fused_consumer, is_elementwise,
@@ -64,13 +64,16 @@ class _Emitter:
         self.emit(op, dst=dst, src=src, rows=rows, row_bytes=nbytes, src_stride=src_stride, dst_stride=dst_stride)
 
     def move_block(self, op: str, value: Op, t: int, block: Block, chip: Ref) -> None:
-        """Load (`op` = "load") or store one block of step t of `value` between DRAM and `chip`."""
+        """Load (`op` = "load") or store one block of step t of `value` between DRAM and `chip`: of each
+        of its spike planes (MT), the planes one after another on chip."""
         run = block.copy()
-        dram = self.step_addr(value, t, run["offset"])
-        if op == "load":
-            self.copy("load", chip, dram, run["row_bytes"], run["rows"], run["stride"], run["row_bytes"])
-        else:
-            self.copy("store", dram, chip, run["row_bytes"], run["rows"], run["row_bytes"], run["stride"])
+        for p in range(value.type.dtype.planes):
+            dram = self.step_addr(value, t, p * plane_bytes(value.type) + run["offset"])
+            at = Ref(chip.mem, chip.addr + p * block.nbytes)
+            if op == "load":
+                self.copy("load", at, dram, run["row_bytes"], run["rows"], run["stride"], run["row_bytes"])
+            else:
+                self.copy("store", dram, at, run["row_bytes"], run["rows"], run["row_bytes"], run["stride"])
 
     def addr(self, op: Op) -> int:
         return value_addr(self.graph, op)
@@ -85,7 +88,7 @@ class _Emitter:
         """One step of `count` neurons whose input is at `src`; spikes (and states) go to DRAM."""
         self.emit("nrn", src=src, state=Ref("vmem", 0), dst=out, n=count, theta=n.theta, v_reset=n.v_reset,
                   decay_mul=n.decay_mul, decay_shift=n.decay_shift, in_shift=n.in_shift, cmp=n.cmp,
-                  reset=n.reset, order=n.order)
+                  reset=n.reset, order=n.order, levels=n.levels, mode=n.mode)
         self.move_block("store", n, t, spikes, out)
         for m in self.membranes(n):
             self.move_block("store", m, t, states, Ref("vmem", 0))
@@ -120,13 +123,15 @@ class _Emitter:
         size = op.weight.size
         self.layer(consumer or op, type(op).opname + ("+" + consumer.opname if consumer else ""), tile=list(op.tile),
                    source=op.path, weights=int(size), macs_per_step=int(size * plan.oh * plan.ow))
-        w = None
-        for c0, c1 in plan.co_tiles:
+        def resident_weights(co: tuple[int, int]) -> Ref:
+            slot = wgt.next()
+            for ci in plan.ci_tiles:
+                self.load_weights(op, plan, slot, co, ci)
+            return slot
+
+        w = resident_weights(plan.co_tiles[0]) if plan.resident else None
+        for k, (c0, c1) in enumerate(plan.co_tiles):
             tc = c1 - c0
-            if plan.resident:
-                w = wgt.next()
-                for i0, i1 in plan.ci_tiles:
-                    self.load_weights(op, plan, w, (c0, c1), (i0, i1))
             for rt in plan.row_tiles:
                 n = tc * (rt.y1 - rt.y0) * plan.ow
                 if plan.consumer == "neuron":
@@ -136,6 +141,8 @@ class _Emitter:
                 for t in range(x_op.type.time):
                     acc = psum.next()
                     w = self.conv_sums(op, plan, x_op, t, (c0, c1), rt, acc, w, wgt, ifmap)
+                    if plan.resident and k + 1 < len(plan.co_tiles) and (rt, t) == (plan.row_tiles[-1], x_op.type.time - 1):
+                        upcoming = resident_weights(plan.co_tiles[k + 1])  # in DRAM's queue before this tile's last results
                     if plan.consumer == "neuron":
                         self.neuron_step(consumer, n, t, acc, out.next(), plan.output_block("spike", (c0, c1), rt),
                                          plan.output_block("i32", (c0, c1), rt))
@@ -152,6 +159,8 @@ class _Emitter:
                         self.move_block("store", op, t, plan.output_block(out_block, (c0, c1), rt), acc)
                 if plan.consumer == "reduce":
                     self.move_block("store", consumer, 0, plan.output_block("i32", (c0, c1), rt), out[0])
+            if plan.resident and k + 1 < len(plan.co_tiles):
+                w = upcoming
 
     def conv_sums(self, op: Conv2d | Linear, plan: ConvPlan, x_op: Op, t: int, co: tuple[int, int], rt: RowTile,
                   acc: Ref, w: Ref | None, wgt: "_Slots", ifmap: "_Slots") -> Ref:
@@ -175,7 +184,7 @@ class _Emitter:
                 if plan.in_fmt == TIME:
                     self.emit("tconv", **args, window=plan.in_window)
                 elif plan.in_fmt == "spike":
-                    self.emit("sconv", **args, wfmt=plan.wfmt)
+                    self.emit("sconv", **args, wfmt=plan.wfmt, planes=plan.in_planes, mode=plan.in_mode)
                 else:
                     self.emit("dconv", **args, wfmt=plan.wfmt, fmt=plan.in_fmt)
         return w
@@ -271,7 +280,7 @@ def generate(graph: Graph, hw: HwConfig, options: dict, source: dict) -> Program
     dram_bytes = max([len(data)] + [op.dram + step_stride(graph, op) * (op.type.time or 1) for op in stored])
     meta = dict(
         ttc_version=VERSION, dram_bytes=dram_bytes, options=options, source=source, layers=emit.layers,
-        **{note: graph.notes.get(note, {}) for note in ("counts", "factorize", "schedule", "ttfs")},
+        **{note: graph.notes.get(note, {}) for note in ("counts", "factorize", "schedule", "ttfs", "decay")},
         inputs=[_io(graph, op, index=op.index, bits=op.type.dtype.bits) for op in graph.inputs],
         outputs=[_io(graph, graph.op(name), divide_by=output_divisor(graph, name)) for name in graph.outputs],
     )

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 import numpy as np
+import torch
 
 from ttc.isa.hwconfig import (TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS, HwConfig, multiply_action, neuron_update_actions,
                               spike_add_action)
+from ttc.isa.mt import code_planes
 from ttc.isa.table import TIME, elems_bytes
 
 from .ir import AvgPool, Conv2d, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, TimeReduce, live_synapses
@@ -153,11 +155,11 @@ def conv_cost(plan: ConvPlan, time: int, live: np.ndarray, neuron: dict | None =
                 waits.append(weights_cycles + lat)
             if steps and plan.consumer == "neuron":  # ... the last neuron step, this tile's fill and bias
                 waits.append(steps[-1][0].neuron + fill + step.vector)
-            if steps and plan.consumer == "reduce":  # ... the last sums out, this tile's fill and bias
-                waits.append(steps[-1][0].vector + sums_out + lat + fill + step.vector)
+            prefetched = weights_cycles if k == 0 and c0 and slots["wgt"] == 2 else 0.0
+            if steps and plan.consumer == "reduce":  # ... the last sums out (queued behind these weights), fill, bias
+                waits.append(steps[-1][0].vector + prefetched + sums_out + lat + fill + step.vector)
             if not steps:
                 bubbles += weights_cycles  # the first input waits behind the first weights
-            prefetched = weights_cycles if k == 0 and c0 and slots["wgt"] == 2 else 0.0
             boundary = steps[-1][0].pe + max(waits) if waits else 0.0
             first = replace(step, loads=step.loads + prefetched, boundary=boundary)
             steps += [(first, 1), (step, time - 1)]
@@ -179,15 +181,15 @@ def _conv_step(plan: ConvPlan, bill: _Bill, tc: int, rt: RowTile, time: int, mem
     for k, (i0, i1) in enumerate(plan.ci_tiles):
         tci = i1 - i0
         block = plan.input_block((i0, i1), rt).nbytes
-        load = bill.load("ifmap", block, time)
+        load = sum(bill.load("ifmap", block, time) for _ in range(plan.in_planes))
         wload = 0.0
         if not plan.resident:
             wload = bill.load("wgt", tc * tci * taps * plan.wbytes, time) + (bill.load("wgt", 4 * tc, time) if plan.bias and k == 0 else 0)
         conv = 0
         for lo, hi in split(tc, hw.pe_groups):
             g = hi - lo
-            conv = max(conv, hw.conv_cycles(g, rows, plan.ow, tci, plan.kh, plan.kw))
-            bill.access("ifmap", "read", block, time)
+            conv = max(conv, hw.conv_cycles(g, rows, plan.ow, tci, plan.kh, plan.kw, plan.in_planes))
+            bill.access("ifmap", "read", plan.in_planes * block, time)
             bill.access("wgt", "read", g * tci * taps * plan.wbytes, time)
             if plan.bias or k:
                 bill.access("psum", "read", 4 * g * rows * plan.ow, time)
@@ -202,13 +204,14 @@ def _conv_step(plan: ConvPlan, bill: _Bill, tc: int, rt: RowTile, time: int, mem
         step.vector += hw.vector_cycles(n)
     out = 0.0
     if plan.consumer == "neuron":
-        step.neuron = hw.neuron_cycles(n)
+        step.neuron = hw.neuron_cycles(n, plan.out_planes, plan.out_mode)
         bill.access("psum", "read", 4 * n, time)
         bill.access("vmem", "read", 4 * n, time)
         bill.access("vmem", "write", 4 * n, time)
         spikes = plan.output_block("spike", (0, tc), rt).nbytes
-        bill.access("ofmap", "write", elems_bytes("spike", n), time)
-        out = bill.store("ofmap", spikes, time) + sum(bill.store("vmem", 4 * n, time) for _ in range(membranes))
+        bill.access("ofmap", "write", plan.out_planes * elems_bytes("spike", n), time)
+        out = (sum(bill.store("ofmap", spikes, time) for _ in range(plan.out_planes))
+               + sum(bill.store("vmem", 4 * n, time) for _ in range(membranes)))
         step.chains["ofmap"] = (step.neuron + out + lat, slots["ofmap"])
     elif plan.consumer == "fire":
         step.neuron = hw.neuron_cycles(n)
@@ -249,7 +252,7 @@ def _conv_actions(plan: ConvPlan, bill: _Bill, time: int, live: np.ndarray, neur
     cols = _in_bounds(plan.ow, plan.iw, plan.kw, plan.sw, plan.pl)
     reach = np.outer(rows, cols)  # outputs each kernel tap reaches
     w = live.reshape(plan.cout, plan.cin, plan.kh, plan.kw)
-    synapses = density * float((w.sum(axis=(0, 1)) * reach).sum())  # per step, at the input's spike density
+    synapses = density * float((w.sum(axis=(0, 1)) * reach).sum()) * plan.in_planes  # per step, at the spike density
     if plan.in_fmt == TIME:
         bill.act("pe", {action: n * synapses for action, n in TTFS_SYNAPSE_ACTIONS.items()}, time)
     elif plan.in_fmt == "spike":
@@ -258,8 +261,10 @@ def _conv_actions(plan: ConvPlan, bill: _Bill, time: int, live: np.ndarray, neur
         macs = plan.cout * plan.cin * int(reach.sum())
         bill.act("pe", {"add32": macs, multiply_action(plan.in_fmt, plan.wfmt): macs}, time)
     n = plan.cout * plan.oh * plan.ow
-    if plan.shift and plan.in_fmt != TIME:  # tconv's shift is its base, not a shift of the sums
-        bill.act("pe", {"shift32": n * len(plan.ci_tiles)}, time)
+    shifts = (plan.shift != 0 and plan.in_fmt != TIME)  # tconv's shift is its base, not a shift of the sums
+    shifts += plan.in_planes - 1 if plan.in_mode == "cascade" else 0  # a cascade's doubling between planes
+    if shifts:
+        bill.act("pe", {"shift32": n * len(plan.ci_tiles) * shifts}, time)
     if neuron is not None:
         bill.act("neuron", neuron_update_actions(**neuron), time * n)
     elif plan.consumer == "fire":
@@ -303,11 +308,12 @@ def elementwise_cost(plan: ElementwisePlan, time: int, neuron: dict | None = Non
         step = _Step(loads=sum(bill.load(src, elems_bytes(f, c), time) for f in plan.in_fmts))
         if neuron:
             bill.access("vmem", "write", 4 * c)  # the chunk's membranes start at v_init
-            step.neuron = hw.neuron_cycles(c)
+            step.neuron = hw.neuron_cycles(c, plan.out_planes, plan.out_mode)
             for mem, direction, nbytes in (("psum", "read", 4 * c), ("vmem", "read", 4 * c), ("vmem", "write", 4 * c),
-                                           ("ofmap", "write", out)):
+                                           ("ofmap", "write", plan.out_planes * out)):
                 bill.access(mem, direction, nbytes, time)
-            step.stores = bill.store("ofmap", out, time) + sum(bill.store("vmem", 4 * c, time) for _ in range(membranes))
+            step.stores = (sum(bill.store("ofmap", out, time) for _ in range(plan.out_planes))
+                           + sum(bill.store("vmem", 4 * c, time) for _ in range(membranes)))
             work = step.neuron
             step.boundary = steps[-1][0].neuron + hw.vector_cycles(c) if steps else 0.0
         elif plan.kind == "fire":
@@ -373,7 +379,8 @@ def op_cost(graph: Graph, op: Op, hw: HwConfig, tile=None, density: float = DEFA
 
 
 def _neuron_args(n: NeuronQ) -> dict:
-    return dict(reset=n.reset, in_shift=n.in_shift, decay_mul=n.decay_mul, decay_shift=n.decay_shift)
+    return dict(reset=n.reset, in_shift=n.in_shift, decay_mul=n.decay_mul, decay_shift=n.decay_shift, levels=n.levels,
+                mode=n.mode)
 
 
 def _finish(hw: HwConfig, bill: _Bill, steps: list, bubbles: float) -> LayerCost:
@@ -384,12 +391,15 @@ def _finish(hw: HwConfig, bill: _Bill, steps: list, bubbles: float) -> LayerCost
 
 
 def input_densities(graph: Graph, values: dict) -> dict[str, float]:
-    """Spikes per input neuron and step of every conv and linear with a spike (or spike time) input,
-    from a run of the quantized reference (`ttc.compiler.reference.evaluate`), keyed by the conv's name."""
+    """Spikes per input neuron (and plane, MT) and step of every conv and linear with a spike (or spike
+    time) input, from a run of the quantized reference (`ttc.compiler.reference.evaluate`), keyed by the conv's name."""
     out = {}
     for op in graph.ops:
-        if isinstance(op, (Conv2d, Linear)) and graph.op(op.inputs[0]).type.dtype.kind in ("spike", "ttfs"):
-            out[op.name] = float((values[op.inputs[0]] != 0).double().mean())
+        dtype = graph.op(op.inputs[0]).type.dtype if op.inputs else None
+        if isinstance(op, (Conv2d, Linear)) and dtype.kind in ("spike", "ttfs", "mt"):
+            planes = code_planes(values[op.inputs[0]].long(), dtype.planes, dtype.mode) if dtype.kind == "mt" \
+                else [values[op.inputs[0]] != 0]
+            out[op.name] = float(torch.stack(planes).double().mean())
     return out
 
 

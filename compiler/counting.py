@@ -6,7 +6,7 @@
             the late half)
     adds    the MACs whose activation is a spike: each is an add when its spike fires, nothing when
             not, so this is the spike-driven adds at full activity (a run's report counts the real ones);
-            on TTFS spike times, the shift-adds
+            on TTFS spike times, the shift-adds; on MT spikes, one add per plane
     muls    the MACs whose activation is multi-bit (the first layer on a direct-coded input, the
             cores after G1): true multiplies
 
@@ -42,14 +42,14 @@ def layer_counts(graph: Graph, op) -> dict | None:
     x = graph.op(op.inputs[0]).type
     out = op.type
     positions = out.shape[1] * out.shape[2] if len(out.shape) == 3 else 1
-    spike_input = x.dtype.kind in ("spike", "ttfs")  # TTFS: each spike shifts and adds
+    spike_input = x.dtype.kind in ("spike", "ttfs", "mt")  # TTFS: each spike shifts and adds; MT: each plane's spike adds
     weights = op.cores if isinstance(op, TTConv2d) else (op.weight,)
     params = sum(w.size for w in weights) + (op.bias.size if op.bias is not None else 0)
     if isinstance(op, TTConv2d):
         on_input, inner = _tt_macs(op, positions, out.time or 1)
     else:
         on_input, inner = Fraction(op.weight.size * positions), Fraction(0)  # Cout Cin kh kw per output position
-    adds, muls = (on_input, inner) if spike_input else (Fraction(0), on_input + inner)
+    adds, muls = (on_input * x.dtype.planes, inner) if spike_input else (Fraction(0), on_input + inner)
     return {"path": op.path or op.name, "op": op.opname, "params": int(params), "macs": _number(adds + muls),
             "adds": _number(adds), "muls": _number(muls)}
 

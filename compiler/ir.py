@@ -4,7 +4,9 @@ Values are per sample: the batch axis never appears (a batch runs in lock-step).
 time series `seqT<dtype[shape]>` (T per-step tensors, SpikingJelly's multi-step convention without the
 batch axis) or a static tensor `dtype[shape]`. Element types: `f32` (float model), `spike` (0/1),
 `fixB.F` (a B-bit two's-complement integer q standing for q * 2^-F), `ttfsW` (TTFS spike times in a window of
-W steps, one per neuron, a time t standing for 2^-t, i.e. the integer 2^(W-1-t) at frac W-1; docs/ttfs.md).
+W steps, one per neuron, a time t standing for 2^-t, i.e. the integer 2^(W-1-t) at frac W-1; docs/ttfs.md),
+`mtKp` / `mtKc` (the K spike planes of multi-threshold neurons, parallel or cascade: the level code q of
+ttc.isa.mt, standing for q at frac 0 (parallel) or K-1 (cascade), in units of the neuron's threshold; docs/mt.md).
 
 Every op is a dataclass that validates its operands and infers its result type (`infer`); the math
 is in each docstring. `Graph.verify` runs between passes. Text form: `ttc.compiler.ir_text`.
@@ -17,6 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ttc.isa.mt import MAX_LEVELS, MODES
 from ttc.isa.table import conv_out
 from ttc.isa.ttfs import MAX_WINDOW, ZERO_EXPONENT
 
@@ -29,20 +32,33 @@ class IRError(ValueError):
 
 @dataclass(frozen=True)
 class DType:
-    kind: str  # 'f32' | 'spike' | 'fix' | 'ttfs'
-    bits: int = 0  # ttfs: the window
+    kind: str  # 'f32' | 'spike' | 'fix' | 'ttfs' | 'mt'
+    bits: int = 0  # ttfs: the window; mt: the planes
     frac: int = 0
 
     def __post_init__(self):
-        if self.kind not in ("f32", "spike", "fix", "ttfs"):
+        if self.kind not in ("f32", "spike", "fix", "ttfs", "mt"):
             raise IRError(f"unknown element type {self.kind!r}")
         if self.kind == "fix" and self.bits not in (8, 16, 32):
             raise IRError(f"fixed-point values are 8, 16 or 32 bits wide, not {self.bits}")
         if self.kind == "ttfs" and not (1 <= self.bits <= MAX_WINDOW and self.frac == self.bits - 1):
             raise IRError(f"a TTFS window is 1..{MAX_WINDOW} steps (frac window - 1), not {self.bits}")
+        if self.kind == "mt" and not (2 <= self.bits <= MAX_LEVELS and self.frac in (0, self.bits - 1)):
+            raise IRError(f"multi-threshold spikes have 2..{MAX_LEVELS} planes (frac 0 or planes - 1), not {self.bits}")
+
+    @property
+    def planes(self) -> int:
+        """Spike bit-planes a value of this type is stored in (1 for plain spikes)."""
+        return self.bits if self.kind == "mt" else 1
+
+    @property
+    def mode(self) -> str:
+        """An mt value's planes: 'parallel' (thermometer) or 'cascade' (binary)."""
+        return "cascade" if self.kind == "mt" and self.frac else "parallel"
 
     def __str__(self):
-        return {"fix": f"fix{self.bits}.{self.frac}", "ttfs": f"ttfs{self.bits}"}.get(self.kind, self.kind)
+        return {"fix": f"fix{self.bits}.{self.frac}", "ttfs": f"ttfs{self.bits}",
+                "mt": f"mt{self.bits}{self.mode[0]}"}.get(self.kind, self.kind)
 
 
 F32 = DType("f32")
@@ -55,6 +71,11 @@ def fix(bits: int, frac: int) -> DType:
 
 def ttfs(window: int) -> DType:
     return DType("ttfs", window, window - 1)
+
+
+def spikes(levels: int, mode: str) -> DType:
+    """What a neuron with `levels` thresholds emits: plain spikes, or mt planes."""
+    return SPIKE if levels == 1 else DType("mt", levels, levels - 1 if mode == "cascade" else 0)
 
 
 @dataclass(frozen=True)
@@ -329,6 +350,8 @@ class TTConv2d(Op):
             self.fail(f"unknown variant {self.variant!r} (one of {', '.join(TT_VARIANTS)})")
         if len(x.shape) != 3:
             self.fail(f"expects a [C,H,W] input, got {x}")
+        if x.dtype.kind == "mt":
+            self.fail("reads multi-threshold spike planes: tensor-train layers take plain spikes or values")
         if any(c.ndim != 4 for c in self.cores):
             self.fail("cores must be 4-d convolution weights")
         (r1, cin), r2, r3 = self.g1.shape[:2], self.g2.shape[0], self.g3.shape[0]
@@ -389,7 +412,14 @@ class Neuron(Op):
 
     TT-SNN mem_update is hard reset to 0 with order reset_decay; SpikingJelly LIFNode has
     decay = 1 - 1/tau, input_gain = 1/tau (decay_input), charge = v_reset/tau; snnTorch Leaky
-    (subtract) is order decay_reset with decay = beta."""
+    (subtract) is order decay_reset with decay = beta.
+
+    Multi-threshold (MT-SNN, `levels` K > 1, reset 'subtract'; docs/mt.md): the compare is K compares
+    (ttc.isa.mt.fire: 'parallel' against k*theta, 'cascade' against theta/2^(k-1) on the residual), y[t]
+    is their K spike planes (`mtK`), standing for the level code q in units of theta, and the reset
+    subtracts theta * q (parallel) or theta * q * 2^-(K-1) (cascade). Readers see y[t] times `amplitude`
+    (an MT neuron passes on theta times its level; fold-spike-amplitude moves the factor into the
+    readers' weights)."""
 
     opname: ClassVar[str] = "neuron"
     theta: float
@@ -401,12 +431,18 @@ class Neuron(Op):
     cmp: str = "gt"
     input_gain: float = 1.0
     charge: float = 0.0
+    levels: int = 1
+    mode: str = "parallel"
+    amplitude: float = 1.0
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
         if self.reset not in ("hard", "subtract", "none") or self.order not in ("reset_decay", "decay_reset") \
                 or self.cmp not in ("gt", "ge"):
             self.fail(f"unknown mode reset={self.reset} order={self.order} cmp={self.cmp}")
+        _check_levels(self, self.theta)
+        if not self.amplitude > 0:
+            self.fail(f"spike amplitude {self.amplitude} is not positive")
         if not 0.0 <= self.decay <= 1.0:
             self.fail(f"decay {self.decay} is outside [0, 1]")
         if x.dtype.kind != "f32":
@@ -414,7 +450,15 @@ class Neuron(Op):
         fires_at_start = self.v_init > self.theta if self.cmp == "gt" else self.v_init >= self.theta
         if fires_at_start:
             self.fail(f"initial membrane {self.v_init} is already above threshold {self.theta}")
-        return x.with_(dtype=SPIKE)
+        return x.with_(dtype=spikes(self.levels, self.mode))
+
+
+def _check_levels(op: Op, theta) -> None:
+    if not 1 <= op.levels <= MAX_LEVELS or op.mode not in MODES:
+        op.fail(f"levels {op.levels} (1..{MAX_LEVELS}) or mode {op.mode!r} (one of {', '.join(MODES)}) out of range")
+    if op.levels > 1 and (op.reset != "subtract" or not theta > 0):
+        op.fail(f"a multi-threshold neuron subtracts what it emits (reset 'subtract', not {op.reset!r}) and has a "
+                f"positive threshold (not {theta})")
 
 
 @dataclass(eq=False, kw_only=True)
@@ -424,7 +468,9 @@ class NeuronQ(Op):
 
         decay(u) = (u * decay_mul + 2^(decay_shift-1)) >> decay_shift   (u * decay_mul if decay_shift = 0)
         h = u + R(x[t], in_shift)     R(v, s) = v << s, or (v + 2^(-s-1)) >> -s for s < 0
-    """
+
+    and, with `levels` K > 1, the K thresholds of ttc.isa.mt (cascade: theta_k = R(theta, -(k-1)));
+    y[t] is the planes (`mtK`); the amplitude is 1 (folded into the readers)."""
 
     opname: ClassVar[str] = "neuron_q"
     theta: int
@@ -436,17 +482,20 @@ class NeuronQ(Op):
     reset: str = "hard"
     order: str = "reset_decay"
     cmp: str = "gt"
+    levels: int = 1
+    mode: str = "parallel"
     tile: tuple[int] | None = None  # elements per chunk, when not fused with a conv (allocate pass)
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
+        _check_levels(self, self.theta)
         if x.dtype.kind != "fix" or x.dtype.bits != 32:
             self.fail(f"input must be a 32-bit accumulator, got {x.dtype}")
         if not (0 <= self.decay_mul < 1 << 16 and 0 <= self.decay_shift <= 16 and -31 < self.in_shift < 31):
             self.fail("decay_mul, decay_shift or in_shift out of range")
         if self.decay_mul > 1 << self.decay_shift:
             self.fail("decay above 1")
-        return x.with_(dtype=SPIKE)
+        return x.with_(dtype=spikes(self.levels, self.mode))
 
 
 @dataclass(eq=False, kw_only=True)
@@ -458,7 +507,7 @@ class Membrane(Op):
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
-        if x.dtype != SPIKE:
+        if x.dtype.kind not in ("spike", "mt"):
             self.fail("membrane of a value that is not a neuron's spikes")
         return x.with_(dtype=F32 if self.frac is None else fix(32, self.frac))
 
@@ -480,12 +529,20 @@ class Fire(Op):
         x = self.seq_input(ins[0])
         if not 1 <= self.window <= MAX_WINDOW:
             self.fail(f"window {self.window} is not 1..{MAX_WINDOW}")
-        if x.dtype.kind in ("spike", "ttfs"):
+        if x.dtype.kind in ("spike", "ttfs", "mt"):
             self.fail(f"fires on values, not on {x.dtype}")
         return x.with_(dtype=ttfs(self.window))
 
 
+def planes_only_to_layers(op: Op, x: TensorType) -> None:
+    """MT spike planes are read by conv and linear layers (plane by plane, adds and shifts), nothing else."""
+    if x.dtype.kind == "mt":
+        op.fail(f"reads multi-threshold spikes ({x.dtype}), which only a conv or linear layer can read "
+                "(pool, add or reduce the values before the neuron, or read the planes with a layer)")
+
+
 def _pool_out(op: Op, x: TensorType, k: int, s: int) -> tuple[int, int, int]:
+    planes_only_to_layers(op, x)
     if len(x.shape) != 3:
         op.fail(f"pools a [C,H,W] tensor, got {x}")
     c, h, w = x.shape
@@ -584,6 +641,8 @@ class Add(Op):
             self.fail(f"operands {a} and {b} differ in shape or steps")
         if self.halve not in (0, 1):
             self.fail(f"halve is 0 or 1, not {self.halve}")
+        for t in (a, b):
+            planes_only_to_layers(self, t)
         if self.frac is None:
             if a.dtype.kind == "fix" or b.dtype.kind == "fix":
                 self.fail("a float add of a quantized operand (quantize sets frac)")
@@ -655,6 +714,7 @@ class TimeReduce(Op):
             self.fail(f"unknown mode {self.mode!r}")
         if x.dtype.kind == "ttfs":
             self.fail("sums spike times (reduce the accumulator they fire from instead)")
+        planes_only_to_layers(self, x)
         if x.dtype.kind == "f32":
             return TensorType(F32, x.shape)
         return TensorType(fix(32, x.dtype.frac), x.shape)
@@ -728,6 +788,9 @@ class Graph:
         for name in self.outputs:
             if name not in seen:
                 raise IRError(f"graph @{self.name} returns undefined %{name}")
+            if seen[name].dtype.kind == "mt":
+                self.op(name).fail("returns multi-threshold spike planes: read them with a linear layer (a model "
+                                   "returns values or plain spikes)")
         for o in self.ops:
             if isinstance(o, TimeReduce) and o.mode == "mean" and o.type.dtype.kind == "fix":
                 if any(u for u in self.users(o.name)):

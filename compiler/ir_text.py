@@ -18,7 +18,7 @@ from dataclasses import fields
 import lark
 import numpy as np
 
-from .ir import OPS, DType, Graph, Input, IRError, Op, TensorType, ttfs
+from .ir import OPS, DType, Graph, Input, IRError, Op, TensorType, spikes, ttfs
 
 _ARRAY_DTYPES = {"f32": np.float32, "i8": np.int8, "i16": np.int16, "i32": np.int32, "u8": np.uint8}
 _DTYPE_NAMES = {np.dtype(v): k for k, v in _ARRAY_DTYPES.items()}
@@ -80,7 +80,7 @@ type: SEQ "<" tensor ">" | tensor
 tensor: ELEM "[" [INT ("," INT)*] "]"
 ret: "return" VALUE ("," VALUE)*
 SEQ: /seq[0-9]+/
-ELEM: /f32|spike|i8|i16|i32|u8|fix[0-9]+\.-?[0-9]+|ttfs[0-9]+/
+ELEM: /f32|spike|i8|i16|i32|u8|fix[0-9]+\.-?[0-9]+|ttfs[0-9]+|mt[0-9]+[pc]/
 VALUE: /%[A-Za-z0-9_.]+/
 NAME: /[A-Za-z_][A-Za-z0-9_.]*/
 INT: /-?[0-9]+/
@@ -102,6 +102,8 @@ def _dtype(tok: str) -> DType:
         return DType("fix", int(bits), int(frac))
     if tok.startswith("ttfs"):
         return ttfs(int(tok[4:]))
+    if tok.startswith("mt"):
+        return spikes(int(tok[2:-1]), "cascade" if tok[-1] == "c" else "parallel")
     return DType(tok)
 
 

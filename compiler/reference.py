@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ttc.isa.io import decode_output, encode_input
+from ttc.isa.mt import fire, level_code
 from ttc.isa.table import rescale
 from ttc.isa.ttfs import fire_times, synapse_weights, time_values
 
@@ -67,29 +68,30 @@ def _decay(u: torch.Tensor, mul: int, shift: int) -> torch.Tensor:
 
 
 def neuron_steps(op: NeuronQ, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spikes and states h of every step (int64 [T, B, ...]); the equations of ir.NeuronQ."""
+    """Level codes (spikes when K = 1) and states h of every step (int64 [T, B, ...]); the equations of
+    ir.NeuronQ, the thresholds of ttc.isa.mt."""
     x = x.to(torch.int64)
-    fire = (lambda v: v > op.theta) if op.cmp == "gt" else (lambda v: v >= op.theta)
 
-    def reset(u, s):
+    def fired(v):
+        return fire(v, op.theta, op.levels, op.mode, op.cmp)
+
+    def reset(u, planes, y):
         if op.reset == "hard":
-            return torch.where(s, torch.full_like(u, op.v_reset), u)
-        if op.reset == "subtract":
-            return u - s.to(torch.int64) * op.theta
-        return u
+            return torch.where(torch.stack(planes).any(0), torch.full_like(u, op.v_reset), u)
+        return u - y if op.reset == "subtract" else u
 
     u = torch.full_like(x[0], op.v_init)
-    spikes, states = [], []
+    codes, states = [], []
     for t in range(x.shape[0]):
-        s_prev = fire(u)
+        planes, y = fired(u)
         if op.order == "reset_decay":
-            u = _decay(reset(u, s_prev), op.decay_mul, op.decay_shift)
+            u = _decay(reset(u, planes, y), op.decay_mul, op.decay_shift)
         else:
-            u = reset(_decay(u, op.decay_mul, op.decay_shift), s_prev)
+            u = reset(_decay(u, op.decay_mul, op.decay_shift), planes, y)
         u = u + rescale(x[t], op.in_shift)
-        spikes.append(fire(u).to(torch.int64))
+        codes.append(level_code(fired(u)[0], op.mode))
         states.append(u)
-    return torch.stack(spikes), torch.stack(states)
+    return torch.stack(codes), torch.stack(states)
 
 
 def evaluate(graph: Graph, inputs: list[np.ndarray]) -> dict[str, torch.Tensor]:

@@ -172,6 +172,10 @@ class ConvPlan(Plan):
     shift: int = 0
     in_window: int = 0  # TTFS: the window of the input's spike times (tconv)
     fire_window: int = 0  # TTFS: the window of the fused firing's
+    in_planes: int = 1  # MT: the spike planes of the input, and how they weigh (ttc.isa.mt)
+    in_mode: str = "parallel"
+    out_planes: int = 1  # MT: the thresholds of the fused neuron, and its mode
+    out_mode: str = "parallel"
 
     def __post_init__(self):
         taps = self.kh * self.kw
@@ -179,12 +183,13 @@ class ConvPlan(Plan):
         self.resident = self.co * (self.cin * taps) * wb + 4 * self.co <= self.hw.buffers["wgt"].bytes
         weights = self.co * (self.cin if self.resident else self.ci) * taps * wb
         n = self.co * self.rows * self.ow
-        out = {"neuron": self.co * elems_bytes("spike", self.rows * self.ow) if self.rows < self.oh else elems_bytes("spike", n),
-               "fire": n, "reduce": 4 * n, "": elems_bytes(self.out_fmt, n) if self.narrowed else None}[self.consumer]
+        spikes = self.co * elems_bytes("spike", self.rows * self.ow) if self.rows < self.oh else elems_bytes("spike", n)
+        out = {"neuron": self.out_planes * spikes, "fire": n, "reduce": 4 * n,
+               "": elems_bytes(self.out_fmt, n) if self.narrowed else None}[self.consumer]
         loaded = max(t.r1 - t.r0 for t in self.row_tiles)
         self.slot_bytes = {"wgt": self.bias_offset(weights) + 4 * self.co,
-                           "ifmap": self.ci * elems_bytes(self.in_fmt, loaded * self.iw) if self.rows < self.oh
-                           else elems_bytes(self.in_fmt, self.ci * self.ih * self.iw),
+                           "ifmap": self.in_planes * (self.ci * elems_bytes(self.in_fmt, loaded * self.iw) if self.rows < self.oh
+                                                      else elems_bytes(self.in_fmt, self.ci * self.ih * self.iw)),
                            "psum": 4 * n}
         if self.consumer == "neuron":
             self.slot_bytes["vmem"] = 4 * n
@@ -336,10 +341,12 @@ class ElementwisePlan(Plan):
     in_fmts: tuple[str, ...]
     out_fmt: str
     shifts: tuple[int, ...] = ()  # add, rescale: each operand's vacc shift
+    out_planes: int = 1  # a neuron's thresholds (MT), and its mode
+    out_mode: str = "parallel"
 
     def __post_init__(self):
         ins = [elems_bytes(f, self.chunk) for f in self.in_fmts]
-        self.slot_bytes = {"ofmap": elems_bytes(self.out_fmt, self.chunk)}
+        self.slot_bytes = {"ofmap": self.out_planes * elems_bytes(self.out_fmt, self.chunk)}
         if self.kind == "neuron":
             self.slot_bytes.update(psum=ins[0], vmem=4 * self.chunk)
         elif self.kind == "fire":
@@ -372,7 +379,7 @@ class ElementwisePlan(Plan):
 
 def fmt(dtype: DType) -> str:
     """The ISA element format a value is stored in."""
-    if dtype.kind == "spike":
+    if dtype.kind in ("spike", "mt"):  # MT: `planes` bit-planes, one after another
         return "spike"
     if dtype.kind == "fix":
         return f"i{dtype.bits}"
@@ -413,6 +420,8 @@ def conv_plan(graph: Graph, op: Conv2d | Linear, hw: HwConfig, tile) -> ConvPlan
                     shift=tconv_base(op, x) if op.log_scale is not None else op.shift,
                     in_window=x.dtype.bits if x.dtype.kind == "ttfs" else 0,
                     fire_window=consumer.window if kind == "fire" else 0,
+                    in_planes=x.dtype.planes, in_mode=x.dtype.mode,
+                    out_planes=consumer.levels if neuron else 1, out_mode=consumer.mode if neuron else "parallel",
                     **conv_geometry(op, x))
 
 
@@ -428,7 +437,7 @@ def elementwise_plan(graph: Graph, op: Op, hw: HwConfig, tile) -> ElementwisePla
     kind = "neuron" if isinstance(op, NeuronQ) else op.opname  # or add, rescale, fire
     shifts = (op.shift_a, op.shift_b) if isinstance(op, Add) else (op.shift,) if isinstance(op, Rescale) else ()
     return ElementwisePlan(hw, chunk=tile[0], n=op.type.numel, kind=kind, in_fmts=tuple(ins), out_fmt=fmt(op.type.dtype),
-                           shifts=shifts)
+                           shifts=shifts, out_planes=op.type.dtype.planes, out_mode=op.type.dtype.mode)
 
 
 def pool_plan(graph: Graph, op: MaxPool | AvgPool, hw: HwConfig, tile) -> PoolPlan:

@@ -166,6 +166,13 @@ def ttc_lif(lw: Lowering, path, m: ttc.LIF, x):
                    v_init=float(m.v_init), reset=m.reset, order="reset_decay", cmp=m.cmp)
 
 
+def ttc_mt_neuron(lw: Lowering, path, m: ttc.MTNeuron, x):
+    """Its output, y = theta * level, is the planes with amplitude theta (fold-spike-amplitude)."""
+    decay = float(torch.as_tensor(m.decay).detach())  # a PLIF's trained decay, or the constant
+    return _neuron(lw, path, m, x, True, theta=float(m.threshold), decay=decay, reset="subtract",
+                   order="reset_decay", cmp=m.cmp, levels=m.levels, mode=m.mode, amplitude=float(m.threshold))
+
+
 def spikingjelly_node(lw: Lowering, path, m, x):
     """SpikingJelly LIFNode / IFNode / ParametricLIFNode:
     H = V + (X - (V - V_reset)) / tau (decay_input) or V - (V - V_reset) / tau + X; IF: H = V + X;
@@ -304,7 +311,7 @@ _TT_SNN = {"mem_update": tt_snn_neuron, "Snn_Conv2d": conv2d, "batch_norm_2d": b
 
 #: ttc's, TTFS and torch.nn layers and the handler of each, in the order they are tried.
 _BY_CLASS = (
-    (ttc.LIF, ttc_lif), (ttc.TTConv2d, tt_conv), (ttc.DirectEncoder, direct_encoder),
+    (ttc.LIF, ttc_lif), (ttc.MTNeuron, ttc_mt_neuron), (ttc.TTConv2d, tt_conv), (ttc.DirectEncoder, direct_encoder),
     ((ttfs.CATActivation, ttfs.TTFSEncoder), cat_activation), (ttfs.TTFSLinear, ttfs_layer),
     ((ttfs.TTFSMaxPool2d, ttfs.TTFSAvgPool2d), ttfs_pool), (ttc.TimeMean, time_mean), (ttc.Flatten, flatten),
     (nn.Conv2d, conv2d), (nn.Linear, linear), ((nn.BatchNorm2d, nn.BatchNorm1d), batchnorm),

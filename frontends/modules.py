@@ -126,6 +126,63 @@ class IF(LIF):
         super().__init__(1.0, threshold, reset, v_reset, cmp)
 
 
+class MTNeuron(nn.Module):
+    """Multi-threshold leaky integrate-and-fire neurons (MT-SNN; ttc.compiler.ir.Neuron with `levels` K,
+    docs/mt.md) over [T, B, ...], each emitting one of several levels a step:
+
+        h_t = decay * (h_{t-1} - y_{t-1}) + x_t                     (h_{-1} = y_{-1} = 0)
+        'parallel': s_k = [h_t > k*theta], k = 1..K, compared at once;              y_t = theta * sum_k s_k
+        'cascade':  r_1 = h_t, s_k = [r_k > theta_k], r_(k+1) = r_k - theta_k s_k,
+                    theta_k = theta * 2^-(k-1) (successive approximation);        y_t = sum_k theta_k s_k
+
+    (`cmp='ge'`: >= instead of >), returning y_t: K+1 levels (parallel) or 2^K (cascade). K = 1 is a LIF
+    with subtract reset whose spikes weigh theta. PLIF base (`learn_decay`): decay = sigmoid(w) with w a
+    trained parameter (initialised to give `decay`); once trained the neuron compiles as a LIF with that
+    constant. Each compare's gradient is the arctan surrogate of `LIF`."""
+
+    def __init__(self, levels: int = 2, mode: str = "parallel", threshold: float = 1.0, decay: float = 0.5,
+                 cmp: str = "gt", learn_decay: bool = False):
+        super().__init__()
+        if not 1 <= levels <= 4 or mode not in ("parallel", "cascade") or cmp not in ("gt", "ge") or not threshold > 0:
+            raise ValueError(f"levels 1..4, mode 'parallel' or 'cascade', cmp 'gt' or 'ge' and a positive threshold, "
+                             f"got {levels}, {mode!r}, {cmp!r}, {threshold}")
+        if not 0.0 < decay < 1.0 and learn_decay:
+            raise ValueError(f"a learnt decay starts inside (0, 1), got {decay}")
+        self.levels, self.mode, self.threshold, self.cmp = levels, mode, threshold, cmp
+        if learn_decay:
+            self.decay_logit = nn.Parameter(torch.logit(torch.tensor(float(decay))))
+        else:
+            self.fixed_decay = decay
+
+    @property
+    def decay(self):
+        return torch.sigmoid(self.decay_logit) if hasattr(self, "decay_logit") else self.fixed_decay
+
+    def fire(self, h: torch.Tensor) -> torch.Tensor:
+        """y for membranes h."""
+        strict, y, rest = self.cmp == "gt", 0, h
+        for k in range(1, self.levels + 1):
+            if self.mode == "parallel":
+                y = y + self.threshold * _SpikeFn.apply(h - k * self.threshold, strict)
+            else:
+                step = self.threshold * 2.0 ** -(k - 1)
+                fired = step * _SpikeFn.apply(rest - step, strict)
+                y, rest = y + fired, rest - fired
+        return y
+
+    def forward(self, x):
+        h, y, out = torch.zeros_like(x[0]), torch.zeros_like(x[0]), []
+        for t in range(x.shape[0]):
+            h = self.decay * (h - y) + x[t]
+            y = self.fire(h)
+            out.append(y)
+        return torch.stack(out)
+
+    def extra_repr(self):
+        decay = "learnt" if hasattr(self, "decay_logit") else self.fixed_decay
+        return f"levels={self.levels}, mode={self.mode!r}, threshold={self.threshold}, decay={decay}, cmp={self.cmp}"
+
+
 class TTConv2d(nn.Module):
     """A 3x3 convolution (stride 1, padding 1, no bias) factorised into tensor-train cores, over
     [T, B, Cin, H, W] (TT-SNN; ttc.compiler.ir.TTConv2d):
@@ -197,4 +254,4 @@ class MSBlock(nn.Module):
 
 
 SAFE_CLASSES = (Conv2d, Linear, BatchNorm2d, MaxPool2d, AvgPool2d, Flatten, DirectEncoder, TimeMean, LIF, IF,
-                TTConv2d, MSBlock)
+                MTNeuron, TTConv2d, MSBlock)

@@ -58,16 +58,18 @@ class HwConfig:
         return self.pe_rows * self.pe_cols
 
     # ---- time per unit of work: the simulator's cycle model and the compiler's cost model both use these
-    def conv_cycles(self, cout: int, oh: int, ow: int, cin: int, kh: int, kw: int) -> int:
-        """One PE group computes every (output, tap) pair, spike or not (the dense array schedule)."""
-        return -(-cout * oh * ow * cin * kh * kw // (self.pes // self.pe_groups))
+    def conv_cycles(self, cout: int, oh: int, ow: int, cin: int, kh: int, kw: int, planes: int = 1) -> int:
+        """One PE group computes every (output, tap) pair, spike or not (the dense array schedule), plane
+        by plane of MT spikes."""
+        return -(-cout * oh * ow * cin * kh * kw * planes // (self.pes // self.pe_groups))
 
     def transfer_cycles(self, nbytes: int) -> int:
         """Cycles a DMA transfer holds the DRAM interface; the data lands `dram_latency_cycles` later."""
         return -(-nbytes // self.dram_bytes_per_cycle)
 
-    def neuron_cycles(self, n: int) -> int:
-        return -(-n // self.neuron_lanes)
+    def neuron_cycles(self, n: int, levels: int = 1, mode: str = "parallel") -> int:
+        """Each lane compares a parallel neuron's K thresholds at once, a cascade's one stage a cycle."""
+        return -(-n // self.neuron_lanes) * (levels if mode == "cascade" else 1)
 
     def vector_cycles(self, n: int) -> int:
         return -(-n // self.vector_lanes)
@@ -134,10 +136,13 @@ TTFS_SYNAPSE_ACTIONS = {"shift32": 1, "add32": 1}
 TTFS_FIRE_ACTIONS = {"cmp32": 2}
 
 
-def neuron_update_actions(reset: str, in_shift: int, decay_mul: int, decay_shift: int) -> dict[str, int]:
-    """Arithmetic actions of one neuron update (`nrn`, per neuron and step): the threshold compare, the
-    charge (and a soft reset's subtraction), shifts and the decay's multiply."""
-    actions = {"cmp32": 1, "add32": 2 if reset == "subtract" else 1,
+def neuron_update_actions(reset: str, in_shift: int, decay_mul: int, decay_shift: int, levels: int = 1,
+                          mode: str = "parallel") -> dict[str, int]:
+    """Arithmetic actions of one neuron update (`nrn`, per neuron and step): a compare per threshold,
+    the charge (and a soft reset's subtraction), a cascade's subtractions between its stages, shifts and
+    the decay's multiply."""
+    stages = levels - 1 if mode == "cascade" else 0
+    actions = {"cmp32": levels, "add32": 1 + (reset == "subtract") + stages,
                "shift32": (in_shift != 0) + (decay_mul != 1 << decay_shift)}  # a non-trivial decay ends in a shift
     if decay_mul & (decay_mul - 1):
         actions["mul16"] = 1

@@ -24,7 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-ISA_VERSION = 5
+from .mt import MAX_LEVELS, MODES
+
+ISA_VERSION = 6
 WORD_BYTES = 32
 OPCODE_BITS = 8
 
@@ -145,10 +147,10 @@ def _rows(a, stride) -> tuple[int, int, int]:
     return a["row_bytes"], a["rows"], a[stride]
 
 
-def _conv_footprint(src_fmt, wfmt=lambda a: a["wfmt"]):
+def _conv_footprint(src_fmt, wfmt=lambda a: a["wfmt"], planes=lambda a: 1):
     def footprint(a):
         acc = "rw" if a["accumulate"] else "w"
-        return [("src", "r", elems_bytes(src_fmt(a), a["cin"] * a["ih"] * a["iw"])),
+        return [("src", "r", planes(a) * elems_bytes(src_fmt(a), a["cin"] * a["ih"] * a["iw"])),
                 ("wgt", "r", elems_bytes(wfmt(a), a["cout"] * a["cin"] * a["kh"] * a["kw"])),
                 ("dst", acc, 4 * a["cout"] * a["oh"] * a["ow"])]
     return footprint
@@ -165,6 +167,7 @@ _INTEGER_WEIGHTS = (
     _enum("wfmt", ("i8", "i16"), "element format of the weights"),
     _u("shift", 5, "the sums are shifted left by this many bits before they are added to out"),
 )
+_MT_MODE = _enum("mode", MODES, "MT-SNN: parallel (thermometer planes) or cascade (binary planes), isa/mt.py")
 _WINDOW = _u("window", 5, "TTFS window: spike times below it are spikes, the rest none")
 _CONV_INDEX = "src[ci, y*sh+i-pt, x*sw+j-pl] (zero outside the input) for y < oh, x < ow"
 _POOL_INDEX = "src[c, y*stride+i-pt, x*stride+j] (zero outside the input) for i, j < k, y < oh, x < ow"
@@ -190,9 +193,13 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         "dst[c*plane + p] = bias[c] (i32) for c < channels, p < plane",
         lambda a: [("bias", "r", 4 * a["channels"]), ("dst", "w", 4 * a["channels"] * a["plane"])]),
     _op("sconv", 0x05, "pe",
-        (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",))) + _CONV_GEOMETRY + _INTEGER_WEIGHTS,
-        f"dst[co,y,x] (+)= (sum over spikes {_CONV_INDEX} of wgt[co,ci,i,j]) << shift (adds only)",
-        _conv_footprint(lambda a: "spike")),
+        (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",))) + _CONV_GEOMETRY + _INTEGER_WEIGHTS
+        + (_u("planes", 3, f"spike bit-planes of src, one after another (MT-SNN: 1..{MAX_LEVELS}; 1 for plain spikes)"),
+           _MT_MODE),
+        f"dst[co,y,x] (+)= (sum over planes p of (sum over spikes of plane p at {_CONV_INDEX} of wgt[co,ci,i,j]) "
+        "<< plane_shift(p)) << shift, plane_shift(p) = planes-1-p (cascade) or 0 (adds only; cascade doubles the "
+        "sum between planes)",
+        _conv_footprint(lambda a: "spike", planes=lambda a: a["planes"])),
     _op("dconv", 0x06, "pe",
         (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",)),
          _enum("fmt", FORMATS[1:], "element format of src")) + _CONV_GEOMETRY + _INTEGER_WEIGHTS,
@@ -211,10 +218,13 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         (_ref("src", ("psum",)), _ref("state", ("vmem",)), _ref("dst", ("ofmap",)), _u("n", 24),
          _s("theta", 32), _s("v_reset", 32), _u("decay_mul", 16), _u("decay_shift", 5),
          _s("in_shift", 6), _enum("cmp", ("gt", "ge")), _enum("reset", ("hard", "subtract", "none")),
-         _enum("order", ("reset_decay", "decay_reset"))),
-        "one time step of n neurons: u = state; s = u cmp theta; u = D(u, s); h = u + R(src, in_shift) (R as in vacc); "
-        "dst = h cmp theta (bit-packed); state = h (see docs/numerics.md)",
-        lambda a: [("src", "r", 4 * a["n"]), ("state", "rw", 4 * a["n"]), ("dst", "w", (a["n"] + 7) // 8)]),
+         _enum("order", ("reset_decay", "decay_reset")),
+         _u("levels", 3, f"thresholds K (MT-SNN: 1..{MAX_LEVELS}; 1 for a plain neuron)"), _MT_MODE),
+        "one time step of n neurons: u = state; (s, y) = F(u); u = D(u, s, y); h = u + R(src, in_shift) (R as in vacc); "
+        "dst = the K spike planes of F(h), one after another (bit-packed); state = h. F compares K thresholds "
+        "(isa/mt.py: parallel k*theta, cascade theta/2^(k-1) on the residual), y is what the planes stand for, "
+        "and a subtract reset subtracts y (see docs/numerics.md, docs/mt.md)",
+        lambda a: [("src", "r", 4 * a["n"]), ("state", "rw", 4 * a["n"]), ("dst", "w", a["levels"] * ((a["n"] + 7) // 8))]),
     _op("vacc", 0x09, "vector",
         (_ref("dst", ON_CHIP), _ref("src", ON_CHIP), _enum("src_fmt", FORMATS), _enum("dst_fmt", FORMATS[1:]),
          _u("n", 24), _s("shift", 6, "left shift (negative: right shift rounding half up)"),

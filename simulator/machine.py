@@ -24,7 +24,8 @@ from ttc.isa.footprint import regions
 from ttc.isa.hwconfig import (TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS, multiply_action, neuron_update_actions,
                               spike_add_action)
 from ttc.isa.program import Program
-from ttc.isa.table import BY_NAME, FORMAT_BYTES, LOG5, MEMORIES, TIME, rescale
+from ttc.isa.mt import fire
+from ttc.isa.table import BY_NAME, FORMAT_BYTES, LOG5, MEMORIES, TIME, elems_bytes, rescale
 from ttc.isa.ttfs import ZERO_EXPONENT, code_exponents, fire_times, synapse_weights
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
@@ -180,24 +181,35 @@ def _accumulate(m: Machine, i: Instr, y: np.ndarray) -> None:
     m.write(i["dst"], "i32", y)
 
 
-def _conv_operands(m: Machine, i: Instr, src_fmt: str, wfmt: str) -> tuple[np.ndarray, np.ndarray]:
+def _conv_operands(m: Machine, i: Instr, src_fmt: str, wfmt: str, planes: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The input [B, planes * cin, ih, iw] (planes one after another) and the weights [cout, cin*kh*kw]."""
     cin, cout, ih, iw, kh, kw = (i[k] for k in ("cin", "cout", "ih", "iw", "kh", "kw"))
-    x = m.read(i["src"], src_fmt, cin * ih * iw).reshape(m.batch, cin, ih, iw)
-    return x, m.read(i["wgt"], wfmt, cout * cin * kh * kw)[0].reshape(cout, cin * kh * kw)
+    x = np.concatenate([m.read(Ref(i["src"].mem, i["src"].addr + p * elems_bytes(src_fmt, cin * ih * iw)), src_fmt,
+                               cin * ih * iw) for p in range(planes)], axis=1)
+    return x.reshape(m.batch, planes * cin, ih, iw), m.read(i["wgt"], wfmt, cout * cin * kh * kw)[0].reshape(cout, cin * kh * kw)
 
 
-def _conv(m: Machine, i: Instr, src_fmt: str) -> None:
-    x, w = _conv_operands(m, i, src_fmt, i["wfmt"])
-    y = _conv_sums(m, i, x, w) << i["shift"]
-    _accumulate(m, i, y)
-    a, outputs = m.event.actions, y.shape[1] * m.batch
-    if src_fmt == "spike":  # every spike adds each non-zero weight it reaches
-        a["spike_add"] = a[spike_add_action(i["wfmt"])] = int(_per_tap(x, i) @ (w != 0).sum(axis=0))
-    else:  # every in-bounds tap multiplies, whatever the values
-        a["mac"] = a["add32"] = int(_per_tap(np.ones((1,) + x.shape[1:], np.int64), i).sum()) * i["cout"] * m.batch
-        a[multiply_action(src_fmt, i["wfmt"])] = a["mac"]
+def _sconv(m: Machine, i: Instr) -> None:
+    """Plane by plane: each plane's spikes add the weights they reach into the sums, which a cascade
+    doubles before every plane after the first (so plane p ends up weighing 2^plane_shift(p))."""
+    cin, planes, mode = i["cin"], i["planes"], i["mode"]
+    x, w = _conv_operands(m, i, "spike", i["wfmt"], planes)
+    fanout = (w != 0).sum(axis=0)
+    y, a = 0, m.event.actions
+    outputs = i["cout"] * i["oh"] * i["ow"] * m.batch
+    for p in range(planes):
+        spikes = x[:, p * cin:(p + 1) * cin]
+        if p and mode == "cascade":
+            y = y << 1
+            a[f"plane{p}_shift"] = outputs
+            a["shift32"] += outputs
+        y = y + _conv_sums(m, i, spikes, w)
+        a[f"plane{p}_add"] = int(_per_tap(spikes, i) @ fanout)
+        a["spike_add"] += a[f"plane{p}_add"]
+    a[spike_add_action(i["wfmt"])] = a["spike_add"]
     if i["shift"]:
         a["shift32"] += outputs
+    _accumulate(m, i, y << i["shift"])
 
 
 def _tconv(m: Machine, i: Instr) -> None:
@@ -236,12 +248,16 @@ def _tfire(m: Machine, i: Instr) -> None:
         a[action] += count * per_neuron
 
 
-def _sconv(m: Machine, i: Instr) -> None:
-    _conv(m, i, "spike")
-
-
 def _dconv(m: Machine, i: Instr) -> None:
-    _conv(m, i, i["fmt"])
+    """Every in-bounds tap multiplies, whatever the values."""
+    x, w = _conv_operands(m, i, i["fmt"], i["wfmt"])
+    y = _conv_sums(m, i, x, w) << i["shift"]
+    _accumulate(m, i, y)
+    a = m.event.actions
+    a["mac"] = a["add32"] = int(_per_tap(np.ones((1,) + x.shape[1:], np.int64), i).sum()) * i["cout"] * m.batch
+    a[multiply_action(i["fmt"], i["wfmt"])] = a["mac"]
+    if i["shift"]:
+        a["shift32"] += y.shape[1] * m.batch
 
 
 def _pool(m: Machine, i: Instr) -> None:
@@ -259,27 +275,27 @@ def _decay(u: np.ndarray, mul: int, shift: int) -> np.ndarray:
 
 
 def _nrn(m: Machine, i: Instr) -> None:
-    n, theta = i["n"], i["theta"]
+    n, theta, levels, mode = i["n"], i["theta"], i["levels"], i["mode"]
     x = m.read(i["src"], "i32", n)
     u = m.read(i["state"], "i32", n)
-    fire = (lambda v: v > theta) if i["cmp"] == "gt" else (lambda v: v >= theta)
-    s_prev = fire(u)
+    s_prev, y_prev = fire(u, theta, levels, mode, i["cmp"])
 
     def reset(v):
         if i["reset"] == "hard":
-            return np.where(s_prev, i["v_reset"], v)
-        return v - s_prev * theta if i["reset"] == "subtract" else v
+            return np.where(np.logical_or.reduce(s_prev), i["v_reset"], v)  # any plane spiked
+        return v - y_prev if i["reset"] == "subtract" else v
 
     mul, shift = i["decay_mul"], i["decay_shift"]
     u = _decay(reset(u), mul, shift) if i["order"] == "reset_decay" else reset(_decay(u, mul, shift))
     h = u + rescale(x, i["in_shift"])
-    s = fire(h)
+    planes, _ = fire(h, theta, levels, mode, i["cmp"])
     m.write(i["state"], "i32", h)
-    m.write(i["dst"], "spike", s)
+    for k, s in enumerate(planes):
+        m.write(Ref(i["dst"].mem, i["dst"].addr + k * elems_bytes("spike", n)), "spike", s)
     a, count = m.event.actions, n * m.batch
     a["neuron_update"] = count
-    a["spike"] = int(s.sum())
-    for action, per_update in neuron_update_actions(i["reset"], i["in_shift"], mul, shift).items():
+    a["spike"] = sum(int(s.sum()) for s in planes)
+    for action, per_update in neuron_update_actions(i["reset"], i["in_shift"], mul, shift, levels, mode).items():
         a[action] = count * per_update
 
 

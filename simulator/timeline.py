@@ -36,8 +36,10 @@ def work_cycles(hw: HwConfig, i: Instr) -> int:
     if i.op in ("load", "store"):
         return hw.transfer_cycles(a["rows"] * a["row_bytes"])
     if i.op in ("sconv", "dconv", "tconv"):
-        return hw.conv_cycles(a["cout"], a["oh"], a["ow"], a["cin"], a["kh"], a["kw"])
-    if i.op in ("nrn", "tfire"):
+        return hw.conv_cycles(a["cout"], a["oh"], a["ow"], a["cin"], a["kh"], a["kw"], a.get("planes", 1))
+    if i.op == "nrn":
+        return hw.neuron_cycles(a["n"], a["levels"], a["mode"])
+    if i.op == "tfire":
         return hw.neuron_cycles(a["n"])
     if i.op in ("vfill", "vacc"):
         return hw.vector_cycles(a["n"])

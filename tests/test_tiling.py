@@ -15,9 +15,9 @@ from ttc.compiler.cost import graph_costs, input_densities
 from ttc.compiler.ir import Conv2d, IRError
 from ttc.compiler.reference import evaluate
 from ttc.compiler.tiling import CONV_FIELD_MAX, Block, row_tiles
-from ttc.demo import CAT_MODEL
+from ttc.demo import CAT_MODEL, MT_MODEL
 from ttc.demo import MODEL as DIGITS_MODEL
-from ttc.digits import load_digits_split
+from ttc.digits import build_mt_digits_snn, load_digits_split
 from ttc.frontends import modules as M
 from ttc.isa.hwconfig import load_hw
 from ttc.models import vgg_snn
@@ -118,7 +118,13 @@ def test_cost_model_is_within_ten_percent_of_the_simulator_on_every_layer(hw):
     checks += _cost_vs_simulator(*compile_and_check(cifar, 2, config, batch=1))
     ttfs = api.compile_model(api.load_model(CAT_MODEL), "N,1,8,8", config)  # tconv and tfire
     checks += _cost_vs_simulator(ttfs, api.simulate(ttfs.program, x[0]), x[0])
-    assert len(checks) >= 17
+    torch.manual_seed(0)
+    # spike planes in and out; not yet on "small", where the streamed one-slot weights of the MT readout
+    # are predicted a third too fast (the gap is noted in issue 7)
+    for model in (api.load_model(MT_MODEL), build_mt_digits_snn(3, "cascade")) if hw != "small" else ():
+        mt = api.compile_model(model, "1,N,1,8,8", config)
+        checks += _cost_vs_simulator(mt, api.simulate(mt.program, x[:1]), x[:1])
+    assert len(checks) >= (17 if hw == "small" else 23)
     for name, cycles_error, energy_error in checks:
         assert abs(cycles_error) <= 0.10 and abs(energy_error) <= 0.10, (name, cycles_error, energy_error)
 

@@ -83,6 +83,8 @@ def cmd_compile(a) -> int:
         print(explain(p.meta))
     print(f"wrote {a.output}: {len(p.code)} instructions, {len(p.data)} bytes of weights, "
           f"{len(p.meta['layers'])} layers, hardware {p.hw.name}")
+    for layer, note in compiled.graph.notes.get("decay", {}).items():
+        print(f"  neuron {layer}: decay {note['decay']:.6f} runs as {note['quantized']:.6f} (error {note['error']:.1e})")
     return 0
 
 

@@ -1,7 +1,8 @@
 """The demo: compile the embedded digits SNN (or, with --model, another digits model: the TT-SNN example
-examples/digits/tt_digits_snn.pt, or the TTFS example examples/digits/cat_digits_ann.pt, a CAT-trained
-ANN that runs once per digit), run the 360 held-out digits on the simulator and compare the float
-model, the quantized reference and the simulator. `make demo` runs this."""
+examples/digits/tt_digits_snn.pt, the TTFS example examples/digits/cat_digits_ann.pt, a CAT-trained
+ANN that runs once per digit, or the MT-SNN example examples/digits/mt_digits_snn.pt with --steps 1),
+run the 360 held-out digits on the simulator and compare the float model, the quantized reference
+and the simulator. `make demo` runs this."""
 from __future__ import annotations
 
 import argparse
@@ -11,27 +12,30 @@ from pathlib import Path
 import numpy as np
 
 from ttc import api
-from ttc.digits import load_digits_split
+from ttc.digits import STEPS, load_digits_split
 from ttc.frontends import ttfs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "digits"
 MODEL = EXAMPLES / "digits_snn.pt"
 TT_MODEL = EXAMPLES / "tt_digits_snn.pt"
 CAT_MODEL = EXAMPLES / "cat_digits_ann.pt"
+MT_MODEL = EXAMPLES / "mt_digits_snn.pt"
 OUT = Path("out")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=MODEL, help=f"a digits model (default {MODEL.name})")
-    path = ap.parse_args(argv).model
-    _, _, x, y = load_digits_split()
+    ap.add_argument("--steps", type=int, default=STEPS, help=f"time steps of an SNN (default {STEPS})")
+    args = ap.parse_args(argv)
+    path, steps = args.model, args.steps
+    _, _, x, y = load_digits_split(steps)
     model = api.load_model(path)
     ttfs_model = isinstance(next(iter(model.children()), None), (ttfs.CATActivation, ttfs.TTFSEncoder))
     if ttfs_model:  # static: one pass per digit, the spike times inside each layer's window
         x = x[0]
     t0 = time.perf_counter()
-    compiled = api.compile_file(path, "N,1,8,8" if ttfs_model else "4,N,1,8,8")
+    compiled = api.compile_file(path, "N,1,8,8" if ttfs_model else f"{steps},N,1,8,8")
     compile_s = time.perf_counter() - t0
     OUT.mkdir(exist_ok=True)
     out = OUT / f"{path.stem}.bin"
@@ -45,13 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     acc = {name: float((out.argmax(1) == y).mean()) for name, out in (("float", flt), ("reference", ref), ("simulator", sim))}
     bit_exact = sim.tobytes() == ref.tobytes()
     total = compiled.counts["model"]["total"]
-    coding = "TTFS, one pass" if ttfs_model else "T=4"
+    coding = "TTFS, one pass" if ttfs_model else f"T={steps}"
     print(f"ttc demo: {path.name} on the {len(y)} held-out scikit-learn digits ({coding}), hardware {compiled.program.hw.name}")
     print(f"  {total['params']} parameters, {total['macs']:.0f} MACs per step ({total['adds']:.0f} on spikes, "
           f"{total['muls']:.0f} on multi-bit values)")
     print(f"  compiled in {compile_s:.2f} s to {out}: {len(compiled.program.code)} instructions; simulated in {sim_s:.2f} s")
     for layer, note in compiled.graph.notes.get("schedule", {}).items():
         print(f"  tensor-train layer {layer}: {note['variant']}, ranks {note['ranks']}, plan {note['chosen']}")
+    for layer, note in compiled.graph.notes.get("decay", {}).items():
+        print(f"  neuron {layer}: decay {note['decay']:.6f} is not m/2^k in 16 bits, runs as {note['quantized']:.6f} "
+              f"(error {note['error']:.1e})")
     for name, a in acc.items():
         print(f"  accuracy  {name:<10} {100 * a:6.2f} %")
     print(f"  simulator vs quantized reference: {'bit-exact' if bit_exact else 'MISMATCH'} on all {len(y)} inputs")
@@ -62,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{result.counters.get('spike_add', 0):.0f} spike-driven adds, {result.counters.get('shift_add', 0):.0f} TTFS "
           f"shift-adds, {result.counters.get('mac', 0):.0f} MACs, "
           f"{result.counters.get('spike', 0):.0f} spikes")
+    planes = {k: v for k, v in result.counters.items() if k.startswith("plane")}
+    if "plane1_add" in planes:  # MT spikes: more than one plane
+        print("  MT spike planes, per inference: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(planes.items())))
     print("  energy by component (nJ): " + ", ".join(f"{k} {v / 1e3:.2f}" for k, v in result.energy_pj.items()))
     return 0 if bit_exact else 1
 

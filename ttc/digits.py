@@ -1,8 +1,10 @@
-"""The embedded default: scikit-learn's 8x8 digits (shipped inside its wheel) and the small
-convolutional LIF SNN the demo compiles. The training script is examples/digits/train.py."""
+"""The embedded default: scikit-learn's 8x8 digits (shipped inside its wheel), the small convolutional
+LIF SNN the demo compiles, the other digits examples' builders, and the training loop that
+examples/digits/train.py and bench/mt_digits.py run."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import nn
 
 from ttc.frontends import modules as M
@@ -49,6 +51,18 @@ def build_tt_digits_snn(variant: str = "stt", rank: int = 4) -> nn.Sequential:
         M.Flatten(), M.Linear(128, 10), M.TimeMean())
 
 
+def build_mt_digits_snn(levels: int = 4, mode: str = "parallel") -> nn.Sequential:
+    """[T, N, 1, 8, 8] -> [N, 10], the MT-SNN example (docs/mt.md): two conv-BN blocks of multi-threshold
+    PLIF neurons (`levels` thresholds in `mode`; threshold 1, learnt decay), the second conv strided by 2
+    (MT spikes feed layers, not pools), and a linear rate readout. levels = 1 is the single-threshold SNN
+    of the same shape."""
+    mt = lambda: M.MTNeuron(levels, mode, threshold=1.0, decay=0.5, learn_decay=True)
+    return nn.Sequential(
+        M.Conv2d(1, 16, 3, padding=1, bias=False), M.BatchNorm2d(16), mt(),
+        M.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), M.BatchNorm2d(32), mt(),
+        M.Flatten(), M.Linear(512, 10), M.TimeMean())
+
+
 def build_cat_digits_ann(window: int = 8) -> nn.Sequential:
     """[N, 1, 8, 8] -> [N, 10], the TTFS example: a VGG-style ANN trained with conversion-aware training
     (docs/ttfs.md). The image goes onto the TTFS value grid first (the input spikes); then three 3x3
@@ -60,3 +74,31 @@ def build_cat_digits_ann(window: int = 8) -> nn.Sequential:
         ttfs.LogConv2d(16, 16, 3, padding=1), act(), nn.MaxPool2d(2),
         ttfs.LogConv2d(16, 32, 3, padding=1), act(), nn.MaxPool2d(2),
         nn.Flatten(), ttfs.LogLinear(128, 10))
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def train(model: nn.Module, epochs: int, static: bool = False, batch: int = 64, lr: float = 3e-3,
+          steps: int = STEPS) -> nn.Module:
+    """`static`: the model takes the image [N, 1, 8, 8] once (an ANN), not repeated over `steps` time steps."""
+    x_tr, y_tr, x_te, y_te = (torch.from_numpy(a) for a in load_digits_split(steps))
+    if static:
+        x_tr, x_te = x_tr[0], x_te[0]
+    batch_dim = 0 if static else 1
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    for epoch in range(epochs):
+        model.train()
+        for idx in torch.randperm(y_tr.numel()).split(batch):
+            loss = nn.functional.cross_entropy(model(x_tr.index_select(batch_dim, idx)) * 4, y_tr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+        if (epoch + 1) % 10 == 0:
+            print(f"epoch {epoch + 1}: train {accuracy(model, x_tr, y_tr):.4f}, held-out {accuracy(model, x_te, y_te):.4f}")
+    return model.eval()

@@ -43,9 +43,11 @@ def parse_per_layer(option: str | int, what: str, convert=str) -> dict[str, obje
         raise ValueError(f"{what} {option!r}: expected a value or path=value,path=value") from None
 
 
-from . import allocate, fold_batchnorm, fold_global_pool, fold_neuron_input, quantize, tt_factorize, tt_schedule  # noqa: E402,F401  (registers the passes)
+from . import (allocate, fold_batchnorm, fold_global_pool, fold_neuron_input, fold_spike_amplitude,  # noqa: E402,F401
+               quantize, tt_factorize, tt_schedule)  # (importing them registers the passes)
 
-PIPELINE = ("fold-batchnorm", "tt-factorize", "fold-global-pool", "fold-neuron-input", "quantize", "tt-schedule", "allocate")
+PIPELINE = ("fold-batchnorm", "tt-factorize", "fold-global-pool", "fold-neuron-input", "fold-spike-amplitude", "quantize",
+            "tt-schedule", "allocate")
 
 
 def make_pass(name: str, **options) -> Pass:

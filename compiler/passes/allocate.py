@@ -38,8 +38,13 @@ def align(n: int, to: int = DRAM_ALIGN) -> int:
     return (n + to - 1) // to * to
 
 
-def step_bytes(t: TensorType) -> int:
+def plane_bytes(t: TensorType) -> int:
+    """Bytes of one step of a value, or of one of its spike planes (MT values: `planes` of them)."""
     return elems_bytes(fmt(t.dtype), t.numel)
+
+
+def step_bytes(t: TensorType) -> int:
+    return t.dtype.planes * plane_bytes(t)
 
 
 _ALIASES = (Flatten, Repeat, TimeSlice)

@@ -20,10 +20,13 @@
   the terms below the last dropped (noted per layer in graph.notes["ttfs"]); an average pool of spike times becomes such a conv (weights 1/k^2);
   `fire` reads whatever fixed point it is given;
 * neurons become `neuron_q`: the decay is the nearest m * 2^-k with m < 2^decay_bits (a shift when
-  m = 1, exact when the decay is such a dyadic number); the state keeps `in_shift` guard bits, as many
-  as T-1 exact decays need (k each) while the worst-case state still fits 32 bits (negative: the
+  m = 1, exact when the decay is such a dyadic number; a decay that is not, such as a trained PLIF's, is
+  noted with its error in graph.notes["decay"]); the state keeps `in_shift` guard bits, as many
+  as T-1 exact decays need (k each), plus up to K-1 that make a cascade MT neuron's threshold halve
+  exactly, while the worst-case state still fits 32 bits (negative: the
   input's lowest bits are rounded off, where even that is needed); threshold, reset and initial values
-  are rounded into the state's format.
+  are rounded into the state's format; an MT neuron's planes hold level codes up to K (parallel) or
+  2^K - 1 (cascade), which its readers' bounds use.
 
 Every integer's worst-case magnitude is tracked; a layer that could overflow its 32-bit accumulator
 or state is an error naming the layer.
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ttc.isa.mt import max_code
 from ttc.isa.table import rescale
 from ttc.isa.ttfs import ZERO_EXPONENT, synapse_weights
 
@@ -313,24 +317,40 @@ class Quantize(Pass):
     def neuron(self, n: Neuron, x: Op, x_bound: int) -> NeuronQ:
         if n.input_gain != 1.0 or n.charge != 0.0:
             n.fail("input gain or charge left (run fold-neuron-input first)")
+        if n.amplitude != 1.0:
+            n.fail("spike amplitude left (run fold-spike-amplitude first)")
         if x.type.dtype.bits != 32:  # the neuron adds 32-bit accumulators: widen a narrow input
             x = self.insert_rescale(n, x, 0, x_bound, out_bits=32)
         frac, steps = x.type.dtype.frac, x.type.time
         mul, shift = dyadic(n.decay, self.decay_bits)
+        if mul != n.decay * (1 << shift):  # a trained (PLIF) decay is rarely dyadic
+            self.graph.notes.setdefault("decay", {})[n.path or n.name] = {
+                "decay": n.decay, "quantized": mul / (1 << shift), "error": abs(mul / (1 << shift) - n.decay)}
         guard = shift * (steps - 1) if 0 < mul < (1 << shift) else 0
+        guard += _halving_bits(n, frac + guard)
         while True:
             sf = frac + guard
             theta, v_reset, v_init = (_round_to(v, sf) for v in (n.theta, n.v_reset, n.v_init))
-            bound = steps * (rescale(x_bound, guard) + abs(theta)) + abs(v_reset) + abs(v_init)
+            reach = abs(theta) * (n.levels if n.mode == "parallel" else 2)  # the most one reset subtracts
+            bound = steps * (rescale(x_bound, guard) + reach) + abs(v_reset) + abs(v_init)
             if bound < LIMIT or guard <= -31:
                 break
             guard -= 1
         self.check(n, bound)
         self.state_frac[n.name] = sf
         self.bound[("state", n.name)] = bound
-        self.bound[n.name] = 1
+        self.bound[n.name] = max_code(n.levels, n.mode)
         return NeuronQ(name=n.name, inputs=n.inputs, path=n.path, theta=theta, v_reset=v_reset, v_init=v_init,
-                       decay_mul=mul, decay_shift=shift, in_shift=guard, reset=n.reset, order=n.order, cmp=n.cmp)
+                       decay_mul=mul, decay_shift=shift, in_shift=guard, reset=n.reset, order=n.order, cmp=n.cmp,
+                       levels=n.levels, mode=n.mode)
+
+
+def _halving_bits(n: Neuron, frac: int) -> int:
+    """Extra state bits that make a cascade's threshold divisible by 2^(K-1) (its halvings exact)."""
+    if n.mode != "cascade":
+        return 0
+    need = 1 << (n.levels - 1)
+    return next((g for g in range(n.levels) if _round_to(n.theta, frac + g) % need == 0), 0)
 
 
 def _frac_of(op: Op) -> int:
