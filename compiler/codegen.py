@@ -132,6 +132,7 @@ class _Emitter:
         w = resident_weights(plan.co_tiles[0]) if plan.resident else None
         for k, (c0, c1) in enumerate(plan.co_tiles):
             tc = c1 - c0
+            prefetch = plan.resident and k + 1 < len(plan.co_tiles)  # the next tile's weights, during this one
             for rt in plan.row_tiles:
                 n = tc * (rt.y1 - rt.y0) * plan.ow
                 if plan.consumer == "neuron":
@@ -141,7 +142,7 @@ class _Emitter:
                 for t in range(x_op.type.time):
                     acc = psum.next()
                     w = self.conv_sums(op, plan, x_op, t, (c0, c1), rt, acc, w, wgt, ifmap)
-                    if plan.resident and k + 1 < len(plan.co_tiles) and (rt, t) == (plan.row_tiles[-1], x_op.type.time - 1):
+                    if prefetch and (rt, t) == (plan.row_tiles[-1], x_op.type.time - 1):
                         upcoming = resident_weights(plan.co_tiles[k + 1])  # in DRAM's queue before this tile's last results
                     if plan.consumer == "neuron":
                         self.neuron_step(consumer, n, t, acc, out.next(), plan.output_block("spike", (c0, c1), rt),
@@ -159,7 +160,7 @@ class _Emitter:
                         self.move_block("store", op, t, plan.output_block(out_block, (c0, c1), rt), acc)
                 if plan.consumer == "reduce":
                     self.move_block("store", consumer, 0, plan.output_block("i32", (c0, c1), rt), out[0])
-            if plan.resident and k + 1 < len(plan.co_tiles):
+            if prefetch:
                 w = upcoming
 
     def conv_sums(self, op: Conv2d | Linear, plan: ConvPlan, x_op: Op, t: int, co: tuple[int, int], rt: RowTile,

@@ -19,8 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ttc.isa.mt import MAX_LEVELS, MODES
-from ttc.isa.table import conv_out
+from ttc.isa.table import MAX_LEVELS, MODES, conv_out
 from ttc.isa.ttfs import MAX_WINDOW, ZERO_EXPONENT
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ttc.isa.table import MAX_LEVELS, MODES
+
 
 def _per_step(layer_forward, x: torch.Tensor) -> torch.Tensor:
     """Apply a single-step layer to every time step at once by folding T into the batch."""
@@ -143,9 +145,9 @@ class MTNeuron(nn.Module):
     def __init__(self, levels: int = 2, mode: str = "parallel", threshold: float = 1.0, decay: float = 0.5,
                  cmp: str = "gt", learn_decay: bool = False):
         super().__init__()
-        if not 1 <= levels <= 4 or mode not in ("parallel", "cascade") or cmp not in ("gt", "ge") or not threshold > 0:
-            raise ValueError(f"levels 1..4, mode 'parallel' or 'cascade', cmp 'gt' or 'ge' and a positive threshold, "
-                             f"got {levels}, {mode!r}, {cmp!r}, {threshold}")
+        if not 1 <= levels <= MAX_LEVELS or mode not in MODES or cmp not in ("gt", "ge") or not threshold > 0:
+            raise ValueError(f"levels 1..{MAX_LEVELS}, mode 'parallel' or 'cascade', cmp 'gt' or 'ge' and a positive "
+                             f"threshold, got {levels}, {mode!r}, {cmp!r}, {threshold}")
         if not 0.0 < decay < 1.0 and learn_decay:
             raise ValueError(f"a learnt decay starts inside (0, 1), got {decay}")
         self.levels, self.mode, self.threshold, self.cmp = levels, mode, threshold, cmp

@@ -15,15 +15,14 @@ planes: adds and shifts, no multiply. K = 1 is the ordinary neuron in both modes
 """
 from __future__ import annotations
 
-MODES = ("parallel", "cascade")
-MAX_LEVELS = 4
+from ttc.isa.table import rescale
 
 
 def thresholds(theta: int, levels: int, mode: str) -> list[int]:
     """theta_1..theta_K of a neuron (integers)."""
     if mode == "parallel":
         return [k * theta for k in range(1, levels + 1)]
-    return [theta] + [(theta + (1 << (k - 1))) >> k for k in range(1, levels)]
+    return [rescale(theta, -k) for k in range(levels)]
 
 
 def fire(u, theta: int, levels: int, mode: str, cmp: str):

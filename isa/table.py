@@ -24,8 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .mt import MAX_LEVELS, MODES
-
 ISA_VERSION = 6
 WORD_BYTES = 32
 OPCODE_BITS = 8
@@ -42,6 +40,10 @@ FORMATS = ("spike", "i8", "i16", "i32")
 #: logarithmic weight codes, one per byte (`ttc.isa.ttfs`).
 TIME, LOG5 = "time", "log5"
 FORMAT_BYTES = {"i8": 1, "i16": 2, "i32": 4, TIME: 1, LOG5: 1}
+
+#: MT-SNN (isa/mt.py): how a neuron's spike planes weigh, and the most thresholds a neuron has.
+MODES = ("parallel", "cascade")
+MAX_LEVELS = 4
 
 #: Instruction queues, one per unit; a PE instruction's queue is the PE group its `group` field names.
 PE_GROUPS = 4

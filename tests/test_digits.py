@@ -57,10 +57,11 @@ def test_tt_snn_example_compiles_bit_exact_and_keeps_its_accuracy(held_out):
 @pytest.mark.slow
 def test_training_script_writes_a_model_that_compiles(tmp_path):
     out = tmp_path / "d.pt"
-    for variant in ([], ["--tt", "htt"], ["--cat"]):
+    for variant in ([], ["--tt", "htt"], ["--cat"], ["--mt", "cascade", "--levels", "2", "--steps", "1"]):
         subprocess.run([sys.executable, str(ROOT / "examples/digits/train.py"), "--epochs", "1", "-o", str(out), *variant],
                        check=True, capture_output=True)
         assert not list(tmp_path.glob("*.tmp"))
         model = api.load_model(out)
         assert isinstance(model, torch.nn.Sequential)
-        api.compile_model(model, "N,1,8,8" if variant == ["--cat"] else f"{STEPS},N,1,8,8")  # the CAT ANN is static
+        shape = "N,1,8,8" if variant == ["--cat"] else f"{1 if '--mt' in variant else STEPS},N,1,8,8"  # the CAT ANN is static
+        api.compile_model(model, shape)

@@ -66,6 +66,12 @@ def compile_model(model: torch.nn.Module, input_shape, hw: str | HwConfig = "sat
     return Compiled(graph, generate(graph, hw, recorded, source or {}), quantized)
 
 
+def decay_notes(graph: Graph) -> list[str]:
+    """One line per neuron whose decay (a trained PLIF's, say) the hardware runs rounded."""
+    return [f"neuron {layer}: decay {n['decay']:.6f} is not m/2^k in 16 bits, runs as {n['quantized']:.6f} "
+            f"(error {n['error']:.1e})" for layer, n in graph.notes.get("decay", {}).items()]
+
+
 def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -67,7 +67,7 @@ def default_input(io: dict) -> np.ndarray:
 # ------------------------------------------------------------------------------------ commands
 
 def cmd_compile(a) -> int:
-    from ttc.api import compile_file
+    from ttc.api import compile_file, decay_notes
 
     compiled = compile_file(a.model, a.input_shape, a.hw, trust=a.trust_model, input_bits=a.input_bits,
                             input_frac=a.input_frac, tt_rank=a.tt_rank, tt_error=a.tt_error, tt_core_bits=a.tt_core_bits,
@@ -83,8 +83,8 @@ def cmd_compile(a) -> int:
         print(explain(p.meta))
     print(f"wrote {a.output}: {len(p.code)} instructions, {len(p.data)} bytes of weights, "
           f"{len(p.meta['layers'])} layers, hardware {p.hw.name}")
-    for layer, note in compiled.graph.notes.get("decay", {}).items():
-        print(f"  neuron {layer}: decay {note['decay']:.6f} runs as {note['quantized']:.6f} (error {note['error']:.1e})")
+    for line in decay_notes(compiled.graph):
+        print(f"  {line}")
     return 0
 
 

@@ -56,9 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  compiled in {compile_s:.2f} s to {out}: {len(compiled.program.code)} instructions; simulated in {sim_s:.2f} s")
     for layer, note in compiled.graph.notes.get("schedule", {}).items():
         print(f"  tensor-train layer {layer}: {note['variant']}, ranks {note['ranks']}, plan {note['chosen']}")
-    for layer, note in compiled.graph.notes.get("decay", {}).items():
-        print(f"  neuron {layer}: decay {note['decay']:.6f} is not m/2^k in 16 bits, runs as {note['quantized']:.6f} "
-              f"(error {note['error']:.1e})")
+    for line in api.decay_notes(compiled.graph):
+        print(f"  {line}")
     for name, a in acc.items():
         print(f"  accuracy  {name:<10} {100 * a:6.2f} %")
     print(f"  simulator vs quantized reference: {'bit-exact' if bit_exact else 'MISMATCH'} on all {len(y)} inputs")
