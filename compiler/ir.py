@@ -723,33 +723,106 @@ class TimeReduce(Op):
 
 @dataclass(eq=False)
 class Graph:
+    """Ops in program order (every operand defined before its use) and the values returned.
+
+    Passes change a graph only through its def-use API (`append`, `insert_before`, `replace_op`,
+    `erase`, `set_inputs`, `replace_all_uses_with`, `set_outputs`), as torch.fx passes go through
+    `Node.replace_all_uses_with`: it keeps the name and user indexes current, and `verify` checks that
+    nothing changed the ops behind its back."""
+
     name: str
     ops: list[Op] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     notes: dict = field(default_factory=dict)  # what passes decided and why, for reports (not in the text form)
 
-    def op(self, name: str) -> Op:
-        for o in self.ops:
-            if o.name == name:
-                return o
-        raise IRError(f"no value %{name}")
+    def __post_init__(self):
+        self._index: tuple[dict[str, Op], dict[str, list[Op]]] | None = None
 
-    def by_name(self) -> dict[str, Op]:
-        return {o.name: o for o in self.ops}
+    # ---- lookups (O(1) through an index rebuilt after each change)
+    def _indexes(self) -> tuple[dict[str, Op], dict[str, list[Op]]]:
+        if self._index is None:
+            by_name, users = {}, {}
+            for o in self.ops:
+                by_name[o.name] = o
+                for i in dict.fromkeys(o.inputs):
+                    users.setdefault(i, []).append(o)
+            self._index = by_name, users
+        return self._index
+
+    def op(self, name: str) -> Op:
+        found = self._indexes()[0].get(name)
+        if found is None:
+            raise IRError(f"no value %{name}")
+        return found
+
+    def has(self, name: str) -> bool:
+        return name in self._indexes()[0]
 
     def users(self, name: str) -> list[Op]:
-        return [o for o in self.ops if name in o.inputs]
+        """The ops that read `name`, in program order (each once)."""
+        return list(self._indexes()[1].get(name, ()))
+
+    def only_user(self, name: str) -> Op | None:
+        """The one op that reads `name` when it is not also a graph output, else None."""
+        users = self.users(name)
+        return users[0] if len(users) == 1 and name not in self.outputs else None
+
+    # ---- the def-use API: every change to the ops goes through these
+    def _changed(self) -> None:
+        self._index = None
+
+    def append(self, op: Op) -> Op:
+        self.ops.append(op)
+        self._changed()
+        return op
+
+    def insert_before(self, anchor: Op, op: Op) -> Op:
+        self.ops.insert(self.ops.index(anchor), op)
+        self._changed()
+        return op
+
+    def replace_op(self, old: Op, new: list[Op]) -> None:
+        """Put `new` where `old` was; readers of `old` then read the last of `new` (which may keep its name)."""
+        at = self.ops.index(old)
+        self.ops[at:at + 1] = new
+        self._changed()
+        if new[-1].name != old.name:
+            self.replace_all_uses_with(old.name, new[-1].name)
+
+    def erase(self, op: Op) -> None:
+        if self.users(op.name) or op.name in self.outputs:
+            op.fail("is still read: replace its uses before erasing it")
+        self.ops.remove(op)
+        self._changed()
+
+    def set_inputs(self, op: Op, inputs: tuple[str, ...]) -> None:
+        op.inputs = tuple(inputs)
+        self._changed()
+
+    def replace_all_uses_with(self, old: str, new: str) -> None:
+        """Every read of %old (and the graph's outputs) reads %new instead."""
+        for o in self.users(old):
+            o.inputs = tuple(new if i == old else i for i in o.inputs)
+        self.outputs = [new if o == old else o for o in self.outputs]
+        self._changed()
+
+    def set_outputs(self, names: list[str]) -> None:
+        self.outputs = list(names)
+
+    def keep(self, predicate) -> None:
+        """Drop every op for which `predicate(op)` is false (dead values)."""
+        self.ops[:] = [o for o in self.ops if predicate(o)]
+        self._changed()
 
     @property
     def inputs(self) -> list[Input]:
         return sorted((o for o in self.ops if isinstance(o, Input)), key=lambda o: o.index)
 
     def fresh(self, base: str) -> str:
-        names = {o.name for o in self.ops}
-        if base not in names:
+        if not self.has(base):
             return base
         i = 1
-        while f"{base}_{i}" in names:
+        while self.has(f"{base}_{i}"):
             i += 1
         return f"{base}_{i}"
 
@@ -766,7 +839,12 @@ class Graph:
         return self
 
     def verify(self) -> "Graph":
-        """Names unique, operands defined before use, types as stored, means feed only outputs."""
+        """Names unique, operands defined before use, types as stored, means feed only outputs, and the
+        def-use indexes current (no pass changed the ops behind the graph's API)."""
+        if self._index is not None:
+            stale, self._index = self._index, None
+            if self._indexes() != stale:
+                raise IRError(f"graph @{self.name}: ops changed behind the def-use API (a pass bug)")
         seen: dict[str, TensorType] = {}
         for o in self.ops:
             if o.name in seen:

@@ -175,6 +175,6 @@ def parse_graph(text: str) -> Graph:
             op = cls(name=str(value)[1:], inputs=operands, type=typ, **attrs)
         except TypeError as e:
             raise IRError(f"{value} = {opname}: {e}") from None
-        g.ops.append(op)
+        g.append(op)
     g.outputs = [str(v)[1:] for v in ret.children]
     return g.verify()

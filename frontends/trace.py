@@ -168,7 +168,7 @@ class Lowering:
             op.type = op.infer([self.graph.op(i).type for i in inputs])
         except ir.IRError as e:
             raise UnsupportedModel(f"module {path!r}: {e}") from None
-        self.graph.ops.append(op)
+        self.graph.append(op)
         return name
 
     def type_of(self, v) -> ir.TensorType:
@@ -453,7 +453,7 @@ def _without_dead_values(graph: ir.Graph) -> ir.Graph:
     for op in reversed(graph.ops):
         if op.name in live:
             live.update(op.inputs)
-    graph.ops = [op for op in graph.ops if op.name in live or isinstance(op, ir.Input)]
+    graph.keep(lambda op: op.name in live or isinstance(op, ir.Input))
     return graph
 
 

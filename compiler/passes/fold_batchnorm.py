@@ -40,12 +40,6 @@ class FoldBatchNorm(Pass):
             b = producer.bias.astype(np.float64) if producer.bias is not None else np.zeros(len(g))
             setattr(producer, attr, w.astype(np.float32))
             producer.bias = ((b - bn.mean) * g + bn.bias).astype(np.float32)
-            replace_uses(graph, bn.name, result.name)
-            graph.ops.remove(bn)
+            graph.replace_all_uses_with(bn.name, result.name)
+            graph.erase(bn)
         return graph.infer_types()
-
-
-def replace_uses(graph: Graph, old: str, new: str) -> None:
-    for o in graph.ops:
-        o.inputs = tuple(new if i == old else i for i in o.inputs)
-    graph.outputs = [new if o == old else o for o in graph.outputs]

@@ -148,19 +148,17 @@ class Quantize(Pass):
         self.graph = graph
         self.bound: dict[str, int] = {}
         self.state_frac: dict[str, int] = {}
-        done: dict[str, Op] = {}
-        self.done = done
-        for op in graph.ops:
-            op = self.quantize_op(op, [done[i] for i in op.inputs])
-            ins = [done[i] for i in op.inputs]
+        for op in list(graph.ops):  # in program order: every operand is quantized before its readers
+            quantized = self.quantize_op(op, [graph.op(i) for i in op.inputs])
+            if quantized is not op:
+                graph.replace_op(op, [quantized])
+            op = quantized
             if isinstance(op, (Conv2d, Add)) and getattr(op, "log_scale", None) is None and graph.users(op.name) \
                     and op.name not in graph.outputs \
                     and all(isinstance(u, (Conv2d, Linear, TTConv2d)) for u in graph.users(op.name)):
                 op.out_bits = stored_bits(self.bound[op.name])
-            op.type = op.infer([i.type for i in ins])
+            op.type = op.infer([graph.op(i).type for i in op.inputs])
             self.check(op, self.bound[op.name])
-            done[op.name] = op
-        graph.ops = list(done.values())
         return graph.infer_types()
 
     def check(self, op: Op, bound: int) -> None:
@@ -280,8 +278,9 @@ class Quantize(Pass):
         name = f"{conv.name}.rescale"
         r = Rescale(name=name, inputs=(x.name,), path=conv.path, shift=shift, out_bits=out_bits or stored_bits(bound))
         r.type = r.infer([x.type])
-        self.done[name], self.bound[name] = r, bound
-        conv.inputs = (name,) + conv.inputs[1:]
+        self.graph.insert_before(conv, r)
+        self.bound[name] = bound
+        self.graph.set_inputs(conv, (name,) + conv.inputs[1:])
         return r
 
     def tensor_train(self, op: TTConv2d, x: Op, x_bound: int) -> None:

@@ -108,5 +108,5 @@ class TTFactorize(Pass):
             notes[path] = {"factorised": True, **note}
             tt = TTConv2d(name=conv.name, inputs=conv.inputs, path=conv.path, g1=cores[0], g2=cores[1],
                           g3=cores[2], g4=cores[3], bias=conv.bias, variant="stt")
-            graph.ops[graph.ops.index(conv)] = tt
+            graph.replace_op(conv, [tt])
         return graph.infer_types()

@@ -17,7 +17,6 @@ would) and takes the best for `objective` (latency: cycles, energy, edp: their p
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,7 +153,7 @@ class TTSchedule(Pass):
             chosen = want or min((p for p in PLANS if options[p]["available"]), key=lambda p: _score(options[p], self.objective))
             notes[tt.path or tt.name] = {"variant": tt.variant, "ranks": list(tt.ranks), "chosen": chosen,
                                          "forced": want is not None, "objective": self.objective, "plans": options}
-            _replace(graph, tt, built[chosen])
+            graph.replace_op(tt, built[chosen])
         return graph.infer_types()
 
 
@@ -163,18 +162,12 @@ def _score(option: dict, objective: str) -> float:
             "edp": option["cycles"] * option["energy_pj"]}[objective]
 
 
-def _replace(graph: Graph, tt: TTConv2d, ops: list[Op]) -> None:
-    at = graph.ops.index(tt)
-    graph.ops[at:at + 1] = ops
-
-
 def _price(graph: Graph, tt: TTConv2d, ops: list[Op], hw: HwConfig) -> dict:
     """Predicted cycles and energy of a plan's layers, each tiled as allocate would tile it; the
     layer that takes the TT layer's name is priced with what it fuses (its neuron). The ops are left
     untiled: tiling is allocate's to record, in the final graph."""
-    trial = copy.copy(graph)
-    trial.ops = list(graph.ops)
-    _replace(trial, tt, ops)
+    trial = Graph(graph.name, list(graph.ops), list(graph.outputs))
+    trial.replace_op(tt, ops)
     trial.infer_types()
     allocate = Allocate(hw)
     cycles = energy = 0.0
