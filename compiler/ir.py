@@ -255,8 +255,9 @@ class Conv2d(Op):
     shift: int = 0
     out_bits: int = 32
     log_scale: int | None = None
+    fused: str | None = None  # the neuron, firing or time reduction run inside this layer (fuse pass)
     wdram: int | None = None  # DRAM address of the weights, then the bias (allocate pass)
-    tile: tuple[int, int, int] | None = None  # output channels, output rows, input channels per tile (allocate)
+    tile: tuple[int, int, int] | None = None  # output channels, output rows, input channels per tile (tile pass)
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
@@ -284,6 +285,7 @@ class Linear(Op):
     weight_frac: int | None = None
     out_bits: int = 32
     log_scale: int | None = None
+    fused: str | None = None
     wdram: int | None = None
     tile: tuple[int, int, int] | None = None
 
@@ -483,7 +485,7 @@ class NeuronQ(Op):
     cmp: str = "gt"
     levels: int = 1
     mode: str = "parallel"
-    tile: tuple[int] | None = None  # elements per chunk, when not fused with a conv (allocate pass)
+    tile: tuple[int] | None = None  # elements per chunk, when not fused with a conv (tile pass)
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
@@ -558,7 +560,7 @@ class MaxPool(Op):
     opname: ClassVar[str] = "maxpool"
     kernel: int
     stride: int
-    tile: tuple[int, int] | None = None  # channels, output rows per tile (allocate pass)
+    tile: tuple[int, int] | None = None  # channels, output rows per tile (tile pass)
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
@@ -632,7 +634,7 @@ class Add(Op):
     shift_b: int = 0
     frac: int | None = None
     out_bits: int = 32
-    tile: tuple[int] | None = None  # elements per chunk (allocate pass)
+    tile: tuple[int] | None = None  # elements per chunk (tile pass)
 
     def infer(self, ins):
         a, b = (self.seq_input(t) for t in ins)
@@ -660,7 +662,7 @@ class Rescale(Op):
     opname: ClassVar[str] = "rescale"
     shift: int
     out_bits: int = 32
-    tile: tuple[int] | None = None  # elements per chunk (allocate pass)
+    tile: tuple[int] | None = None  # elements per chunk (tile pass)
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
@@ -719,6 +721,9 @@ class TimeReduce(Op):
         return TensorType(fix(32, x.dtype.frac), x.shape)
 
 
+#: What a conv or linear layer can run inside itself, on its sums, tile by tile (the fuse pass).
+FUSABLE = (NeuronQ, Fire, TimeReduce)
+
 # ----------------------------------------------------------------------------------------- graph
 
 @dataclass(eq=False)
@@ -761,6 +766,16 @@ class Graph:
     def users(self, name: str) -> list[Op]:
         """The ops that read `name`, in program order (each once)."""
         return list(self._indexes()[1].get(name, ()))
+
+    def consumer(self, op: Op) -> Op | None:
+        """The op fused into layer `op` (its `fused` field), if any."""
+        fused = getattr(op, "fused", None)
+        return self.op(fused) if fused else None
+
+    def fused_into(self, op: Op) -> Op | None:
+        """The layer `op` is fused into, if it is a fused consumer."""
+        head = self.op(op.inputs[0]) if op.inputs else None
+        return head if head is not None and getattr(head, "fused", None) == op.name else None
 
     def only_user(self, name: str) -> Op | None:
         """The one op that reads `name` when it is not also a graph output, else None."""
@@ -859,6 +874,9 @@ class Graph:
                 o.fail(f"type {o.type} but its operands give {inferred}")
             if isinstance(o, Membrane) and not isinstance(self.op(o.inputs[0]), (Neuron, NeuronQ)):
                 o.fail("membrane of a value that no neuron op defines")
+            if getattr(o, "fused", None) is not None and not (
+                    self.has(o.fused) and self.only_user(o.name) is self.op(o.fused) and isinstance(self.op(o.fused), FUSABLE)):
+                o.fail(f"is fused with %{o.fused}, which is not its only reader, or not a neuron, firing or time reduction")
             seen[o.name] = o.type
         if not self.outputs:
             raise IRError(f"graph @{self.name} has no outputs")

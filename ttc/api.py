@@ -52,7 +52,7 @@ def compile_model(model: torch.nn.Module, input_shape, hw: str | HwConfig = "sat
     graph = trace(copy.deepcopy(model), shape, name)
     passes = {"tt-factorize": {"rank": o["tt_rank"], "error": o["tt_error"]},
               "quantize": {"input_bits": o["input_bits"], "input_frac": o["input_frac"], "tt_core_bits": o["tt_core_bits"]},
-              "tt-schedule": {"hw": hw, "objective": o["objective"], "schedule": o["schedule"]}, "allocate": {"hw": hw}}
+              "tt-schedule": {"hw": hw, "objective": o["objective"], "schedule": o["schedule"]}, "tile": {"hw": hw}}
     factorize, until = PIPELINE.index("tt-factorize"), PIPELINE.index("quantize") + 1
     graph = run_pipeline(graph, passes, PIPELINE[:factorize])
     model_counts = count(graph)

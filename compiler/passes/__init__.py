@@ -44,10 +44,10 @@ def parse_per_layer(option: str | int, what: str, convert=str) -> dict[str, obje
 
 
 from . import (allocate, fold_batchnorm, fold_global_pool, fold_neuron_input, fold_spike_amplitude,  # noqa: E402,F401
-               quantize, tt_factorize, tt_schedule)  # (importing them registers the passes)
+               fuse, quantize, tile, tt_factorize, tt_schedule)  # (importing them registers the passes)
 
 PIPELINE = ("fold-batchnorm", "tt-factorize", "fold-global-pool", "fold-neuron-input", "fold-spike-amplitude", "quantize",
-            "tt-schedule", "allocate")
+            "tt-schedule", "fuse", "tile", "allocate")
 
 
 def make_pass(name: str, **options) -> Pass:

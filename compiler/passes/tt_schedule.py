@@ -23,10 +23,12 @@ import numpy as np
 
 from ttc.isa.hwconfig import HwConfig, load_hw
 
-from ..cost import op_cost
+from ..cost import layer_cost
 from ..ir import Add, Conv2d, Graph, IRError, Op, TimeConcat, TimeSlice, TTConv2d
+from ..plan import layer_plan
 from . import Pass, parse_per_layer, register
-from .allocate import Allocate
+from .fuse import fuse_layer
+from .tile import choose_tile
 from .quantize import contracted, conv_bounds, middle, stored_bits
 
 PLANS = ("cores", "merged", "dense")
@@ -163,24 +165,27 @@ def _score(option: dict, objective: str) -> float:
 
 
 def _price(graph: Graph, tt: TTConv2d, ops: list[Op], hw: HwConfig) -> dict:
-    """Predicted cycles and energy of a plan's layers, each tiled as allocate would tile it; the
-    layer that takes the TT layer's name is priced with what it fuses (its neuron). The ops are left
-    untiled: tiling is allocate's to record, in the final graph."""
+    """Predicted cycles and energy of a plan's layers, each fused and tiled as the fuse and tile passes
+    would; the layer that takes the TT layer's name is priced with what it fuses (its neuron). The ops
+    are left unfused and untiled: those passes record their decisions in the final graph."""
     trial = Graph(graph.name, list(graph.ops), list(graph.outputs))
     trial.replace_op(tt, ops)
     trial.infer_types()
-    allocate = Allocate(hw)
     cycles = energy = 0.0
     dram = 0
     layers = []
     for op in ops:
-        allocate.tile(trial, op, hw)
-        cost = op_cost(trial, op, hw)
-        if cost is None:
+        fuse_layer(trial, op)
+        tile = choose_tile(trial, op, hw)
+        plan = layer_plan(trial, op, hw, tile)
+        if plan is None:
             continue
-        tile, op.tile = op.tile, None
+        cost = layer_cost(plan)
         cycles, energy, dram = cycles + cost.cycles, energy + cost.total_pj, dram + cost.dram_bytes
         layers.append({"op": op.opname, "name": op.name, "tile": list(tile) if tile else None,
                        "cycles": round(cost.cycles), "energy_pj": round(cost.total_pj, 1)})
+    for op in ops:
+        if hasattr(op, "fused"):
+            op.fused = None
     weights = sum(o.weight.nbytes for o in ops if isinstance(o, Conv2d))
     return {"cycles": cycles, "energy_pj": energy, "dram_bytes": dram, "weight_bytes": int(weights), "layers": layers}

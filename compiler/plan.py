@@ -1,0 +1,757 @@
+"""Layer plans: one plan per layer, decided once and walked by both codegen and the cost model
+(docs/memory.md, docs/hardware.md).
+
+A layer is an op that runs on the machine, with the consumer the fuse pass fused into it. Its plan
+holds its tiles and the buffers they need, and exposes one ordered walk of steps: for a conv, one
+step per output tile and time step, for a pool or an elementwise layer one per tile (or chunk) and
+time step. A step is the instructions it issues, in program order (transfers, PE work, neuron and
+vector work, each on the buffer slots it uses), and a key: steps with equal keys issue the same work
+on the same on-chip slots (only DRAM addresses differ), so the cost model prices one of them for all.
+Codegen (`ttc.compiler.codegen`) emits the walk; the cost model (`ttc.compiler.cost`) prices the same
+walk; the tile pass chooses tiles by that price. Nothing else decides tiles, fusion or loop order.
+
+    conv / linear (+ neuron, firing, time reduction): tiles of `co` output channels x `rows` output rows,
+        each on all T steps while its membranes (or sums) stay on chip; each step sums its input in
+        blocks of `ci` input channels; weights stay resident per output-channel tile when all of its
+        input channels fit (the next tile's prefetched during the current one's last step), else stream
+        per block
+    max / sum pool: tiles of `channels` x `rows` of output, each step loads, pools, stores
+    add, rescale, unfused neuron or firing: chunks of elements, each on all T steps
+    time reduction (unfused): all T steps accumulated in one ofmap region, then stored
+
+Buffers whose data changes every step (or every tile, for weights) are split into two slots used
+alternately when two fit, so that the next load can run while the current step computes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from typing import Callable, ClassVar, Iterator
+
+import numpy as np
+
+from ttc.isa.encoding import Instr, Ref
+from ttc.isa.hwconfig import (TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS, HwConfig, multiply_action, neuron_update_actions,
+                              spike_add_action)
+from ttc.isa.table import FORMAT_BYTES, LOG5, TIME, elems_bytes
+
+from .ir import (Add, AvgPool, Conv2d, Fire, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, Rescale, TimeReduce,
+                 live_synapses, tconv_base)
+from .layout import plane_bytes, step_bytes, step_stride, value_addr
+from .tiling import CONV_FIELD_MAX, Block, RowTile, ceil_to, channel_unit, fmt, row_tiles, row_unit, spans, split
+
+SLOT_ALIGN = 32
+
+
+class Step:
+    """One step of a walk: `key` (equal keys: the same work on the same slots) and its instructions,
+    built when first asked for (the cost model asks once per key)."""
+
+    __slots__ = ("key", "_build", "_instrs")
+
+    def __init__(self, key: tuple, build: Callable[[], list[Instr]]):
+        self.key, self._build, self._instrs = key, build, None
+
+    @property
+    def instrs(self) -> list[Instr]:
+        if self._instrs is None:
+            self._instrs = self._build()
+        return self._instrs
+
+
+class Slots:
+    """A buffer region of `plan.slots(mem)` slots used in turn (two: double buffering)."""
+
+    def __init__(self, plan: "LayerPlan", mem: str):
+        self.mem, self.size, self.count, self.used = mem, plan.slot_size(mem), plan.slots(mem), 0
+
+    def __getitem__(self, k: int) -> Ref:
+        return Ref(self.mem, k % self.count * self.size)
+
+    def next(self) -> Ref:
+        self.used += 1
+        return self[self.used - 1]
+
+
+def _copy(op: str, dst: Ref, src: Ref, nbytes: int, rows: int = 1, src_stride: int = 0, dst_stride: int = 0) -> Instr:
+    return Instr(op, dict(dst=dst, src=src, rows=rows, row_bytes=nbytes, src_stride=src_stride, dst_stride=dst_stride))
+
+
+@dataclass
+class LayerPlan:
+    """What every layer plan offers: bytes per slot of each buffer it uses, how many slots fit,
+    whether it fits at all, its walk and its arithmetic."""
+
+    graph: Graph = field(repr=False, compare=False)
+    op: Op = field(repr=False, compare=False)
+    hw: HwConfig = field(repr=False, compare=False)
+    placed: bool = field(default=False, repr=False, compare=False)  # DRAM addresses allocated (codegen)
+    slot_bytes: dict[str, int] = field(init=False, repr=False, compare=False)
+    double: frozenset = field(init=False, repr=False, compare=False)  # buffers that alternate two slots when two fit
+
+    tile_names: ClassVar[tuple[str, ...]] = ()
+
+    # ---- buffers
+    def slot_size(self, buffer: str) -> int:
+        return ceil_to(self.slot_bytes[buffer], SLOT_ALIGN)
+
+    def slots(self, buffer: str) -> int:
+        return 2 if buffer in self.double and 2 * self.slot_size(buffer) <= self.hw.buffers[buffer].bytes else 1
+
+    def fits(self, slots: int = 1) -> bool:
+        """Do `slots` slots of every double-buffered buffer (one of the others) fit?"""
+        return all((slots if b in self.double else 1) * self.slot_size(b) <= self.hw.buffers[b].bytes
+                   for b in self.slot_bytes)
+
+    def overflow(self) -> tuple[str, int, int] | None:
+        """(buffer, bytes needed, bytes it holds) of the first buffer one slot does not fit, if any."""
+        for buffer, need in self.slot_bytes.items():
+            if need > self.hw.buffers[buffer].bytes:
+                return buffer, need, self.hw.buffers[buffer].bytes
+        return None
+
+    def aligned(self) -> bool:
+        return True
+
+    def shape_key(self) -> tuple:
+        """Everything that decides the walk's on-chip work: plans with equal keys cost the same."""
+        return (type(self).__name__, self.time) + tuple(getattr(self, f.name) for f in fields(self) if f.compare)
+
+    # ---- what the layer is
+    @property
+    def head(self) -> Op:
+        """The op the layer table names the layer by: the fused consumer, else the op itself."""
+        return self.graph.consumer(self.op) or self.op
+
+    @property
+    def kind(self) -> str:
+        consumer = self.graph.consumer(self.op)
+        return self.op.opname + (f"+{consumer.opname}" if consumer else "")
+
+    def info(self) -> dict:
+        """The layer table's extra fields for this layer."""
+        return {}
+
+    @property
+    def time(self) -> int:
+        return self.graph.op(self.op.inputs[0]).type.time
+
+    def walk(self) -> Iterator[Step]:
+        raise NotImplementedError(type(self).__name__)  # every plan kind walks its own loop nest
+
+    def arithmetic(self, density: float) -> dict[str, dict[str, float]]:
+        """Arithmetic actions per inference by unit, the spike-driven ones at input spike `density`."""
+        raise NotImplementedError(type(self).__name__)
+
+    # ---- DRAM addressing, shared by every walk
+    def addr(self, value: Op) -> int:
+        addr = value_addr(self.graph, value)
+        if addr is None:
+            if self.placed:
+                value.fail("is read or written by a layer but has no DRAM address (allocate bug)")
+            return 0  # the cost model prices a plan before DRAM is allocated: addresses do not change costs
+        return addr
+
+    def step_addr(self, value: Op, t: int, offset: int = 0) -> Ref:
+        return Ref("dram", self.addr(value) + t * step_stride(self.graph, value) + offset)
+
+    def move_block(self, direction: str, value: Op, t: int, block: Block, chip: Ref) -> list[Instr]:
+        """Load or store one block of step t of `value` between DRAM and `chip`: each of its spike
+        planes (MT), the planes one after another on chip."""
+        run = block.copy()
+        out = []
+        for p in range(value.type.dtype.planes):
+            dram = self.step_addr(value, t, p * plane_bytes(value.type) + run["offset"])
+            at = Ref(chip.mem, chip.addr + p * block.nbytes)
+            if direction == "load":
+                out.append(_copy("load", at, dram, run["row_bytes"], run["rows"], run["stride"], run["row_bytes"]))
+            else:
+                out.append(_copy("store", dram, at, run["row_bytes"], run["rows"], run["row_bytes"], run["stride"]))
+        return out
+
+    def neuron_step(self, n: NeuronQ, count: int, t: int, src: Ref, out: Ref, spikes: Block, states: Block) -> list[Instr]:
+        """One step of `count` neurons whose input is at `src`; their spikes (and states) go to DRAM."""
+        code = [Instr("nrn", dict(src=src, state=Ref("vmem", 0), dst=out, n=count, theta=n.theta, v_reset=n.v_reset,
+                                  decay_mul=n.decay_mul, decay_shift=n.decay_shift, in_shift=n.in_shift, cmp=n.cmp,
+                                  reset=n.reset, order=n.order, levels=n.levels, mode=n.mode))]
+        code += self.move_block("store", n, t, spikes, out)
+        for m in self.membranes(n):
+            code += self.move_block("store", m, t, states, Ref("vmem", 0))
+        return code
+
+    def fire(self, f: Fire, count: int, t: int, src: Ref, out: Ref, times: Block) -> list[Instr]:
+        """TTFS firing of `count` accumulators at `src`; the spike times go to DRAM."""
+        x = self.graph.op(f.inputs[0]).type.dtype
+        return [Instr("tfire", dict(src=src, dst=out, src_fmt=fmt(x), n=count, frac=x.frac, window=f.window)),
+                *self.move_block("store", f, t, times, out)]
+
+    def membranes(self, neuron: Op) -> list[Op]:
+        return [u for u in self.graph.users(neuron.name) if isinstance(u, Membrane)]
+
+
+def _neuron_actions(n: NeuronQ) -> dict[str, int]:
+    return neuron_update_actions(n.reset, n.in_shift, n.decay_mul, n.decay_shift, n.levels, n.mode)
+
+
+def _in_bounds(n_out: int, n_in: int, k: int, s: int, pad: int) -> np.ndarray:
+    """For each kernel offset, how many of the n_out outputs read an input inside [0, n_in)."""
+    pos = np.arange(n_out)[:, None] * s + np.arange(k)[None, :] - pad
+    return ((pos >= 0) & (pos < n_in)).sum(axis=0)
+
+
+# ------------------------------------------------------------------------------------ conv / linear
+
+@dataclass
+class ConvPlan(LayerPlan):
+    """A conv (linear: a 1x1 conv of a 1x1 image) with its fused consumer, in tiles of co x rows x ci."""
+
+    co: int = 0
+    rows: int = 0
+    ci: int = 0
+    cin: int = 0
+    cout: int = 0
+    ih: int = 0
+    iw: int = 0
+    oh: int = 0
+    ow: int = 0
+    kh: int = 0
+    kw: int = 0
+    sh: int = 0
+    sw: int = 0
+    pt: int = 0
+    pl: int = 0
+    in_fmt: str = ""
+    consumer: str = ""  # "neuron", "fire" (TTFS), "reduce" or "" (the raw sums are stored)
+    bias: bool = False
+    membranes_out: int = 0  # membrane outputs of the fused neuron
+    wfmt: str = "i8"
+    out_fmt: str = "i32"  # how stored sums are stored (narrowed through ofmap when not i32)
+    shift: int = 0
+    in_window: int = 0  # TTFS: the window of the input's spike times (tconv)
+    fire_window: int = 0  # TTFS: the window of the fused firing's
+    in_planes: int = 1  # MT: the spike planes of the input, and how they weigh (ttc.isa.mt)
+    in_mode: str = "parallel"
+    out_planes: int = 1  # MT: the thresholds of the fused neuron, and its mode
+    out_mode: str = "parallel"
+
+    tile_names: ClassVar = ("output channels", "output rows", "input channels")
+
+    @classmethod
+    def of(cls, graph: Graph, op: Conv2d | Linear, hw: HwConfig, tile, placed: bool = False) -> "ConvPlan":
+        x, consumer = graph.op(op.inputs[0]).type, graph.consumer(op)
+        oh, ow = op.type.shape[1:] or (1, 1)
+        neuron = isinstance(consumer, NeuronQ)
+        co, rows, ci = tile
+        if isinstance(op, Linear):
+            geometry = dict(cin=x.shape[0], ih=1, iw=1, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0)
+        else:
+            _, cin, kh, kw = op.weight.shape
+            geometry = dict(cin=cin, ih=x.shape[1], iw=x.shape[2], kh=kh, kw=kw, sh=op.stride[0], sw=op.stride[1],
+                            pt=op.padding[0], pl=op.padding[1])
+        kind = "neuron" if neuron else "fire" if isinstance(consumer, Fire) else "reduce" if consumer else ""
+        return cls(graph, op, hw, placed, co=co, rows=rows, ci=ci, cout=op.type.shape[0], oh=oh, ow=ow,
+                   in_fmt=fmt(x.dtype), consumer=kind, bias=op.bias is not None,
+                   membranes_out=sum(isinstance(u, Membrane) for u in graph.users(consumer.name)) if neuron else 0,
+                   wfmt=LOG5 if op.log_scale is not None else f"i{8 * op.weight.itemsize}", out_fmt=fmt(op.type.dtype),
+                   shift=tconv_base(op, x) if op.log_scale is not None else op.shift,
+                   in_window=x.dtype.bits if x.dtype.kind == "ttfs" else 0,
+                   fire_window=consumer.window if kind == "fire" else 0,
+                   in_planes=x.dtype.planes, in_mode=x.dtype.mode,
+                   out_planes=consumer.levels if neuron else 1, out_mode=consumer.mode if neuron else "parallel",
+                   **geometry)
+
+    @staticmethod
+    def extents(graph: Graph, op: Op) -> tuple[int, ...]:
+        """How many of each tiled dimension there are: output channels, output rows, input channels."""
+        return op.type.shape[0], (op.type.shape[1:] or (1,))[0], graph.op(op.inputs[0]).type.shape[0]
+
+    def __post_init__(self):
+        taps = self.kh * self.kw
+        wb = self.wbytes
+        self.resident = self.co * (self.cin * taps) * wb + 4 * self.co <= self.hw.buffers["wgt"].bytes
+        weights = self.co * (self.cin if self.resident else self.ci) * taps * wb
+        n = self.co * self.rows * self.ow
+        spikes = self.co * elems_bytes("spike", self.rows * self.ow) if self.rows < self.oh else elems_bytes("spike", n)
+        out = {"neuron": self.out_planes * spikes, "fire": n, "reduce": 4 * n,
+               "": elems_bytes(self.out_fmt, n) if self.narrowed else None}[self.consumer]
+        loaded = max(t.r1 - t.r0 for t in self.row_tiles)
+        self.slot_bytes = {"wgt": self.bias_offset(weights) + 4 * self.co,
+                           "ifmap": self.in_planes * (self.ci * elems_bytes(self.in_fmt, loaded * self.iw) if self.rows < self.oh
+                                                      else elems_bytes(self.in_fmt, self.ci * self.ih * self.iw)),
+                           "psum": 4 * n}
+        if self.consumer == "neuron":
+            self.slot_bytes["vmem"] = 4 * n
+        if out is not None:
+            self.slot_bytes["ofmap"] = out
+        self.double = frozenset({"wgt", "ifmap", "psum"}
+                                | ({"ofmap"} if self.consumer in ("neuron", "fire") or self.narrowed else set()))
+
+    @property
+    def stored_fmt(self) -> str:
+        """The format of what the layer stores: spikes, spike times, or sums."""
+        return {"neuron": "spike", "fire": TIME}.get(self.consumer, self.out_fmt)
+
+    @property
+    def narrowed(self) -> bool:
+        return self.consumer == "" and self.out_fmt != "i32"
+
+    @property
+    def wbytes(self) -> int:
+        return FORMAT_BYTES[self.wfmt]
+
+    @staticmethod
+    def bias_offset(weights: int) -> int:
+        return ceil_to(weights, 4)
+
+    @property
+    def taps(self) -> int:
+        return self.kh * self.kw
+
+    def weights_at(self, tc: int, i0: int) -> int:
+        """Offset in a weight slot of the [tc, ci, kh, kw] weights of the block from input channel i0:
+        a resident slot holds every block of its output-channel tile in turn."""
+        return tc * i0 * self.taps * self.wbytes if self.resident else 0
+
+    def bias_at(self, tc: int) -> int:
+        """Offset of a tile's bias in the slot it is loaded with, after the weights that slot holds."""
+        held = self.cin if self.resident else self.ci_tiles[0][1]
+        return self.bias_offset(tc * held * self.taps * self.wbytes)
+
+    @cached_property
+    def row_tiles(self) -> list[RowTile]:
+        return row_tiles(self.oh, self.rows, self.ih, self.kh, self.sh, self.pt, row_unit(self.in_fmt, self.iw))
+
+    @cached_property
+    def co_tiles(self) -> list[tuple[int, int]]:
+        return spans(self.cout, self.co)
+
+    @cached_property
+    def ci_tiles(self) -> list[tuple[int, int]]:
+        return spans(self.cin, self.ci)
+
+    @property
+    def tiles(self) -> int:
+        return len(self.co_tiles) * len(self.row_tiles) * len(self.ci_tiles)
+
+    def input_block(self, ci: tuple[int, int], rt: RowTile) -> Block:
+        return Block(self.in_fmt, (self.cin, self.ih, self.iw), *ci, rt.r0, rt.r1)
+
+    def output_block(self, fmt_: str, co: tuple[int, int], rt: RowTile) -> Block:
+        return Block(fmt_, (self.cout, self.oh, self.ow), *co, rt.y0, rt.y1)
+
+    def conv_args(self, tci: int, rt: RowTile) -> dict:
+        """The geometry operands of one block's convolution."""
+        return dict(cin=tci, ih=rt.r1 - rt.r0, iw=self.iw, oh=rt.y1 - rt.y0, ow=self.ow, kh=self.kh, kw=self.kw,
+                    sh=self.sh, sw=self.sw, pt=rt.pt, pl=self.pl)
+
+    def aligned(self) -> bool:
+        """Do the tiles of every spike tensor start on bytes, and do a tile's channels fit the conv
+        instructions' `cin` and `cout` fields (a linear layer of 70,000 inputs must take them in tiles)?"""
+        out_fmt = self.stored_fmt
+        if self.ci > CONV_FIELD_MAX["cin"] or self.co > CONV_FIELD_MAX["cout"]:
+            return False
+        if self.rows < self.oh:
+            if self.in_fmt == "spike" and self.ih * self.iw % 8:
+                return False
+            if out_fmt == "spike" and (self.oh * self.ow % 8 or self.rows % row_unit("spike", self.ow)):
+                return False
+        else:
+            if self.ci % channel_unit(self.in_fmt, self.ih * self.iw) and self.ci != self.cin:
+                return False
+            if self.co % channel_unit(out_fmt, self.oh * self.ow) and self.co != self.cout:
+                return False
+        return True
+
+    def info(self) -> dict:
+        size = self.op.weight.size
+        return dict(tile=[self.co, self.rows, self.ci], source=self.op.path, weights=int(size),
+                    macs_per_step=int(size * self.oh * self.ow))
+
+    # ---- the walk
+    def load_weights(self, slot: Ref, co: tuple[int, int], ci: tuple[int, int]) -> list[Instr]:
+        """The weights of output channels `co` x input channels `ci` into `slot` (with the bias, once
+        per slot: with the first block)."""
+        op = self.op
+        (c0, c1), (i0, i1), taps, cin, wb = co, ci, self.taps, self.cin, self.wbytes
+        rows, per_row = (1, (c1 - c0) * cin * taps * wb) if i1 - i0 == cin else (c1 - c0, (i1 - i0) * taps * wb)
+        code = [_copy("load", Ref("wgt", slot.addr + self.weights_at(c1 - c0, i0)),
+                      Ref("dram", self.wdram + (c0 * cin + i0) * taps * wb), per_row, rows, cin * taps * wb, per_row)]
+        if i0 == 0 and self.bias:
+            code.append(_copy("load", Ref("wgt", slot.addr + self.bias_at(c1 - c0)),
+                              Ref("dram", self.wdram + op.weight.nbytes + 4 * c0), 4 * (c1 - c0)))
+        return code
+
+    @property
+    def wdram(self) -> int:
+        if self.op.wdram is None and self.placed:
+            self.op.fail("has no DRAM address for its weights (allocate bug)")
+        return self.op.wdram or 0
+
+    def resident_weights(self, slot: Ref, co: tuple[int, int]) -> list[Instr]:
+        return [i for ci in self.ci_tiles for i in self.load_weights(slot, co, ci)]
+
+    def walk(self) -> Iterator[Step]:
+        x_op, consumer, steps = self.graph.op(self.op.inputs[0]), self.graph.consumer(self.op), self.time
+        wgt, ifmap, psum = (Slots(self, m) for m in ("wgt", "ifmap", "psum"))
+        out = Slots(self, "ofmap") if "ofmap" in self.slot_bytes else None
+        w = wgt.next() if self.resident else None
+        prologue = self.resident_weights(w, self.co_tiles[0]) if self.resident else []
+        for k, co in enumerate(self.co_tiles):
+            prefetch = self.resident and k + 1 < len(self.co_tiles)  # the next tile's weights, during this one
+            upcoming = None
+            for rt in self.row_tiles:
+                for t in range(steps):
+                    # the slots this step uses, drawn in program order (they alternate step by step)
+                    acc = psum.next()
+                    blocks = []
+                    for _ in self.ci_tiles:
+                        if not self.resident:
+                            w = wgt.next()
+                        blocks.append((w, ifmap.next()))
+                    fetch = wgt.next() if prefetch and (rt, t) == (self.row_tiles[-1], steps - 1) else None
+                    upcoming = fetch or upcoming
+                    dst = out.next() if out is not None and self.consumer != "reduce" else out[0] if out else None
+                    key = (co[1] - co[0], rt.y1 - rt.y0, rt.r1 - rt.r0, rt.pt, t == 0, t == steps - 1, bool(prologue),
+                           acc.addr, tuple((b.addr, s.addr) for b, s in blocks), fetch and (fetch.addr, k + 1),
+                           dst and dst.addr)
+                    yield Step(key, lambda prologue=prologue, co=co, rt=rt, t=t, acc=acc, blocks=blocks, fetch=fetch,
+                               dst=dst, k=k: prologue + self.conv_step(x_op, consumer, co, rt, t, acc, blocks, fetch, k, dst))
+                    prologue = []
+            if prefetch:
+                w = upcoming
+
+    def conv_step(self, x_op: Op, consumer: Op | None, co: tuple[int, int], rt: RowTile, t: int, acc: Ref,
+                  blocks: list[tuple[Ref, Ref]], fetch: Ref | None, k: int, dst: Ref | None) -> list[Instr]:
+        """Step t of output tile (co, rt): acc = bias + the conv of the input, block by block of input
+        channels (streaming each block's weights unless resident), then the fused consumer."""
+        tc, taps = co[1] - co[0], self.taps
+        n = tc * (rt.y1 - rt.y0) * self.ow
+        code = []
+        if t == 0 and self.consumer == "neuron":
+            code.append(Instr("vfill", dict(dst=Ref("vmem", 0), n=n, value=consumer.v_init)))
+        elif t == 0 and self.consumer == "reduce":
+            code.append(Instr("vfill", dict(dst=dst, n=n, value=0)))
+        for b, ((i0, i1), (w, src)) in enumerate(zip(self.ci_tiles, blocks)):
+            if not self.resident:
+                code += self.load_weights(w, co, (i0, i1))
+            if b == 0 and self.bias:
+                code.append(Instr("vbias", dict(dst=acc, bias=Ref("wgt", w.addr + self.bias_at(tc)), channels=tc,
+                                                plane=n // tc)))
+            code += self.move_block("load", x_op, t, self.input_block((i0, i1), rt), src)
+            for group, (lo, hi) in enumerate(split(tc, self.hw.pe_groups)):
+                args = dict(src=src, wgt=Ref("wgt", w.addr + self.weights_at(tc, i0) + lo * (i1 - i0) * taps * self.wbytes),
+                            dst=Ref("psum", acc.addr + 4 * lo * n // tc), **self.conv_args(i1 - i0, rt),
+                            cout=hi - lo, accumulate=int(self.bias or b > 0), group=group, shift=self.shift)
+                if self.in_fmt == TIME:
+                    code.append(Instr("tconv", dict(args, window=self.in_window)))
+                elif self.in_fmt == "spike":
+                    code.append(Instr("sconv", dict(args, wfmt=self.wfmt, planes=self.in_planes, mode=self.in_mode)))
+                else:
+                    code.append(Instr("dconv", dict(args, wfmt=self.wfmt, fmt=self.in_fmt)))
+        if fetch is not None:  # in DRAM's queue before this tile's last results
+            code += self.resident_weights(fetch, self.co_tiles[k + 1])
+        if self.consumer == "neuron":
+            code += self.neuron_step(consumer, n, t, acc, dst, self.output_block("spike", co, rt),
+                                     self.output_block("i32", co, rt))
+        elif self.consumer == "fire":
+            code += self.fire(consumer, n, t, acc, dst, self.output_block(TIME, co, rt))
+        elif self.consumer == "reduce":
+            code.append(Instr("vacc", dict(dst=dst, src=acc, src_fmt="i32", dst_fmt="i32", n=n, shift=0, accumulate=1)))
+            if t == self.time - 1:
+                code += self.move_block("store", consumer, 0, self.output_block("i32", co, rt), dst)
+        elif self.narrowed:
+            code.append(Instr("vacc", dict(dst=dst, src=acc, src_fmt="i32", dst_fmt=self.out_fmt, n=n, shift=0,
+                                           accumulate=0)))
+            code += self.move_block("store", self.op, t, self.output_block(self.stored_fmt, co, rt), dst)
+        else:
+            code += self.move_block("store", self.op, t, self.output_block(self.stored_fmt, co, rt), acc)
+        return code
+
+    def arithmetic(self, density: float) -> dict[str, dict[str, float]]:
+        steps = self.time
+        rows = _in_bounds(self.oh, self.ih, self.kh, self.sh, self.pt)
+        cols = _in_bounds(self.ow, self.iw, self.kw, self.sw, self.pl)
+        reach = np.outer(rows, cols)  # outputs each kernel tap reaches
+        w = live_synapses(self.op).reshape(self.cout, self.cin, self.kh, self.kw)
+        synapses = density * float((w.sum(axis=(0, 1)) * reach).sum()) * self.in_planes  # per step, at the density
+        pe: dict[str, float] = {}
+        if self.in_fmt == TIME:
+            pe = {action: n * synapses * steps for action, n in TTFS_SYNAPSE_ACTIONS.items()}
+        elif self.in_fmt == "spike":
+            pe = {spike_add_action(self.wfmt): synapses * steps}
+        else:
+            macs = self.cout * self.cin * int(reach.sum()) * steps
+            pe = {"add32": macs, multiply_action(self.in_fmt, self.wfmt): macs}
+        n = self.cout * self.oh * self.ow
+        shifts = (self.shift != 0 and self.in_fmt != TIME)  # tconv's shift is its base, not a shift of the sums
+        shifts += self.in_planes - 1 if self.in_mode == "cascade" else 0  # a cascade's doubling between planes
+        if shifts:
+            pe["shift32"] = pe.get("shift32", 0) + n * len(self.ci_tiles) * shifts * steps
+        out = {"pe": pe}
+        consumer = self.graph.consumer(self.op)
+        if self.consumer == "neuron":
+            out["neuron"] = {a: c * n * steps for a, c in _neuron_actions(consumer).items()}
+        elif self.consumer == "fire":
+            out["neuron"] = {a: c * n * steps for a, c in TTFS_FIRE_ACTIONS.items()}
+        elif self.consumer == "reduce":
+            out["vector"] = {"add32": n * steps}
+        return out
+
+
+# ------------------------------------------------------------------------------------------ pools
+
+@dataclass
+class PoolPlan(LayerPlan):
+    """A max or sum pooling, in tiles of `channels` x `rows` of output."""
+
+    channels: int = 0
+    rows: int = 0
+    c: int = 0
+    ih: int = 0
+    iw: int = 0
+    oh: int = 0
+    ow: int = 0
+    k: int = 0
+    stride: int = 0
+    in_fmt: str = ""
+    out_fmt: str = ""
+    mode: str = "max"
+
+    tile_names: ClassVar = ("channels", "output rows")
+
+    @classmethod
+    def of(cls, graph: Graph, op: MaxPool | AvgPool, hw: HwConfig, tile, placed: bool = False) -> "PoolPlan":
+        x = graph.op(op.inputs[0]).type
+        channels, rows = tile
+        c, ih, iw = x.shape
+        _, oh, ow = op.type.shape
+        mode = "sum" if isinstance(op, AvgPool) else "min" if fmt(x.dtype) == TIME else "max"  # min: the earliest spike
+        return cls(graph, op, hw, placed, channels=channels, rows=rows, c=c, ih=ih, iw=iw, oh=oh, ow=ow, k=op.kernel,
+                   stride=op.stride, in_fmt=fmt(x.dtype), out_fmt=fmt(op.type.dtype), mode=mode)
+
+    @staticmethod
+    def extents(graph: Graph, op: Op) -> tuple[int, ...]:
+        return op.type.shape[0], op.type.shape[1]
+
+    def __post_init__(self):
+        loaded = max(t.r1 - t.r0 for t in self.row_tiles)
+        per_channel_out = self.rows * self.ow
+        self.slot_bytes = {
+            "ifmap": self.channels * elems_bytes(self.in_fmt, loaded * self.iw) if self.rows < self.oh
+            else elems_bytes(self.in_fmt, self.channels * self.ih * self.iw),
+            "ofmap": self.channels * elems_bytes(self.out_fmt, per_channel_out) if self.rows < self.oh
+            else elems_bytes(self.out_fmt, self.channels * per_channel_out)}
+        self.double = frozenset({"ifmap", "ofmap"})
+
+    @cached_property
+    def row_tiles(self) -> list[RowTile]:
+        return row_tiles(self.oh, self.rows, self.ih, self.k, self.stride, 0, row_unit(self.in_fmt, self.iw))
+
+    @property
+    def channel_tiles(self) -> list[tuple[int, int]]:
+        return spans(self.c, self.channels)
+
+    @property
+    def tiles(self) -> int:
+        return len(self.channel_tiles) * len(self.row_tiles)
+
+    def aligned(self) -> bool:
+        if self.rows < self.oh:
+            if self.in_fmt == "spike" and self.ih * self.iw % 8:
+                return False
+            if self.out_fmt == "spike" and (self.oh * self.ow % 8 or self.rows % row_unit("spike", self.ow)):
+                return False
+            return True
+        return all(self.channels % channel_unit(f, plane) == 0 or self.channels == self.c
+                   for f, plane in ((self.in_fmt, self.ih * self.iw), (self.out_fmt, self.oh * self.ow)))
+
+    def info(self) -> dict:
+        return dict(tile=[self.channels, self.rows], source=self.op.path)
+
+    def walk(self) -> Iterator[Step]:
+        x_op = self.graph.op(self.op.inputs[0])
+        ifmap, ofmap = Slots(self, "ifmap"), Slots(self, "ofmap")
+        for channels in self.channel_tiles:
+            for rt in self.row_tiles:
+                for t in range(self.time):
+                    src, dst = ifmap.next(), ofmap.next()
+                    key = (channels[1] - channels[0], rt.y1 - rt.y0, rt.r1 - rt.r0, rt.pt, src.addr, dst.addr)
+                    yield Step(key, lambda channels=channels, rt=rt, t=t, src=src, dst=dst: self.pool_step(
+                        x_op, channels, rt, t, src, dst))
+
+    def pool_step(self, x_op: Op, channels: tuple[int, int], rt: RowTile, t: int, src: Ref, dst: Ref) -> list[Instr]:
+        (c0, c1) = channels
+        return [*self.move_block("load", x_op, t, Block(self.in_fmt, (self.c, self.ih, self.iw), c0, c1, rt.r0, rt.r1), src),
+                Instr("pool", dict(src=src, dst=dst, mode=self.mode, src_fmt=self.in_fmt, dst_fmt=self.out_fmt,
+                                   channels=c1 - c0, ih=rt.r1 - rt.r0, iw=self.iw, oh=rt.y1 - rt.y0, ow=self.ow, k=self.k,
+                                   stride=self.stride, pt=rt.pt)),
+                *self.move_block("store", self.op, t, Block(self.out_fmt, (self.c, self.oh, self.ow), c0, c1, rt.y0, rt.y1),
+                                 dst)]
+
+    def arithmetic(self, density: float) -> dict[str, dict[str, float]]:
+        action = "add32" if self.mode == "sum" else "or1" if self.in_fmt == "spike" else "cmp32"
+        return {"vector": {action: self.c * self.oh * self.ow * self.k ** 2 * self.time}}
+
+
+# ------------------------------------------------------------------------------------ elementwise
+
+@dataclass
+class ElementwisePlan(LayerPlan):
+    """An add, rescale, unfused neuron or TTFS firing over n elements a step, in chunks of `chunk`
+    elements, each chunk on all T steps (a neuron's membranes stay in vmem meanwhile)."""
+
+    chunk: int = 0
+    n: int = 0
+    kind: str = ""  # "add", "rescale", "neuron" or "fire"
+    in_fmts: tuple[str, ...] = ()
+    out_fmt: str = ""
+    shifts: tuple[int, ...] = ()  # add, rescale: each operand's vacc shift
+    out_planes: int = 1  # a neuron's thresholds (MT), and its mode
+    out_mode: str = "parallel"
+    membranes_out: int = 0
+
+    tile_names: ClassVar = ("elements",)
+
+    @classmethod
+    def of(cls, graph: Graph, op: Op, hw: HwConfig, tile, placed: bool = False) -> "ElementwisePlan":
+        ins = [fmt(graph.op(i).type.dtype) for i in op.inputs]
+        kind = "neuron" if isinstance(op, NeuronQ) else op.opname  # or add, rescale, fire
+        shifts = (op.shift_a, op.shift_b) if isinstance(op, Add) else (op.shift,) if isinstance(op, Rescale) else ()
+        return cls(graph, op, hw, placed, chunk=tile[0], n=op.type.numel, kind=kind, in_fmts=tuple(ins),
+                   out_fmt=fmt(op.type.dtype), shifts=shifts, out_planes=op.type.dtype.planes,
+                   out_mode=op.type.dtype.mode,
+                   membranes_out=sum(isinstance(u, Membrane) for u in graph.users(op.name)))
+
+    def __post_init__(self):
+        ins = [elems_bytes(f, self.chunk) for f in self.in_fmts]
+        self.slot_bytes = {"ofmap": self.out_planes * elems_bytes(self.out_fmt, self.chunk)}
+        if self.kind == "neuron":
+            self.slot_bytes.update(psum=ins[0], vmem=4 * self.chunk)
+        elif self.kind == "fire":
+            self.slot_bytes["psum"] = ins[0]
+        else:
+            self.slot_bytes["ifmap"] = sum(ceil_to(b, SLOT_ALIGN) for b in ins[:-1]) + ins[-1]
+        self.double = frozenset({"ifmap", "ofmap", "psum"})
+
+    @cached_property
+    def chunks(self) -> list[tuple[int, int]]:
+        return spans(self.n, self.chunk)
+
+    @property
+    def tiles(self) -> int:
+        return len(self.chunks)
+
+    @property
+    def time(self) -> int:
+        return self.op.type.time
+
+    def operand_at(self, k: int) -> int:
+        """Offset of input operand k in an ifmap slot."""
+        return sum(ceil_to(elems_bytes(f, self.chunk), SLOT_ALIGN) for f in self.in_fmts[:k])
+
+    def block(self, fmt_: str, chunk: tuple[int, int]) -> Block:
+        """Elements [e0, e1) of one step, as the rows of a one-channel tensor."""
+        return Block(fmt_, (1, self.n, 1), 0, 1, *chunk)
+
+    def aligned(self) -> bool:
+        return self.chunk % 8 == 0 or self.chunk == self.n
+
+    def info(self) -> dict:
+        return dict(tile=[self.chunk], source=self.op.path)
+
+    def walk(self) -> Iterator[Step]:
+        out, src = Slots(self, "ofmap"), Slots(self, "psum" if self.kind in ("neuron", "fire") else "ifmap")
+        for chunk in self.chunks:
+            for t in range(self.time):
+                slot, dst = src.next(), out.next()
+                yield Step((chunk[1] - chunk[0], t == 0, slot.addr, dst.addr),
+                           lambda chunk=chunk, t=t, slot=slot, dst=dst: self.chunk_step(chunk, t, slot, dst))
+
+    def chunk_step(self, chunk: tuple[int, int], t: int, slot: Ref, dst: Ref) -> list[Instr]:
+        op, count = self.op, chunk[1] - chunk[0]
+        code = []
+        if t == 0 and self.kind == "neuron":
+            code.append(Instr("vfill", dict(dst=Ref("vmem", 0), n=count, value=op.v_init)))
+        operands = [Ref(slot.mem, slot.addr + self.operand_at(k)) for k in range(len(op.inputs))]
+        for x, f, at in zip(op.inputs, self.in_fmts, operands):
+            code += self.move_block("load", self.graph.op(x), t, self.block(f, chunk), at)
+        if self.kind == "neuron":
+            return code + self.neuron_step(op, count, t, slot, dst, self.block("spike", chunk), self.block("i32", chunk))
+        if self.kind == "fire":
+            return code + self.fire(op, count, t, slot, dst, self.block(TIME, chunk))
+        for k, (f, at, shift) in enumerate(zip(self.in_fmts, operands, self.shifts)):
+            code.append(Instr("vacc", dict(dst=dst, src=at, src_fmt=f, dst_fmt=self.out_fmt, n=count, shift=shift,
+                                           accumulate=int(k > 0))))
+        return code + self.move_block("store", op, t, self.block(self.out_fmt, chunk), dst)
+
+    def arithmetic(self, density: float) -> dict[str, dict[str, float]]:
+        updates = self.n * self.time
+        if self.kind == "neuron":
+            return {"neuron": {a: c * updates for a, c in _neuron_actions(self.op).items()}}
+        if self.kind == "fire":
+            return {"neuron": {a: c * updates for a, c in TTFS_FIRE_ACTIONS.items()}}
+        return {"vector": {"add32": (len(self.in_fmts) - 1) * updates, "shift32": sum(s != 0 for s in self.shifts) * updates}}
+
+
+# ------------------------------------------------------------------------------ time reduction
+
+@dataclass
+class ReducePlan(LayerPlan):
+    """A sum over time not fused with a conv: every step loaded whole and added into one ofmap region."""
+
+    n: int = 0
+    in_fmt: str = ""
+
+    @classmethod
+    def of(cls, graph: Graph, op: TimeReduce, hw: HwConfig, tile=(), placed: bool = False) -> "ReducePlan":
+        x = graph.op(op.inputs[0]).type
+        return cls(graph, op, hw, placed, n=x.numel, in_fmt=fmt(x.dtype))
+
+    def __post_init__(self):
+        x = self.graph.op(self.op.inputs[0]).type
+        self.slot_bytes = {"ifmap": step_bytes(x), "ofmap": 4 * self.n}
+        self.double = frozenset()
+
+    def info(self) -> dict:
+        return dict(source=self.op.path)
+
+    def walk(self) -> Iterator[Step]:
+        x_op = self.graph.op(self.op.inputs[0])
+        for t in range(self.time):
+            yield Step((t == 0, t == self.time - 1), lambda t=t: self.reduce_step(x_op, t))
+
+    def reduce_step(self, x_op: Op, t: int) -> list[Instr]:
+        acc, src = Ref("ofmap", 0), Ref("ifmap", 0)
+        code = [Instr("vfill", dict(dst=acc, n=self.n, value=0))] if t == 0 else []
+        code += [_copy("load", src, self.step_addr(x_op, t), step_bytes(x_op.type)),
+                 Instr("vacc", dict(dst=acc, src=src, src_fmt=self.in_fmt, dst_fmt="i32", n=self.n, shift=0, accumulate=1))]
+        if t == self.time - 1:
+            code.append(_copy("store", Ref("dram", self.addr(self.op)), acc, 4 * self.n))
+        return code
+
+    def arithmetic(self, density: float) -> dict[str, dict[str, float]]:
+        return {"vector": {"add32": self.n * self.time}}
+
+
+# --------------------------------------------------------------------------------- the one dispatch
+
+def plan_kind(graph: Graph, op: Op) -> type[LayerPlan] | None:
+    """The plan kind of the layer `op` heads, or None if it is not a layer (fused into one, or free:
+    input, flatten, repeat, time slices and concatenations, membranes)."""
+    if isinstance(op, (Conv2d, Linear)):
+        return ConvPlan
+    if isinstance(op, (MaxPool, AvgPool)):
+        return PoolPlan
+    if isinstance(op, (Add, Rescale)) or (isinstance(op, (NeuronQ, Fire)) and graph.fused_into(op) is None):
+        return ElementwisePlan
+    if isinstance(op, TimeReduce) and graph.fused_into(op) is None:
+        return ReducePlan
+    return None
+
+
+def layer_plan(graph: Graph, op: Op, hw: HwConfig, tile=None, placed: bool = False) -> LayerPlan | None:
+    """The plan of the layer `op` heads, with `tile` (default: its own, set by the tile pass), or None."""
+    kind = plan_kind(graph, op)
+    if kind is None:
+        return None
+    return kind.of(graph, op, hw, tuple(tile if tile is not None else (getattr(op, "tile", None) or ())), placed)
