@@ -1,21 +1,26 @@
 """The quantized reference: the integer IR evaluated with PyTorch (integers held exactly in float64
-and int64 tensors; TTFS spike times as the integers 2^(W-1-t) they stand for). It computes what the hardware must compute, independently of the code generator
-and the simulator, so `ttc run --check` can hold the simulator to it bit for bit (DESIGN.md section 3).
+and int64 tensors; TTFS spike times as the integers 2^(W-1-t) they stand for). It computes what the
+hardware must compute, independently of the code generator and the simulator, so `ttc run --check` can
+hold the simulator to it bit for bit (DESIGN.md section 3). Like torch.fx's Interpreter, `evaluate`
+walks the ops in order and runs each op kind's semantics from one table (`SEMANTICS`); the arithmetic
+the machine defines (neuron step, rescaling, TTFS firing and synapses) comes from ttc.isa.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ttc.isa.io import decode_output, encode_input
-from ttc.isa.mt import fire, level_code
+from ttc.isa.mt import level_code
+from ttc.isa.neuron import PARAMS as NEURON_PARAMS, step as neuron_step
 from ttc.isa.table import rescale
 from ttc.isa.ttfs import fire_times, synapse_weights, time_values
 
 from .ir import (Add, AvgPool, Conv2d, Fire, Flatten, Graph, Input, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, Repeat,
                  Rescale, TimeConcat, TimeReduce, TimeSlice, TTConv2d)
-
 
 
 def _per_step(fn, x: torch.Tensor) -> torch.Tensor:
@@ -61,87 +66,96 @@ def ttfs_layer(op: Conv2d | Linear, window: int, x: torch.Tensor) -> torch.Tenso
     return y if op.bias is None else y + _f64(op.bias).reshape(-1, *(1,) * (len(op.type.shape) - 1))
 
 
-def _decay(u: torch.Tensor, mul: int, shift: int) -> torch.Tensor:
-    if shift == 0:
-        return u * mul
-    return (u * mul + (1 << (shift - 1))) >> shift
-
-
 def neuron_steps(op: NeuronQ, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Level codes (spikes when K = 1) and states h of every step (int64 [T, B, ...]); the equations of
-    ir.NeuronQ, the thresholds of ttc.isa.mt."""
+    """Level codes (spikes when K = 1) and states h of every step (int64 [T, B, ...]): the machine's
+    neuron step (ttc.isa.neuron) from the state v_init, once per time step."""
     x = x.to(torch.int64)
-
-    def fired(v):
-        return fire(v, op.theta, op.levels, op.mode, op.cmp)
-
-    def reset(u, planes, y):
-        if op.reset == "hard":
-            return torch.where(torch.stack(planes).any(0), torch.full_like(u, op.v_reset), u)
-        return u - y if op.reset == "subtract" else u
-
     u = torch.full_like(x[0], op.v_init)
+    params = {p: getattr(op, p) for p in NEURON_PARAMS}
     codes, states = [], []
     for t in range(x.shape[0]):
-        planes, y = fired(u)
-        if op.order == "reset_decay":
-            u = _decay(reset(u, planes, y), op.decay_mul, op.decay_shift)
-        else:
-            u = reset(_decay(u, op.decay_mul, op.decay_shift), planes, y)
-        u = u + rescale(x[t], op.in_shift)
-        codes.append(level_code(fired(u)[0], op.mode))
+        planes, u = neuron_step(u, x[t], **params)
+        codes.append(level_code(planes, op.mode))
         states.append(u)
     return torch.stack(codes), torch.stack(states)
 
 
+@dataclass
+class _Evaluation:
+    """What the op semantics read besides their inputs' values: the graph (input formats), the inputs
+    the graph is given, and the neuron states (for `Membrane`)."""
+
+    graph: Graph
+    inputs: list[np.ndarray]
+    states: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def input_dtype(self, op: Op):
+        return self.graph.op(op.inputs[0]).type.dtype
+
+
+def _input(ev: _Evaluation, op: Input) -> torch.Tensor:
+    dt = op.type.dtype
+    return torch.from_numpy(encode_input(ev.inputs[op.index], dt.bits, dt.frac)).to(torch.float64)
+
+
+def _weighted(dense):
+    """A Conv2d or Linear: with log weights (TTFS) spike time by spike time, else `dense(op, x)`."""
+    def semantics(ev: _Evaluation, op: Conv2d | Linear, x: torch.Tensor) -> torch.Tensor:
+        return dense(op, x) if op.log_scale is None else ttfs_layer(op, ev.input_dtype(op).bits, x)
+    return semantics
+
+
+def _conv2d(op: Conv2d, x: torch.Tensor) -> torch.Tensor:
+    w, b = _f64(op.weight), _f64(op.bias)
+    y = _per_step(lambda v: F.conv2d(v, w, None, op.stride, op.padding), x) * 2.0 ** op.shift
+    return y if b is None else y + b.reshape(-1, 1, 1)
+
+
+def _neuron_q(ev: _Evaluation, op: NeuronQ, x: torch.Tensor) -> torch.Tensor:
+    codes, ev.states[op.name] = neuron_steps(op, x)
+    return codes.to(torch.float64)
+
+
+def _fire(ev: _Evaluation, op: Fire, x: torch.Tensor) -> torch.Tensor:
+    times = fire_times(x.long().numpy(), ev.input_dtype(op).frac, op.window)
+    return torch.from_numpy(time_values(times, op.window)).to(torch.float64)
+
+
+def _integer(fn):
+    """An op on the integers of its inputs (held as float64): fn(op, *int64 inputs) as float64."""
+    return lambda ev, op, *xs: fn(op, *(x.long() for x in xs)).to(torch.float64)
+
+
+#: The quantized semantics of each op kind: fn(evaluation, op, *input values) -> the op's value.
+SEMANTICS = {
+    Input: _input,
+    Repeat: lambda ev, op, x: x.unsqueeze(0).expand(op.steps, *x.shape),
+    Conv2d: _weighted(_conv2d),
+    Linear: _weighted(lambda op, x: F.linear(x, _f64(op.weight), _f64(op.bias))),
+    TTConv2d: lambda ev, op, x: tt_conv(op, x),
+    Add: _integer(lambda op, a, b: rescale(a, op.shift_a) + rescale(b, op.shift_b)),
+    Rescale: _integer(lambda op, x: rescale(x, op.shift)),
+    TimeSlice: lambda ev, op, x: x[op.start:op.stop],
+    TimeConcat: lambda ev, op, a, b: torch.cat([a, b]),
+    NeuronQ: _neuron_q,
+    Fire: _fire,
+    Membrane: lambda ev, op, spikes: ev.states[op.inputs[0]].to(torch.float64),
+    MaxPool: lambda ev, op, x: _per_step(lambda v: F.max_pool2d(v, op.kernel, op.stride), x),
+    AvgPool: lambda ev, op, x: _per_step(lambda v: F.avg_pool2d(v, op.kernel, op.stride, divisor_override=1), x),
+    Flatten: lambda ev, op, x: x.flatten(2),
+    TimeReduce: lambda ev, op, x: x.sum(0),
+}
+
+
 def evaluate(graph: Graph, inputs: list[np.ndarray]) -> dict[str, torch.Tensor]:
     """Every value of the quantized graph as integers, batch after time: [T, B, ...] or [B, ...]."""
+    ev = _Evaluation(graph, inputs)
     env: dict[str, torch.Tensor] = {}
-    states: dict[str, torch.Tensor] = {}
     for op in graph.ops:
-        x = env[op.inputs[0]] if op.inputs else None
-        if isinstance(op, Input):
-            dt = op.type.dtype
-            env[op.name] = torch.from_numpy(encode_input(inputs[op.index], dt.bits, dt.frac)).to(torch.float64)
-        elif isinstance(op, Repeat):
-            env[op.name] = x.unsqueeze(0).expand(op.steps, *x.shape)
-        elif isinstance(op, (Conv2d, Linear)) and op.log_scale is not None:
-            env[op.name] = ttfs_layer(op, graph.op(op.inputs[0]).type.dtype.bits, x)
-        elif isinstance(op, Conv2d):
-            w, b = _f64(op.weight), _f64(op.bias)
-            y = _per_step(lambda v: F.conv2d(v, w, None, op.stride, op.padding), x) * 2.0 ** op.shift
-            env[op.name] = y if b is None else y + b.reshape(-1, 1, 1)
-        elif isinstance(op, Linear):
-            env[op.name] = F.linear(x, _f64(op.weight), _f64(op.bias))
-        elif isinstance(op, TTConv2d):
-            env[op.name] = tt_conv(op, x)
-        elif isinstance(op, Add):
-            b = env[op.inputs[1]]
-            env[op.name] = (rescale(x.long(), op.shift_a) + rescale(b.long(), op.shift_b)).to(torch.float64)
-        elif isinstance(op, Rescale):
-            env[op.name] = rescale(x.long(), op.shift).to(torch.float64)
-        elif isinstance(op, TimeSlice):
-            env[op.name] = x[op.start:op.stop]
-        elif isinstance(op, TimeConcat):
-            env[op.name] = torch.cat([x, env[op.inputs[1]]])
-        elif isinstance(op, NeuronQ):
-            spikes, states[op.name] = neuron_steps(op, x)
-            env[op.name] = spikes.to(torch.float64)
-        elif isinstance(op, Fire):
-            times = fire_times(x.long().numpy(), graph.op(op.inputs[0]).type.dtype.frac, op.window)
-            env[op.name] = torch.from_numpy(time_values(times, op.window)).to(torch.float64)
-        elif isinstance(op, Membrane):
-            env[op.name] = states[op.inputs[0]].to(torch.float64)
-        elif isinstance(op, MaxPool):
-            env[op.name] = _per_step(lambda v: F.max_pool2d(v, op.kernel, op.stride), x)
-        elif isinstance(op, AvgPool):
-            env[op.name] = _per_step(lambda v: F.avg_pool2d(v, op.kernel, op.stride, divisor_override=1), x)
-        elif isinstance(op, Flatten):
-            env[op.name] = x.flatten(2)
-        elif isinstance(op, TimeReduce):
-            env[op.name] = x.sum(0)
-        else:
+        semantics = SEMANTICS.get(type(op))
+        if semantics is None:
             op.fail("has no quantized semantics (is the graph quantized?)")
+        env[op.name] = semantics(ev, op, *(env[name] for name in op.inputs))
         _check_range(op, env[op.name])
     return env
 

@@ -12,7 +12,7 @@ import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .table import ON_CHIP, PE_GROUPS
+from .table import MAX_LEVELS, MEMORIES, ON_CHIP, PE_GROUPS
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -116,6 +116,37 @@ ENERGY_ACTIONS = {
     "cmp32": "32-bit compare (threshold test, max pooling, TTFS firing: leading one and one compare)",
     "or1": "1-bit OR (max pooling of spikes)",
 }
+
+
+#: Counter-name patterns: one counter per spike plane k < MAX_LEVELS, per memory and per direction.
+PLANE_ADD, PLANE_SHIFT = "plane{k}_add", "plane{k}_shift"
+MEMORY_BYTES = "{mem}_{direction}_bytes"
+
+#: What the simulator counts besides the ENERGY_ACTIONS (summed over the batch; the runtime reports them
+#: per inference), name or pattern -> meaning. Each layer's counts add its share of the timeline, "cycles".
+COUNTERS = {
+    "instructions": "instructions executed",
+    "spike_add": "spike-driven adds: each input spike times the non-zero weights it reaches (sconv, all planes)",
+    PLANE_ADD: "the spike-driven adds of spike plane k (sconv; MT-SNN)",
+    PLANE_SHIFT: "the accumulators a cascade doubles before adding spike plane k (sconv; MT-SNN)",
+    "mac": "multiply-accumulates: every in-bounds tap of every output (dconv)",
+    "shift_add": "TTFS synapses: each input spike times the non-zero log weights it reaches (tconv)",
+    "neuron_update": "neuron updates, one per neuron and time step (nrn)",
+    "fire": "TTFS firing decisions, one per neuron (tfire)",
+    "spike": "output spikes (nrn: over all planes; tfire: spike times below the window)",
+    MEMORY_BYTES: "bytes an instruction read or wrote (direction) in memory mem (a buffer or dram)",
+    "cycles": "a layer's share of the simulated time (per-layer counts only)",
+}
+
+#: Every counter name the simulator and the energy model may emit: the actions and the expanded patterns.
+COUNTER_NAMES = frozenset(ENERGY_ACTIONS) | {
+    name.format(k=k, mem=mem, direction=direction)
+    for name in COUNTERS for k in range(MAX_LEVELS) for mem in MEMORIES for direction in ("read", "write")}
+
+
+def memory_bytes(mem: str, direction: str) -> str:
+    """The counter of bytes read ("read") or written ("write") in a memory."""
+    return MEMORY_BYTES.format(mem=mem, direction=direction)
 
 
 def spike_add_action(wfmt: str) -> str:

@@ -18,6 +18,14 @@ counted, first in first out), and when it completes it gives one token to each q
 Each opcode also declares its footprint: the bytes each memory operand reads and writes, computed
 from its fields. The compiler places tokens from footprints; the simulator checks that handlers stay
 inside them and that no two instructions whose footprints conflict ever overlap in time.
+
+And each opcode declares its cost: `cycles(hw, args)`, the cycles it occupies its unit (for `load` and
+`store`: the DRAM interface), from the hardware config's rates (`HwConfig.conv_cycles` and friends; the
+config is passed in, so this module does not import it), which the simulator's timeline reads; and for
+the PE array, `pe_work(args)`, the dense (output, tap) pairs cout*oh*ow*cin*kh*kw the instruction
+computes, which the reports' PE utilisation counts. PE work is the model's work, counted once per pair:
+an MT `sconv` passes over its spike planes one after another, so it takes `planes` times as many cycles
+for the same work, and its utilisation shows what the bit-planes cost.
 """
 from __future__ import annotations
 
@@ -97,7 +105,8 @@ Access = tuple
 @dataclass(frozen=True)
 class Opcode:
     """`unit` is a queue name, or "pe" (the queue is `pe{group}`) or "ctrl" (`halt`);
-    `footprint(args)` lists the bytes each memory operand touches."""
+    `footprint(args)` lists the bytes each memory operand touches; `cycles(hw, args)` is how long it
+    occupies its unit; `pe_work(args)`, PE instructions only, the dense (output, tap) pairs it computes."""
 
     name: str
     code: int
@@ -105,6 +114,8 @@ class Opcode:
     fields: tuple[Field, ...]
     semantics: str
     footprint: Callable[[dict], list[Access]] = lambda args: []
+    cycles: Callable[[object, dict], int] | None = None
+    pe_work: Callable[[dict], int] | None = None
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -136,10 +147,10 @@ _SYNC = (
 )
 
 
-def _op(name, code, unit, fields, semantics, footprint):
+def _op(name, code, unit, fields, semantics, footprint, cycles, pe_work=None):
     """A unit instruction: its own fields, then the group (PE instructions) and the sync masks."""
     group = (_u("group", (PE_GROUPS - 1).bit_length(), "PE group that runs it"),) if unit == "pe" else ()
-    return Opcode(name, code, unit, tuple(fields) + group + _SYNC, semantics, footprint)
+    return Opcode(name, code, unit, tuple(fields) + group + _SYNC, semantics, footprint, cycles, pe_work)
 
 
 def _rows(a, stride) -> tuple[int, int, int]:
@@ -156,6 +167,19 @@ def _conv_footprint(src_fmt, wfmt=lambda a: a["wfmt"], planes=lambda a: 1):
                 ("wgt", "r", elems_bytes(wfmt(a), a["cout"] * a["cin"] * a["kh"] * a["kw"])),
                 ("dst", acc, 4 * a["cout"] * a["oh"] * a["ow"])]
     return footprint
+
+
+def _conv_pairs(a) -> int:
+    """The dense (output, tap) pairs of a convolution: every tap of every output, in bounds or not."""
+    return a["cout"] * a["oh"] * a["ow"] * a["cin"] * a["kh"] * a["kw"]
+
+
+def _conv_cycles(planes=lambda a: 1):
+    return lambda hw, a: hw.conv_cycles(a["cout"], a["oh"], a["ow"], a["cin"], a["kh"], a["kw"], planes(a))
+
+
+def _transfer_cycles(hw, a) -> int:
+    return hw.transfer_cycles(a["rows"] * a["row_bytes"])
 
 
 _CONV_GEOMETRY = (
@@ -175,25 +199,26 @@ _CONV_INDEX = "src[ci, y*sh+i-pt, x*sw+j-pl] (zero outside the input) for y < oh
 _POOL_INDEX = "src[c, y*stride+i-pt, x*stride+j] (zero outside the input) for i, j < k, y < oh, x < ow"
 
 INSTRUCTIONS: tuple[Opcode, ...] = (
-    Opcode("halt", 0x00, "ctrl", (), "wait until every queue is idle, then stop the machine"),
+    Opcode("halt", 0x00, "ctrl", (), "wait until every queue is idle, then stop the machine", cycles=lambda hw, a: 0),
     _op("load", 0x01, "load",
         (_ref("dst", ON_CHIP), _ref("src", ("dram",)), _u("rows", 16), _u("row_bytes", 24),
          _u("src_stride", 24), _u("dst_stride", 24)),
         "for r < rows: dst[r*dst_stride : +row_bytes] = src[r*src_stride : +row_bytes]",
-        lambda a: [("src", "r", *_rows(a, "src_stride")), ("dst", "w", *_rows(a, "dst_stride"))]),
+        lambda a: [("src", "r", *_rows(a, "src_stride")), ("dst", "w", *_rows(a, "dst_stride"))], _transfer_cycles),
     _op("store", 0x02, "store",
         (_ref("dst", ("dram",)), _ref("src", ON_CHIP), _u("rows", 16), _u("row_bytes", 24),
          _u("src_stride", 24), _u("dst_stride", 24)),
         "for r < rows: dst[r*dst_stride : +row_bytes] = src[r*src_stride : +row_bytes]",
-        lambda a: [("src", "r", *_rows(a, "src_stride")), ("dst", "w", *_rows(a, "dst_stride"))]),
+        lambda a: [("src", "r", *_rows(a, "src_stride")), ("dst", "w", *_rows(a, "dst_stride"))], _transfer_cycles),
     _op("vfill", 0x03, "vector",
         (_ref("dst", ON_CHIP), _u("n", 24), _s("value", 32)),
         "dst[i] = value for i < n (i32 elements)",
-        lambda a: [("dst", "w", 4 * a["n"])]),
+        lambda a: [("dst", "w", 4 * a["n"])], lambda hw, a: hw.vector_cycles(a["n"])),
     _op("vbias", 0x04, "vector",
         (_ref("dst", ("psum",)), _ref("bias", ("wgt",)), _u("channels", 16), _u("plane", 24)),
         "dst[c*plane + p] = bias[c] (i32) for c < channels, p < plane",
-        lambda a: [("bias", "r", 4 * a["channels"]), ("dst", "w", 4 * a["channels"] * a["plane"])]),
+        lambda a: [("bias", "r", 4 * a["channels"]), ("dst", "w", 4 * a["channels"] * a["plane"])],
+        lambda hw, a: hw.vector_cycles(a["channels"] * a["plane"])),
     _op("sconv", 0x05, "pe",
         (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",))) + _CONV_GEOMETRY + _INTEGER_WEIGHTS
         + (_u("planes", 3, f"spike bit-planes of src, one after another (MT-SNN: 1..{MAX_LEVELS}; 1 for plain spikes)"),
@@ -201,12 +226,12 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         f"dst[co,y,x] (+)= (sum over planes p of (sum over spikes of plane p at {_CONV_INDEX} of wgt[co,ci,i,j]) "
         "<< plane_shift(p)) << shift, plane_shift(p) = planes-1-p (cascade) or 0 (adds only; cascade doubles the "
         "sum between planes)",
-        _conv_footprint(lambda a: "spike", planes=lambda a: a["planes"])),
+        _conv_footprint(lambda a: "spike", planes=lambda a: a["planes"]), _conv_cycles(lambda a: a["planes"]), _conv_pairs),
     _op("dconv", 0x06, "pe",
         (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",)),
          _enum("fmt", FORMATS[1:], "element format of src")) + _CONV_GEOMETRY + _INTEGER_WEIGHTS,
         f"dst[co,y,x] (+)= (sum of {_CONV_INDEX} times wgt[co,ci,i,j]) << shift (multiply-accumulate)",
-        _conv_footprint(lambda a: a["fmt"])),
+        _conv_footprint(lambda a: a["fmt"]), _conv_cycles(), _conv_pairs),
     _op("pool", 0x07, "vector",
         (_ref("src", ("ifmap",)), _ref("dst", ("ofmap",)), _enum("mode", ("max", "sum", "min")),
          _enum("src_fmt", FORMATS + (TIME,)), _enum("dst_fmt", FORMATS + (TIME,)), _u("channels", 16), _u("ih", 12),
@@ -215,7 +240,8 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         f"dst[c,y,x] = max, sum or min of {_POOL_INDEX} (max of spikes is OR; min of spike times is the "
         "earliest spike, the max of the values they stand for)",
         lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["channels"] * a["ih"] * a["iw"])),
-                   ("dst", "w", elems_bytes(a["dst_fmt"], a["channels"] * a["oh"] * a["ow"]))]),
+                   ("dst", "w", elems_bytes(a["dst_fmt"], a["channels"] * a["oh"] * a["ow"]))],
+        lambda hw, a: hw.vector_cycles(a["channels"] * a["oh"] * a["ow"] * a["k"] ** 2)),
     _op("nrn", 0x08, "neuron",
         (_ref("src", ("psum",)), _ref("state", ("vmem",)), _ref("dst", ("ofmap",)), _u("n", 24),
          _s("theta", 32), _s("v_reset", 32), _u("decay_mul", 16), _u("decay_shift", 5),
@@ -225,8 +251,9 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         "one time step of n neurons: u = state; (s, y) = F(u); u = D(u, s, y); h = u + R(src, in_shift) (R as in vacc); "
         "dst = the K spike planes of F(h), one after another (bit-packed); state = h. F compares K thresholds "
         "(isa/mt.py: parallel k*theta, cascade theta/2^(k-1) on the residual), y is what the planes stand for, "
-        "and a subtract reset subtracts y (see docs/numerics.md, docs/mt.md)",
-        lambda a: [("src", "r", 4 * a["n"]), ("state", "rw", 4 * a["n"]), ("dst", "w", a["levels"] * ((a["n"] + 7) // 8))]),
+        "and a subtract reset subtracts y (isa/neuron.py; see docs/numerics.md, docs/mt.md)",
+        lambda a: [("src", "r", 4 * a["n"]), ("state", "rw", 4 * a["n"]), ("dst", "w", a["levels"] * ((a["n"] + 7) // 8))],
+        lambda hw, a: hw.neuron_cycles(a["n"], a["levels"], a["mode"])),
     _op("vacc", 0x09, "vector",
         (_ref("dst", ON_CHIP), _ref("src", ON_CHIP), _enum("src_fmt", FORMATS), _enum("dst_fmt", FORMATS[1:]),
          _u("n", 24), _s("shift", 6, "left shift (negative: right shift rounding half up)"),
@@ -234,29 +261,32 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         "dst[i] (+)= R(src[i], shift) for i < n, R(v, s) = v << s (s >= 0) or (v + 2^(-s-1)) >> -s (s < 0); "
         "src spikes or integers, dst integers (written values must fit dst_fmt)",
         lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["n"])),
-                   ("dst", "rw" if a["accumulate"] else "w", elems_bytes(a["dst_fmt"], a["n"]))]),
+                   ("dst", "rw" if a["accumulate"] else "w", elems_bytes(a["dst_fmt"], a["n"]))],
+        lambda hw, a: hw.vector_cycles(a["n"])),
     _op("tconv", 0x0A, "pe",
         (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",))) + _CONV_GEOMETRY
         + (_u("shift", 5, "base: a spike at t through code e adds sign * 2^(shift - e - t)"), _WINDOW),
         f"dst[co,y,x] (+)= sum over spike times t < window of {_CONV_INDEX} of sign(w) << (shift - e(w) - t), "
         "w = wgt[co,ci,i,j] a 5-bit log code, zero codes skipped (TTFS: shifts and adds, in time order)",
-        _conv_footprint(lambda a: TIME, lambda a: LOG5)),
+        _conv_footprint(lambda a: TIME, lambda a: LOG5), _conv_cycles(), _conv_pairs),
     _op("tfire", 0x0B, "neuron",
         (_ref("src", ("psum", "ifmap")), _ref("dst", ("ofmap",)), _enum("src_fmt", FORMATS[1:]), _u("n", 24),
          _u("frac", 6, "fractional bits of src"), _WINDOW),
         "dst[i] = max(0, round(-log2(src[i] / 2^frac))) if src[i] > 0 and that is below window, else window "
         "(TTFS: one spike time per neuron; the rounding is a leading-one position and one compare, see isa/ttfs.py)",
-        lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["n"])), ("dst", "w", elems_bytes(TIME, a["n"]))]),
+        lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["n"])), ("dst", "w", elems_bytes(TIME, a["n"]))],
+        lambda hw, a: hw.neuron_cycles(a["n"])),
 )
 
 BY_NAME = {op.name: op for op in INSTRUCTIONS}
 BY_CODE = {op.code: op for op in INSTRUCTIONS}
 
 
-def _check_table():
-    if len(BY_NAME) != len(INSTRUCTIONS) or len(BY_CODE) != len(INSTRUCTIONS):
+def _check_table(instructions: tuple[Opcode, ...] = INSTRUCTIONS):
+    names, codes = {op.name for op in instructions}, {op.code for op in instructions}
+    if len(names) != len(instructions) or len(codes) != len(instructions):
         raise ValueError("duplicate opcode name or number in the instruction table")
-    for op in INSTRUCTIONS:
+    for op in instructions:
         width = OPCODE_BITS + sum(f.bits for f in op.fields)
         if width > WORD_BYTES * 8:
             raise ValueError(f"{op.name}: {width} bits do not fit a {WORD_BYTES * 8}-bit word")
@@ -264,6 +294,10 @@ def _check_table():
             raise ValueError(f"{op.name}: duplicate field names")
         if op.unit not in (*QUEUES, "pe", "ctrl"):
             raise ValueError(f"{op.name}: unknown unit {op.unit!r}")
+        if op.cycles is None:
+            raise ValueError(f"{op.name}: declares no cycles (the timeline needs them)")
+        if (op.pe_work is not None) != (op.unit == "pe"):
+            raise ValueError(f"{op.name}: PE work is declared by exactly the PE instructions")
 
 
 _check_table()

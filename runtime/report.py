@@ -11,18 +11,27 @@ import os
 import tempfile
 from pathlib import Path
 
+from ttc.isa.hwconfig import COUNTER_NAMES, memory_bytes
 from ttc.isa.program import Program
-from ttc.isa.table import QUEUES
+from ttc.isa.table import BY_NAME, ON_CHIP, QUEUES
 
 from .run import RunResult
 
-ON_CHIP_BYTES = ("wgt", "ifmap", "ofmap", "psum", "vmem")
+#: The layer table's count columns and the counters they show.
+COUNT_COLUMNS = {"spike_adds": "spike_add", "macs": "mac", "neuron_updates": "neuron_update", "spikes": "spike"}
+
+if not set(COUNT_COLUMNS.values()) <= COUNTER_NAMES:
+    raise ImportError(f"the report reads counters {sorted(set(COUNT_COLUMNS.values()) - COUNTER_NAMES)} that "
+                      "ttc.isa.hwconfig does not declare")
 
 
 def _pe_work(prog: Program, first: int, last: int) -> int:
-    """Dense (output, tap) pairs of the layer's convolutions: what the PE array must do."""
-    return sum(i["cout"] * i["oh"] * i["ow"] * i["cin"] * i["kh"] * i["kw"]
-               for i in prog.code[first:last] if i.op in ("sconv", "dconv"))
+    """The PE work (ISA table) of the layer's instructions: what the PE array must do."""
+    return sum(BY_NAME[i.op].pe_work(i.args) for i in prog.code[first:last] if BY_NAME[i.op].pe_work)
+
+
+def _bytes(counts: dict, memories) -> float:
+    return sum(counts.get(memory_bytes(m, d), 0) for m in memories for d in ("read", "write"))
 
 
 def layer_table(prog: Program, result: RunResult) -> list[dict]:
@@ -31,14 +40,13 @@ def layer_table(prog: Program, result: RunResult) -> list[dict]:
     for k, layer in enumerate(result.layers):
         c = layer["counts"]
         cycles = c.get("cycles", 0)
-        dram = c.get("dram_read_bytes", 0) + c.get("dram_write_bytes", 0)
+        dram = _bytes(c, ("dram",))
         work = _pe_work(prog, firsts[k], firsts[k + 1] if k + 1 < len(firsts) else len(prog.code))
         ideal = max(work / hw.pes, dram / hw.dram_bytes_per_cycle)
         rows.append(dict(
             layer=layer["name"], path=layer["path"], source=layer["source"], op=layer["op"],
-            spike_adds=c.get("spike_add", 0), macs=c.get("mac", 0), neuron_updates=c.get("neuron_update", 0),
-            spikes=c.get("spike", 0), dram_bytes=dram,
-            on_chip_bytes=sum(c.get(f"{m}_{d}_bytes", 0) for m in ON_CHIP_BYTES for d in ("read", "write")),
+            **{column: c.get(name, 0) for column, name in COUNT_COLUMNS.items()}, dram_bytes=dram,
+            on_chip_bytes=_bytes(c, ON_CHIP),
             cycles=cycles, ideal_cycles=ideal, pe_utilisation=work / hw.pes / cycles if cycles else 0.0,
             roofline_utilisation=ideal / cycles if cycles else 0.0,
             energy_pj=sum(layer["energy_pj"].values()), energy_pj_by_component=layer["energy_pj"]))

@@ -14,7 +14,7 @@ from bisect import bisect_right
 from collections import Counter, defaultdict
 
 from ttc.isa.encoding import Instr
-from ttc.isa.hwconfig import HwConfig
+from ttc.isa.hwconfig import HwConfig, memory_bytes
 from ttc.isa.table import BY_NAME
 
 from .machine import Event
@@ -27,7 +27,7 @@ class EnergyModel:
         self.hw, self.batch = hw, batch
         self.first = [layer["first_instr"] for layer in layers]
         self.energy = defaultdict(Counter)  # layer index -> component -> pJ
-        self.counts = defaultdict(Counter)  # layer index -> action or "<mem>_read_bytes" -> count
+        self.counts = defaultdict(Counter)  # layer index -> counter (ttc.isa.hwconfig.COUNTER_NAMES) -> count
         self.last_instr = {}  # layer index -> its last instruction
 
     def layer_of(self, index: int) -> int:
@@ -46,7 +46,7 @@ class EnergyModel:
                 energy[unit] += n / self.batch * self.hw.energy_pj[action]
         for direction, moved in (("read", event.reads), ("write", event.writes)):
             for mem, nbytes in moved.items():
-                counts[f"{mem}_{direction}_bytes"] += nbytes
+                counts[memory_bytes(mem, direction)] += nbytes
                 energy[mem] += self.hw.access_pj(mem, direction, nbytes)
 
     def finish(self, spans) -> None:

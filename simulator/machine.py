@@ -21,10 +21,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ttc.isa.encoding import Instr, Ref
 from ttc.isa.footprint import regions
-from ttc.isa.hwconfig import (TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS, multiply_action, neuron_update_actions,
-                              spike_add_action)
+from ttc.isa.hwconfig import (COUNTER_NAMES, PLANE_ADD, PLANE_SHIFT, TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS,
+                              memory_bytes, multiply_action, neuron_update_actions, spike_add_action)
+from ttc.isa.neuron import PARAMS as NEURON_PARAMS, step as neuron_step
 from ttc.isa.program import Program
-from ttc.isa.mt import fire
 from ttc.isa.table import BY_NAME, FORMAT_BYTES, LOG5, MEMORIES, TIME, elems_bytes, rescale
 from ttc.isa.ttfs import ZERO_EXPONENT, code_exponents, fire_times, synapse_weights
 
@@ -98,11 +98,14 @@ class Machine:
         self.event = Event()
         self.footprint = regions(instr)
         HANDLERS[instr.op](self, instr)
+        undeclared = self.event.actions.keys() - COUNTER_NAMES
+        if undeclared:
+            raise SimError(f"instruction {self.pc} ({instr.op}) counts {', '.join(sorted(undeclared))}, which "
+                           "ttc.isa.hwconfig does not declare (a simulator bug)")
         self.counters.update(self.event.actions)
-        for m, n in self.event.reads.items():
-            self.counters[f"{m}_read_bytes"] += n * self.batch
-        for m, n in self.event.writes.items():
-            self.counters[f"{m}_write_bytes"] += n * self.batch
+        for direction, moved in (("read", self.event.reads), ("write", self.event.writes)):
+            for m, n in moved.items():
+                self.counters[memory_bytes(m, direction)] += n * self.batch
         self.counters["instructions"] += self.batch
         for listener in self.listeners:
             listener.on_instr(self.pc, instr, self.event)
@@ -201,11 +204,12 @@ def _sconv(m: Machine, i: Instr) -> None:
         spikes = x[:, p * cin:(p + 1) * cin]
         if p and mode == "cascade":
             y = y << 1
-            a[f"plane{p}_shift"] = outputs
+            a[PLANE_SHIFT.format(k=p)] = outputs
             a["shift32"] += outputs
         y = y + _conv_sums(m, i, spikes, w)
-        a[f"plane{p}_add"] = int(_per_tap(spikes, i) @ fanout)
-        a["spike_add"] += a[f"plane{p}_add"]
+        adds = int(_per_tap(spikes, i) @ fanout)
+        a[PLANE_ADD.format(k=p)] = adds
+        a["spike_add"] += adds
     a[spike_add_action(i["wfmt"])] = a["spike_add"]
     if i["shift"]:
         a["shift32"] += outputs
@@ -270,32 +274,18 @@ def _pool(m: Machine, i: Instr) -> None:
     m.event.actions[op] += y[0].size * k * k * m.batch
 
 
-def _decay(u: np.ndarray, mul: int, shift: int) -> np.ndarray:
-    return u * mul if shift == 0 else (u * mul + (1 << (shift - 1))) >> shift
-
-
 def _nrn(m: Machine, i: Instr) -> None:
-    n, theta, levels, mode = i["n"], i["theta"], i["levels"], i["mode"]
-    x = m.read(i["src"], "i32", n)
-    u = m.read(i["state"], "i32", n)
-    s_prev, y_prev = fire(u, theta, levels, mode, i["cmp"])
-
-    def reset(v):
-        if i["reset"] == "hard":
-            return np.where(np.logical_or.reduce(s_prev), i["v_reset"], v)  # any plane spiked
-        return v - y_prev if i["reset"] == "subtract" else v
-
-    mul, shift = i["decay_mul"], i["decay_shift"]
-    u = _decay(reset(u), mul, shift) if i["order"] == "reset_decay" else reset(_decay(u, mul, shift))
-    h = u + rescale(x, i["in_shift"])
-    planes, _ = fire(h, theta, levels, mode, i["cmp"])
+    n = i["n"]
+    planes, h = neuron_step(m.read(i["state"], "i32", n), m.read(i["src"], "i32", n),
+                            **{p: i[p] for p in NEURON_PARAMS})
     m.write(i["state"], "i32", h)
     for k, s in enumerate(planes):
         m.write(Ref(i["dst"].mem, i["dst"].addr + k * elems_bytes("spike", n)), "spike", s)
     a, count = m.event.actions, n * m.batch
     a["neuron_update"] = count
     a["spike"] = sum(int(s.sum()) for s in planes)
-    for action, per_update in neuron_update_actions(i["reset"], i["in_shift"], mul, shift, levels, mode).items():
+    actions = neuron_update_actions(i["reset"], i["in_shift"], i["decay_mul"], i["decay_shift"], i["levels"], i["mode"])
+    for action, per_update in actions.items():
         a[action] = count * per_update
 
 

@@ -5,9 +5,10 @@ An instruction starts when its queue has finished the one before and every token
 been given; a `load` or `store` also needs the DRAM interface: it takes the earliest time from then on
 that the interface is free for its transfer cycles (the load and store queues arbitrate by time, not
 by program order), and completes `dram_latency_cycles` after its transfer ends; its queue may start
-the next transfer meanwhile (requests are pipelined, completions stay in order). Other instructions take the hardware config's cycles for
-their work (`HwConfig.conv_cycles` and friends), which do not depend on the data, so the timeline is
-the same for every sample of a batch.
+the next transfer meanwhile (requests are pipelined, completions stay in order). Other instructions
+take the cycles the instruction table declares for their work (`Opcode.cycles`, from the hardware
+config's rates), which do not depend on the data, so the timeline is the same for every sample of a
+batch.
 
 The functional simulator executes in program order. That is only what the machine computes if every
 two instructions whose footprints conflict (one writes bytes the other touches) run in program order
@@ -31,25 +32,8 @@ class ScheduleError(RuntimeError):
 
 
 def work_cycles(hw: HwConfig, i: Instr) -> int:
-    """Cycles an instruction occupies its unit (for DMA: the DRAM interface)."""
-    a = i.args
-    if i.op in ("load", "store"):
-        return hw.transfer_cycles(a["rows"] * a["row_bytes"])
-    if i.op in ("sconv", "dconv", "tconv"):
-        return hw.conv_cycles(a["cout"], a["oh"], a["ow"], a["cin"], a["kh"], a["kw"], a.get("planes", 1))
-    if i.op == "nrn":
-        return hw.neuron_cycles(a["n"], a["levels"], a["mode"])
-    if i.op == "tfire":
-        return hw.neuron_cycles(a["n"])
-    if i.op in ("vfill", "vacc"):
-        return hw.vector_cycles(a["n"])
-    if i.op == "vbias":
-        return hw.vector_cycles(a["channels"] * a["plane"])
-    if i.op == "pool":
-        return hw.vector_cycles(a["channels"] * a["oh"] * a["ow"] * a["k"] ** 2)
-    if i.op == "halt":
-        return 0
-    raise ValueError(f"no cycle model for instruction {i.op!r}")
+    """Cycles an instruction occupies its unit (for DMA: the DRAM interface), as the ISA table declares."""
+    return BY_NAME[i.op].cycles(hw, i.args)
 
 
 class Reservations:

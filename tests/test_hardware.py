@@ -11,7 +11,7 @@ from conftest import grid_inputs, small_conv_snn
 from test_end_to_end import dyadic_
 from ttc import api
 from ttc.frontends import modules as M
-from ttc.isa.hwconfig import ENERGY_ACTIONS, PRESET_DIR, HwConfigError, parse_hw, presets
+from ttc.isa.hwconfig import COUNTER_NAMES, ENERGY_ACTIONS, PRESET_DIR, HwConfigError, parse_hw, presets
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,19 @@ def test_presets_differ_only_in_prices(model, x):
     assert runs["sata"].cycles == runs["horowitz45"].cycles
     assert runs["sata"].counters == runs["horowitz45"].counters
     assert runs["sata"].energy_pj["dram"] != runs["horowitz45"].energy_pj["dram"]
+
+
+def test_every_counter_is_declared_and_an_undeclared_one_is_refused(model, x, monkeypatch):
+    from ttc.simulator import machine
+
+    program = api.compile_model(model, "4,N,1,8,8").program
+    result = api.simulate(program, x)
+    for counts in [result.counters] + [layer["counts"] for layer in result.layers]:
+        assert set(counts) <= COUNTER_NAMES
+    assert {"plane0_add", "mac", "dram_read_bytes", "psum_write_bytes"} <= set(result.counters)
+    monkeypatch.setitem(machine.HANDLERS, "halt", lambda m, i: m.event.actions.update(spikes=1))
+    with pytest.raises(machine.SimError, match="counts spikes, which ttc.isa.hwconfig does not declare"):
+        api.simulate(program, x)
 
 
 def test_pe_groups_must_divide_the_array():
@@ -131,3 +144,26 @@ def test_spike_driven_adds_equal_neurobench_effective_acs():
     result = api.simulate(api.compile_model(net, "4,N,1,8,8").program, x)
     assert result.counters["spike_add"] > 1000
     assert result.counters["spike_add"] == results["SynapticOperations"]["Effective_ACs"]
+
+
+def test_ttfs_report_counts_the_pe_work_of_tconv_layers():
+    """A TTFS conv or linear (`tconv`) keeps the PE array busy: its layers report PE utilisation, from
+    the ISA table's PE work, and their roofline includes that work."""
+    from ttc.demo import CAT_MODEL
+    from ttc.digits import load_digits_split
+    from ttc.isa.table import BY_NAME
+    from ttc.runtime.report import layer_table
+
+    program = api.compile_file(CAT_MODEL, "N,1,8,8").program
+    rows = layer_table(program, api.simulate(program, load_digits_split()[2][0][:4]))
+    firsts = [layer["first_instr"] for layer in program.meta["layers"]] + [len(program.code)]
+    tconv_layers = 0
+    for row, first, last in zip(rows, firsts, firsts[1:]):
+        code = program.code[first:last]
+        work = sum(BY_NAME[i.op].pe_work(i.args) for i in code if i.op == "tconv")
+        if work:
+            tconv_layers += 1
+            assert row["pe_utilisation"] == pytest.approx(work / program.hw.pes / row["cycles"])
+            assert 0 < row["pe_utilisation"] <= row["roofline_utilisation"] <= 1
+        assert {i.op for i in code} & {"sconv", "dconv"} == set()  # TTFS layers run on tconv alone
+    assert tconv_layers == 4  # three convs and the classifier

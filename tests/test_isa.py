@@ -2,6 +2,7 @@
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ttc import api
@@ -120,3 +121,51 @@ def test_program_validation_catches_bad_metadata(program):
     broken = dataclasses.replace(program, meta={**program.meta, "dram_bytes": 16})
     with pytest.raises(ProgramError, match="exceeds DRAM size"):
         Program.from_bytes(broken.to_bytes())
+
+
+@pytest.mark.parametrize("op", table.INSTRUCTIONS, ids=lambda o: o.name)
+def test_every_opcode_declares_its_cycles_and_pe_work(op):
+    """Every opcode has a cycle count; a PE instruction's cycles are its dense work (times its spike
+    planes) over one group's PEs, and nothing else declares PE work."""
+    hw = load_hw("sata")
+    for salt in range(25):
+        args = _sample(op, salt).args
+        cycles = op.cycles(hw, args)
+        assert isinstance(cycles, int) and cycles >= 0
+        if op.unit == "pe":
+            group_pes = hw.pes // hw.pe_groups
+            assert cycles == -(-op.pe_work(args) * args.get("planes", 1) // group_pes)
+        else:
+            assert op.pe_work is None
+        if op.name == "halt":
+            assert cycles == 0
+
+
+def test_the_table_check_rejects_an_opcode_without_cycles_or_with_misplaced_pe_work():
+    vfill, sconv = table.BY_NAME["vfill"], table.BY_NAME["sconv"]
+    table._check_table(table.INSTRUCTIONS)
+    for broken, message in ((dataclasses.replace(vfill, cycles=None), "declares no cycles"),
+                            (dataclasses.replace(sconv, pe_work=None), "PE work"),
+                            (dataclasses.replace(vfill, pe_work=sconv.pe_work), "PE work")):
+        others = tuple(op for op in table.INSTRUCTIONS if op.name != broken.name)
+        with pytest.raises(ValueError, match=message):
+            table._check_table(others + (broken,))
+
+
+def test_the_timeline_spends_the_tables_cycles_on_every_instruction(program):
+    """Each instruction's span is its table cycles (plus the DRAM latency for a transfer), and each
+    queue is busy for the sum of its instructions' cycles."""
+    hw = program.hw
+    result = api.simulate(program, np.zeros((4, 2, 1, 8, 8), np.float32))
+    assert [s.index for s in result.spans] == list(range(len(program.code) - 1))  # every instruction but halt
+    busy = {}
+    for span in result.spans:
+        instr = program.code[span.index]
+        op = table.BY_NAME[instr.op]
+        cycles = op.cycles(hw, instr.args)
+        latency = hw.dram_latency_cycles if instr.op in ("load", "store") else 0
+        assert span.end - span.start == cycles + latency, instr
+        busy[span.queue] = busy.get(span.queue, 0) + cycles
+    assert {q: n for q, n in result.cycles_by_unit.items() if q != "dram"} == busy
+    assert result.cycles_by_unit["dram"] == busy["load"] + busy["store"]  # transfers share the DRAM interface
+    assert {s.queue for s in result.spans} >= {"load", "store", "pe0", "neuron", "vector"}
