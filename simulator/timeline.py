@@ -21,12 +21,13 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from ttc.isa.encoding import Instr
+from ttc.isa.errors import UserError
 from ttc.isa.footprint import RangeMap, regions
 from ttc.isa.hwconfig import HwConfig
 from ttc.isa.table import BY_NAME, QUEUES
 
 
-class ScheduleError(RuntimeError):
+class ScheduleError(UserError, RuntimeError):
     """The program deadlocks, races or leaves tokens behind."""
 
 

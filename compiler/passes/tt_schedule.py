@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ttc.isa.errors import InternalError
 from ttc.isa.hwconfig import HwConfig, load_hw
 
 from ..cost import op_cost
 from ..ir import Add, Conv2d, Graph, IRError, Op, TimeConcat, TimeSlice, TTConv2d
-from . import Pass, parse_per_layer, register
+from . import Pass, parse_per_layer, register, user_option
 from .allocate import Allocate
 from .quantize import contracted, conv_bounds, middle, stored_bits
 
@@ -35,7 +36,7 @@ OBJECTIVES = ("latency", "energy", "edp")
 I16_MAX = (1 << 15) - 1
 
 
-class PlanUnavailable(Exception):
+class PlanUnavailable(InternalError):
     pass
 
 
@@ -123,8 +124,10 @@ def lower(tt: TTConv2d, plan: str, x_frac: int, x_bound: int, steps: int) -> lis
 class TTSchedule(Pass):
     name = "tt-schedule"
     hw: str | HwConfig = "sata"
-    objective: str = "latency"
-    schedule: str = ""
+    objective: str = user_option("latency", "objective", "what the tensor-train contraction plans are chosen for",
+                                 choices=OBJECTIVES)
+    schedule: str = user_option("", "schedule", "force the contraction plan (cores, merged, dense) of every or of the "
+                                "named TT layers", metavar="PLAN|PATH=PLAN,...")
 
     def run(self, graph: Graph) -> Graph:
         if self.objective not in OBJECTIVES:
