@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import torch
 from ttc import api
 from ttc.demo import MODEL as DIGITS_MODEL
 from ttc.digits import STEPS, load_digits_split
+from ttc.isa.files import atomic_write
 from ttc.models import vgg_snn
 
 
@@ -100,10 +99,7 @@ def main() -> None:
               f"{r['spikes_per_inference']:>9.0f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=args.json.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(dict(environment=env, results=rows), f, indent=1)
-        os.replace(tmp, args.json)
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(dict(environment=env, results=rows), indent=1)))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import torch
 
 from ttc import api
 from ttc.digits import build_mt_digits_snn, load_digits_split, train
+from ttc.isa.files import atomic_write
 
 #: (thresholds K, mode, time steps T)
 CONFIGS = ((1, "parallel", 1), (1, "parallel", 4), (2, "parallel", 1), (4, "parallel", 1), (2, "cascade", 1),
@@ -62,9 +63,7 @@ def main() -> None:
               f"{r['energy_uj']:.3f} | {r['spike_adds']:.0f} | {planes} | {r['spikes']:.0f} |")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = a.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows, indent=2, default=float))
-        tmp.replace(a.json)
+        atomic_write(a.json, lambda tmp: tmp.write_text(json.dumps(rows, indent=2, default=float)))
 
 
 if __name__ == "__main__":

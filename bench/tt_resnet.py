@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ttc import api
+from ttc.isa.files import atomic_write
 from ttc.models import RESNETS, tt_resnet
 
 
@@ -71,9 +72,7 @@ def main() -> None:
               f"{r['multiplies'] / 1e6:.1f} | {r['cycles']:,} | {r['energy_uj']:.1f} | {plans} |", flush=True)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = a.json.with_name(f".{a.json.name}.tmp")
-        tmp.write_text(json.dumps(rows, indent=2))
-        tmp.replace(a.json)
+        atomic_write(a.json, lambda tmp: tmp.write_text(json.dumps(rows, indent=2)))
 
 
 if __name__ == "__main__":

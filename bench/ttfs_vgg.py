@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ttc import api
+from ttc.isa.files import atomic_write
 from ttc.models import cat_vgg
 
 
@@ -66,9 +67,7 @@ def main() -> None:
           f"{summary['spikes']:,.0f} spikes, {summary['shift_adds']:,.0f} shift-adds")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = a.json.with_name(f".{a.json.name}.tmp")
-        tmp.write_text(json.dumps(dict(summary=summary, layers=rows), indent=2))
-        tmp.replace(a.json)
+        atomic_write(a.json, lambda tmp: tmp.write_text(json.dumps(dict(summary=summary, layers=rows), indent=2)))
 
 
 if __name__ == "__main__":

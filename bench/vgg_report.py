@@ -14,9 +14,8 @@ import numpy as np
 from ttc import api
 from ttc.compiler.cost import graph_costs, input_densities
 from ttc.compiler.ir import AvgPool, Conv2d, Linear, MaxPool
-from ttc.compiler.passes.allocate import step_bytes
+from ttc.compiler.layout import step_bytes
 from ttc.compiler.reference import evaluate
-from ttc.compiler.tiling import fused_consumer
 from ttc.models import vgg_snn
 from ttc.runtime.report import format_table, write_report
 
@@ -24,7 +23,7 @@ from ttc.runtime.report import format_table, write_report
 def compulsory_bytes(graph, op) -> int:
     """DRAM bytes a layer must move at least: its weights and bias, each input step and output step once."""
     x = graph.op(op.inputs[0]).type
-    last = fused_consumer(graph, op) or op
+    last = graph.consumer(op) or op
     out = last.type
     moved = (x.time or 1) * step_bytes(x) + (out.time or 1) * step_bytes(out)
     if isinstance(op, (Conv2d, Linear)):
@@ -52,7 +51,7 @@ def main() -> None:
           f"{len(prog.code)} instructions, compiled in {t1 - t0:.1f} s, simulated in {t2 - t1:.1f} s, "
           f"simulator vs quantized reference {'bit-exact' if exact else 'MISMATCH'}")
     print(format_table(rep))
-    heads = {(fused_consumer(graph, op) or op).name: op for op in graph.ops if isinstance(op, (Conv2d, Linear, MaxPool, AvgPool))}
+    heads = {(graph.consumer(op) or op).name: op for op in graph.ops if isinstance(op, (Conv2d, Linear, MaxPool, AvgPool))}
     print(f"\n{'layer':<8} {'op':<18} {'tile':<16} {'PE util':>8} {'DRAM B':>10} {'minimum B':>10} {'ratio':>6} "
           f"{'cycles':>9} {'model':>9} {'err':>6} {'energy nJ':>10} {'model':>9} {'err':>6}")
     for row, layer in zip(rep["layers"], prog.meta["layers"]):

@@ -30,7 +30,7 @@ from ttc.isa.mt import code_planes
 from ttc.isa.table import BY_NAME
 from ttc.isa.timing import Reservations
 
-from .ir import Conv2d, Graph, Linear, Op
+from .ir import Conv2d, Graph, Linear
 from .plan import LayerPlan, layer_plan
 
 DEFAULT_DENSITY = 0.1  # input spikes per neuron and step, when nothing better is known
@@ -163,12 +163,6 @@ def layer_cost(plan: LayerPlan, density: float = DEFAULT_DENSITY) -> LayerCost:
             energy[unit] += n * plan.hw.energy_pj[action]
     energy["leakage"] = plan.hw.leakage_pj(cycles)
     return LayerCost(cycles, dict(energy), dram_bytes)
-
-
-def op_cost(graph: Graph, op: Op, hw: HwConfig, tile=None, density: float = DEFAULT_DENSITY) -> LayerCost | None:
-    """The cost of the layer `op` heads (with `tile`, default its own), or None if it is not a layer."""
-    plan = layer_plan(graph, op, hw, tile)
-    return None if plan is None else layer_cost(plan, density)
 
 
 def input_densities(graph: Graph, values: dict) -> dict[str, float]:

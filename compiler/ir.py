@@ -19,11 +19,12 @@ from typing import ClassVar
 
 import numpy as np
 
+from ttc.isa.errors import UserError
 from ttc.isa.table import MAX_LEVELS, MODES, conv_out
 from ttc.isa.ttfs import MAX_WINDOW, ZERO_EXPONENT
 
 
-class IRError(ValueError):
+class IRError(UserError, ValueError):
     """An IR that breaks a rule; the message names the op and its source path."""
 
 

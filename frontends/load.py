@@ -15,11 +15,13 @@ from pathlib import Path
 
 import torch
 
+from ttc.isa.errors import UserError
+
 from . import modules as ttc_modules
 from . import ttfs
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError, ValueError):
     pass
 
 

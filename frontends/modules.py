@@ -8,7 +8,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ttc.isa.errors import UserError
 from ttc.isa.table import MAX_LEVELS, MODES
+
+
+class ModelDefinitionError(UserError, ValueError):
+    """A ttc module, or a model of ttc.models, given arguments it cannot take."""
 
 
 def _per_step(layer_forward, x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +104,7 @@ class LIF(nn.Module):
                  v_reset: float = 0.0, cmp: str = "gt"):
         super().__init__()
         if reset not in ("hard", "subtract") or cmp not in ("gt", "ge"):
-            raise ValueError(f"reset must be 'hard' or 'subtract' and cmp 'gt' or 'ge', got {reset!r}, {cmp!r}")
+            raise ModelDefinitionError(f"reset must be 'hard' or 'subtract' and cmp 'gt' or 'ge', got {reset!r}, {cmp!r}")
         self.decay, self.threshold, self.reset, self.v_reset, self.cmp = decay, threshold, reset, v_reset, cmp
 
     @property
@@ -146,10 +151,10 @@ class MTNeuron(nn.Module):
                  cmp: str = "gt", learn_decay: bool = False):
         super().__init__()
         if not 1 <= levels <= MAX_LEVELS or mode not in MODES or cmp not in ("gt", "ge") or not threshold > 0:
-            raise ValueError(f"levels 1..{MAX_LEVELS}, mode 'parallel' or 'cascade', cmp 'gt' or 'ge' and a positive "
-                             f"threshold, got {levels}, {mode!r}, {cmp!r}, {threshold}")
+            raise ModelDefinitionError(f"levels 1..{MAX_LEVELS}, mode 'parallel' or 'cascade', cmp 'gt' or 'ge' and a "
+                                       f"positive threshold, got {levels}, {mode!r}, {cmp!r}, {threshold}")
         if not 0.0 < decay < 1.0 and learn_decay:
-            raise ValueError(f"a learnt decay starts inside (0, 1), got {decay}")
+            raise ModelDefinitionError(f"a learnt decay starts inside (0, 1), got {decay}")
         self.levels, self.mode, self.threshold, self.cmp = levels, mode, threshold, cmp
         if learn_decay:
             self.decay_logit = nn.Parameter(torch.logit(torch.tensor(float(decay))))
@@ -200,7 +205,7 @@ class TTConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, rank: int, variant: str = "stt"):
         super().__init__()
         if variant not in ("stt", "ptt", "htt"):
-            raise ValueError(f"variant must be 'stt', 'ptt' or 'htt', got {variant!r}")
+            raise ModelDefinitionError(f"variant must be 'stt', 'ptt' or 'htt', got {variant!r}")
         self.in_channels, self.out_channels, self.rank, self.variant = in_channels, out_channels, rank, variant
         self.first_layer = nn.Conv2d(in_channels, rank, 1, bias=False)
         self.second_layer = nn.Conv2d(rank, rank, (3, 1), padding=(1, 0), bias=False)

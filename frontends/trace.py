@@ -30,9 +30,10 @@ import torch
 from torch import fx, nn
 
 from ttc.compiler import ir
+from ttc.isa.errors import UserError
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModel(UserError, ValueError):
     pass
 
 

@@ -22,8 +22,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ttc.isa.errors import UserError
 from ttc.isa.ttfs import MAX_WINDOW, ZERO_EXPONENT  # the codes' format is the machine's: exponent 15 is zero
 
+from .modules import ModelDefinitionError
+
+
+class NotConvertible(UserError, TypeError):
+    """A module that `convert` cannot turn into its TTFS counterpart; the message names it."""
 
 
 def _nearest_exponent(v: torch.Tensor) -> torch.Tensor:
@@ -64,7 +70,7 @@ class CATActivation(nn.Module):
     def __init__(self, window: int = 8):
         super().__init__()
         if not 1 <= window <= MAX_WINDOW:
-            raise ValueError(f"window {window}: between 1 and {MAX_WINDOW} steps")
+            raise ModelDefinitionError(f"window {window}: between 1 and {MAX_WINDOW} steps")
         self.window = window
 
     def forward(self, x):
@@ -186,7 +192,8 @@ class TTFSAvgPool2d(nn.Module):
     def __init__(self, kernel_size: int, stride: int, in_window: int, out_window: int):
         super().__init__()
         if kernel_size & (kernel_size - 1):
-            raise ValueError(f"a {kernel_size}x{kernel_size} average: 1/{kernel_size ** 2} is not a power of two")
+            raise ModelDefinitionError(f"a {kernel_size}x{kernel_size} average: 1/{kernel_size ** 2} is not a power of "
+                                       "two")
         self.kernel_size, self.stride, self.in_window, self.out_window = kernel_size, stride, in_window, out_window
 
     def forward(self, times):
@@ -198,7 +205,7 @@ def _square(m: nn.Module, name: str, attr: str) -> int:
     v = getattr(m, attr)
     a, b = (v, v) if isinstance(v, int) else v
     if a != b:
-        raise TypeError(f"module {name!r}: non-square {attr} {v} does not convert")
+        raise NotConvertible(f"module {name!r}: non-square {attr} {v} does not convert")
     return a
 
 
@@ -209,7 +216,7 @@ def convert(ann: nn.Sequential) -> nn.Sequential:
     earliest spike; an average pool followed by a CAT activation a TTFSAvgPool2d; Flatten, Identity
     and Dropout stay."""
     if not isinstance(ann, nn.Sequential):
-        raise TypeError(f"convert takes an nn.Sequential CAT ANN, not {type(ann).__name__}")
+        raise NotConvertible(f"convert takes an nn.Sequential CAT ANN, not {type(ann).__name__}")
     items = list(ann.named_children())
     out, window = [], None
     for k, (name, m) in enumerate(items):
@@ -221,13 +228,13 @@ def convert(ann: nn.Sequential) -> nn.Sequential:
             window = m.window
             continue
         if window is None:
-            raise TypeError(f"module {name!r} ({type(m).__name__}) comes before the input's CAT activation")
+            raise NotConvertible(f"module {name!r} ({type(m).__name__}) comes before the input's CAT activation")
         if isinstance(m, (LogConv2d, LogLinear, nn.AvgPool2d)) and fires is None and following is not None:
-            raise TypeError(f"module {name!r} ({type(m).__name__}) is followed by {type(following).__name__}, not "
-                            "a CAT activation (only the last layer reads out its accumulators)")
+            raise NotConvertible(f"module {name!r} ({type(m).__name__}) is followed by {type(following).__name__}, not "
+                                 "a CAT activation (only the last layer reads out its accumulators)")
         if isinstance(m, LogConv2d):
             if m.groups != 1 or m.dilation != (1, 1) or not isinstance(m.padding, tuple):
-                raise TypeError(f"module {name!r}: grouped, dilated or string-padded convs do not convert")
+                raise NotConvertible(f"module {name!r}: grouped, dilated or string-padded convs do not convert")
             out.append(TTFSConv2d(*log_weight_codes(m.weight), m.bias, window, fires, m.stride, m.padding))
         elif isinstance(m, LogLinear):
             out.append(TTFSLinear(*log_weight_codes(m.weight), m.bias, window, fires))
@@ -238,7 +245,7 @@ def convert(ann: nn.Sequential) -> nn.Sequential:
         elif isinstance(m, (nn.Flatten, nn.Identity, nn.Dropout)):
             out.append(m)
         else:
-            raise TypeError(f"module {name!r} ({type(m).__name__}) has no TTFS conversion")
+            raise NotConvertible(f"module {name!r} ({type(m).__name__}) has no TTFS conversion")
         window = fires or window
     return nn.Sequential(*out).eval()
 

@@ -18,15 +18,16 @@ import json
 
 import lark
 
-from .encoding import EncodingError, Instr, Ref
-from .hwconfig import HwConfig, HwConfigError
-from .program import FORMAT_VERSION, Program, ProgramError, validate
+from .encoding import Instr, Ref
+from .errors import UserError
+from .hwconfig import HwConfig
+from .program import FORMAT_VERSION, Program, validate
 from .table import INSTRUCTIONS, ISA_VERSION, Field
 
 DATA_LINE_BYTES = 64
 
 
-class AsmError(ValueError):
+class AsmError(UserError, ValueError):
     pass
 
 
@@ -118,7 +119,7 @@ def assemble(text: str, where: str = "<asm>") -> Program:
         prog = Program(code=code, data=bytes(data), meta=json.loads(str(meta.children[0])),
                        hw=HwConfig.from_json(str(hw.children[0])))
         validate(prog, where)
-    except (EncodingError, HwConfigError, ProgramError, ValueError) as e:
+    except (UserError, ValueError) as e:  # ttc's errors, and JSON's or hex's
         raise AsmError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
     return prog
 

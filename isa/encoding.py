@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .errors import UserError
 from .table import BY_CODE, BY_NAME, MEMORIES, OPCODE_BITS, REF_ADDR_BITS, WORD_BYTES, Field
 
 
-class EncodingError(ValueError):
+class EncodingError(UserError, ValueError):
     pass
 
 

@@ -12,12 +12,13 @@ import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .errors import UserError
 from .table import MAX_LEVELS, MEMORIES, ON_CHIP, PE_GROUPS
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
-class HwConfigError(ValueError):
+class HwConfigError(UserError, ValueError):
     pass
 
 

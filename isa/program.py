@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .encoding import EncodingError, Instr, decode_all, encode_all
+from .errors import UserError
+from .files import atomic_write
 from .hwconfig import HwConfig, HwConfigError
 from .table import ISA_VERSION
 
@@ -31,7 +33,7 @@ _ENTRY = struct.Struct("<8sQQII")
 _DIGEST = 32
 
 
-class ProgramError(ValueError):
+class ProgramError(UserError, ValueError):
     """A prog.bin that cannot be used; the message says what is wrong with it."""
 
 
@@ -64,10 +66,8 @@ class Program:
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a reader never sees a half-written file."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(self.to_bytes())
-        tmp.replace(path)
+        blob = self.to_bytes()
+        atomic_write(path, lambda tmp: tmp.write_bytes(blob))
 
     @classmethod
     def from_bytes(cls, blob: bytes, where: str = "prog.bin") -> "Program":

@@ -7,11 +7,10 @@ work over all PEs and its DRAM bytes over the DRAM bandwidth; utilisation = idea
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from ttc.isa.hwconfig import COUNTER_NAMES, memory_bytes
+from ttc.isa.files import atomic_write
 from ttc.isa.program import Program
 from ttc.isa.table import BY_NAME, ON_CHIP, QUEUES
 
@@ -106,18 +105,6 @@ def perfetto_trace(prog: Program, result: RunResult) -> dict:
     return dict(traceEvents=events, displayTimeUnit="ns")
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def plot_energy(rep: dict, path: Path) -> None:
     import matplotlib
 
@@ -138,7 +125,7 @@ def plot_energy(rep: dict, path: Path) -> None:
     ax.set_title(f"energy by layer and component ({rep['hardware']})")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -163,7 +150,7 @@ def plot_timeline(prog: Program, result: RunResult, path: Path) -> None:
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[o]) for o in ops], labels=ops, fontsize=7,
               loc="upper right", ncol=len(ops))
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -172,8 +159,8 @@ def write_report(prog: Program, result: RunResult, directory: str | Path) -> dic
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     rep = report(prog, result)
-    _atomic(directory / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(rep, indent=1)))
-    _atomic(directory / "trace.json", lambda tmp: Path(tmp).write_text(json.dumps(perfetto_trace(prog, result))))
+    atomic_write(directory / "report.json", lambda tmp: tmp.write_text(json.dumps(rep, indent=1)))
+    atomic_write(directory / "trace.json", lambda tmp: tmp.write_text(json.dumps(perfetto_trace(prog, result))))
     plot_energy(rep, directory / "energy.png")
     plot_timeline(prog, result, directory / "timeline.png")
     return rep

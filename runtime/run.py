@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ttc.isa.errors import UserError
 from ttc.isa.io import decode_output, encode_input
 from ttc.isa.table import TIME
 from ttc.isa.ttfs import time_values
@@ -15,7 +16,7 @@ from ttc.simulator.energy import EnergyModel
 from ttc.simulator.timeline import Timeline
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     pass
 
 

@@ -20,6 +20,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ttc.isa.encoding import Instr, Ref
+from ttc.isa.errors import UserError
 from ttc.isa.footprint import regions
 from ttc.isa.hwconfig import (COUNTER_NAMES, PLANE_ADD, PLANE_SHIFT, TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS,
                               memory_bytes, multiply_action, neuron_update_actions, spike_add_action)
@@ -31,7 +32,7 @@ from ttc.isa.ttfs import ZERO_EXPONENT, code_exponents, fire_times, synapse_weig
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
-class SimError(RuntimeError):
+class SimError(UserError, RuntimeError):
     """The program did something the machine cannot: out-of-bounds access, 32-bit overflow."""
 
 

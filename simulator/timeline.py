@@ -17,54 +17,24 @@ error naming both instructions.
 """
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from ttc.isa.encoding import Instr
+from ttc.isa.errors import UserError
 from ttc.isa.footprint import RangeMap, regions
 from ttc.isa.hwconfig import HwConfig
 from ttc.isa.table import BY_NAME, QUEUES
+from ttc.isa.timing import Reservations
 
 
-class ScheduleError(RuntimeError):
+class ScheduleError(UserError, RuntimeError):
     """The program deadlocks, races or leaves tokens behind."""
 
 
 def work_cycles(hw: HwConfig, i: Instr) -> int:
     """Cycles an instruction occupies its unit (for DMA: the DRAM interface), as the ISA table declares."""
     return BY_NAME[i.op].cycles(hw, i.args)
-
-
-class Reservations:
-    """Busy intervals of a shared resource: `reserve` books the earliest free interval of a given
-    length that starts no earlier than `ready`."""
-
-    def __init__(self):
-        self.starts: list[int] = []
-        self.ends: list[int] = []  # disjoint, sorted, never touching (touching intervals are merged)
-
-    def reserve(self, ready: int, length: int) -> int:
-        k = bisect_right(self.ends, ready)  # the first interval that ends after `ready`
-        start = ready
-        while k < len(self.starts) and self.starts[k] < start + length:
-            start = max(start, self.ends[k])
-            k += 1
-        if length:
-            self._insert(start, start + length)
-        return start
-
-    def _insert(self, lo: int, hi: int) -> None:
-        k = bisect_right(self.starts, lo)
-        if k and self.ends[k - 1] == lo:  # merge with the interval before
-            k -= 1
-            lo = self.starts[k]
-            del self.starts[k], self.ends[k]
-        if k < len(self.starts) and self.starts[k] == hi:  # and with the one after
-            hi = self.ends[k]
-            del self.starts[k], self.ends[k]
-        self.starts.insert(k, lo)
-        self.ends.insert(k, hi)
 
 
 @dataclass

@@ -119,3 +119,50 @@ def test_unsupported_module_names_its_path_and_type(tmp_path):
 def test_bad_input_shape_spec(compiled, tmp_path):
     r = ttc("compile", compiled / "model.pt", "-o", tmp_path / "p.bin", "--input-shape", "4,1,8,8")
     assert_clean_failure(r, "batch axis as N")
+
+
+def test_unwritable_output_is_one_line_naming_the_file(compiled, tmp_path):
+    r = ttc("disasm", compiled / "prog.bin", "-o", tmp_path / "missing" / "prog.s")
+    assert_clean_failure(r, str(tmp_path / "missing" / "prog.s"), "No such file or directory")
+    assert r.returncode == 1
+
+
+def test_user_error_is_one_line_exit_1_and_traceback_under_verbose(tmp_path, capsys):
+    from ttc import cli
+
+    assert cli.main(["inspect", str(tmp_path / "nope.bin")]) == cli.EXIT_ERROR
+    assert capsys.readouterr().err == f"ttc: error: {tmp_path / 'nope.bin'}: no such file\n"
+    for argv in (["-v", "inspect", str(tmp_path / "nope.bin")], ["inspect", str(tmp_path / "nope.bin"), "-v"]):
+        assert cli.main(argv) == cli.EXIT_ERROR
+        err = capsys.readouterr().err
+        assert err.startswith("Traceback") and "ProgramError" in err and err.endswith("no such file\n")
+
+
+def test_unexpected_exception_is_reported_as_an_internal_error(compiled, monkeypatch, capsys):
+    from ttc import cli
+    from ttc.isa.program import Program
+
+    def broken(path):
+        raise KeyError("layers")
+
+    monkeypatch.setattr(Program, "load", broken)
+    argv = ["inspect", str(compiled / "prog.bin")]
+    assert cli.main(argv) == cli.EXIT_INTERNAL != cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("ttc: internal error: KeyError: 'layers'\n") and "Traceback" not in err
+    assert "bug in ttc" in err and f"ttc inspect {compiled / 'prog.bin'}" in err and "-v" in err
+    assert cli.main(["-v", *argv]) == cli.EXIT_INTERNAL
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and "in broken" in err and "ttc: internal error: KeyError" in err
+
+
+def test_compile_flags_are_the_passes_user_options():
+    from ttc import cli
+    from ttc.compiler.passes import user_options
+
+    compile_args = ["compile", "m.pt", "-o", "p.bin", "--input-shape", "N,4"]
+    defaults = cli.build_parser().parse_args(compile_args)
+    assert all(getattr(defaults, o.name) == o.default for o in user_options())
+    args = cli.build_parser().parse_args(compile_args + ["--tt-rank", "3", "--tt-error", "0.1", "--input-bits", "8",
+                                                         "--objective", "edp"])
+    assert (args.tt_rank, args.tt_error, args.input_bits, args.objective) == ("3", 0.1, 8, "edp")

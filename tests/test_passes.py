@@ -44,7 +44,7 @@ def test_batchnorm_that_cannot_fold_is_an_error():
 
 
 def test_layer_that_does_not_fit_names_layer_and_buffer():
-    source = (Path(__file__).parent / "golden" / "allocate.ir").read_text().split("// CHECK:\n")[0]
+    source = (Path(__file__).parent / "golden" / "tile.ir").read_text().split("// CHECK:\n")[0]
     graph = parse_graph(source)
     from ttc.isa.hwconfig import load_hw
     import dataclasses
@@ -53,4 +53,4 @@ def test_layer_that_does_not_fit_names_layer_and_buffer():
     tiny = dataclasses.replace(hw, buffers={**hw.buffers, "psum": dataclasses.replace(hw.buffers["psum"], kib=2 / 1024)})
     with pytest.raises(IRError, match=r"%c \(conv2d, from 'conv'\): its smallest tile \(\(output channels, output rows, "
                        r"input channels\) = \(1, 2, 1\)\) needs 32 bytes of the psum buffer, which holds 2 bytes"):
-        make_pass("allocate", hw=tiny).run(graph)
+        make_pass("tile", hw=tiny).run(graph)

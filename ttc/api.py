@@ -12,7 +12,7 @@ import torch
 from ttc.compiler.codegen import generate
 from ttc.compiler.counting import count
 from ttc.compiler.ir import Graph
-from ttc.compiler.passes import PIPELINE, run_pipeline
+from ttc.compiler.passes import OptionError, pipeline_arguments, run_pipeline, user_options
 from ttc.compiler.reference import run_reference
 from ttc.frontends.load import load_model
 from ttc.frontends.trace import parse_input_shape, trace
@@ -34,9 +34,9 @@ class Compiled:
         return self.graph.notes["counts"]
 
 
-#: Compile options recorded in prog.bin (so that `ttc run --check` recompiles the same reference).
-OPTIONS = {"input_bits": 16, "input_frac": 8, "tt_rank": "", "tt_error": 0.0, "tt_core_bits": 8,
-           "objective": "latency", "schedule": ""}
+#: The compile options (the passes' user options, `ttc.compiler.passes.user_options`) and their
+#: defaults; prog.bin records each one's value so that `ttc run --check` recompiles the same reference.
+OPTIONS = {o.name: o.default for o in user_options()}
 
 
 def compile_model(model: torch.nn.Module, input_shape, hw: str | HwConfig = "sata", name: str = "model",
@@ -45,23 +45,26 @@ def compile_model(model: torch.nn.Module, input_shape, hw: str | HwConfig = "sat
     `options`: those of OPTIONS (quantization, tensor-train factorisation, schedule objective or forced plans)."""
     unknown = set(options) - set(OPTIONS)
     if unknown:
-        raise ValueError(f"unknown compile options {', '.join(sorted(unknown))} (options: {', '.join(OPTIONS)})")
+        raise OptionError(f"unknown compile options {', '.join(sorted(unknown))} (options: {', '.join(OPTIONS)})")
     o = {**OPTIONS, **options}
     hw = hw if isinstance(hw, HwConfig) else load_hw(hw)
     shape = parse_input_shape(input_shape)
     graph = trace(copy.deepcopy(model), shape, name)
-    passes = {"tt-factorize": {"rank": o["tt_rank"], "error": o["tt_error"]},
-              "quantize": {"input_bits": o["input_bits"], "input_frac": o["input_frac"], "tt_core_bits": o["tt_core_bits"]},
-              "tt-schedule": {"hw": hw, "objective": o["objective"], "schedule": o["schedule"]}, "tile": {"hw": hw}}
-    factorize, until = PIPELINE.index("tt-factorize"), PIPELINE.index("quantize") + 1
-    graph = run_pipeline(graph, passes, PIPELINE[:factorize])
-    model_counts = count(graph)
-    graph = run_pipeline(graph, passes, PIPELINE[factorize:factorize + 1])
-    factorised = any(n["factorised"] for n in graph.notes.get("factorize", {}).values())
-    graph.notes["counts"] = {"model": model_counts, "factorised": count(graph) if factorised else None}
-    graph = run_pipeline(graph, passes, PIPELINE[factorize + 1:until])
-    quantized = copy.deepcopy(graph)
-    graph = run_pipeline(graph, passes, PIPELINE[until:])
+    counts = {}  # "model": the model's own layers (batch norm folded); "factorised": after tt-factorize
+    quantized = None
+
+    def between_passes(pass_name: str, graph: Graph) -> None:
+        nonlocal quantized
+        if pass_name == "tt-factorize":
+            changed = any(n["factorised"] for n in graph.notes.get("factorize", {}).values())
+            counts["factorised"] = count(graph) if changed else None
+            graph.notes["counts"] = counts
+        elif "factorised" not in counts:  # a pass before tt-factorize
+            counts["model"] = count(graph)
+        if pass_name == "quantize":  # what the quantized reference evaluates
+            quantized = copy.deepcopy(graph)
+
+    graph = run_pipeline(graph, pipeline_arguments(o, hw), after=between_passes)
     recorded = {"input_shape": ",".join(map(str, shape)), **o}
     return Compiled(graph, generate(graph, hw, recorded, source or {}), quantized)
 

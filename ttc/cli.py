@@ -1,33 +1,32 @@
-"""The `ttc` command line. Every failure is one readable line on stderr and a non-zero exit; no
-command leaves a half-written output file (outputs are written to a temporary name, then renamed)."""
+"""The `ttc` command line. No command leaves a half-written output file (`ttc.isa.files.atomic_write`).
+
+Failures (ttc.isa.errors): bad input (a `UserError`, or a file that cannot be read or written) is one
+readable line on stderr and exit status 1; anything else is a bug in ttc, which `ttc` says, with how to
+report it, and exit status 70. `-v` adds the traceback to either.
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
+import shlex
 import sys
+import traceback
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from ttc.isa.errors import UserError
+from ttc.isa.files import atomic_write
+
 EXIT_ERROR = 1
 EXIT_MISMATCH = 3
+EXIT_INTERNAL = 70  # EX_SOFTWARE of sysexits.h: an internal software error
 
 
-class CliError(Exception):
+class CliError(UserError):
     pass
-
-
-def _atomic_write(path: str | Path, write) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _save_npy(path: str, arrays: list[np.ndarray]) -> None:
@@ -42,7 +41,7 @@ def _save_npy(path: str, arrays: list[np.ndarray]) -> None:
         def write(tmp):
             with open(tmp, "wb") as f:
                 np.savez(f, *arrays)
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _load_input(path: str) -> np.ndarray:
@@ -68,15 +67,15 @@ def default_input(io: dict) -> np.ndarray:
 
 def cmd_compile(a) -> int:
     from ttc.api import compile_file, decay_notes
+    from ttc.compiler.passes import user_options
 
-    compiled = compile_file(a.model, a.input_shape, a.hw, trust=a.trust_model, input_bits=a.input_bits,
-                            input_frac=a.input_frac, tt_rank=a.tt_rank, tt_error=a.tt_error, tt_core_bits=a.tt_core_bits,
-                            objective=a.objective, schedule=a.schedule)
+    compiled = compile_file(a.model, a.input_shape, a.hw, trust=a.trust_model,
+                            **{o.name: getattr(a, o.name) for o in user_options()})
     if a.emit_ir:
         from ttc.compiler.ir_text import print_graph
 
         text = print_graph(compiled.graph)
-        _atomic_write(a.emit_ir, lambda tmp: tmp.write_text(text))
+        atomic_write(a.emit_ir, lambda tmp: tmp.write_text(text))
     compiled.program.save(a.output)
     p = compiled.program
     if a.explain:
@@ -207,7 +206,7 @@ def cmd_disasm(a) -> int:
 
     text = disassemble(Program.load(a.program))
     if a.output:
-        _atomic_write(a.output, lambda tmp: tmp.write_text(text))
+        atomic_write(a.output, lambda tmp: tmp.write_text(text))
     else:
         sys.stdout.write(text)
     return 0
@@ -254,35 +253,39 @@ def cmd_inspect(a) -> int:
     return 0
 
 
+def add_option_flags(parser: argparse.ArgumentParser, options) -> None:
+    """A flag per user option of the passes (`ttc.compiler.passes.UserOption`): --tt-rank for tt_rank.
+    A default that is empty or zero means "off" and goes unsaid in the help."""
+    for o in options:
+        parser.add_argument("--" + o.name.replace("_", "-"), dest=o.name, type=type(o.default), default=o.default,
+                            choices=o.choices, metavar=o.metavar, help=o.help + (f" (default {o.default})" if o.default else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ttc.compiler.passes import user_options
+
+    verbose_help = "on an error, print the traceback"
     p = argparse.ArgumentParser(prog="ttc", description="Compile PyTorch SNNs to an SNN accelerator and simulate them.")
+    p.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    # -v also after the command; SUPPRESS keeps a command without it from resetting `ttc -v` to False
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     sub = p.add_subparsers(dest="command", required=True)
     trust_help = ("allow the model file to name classes ttc does not know; unpickling them runs code chosen by "
                   "the file, so use this only for files you trust")
 
-    c = sub.add_parser("compile", help="compile a torch.save'd model to prog.bin")
+    c = sub.add_parser("compile", parents=[verbose], help="compile a torch.save'd model to prog.bin")
     c.add_argument("model")
     c.add_argument("-o", "--output", required=True)
     c.add_argument("--input-shape", required=True, help="the forward input's shape with the batch axis as N, e.g. 4,N,1,8,8")
     c.add_argument("--hw", default="sata", help="hardware preset name or TOML file (default: sata)")
-    c.add_argument("--input-bits", type=int, default=16, choices=(8, 16, 32))
-    c.add_argument("--input-frac", type=int, default=8, help="fractional bits of the quantized input (default 8)")
-    c.add_argument("--tt-rank", default="", metavar="R|PATH=R,...",
-                   help="factorise dense 3x3 convs (every eligible one, or the named) into STT cores of rank R by TT-SVD")
-    c.add_argument("--tt-error", type=float, default=0.0, metavar="E",
-                   help="factorise every eligible dense 3x3 conv at the smallest rank whose relative error is at most E")
-    c.add_argument("--tt-core-bits", type=int, default=8, help="most bits per tensor-train core (default 8; fewer "
-                   "where the cores' exact products would overflow)")
-    c.add_argument("--objective", default="latency", choices=("latency", "energy", "edp"),
-                   help="what the tensor-train contraction plans are chosen for (default latency)")
-    c.add_argument("--schedule", default="", metavar="PLAN|PATH=PLAN,...",
-                   help="force the contraction plan (cores, merged, dense) of every or of the named TT layers")
+    add_option_flags(c, user_options())
     c.add_argument("--explain", action="store_true", help="print each TT layer's plans, their predicted cost and the choice")
     c.add_argument("--emit-ir", metavar="FILE", help="also write the final IR as text")
     c.add_argument("--trust-model", action="store_true", help=trust_help)
     c.set_defaults(fn=cmd_compile)
 
-    r = sub.add_parser("run", help="run prog.bin on the simulator")
+    r = sub.add_parser("run", parents=[verbose], help="run prog.bin on the simulator")
     r.add_argument("--sim", action="store_true", help="run on the instruction-level simulator")
     r.add_argument("program")
     r.add_argument("--input", help=".npy laid out as the model's forward input (any batch size)")
@@ -296,38 +299,51 @@ def build_parser() -> argparse.ArgumentParser:
                    "the one prog.bin was compiled for (its buffers must hold the program's tiles)")
     r.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("asm", help="assemble text assembly into prog.bin")
+    s = sub.add_parser("asm", parents=[verbose], help="assemble text assembly into prog.bin")
     s.add_argument("source")
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(fn=cmd_asm)
 
-    d = sub.add_parser("disasm", help="disassemble prog.bin")
+    d = sub.add_parser("disasm", parents=[verbose], help="disassemble prog.bin")
     d.add_argument("program")
     d.add_argument("-o", "--output")
     d.set_defaults(fn=cmd_disasm)
 
-    i = sub.add_parser("inspect", help="describe prog.bin")
+    i = sub.add_parser("inspect", parents=[verbose], help="describe prog.bin")
     i.add_argument("program")
     i.add_argument("--json", action="store_true")
     i.set_defaults(fn=cmd_inspect)
     return p
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except KeyboardInterrupt:
         print("ttc: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # one readable line, never a traceback (TTC_DEBUG=1 shows it)
-        if os.environ.get("TTC_DEBUG"):
-            raise
-        known = type(e).__module__.startswith("ttc") or isinstance(e, (OSError, ValueError))
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        prefix = "error" if known else f"internal error ({type(e).__name__})"
-        print(f"ttc: {prefix}: {msg}", file=sys.stderr)
-        return EXIT_ERROR
+    except Exception as e:
+        if args.verbose:
+            traceback.print_exc()
+        if isinstance(e, UserError):
+            print(f"ttc: error: {_first_line(e)}", file=sys.stderr)
+            return EXIT_ERROR
+        if isinstance(e, OSError):  # a file that cannot be read or written
+            print(f"ttc: error: {e.filename}: {e.strerror}" if e.filename and e.strerror else f"ttc: error: {e}",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        print(f"ttc: internal error: {type(e).__name__}: {_first_line(e)}\n"
+              "ttc: this is a bug in ttc, not a problem with your input. Please report it to the ttc developers "
+              "with the command line\n"
+              f"  {shlex.join(['ttc', *argv])}\n"
+              "and the output of the same command with -v added (it prints the traceback).", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -54,10 +54,10 @@ def tt_resnet(depth: int = 18, ranks=None, variant: str = "stt", in_channels: in
     for ResNet-34), or None for dense 3x3 convolutions. The first stage keeps the resolution, every
     other halves it; a LIF, global average pool and linear readout (averaged over time) end it."""
     if depth not in RESNETS:
-        raise ValueError(f"depth must be one of {sorted(RESNETS)}, got {depth}")
+        raise M.ModelDefinitionError(f"depth must be one of {sorted(RESNETS)}, got {depth}")
     blocks, widths = RESNETS[depth]
     if ranks is not None and len(ranks) != 2 * sum(blocks):
-        raise ValueError(f"ResNet-{depth} has {sum(blocks)} blocks: give {2 * sum(blocks)} ranks, got {len(ranks)}")
+        raise M.ModelDefinitionError(f"ResNet-{depth} has {sum(blocks)} blocks: give {2 * sum(blocks)} ranks, got {len(ranks)}")
     torch.manual_seed(seed)
     layers = [M.DirectEncoder(steps)] if steps is not None else []
     layers += [M.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), M.BatchNorm2d(widths[0])]

@@ -44,7 +44,7 @@ from ttc.isa.ttfs import ZERO_EXPONENT, synapse_weights
 
 from ..ir import (Add, AvgPool, Conv2d, Fire, Graph, Input, IRError, Linear, Membrane, Neuron, NeuronQ, Op, Repeat,
                   Rescale, TimeConcat, TimeReduce, TTConv2d, fix, tconv_base)
-from . import Pass, register
+from . import Pass, register, user_option
 
 LIMIT = 1 << 31
 
@@ -136,10 +136,11 @@ def stored_bits(bound: int) -> int:
 class Quantize(Pass):
     name = "quantize"
     weight_bits: int = 8
-    input_bits: int = 16
-    input_frac: int = 8
+    input_bits: int = user_option(16, "input_bits", "bits of the quantized input", choices=(8, 16, 32))
+    input_frac: int = user_option(8, "input_frac", "fractional bits of the quantized input")
     decay_bits: int = 16
-    tt_core_bits: int = 8
+    tt_core_bits: int = user_option(8, "tt_core_bits", "most bits per tensor-train core; fewer where the cores' exact "
+                                    "products would overflow")
     stream_bits: int = 32
 
     def run(self, graph: Graph) -> Graph:

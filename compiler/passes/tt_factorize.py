@@ -24,7 +24,7 @@ from tensorly import tt_to_tensor
 from tensorly.decomposition import tensor_train
 
 from ..ir import Conv2d, Graph, IRError, TTConv2d
-from . import Pass, parse_per_layer, register
+from . import Pass, parse_per_layer, register, user_option
 
 
 def tt_svd(weight: np.ndarray, rank: int) -> tuple[list[np.ndarray], float]:
@@ -67,8 +67,10 @@ def _ineligible(conv: Conv2d) -> str | None:
 @dataclass
 class TTFactorize(Pass):
     name = "tt-factorize"
-    rank: str | int = ""
-    error: float = 0.0
+    rank: str | int = user_option("", "tt_rank", "factorise dense 3x3 convs (every eligible one, or the named) into STT "
+                                  "cores of rank R by TT-SVD", metavar="R|PATH=R,...")
+    error: float = user_option(0.0, "tt_error", "factorise every eligible dense 3x3 conv at the smallest rank whose "
+                               "relative error is at most E", metavar="E")
 
     def run(self, graph: Graph) -> Graph:
         ranks = parse_per_layer(self.rank, "--tt-rank", int)

@@ -11,7 +11,7 @@ the core-by-core reference (`ttc.compiler.reference.tt_conv`): they differ in co
 
 htt runs the plan on its ptt steps (t < T/2) and G4 (G1 x) << (f2 + 1) on the rest (slices of one
 sequence, concatenated in place). A plan whose weights do not fit 16 bits is unavailable. The pass
-prices every available plan with the cost model (`ttc.compiler.cost`, each conv tiled as allocate
+prices every available plan with the cost model (`ttc.compiler.cost`, each conv tiled as the tile pass
 would) and takes the best for `objective` (latency: cycles, energy, edp: their product), unless
 `schedule` forces one ("cores", or "path=plan,path=plan"). Its reasons go to `graph.notes["schedule"]`.
 """
@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ttc.isa.errors import InternalError
 from ttc.isa.hwconfig import HwConfig, load_hw
 
 from ..cost import layer_cost
 from ..ir import Add, Conv2d, Graph, IRError, Op, TimeConcat, TimeSlice, TTConv2d
 from ..plan import layer_plan
-from . import Pass, parse_per_layer, register
+from . import Pass, parse_per_layer, register, user_option
 from .fuse import fuse_layer
 from .tile import choose_tile
 from .quantize import contracted, conv_bounds, middle, stored_bits
@@ -36,7 +37,7 @@ OBJECTIVES = ("latency", "energy", "edp")
 I16_MAX = (1 << 15) - 1
 
 
-class PlanUnavailable(Exception):
+class PlanUnavailable(InternalError):
     pass
 
 
@@ -124,8 +125,10 @@ def lower(tt: TTConv2d, plan: str, x_frac: int, x_bound: int, steps: int) -> lis
 class TTSchedule(Pass):
     name = "tt-schedule"
     hw: str | HwConfig = "sata"
-    objective: str = "latency"
-    schedule: str = ""
+    objective: str = user_option("latency", "objective", "what the tensor-train contraction plans are chosen for",
+                                 choices=OBJECTIVES)
+    schedule: str = user_option("", "schedule", "force the contraction plan (cores, merged, dense) of every or of the "
+                                "named TT layers", metavar="PLAN|PATH=PLAN,...")
 
     def run(self, graph: Graph) -> Graph:
         if self.objective not in OBJECTIVES:
