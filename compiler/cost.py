@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import torch
 
 from ttc.isa.encoding import Instr
-from ttc.isa.footprint import regions
 from ttc.isa.hwconfig import HwConfig
 from ttc.isa.mt import code_planes
 from ttc.isa.table import BY_NAME
@@ -76,29 +75,36 @@ def _slot(plan: LayerPlan, mem: str, addr: int) -> tuple[str, int]:
 
 
 def step_template(plan: LayerPlan, instrs: list[Instr]) -> StepTemplate:
+    """Within a step only on-chip bytes are shared (a layer reads its inputs' DRAM and writes its
+    outputs', which never overlap), and on chip every operand is one run of bytes: the footprint's
+    extent is enough."""
     hw = plan.hw
-    seen: list[list] = []
+    seen: list[tuple[int, str, int, int, str]] = []  # (instruction, memory, lo, hi, mode) of on-chip operands so far
     work, energy, dram_bytes = [], Counter(), 0
     for instr in instrs:
-        opcode, mine = BY_NAME[instr.op], regions(instr)
-        after = tuple(j for j, theirs in enumerate(seen)
-                      if any(a.mem == b.mem and a.lo < b.hi and b.lo < a.hi and ("w" in a.mode or "w" in b.mode)
-                             for a in mine for b in theirs))
-        seen.append(mine)
+        opcode, args = BY_NAME[instr.op], instr.args
         moved: Counter = Counter()
-        reads, writes = set(), set()
-        for r in mine:
-            moved[(r.mem, "read")] += ("r" in r.mode) * (r.hi - r.lo)
-            moved[(r.mem, "write")] += ("w" in r.mode) * (r.hi - r.lo)
-            if r.mem != "dram":
-                (writes if "w" in r.mode else reads).add(_slot(plan, r.mem, r.lo))
-                if r.mode == "rw":
-                    reads.add(_slot(plan, r.mem, r.lo))
+        reads, writes, after = set(), set(), set()
+        for name, mode, nbytes, *strided in opcode.footprint(args):
+            rows, stride = strided or (1, 0)
+            ref = args[name]
+            moved[(ref.mem, "read")] += ("r" in mode) * nbytes * rows
+            moved[(ref.mem, "write")] += ("w" in mode) * nbytes * rows
+            if ref.mem == "dram" or not nbytes:
+                continue
+            lo, hi = ref.addr, ref.addr + (rows - 1) * stride + nbytes
+            after.update(j for j, mem, a, b, m in seen if mem == ref.mem and a < hi and lo < b and ("w" in mode or "w" in m))
+            seen.append((len(work), ref.mem, lo, hi, mode))
+            slot = _slot(plan, ref.mem, lo)
+            if "w" in mode:
+                writes.add(slot)
+            if "r" in mode:
+                reads.add(slot)
         for (mem, direction), nbytes in moved.items():
             if nbytes:
                 energy[mem] += hw.access_pj(mem, direction, nbytes)
                 dram_bytes += nbytes if mem == "dram" else 0
-        work.append(Work(opcode.queue(instr.args), opcode.cycles(hw, instr.args), instr.op in DMA, after,
+        work.append(Work(opcode.queue(args), opcode.cycles(hw, args), instr.op in DMA, tuple(sorted(after)),
                          tuple(sorted(reads)), tuple(sorted(writes))))
     return StepTemplate(tuple(work), dict(energy), dram_bytes)
 
@@ -106,40 +112,49 @@ def step_template(plan: LayerPlan, instrs: list[Instr]) -> StepTemplate:
 def walk_cycles_and_energy(plan: LayerPlan) -> tuple[float, Counter, int]:
     """The layer's cycles, memory energy by memory and DRAM bytes (module docstring)."""
     templates: dict[tuple, StepTemplate] = {}
+    taken: Counter = Counter()  # key -> steps of that key
     lat = plan.hw.dram_latency_cycles
-    dram = Reservations()
+    reserve = Reservations().reserve
     issue: Counter = Counter()  # queue -> when it may issue its next instruction
     written: Counter = Counter()  # slot -> when its last write completes
     read: Counter = Counter()  # slot -> when its last read so far completes
-    energy, dram_bytes, last = Counter(), 0, 0
+    last = 0
     for step in plan.walk():
         template = templates.get(step.key)
         if template is None:
             template = templates[step.key] = step_template(plan, step.instrs)
+        taken[step.key] += 1
         ends = []
         for w in template.work:
             ready = issue[w.queue]
             for j in w.after:
-                ready = max(ready, ends[j])
+                if ends[j] > ready:
+                    ready = ends[j]
             for slot in w.reads:
-                ready = max(ready, written[slot])
+                if written[slot] > ready:
+                    ready = written[slot]
             for slot in w.writes:
                 ready = max(ready, written[slot], read[slot])
             if w.dma:
-                start = dram.reserve(ready, w.cycles)
-                issue[w.queue], end = start + w.cycles, start + w.cycles + lat
+                issued = reserve(ready, w.cycles) + w.cycles
+                issue[w.queue], end = issued, issued + lat
             else:
                 end = issue[w.queue] = ready + w.cycles
             ends.append(end)
-            last = max(last, end)
         for w, end in zip(template.work, ends):  # slots change hands between steps, not within one
             for slot in w.reads:
-                read[slot] = max(read[slot], end)
+                if end > read[slot]:
+                    read[slot] = end
             for slot in w.writes:
-                written[slot] = max(written[slot], end)
-        energy.update(template.energy_pj)
-        dram_bytes += template.dram_bytes
-    return last, energy, dram_bytes
+                if end > written[slot]:
+                    written[slot] = end
+            if end > last:
+                last = end
+    energy: Counter = Counter()
+    for key, n in taken.items():
+        for mem, pj in templates[key].energy_pj.items():
+            energy[mem] += n * pj
+    return last, energy, sum(n * templates[key].dram_bytes for key, n in taken.items())
 
 
 _PRICED: dict[tuple, tuple] = {}  # (id of the config, plan shape) -> (config, cycles, memory energy, DRAM bytes)

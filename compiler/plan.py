@@ -73,10 +73,6 @@ class Slots:
         return self[self.used - 1]
 
 
-def _copy(op: str, dst: Ref, src: Ref, nbytes: int, rows: int = 1, src_stride: int = 0, dst_stride: int = 0) -> Instr:
-    return Instr(op, dict(dst=dst, src=src, rows=rows, row_bytes=nbytes, src_stride=src_stride, dst_stride=dst_stride))
-
-
 @dataclass
 class LayerPlan:
     """What every layer plan offers: bytes per slot of each buffer it uses, how many slots fit,
@@ -143,7 +139,14 @@ class LayerPlan:
         """Arithmetic actions per inference by unit, the spike-driven ones at input spike `density`."""
         raise NotImplementedError(type(self).__name__)
 
-    # ---- DRAM addressing, shared by every walk
+    # ---- instructions and DRAM addressing, shared by every walk
+    def instr(self, op: str, **args) -> Instr:
+        """Checked against the ISA table when the walk is emitted (codegen), not when it is only priced."""
+        return Instr(op, args) if self.placed else Instr.unchecked(op, args)
+
+    def copy(self, op: str, dst: Ref, src: Ref, nbytes: int, rows: int = 1, src_stride: int = 0, dst_stride: int = 0) -> Instr:
+        return self.instr(op, dst=dst, src=src, rows=rows, row_bytes=nbytes, src_stride=src_stride, dst_stride=dst_stride)
+
     def addr(self, value: Op) -> int:
         addr = value_addr(self.graph, value)
         if addr is None:
@@ -164,16 +167,16 @@ class LayerPlan:
             dram = self.step_addr(value, t, p * plane_bytes(value.type) + run["offset"])
             at = Ref(chip.mem, chip.addr + p * block.nbytes)
             if direction == "load":
-                out.append(_copy("load", at, dram, run["row_bytes"], run["rows"], run["stride"], run["row_bytes"]))
+                out.append(self.copy("load", at, dram, run["row_bytes"], run["rows"], run["stride"], run["row_bytes"]))
             else:
-                out.append(_copy("store", dram, at, run["row_bytes"], run["rows"], run["row_bytes"], run["stride"]))
+                out.append(self.copy("store", dram, at, run["row_bytes"], run["rows"], run["row_bytes"], run["stride"]))
         return out
 
     def neuron_step(self, n: NeuronQ, count: int, t: int, src: Ref, out: Ref, spikes: Block, states: Block) -> list[Instr]:
         """One step of `count` neurons whose input is at `src`; their spikes (and states) go to DRAM."""
-        code = [Instr("nrn", dict(src=src, state=Ref("vmem", 0), dst=out, n=count, theta=n.theta, v_reset=n.v_reset,
+        code = [self.instr("nrn", src=src, state=Ref("vmem", 0), dst=out, n=count, theta=n.theta, v_reset=n.v_reset,
                                   decay_mul=n.decay_mul, decay_shift=n.decay_shift, in_shift=n.in_shift, cmp=n.cmp,
-                                  reset=n.reset, order=n.order, levels=n.levels, mode=n.mode))]
+                                  reset=n.reset, order=n.order, levels=n.levels, mode=n.mode)]
         code += self.move_block("store", n, t, spikes, out)
         for m in self.membranes(n):
             code += self.move_block("store", m, t, states, Ref("vmem", 0))
@@ -182,7 +185,7 @@ class LayerPlan:
     def fire(self, f: Fire, count: int, t: int, src: Ref, out: Ref, times: Block) -> list[Instr]:
         """TTFS firing of `count` accumulators at `src`; the spike times go to DRAM."""
         x = self.graph.op(f.inputs[0]).type.dtype
-        return [Instr("tfire", dict(src=src, dst=out, src_fmt=fmt(x), n=count, frac=x.frac, window=f.window)),
+        return [self.instr("tfire", src=src, dst=out, src_fmt=fmt(x), n=count, frac=x.frac, window=f.window),
                 *self.move_block("store", f, t, times, out)]
 
     def membranes(self, neuron: Op) -> list[Op]:
@@ -374,10 +377,10 @@ class ConvPlan(LayerPlan):
         op = self.op
         (c0, c1), (i0, i1), taps, cin, wb = co, ci, self.taps, self.cin, self.wbytes
         rows, per_row = (1, (c1 - c0) * cin * taps * wb) if i1 - i0 == cin else (c1 - c0, (i1 - i0) * taps * wb)
-        code = [_copy("load", Ref("wgt", slot.addr + self.weights_at(c1 - c0, i0)),
+        code = [self.copy("load", Ref("wgt", slot.addr + self.weights_at(c1 - c0, i0)),
                       Ref("dram", self.wdram + (c0 * cin + i0) * taps * wb), per_row, rows, cin * taps * wb, per_row)]
         if i0 == 0 and self.bias:
-            code.append(_copy("load", Ref("wgt", slot.addr + self.bias_at(c1 - c0)),
+            code.append(self.copy("load", Ref("wgt", slot.addr + self.bias_at(c1 - c0)),
                               Ref("dram", self.wdram + op.weight.nbytes + 4 * c0), 4 * (c1 - c0)))
         return code
 
@@ -428,26 +431,26 @@ class ConvPlan(LayerPlan):
         n = tc * (rt.y1 - rt.y0) * self.ow
         code = []
         if t == 0 and self.consumer == "neuron":
-            code.append(Instr("vfill", dict(dst=Ref("vmem", 0), n=n, value=consumer.v_init)))
+            code.append(self.instr("vfill", dst=Ref("vmem", 0), n=n, value=consumer.v_init))
         elif t == 0 and self.consumer == "reduce":
-            code.append(Instr("vfill", dict(dst=dst, n=n, value=0)))
+            code.append(self.instr("vfill", dst=dst, n=n, value=0))
         for b, ((i0, i1), (w, src)) in enumerate(zip(self.ci_tiles, blocks)):
             if not self.resident:
                 code += self.load_weights(w, co, (i0, i1))
             if b == 0 and self.bias:
-                code.append(Instr("vbias", dict(dst=acc, bias=Ref("wgt", w.addr + self.bias_at(tc)), channels=tc,
-                                                plane=n // tc)))
+                code.append(self.instr("vbias", dst=acc, bias=Ref("wgt", w.addr + self.bias_at(tc)), channels=tc,
+                                                plane=n // tc))
             code += self.move_block("load", x_op, t, self.input_block((i0, i1), rt), src)
             for group, (lo, hi) in enumerate(split(tc, self.hw.pe_groups)):
                 args = dict(src=src, wgt=Ref("wgt", w.addr + self.weights_at(tc, i0) + lo * (i1 - i0) * taps * self.wbytes),
                             dst=Ref("psum", acc.addr + 4 * lo * n // tc), **self.conv_args(i1 - i0, rt),
                             cout=hi - lo, accumulate=int(self.bias or b > 0), group=group, shift=self.shift)
                 if self.in_fmt == TIME:
-                    code.append(Instr("tconv", dict(args, window=self.in_window)))
+                    code.append(self.instr("tconv", **args, window=self.in_window))
                 elif self.in_fmt == "spike":
-                    code.append(Instr("sconv", dict(args, wfmt=self.wfmt, planes=self.in_planes, mode=self.in_mode)))
+                    code.append(self.instr("sconv", **args, wfmt=self.wfmt, planes=self.in_planes, mode=self.in_mode))
                 else:
-                    code.append(Instr("dconv", dict(args, wfmt=self.wfmt, fmt=self.in_fmt)))
+                    code.append(self.instr("dconv", **args, wfmt=self.wfmt, fmt=self.in_fmt))
         if fetch is not None:  # in DRAM's queue before this tile's last results
             code += self.resident_weights(fetch, self.co_tiles[k + 1])
         if self.consumer == "neuron":
@@ -456,12 +459,12 @@ class ConvPlan(LayerPlan):
         elif self.consumer == "fire":
             code += self.fire(consumer, n, t, acc, dst, self.output_block(TIME, co, rt))
         elif self.consumer == "reduce":
-            code.append(Instr("vacc", dict(dst=dst, src=acc, src_fmt="i32", dst_fmt="i32", n=n, shift=0, accumulate=1)))
+            code.append(self.instr("vacc", dst=dst, src=acc, src_fmt="i32", dst_fmt="i32", n=n, shift=0, accumulate=1))
             if t == self.time - 1:
                 code += self.move_block("store", consumer, 0, self.output_block("i32", co, rt), dst)
         elif self.narrowed:
-            code.append(Instr("vacc", dict(dst=dst, src=acc, src_fmt="i32", dst_fmt=self.out_fmt, n=n, shift=0,
-                                           accumulate=0)))
+            code.append(self.instr("vacc", dst=dst, src=acc, src_fmt="i32", dst_fmt=self.out_fmt, n=n, shift=0,
+                                           accumulate=0))
             code += self.move_block("store", self.op, t, self.output_block(self.stored_fmt, co, rt), dst)
         else:
             code += self.move_block("store", self.op, t, self.output_block(self.stored_fmt, co, rt), acc)
@@ -582,9 +585,9 @@ class PoolPlan(LayerPlan):
     def pool_step(self, x_op: Op, channels: tuple[int, int], rt: RowTile, t: int, src: Ref, dst: Ref) -> list[Instr]:
         (c0, c1) = channels
         return [*self.move_block("load", x_op, t, Block(self.in_fmt, (self.c, self.ih, self.iw), c0, c1, rt.r0, rt.r1), src),
-                Instr("pool", dict(src=src, dst=dst, mode=self.mode, src_fmt=self.in_fmt, dst_fmt=self.out_fmt,
+                self.instr("pool", src=src, dst=dst, mode=self.mode, src_fmt=self.in_fmt, dst_fmt=self.out_fmt,
                                    channels=c1 - c0, ih=rt.r1 - rt.r0, iw=self.iw, oh=rt.y1 - rt.y0, ow=self.ow, k=self.k,
-                                   stride=self.stride, pt=rt.pt)),
+                                   stride=self.stride, pt=rt.pt),
                 *self.move_block("store", self.op, t, Block(self.out_fmt, (self.c, self.oh, self.ow), c0, c1, rt.y0, rt.y1),
                                  dst)]
 
@@ -671,7 +674,7 @@ class ElementwisePlan(LayerPlan):
         op, count = self.op, chunk[1] - chunk[0]
         code = []
         if t == 0 and self.kind == "neuron":
-            code.append(Instr("vfill", dict(dst=Ref("vmem", 0), n=count, value=op.v_init)))
+            code.append(self.instr("vfill", dst=Ref("vmem", 0), n=count, value=op.v_init))
         operands = [Ref(slot.mem, slot.addr + self.operand_at(k)) for k in range(len(op.inputs))]
         for x, f, at in zip(op.inputs, self.in_fmts, operands):
             code += self.move_block("load", self.graph.op(x), t, self.block(f, chunk), at)
@@ -680,8 +683,8 @@ class ElementwisePlan(LayerPlan):
         if self.kind == "fire":
             return code + self.fire(op, count, t, slot, dst, self.block(TIME, chunk))
         for k, (f, at, shift) in enumerate(zip(self.in_fmts, operands, self.shifts)):
-            code.append(Instr("vacc", dict(dst=dst, src=at, src_fmt=f, dst_fmt=self.out_fmt, n=count, shift=shift,
-                                           accumulate=int(k > 0))))
+            code.append(self.instr("vacc", dst=dst, src=at, src_fmt=f, dst_fmt=self.out_fmt, n=count, shift=shift,
+                                           accumulate=int(k > 0)))
         return code + self.move_block("store", op, t, self.block(self.out_fmt, chunk), dst)
 
     def arithmetic(self, density: float) -> dict[str, dict[str, float]]:
@@ -722,11 +725,11 @@ class ReducePlan(LayerPlan):
 
     def reduce_step(self, x_op: Op, t: int) -> list[Instr]:
         acc, src = Ref("ofmap", 0), Ref("ifmap", 0)
-        code = [Instr("vfill", dict(dst=acc, n=self.n, value=0))] if t == 0 else []
-        code += [_copy("load", src, self.step_addr(x_op, t), step_bytes(x_op.type)),
-                 Instr("vacc", dict(dst=acc, src=src, src_fmt=self.in_fmt, dst_fmt="i32", n=self.n, shift=0, accumulate=1))]
+        code = [self.instr("vfill", dst=acc, n=self.n, value=0)] if t == 0 else []
+        code += [self.copy("load", src, self.step_addr(x_op, t), step_bytes(x_op.type)),
+                 self.instr("vacc", dst=acc, src=src, src_fmt=self.in_fmt, dst_fmt="i32", n=self.n, shift=0, accumulate=1)]
         if t == self.time - 1:
-            code.append(_copy("store", Ref("dram", self.addr(self.op)), acc, 4 * self.n))
+            code.append(self.copy("store", Ref("dram", self.addr(self.op)), acc, 4 * self.n))
         return code
 
     def arithmetic(self, density: float) -> dict[str, dict[str, float]]:

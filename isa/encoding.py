@@ -48,6 +48,15 @@ class Instr:
         for f in spec.fields:
             _check_value(self.op, f, self.args[f.name])
 
+    @classmethod
+    def unchecked(cls, op: str, args: dict) -> "Instr":
+        """An instruction whose operands are not checked against the table: for code that is priced
+        and never encoded (the cost model walks every candidate tiling; codegen builds checked ones)."""
+        instr = object.__new__(cls)
+        object.__setattr__(instr, "op", op)
+        object.__setattr__(instr, "args", args)
+        return instr
+
     def __getitem__(self, name):
         return self.args[name]
 
