@@ -146,35 +146,49 @@ def place_tokens(code: list[Instr], barriers=()) -> list[Instr]:
 
 
 def _shared(code: list[Instr], barriers: set, accesses: list) -> list:
-    """Per instruction, the accesses that placing tokens must look at: between two barriers (the
-    boards are emptied at each), a read whose bytes no write may touch, and a write whose bytes no
-    other access may touch (their bounding spans do not overlap), get no token from what is on the
-    boards and leave nothing there that a later access looks at: they are skipped. Byte by byte: a
-    byte no write touches only ever holds readers, which only writes look at; a byte a write touches
-    is visited by every access that touches it. (A layer's DRAM reads of its inputs and weights and
-    writes of its outputs, one range per row, mostly are skipped.)"""
+    """Per instruction, the accesses that placing tokens must look at. Between two barriers (the
+    boards are emptied at each), a read that no write may overlap, and a write that no other access
+    may overlap, get no token from what is on the boards and leave nothing there that a later access
+    looks at: they are skipped. Byte by byte: a byte no write touches only ever holds readers, which
+    only writes look at; a byte a write touches is visited by every access that touches it. Two
+    accesses may overlap if their bounding spans do, unless both are strided alike (same stride) and
+    their rows sit at different offsets within it, as the row tiles of a tensor do. (Most DRAM rows
+    of a layer's loads and stores are skipped.)"""
     shared = [[] for _ in code]
     segment: dict[str, list] = {}
 
+    def key(a):  # (stride, offset of the rows within it, row bytes), or None: contiguous, or rows overlap
+        _, addr, nbytes, _, rows, stride = a
+        return (stride, addr % stride, nbytes) if rows > 1 and stride >= nbytes else None
+
+    def apart(k1, k2) -> bool:  # no byte in common, whatever the spans
+        if k1 is None or k2 is None or k1[0] != k2[0]:
+            return False
+        s, r1, n1 = k1
+        _, r2, n2 = k2
+        return (r2 - r1) % s >= n1 and (r1 - r2) % s >= n2
+
     def close():
         for spans in segment.values():
-            spans.sort()
-            writes = [(lo, hi) for lo, hi, _, a in spans if a[3]]
-            starts = [lo for lo, _ in writes]
-            reach_of, reach = [], -1  # reach_of[k]: the largest end of the writes up to k
-            for _, hi in writes:
-                reach = max(reach, hi)
-                reach_of.append(reach)
-            reach = -1  # the largest end of the spans before
-            for k, (lo, hi, j, a) in enumerate(spans):
-                if a[3]:  # a write: any other access
-                    hit = reach > lo or (k + 1 < len(spans) and spans[k + 1][0] < hi)
-                else:  # a read: a write
-                    w = bisect_left(starts, hi)
-                    hit = w > 0 and reach_of[w - 1] > lo
-                if hit:
+            spans.sort(key=lambda t: t[0])
+            groups = ({}, {})  # reads, writes: key -> [largest end so far, [unmarked (end, j, access)]]
+            for lo, hi, j, a in spans:
+                k, writes, marked = key(a), a[3], False
+                for kind in (groups[True], groups[False]) if writes else (groups[True],):
+                    for gk, group in kind.items():
+                        if group[0] <= lo or apart(k, gk):
+                            continue
+                        marked = True  # an access of this group overlaps this one's span
+                        for end, i, b in group[1]:
+                            if end > lo:
+                                shared[i].append(b)
+                        group[1].clear()  # marked, or ended before lo and so before any later span
+                group = groups[writes].setdefault(k, [-1, []])
+                group[0] = max(group[0], hi)
+                if marked:
                     shared[j].append(a)
-                reach = max(reach, hi)
+                else:
+                    group[1].append((hi, j, a))
         segment.clear()
 
     for j, instr in enumerate(code):

@@ -54,7 +54,7 @@ def reference_tokens(code: list[Instr], barriers=()) -> list[tuple[set, set]]:
     return out
 
 
-def random_program(rng: random.Random, n: int, span: int) -> list[Instr]:
+def random_program(rng: random.Random, n: int, span: int, tiles: bool = False) -> list[Instr]:
     def addr(limit=span):
         return rng.randrange(0, limit)
 
@@ -64,6 +64,11 @@ def random_program(rng: random.Random, n: int, span: int) -> list[Instr]:
         rows, row_bytes = rng.randint(1, 6), rng.randint(1, 40)
         strides = {"src_stride": rng.choice((row_bytes, row_bytes + rng.randint(1, 50), max(1, row_bytes - 3))),
                    "dst_stride": rng.choice((row_bytes, row_bytes + rng.randint(1, 50), max(1, row_bytes - 3)))}
+        if tiles:
+            kind = rng.choice(("load", "store"))
+        if tiles or rng.random() < 0.5:  # row tiles: rows of a few bytes at one stride, interleaved or not
+            row_bytes = rng.randint(1, 8)
+            strides = {"src_stride": 24, "dst_stride": rng.choice((24, row_bytes))}
         mem = rng.choice(("ifmap", "ofmap"))
         if kind == "load":
             code.append(Instr("load", {"dst": Ref(mem, addr()), "src": Ref("dram", addr()), "rows": rows,
@@ -80,12 +85,12 @@ def random_program(rng: random.Random, n: int, span: int) -> list[Instr]:
     return code + [Instr("halt", {})]
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(24))
 def test_tokens_follow_the_byte_by_byte_definition(seed, monkeypatch):
     monkeypatch.setattr(sync, "PAGE_BITS", 5)  # pages of 32 bytes: most ranges cross one
     monkeypatch.setattr(sync, "PAGE", 32)
     rng = random.Random(seed)
-    code = random_program(rng, 150, span=rng.choice((64, 300, 3000)))
+    code = random_program(rng, 400, span=rng.choice((64, 300, 3000)))
     barriers = sorted(rng.sample(range(1, len(code)), 4)) if seed % 2 else []
     placed = sync.place_tokens(code, barriers)
     want = reference_tokens(code, set(barriers))
@@ -116,3 +121,26 @@ def test_the_digits_program_gets_the_tokens_of_the_definition():
     want = reference_tokens(bare, set(captured["barriers"]))
     got = [(set(i["wait"]), set(i["signal"])) for i in compiled.program.code if i.op != "halt"]
     assert got == [w for i, w in zip(bare, want) if i.op != "halt"]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_row_tiles_that_touch_get_tokens_and_those_that_do_not_get_none(seed, monkeypatch):
+    """Loads and stores of rows at one stride: interleaved, touching by a byte, or overlapping."""
+    monkeypatch.setattr(sync, "PAGE_BITS", 6)
+    monkeypatch.setattr(sync, "PAGE", 64)
+    rng = random.Random(seed)
+    code = random_program(rng, 300, span=120, tiles=True)
+    barriers = sorted(rng.sample(range(1, len(code)), 3)) if seed % 2 else []
+    placed = sync.place_tokens(code, barriers)
+    want = reference_tokens(code, set(barriers))
+    assert [(set(i["wait"]), set(i["signal"])) for i in placed if i.op != "halt"] == want[:-1]
+
+
+@pytest.mark.parametrize("offset, waits", [(7, {"store"}), (8, set()), (23, {"store"}), (24, {"store"})])
+def test_a_load_waits_for_a_store_of_interleaved_rows_only_where_they_share_a_byte(offset, waits):
+    store = Instr("store", {"dst": Ref("dram", 0), "src": Ref("ofmap", 0), "rows": 4, "row_bytes": 8,
+                            "src_stride": 8, "dst_stride": 24})
+    load = Instr("load", {"dst": Ref("ifmap", 0), "src": Ref("dram", offset), "rows": 4, "row_bytes": 8,
+                          "src_stride": 24, "dst_stride": 8})
+    placed = sync.place_tokens([store, load, Instr("halt", {})])
+    assert set(placed[1]["wait"]) == waits and set(placed[0]["signal"]) == ({"load"} if waits else set())
