@@ -13,8 +13,9 @@ Models (event frames [T, N, 2, 48, 48], T = 6, `ttc.models.tt_resnet`, hardware 
 
 A tiny SNN is compiled once first (imports, first calls: no model pays for them). Phases: trace, each
 pass of the pipeline, counting, code generation (without token placement) and token placement;
-inside the passes, the tile search (`Allocate.choose`, which tt-schedule also calls for every plan it
-prices) and tt-schedule's pricing of plans (`_price`), where they exist. A phase line is printed as
+inside the passes, the cost model's pricing of plan walks (`cost.walk_cycles_and_energy`, for every
+tiling the tile pass and tt-schedule try; each plan shape once) and tt-schedule's pricing of plans
+(`_price`), where they exist. A phase line is printed as
 each phase ends. Each figure is the median of `--repeats` runs (compile, and torch after one warm-up
 forward). `--profile DIR` also runs one compile per model under cProfile, writes DIR/<model>.pstats
 and prints the top functions by own and by cumulative time.
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 from ttc import api
-from ttc.compiler import codegen
+from ttc.compiler import codegen, cost
 from ttc.compiler.passes import REGISTRY
 from ttc.frontends import modules as M
 from ttc.models import RESNETS, tt_resnet
@@ -91,9 +92,7 @@ class Phases:
         self.wrap(api, "generate", "codegen")
         self.wrap(codegen, "place_tokens", "token placement")
         # inside the passes (not printed per call; there are thousands)
-        allocate = REGISTRY.get("allocate")
-        if allocate is not None:
-            self.wrap(allocate, "choose", "tile search (Allocate.choose)", top=False)
+        self.wrap(cost, "walk_cycles_and_energy", "cost model (walks priced)", top=False)
         schedule = sys.modules.get(REGISTRY["tt-schedule"].__module__) if "tt-schedule" in REGISTRY else None
         if schedule is not None:
             self.wrap(schedule, "_price", "tt-schedule pricing (_price)", top=False)

@@ -109,52 +109,126 @@ def step_template(plan: LayerPlan, instrs: list[Instr]) -> StepTemplate:
     return StepTemplate(tuple(work), dict(energy), dram_bytes)
 
 
-def walk_cycles_and_energy(plan: LayerPlan) -> tuple[float, Counter, int]:
-    """The layer's cycles, memory energy by memory and DRAM bytes (module docstring)."""
-    templates: dict[tuple, StepTemplate] = {}
-    taken: Counter = Counter()  # key -> steps of that key
-    lat = plan.hw.dram_latency_cycles
-    reserve = Reservations().reserve
-    issue: Counter = Counter()  # queue -> when it may issue its next instruction
-    written: Counter = Counter()  # slot -> when its last write completes
-    read: Counter = Counter()  # slot -> when its last read so far completes
-    last = 0
-    for step in plan.walk():
-        template = templates.get(step.key)
-        if template is None:
-            template = templates[step.key] = step_template(plan, step.instrs)
-        taken[step.key] += 1
-        ends = []
+class _Timeline:
+    """The machine's timeline over a walk's instructions (module docstring), and how to fast-forward it:
+    each value of its state remembers the step that last set it."""
+
+    def __init__(self, lat: int):
+        self.lat = lat
+        self.issue: dict = {}  # queue -> (when it may issue its next instruction, step)
+        self.written: dict = {}  # slot -> (when its last write completes, step)
+        self.read: dict = {}  # slot -> (when its last read so far completes, step)
+        self.booked: list[list[tuple[int, int]]] = []  # per step, its DRAM transfers (start, cycles)
+        self.dram = Reservations()
+        self.last = 0
+
+    def run(self, template: StepTemplate) -> list[int]:
+        """Schedule one step; return when each of its instructions completes."""
+        k, issue, written, read = len(self.booked), self.issue, self.written, self.read
+        ends, booked = [], []
         for w in template.work:
-            ready = issue[w.queue]
+            ready = issue.get(w.queue, (0,))[0]
             for j in w.after:
-                if ends[j] > ready:
-                    ready = ends[j]
+                ready = max(ready, ends[j])
             for slot in w.reads:
-                if written[slot] > ready:
-                    ready = written[slot]
+                ready = max(ready, written.get(slot, (0,))[0])
             for slot in w.writes:
-                ready = max(ready, written[slot], read[slot])
+                ready = max(ready, written.get(slot, (0,))[0], read.get(slot, (0,))[0])
             if w.dma:
-                issued = reserve(ready, w.cycles) + w.cycles
-                issue[w.queue], end = issued, issued + lat
+                start = self.dram.reserve(ready, w.cycles)
+                booked.append((start, w.cycles))
+                issue[w.queue] = (start + w.cycles, k)
+                end = start + w.cycles + self.lat
             else:
-                end = issue[w.queue] = ready + w.cycles
+                end = ready + w.cycles
+                issue[w.queue] = (end, k)
             ends.append(end)
         for w, end in zip(template.work, ends):  # slots change hands between steps, not within one
             for slot in w.reads:
-                if end > read[slot]:
-                    read[slot] = end
+                if end > read.get(slot, (0,))[0]:
+                    read[slot] = (end, k)
             for slot in w.writes:
-                if end > written[slot]:
-                    written[slot] = end
-            if end > last:
-                last = end
+                if end > written.get(slot, (0,))[0]:
+                    written[slot] = (end, k)
+        self.booked.append(booked)
+        self.last = max([self.last] + ends)
+        return ends
+
+    def fast_forward(self, period: int, shift: int, periods: int) -> None:
+        """Skip `periods` more repeats of the last `period` steps, each `shift` cycles after the one
+        before: what those steps set moves by periods * shift; older state stays."""
+        k, moved = len(self.booked), periods * shift
+        for state in (self.issue, self.written, self.read):
+            for key, (t, step) in state.items():
+                if step >= k - period:
+                    state[key] = (t + moved, step + periods * period)
+        self.dram = Reservations()
+        recent = [b for booked in self.booked[k - period:] for b in booked]
+        for start, cycles in sorted(recent):
+            self.dram.reserve(start + moved, cycles)
+        self.booked += [[] for _ in range(periods * period - period)] + [[(s + moved, c) for s, c in b]
+                                                                         for b in self.booked[k - period:]]
+        self.last += moved
+
+
+MAX_PERIOD = 96  # the longest repeating run of steps looked for (an output-channel tile's row tiles x T steps)
+
+
+def _steady(keys: list, ends: list, k: int, seen: dict) -> tuple[int, int] | None:
+    """(period P, shift d) if steps k-3P+1 .. k are three repeats of the same P keys, each repeat's
+    instructions completing exactly d cycles after the one before: the timeline has reached its steady
+    state. `seen` holds the earlier steps of each key (the periods worth trying end on the same key)."""
+    for earlier in reversed(seen[keys[k]][:-1]):
+        period = k - earlier
+        if period > MAX_PERIOD or 3 * period > k + 1:
+            break
+        if keys[k - 2 * period + 1:k + 1] != keys[k - 3 * period + 1:k - period + 1]:
+            continue
+        shift = ends[k][0] - ends[k - period][0]
+        if shift > 0 and all(b - a == shift for j in range(k - 2 * period + 1, k + 1)
+                             for a, b in zip(ends[j - period], ends[j])):
+            return period, shift
+    return None
+
+
+def walk_cycles_and_energy(plan: LayerPlan) -> tuple[float, Counter, int]:
+    """The layer's cycles, memory energy by memory and DRAM bytes (module docstring). Once the timeline
+    repeats itself (`_steady`), the repeats left are counted, not scheduled."""
+    templates: dict[tuple, StepTemplate] = {}
+    steps = list(plan.walk())
+    keys = [step.key for step in steps]
+    taken: Counter = Counter()  # key -> steps of that key
+    timeline = _Timeline(plan.hw.dram_latency_cycles)
+    ends: list[list[int]] = []
+    seen: dict[tuple, list[int]] = {}
+    k = 0
+    while k < len(steps):
+        template = templates.get(keys[k])
+        if template is None:
+            template = templates[keys[k]] = step_template(plan, steps[k].instrs)
+        taken[keys[k]] += 1
+        ends.append(timeline.run(template))
+        seen.setdefault(keys[k], []).append(k)
+        steady = _steady(keys, ends, k, seen) if k + 1 < len(steps) else None
+        if steady:
+            period, shift = steady
+            repeats = 0
+            while keys[k + 1 + repeats * period:k + 1 + (repeats + 1) * period] == keys[k + 1 - period:k + 1]:
+                repeats += 1
+            if repeats:
+                timeline.fast_forward(period, shift, repeats)
+                for key in keys[k + 1 - period:k + 1]:
+                    taken[key] += repeats
+                ends += [[e + shift * (r + 1) for e in ends[j]] for r in range(repeats) for j in range(k + 1 - period, k + 1)]
+                for j in range(k + 1, k + 1 + repeats * period):
+                    seen[keys[j]].append(j)
+                k += repeats * period
+        k += 1
     energy: Counter = Counter()
     for key, n in taken.items():
         for mem, pj in templates[key].energy_pj.items():
             energy[mem] += n * pj
-    return last, energy, sum(n * templates[key].dram_bytes for key, n in taken.items())
+    return timeline.last, energy, sum(n * templates[key].dram_bytes for key, n in taken.items())
 
 
 _PRICED: dict[tuple, tuple] = {}  # (id of the config, plan shape) -> (config, cycles, memory energy, DRAM bytes)

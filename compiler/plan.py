@@ -63,14 +63,16 @@ class Slots:
     """A buffer region of `plan.slots(mem)` slots used in turn (two: double buffering)."""
 
     def __init__(self, plan: "LayerPlan", mem: str):
-        self.mem, self.size, self.count, self.used = mem, plan.slot_size(mem), plan.slots(mem), 0
+        size = plan.slot_size(mem)
+        self.refs = [Ref(mem, k * size) for k in range(plan.slots(mem))]
+        self.used = 0
 
     def __getitem__(self, k: int) -> Ref:
-        return Ref(self.mem, k % self.count * self.size)
+        return self.refs[k % len(self.refs)]
 
     def next(self) -> Ref:
         self.used += 1
-        return self[self.used - 1]
+        return self.refs[(self.used - 1) % len(self.refs)]
 
 
 @dataclass

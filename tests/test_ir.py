@@ -54,3 +54,47 @@ def test_quantized_mean_may_only_feed_outputs():
     bad = text.replace("%f = flatten(%x)", "%f = flatten(%r)")
     with pytest.raises(ir.IRError):
         parse_graph(bad)
+
+
+TWO_LAYERS = """graph @g {
+  %x = input {index = 0} : seq2<f32[2]>
+  %a = linear(%x) {weight = array<f32[2,2]>[1.0, 0.0, 0.0, 1.0]} : seq2<f32[2]>
+  %b = linear(%a) {weight = array<f32[1,2]>[1.0, 2.0]} : seq2<f32[1]>
+  return %b
+}
+"""
+
+
+def test_def_use_api_keeps_users_and_names_current():
+    g = parse_graph(TWO_LAYERS)
+    a, b = g.op("a"), g.op("b")
+    assert g.users("x") == [a] and g.users("a") == [b] and g.only_user("a") is b and g.only_user("b") is None
+    doubled = ir.Linear(name="a2", inputs=("x",), weight=np.full((2, 2), 2.0, np.float32))
+    g.replace_op(a, [doubled])  # a new name: the readers of %a now read %a2
+    assert b.inputs == ("a2",) and g.users("a2") == [b] and not g.has("a") and g.op("a2") is doubled
+    scale = ir.Linear(name="s", inputs=("x",), weight=np.eye(2, dtype=np.float32))
+    g.insert_before(doubled, scale)
+    g.set_inputs(doubled, ("s",))
+    assert [o.name for o in g.ops] == ["x", "s", "a2", "b"] and g.users("s") == [doubled]
+    g.infer_types().verify()
+    with pytest.raises(ir.IRError, match="still read"):
+        g.erase(scale)
+    g.replace_all_uses_with("b", "a2")  # the output moves too
+    assert g.outputs == ["a2"] and g.users("b") == []
+    g.erase(b)
+    assert not g.has("b") and g.fresh("b") == "b" and g.fresh("s") == "s_1"
+
+
+def test_verify_catches_a_change_made_behind_the_def_use_api():
+    g = parse_graph(TWO_LAYERS)
+    g.users("a")  # the index is built
+    g.op("b").inputs = ("x",)  # not through set_inputs: the user index is stale
+    with pytest.raises(ir.IRError, match="behind the def-use API"):
+        g.verify()
+
+
+def test_a_fusion_must_name_the_only_reader():
+    text = TWO_LAYERS.replace("""%b = linear(%a) {weight = array<f32[1,2]>[1.0, 2.0]}""",
+                              """%b = linear(%a) {weight = array<f32[1,2]>[1.0, 2.0], fused = "x"}""")
+    with pytest.raises(ir.IRError, match=r"%b \(linear\): is fused with %x, which is not its only reader"):
+        parse_graph(text)

@@ -50,7 +50,7 @@ def test_vgg_larger_than_the_buffers_is_bit_exact_under_both_presets():
         assert result.cycles > 0
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(kib=st.fixed_dictionaries({b: st.sampled_from([0.5, 1, 2, 3, 6]) for b in ("ifmap", "ofmap", "psum", "vmem")}),
        wgt=st.sampled_from([1, 2, 5, 16]), seed=st.integers(0, 3))
 def test_results_never_depend_on_tiling(kib, wgt, seed):

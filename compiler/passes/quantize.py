@@ -109,11 +109,14 @@ def tt_bounds(op: TTConv2d, x_bound: int) -> list[int]:
 def contracted(op: TTConv2d, late: bool = False) -> np.ndarray:
     """The integer kernel of all four cores: [Cout, Cin, 3, 3] (stt, ptt; exact, int64), or for htt's
     late steps (`late`) the 1x1 kernel G4 G1. Its fracs add up to the cores'."""
-    g1, g2, g3, g4 = (c.astype(np.int64) for c in op.cores)
-    if late:
-        return np.einsum("or,ri->oi", g4[:, :, 0, 0], g1[:, :, 0, 0])[:, :, None, None]
-    # optimize: contracted pair by pair (matrix products), not in one loop over all six indices
-    return np.einsum("or,rsuv,si->oiuv", g4[:, :, 0, 0], middle(op), g1[:, :, 0, 0], optimize=True)
+    g1, g4 = op.g1[:, :, 0, 0].astype(np.int64), op.g4[:, :, 0, 0].astype(np.int64)
+    inner = np.eye(g1.shape[0], dtype=np.int64)[:, :, None, None] if late else middle(op)
+    # pair by pair (matrix products), in float64 where that is exact: every partial sum's magnitude is
+    # at most the bound below, and NumPy multiplies float64 (not int64) matrices with BLAS
+    bound = int(np.abs(g4).sum(1).max()) * int(np.abs(inner).sum((1, 2, 3)).max()) * int(np.abs(g1).max(initial=0))
+    exact = np.float64 if bound < 1 << 53 else np.int64
+    kernel = np.einsum("or,rsuv,si->oiuv", g4.astype(exact), inner.astype(exact), g1.astype(exact), optimize=True)
+    return kernel.astype(np.int64)
 
 
 def middle(op: TTConv2d) -> np.ndarray:
