@@ -13,7 +13,7 @@ Models (event frames [T, N, 2, 48, 48], T = 6, `ttc.models.tt_resnet`, hardware 
 
 A tiny SNN is compiled once first (imports, first calls: no model pays for them). Phases: trace, each
 pass of the pipeline, counting, code generation (without token placement) and token placement;
-inside the passes, the cost model's pricing of plan walks (`cost.walk_cycles_and_energy`, for every
+inside the passes, the cost model's pricing of plan walks (`cost.PricedWalk.price`, for every
 tiling the tile pass and tt-schedule try; each plan shape once) and tt-schedule's pricing of plans
 (`_price`), where they exist. A phase line is printed as
 each phase ends. Each figure is the median of `--repeats` runs (compile, and torch after one warm-up
@@ -92,7 +92,7 @@ class Phases:
         self.wrap(api, "generate", "codegen")
         self.wrap(codegen, "place_tokens", "token placement")
         # inside the passes (not printed per call; there are thousands)
-        self.wrap(cost, "walk_cycles_and_energy", "cost model (walks priced)", top=False)
+        self.wrap(cost.PricedWalk, "price", "cost model (walks priced)", top=False)
         schedule = sys.modules.get(REGISTRY["tt-schedule"].__module__) if "tt-schedule" in REGISTRY else None
         if schedule is not None:
             self.wrap(schedule, "_price", "tt-schedule pricing (_price)", top=False)
@@ -173,7 +173,7 @@ def main() -> None:
             runs.append(dict(phases.seconds))
         k = compiles.index(sorted(compiles)[(len(compiles) - 1) // 2])  # the median run's phases
         compile_s, by_phase = compiles[k], runs[k]
-        top = {p: s for p, s in by_phase.items() if not p.startswith(("tile search", "tt-schedule pricing"))}
+        top = {p: s for p, s in by_phase.items() if not p.startswith(("cost model", "tt-schedule pricing"))}
         inner = {p: s for p, s in by_phase.items() if p not in top}
         codegen_s = top.pop("codegen", 0.0)
         top["codegen (without token placement)"] = codegen_s - top.get("token placement", 0.0)

@@ -62,11 +62,13 @@ class Work:
 
 @dataclass(frozen=True)
 class StepTemplate:
-    """What every step of one key does: its work in program order, memory energy and DRAM bytes."""
+    """What every step of one key does: its work in program order, memory energy and DRAM bytes, and
+    the cycles it keeps each resource busy (the queues; "dram" for the transfers of both DMA queues)."""
 
     work: tuple[Work, ...]
     energy_pj: dict[str, float]
     dram_bytes: int
+    busy: dict[str, int]
 
 
 def _slot(plan: LayerPlan, mem: str, addr: int) -> tuple[str, int]:
@@ -106,7 +108,10 @@ def step_template(plan: LayerPlan, instrs: list[Instr]) -> StepTemplate:
                 dram_bytes += nbytes if mem == "dram" else 0
         work.append(Work(opcode.queue(args), opcode.cycles(hw, args), instr.op in DMA, tuple(sorted(after)),
                          tuple(sorted(reads)), tuple(sorted(writes))))
-    return StepTemplate(tuple(work), dict(energy), dram_bytes)
+    busy: Counter = Counter()
+    for w in work:
+        busy["dram" if w.dma else w.queue] += w.cycles
+    return StepTemplate(tuple(work), dict(energy), dram_bytes, dict(busy))
 
 
 class _Timeline:
@@ -191,60 +196,77 @@ def _steady(keys: list, ends: list, k: int, seen: dict) -> tuple[int, int] | Non
     return None
 
 
-def walk_cycles_and_energy(plan: LayerPlan) -> tuple[float, Counter, int]:
-    """The layer's cycles, memory energy by memory and DRAM bytes (module docstring). Once the timeline
-    repeats itself (`_steady`), the repeats left are counted, not scheduled."""
-    templates: dict[tuple, StepTemplate] = {}
-    steps = list(plan.walk())
-    keys = [step.key for step in steps]
-    taken: Counter = Counter()  # key -> steps of that key
-    timeline = _Timeline(plan.hw.dram_latency_cycles)
-    ends: list[list[int]] = []
-    seen: dict[tuple, list[int]] = {}
-    k = 0
-    while k < len(steps):
-        template = templates.get(keys[k])
+class PricedWalk:
+    """A plan's walk and its step templates (built once per key), for a lower bound on its cycles and
+    for its full price."""
+
+    def __init__(self, plan: LayerPlan):
+        self.plan = plan
+        self.steps = list(plan.walk())
+        self.keys = [step.key for step in self.steps]
+        self.counts = Counter(self.keys)
+        self.templates: dict[tuple, StepTemplate] = {}
+
+    def template(self, k: int) -> StepTemplate:
+        template = self.templates.get(self.keys[k])
         if template is None:
-            template = templates[keys[k]] = step_template(plan, steps[k].instrs)
-        taken[keys[k]] += 1
-        ends.append(timeline.run(template))
-        seen.setdefault(keys[k], []).append(k)
-        steady = _steady(keys, ends, k, seen) if k + 1 < len(steps) else None
-        if steady:
-            period, shift = steady
-            repeats = 0
-            while keys[k + 1 + repeats * period:k + 1 + (repeats + 1) * period] == keys[k + 1 - period:k + 1]:
-                repeats += 1
-            if repeats:
-                timeline.fast_forward(period, shift, repeats)
-                for key in keys[k + 1 - period:k + 1]:
-                    taken[key] += repeats
-                ends += [[e + shift * (r + 1) for e in ends[j]] for r in range(repeats) for j in range(k + 1 - period, k + 1)]
-                for j in range(k + 1, k + 1 + repeats * period):
-                    seen[keys[j]].append(j)
-                k += repeats * period
-        k += 1
-    energy: Counter = Counter()
-    for key, n in taken.items():
-        for mem, pj in templates[key].energy_pj.items():
-            energy[mem] += n * pj
-    return timeline.last, energy, sum(n * templates[key].dram_bytes for key, n in taken.items())
+            template = self.templates[self.keys[k]] = step_template(self.plan, self.steps[k].instrs)
+        return template
+
+    def bound(self) -> int:
+        """Cycles the layer takes at least: its busiest resource's work (every resource works serially)."""
+        first = {key: k for k, key in reversed(list(enumerate(self.keys)))}
+        busy: Counter = Counter()
+        for key, n in self.counts.items():
+            for resource, cycles in self.template(first[key]).busy.items():
+                busy[resource] += n * cycles
+        return max(busy.values(), default=0)
+
+    def price(self) -> tuple[float, Counter, int]:
+        """The layer's cycles, memory energy by memory and DRAM bytes (module docstring). Once the
+        timeline repeats itself (`_steady`), the repeats left are counted, not scheduled."""
+        keys, timeline = self.keys, _Timeline(self.plan.hw.dram_latency_cycles)
+        ends: list[list[int]] = []
+        seen: dict[tuple, list[int]] = {}
+        k = 0
+        while k < len(keys):
+            ends.append(timeline.run(self.template(k)))
+            seen.setdefault(keys[k], []).append(k)
+            steady = _steady(keys, ends, k, seen) if k + 1 < len(keys) else None
+            if steady:
+                period, shift = steady
+                repeats = 0
+                while keys[k + 1 + repeats * period:k + 1 + (repeats + 1) * period] == keys[k + 1 - period:k + 1]:
+                    repeats += 1
+                if repeats:
+                    timeline.fast_forward(period, shift, repeats)
+                    ends += [[e + shift * (r + 1) for e in ends[j]] for r in range(repeats)
+                             for j in range(k + 1 - period, k + 1)]
+                    for j in range(k + 1, k + 1 + repeats * period):
+                        seen[keys[j]].append(j)
+                    k += repeats * period
+            k += 1
+        energy: Counter = Counter()
+        for key, n in self.counts.items():
+            for mem, pj in self.templates[key].energy_pj.items():
+                energy[mem] += n * pj
+        return timeline.last, energy, sum(n * self.templates[key].dram_bytes for key, n in self.counts.items())
 
 
 _PRICED: dict[tuple, tuple] = {}  # (id of the config, plan shape) -> (config, cycles, memory energy, DRAM bytes)
 _PRICED_MAX = 20_000
 
 
-def layer_cost(plan: LayerPlan, density: float = DEFAULT_DENSITY) -> LayerCost:
-    """The plan's predicted cost. Plans of the same shape on the same machine walk the same on-chip
-    work, so their cycles and memory energy are priced once (layers repeat in ResNets, and the tile
-    search and tt-schedule price the same shapes again)."""
+def layer_cost(plan: LayerPlan, density: float = DEFAULT_DENSITY, walk: PricedWalk | None = None) -> LayerCost:
+    """The plan's predicted cost (`walk`: its walk, if already built). Plans of the same shape on the
+    same machine walk the same on-chip work, so their cycles and memory energy are priced once (layers
+    repeat in ResNets, and the tile search and tt-schedule price the same shapes again)."""
     key = (id(plan.hw), plan.shape_key())
     hit = _PRICED.get(key)
     if hit is None or hit[0] is not plan.hw:
         if len(_PRICED) >= _PRICED_MAX:
             _PRICED.clear()
-        hit = _PRICED[key] = (plan.hw, *walk_cycles_and_energy(plan))
+        hit = _PRICED[key] = (plan.hw, *(walk or PricedWalk(plan)).price())
     _, cycles, memory, dram_bytes = hit
     energy = Counter(memory)
     for unit, actions in plan.arithmetic(density).items():

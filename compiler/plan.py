@@ -88,6 +88,7 @@ class LayerPlan:
     double: frozenset = field(init=False, repr=False, compare=False)  # buffers that alternate two slots when two fit
 
     tile_names: ClassVar[tuple[str, ...]] = ()
+    tile: ClassVar[tuple[int, ...]] = ()  # the tile: one size per name of tile_names
 
     # ---- buffers
     def slot_size(self, buffer: str) -> int:
@@ -367,9 +368,13 @@ class ConvPlan(LayerPlan):
                 return False
         return True
 
+    @property
+    def tile(self) -> tuple[int, ...]:
+        return self.co, self.rows, self.ci
+
     def info(self) -> dict:
         size = self.op.weight.size
-        return dict(tile=[self.co, self.rows, self.ci], source=self.op.path, weights=int(size),
+        return dict(tile=list(self.tile), source=self.op.path, weights=int(size),
                     macs_per_step=int(size * self.oh * self.ow))
 
     # ---- the walk
@@ -570,8 +575,12 @@ class PoolPlan(LayerPlan):
         return all(self.channels % channel_unit(f, plane) == 0 or self.channels == self.c
                    for f, plane in ((self.in_fmt, self.ih * self.iw), (self.out_fmt, self.oh * self.ow)))
 
+    @property
+    def tile(self) -> tuple[int, ...]:
+        return self.channels, self.rows
+
     def info(self) -> dict:
-        return dict(tile=[self.channels, self.rows], source=self.op.path)
+        return dict(tile=list(self.tile), source=self.op.path)
 
     def walk(self) -> Iterator[Step]:
         x_op = self.graph.op(self.op.inputs[0])
@@ -661,8 +670,12 @@ class ElementwisePlan(LayerPlan):
     def aligned(self) -> bool:
         return self.chunk % 8 == 0 or self.chunk == self.n
 
+    @property
+    def tile(self) -> tuple[int, ...]:
+        return (self.chunk,)
+
     def info(self) -> dict:
-        return dict(tile=[self.chunk], source=self.op.path)
+        return dict(tile=list(self.tile), source=self.op.path)
 
     def walk(self) -> Iterator[Step]:
         out, src = Slots(self, "ofmap"), Slots(self, "psum" if self.kind in ("neuron", "fire") else "ifmap")

@@ -53,7 +53,7 @@ def _price(plan, unique_keys: bool = False, fast_forward: bool = True, monkeypat
         steps = list(plan.walk())
         monkeypatch.setattr(plan, "walk", lambda: iter(Step((k,) + s.key, lambda s=s: s.instrs) for k, s in enumerate(steps)))
     monkeypatch.setattr(cost, "MAX_PERIOD", cost.MAX_PERIOD if fast_forward else 0)
-    cycles, energy, dram = cost.walk_cycles_and_energy(plan)
+    cycles, energy, dram = cost.PricedWalk(plan).price()
     monkeypatch.undo()
     return cycles, dict(energy), dram
 

@@ -17,7 +17,7 @@ from itertools import product
 
 from ttc.isa.hwconfig import HwConfig, load_hw
 
-from ..cost import layer_cost
+from ..cost import PricedWalk, layer_cost
 from ..ir import Graph, Membrane, NeuronQ, Op
 from ..plan import ConvPlan, ElementwisePlan, LayerPlan, PoolPlan, ReducePlan, layer_plan, plan_kind
 from ..tiling import sizes
@@ -73,9 +73,11 @@ def _elements(graph: Graph, op: Op, hw: HwConfig) -> tuple[int]:
 def _fastest(graph: Graph, op: Op, hw: HwConfig, kind: type[ConvPlan] | type[PoolPlan]) -> tuple:
     """For every choice of the leading sizes, the largest last size that fits is a candidate; of those
     within `CYCLE_TIE` of the fewest cycles (each tile costs instructions the model does not time), the
-    one with the fewest tiles wins, then the least energy."""
+    one with the fewest tiles wins, then the least energy. Candidates are priced in the order of a lower
+    bound on their cycles (`PricedWalk.bound`), until the bound passes the window of the fastest so far:
+    those left could not be in it, so the choice is the one pricing them all would make."""
     *outer, last = [candidates(n) for n in kind.extents(graph, op)]
-    scored, smallest = [], None
+    fitting, smallest = [], None
     for lead in product(*outer):
         for size in last:
             plan = layer_plan(graph, op, hw, (*lead, size))
@@ -83,13 +85,19 @@ def _fastest(graph: Graph, op: Op, hw: HwConfig, kind: type[ConvPlan] | type[Poo
                 continue
             smallest = plan
             if plan.overflow() is None:
-                cost = layer_cost(plan)
-                scored.append((cost.cycles, plan.tiles, cost.total_pj, (*lead, size)))
+                walk = PricedWalk(plan)
+                fitting.append((walk.bound(), len(fitting), walk))
                 break
+    scored = []
+    for bound, _, walk in sorted(fitting, key=lambda c: c[:2]):
+        if scored and bound > min(s[0] for s in scored) * (1 + CYCLE_TIE):
+            break
+        cost = layer_cost(walk.plan, walk=walk)
+        scored.append((cost.cycles, walk.plan.tiles, cost.total_pj, walk.plan.tile))
     if not scored:
         if smallest is None:
             op.fail(f"no tiling of it starts every spike tile on a byte in hardware config {hw.name!r}")
-        tile = ", ".join(map(str, smallest.info()["tile"]))
+        tile = ", ".join(map(str, smallest.tile))
         _fail(op, hw, f"its smallest tile (({', '.join(kind.tile_names)}) = ({tile}))", smallest)
     fastest = min(s[0] for s in scored)
     return min((s for s in scored if s[0] <= fastest * (1 + CYCLE_TIE)), key=lambda s: s[1:3])[3]
