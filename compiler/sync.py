@@ -26,7 +26,7 @@ exactly those of the byte-by-byte definition (tests/test_sync.py checks it).
 from __future__ import annotations
 
 import gc
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 
 from ttc.isa.encoding import Instr
 from ttc.isa.table import BY_NAME, QUEUES
@@ -74,23 +74,7 @@ class _Board:
             if page is None:
                 page = pages[p] = ([base], [_EMPTY])
             starts, values = page
-            # split so that runs a..b-1 cover exactly [max(lo, base), min(hi, base + PAGE))
-            if lo > base:
-                a = bisect_right(starts, lo) - 1
-                if starts[a] != lo:
-                    a += 1
-                    starts.insert(a, lo)
-                    values.insert(a, values[a - 1])
-            else:
-                a = 0
-            if hi < base + PAGE:
-                b = bisect_right(starts, hi) - 1
-                if starts[b] != hi:
-                    b += 1
-                    starts.insert(b, hi)
-                    values.insert(b, values[b - 1])
-            else:
-                b = len(starts)
+            a, b = _cut(starts, values, base, lo, hi)
             if write is not None:
                 del starts[a + 1:b], values[a + 1:b]
                 values[a] = write
@@ -98,15 +82,39 @@ class _Board:
             else:
                 for k in range(a, b):
                     values[k] = read_fn(values[k])
-            # merge the runs just written with each other and their neighbours when they became equal
-            k = a if a > 0 else 1
-            end = b if b < len(starts) else len(starts) - 1
-            while k <= end:
-                if values[k] == values[k - 1]:
-                    del starts[k], values[k]
-                    end -= 1
-                else:
-                    k += 1
+            _merge(starts, values, a, b)
+
+
+def _cut(starts: list, values: list, base: int, lo: int, hi: int) -> tuple[int, int]:
+    """Split the runs of the page at `base` so that runs a..b-1 cover exactly [max(lo, base),
+    min(hi, base + PAGE)); return (a, b)."""
+    a = 0
+    if lo > base:
+        a = bisect_right(starts, lo) - 1
+        if starts[a] != lo:
+            a += 1
+            starts.insert(a, lo)
+            values.insert(a, values[a - 1])
+    if hi >= base + PAGE:
+        return a, len(starts)
+    b = bisect_right(starts, hi, a) - 1
+    if starts[b] != hi:
+        b += 1
+        starts.insert(b, hi)
+        values.insert(b, values[b - 1])
+    return a, b
+
+
+def _merge(starts: list, values: list, a: int, b: int) -> None:
+    """Merge the runs a..b-1 just changed with each other and their neighbours where they became equal."""
+    k = a if a > 0 else 1
+    end = b if b < len(starts) else len(starts) - 1
+    while k <= end:
+        if values[k] == values[k - 1]:
+            del starts[k], values[k]
+            end -= 1
+        else:
+            k += 1
 
 
 def _accesses(instr: Instr) -> list[tuple[str, int, int, bool, int, int]]:
@@ -287,22 +295,7 @@ def _visit_all(boards: dict, accesses: list, queue: str, j: int, deps: dict) -> 
                 if page is None:
                     page = pages[p] = ([base], [_EMPTY])
                 starts, values = page
-                if lo > base:
-                    a = bisect_right(starts, lo) - 1
-                    if starts[a] != lo:
-                        a += 1
-                        starts.insert(a, lo)
-                        values.insert(a, values[a - 1])
-                else:
-                    a = 0
-                if p == last and hi < base + PAGE:
-                    b = bisect_right(starts, hi, a) - 1
-                    if starts[b] != hi:
-                        b += 1
-                        starts.insert(b, hi)
-                        values.insert(b, values[b - 1])
-                else:
-                    b = len(starts)
+                a, b = _cut(starts, values, base, lo, hi)
                 if writes:
                     previous = None
                     for k in range(a, b):
@@ -329,15 +322,7 @@ def _visit_all(boards: dict, accesses: list, queue: str, j: int, deps: dict) -> 
                                 deps[writer[0]] = writer[1]
                             hit = read[id(v)] = (v, (writer, _with_reader(v[1], queue, j)))
                         values[k] = hit[1]
-                # merge the runs just changed with each other and their neighbours when they became equal
-                k = a if a > 0 else 1
-                end = b if b < len(starts) else len(starts) - 1
-                while k <= end:
-                    if values[k] == values[k - 1]:
-                        del starts[k], values[k]
-                        end -= 1
-                    else:
-                        k += 1
+                _merge(starts, values, a, b)
                 if p == last:
                     break
                 p += 1
@@ -347,8 +332,5 @@ def _with_tokens(instr: Instr, wait: set, signal: set) -> Instr:
     """`instr` with its wait and signal masks, as Instr(op, {**args, "wait": .., "signal": ..}) builds
     it (masks in QUEUES order, fields in table order), without checking again the operands that were
     checked when `instr` was made (a third of the time of placing tokens)."""
-    out = object.__new__(Instr)
-    object.__setattr__(out, "op", instr.op)
-    object.__setattr__(out, "args", {**instr.args, "wait": tuple(q for q in QUEUES if q in wait),
-                                     "signal": tuple(q for q in QUEUES if q in signal)})
-    return out
+    return Instr.unchecked(instr.op, {**instr.args, "wait": tuple(q for q in QUEUES if q in wait),
+                                      "signal": tuple(q for q in QUEUES if q in signal)})
