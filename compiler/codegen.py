@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ttc.isa.encoding import Instr
+from ttc.isa.errors import InternalError
 from ttc.isa.hwconfig import HwConfig
 from ttc.isa.program import Program
 
@@ -71,5 +72,5 @@ def generate(graph: Graph, hw: HwConfig, options: dict, source: dict) -> Program
     )
     for io in meta["inputs"] + meta["outputs"]:
         if io["addr"] is None:
-            raise ValueError(f"value %{io['name']} is an input or output but is not stored in DRAM")
+            raise InternalError(f"value %{io['name']} is an input or output but is not stored in DRAM")
     return Program(code=code, data=bytes(data), meta=meta, hw=hw)

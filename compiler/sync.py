@@ -29,6 +29,7 @@ import gc
 from bisect import bisect_right
 
 from ttc.isa.encoding import Instr
+from ttc.isa.errors import InternalError
 from ttc.isa.table import BY_NAME, QUEUES
 
 PAGE_BITS = 12
@@ -227,7 +228,7 @@ def _place_tokens(code: list[Instr], barriers) -> list[Instr]:
             continue
         args = instr.args
         if args.get("wait") or args.get("signal"):
-            raise ValueError(f"instruction {j} ({instr.op}) already carries tokens")
+            raise InternalError(f"instruction {j} ({instr.op}) already carries tokens")
         queue = BY_NAME[instr.op].queue(args)
         accesses = accesses_of[j]
         deps: dict[str, int] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ttc.isa.errors import InternalError
 from ttc.isa.table import BY_NAME, TIME, elems_bytes
 
 from .ir import DType, IRError
@@ -69,7 +70,7 @@ class Block:
 
     def _bytes_exact(self, n: int) -> int:
         if self.fmt == "spike" and n % 8:
-            raise ValueError(f"block {self} does not start or end on a byte (tiling bug)")
+            raise InternalError(f"block {self} does not start or end on a byte (tiling bug)")
         return elems_bytes(self.fmt, n)
 
 

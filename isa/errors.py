@@ -15,7 +15,8 @@ callers caught before the hierarchy existed (ValueError, TypeError, RuntimeError
                     ttc.frontends.trace.UnsupportedModel, ttc.frontends.modules.ModelDefinitionError,
                     ttc.frontends.ttfs.NotConvertible (a TypeError), ttc.cli.CliError,
                     ttc.simulator.machine.SimError, ttc.simulator.timeline.ScheduleError (RuntimeErrors)
-    InternalError   ttc.compiler.passes.tt_schedule.PlanUnavailable
+    InternalError   ttc.compiler.passes.tt_schedule.PlanUnavailable, and the compiler's own checks of its
+                    invariants (a tile that does not start on a byte, a value not placed in DRAM)
 
 SimError (the program does what the machine cannot) and ScheduleError (it deadlocks or leaves tokens
 behind) are user errors: the program is the simulator's input, and the simulator cannot tell a program

@@ -32,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .errors import InternalError
+
 ISA_VERSION = 6
 WORD_BYTES = 32
 OPCODE_BITS = 8
@@ -86,15 +88,15 @@ class Field:
 
     def __post_init__(self):
         if self.kind not in ("u", "s", "ref", "enum", "mask"):
-            raise ValueError(f"field {self.name}: unknown kind {self.kind!r}")
+            raise InternalError(f"field {self.name}: unknown kind {self.kind!r}")
         if self.kind == "ref" and self.bits != REF_MEM_BITS + REF_ADDR_BITS:
-            raise ValueError(f"field {self.name}: a ref is {REF_MEM_BITS + REF_ADDR_BITS} bits")
+            raise InternalError(f"field {self.name}: a ref is {REF_MEM_BITS + REF_ADDR_BITS} bits")
         if self.kind == "ref" and not set(self.choices) <= set(MEMORIES):
-            raise ValueError(f"field {self.name}: unknown memories {self.choices}")
+            raise InternalError(f"field {self.name}: unknown memories {self.choices}")
         if self.kind == "enum" and len(self.choices) > (1 << self.bits):
-            raise ValueError(f"field {self.name}: {len(self.choices)} choices in {self.bits} bits")
+            raise InternalError(f"field {self.name}: {len(self.choices)} choices in {self.bits} bits")
         if self.kind == "mask" and len(self.choices) != self.bits:
-            raise ValueError(f"field {self.name}: a mask has one bit per choice")
+            raise InternalError(f"field {self.name}: a mask has one bit per choice")
 
 
 #: One memory operand's footprint: (field name, "r" / "w" / "rw", bytes from the operand's address), or
@@ -285,19 +287,19 @@ BY_CODE = {op.code: op for op in INSTRUCTIONS}
 def _check_table(instructions: tuple[Opcode, ...] = INSTRUCTIONS):
     names, codes = {op.name for op in instructions}, {op.code for op in instructions}
     if len(names) != len(instructions) or len(codes) != len(instructions):
-        raise ValueError("duplicate opcode name or number in the instruction table")
+        raise InternalError("duplicate opcode name or number in the instruction table")
     for op in instructions:
         width = OPCODE_BITS + sum(f.bits for f in op.fields)
         if width > WORD_BYTES * 8:
-            raise ValueError(f"{op.name}: {width} bits do not fit a {WORD_BYTES * 8}-bit word")
+            raise InternalError(f"{op.name}: {width} bits do not fit a {WORD_BYTES * 8}-bit word")
         if len(set(op.field_names)) != len(op.fields):
-            raise ValueError(f"{op.name}: duplicate field names")
+            raise InternalError(f"{op.name}: duplicate field names")
         if op.unit not in (*QUEUES, "pe", "ctrl"):
-            raise ValueError(f"{op.name}: unknown unit {op.unit!r}")
+            raise InternalError(f"{op.name}: unknown unit {op.unit!r}")
         if op.cycles is None:
-            raise ValueError(f"{op.name}: declares no cycles (the timeline needs them)")
+            raise InternalError(f"{op.name}: declares no cycles (the timeline needs them)")
         if (op.pe_work is not None) != (op.unit == "pe"):
-            raise ValueError(f"{op.name}: PE work is declared by exactly the PE instructions")
+            raise InternalError(f"{op.name}: PE work is declared by exactly the PE instructions")
 
 
 _check_table()

@@ -7,6 +7,7 @@ import pytest
 
 from ttc import api
 from ttc.isa import asm, docs, encoding, table
+from ttc.isa.errors import InternalError
 from ttc.isa.encoding import EncodingError, Instr, Ref
 from ttc.isa.hwconfig import HwConfigError, load_hw, parse_hw, presets
 from ttc.isa.program import Program, ProgramError
@@ -148,7 +149,7 @@ def test_the_table_check_rejects_an_opcode_without_cycles_or_with_misplaced_pe_w
                             (dataclasses.replace(sconv, pe_work=None), "PE work"),
                             (dataclasses.replace(vfill, pe_work=sconv.pe_work), "PE work")):
         others = tuple(op for op in table.INSTRUCTIONS if op.name != broken.name)
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(InternalError, match=message):
             table._check_table(others + (broken,))
 
 

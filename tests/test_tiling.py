@@ -19,6 +19,7 @@ from ttc.demo import CAT_MODEL, MT_MODEL
 from ttc.demo import MODEL as DIGITS_MODEL
 from ttc.digits import build_mt_digits_snn, load_digits_split
 from ttc.frontends import modules as M
+from ttc.isa.errors import InternalError
 from ttc.isa.hwconfig import load_hw
 from ttc.models import vgg_snn
 from ttc.simulator.machine import _window
@@ -86,7 +87,7 @@ def test_row_tiles_start_input_blocks_on_bytes():
     for t in tiles:  # output row y reads input rows y-1 .. y+1, at local row y*1 + i - pt
         assert t.r0 - t.pt == t.y0 - 1 and t.r1 >= min(8, t.y1 + 1)
     assert tiles[2].pt == -1  # loaded from row 4 (on a byte), the tile needs rows from 5: one row skipped
-    with pytest.raises(ValueError, match="does not start or end on a byte"):
+    with pytest.raises(InternalError, match="does not start or end on a byte"):
         Block("spike", (4, 3, 3), 1, 2, 0, 3).copy()
 
 
