@@ -81,10 +81,12 @@ def step_template(plan: LayerPlan, instrs: list[Instr]) -> StepTemplate:
     outputs', which never overlap), and on chip every operand is one run of bytes: the footprint's
     extent is enough."""
     hw = plan.hw
-    seen: list[tuple[int, str, int, int, str]] = []  # (instruction, memory, lo, hi, mode) of on-chip operands so far
+    # per memory and byte range touched so far: [its last writer, {queue: its last reader since}]
+    ranges: dict[str, dict[tuple[int, int], list]] = {}
     work, energy, dram_bytes = [], Counter(), 0
     for instr in instrs:
         opcode, args = BY_NAME[instr.op], instr.args
+        queue, j = opcode.queue(args), len(work)
         moved: Counter = Counter()
         reads, writes, after = set(), set(), set()
         for name, mode, nbytes, *strided in opcode.footprint(args):
@@ -95,8 +97,17 @@ def step_template(plan: LayerPlan, instrs: list[Instr]) -> StepTemplate:
             if ref.mem == "dram" or not nbytes:
                 continue
             lo, hi = ref.addr, ref.addr + (rows - 1) * stride + nbytes
-            after.update(j for j, mem, a, b, m in seen if mem == ref.mem and a < hi and lo < b and ("w" in mode or "w" in m))
-            seen.append((len(work), ref.mem, lo, hi, mode))
+            touched = ranges.setdefault(ref.mem, {})
+            for (a, b), (writer, readers) in touched.items():
+                if a < hi and lo < b:
+                    if writer is not None:
+                        after.add(writer)
+                    if "w" in mode:
+                        after.update(readers.values())
+            if "w" in mode:  # later accesses depend on this writer, which came after the readers before it
+                touched[(lo, hi)] = [j, {}]
+            else:
+                touched.setdefault((lo, hi), [None, {}])[1][queue] = j
             slot = _slot(plan, ref.mem, lo)
             if "w" in mode:
                 writes.add(slot)
@@ -106,7 +117,8 @@ def step_template(plan: LayerPlan, instrs: list[Instr]) -> StepTemplate:
             if nbytes:
                 energy[mem] += hw.access_pj(mem, direction, nbytes)
                 dram_bytes += nbytes if mem == "dram" else 0
-        work.append(Work(opcode.queue(args), opcode.cycles(hw, args), instr.op in DMA, tuple(sorted(after)),
+        after.discard(j)
+        work.append(Work(queue, opcode.cycles(hw, args), instr.op in DMA, tuple(sorted(after)),
                          tuple(sorted(reads)), tuple(sorted(writes))))
     busy: Counter = Counter()
     for w in work:

@@ -74,6 +74,11 @@ class Slots:
         self.used += 1
         return self.refs[(self.used - 1) % len(self.refs)]
 
+    def take(self, n: int) -> list[Ref]:
+        """The next n slots in turn (one slot per block of a step)."""
+        first, self.used = self.used, self.used + n
+        return [self.refs[(first + k) % len(self.refs)] for k in range(min(n, len(self.refs)))]
+
 
 @dataclass
 class LayerPlan:
@@ -411,29 +416,30 @@ class ConvPlan(LayerPlan):
             upcoming = None
             for rt in self.row_tiles:
                 for t in range(steps):
-                    # the slots this step uses, drawn in program order (they alternate step by step)
+                    # the slots this step uses, drawn in program order (they alternate step by step): the
+                    # slots in turn when the step starts, with the step's shape, make its key
+                    phases = (ifmap.used % len(ifmap.refs), w.addr if self.resident else wgt.used % len(wgt.refs))
                     acc = psum.next()
-                    blocks = []
-                    for _ in self.ci_tiles:
-                        if not self.resident:
-                            w = wgt.next()
-                        blocks.append((w, ifmap.next()))
+                    inputs = ifmap.take(len(self.ci_tiles))  # block b's input slot is inputs[b % len(inputs)]
+                    weights = [w] if self.resident else wgt.take(len(self.ci_tiles))
                     fetch = wgt.next() if prefetch and (rt, t) == (self.row_tiles[-1], steps - 1) else None
                     upcoming = fetch or upcoming
                     dst = out.next() if out is not None and self.consumer != "reduce" else out[0] if out else None
                     key = (co[1] - co[0], rt.y1 - rt.y0, rt.r1 - rt.r0, rt.pt, t == 0, t == steps - 1, bool(prologue),
-                           acc.addr, tuple((b.addr, s.addr) for b, s in blocks), fetch and (fetch.addr, k + 1),
+                           acc.addr, phases, fetch and (fetch.addr, k + 1),
                            dst and dst.addr)
-                    yield Step(key, lambda prologue=prologue, co=co, rt=rt, t=t, acc=acc, blocks=blocks, fetch=fetch,
-                               dst=dst, k=k: prologue + self.conv_step(x_op, consumer, co, rt, t, acc, blocks, fetch, k, dst))
+                    yield Step(key, lambda prologue=prologue, co=co, rt=rt, t=t, acc=acc, inputs=inputs, weights=weights,
+                               fetch=fetch, dst=dst, k=k: prologue + self.conv_step(x_op, consumer, co, rt, t, acc, inputs,
+                                                                                    weights, fetch, k, dst))
                     prologue = []
             if prefetch:
                 w = upcoming
 
     def conv_step(self, x_op: Op, consumer: Op | None, co: tuple[int, int], rt: RowTile, t: int, acc: Ref,
-                  blocks: list[tuple[Ref, Ref]], fetch: Ref | None, k: int, dst: Ref | None) -> list[Instr]:
+                  inputs: list[Ref], weights: list[Ref], fetch: Ref | None, k: int, dst: Ref | None) -> list[Instr]:
         """Step t of output tile (co, rt): acc = bias + the conv of the input, block by block of input
-        channels (streaming each block's weights unless resident), then the fused consumer."""
+        channels (streaming each block's weights unless resident), then the fused consumer. Block b
+        reads its input from slot inputs[b % len(inputs)] and its weights from weights[b % len(weights)]."""
         tc, taps = co[1] - co[0], self.taps
         n = tc * (rt.y1 - rt.y0) * self.ow
         code = []
@@ -441,7 +447,8 @@ class ConvPlan(LayerPlan):
             code.append(self.instr("vfill", dst=Ref("vmem", 0), n=n, value=consumer.v_init))
         elif t == 0 and self.consumer == "reduce":
             code.append(self.instr("vfill", dst=dst, n=n, value=0))
-        for b, ((i0, i1), (w, src)) in enumerate(zip(self.ci_tiles, blocks)):
+        for b, (i0, i1) in enumerate(self.ci_tiles):
+            w, src = weights[b % len(weights)], inputs[b % len(inputs)]
             if not self.resident:
                 code += self.load_weights(w, co, (i0, i1))
             if b == 0 and self.bias:

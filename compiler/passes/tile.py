@@ -24,6 +24,7 @@ from ..tiling import sizes
 from . import Pass, register
 
 CYCLE_TIE = 0.01
+_CHOSEN: dict[tuple, tuple] = {}  # (id of the config, layer shape) -> (config, tile)
 
 
 def candidates(n: int) -> list[int]:
@@ -51,7 +52,14 @@ def choose_tile(graph: Graph, op: Op, hw: HwConfig) -> tuple | None:
         return ()
     if kind is ElementwisePlan:
         return _elements(graph, op, hw)
-    return _fastest(graph, op, hw, kind)
+    # layers of one shape get one tile: the search ranks tilings by cycles, tiles and energy, none of
+    # which depends on more than the shape (arithmetic, the one weight-dependent part, is the same for
+    # every tiling of a layer), and ResNets repeat their blocks; tt-schedule searches the same shapes
+    shape = (id(hw), layer_plan(graph, op, hw, kind.extents(graph, op)).shape_key())
+    chosen = _CHOSEN.get(shape)
+    if chosen is None or chosen[0] is not hw:
+        chosen = _CHOSEN[shape] = (hw, _fastest(graph, op, hw, kind))
+    return chosen[1]
 
 
 def _elements(graph: Graph, op: Op, hw: HwConfig) -> tuple[int]:
