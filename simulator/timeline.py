@@ -32,11 +32,6 @@ class ScheduleError(UserError, RuntimeError):
     """The program deadlocks, races or leaves tokens behind."""
 
 
-def work_cycles(hw: HwConfig, i: Instr) -> int:
-    """Cycles an instruction occupies its unit (for DMA: the DRAM interface), as the ISA table declares."""
-    return BY_NAME[i.op].cycles(hw, i.args)
-
-
 @dataclass
 class Span:
     index: int
@@ -72,7 +67,7 @@ class Timeline:
                 raise ScheduleError(f"instruction {index} ({instr.op}) on queue {queue} waits for a token from "
                                     f"{src} that no earlier instruction gives: the machine would deadlock")
             ready = max(ready, channel.popleft())
-        work = work_cycles(self.hw, instr)
+        work = BY_NAME[instr.op].cycles(self.hw, instr.args)
         if instr.op in ("load", "store"):
             start = self._dram.reserve(ready, work)
             self.busy["dram"] += work

@@ -12,7 +12,7 @@ from ttc.isa import table
 from ttc.isa.encoding import Instr
 from ttc.isa.footprint import RangeMap
 from ttc.simulator.machine import SimError
-from ttc.simulator.timeline import ScheduleError, work_cycles
+from ttc.simulator.timeline import ScheduleError
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def _replace(program, index, **args):
 def test_queues_overlap_and_cycles_lie_between_the_busiest_unit_and_the_serial_sum(compiled):
     program = compiled.program
     result = _run(program)
-    serial = sum(work_cycles(program.hw, i) + (program.hw.dram_latency_cycles if i.op in ("load", "store") else 0)
+    serial = sum(table.BY_NAME[i.op].cycles(program.hw, i.args) + (program.hw.dram_latency_cycles if i.op in ("load", "store") else 0)
                  for i in program.code)
     busiest = max(v for k, v in result.cycles_by_unit.items())
     assert busiest <= result.cycles < serial
