@@ -209,14 +209,15 @@ def _steady(keys: list, ends: list, k: int, seen: dict) -> tuple[int, int] | Non
 
 
 class PricedWalk:
-    """A plan's walk and its step templates (built once per key), for a lower bound on its cycles and
-    for its full price."""
+    """A plan's walk, taken as far as needed, and its step templates (built once per key): a lower
+    bound on its cycles, then its full price."""
 
     def __init__(self, plan: LayerPlan):
         self.plan = plan
-        self.steps = list(plan.walk())
-        self.keys = [step.key for step in self.steps]
-        self.counts = Counter(self.keys)
+        self.walking = plan.walk()
+        self.steps: list = []
+        self.keys: list = []
+        self.busy: Counter = Counter()  # the steps so far: cycles of work per resource
         self.templates: dict[tuple, StepTemplate] = {}
 
     def template(self, k: int) -> StepTemplate:
@@ -225,18 +226,28 @@ class PricedWalk:
             template = self.templates[self.keys[k]] = step_template(self.plan, self.steps[k].instrs)
         return template
 
-    def bound(self) -> int:
-        """Cycles the layer takes at least: its busiest resource's work (every resource works serially)."""
-        first = {key: k for k, key in reversed(list(enumerate(self.keys)))}
-        busy: Counter = Counter()
-        for key, n in self.counts.items():
-            for resource, cycles in self.template(first[key]).busy.items():
-                busy[resource] += n * cycles
-        return max(busy.values(), default=0)
+    def bound(self, enough: float = float("inf")) -> float:
+        """Cycles the layer takes at least: its busiest resource's work (every resource works serially),
+        or, as soon as the steps walked so far exceed `enough`, their busiest resource's work."""
+        busy, most = self.busy, max(self.busy.values(), default=0)
+        for step in self.walking:
+            self.steps.append(step)
+            self.keys.append(step.key)
+            for resource, cycles in self.template(len(self.keys) - 1).busy.items():
+                busy[resource] += cycles
+                most = max(most, busy[resource])
+            if most > enough:
+                return most
+        return most
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(self.keys)
 
     def price(self) -> tuple[float, Counter, int]:
         """The layer's cycles, memory energy by memory and DRAM bytes (module docstring). Once the
         timeline repeats itself (`_steady`), the repeats left are counted, not scheduled."""
+        self.bound()  # the whole walk
         keys, timeline = self.keys, _Timeline(self.plan.hw.dram_latency_cycles)
         ends: list[list[int]] = []
         seen: dict[tuple, list[int]] = {}
@@ -259,10 +270,11 @@ class PricedWalk:
                     k += repeats * period
             k += 1
         energy: Counter = Counter()
-        for key, n in self.counts.items():
+        counts = self.counts
+        for key, n in counts.items():
             for mem, pj in self.templates[key].energy_pj.items():
                 energy[mem] += n * pj
-        return timeline.last, energy, sum(n * self.templates[key].dram_bytes for key, n in self.counts.items())
+        return timeline.last, energy, sum(n * self.templates[key].dram_bytes for key, n in counts.items())
 
 
 _PRICED: dict[tuple, tuple] = {}  # (id of the config, plan shape) -> (config, cycles, memory energy, DRAM bytes)

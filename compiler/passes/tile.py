@@ -81,9 +81,10 @@ def _elements(graph: Graph, op: Op, hw: HwConfig) -> tuple[int]:
 def _fastest(graph: Graph, op: Op, hw: HwConfig, kind: type[ConvPlan] | type[PoolPlan]) -> tuple:
     """For every choice of the leading sizes, the largest last size that fits is a candidate; of those
     within `CYCLE_TIE` of the fewest cycles (each tile costs instructions the model does not time), the
-    one with the fewest tiles wins, then the least energy. Candidates are priced in the order of a lower
-    bound on their cycles (`PricedWalk.bound`), until the bound passes the window of the fastest so far:
-    those left could not be in it, so the choice is the one pricing them all would make."""
+    one with the fewest tiles wins, then the least energy. Candidates are taken fewest tiles first (the
+    cheapest to walk, and mostly the fastest); one whose lower bound on cycles (`PricedWalk.bound`, which
+    stops walking once it is exceeded) passes the window of the fastest so far could not be in the final
+    window either, and is not priced: the choice is the one pricing them all would make."""
     *outer, last = [candidates(n) for n in kind.extents(graph, op)]
     fitting, smallest = [], None
     for lead in product(*outer):
@@ -93,15 +94,16 @@ def _fastest(graph: Graph, op: Op, hw: HwConfig, kind: type[ConvPlan] | type[Poo
                 continue
             smallest = plan
             if plan.overflow() is None:
-                walk = PricedWalk(plan)
-                fitting.append((walk.bound(), len(fitting), walk))
+                fitting.append(plan)
                 break
-    scored = []
-    for bound, _, walk in sorted(fitting, key=lambda c: c[:2]):
-        if scored and bound > min(s[0] for s in scored) * (1 + CYCLE_TIE):
-            break
-        cost = layer_cost(walk.plan, walk=walk)
-        scored.append((cost.cycles, walk.plan.tiles, cost.total_pj, walk.plan.tile))
+    scored, window = [], float("inf")
+    for plan in sorted(fitting, key=lambda p: p.tiles):
+        walk = PricedWalk(plan)
+        if walk.bound(enough=window) > window:
+            continue
+        cost = layer_cost(plan, walk=walk)
+        scored.append((cost.cycles, plan.tiles, cost.total_pj, plan.tile))
+        window = min(window, cost.cycles * (1 + CYCLE_TIE))
     if not scored:
         if smallest is None:
             op.fail(f"no tiling of it starts every spike tile on a byte in hardware config {hw.name!r}")
