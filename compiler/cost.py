@@ -229,13 +229,15 @@ class PricedWalk:
     def bound(self, enough: float = float("inf")) -> float:
         """Cycles the layer takes at least: its busiest resource's work (every resource works serially),
         or, as soon as the steps walked so far exceed `enough`, their busiest resource's work."""
-        busy, most = self.busy, max(self.busy.values(), default=0)
+        busy, most, templates = self.busy, max(self.busy.values(), default=0), self.templates
         for step in self.walking:
             self.steps.append(step)
             self.keys.append(step.key)
-            for resource, cycles in self.template(len(self.keys) - 1).busy.items():
+            template = templates.get(step.key) or self.template(len(self.keys) - 1)
+            for resource, cycles in template.busy.items():
                 busy[resource] += cycles
-                most = max(most, busy[resource])
+                if busy[resource] > most:
+                    most = busy[resource]
             if most > enough:
                 return most
         return most

@@ -76,8 +76,8 @@ class Slots:
 
     def take(self, n: int) -> list[Ref]:
         """The next n slots in turn (one slot per block of a step)."""
-        first, self.used = self.used, self.used + n
-        return [self.refs[(first + k) % len(self.refs)] for k in range(min(n, len(self.refs)))]
+        first, self.used = self.used % len(self.refs), self.used + n
+        return (self.refs[first:] + self.refs[:first])[:n]
 
 
 @dataclass
