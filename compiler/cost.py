@@ -229,12 +229,11 @@ class PricedWalk:
     def bound(self, enough: float = float("inf")) -> float:
         """Cycles the layer takes at least: its busiest resource's work (every resource works serially),
         or, as soon as the steps walked so far exceed `enough`, their busiest resource's work."""
-        busy, most, templates = self.busy, max(self.busy.values(), default=0), self.templates
+        busy, most = self.busy, max(self.busy.values(), default=0)
         for step in self.walking:
             self.steps.append(step)
             self.keys.append(step.key)
-            template = templates.get(step.key) or self.template(len(self.keys) - 1)
-            for resource, cycles in template.busy.items():
+            for resource, cycles in self.template(len(self.keys) - 1).busy.items():
                 busy[resource] += cycles
                 if busy[resource] > most:
                     most = busy[resource]

@@ -732,7 +732,7 @@ class Graph:
     """Ops in program order (every operand defined before its use) and the values returned.
 
     Passes change a graph only through its def-use API (`append`, `insert_before`, `replace_op`,
-    `erase`, `set_inputs`, `replace_all_uses_with`, `set_outputs`), as torch.fx passes go through
+    `erase`, `set_inputs`, `replace_all_uses_with`, `keep`), as torch.fx passes go through
     `Node.replace_all_uses_with`: it keeps the name and user indexes current, and `verify` checks that
     nothing changed the ops behind its back."""
 
@@ -821,9 +821,6 @@ class Graph:
             o.inputs = tuple(new if i == old else i for i in o.inputs)
         self.outputs = [new if o == old else o for o in self.outputs]
         self._changed()
-
-    def set_outputs(self, names: list[str]) -> None:
-        self.outputs = list(names)
 
     def keep(self, predicate) -> None:
         """Drop every op for which `predicate(op)` is false (dead values)."""

@@ -24,6 +24,7 @@ alternately when two fit, so that the next load can run while the current step c
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Callable, ClassVar, Iterator
@@ -33,6 +34,7 @@ import numpy as np
 from ttc.isa.encoding import Instr, Ref
 from ttc.isa.hwconfig import (TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS, HwConfig, multiply_action, neuron_update_actions,
                               spike_add_action)
+from ttc.isa.neuron import PARAMS as NEURON_PARAMS
 from ttc.isa.table import FORMAT_BYTES, LOG5, TIME, elems_bytes
 
 from .ir import (Add, AvgPool, Conv2d, Fire, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, Rescale, TimeReduce,
@@ -81,7 +83,7 @@ class Slots:
 
 
 @dataclass
-class LayerPlan:
+class LayerPlan(ABC):
     """What every layer plan offers: bytes per slot of each buffer it uses, how many slots fit,
     whether it fits at all, its walk and its arithmetic."""
 
@@ -140,12 +142,13 @@ class LayerPlan:
     def time(self) -> int:
         return self.graph.op(self.op.inputs[0]).type.time
 
+    @abstractmethod
     def walk(self) -> Iterator[Step]:
-        raise NotImplementedError(type(self).__name__)  # every plan kind walks its own loop nest
+        """The layer's steps in program order: each plan kind walks its own loop nest."""
 
+    @abstractmethod
     def arithmetic(self, density: float) -> dict[str, dict[str, float]]:
         """Arithmetic actions per inference by unit, the spike-driven ones at input spike `density`."""
-        raise NotImplementedError(type(self).__name__)
 
     # ---- instructions and DRAM addressing, shared by every walk
     def instr(self, op: str, **args) -> Instr:
@@ -182,9 +185,8 @@ class LayerPlan:
 
     def neuron_step(self, n: NeuronQ, count: int, t: int, src: Ref, out: Ref, spikes: Block, states: Block) -> list[Instr]:
         """One step of `count` neurons whose input is at `src`; their spikes (and states) go to DRAM."""
-        code = [self.instr("nrn", src=src, state=Ref("vmem", 0), dst=out, n=count, theta=n.theta, v_reset=n.v_reset,
-                                  decay_mul=n.decay_mul, decay_shift=n.decay_shift, in_shift=n.in_shift, cmp=n.cmp,
-                                  reset=n.reset, order=n.order, levels=n.levels, mode=n.mode)]
+        code = [self.instr("nrn", src=src, state=Ref("vmem", 0), dst=out, n=count,
+                           **{p: getattr(n, p) for p in NEURON_PARAMS})]
         code += self.move_block("store", n, t, spikes, out)
         for m in self.membranes(n):
             code += self.move_block("store", m, t, states, Ref("vmem", 0))
@@ -661,10 +663,6 @@ class ElementwisePlan(LayerPlan):
     @property
     def tiles(self) -> int:
         return len(self.chunks)
-
-    @property
-    def time(self) -> int:
-        return self.op.type.time
 
     def operand_at(self, k: int) -> int:
         """Offset of input operand k in an ifmap slot."""

@@ -11,6 +11,7 @@ from conftest import grid_inputs, small_conv_snn
 from test_end_to_end import dyadic_
 from ttc import api
 from ttc.frontends import modules as M
+from ttc.isa.errors import InternalError
 from ttc.isa.hwconfig import COUNTER_NAMES, ENERGY_ACTIONS, PRESET_DIR, HwConfigError, parse_hw, presets
 
 
@@ -64,7 +65,7 @@ def test_every_counter_is_declared_and_an_undeclared_one_is_refused(model, x, mo
         assert set(counts) <= COUNTER_NAMES
     assert {"plane0_add", "mac", "dram_read_bytes", "psum_write_bytes"} <= set(result.counters)
     monkeypatch.setitem(machine.HANDLERS, "halt", lambda m, i: m.event.actions.update(spikes=1))
-    with pytest.raises(machine.SimError, match="counts spikes, which ttc.isa.hwconfig does not declare"):
+    with pytest.raises(InternalError, match="counts spikes, which ttc.isa.hwconfig does not declare"):
         api.simulate(program, x)
 
 

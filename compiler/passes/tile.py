@@ -52,9 +52,9 @@ def choose_tile(graph: Graph, op: Op, hw: HwConfig) -> tuple | None:
         return ()
     if kind is ElementwisePlan:
         return _elements(graph, op, hw)
-    # layers of one shape get one tile: the search ranks tilings by cycles, tiles and energy, none of
-    # which depends on more than the shape (arithmetic, the one weight-dependent part, is the same for
-    # every tiling of a layer), and ResNets repeat their blocks; tt-schedule searches the same shapes
+    # layers of one shape get one tile: the search ranks tilings by cycles, tiles and energy, and only
+    # the energy of the arithmetic depends on the weights, by the same amount for every tiling of a
+    # layer; ResNets repeat their blocks, and tt-schedule searches the shapes the tile pass meets again
     shape = (id(hw), layer_plan(graph, op, hw, kind.extents(graph, op)).shape_key())
     chosen = _CHOSEN.get(shape)
     if chosen is None or chosen[0] is not hw:
