@@ -30,7 +30,7 @@ from ttc.isa.table import BY_NAME
 from ttc.isa.timing import Reservations
 
 from .ir import Conv2d, Graph, Linear
-from .plan import LayerPlan, layer_plan
+from .plan import LayerPlan, Step, layer_plan
 
 DEFAULT_DENSITY = 0.1  # input spikes per neuron and step, when nothing better is known
 DMA = ("load", "store")
@@ -208,32 +208,64 @@ def _steady(keys: list, ends: list, k: int, seen: dict) -> tuple[int, int] | Non
     return None
 
 
+def step_busy(plan: LayerPlan, instrs: list[Instr]) -> Counter:
+    """Cycles of work a step's instructions give each resource (the queues; "dram" for transfers)."""
+    busy: Counter = Counter()
+    for instr in instrs:
+        opcode = BY_NAME[instr.op]
+        busy["dram" if instr.op in DMA else opcode.queue(instr.args)] += opcode.cycles(plan.hw, instr.args)
+    return busy
+
+
 class PricedWalk:
     """A plan's walk, taken as far as needed, and its step templates (built once per key): a lower
-    bound on its cycles, then its full price."""
+    bound on its cycles, then its full price. The steps of a stretch seen before (same signature, slots
+    at the same turns) are not walked again: its keys are known, its slots advanced."""
 
     def __init__(self, plan: LayerPlan):
         self.plan = plan
-        self.walking = plan.walk()
-        self.steps: list = []
+        self.stretching = plan.stretches()
         self.keys: list = []
+        self.steps: dict[tuple, Step] = {}  # key -> the first step of that key
+        self.stretch_seen: dict[tuple, tuple] = {}  # (signature, turns) -> (its keys, how far it takes each slot, its busy)
+        self.work_busy: dict[tuple, Counter] = {}
         self.busy: Counter = Counter()  # the steps so far: cycles of work per resource
         self.templates: dict[tuple, StepTemplate] = {}
 
     def template(self, k: int) -> StepTemplate:
         template = self.templates.get(self.keys[k])
         if template is None:
-            template = self.templates[self.keys[k]] = step_template(self.plan, self.steps[k].instrs)
+            template = self.templates[self.keys[k]] = step_template(self.plan, self.steps[self.keys[k]].instrs)
         return template
+
+    def _walk(self, stretch) -> tuple:
+        turns = stretch.turns()
+        seen = self.stretch_seen.get((stretch.signature, turns))
+        if seen is not None:
+            for slots, taken in zip(stretch.slots, seen[1]):
+                slots.used += taken
+            return seen
+        before = [slots.used for slots in stretch.slots]
+        keys, busy = [], Counter()
+        for step in stretch.steps():
+            keys.append(step.key)
+            self.steps.setdefault(step.key, step)
+            work = self.work_busy.get(step.work)
+            if work is None:
+                work = self.work_busy[step.work] = step_busy(self.plan, step.instrs)
+            busy.update(work)
+        seen = self.stretch_seen[(stretch.signature, turns)] = (
+            keys, [slots.used - b for slots, b in zip(stretch.slots, before)], busy)
+        return seen
 
     def bound(self, enough: float = float("inf")) -> float:
         """Cycles the layer takes at least: its busiest resource's work (every resource works serially),
         or, as soon as the steps walked so far exceed `enough`, their busiest resource's work."""
         busy, most = self.busy, max(self.busy.values(), default=0)
-        for step in self.walking:
-            self.steps.append(step)
-            self.keys.append(step.key)
-            for resource, cycles in self.template(len(self.keys) - 1).busy.items():
+        for stretch in self.stretching:
+            keys, _, work = self._walk(stretch)
+            self.keys += keys
+            for resource, cycles in work.items():
                 busy[resource] += cycles
                 if busy[resource] > most:
                     most = busy[resource]

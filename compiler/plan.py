@@ -46,19 +46,39 @@ SLOT_ALIGN = 32
 
 
 class Step:
-    """One step of a walk: `key` (equal keys: the same work on the same slots) and its instructions,
-    built when first asked for (the cost model asks once per key)."""
+    """One step of a walk: `work` (what its instructions do: equal work, equal cycles and bytes), `place`
+    (the buffer slots they do it on; `key` is both: equal keys, the same work on the same slots) and its
+    instructions, built when first asked for (the cost model asks once per key)."""
 
-    __slots__ = ("key", "_build", "_instrs")
+    __slots__ = ("work", "place", "_build", "_instrs")
 
-    def __init__(self, key: tuple, build: Callable[[], list[Instr]]):
-        self.key, self._build, self._instrs = key, build, None
+    def __init__(self, work: tuple, place: tuple, build: Callable[[], list[Instr]]):
+        self.work, self.place, self._build, self._instrs = work, place, build, None
+
+    @property
+    def key(self) -> tuple:
+        return self.work, self.place
 
     @property
     def instrs(self) -> list[Instr]:
         if self._instrs is None:
             self._instrs = self._build()
         return self._instrs
+
+
+class Stretch:
+    """Consecutive steps of a walk (a tile's time steps) whose keys, and the slots they take, follow
+    from `signature` and the turn each of `slots` is at when it starts: the cost model walks the steps
+    of each distinct stretch once and advances the slots of its repeats (a ResNet layer has thousands
+    of tiles and few kinds). `steps()` yields them, taking the slots."""
+
+    __slots__ = ("signature", "slots", "steps")
+
+    def __init__(self, signature: tuple, slots: list["Slots"], steps: Callable[[], Iterator[Step]]):
+        self.signature, self.slots, self.steps = signature, slots, steps
+
+    def turns(self) -> tuple[int, ...]:
+        return tuple(s.turn for s in self.slots)
 
 
 class Slots:
@@ -71,6 +91,11 @@ class Slots:
 
     def __getitem__(self, k: int) -> Ref:
         return self.refs[k % len(self.refs)]
+
+    @property
+    def turn(self) -> int:
+        """Which slot is next."""
+        return self.used % len(self.refs)
 
     def next(self) -> Ref:
         self.used += 1
@@ -143,8 +168,12 @@ class LayerPlan(ABC):
         return self.graph.op(self.op.inputs[0]).type.time
 
     @abstractmethod
+    def stretches(self) -> Iterator[Stretch]:
+        """The layer's steps in program order, in stretches: each plan kind walks its own loop nest."""
+
     def walk(self) -> Iterator[Step]:
-        """The layer's steps in program order: each plan kind walks its own loop nest."""
+        for stretch in self.stretches():
+            yield from stretch.steps()
 
     @abstractmethod
     def arithmetic(self, density: float) -> dict[str, dict[str, float]]:
@@ -407,35 +436,38 @@ class ConvPlan(LayerPlan):
     def resident_weights(self, slot: Ref, co: tuple[int, int]) -> list[Instr]:
         return [i for ci in self.ci_tiles for i in self.load_weights(slot, co, ci)]
 
-    def walk(self) -> Iterator[Step]:
-        x_op, consumer, steps = self.graph.op(self.op.inputs[0]), self.graph.consumer(self.op), self.time
-        wgt, ifmap, psum = (Slots(self, m) for m in ("wgt", "ifmap", "psum"))
-        out = Slots(self, "ofmap") if "ofmap" in self.slot_bytes else None
-        w = wgt.next() if self.resident else None
-        prologue = self.resident_weights(w, self.co_tiles[0]) if self.resident else []
+    def stretches(self) -> Iterator[Stretch]:
+        """One stretch per output tile: its T steps. Resident weights are loaded before the first (the
+        prologue) and the next tile's prefetched during the last step of a tile's last row tile."""
+        slots = [Slots(self, m) for m in ("wgt", "ifmap", "psum")] + ([Slots(self, "ofmap")] if "ofmap" in self.slot_bytes else [])
+        if self.resident:
+            slots[0].next()
         for k, co in enumerate(self.co_tiles):
-            prefetch = self.resident and k + 1 < len(self.co_tiles)  # the next tile's weights, during this one
-            upcoming = None
-            for rt in self.row_tiles:
-                for t in range(steps):
-                    # the slots this step uses, drawn in program order (they alternate step by step): the
-                    # slots in turn when the step starts, with the step's shape, make its key
-                    phases = (ifmap.used % len(ifmap.refs), w.addr if self.resident else wgt.used % len(wgt.refs))
-                    acc = psum.next()
-                    inputs = ifmap.take(len(self.ci_tiles))  # block b's input slot is inputs[b % len(inputs)]
-                    weights = [w] if self.resident else wgt.take(len(self.ci_tiles))
-                    fetch = wgt.next() if prefetch and (rt, t) == (self.row_tiles[-1], steps - 1) else None
-                    upcoming = fetch or upcoming
-                    dst = out.next() if out is not None and self.consumer != "reduce" else out[0] if out else None
-                    key = (co[1] - co[0], rt.y1 - rt.y0, rt.r1 - rt.r0, rt.pt, t == 0, t == steps - 1, bool(prologue),
-                           acc.addr, phases, fetch and (fetch.addr, k + 1),
-                           dst and dst.addr)
-                    yield Step(key, lambda prologue=prologue, co=co, rt=rt, t=t, acc=acc, inputs=inputs, weights=weights,
-                               fetch=fetch, dst=dst, k=k: prologue + self.conv_step(x_op, consumer, co, rt, t, acc, inputs,
-                                                                                    weights, fetch, k, dst))
-                    prologue = []
-            if prefetch:
-                w = upcoming
+            upcoming = self.co_tiles[k + 1] if self.resident and k + 1 < len(self.co_tiles) else None
+            for j, rt in enumerate(self.row_tiles):
+                first, fetch = k == j == 0, upcoming if j == len(self.row_tiles) - 1 else None
+                yield Stretch((co[1] - co[0], rt.y1 - rt.y0, rt.r1 - rt.r0, rt.pt, first, fetch and fetch[1] - fetch[0]), slots,
+                              lambda k=k, co=co, rt=rt, first=first, fetch=fetch: self.tile_steps(k, co, rt, first, fetch, *slots))
+
+    def tile_steps(self, k: int, co: tuple[int, int], rt: RowTile, first: bool, fetch: tuple[int, int] | None,
+                   wgt: Slots, ifmap: Slots, psum: Slots, out: Slots | None = None) -> Iterator[Step]:
+        x_op, consumer, steps = self.graph.op(self.op.inputs[0]), self.graph.consumer(self.op), self.time
+        w = wgt[wgt.used - 1] if self.resident else None  # the slot the tile's resident weights were loaded in
+        prologue = self.resident_weights(w, co) if first and self.resident else []
+        for t in range(steps):
+            # the slots this step uses, drawn in program order (they alternate step by step)
+            place = (ifmap.turn, w.addr if self.resident else wgt.turn)
+            acc = psum.next()
+            inputs = ifmap.take(len(self.ci_tiles))  # block b's input slot is inputs[b % len(inputs)]
+            weights = [w] if self.resident else wgt.take(len(self.ci_tiles))
+            prefetch = wgt.next() if fetch and t == steps - 1 else None
+            dst = out.next() if out is not None and self.consumer != "reduce" else out[0] if out else None
+            work = (co[1] - co[0], rt.y1 - rt.y0, rt.r1 - rt.r0, rt.pt, t == 0, t == steps - 1, bool(prologue),
+                    prefetch and fetch[1] - fetch[0])
+            yield Step(work, (acc.addr, place, prefetch and prefetch.addr, dst and dst.addr),
+                       lambda prologue=prologue, t=t, acc=acc, inputs=inputs, weights=weights, prefetch=prefetch, dst=dst:
+                       prologue + self.conv_step(x_op, consumer, co, rt, t, acc, inputs, weights, prefetch, k, dst))
+            prologue = []
 
     def conv_step(self, x_op: Op, consumer: Op | None, co: tuple[int, int], rt: RowTile, t: int, acc: Ref,
                   inputs: list[Ref], weights: list[Ref], fetch: Ref | None, k: int, dst: Ref | None) -> list[Instr]:
@@ -591,16 +623,19 @@ class PoolPlan(LayerPlan):
     def info(self) -> dict:
         return dict(tile=list(self.tile), source=self.op.path)
 
-    def walk(self) -> Iterator[Step]:
-        x_op = self.graph.op(self.op.inputs[0])
-        ifmap, ofmap = Slots(self, "ifmap"), Slots(self, "ofmap")
+    def stretches(self) -> Iterator[Stretch]:
+        slots = [Slots(self, "ifmap"), Slots(self, "ofmap")]
         for channels in self.channel_tiles:
             for rt in self.row_tiles:
-                for t in range(self.time):
-                    src, dst = ifmap.next(), ofmap.next()
-                    key = (channels[1] - channels[0], rt.y1 - rt.y0, rt.r1 - rt.r0, rt.pt, src.addr, dst.addr)
-                    yield Step(key, lambda channels=channels, rt=rt, t=t, src=src, dst=dst: self.pool_step(
-                        x_op, channels, rt, t, src, dst))
+                yield Stretch((channels[1] - channels[0], rt.y1 - rt.y0, rt.r1 - rt.r0, rt.pt), slots,
+                              lambda channels=channels, rt=rt: self.tile_steps(channels, rt, *slots))
+
+    def tile_steps(self, channels: tuple[int, int], rt: RowTile, ifmap: Slots, ofmap: Slots) -> Iterator[Step]:
+        x_op = self.graph.op(self.op.inputs[0])
+        for t in range(self.time):
+            src, dst = ifmap.next(), ofmap.next()
+            yield Step((channels[1] - channels[0], rt.y1 - rt.y0, rt.r1 - rt.r0, rt.pt), (src.addr, dst.addr),
+                       lambda t=t, src=src, dst=dst: self.pool_step(x_op, channels, rt, t, src, dst))
 
     def pool_step(self, x_op: Op, channels: tuple[int, int], rt: RowTile, t: int, src: Ref, dst: Ref) -> list[Instr]:
         (c0, c1) = channels
@@ -682,13 +717,16 @@ class ElementwisePlan(LayerPlan):
     def info(self) -> dict:
         return dict(tile=list(self.tile), source=self.op.path)
 
-    def walk(self) -> Iterator[Step]:
-        out, src = Slots(self, "ofmap"), Slots(self, "psum" if self.kind in ("neuron", "fire") else "ifmap")
+    def stretches(self) -> Iterator[Stretch]:
+        slots = [Slots(self, "psum" if self.kind in ("neuron", "fire") else "ifmap"), Slots(self, "ofmap")]
         for chunk in self.chunks:
-            for t in range(self.time):
-                slot, dst = src.next(), out.next()
-                yield Step((chunk[1] - chunk[0], t == 0, slot.addr, dst.addr),
-                           lambda chunk=chunk, t=t, slot=slot, dst=dst: self.chunk_step(chunk, t, slot, dst))
+            yield Stretch((chunk[1] - chunk[0],), slots, lambda chunk=chunk: self.chunk_steps(chunk, *slots))
+
+    def chunk_steps(self, chunk: tuple[int, int], src: Slots, out: Slots) -> Iterator[Step]:
+        for t in range(self.time):
+            slot, dst = src.next(), out.next()
+            yield Step((chunk[1] - chunk[0], t == 0), (slot.addr, dst.addr),
+                       lambda t=t, slot=slot, dst=dst: self.chunk_step(chunk, t, slot, dst))
 
     def chunk_step(self, chunk: tuple[int, int], t: int, slot: Ref, dst: Ref) -> list[Instr]:
         op, count = self.op, chunk[1] - chunk[0]
@@ -738,10 +776,13 @@ class ReducePlan(LayerPlan):
     def info(self) -> dict:
         return dict(source=self.op.path)
 
-    def walk(self) -> Iterator[Step]:
+    def stretches(self) -> Iterator[Stretch]:
+        yield Stretch((), [], self.reduce_steps)
+
+    def reduce_steps(self) -> Iterator[Step]:
         x_op = self.graph.op(self.op.inputs[0])
         for t in range(self.time):
-            yield Step((t == 0, t == self.time - 1), lambda t=t: self.reduce_step(x_op, t))
+            yield Step((t == 0, t == self.time - 1), (), lambda t=t: self.reduce_step(x_op, t))
 
     def reduce_step(self, x_op: Op, t: int) -> list[Instr]:
         acc, src = Ref("ofmap", 0), Ref("ifmap", 0)

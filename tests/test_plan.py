@@ -1,13 +1,14 @@
 """One plan per layer: codegen emits exactly the plan's walk, the cost model prices that same walk, and
 the shortcuts the cost model takes (steps priced once per key, repeats fast-forwarded) change nothing."""
 import dataclasses
+from collections import Counter
 
 import pytest
 import torch
 
 from ttc import api
 from ttc.compiler import cost
-from ttc.compiler.plan import Step, layer_plan
+from ttc.compiler.plan import Step, Stretch, layer_plan
 from ttc.demo import CAT_MODEL, MT_MODEL
 from ttc.demo import MODEL as DIGITS_MODEL
 from ttc.digits import build_mt_digits_snn, build_tt_digits_snn
@@ -51,7 +52,9 @@ def _untokened(instr) -> tuple:
 def _price(plan, unique_keys: bool = False, fast_forward: bool = True, monkeypatch=None):
     if unique_keys:
         steps = list(plan.walk())
-        monkeypatch.setattr(plan, "walk", lambda: iter(Step((k,) + s.key, lambda s=s: s.instrs) for k, s in enumerate(steps)))
+        monkeypatch.setattr(plan, "stretches", lambda: iter(
+            Stretch((k,), [], lambda k=k, s=s: iter([Step((k,) + s.work, s.place, lambda: s.instrs)]))
+            for k, s in enumerate(steps)))
     monkeypatch.setattr(cost, "MAX_PERIOD", cost.MAX_PERIOD if fast_forward else 0)
     cycles, energy, dram = cost.PricedWalk(plan).price()
     monkeypatch.undo()
@@ -74,3 +77,22 @@ def test_pricing_once_per_key_and_fast_forwarding_change_no_figure(monkeypatch):
             assert alone == (cycles, pytest.approx(energy, rel=1e-12), dram), plan.head.name
             priced += 1
     assert priced > 30
+
+
+def test_stretches_seen_before_are_not_walked_again_and_change_no_key():
+    """The cost model takes a stretch's keys and slot turns from an earlier stretch of the same signature;
+    a signature that missed something a step depends on would give other keys than the walk."""
+    compiled = api.compile_model(vgg_snn(widths=(16, 32), pool_after=(0, 1)), "4,N,3,32,32", SMALL)
+    shortcuts = 0
+    for c in [compiled] + COMPILED:
+        for op in c.graph.ops:
+            plan = layer_plan(c.graph, op, c.program.hw)
+            if plan is None:
+                continue
+            walk = cost.PricedWalk(plan)
+            busy = walk.bound()
+            steps = list(plan.walk())
+            assert walk.keys == [s.key for s in steps], plan.head.name
+            assert busy == max(sum((cost.step_busy(plan, s.instrs) for s in steps), Counter()).values())
+            shortcuts += len(list(plan.stretches())) - len(walk.stretch_seen)
+    assert shortcuts > 100
