@@ -19,7 +19,7 @@ over the predicted cycles.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -69,6 +69,14 @@ class StepTemplate:
     energy_pj: dict[str, float]
     dram_bytes: int
     busy: dict[str, int]
+
+    def moved(self, turns: dict[str, tuple[int, int]]) -> "StepTemplate":
+        """The template of the same work started with each memory's slots `turns[mem] = (by, of)` turns
+        further (of `of` slots): the slots it touches rotate; nothing else changes, for the slots of a
+        buffer are alike and do not overlap."""
+        def move(slots):
+            return tuple(sorted((mem, (i + turns[mem][0]) % turns[mem][1]) if mem in turns else (mem, i) for mem, i in slots))
+        return replace(self, work=tuple(replace(w, reads=move(w.reads), writes=move(w.writes)) for w in self.work))
 
 
 def _slot(plan: LayerPlan, mem: str, addr: int) -> tuple[str, int]:
@@ -226,16 +234,26 @@ class PricedWalk:
         self.plan = plan
         self.stretching = plan.stretches()
         self.keys: list = []
-        self.steps: dict[tuple, Step] = {}  # key -> the first step of that key
+        self.first: dict[tuple, Step] = {}  # work -> the first step that does it
         self.stretch_seen: dict[tuple, tuple] = {}  # (signature, turns) -> (its keys, how far it takes each slot, its busy)
         self.work_busy: dict[tuple, Counter] = {}
+        self.slots: list[tuple[str, int]] = []  # the memory and the count of slots of each place's turn
         self.busy: Counter = Counter()  # the steps so far: cycles of work per resource
         self.templates: dict[tuple, StepTemplate] = {}
 
     def template(self, k: int) -> StepTemplate:
-        template = self.templates.get(self.keys[k])
+        """Built from the instructions of the first step of its work; another place's is that one moved."""
+        key = self.keys[k]
+        template = self.templates.get(key)
         if template is None:
-            template = self.templates[self.keys[k]] = step_template(self.plan, self.steps[self.keys[k]].instrs)
+            work, place = key
+            first = self.first[work]
+            template = self.templates.get(first.key)
+            if template is None:
+                template = self.templates[first.key] = step_template(self.plan, first.instrs)
+            if place != first.place:
+                template = template.moved({mem: (b - a, of) for (mem, of), a, b in zip(self.slots, first.place, place) if b != a})
+            self.templates[key] = template
         return template
 
     def _walk(self, stretch) -> tuple:
@@ -246,12 +264,13 @@ class PricedWalk:
                 slots.used += taken
             return seen
         before = [slots.used for slots in stretch.slots]
+        self.slots = [(slots.refs[0].mem, len(slots.refs)) for slots in stretch.slots]
         keys, busy = [], Counter()
         for step in stretch.steps():
             keys.append(step.key)
-            self.steps.setdefault(step.key, step)
             work = self.work_busy.get(step.work)
             if work is None:
+                self.first[step.work] = step
                 work = self.work_busy[step.work] = step_busy(self.plan, step.instrs)
             busy.update(work)
         seen = self.stretch_seen[(stretch.signature, turns)] = (

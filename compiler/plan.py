@@ -47,8 +47,9 @@ SLOT_ALIGN = 32
 
 class Step:
     """One step of a walk: `work` (what its instructions do: equal work, equal cycles and bytes), `place`
-    (the buffer slots they do it on; `key` is both: equal keys, the same work on the same slots) and its
-    instructions, built when first asked for (the cost model asks once per key)."""
+    (the turn each of its layer's `Slots` is at when it starts: it takes its slots from there in program
+    order; `key` is both: equal keys, the same work on the same slots) and its instructions, built when
+    first asked for (the cost model asks once per work and place)."""
 
     __slots__ = ("work", "place", "_build", "_instrs")
 
@@ -66,6 +67,10 @@ class Step:
         return self._instrs
 
 
+def turns(*slots: "Slots | None") -> tuple[int, ...]:
+    return tuple(s.turn for s in slots if s is not None)
+
+
 class Stretch:
     """Consecutive steps of a walk (a tile's time steps) whose keys, and the slots they take, follow
     from `signature` and the turn each of `slots` is at when it starts: the cost model walks the steps
@@ -78,7 +83,7 @@ class Stretch:
         self.signature, self.slots, self.steps = signature, slots, steps
 
     def turns(self) -> tuple[int, ...]:
-        return tuple(s.turn for s in self.slots)
+        return turns(*self.slots)
 
 
 class Slots:
@@ -455,8 +460,7 @@ class ConvPlan(LayerPlan):
         w = wgt[wgt.used - 1] if self.resident else None  # the slot the tile's resident weights were loaded in
         prologue = self.resident_weights(w, co) if first and self.resident else []
         for t in range(steps):
-            # the slots this step uses, drawn in program order (they alternate step by step)
-            place = (ifmap.turn, w.addr if self.resident else wgt.turn)
+            place = turns(wgt, ifmap, psum, out)
             acc = psum.next()
             inputs = ifmap.take(len(self.ci_tiles))  # block b's input slot is inputs[b % len(inputs)]
             weights = [w] if self.resident else wgt.take(len(self.ci_tiles))
@@ -464,7 +468,7 @@ class ConvPlan(LayerPlan):
             dst = out.next() if out is not None and self.consumer != "reduce" else out[0] if out else None
             work = (co[1] - co[0], rt.y1 - rt.y0, rt.r1 - rt.r0, rt.pt, t == 0, t == steps - 1, bool(prologue),
                     prefetch and fetch[1] - fetch[0])
-            yield Step(work, (acc.addr, place, prefetch and prefetch.addr, dst and dst.addr),
+            yield Step(work, place,
                        lambda prologue=prologue, t=t, acc=acc, inputs=inputs, weights=weights, prefetch=prefetch, dst=dst:
                        prologue + self.conv_step(x_op, consumer, co, rt, t, acc, inputs, weights, prefetch, k, dst))
             prologue = []
@@ -633,8 +637,8 @@ class PoolPlan(LayerPlan):
     def tile_steps(self, channels: tuple[int, int], rt: RowTile, ifmap: Slots, ofmap: Slots) -> Iterator[Step]:
         x_op = self.graph.op(self.op.inputs[0])
         for t in range(self.time):
-            src, dst = ifmap.next(), ofmap.next()
-            yield Step((channels[1] - channels[0], rt.y1 - rt.y0, rt.r1 - rt.r0, rt.pt), (src.addr, dst.addr),
+            place, src, dst = turns(ifmap, ofmap), ifmap.next(), ofmap.next()
+            yield Step((channels[1] - channels[0], rt.y1 - rt.y0, rt.r1 - rt.r0, rt.pt), place,
                        lambda t=t, src=src, dst=dst: self.pool_step(x_op, channels, rt, t, src, dst))
 
     def pool_step(self, x_op: Op, channels: tuple[int, int], rt: RowTile, t: int, src: Ref, dst: Ref) -> list[Instr]:
@@ -724,8 +728,8 @@ class ElementwisePlan(LayerPlan):
 
     def chunk_steps(self, chunk: tuple[int, int], src: Slots, out: Slots) -> Iterator[Step]:
         for t in range(self.time):
-            slot, dst = src.next(), out.next()
-            yield Step((chunk[1] - chunk[0], t == 0), (slot.addr, dst.addr),
+            place, slot, dst = turns(src, out), src.next(), out.next()
+            yield Step((chunk[1] - chunk[0], t == 0), place,
                        lambda t=t, slot=slot, dst=dst: self.chunk_step(chunk, t, slot, dst))
 
     def chunk_step(self, chunk: tuple[int, int], t: int, slot: Ref, dst: Ref) -> list[Instr]:
