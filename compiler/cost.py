@@ -18,6 +18,7 @@ over the predicted cycles.
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -135,85 +136,64 @@ def step_template(plan: LayerPlan, instrs: list[Instr]) -> StepTemplate:
 
 
 class _Timeline:
-    """The machine's timeline over a walk's instructions (module docstring), and how to fast-forward it:
-    each value of its state remembers the step that last set it."""
+    """The machine's timeline over a walk's instructions (module docstring). Its state is when each of
+    `queues` may issue its next instruction, when each slot's last write and last read complete, and the
+    DRAM interface's bookings. Nothing can start before the earliest of the queues' issue times (the
+    floor): `state()` is the state less the floor, earlier times raised to it and bookings that end by
+    it dropped. Scheduling is the same at any time, so from two equal states the same steps run the same,
+    the later by the difference of the floors."""
 
-    def __init__(self, lat: int):
-        self.lat = lat
-        self.issue: dict = {}  # queue -> (when it may issue its next instruction, step)
-        self.written: dict = {}  # slot -> (when its last write completes, step)
-        self.read: dict = {}  # slot -> (when its last read so far completes, step)
-        self.booked: list[list[tuple[int, int]]] = []  # per step, its DRAM transfers (start, cycles)
+    def __init__(self, lat: int, queues: set[str]):
+        self.lat, self.queues = lat, queues
+        self.issue: dict[str, int] = {}  # queue -> when it may issue its next instruction
+        self.written: dict = {}  # slot -> when its last write completes
+        self.read: dict = {}  # slot -> when its last read so far completes
         self.dram = Reservations()
-        self.last = 0
 
-    def run(self, template: StepTemplate) -> list[int]:
-        """Schedule one step; return when each of its instructions completes."""
-        k, issue, written, read = len(self.booked), self.issue, self.written, self.read
-        ends, booked = [], []
+    def run(self, template: StepTemplate) -> int:
+        """Schedule one step; return when its last instruction completes."""
+        issue, written, read = self.issue, self.written, self.read
+        ends = []
         for w in template.work:
-            ready = issue.get(w.queue, (0,))[0]
+            ready = issue.get(w.queue, 0)
             for j in w.after:
                 ready = max(ready, ends[j])
             for slot in w.reads:
-                ready = max(ready, written.get(slot, (0,))[0])
+                ready = max(ready, written.get(slot, 0))
             for slot in w.writes:
-                ready = max(ready, written.get(slot, (0,))[0], read.get(slot, (0,))[0])
+                ready = max(ready, written.get(slot, 0), read.get(slot, 0))
             if w.dma:
                 start = self.dram.reserve(ready, w.cycles)
-                booked.append((start, w.cycles))
-                issue[w.queue] = (start + w.cycles, k)
+                issue[w.queue] = start + w.cycles
                 end = start + w.cycles + self.lat
             else:
                 end = ready + w.cycles
-                issue[w.queue] = (end, k)
+                issue[w.queue] = end
             ends.append(end)
         for w, end in zip(template.work, ends):  # slots change hands between steps, not within one
             for slot in w.reads:
-                if end > read.get(slot, (0,))[0]:
-                    read[slot] = (end, k)
+                if end > read.get(slot, 0):
+                    read[slot] = end
             for slot in w.writes:
-                if end > written.get(slot, (0,))[0]:
-                    written[slot] = (end, k)
-        self.booked.append(booked)
-        self.last = max([self.last] + ends)
-        return ends
+                if end > written.get(slot, 0):
+                    written[slot] = end
+        return max(ends, default=0)
 
-    def fast_forward(self, period: int, shift: int, periods: int) -> None:
-        """Skip `periods` more repeats of the last `period` steps, each `shift` cycles after the one
-        before: what those steps set moves by periods * shift; older state stays."""
-        k, moved = len(self.booked), periods * shift
-        for state in (self.issue, self.written, self.read):
-            for key, (t, step) in state.items():
-                if step >= k - period:
-                    state[key] = (t + moved, step + periods * period)
-        self.dram = Reservations()
-        recent = [b for booked in self.booked[k - period:] for b in booked]
-        for start, cycles in sorted(recent):
-            self.dram.reserve(start + moved, cycles)
-        self.booked += [[] for _ in range(periods * period - period)] + [[(s + moved, c) for s, c in b]
-                                                                         for b in self.booked[k - period:]]
-        self.last += moved
+    def state(self) -> tuple[int, tuple]:
+        """(the floor, the state less it)."""
+        floor = min(self.issue.get(q, 0) for q in self.queues)
+        dram = self.dram
+        k = bisect_right(dram.ends, floor)
+        del dram.starts[:k], dram.ends[:k]
+        return floor, (tuple(sorted((q, t - floor) for q, t in self.issue.items())),
+                       *(tuple(sorted((slot, max(t - floor, 0)) for slot, t in times.items())) for times in (self.written, self.read)),
+                       tuple(t - floor for t in dram.starts), tuple(t - floor for t in dram.ends))
 
-
-MAX_PERIOD = 96  # the longest repeating run of steps looked for (an output-channel tile's row tiles x T steps)
-
-
-def _steady(keys: list, ends: list, k: int, seen: dict) -> tuple[int, int] | None:
-    """(period P, shift d) if steps k-3P+1 .. k are three repeats of the same P keys, each repeat's
-    instructions completing exactly d cycles after the one before: the timeline has reached its steady
-    state. `seen` holds the earlier steps of each key (the periods worth trying end on the same key)."""
-    for earlier in reversed(seen[keys[k]][:-1]):
-        period = k - earlier
-        if period > MAX_PERIOD or 3 * period > k + 1:
-            break
-        if keys[k - 2 * period + 1:k + 1] != keys[k - 3 * period + 1:k - period + 1]:
-            continue
-        shift = ends[k][0] - ends[k - period][0]
-        if shift > 0 and all(b - a == shift for j in range(k - 2 * period + 1, k + 1)
-                             for a, b in zip(ends[j - period], ends[j])):
-            return period, shift
-    return None
+    def restore(self, floor: int, state: tuple) -> None:
+        issue, written, read, starts, ends = state
+        self.issue = {q: t + floor for q, t in issue}
+        self.written, self.read = ({slot: t + floor for slot, t in times} for times in (written, read))
+        self.dram.starts, self.dram.ends = [t + floor for t in starts], [t + floor for t in ends]
 
 
 def step_busy(plan: LayerPlan, instrs: list[Instr]) -> Counter:
@@ -296,37 +276,42 @@ class PricedWalk:
     def counts(self) -> Counter:
         return Counter(self.keys)
 
-    def price(self) -> tuple[float, Counter, int]:
+    def price(self, skip: bool = True) -> tuple[float, Counter, int]:
         """The layer's cycles, memory energy by memory and DRAM bytes (module docstring). Once the
-        timeline repeats itself (`_steady`), the repeats left are counted, not scheduled."""
+        timeline is in a state it was in before (`_Timeline.state`), the steps that followed then are
+        not scheduled again for as long as the same steps follow now (`skip`): their times are known."""
         self.bound()  # the whole walk
-        keys, timeline = self.keys, _Timeline(self.plan.hw.dram_latency_cycles)
-        ends: list[list[int]] = []
-        seen: dict[tuple, list[int]] = {}
+        keys, n = self.keys, len(self.keys)
+        queues = {BY_NAME[i.op].queue(i.args) for step in self.first.values() for i in step.instrs}
+        timeline = _Timeline(self.plan.hw.dram_latency_cycles, queues)
+        last, floors, states, tops = 0, [], [], []  # per step: the floor and state after it, when it completes
+        after: dict[tuple, int] = {}  # state -> the last step after which the timeline was in it
         k = 0
-        while k < len(keys):
-            ends.append(timeline.run(self.template(k)))
-            seen.setdefault(keys[k], []).append(k)
-            steady = _steady(keys, ends, k, seen) if k + 1 < len(keys) else None
-            if steady:
-                period, shift = steady
-                repeats = 0
-                while keys[k + 1 + repeats * period:k + 1 + (repeats + 1) * period] == keys[k + 1 - period:k + 1]:
-                    repeats += 1
-                if repeats:
-                    timeline.fast_forward(period, shift, repeats)
-                    ends += [[e + shift * (r + 1) for e in ends[j]] for r in range(repeats)
-                             for j in range(k + 1 - period, k + 1)]
-                    for j in range(k + 1, k + 1 + repeats * period):
-                        seen[keys[j]].append(j)
-                    k += repeats * period
+        while k < n:
+            tops.append(timeline.run(self.template(k)))
+            floor, state = timeline.state()
+            floors.append(floor)
+            states.append(state)
+            before = after.get(state) if skip else None
+            after[state] = k
             k += 1
+            if before is None:
+                continue
+            period, shift, resume = k - 1 - before, floor - floors[before], k
+            while k < n and keys[k] == keys[k - period]:  # as the steps after `before` ran
+                floors.append(floors[k - period] + shift)
+                states.append(states[k - period])
+                tops.append(tops[k - period] + shift)
+                after[states[k]] = k
+                k += 1
+            if k > resume:
+                timeline.restore(floors[k - 1], states[k - 1])
         energy: Counter = Counter()
         counts = self.counts
-        for key, n in counts.items():
+        for key, count in counts.items():
             for mem, pj in self.templates[key].energy_pj.items():
-                energy[mem] += n * pj
-        return timeline.last, energy, sum(n * self.templates[key].dram_bytes for key, n in counts.items())
+                energy[mem] += count * pj
+        return max(tops, default=0), energy, sum(count * self.templates[key].dram_bytes for key, count in counts.items())
 
 
 _PRICED: dict[tuple, tuple] = {}  # (id of the config, plan shape) -> (config, cycles, memory energy, DRAM bytes)

@@ -1,5 +1,5 @@
 """One plan per layer: codegen emits exactly the plan's walk, the cost model prices that same walk, and
-the shortcuts the cost model takes (steps priced once per key, repeats fast-forwarded) change nothing."""
+the shortcuts the cost model takes (steps priced once per key, repeats of the timeline skipped) change nothing."""
 import dataclasses
 from collections import Counter
 
@@ -49,20 +49,19 @@ def _untokened(instr) -> tuple:
     return instr.op, {k: v for k, v in instr.args.items() if k not in ("wait", "signal")}
 
 
-def _price(plan, unique_keys: bool = False, fast_forward: bool = True, monkeypatch=None):
+def _price(plan, unique_keys: bool = False, skip: bool = True, monkeypatch=None):
     if unique_keys:
         steps = list(plan.walk())
         monkeypatch.setattr(plan, "stretches", lambda: iter(
             Stretch((k,), [], lambda k=k, s=s: iter([Step((k,) + s.work, s.place, lambda: s.instrs)]))
             for k, s in enumerate(steps)))
-    monkeypatch.setattr(cost, "MAX_PERIOD", cost.MAX_PERIOD if fast_forward else 0)
-    cycles, energy, dram = cost.PricedWalk(plan).price()
+    cycles, energy, dram = cost.PricedWalk(plan).price(skip)
     monkeypatch.undo()
     return cycles, dict(energy), dram
 
 
-def test_pricing_once_per_key_and_fast_forwarding_change_no_figure(monkeypatch):
-    """A key that missed some difference between steps, or a fast-forward of a timeline that was not
+def test_pricing_once_per_key_and_skipping_repeats_change_no_figure(monkeypatch):
+    """A key that missed some difference between steps, or a skip from a timeline state that was not
     periodic, would price differently from scheduling every step on its own."""
     compiled = api.compile_model(vgg_snn(widths=(16, 32), pool_after=(0, 1)), "4,N,3,32,32", SMALL)
     priced = 0
@@ -73,7 +72,7 @@ def test_pricing_once_per_key_and_fast_forwarding_change_no_figure(monkeypatch):
             if plan is None:
                 continue
             cycles, energy, dram = _price(plan, monkeypatch=monkeypatch)
-            alone = _price(plan, unique_keys=True, fast_forward=False, monkeypatch=monkeypatch)
+            alone = _price(plan, unique_keys=True, skip=False, monkeypatch=monkeypatch)
             assert alone == (cycles, pytest.approx(energy, rel=1e-12), dram), plan.head.name
             priced += 1
     assert priced > 30
