@@ -279,33 +279,35 @@ class PricedWalk:
     def price(self, skip: bool = True) -> tuple[float, Counter, int]:
         """The layer's cycles, memory energy by memory and DRAM bytes (module docstring). Once the
         timeline is in a state it was in before (`_Timeline.state`), the steps that followed then are
-        not scheduled again for as long as the same steps follow now (`skip`): their times are known."""
+        not scheduled again for as long as the same steps follow now (`skip`): their times are known.
+        (The latest such step whose next period of steps, up to this one, is the next period now.)"""
         self.bound()  # the whole walk
         keys, n = self.keys, len(self.keys)
         queues = {BY_NAME[i.op].queue(i.args) for step in self.first.values() for i in step.instrs}
         timeline = _Timeline(self.plan.hw.dram_latency_cycles, queues)
-        last, floors, states, tops = 0, [], [], []  # per step: the floor and state after it, when it completes
-        after: dict[tuple, int] = {}  # state -> the last step after which the timeline was in it
+        floors, states, tops = [], [], []  # per step: the floor and state after it, when it completes
+        after: dict[tuple, list[int]] = {}  # state -> the steps after which the timeline was in it
         k = 0
         while k < n:
             tops.append(timeline.run(self.template(k)))
             floor, state = timeline.state()
             floors.append(floor)
             states.append(state)
-            before = after.get(state) if skip else None
-            after[state] = k
+            earlier = after.setdefault(state, [])
+            earlier.append(k)
             k += 1
+            # the latest earlier step in this state followed by a whole period of the steps that follow now
+            before = next((j for j in reversed(earlier[:-1]) if keys[k:2 * k - 1 - j] == keys[j + 1:k]), None) if skip else None
             if before is None:
                 continue
-            period, shift, resume = k - 1 - before, floor - floors[before], k
+            period, shift = k - 1 - before, floor - floors[before]
             while k < n and keys[k] == keys[k - period]:  # as the steps after `before` ran
                 floors.append(floors[k - period] + shift)
                 states.append(states[k - period])
                 tops.append(tops[k - period] + shift)
-                after[states[k]] = k
+                after[states[k]].append(k)
                 k += 1
-            if k > resume:
-                timeline.restore(floors[k - 1], states[k - 1])
+            timeline.restore(floors[k - 1], states[k - 1])
         energy: Counter = Counter()
         counts = self.counts
         for key, count in counts.items():
