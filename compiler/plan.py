@@ -240,6 +240,20 @@ def _neuron_actions(n: NeuronQ) -> dict[str, int]:
     return neuron_update_actions(n.reset, n.in_shift, n.decay_mul, n.decay_shift, n.levels, n.mode)
 
 
+_LIVE: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id of a weight array -> (it, its live synapses per tap)
+
+
+def _live_per_tap(op: Conv2d | Linear) -> np.ndarray:
+    """Live synapses per kernel tap, [kh, kw]: the same for every tiling the tile search prices."""
+    hit = _LIVE.get(id(op.weight))
+    if hit is None or hit[0] is not op.weight:
+        if len(_LIVE) > 1024:
+            _LIVE.clear()
+        w = live_synapses(op)
+        hit = _LIVE[id(op.weight)] = (op.weight, w.reshape(w.shape[0], -1, *(w.shape[2:] or (1, 1))).sum(axis=(0, 1)))
+    return hit[1]
+
+
 def _in_bounds(n_out: int, n_in: int, k: int, s: int, pad: int) -> np.ndarray:
     """For each kernel offset, how many of the n_out outputs read an input inside [0, n_in)."""
     pos = np.arange(n_out)[:, None] * s + np.arange(k)[None, :] - pad
@@ -527,8 +541,7 @@ class ConvPlan(LayerPlan):
         rows = _in_bounds(self.oh, self.ih, self.kh, self.sh, self.pt)
         cols = _in_bounds(self.ow, self.iw, self.kw, self.sw, self.pl)
         reach = np.outer(rows, cols)  # outputs each kernel tap reaches
-        w = live_synapses(self.op).reshape(self.cout, self.cin, self.kh, self.kw)
-        synapses = density * float((w.sum(axis=(0, 1)) * reach).sum()) * self.in_planes  # per step, at the density
+        synapses = density * float((_live_per_tap(self.op) * reach).sum()) * self.in_planes  # per step, at the density
         pe: dict[str, float] = {}
         if self.in_fmt == TIME:
             pe = {action: n * synapses * steps for action, n in TTFS_SYNAPSE_ACTIONS.items()}
