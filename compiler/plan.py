@@ -193,28 +193,41 @@ class LayerPlan(ABC):
         return self.instr(op, dst=dst, src=src, rows=rows, row_bytes=nbytes, src_stride=src_stride, dst_stride=dst_stride)
 
     def addr(self, value: Op) -> int:
-        addr = value_addr(self.graph, value)
-        if addr is None:
-            if self.placed:
-                value.fail("is read or written by a layer but has no DRAM address (allocate bug)")
-            return 0  # the cost model prices a plan before DRAM is allocated: addresses do not change costs
-        return addr
+        return self.dram_layout(value)[0]
+
+    def dram_layout(self, value: Op) -> tuple[int, int, int]:
+        """(DRAM address of step 0, bytes between steps, bytes per spike plane) of a value the layer reads or writes."""
+        layout = self._layouts.get(value.name)
+        if layout is None:
+            addr = value_addr(self.graph, value)
+            if addr is None:
+                if self.placed:
+                    value.fail("is read or written by a layer but has no DRAM address (allocate bug)")
+                addr = 0  # the cost model prices a plan before DRAM is allocated: addresses do not change costs
+            layout = self._layouts[value.name] = (addr, step_stride(self.graph, value), plane_bytes(value.type))
+        return layout
+
+    @cached_property
+    def _layouts(self) -> dict[str, tuple[int, int, int]]:
+        return {}
 
     def step_addr(self, value: Op, t: int, offset: int = 0) -> Ref:
-        return Ref("dram", self.addr(value) + t * step_stride(self.graph, value) + offset)
+        addr, stride, _ = self.dram_layout(value)
+        return Ref("dram", addr + t * stride + offset)
 
     def move_block(self, direction: str, value: Op, t: int, block: Block, chip: Ref) -> list[Instr]:
         """Load or store one block of step t of `value` between DRAM and `chip`: each of its spike
         planes (MT), the planes one after another on chip."""
-        run = block.copy()
+        offset, rows, row_bytes, stride = block.run
+        addr, step, plane = self.dram_layout(value)
         out = []
         for p in range(value.type.dtype.planes):
-            dram = self.step_addr(value, t, p * plane_bytes(value.type) + run["offset"])
-            at = Ref(chip.mem, chip.addr + p * block.nbytes)
+            dram = Ref("dram", addr + t * step + p * plane + offset)
+            at = Ref(chip.mem, chip.addr + p * rows * row_bytes) if p else chip
             if direction == "load":
-                out.append(self.copy("load", at, dram, run["row_bytes"], run["rows"], run["stride"], run["row_bytes"]))
+                out.append(self.copy("load", at, dram, row_bytes, rows, stride, row_bytes))
             else:
-                out.append(self.copy("store", dram, at, run["row_bytes"], run["rows"], run["row_bytes"], run["stride"]))
+                out.append(self.copy("store", dram, at, row_bytes, rows, row_bytes, stride))
         return out
 
     def neuron_step(self, n: NeuronQ, count: int, t: int, src: Ref, out: Ref, spikes: Block, states: Block) -> list[Instr]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from ttc.isa.errors import InternalError
 from ttc.isa.table import BY_NAME, TIME, elems_bytes
@@ -53,20 +54,20 @@ class Block:
     r0: int
     r1: int
 
-    def copy(self) -> dict:
-        """The load/store operands that move it: DRAM offset within the step, rows, row bytes, DRAM
-        stride (one contiguous run when it holds whole channels)."""
+    @cached_property
+    def run(self) -> tuple[int, int, int, int]:
+        """The load/store operands that move it: (DRAM offset within the step, rows, row bytes, DRAM
+        stride); one contiguous run when it holds whole channels."""
         c, h, w = self.shape
         if self.r0 == 0 and self.r1 == h:
-            return dict(offset=self._bytes_exact(self.c0 * h * w), rows=1,
-                        row_bytes=elems_bytes(self.fmt, (self.c1 - self.c0) * h * w), stride=0)
-        return dict(offset=self._bytes_exact(self.c0 * h * w + self.r0 * w), rows=self.c1 - self.c0,
-                    row_bytes=self._bytes_exact((self.r1 - self.r0) * w), stride=self._bytes_exact(h * w))
+            return self._bytes_exact(self.c0 * h * w), 1, elems_bytes(self.fmt, (self.c1 - self.c0) * h * w), 0
+        return (self._bytes_exact(self.c0 * h * w + self.r0 * w), self.c1 - self.c0,
+                self._bytes_exact((self.r1 - self.r0) * w), self._bytes_exact(h * w))
 
     @property
     def nbytes(self) -> int:
-        run = self.copy()
-        return run["rows"] * run["row_bytes"]
+        _, rows, row_bytes, _ = self.run
+        return rows * row_bytes
 
     def _bytes_exact(self, n: int) -> int:
         if self.fmt == "spike" and n % 8:

@@ -88,7 +88,7 @@ def test_row_tiles_start_input_blocks_on_bytes():
         assert t.r0 - t.pt == t.y0 - 1 and t.r1 >= min(8, t.y1 + 1)
     assert tiles[2].pt == -1  # loaded from row 4 (on a byte), the tile needs rows from 5: one row skipped
     with pytest.raises(InternalError, match="does not start or end on a byte"):
-        Block("spike", (4, 3, 3), 1, 2, 0, 3).copy()
+        Block("spike", (4, 3, 3), 1, 2, 0, 3).run
 
 
 def test_a_negative_top_padding_skips_loaded_rows():

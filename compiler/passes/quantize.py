@@ -86,7 +86,10 @@ def conv_bounds(weight: np.ndarray, x_bound) -> np.ndarray:
     """Per output channel, the largest |sum| a conv of `weight` [Cout, Cin, ...] reaches on inputs
     bounded by `x_bound` (a scalar or one bound per input channel)."""
     w = np.abs(weight.astype(np.int64)).reshape(weight.shape[0], weight.shape[1], -1).sum(axis=2)
-    return w @ np.broadcast_to(np.asarray(x_bound, dtype=object), (weight.shape[1],))
+    x = np.broadcast_to(np.asarray(x_bound, dtype=object), (weight.shape[1],))
+    if int(w.sum(axis=1).max(initial=0)) * int(x.max(initial=0)) < 1 << 62:  # no int64 sum can overflow
+        return (w @ x.astype(np.int64)).astype(object)
+    return w @ x  # Python integers
 
 
 def tt_bounds(op: TTConv2d, x_bound: int) -> list[int]:
