@@ -10,6 +10,9 @@ an instruction depends on is found once per distinct step (by its key): within t
 instructions whose footprints overlap its own, one of them writing (as `ttc.compiler.sync` places
 tokens); across steps, the buffer slots it touches (a slot written by a step must have been read by
 the steps before, and read only once written). A layer takes until its last instruction completes.
+The cost is in distinct work, not in steps: stretches seen before are not walked again, a template is
+built once per work and moved to other slots, and the timeline skips the steps that follow a state it
+was in before (`PricedWalk`).
 
 Energy. Every instruction's memory accesses are its footprint's bytes, priced per memory and direction
 as the simulator prices them (`HwConfig.access_pj`); arithmetic is the plan's action counts (the
@@ -63,13 +66,11 @@ class Work:
 
 @dataclass(frozen=True)
 class StepTemplate:
-    """What every step of one key does: its work in program order, memory energy and DRAM bytes, and
-    the cycles it keeps each resource busy (the queues; "dram" for the transfers of both DMA queues)."""
+    """What every step of one key does: its work in program order, memory energy and DRAM bytes."""
 
     work: tuple[Work, ...]
     energy_pj: dict[str, float]
     dram_bytes: int
-    busy: dict[str, int]
 
     def moved(self, turns: dict[str, tuple[int, int]]) -> "StepTemplate":
         """The template of the same work started with each memory's slots `turns[mem] = (by, of)` turns
@@ -129,10 +130,7 @@ def step_template(plan: LayerPlan, instrs: list[Instr]) -> StepTemplate:
         after.discard(j)
         work.append(Work(queue, opcode.cycles(hw, args), instr.op in DMA, tuple(sorted(after)),
                          tuple(sorted(reads)), tuple(sorted(writes))))
-    busy: Counter = Counter()
-    for w in work:
-        busy["dram" if w.dma else w.queue] += w.cycles
-    return StepTemplate(tuple(work), dict(energy), dram_bytes, dict(busy))
+    return StepTemplate(tuple(work), dict(energy), dram_bytes)
 
 
 class _Timeline:
@@ -206,7 +204,7 @@ def step_busy(plan: LayerPlan, instrs: list[Instr]) -> Counter:
 
 
 class PricedWalk:
-    """A plan's walk, taken as far as needed, and its step templates (built once per key): a lower
+    """A plan's walk, taken as far as needed, and its step templates (built once per work): a lower
     bound on its cycles, then its full price. The steps of a stretch seen before (same signature, slots
     at the same turns) are not walked again: its keys are known, its slots advanced."""
 

@@ -34,17 +34,19 @@ class Instr:
         spec = BY_NAME.get(self.op)
         if spec is None:
             raise EncodingError(f"unknown opcode {self.op!r}")
-        masks = {f.name: f for f in spec.fields if f.kind == "mask"}
-        args = {**{name: () for name in masks}, **self.args}
-        for name, f in masks.items():
-            if not isinstance(args[name], (tuple, list, set, frozenset)) or not all(isinstance(v, str) for v in args[name]):
-                raise EncodingError(f"{self.op}.{name}: expected a tuple of names, got {args[name]!r}")
-            args[name] = tuple(c for c in f.choices if c in args[name]) + tuple(v for v in args[name] if v not in f.choices)
-        object.__setattr__(self, "args", args)
-        if set(self.args) != set(spec.field_names):
-            missing, extra = set(spec.field_names) - set(self.args), set(self.args) - set(spec.field_names)
+        args = self.args
+        if spec.masks:
+            args = {**{f.name: () for f in spec.masks}, **args}
+            for f in spec.masks:
+                value = args[f.name]
+                if not isinstance(value, (tuple, list, set, frozenset)) or not all(isinstance(v, str) for v in value):
+                    raise EncodingError(f"{self.op}.{f.name}: expected a tuple of names, got {value!r}")
+                args[f.name] = tuple(c for c in f.choices if c in value) + tuple(v for v in value if v not in f.choices)
+        names = spec.field_names
+        if len(args) != len(names) or not all(name in args for name in names):
+            missing, extra = set(names) - set(args), set(args) - set(names)
             raise EncodingError(f"{self.op}: missing operands {sorted(missing)}, unknown operands {sorted(extra)}")
-        object.__setattr__(self, "args", {name: self.args[name] for name in spec.field_names})
+        object.__setattr__(self, "args", {name: args[name] for name in names})
         for f in spec.fields:
             _check_value(self.op, f, self.args[f.name])
 

@@ -29,6 +29,7 @@ for the same work, and its utilisation shows what the bit-planes cost.
 """
 from __future__ import annotations
 
+from functools import cached_property
 from dataclasses import dataclass
 from typing import Callable
 
@@ -119,9 +120,13 @@ class Opcode:
     cycles: Callable[[object, dict], int] | None = None
     pe_work: Callable[[dict], int] | None = None
 
-    @property
+    @cached_property
     def field_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
+
+    @cached_property
+    def masks(self) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.kind == "mask")
 
     def queue(self, args: dict) -> str:
         return f"pe{args['group']}" if self.unit == "pe" else self.unit
