@@ -105,6 +105,22 @@ def pool(lw: Lowering, path, m, x):
     return lw.per_step(path, m, x, is_multi_step(m), lambda v: lw.emit(cls, path, (v,), kernel=k, stride=s))
 
 
+def adaptive_pool(lw: Lowering, path, m, x):
+    """Adaptive average or max pooling to an output size that divides the input: a pooling whose kernel
+    and stride are input / output (SpikingJelly's zoo ends in AdaptiveAvgPool2d((1, 1)))."""
+    out = _int_pair(m.output_size) if m.output_size is not None and None not in _int_pair(m.output_size) else None
+    _require(out is not None, path, m, f"output size {m.output_size} must be given on both axes")
+    cls = ir.MaxPool if isinstance(m, nn.AdaptiveMaxPool2d) else ir.AvgPool
+
+    def build(v):
+        _, h, w = lw.graph.op(v).type.shape
+        _require(h % out[0] == 0 and w % out[1] == 0 and h // out[0] == w // out[1], path, m,
+                 f"output size {out} does not divide the {h}x{w} input into square windows")
+        return lw.emit(cls, path, (v,), kernel=h // out[0], stride=h // out[0])
+
+    return lw.per_step(path, m, x, is_multi_step(m), build)
+
+
 def flatten(lw: Lowering, path, m, x):
     multi = is_multi_step(m)
     if isinstance(m, nn.Flatten):
@@ -302,7 +318,7 @@ def ttfs_pool(lw: Lowering, path, m, x):
     return y if cls is ir.MaxPool else _fire(lw, f"{path}.fire", m, y, m.out_window)
 
 
-_STATELESS = (conv2d, linear, batchnorm, pool, flatten, identity)
+_STATELESS = (conv2d, linear, batchnorm, pool, adaptive_pool, flatten, identity)
 
 #: The official TT-SNN layers (github donghyunli/TT-SNN, models/MS_ResNet_TT.py), recognised by class name.
 _TT_SNN = {"mem_update": tt_snn_neuron, "Snn_Conv2d": conv2d, "batch_norm_2d": batchnorm, "batch_norm_2d1": batchnorm,
@@ -315,7 +331,8 @@ _BY_CLASS = (
     ((ttfs.CATActivation, ttfs.TTFSEncoder), cat_activation), (ttfs.TTFSLinear, ttfs_layer),
     ((ttfs.TTFSMaxPool2d, ttfs.TTFSAvgPool2d), ttfs_pool), (ttc.TimeMean, time_mean), (ttc.Flatten, flatten),
     (nn.Conv2d, conv2d), (nn.Linear, linear), ((nn.BatchNorm2d, nn.BatchNorm1d), batchnorm),
-    ((nn.MaxPool2d, nn.AvgPool2d), pool), (nn.Flatten, flatten), ((nn.Identity, nn.Dropout), identity),
+    ((nn.MaxPool2d, nn.AvgPool2d), pool), ((nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d), adaptive_pool),
+    (nn.Flatten, flatten), ((nn.Identity, nn.Dropout, nn.Dropout2d), identity),
 )
 
 
@@ -332,6 +349,8 @@ def handler_for(m: nn.Module):
     sj_layer = sys.modules.get("spikingjelly.activation_based.layer")
     if sj_layer is not None and isinstance(m, sj_layer.SeqToANNContainer):
         return seq_to_ann
+    if sj_layer is not None and isinstance(m, sj_layer.Dropout):  # and Dropout2d: the identity at inference
+        return identity
     snn = sys.modules.get("snntorch")
     if snn is not None and isinstance(m, snn.SpikingNeuron):
         return snntorch_leaky if isinstance(m, snn.Leaky) else None

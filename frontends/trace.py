@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -72,7 +73,8 @@ _LIBRARIES = ("torch", "spikingjelly", "snntorch")
 
 
 class _Batch:
-    """The batch size, which ttc leaves open: what `x.size(1)` of a [T, B, ...] input gives."""
+    """The batch size, which ttc leaves open: what `x.size(1)` of a [T, B, ...] input gives (a constant
+    of the trace: `torch.zeros(T, x.size(1), ...)` records it as an argument)."""
 
     def __repr__(self):
         return "N"
@@ -90,20 +92,56 @@ class Blank:
     value: "Val | None" = None
 
 
+@dataclass(frozen=True)
+class Unsqueezed:
+    """A static input given a leading axis of one (`x.unsqueeze(0)`), which a repeat over T makes direct coding."""
+
+    name: str
+
+
 class _MutableProxy(fx.Proxy):
-    """A proxy that records `proxy[index] = value` as an operator.setitem node (fx's own raises)."""
+    """A proxy that records `proxy[index] = value` as an operator.setitem node (fx's own raises), and
+    whose shape is known at trace time where the tracer knows it (the model's input): so that Python
+    code that loops over `range(x.shape[0])` or sizes a buffer by `x.size(0)` traces."""
 
     def __setitem__(self, index, value):
         self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
 
+    @property
+    def shape(self):
+        known = self.node.meta.get("ttc_shape")
+        return known if known is not None else self.__getattr__("shape")
+
+    def size(self, dim=None):
+        known = self.node.meta.get("ttc_shape")
+        if known is None:
+            return self.tracer.create_proxy("call_method", "size", (self,) if dim is None else (self, dim), {})
+        return known if dim is None else known[dim]
+
+    def dim(self):
+        known = self.node.meta.get("ttc_shape")
+        return len(known) if known is not None else self.tracer.create_proxy("call_method", "dim", (self,), {})
+
+    def __len__(self):
+        known = self.node.meta.get("ttc_shape")
+        if known is None:
+            raise UnsupportedModel("len() of a value other than the model's input while tracing")
+        return known[0]
+
 
 class _Tracer(fx.Tracer):
-    def __init__(self):
+    def __init__(self, input_shape: tuple = ()):
         super().__init__()
         self.record_stack_traces = True
+        self.input_shape = input_shape  # the sizes of the model's input, BATCH for the batch axis
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
+        if node.op == "placeholder" and self.input_shape:
+            node.meta["ttc_shape"] = self.input_shape
         return _MutableProxy(node, self)
+
+    def create_arg(self, a):
+        return a if a is BATCH else super().create_arg(a)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         """Known layers, and every layer of torch.nn, SpikingJelly and snnTorch, so that one ttc
@@ -287,11 +325,16 @@ def _qual(module) -> str:
     return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
+_TORCH_DIR = str(Path(torch.__file__).parent)
+
+
 def _where(node: fx.Node) -> str:
+    """The module path and the user's source line of a traced call (the innermost frame outside torch)."""
     stack = node.meta.get("nn_module_stack")
     path = repr(list(stack)[-1]) if stack else "the top-level forward"
     trace = (node.stack_trace or "").strip().splitlines()
-    line = next((ln.strip() for ln in reversed(trace) if ln.strip().startswith("File")), "")
+    frames = [ln.strip() for ln in trace if ln.strip().startswith("File") and _TORCH_DIR not in ln]
+    line = frames[-1] if frames else ""
     return f"{path}{' (' + line + ')' if line else ''}"
 
 
@@ -406,6 +449,44 @@ def _global_pool(lw: Lowering, node, x, output_size):
                            "global average (None, 1, 1) of square [T, N, C, H, W] planes")
 
 
+def _getattr(lw: Lowering, node, x, attr, *default):
+    """What a forward asks of a tensor to build others: its shape, device, dtype (one of the model's
+    values: ttc runs on its own device, in its own formats)."""
+    if isinstance(x, Val):
+        if attr == "shape":
+            return _size(lw, node, x)
+        if attr == "device":
+            return torch.device("cpu")
+        if attr == "dtype":
+            return torch.float32
+        if attr == "ndim":
+            return len(_size(lw, node, x))
+    raise UnsupportedModel(f"unsupported attribute {attr!r} of {x!r} at {_where(node)}")
+
+
+def _unsqueeze(lw: Lowering, node, x, dim):
+    if isinstance(x, Val) and lw.type_of(x).time is None and dim == 0:
+        return Unsqueezed(x.name)
+    raise UnsupportedModel(f"unsqueeze({dim}) at {_where(node)}: ttc understands x.unsqueeze(0) of a static input, "
+                           "repeated over time (direct coding)")
+
+
+def _repeat(expand: bool):
+    def repeat(lw: Lowering, node, x, *sizes):
+        """x.unsqueeze(0).repeat(T, 1, ...) (or .expand(T, -1, ...)): the static input at every step."""
+        sizes = tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
+        keep = -1 if expand else 1
+        if isinstance(x, Unsqueezed) and sizes and isinstance(sizes[0], int) and sizes[0] > 0 \
+                and len(sizes) == 2 + len(lw.type_of(Val(x.name)).shape) and all(s in (keep, 1) or s is BATCH for s in sizes[1:]):
+            if lw.steps not in (None, sizes[0]):
+                raise UnsupportedModel(f"repeat over {sizes[0]} steps at {_where(node)} in a {lw.steps}-step model")
+            lw.steps = sizes[0]
+            return Val(lw.emit(ir.Repeat, _path(node, "repeat"), (x.name,), steps=sizes[0]))
+        raise UnsupportedModel(f"{'expand' if expand else 'repeat'}{sizes} at {_where(node)}: ttc understands "
+                               f"x.unsqueeze(0).{'expand' if expand else 'repeat'}(T, {keep}, ...) of a static input")
+    return repeat
+
+
 def _truediv(lw: Lowering, node, x, divisor):
     """sum over time / T is the mean over time."""
     op = lw.graph.op(x.name) if isinstance(x, Val) else None
@@ -417,9 +498,9 @@ def _truediv(lw: Lowering, node, x, divisor):
 _FUNCTIONS = {operator.getitem: _getitem, torch.stack: _stack, torch.flatten: _flatten,
               torch.mean: _reduce("mean"), torch.sum: _reduce("sum"), operator.add: _add, torch.add: _add,
               torch.zeros: _zeros, operator.setitem: _setitem, operator.truediv: _truediv,
-              torch.nn.functional.adaptive_avg_pool3d: _global_pool}
+              torch.nn.functional.adaptive_avg_pool3d: _global_pool, getattr: _getattr, torch.unsqueeze: _unsqueeze}
 _METHODS = {"flatten": _flatten, "mean": _reduce("mean"), "sum": _reduce("sum"), "size": _size, "view": _view,
-            "reshape": _view}
+            "reshape": _view, "unsqueeze": _unsqueeze, "repeat": _repeat(expand=False), "expand": _repeat(expand=True)}
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -429,7 +510,7 @@ def trace(model: nn.Module, input_shape, name: str = "model") -> ir.Graph:
     shape = parse_input_shape(input_shape)
     model = model.eval()
     try:
-        gm = fx.GraphModule(model, _Tracer().trace(model))
+        gm = fx.GraphModule(model, _Tracer(tuple(BATCH if d == "N" else d for d in shape)).trace(model))
     except UnsupportedModel:
         raise
     except Exception as e:  # fx raises many types for untraceable Python; say what and where

@@ -1,0 +1,125 @@
+"""Models written the way SpikingJelly's and snnTorch's tutorials write them (issue 17): static inputs
+repeated over time with unsqueeze/repeat or a torch.zeros buffer sized from the input, Python loops
+over x.shape[0], dropout, adaptive pooling. Each compiles and runs bit-exact against the quantized
+reference; dyadic ones equal the float model bit for bit; a refusal names the user's own source line."""
+import pytest
+import torch
+from spikingjelly.activation_based import functional, layer, neuron, surrogate
+from torch import nn
+
+from conftest import grid_inputs
+from test_end_to_end import bits_equal, dyadic_
+from ttc import api
+from ttc.frontends.trace import UnsupportedModel
+
+T = 4
+
+
+class CSNN(nn.Module):
+    """SpikingJelly's conv_fashion_mnist tutorial network (shrunk): a static image repeated over T steps
+    by unsqueeze/repeat, IF neurons with a surrogate, dropout before the classifier, firing rate out."""
+
+    def __init__(self, channels=4):
+        super().__init__()
+        self.T = T
+        self.conv_fc = nn.Sequential(
+            layer.Conv2d(1, channels, kernel_size=3, padding=1, bias=False), layer.BatchNorm2d(channels),
+            neuron.IFNode(surrogate_function=surrogate.ATan()), layer.MaxPool2d(2, 2), layer.Flatten(),
+            layer.Dropout(0.5), layer.Linear(channels * 4 * 4, 10, bias=False),
+            neuron.IFNode(surrogate_function=surrogate.ATan()))
+        functional.set_step_mode(self, step_mode="m")
+
+    def forward(self, x):
+        x_seq = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)  # [N, C, H, W] -> [T, N, C, H, W]
+        return self.conv_fc(x_seq).mean(0)
+
+
+class ExpandedInput(CSNN):
+    def forward(self, x):
+        return self.conv_fc(x.unsqueeze(0).expand(self.T, -1, -1, -1, -1)).mean(0)
+
+
+class ZerosLikeInput(nn.Module):
+    """A sequence buffer sized and placed from the input (`x.size()[0]`, `device=x.device`), filled per step."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(layer.Conv2d(1, 4, 3, padding=1), neuron.LIFNode(tau=2.0), layer.Flatten(),
+                                 layer.Linear(256, 10), neuron.IFNode())
+        functional.set_step_mode(self, "m")
+
+    def forward(self, x):
+        seq = torch.zeros(T, x.size()[0], *x.shape[1:], device=x.device, dtype=x.dtype)
+        for t in range(T):
+            seq[t] = x
+        return self.net(seq).mean(0)
+
+
+class LoopOverShape(nn.Module):
+    """Single-step SpikingJelly layers driven by a loop over the input's time axis, `range(x.shape[0])`."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = layer.Conv2d(1, 4, 3, padding=1)
+        self.sn = neuron.LIFNode(tau=2.0, v_threshold=0.5)
+        self.fc = layer.Linear(256, 10)
+        self.out = neuron.IFNode(v_reset=None)
+
+    def forward(self, x):
+        out = []
+        for t in range(x.shape[0]):
+            out.append(self.out(self.fc(self.sn(self.conv(x[t])).flatten(1))))
+        return torch.stack(out).mean(0)
+
+
+class AdaptivePooled(nn.Module):
+    """The zoo's classifier head: AdaptiveAvgPool2d((1, 1)) (and a 2x2 adaptive max pool) before flatten."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(layer.Conv2d(1, 8, 3, padding=1), neuron.IFNode(), layer.AdaptiveAvgPool2d((2, 2)),
+                                 neuron.IFNode(v_threshold=0.25), layer.Dropout2d(0.2), layer.AdaptiveAvgPool2d(1),
+                                 layer.Flatten(), layer.Linear(8, 10))
+        functional.set_step_mode(self, "m")
+
+    def forward(self, x):
+        return self.net(x).mean(0)
+
+
+NETS = {  # name: (model, input shape of one run, exactly representable: weights dyadic, no batch norm)
+    "sj-tutorial-unsqueeze-repeat": (lambda: dyadic_(CSNN(), 1), (100, 1, 8, 8), False),
+    "unsqueeze-expand": (lambda: dyadic_(ExpandedInput(), 2), (100, 1, 8, 8), False),
+    "zeros-sized-from-input": (lambda: dyadic_(ZerosLikeInput(), 3), (100, 1, 8, 8), True),
+    "loop-over-x-shape": (lambda: dyadic_(LoopOverShape(), 4), (T, 100, 1, 8, 8), True),
+    "adaptive-pooling": (lambda: dyadic_(AdaptivePooled(), 5), (T, 100, 1, 8, 8), True),
+}
+
+
+def _spec(shape):
+    batch = 0 if len(shape) == 4 else 1
+    return ",".join("N" if i == batch else str(d) for i, d in enumerate(shape))
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_tutorial_idiom_compiles_bit_exact(name):
+    make, shape, exact = NETS[name]
+    model = make()
+    compiled = api.compile_model(model, _spec(shape))
+    x = grid_inputs(shape, seed=7)
+    sim, ref, flt = api.simulate(compiled.program, x).outputs, api.reference(compiled, x), api.run_float(model, x)
+    for s, r, f in zip(sim, ref, flt):
+        assert bits_equal(s, r)
+        if exact:
+            assert bits_equal(s, f.astype(s.dtype)), "exactly representable: the float model's outputs, bit for bit"
+        else:  # batch norm's 1/sqrt(var + eps) is rounded: quantization keeps the float model's decisions
+            assert (s.argmax(1) == f.argmax(1)).mean() >= 0.8
+    assert sim[0].std() > 0, "a constant output tests nothing"
+
+
+def test_a_refused_call_names_the_users_source_line():
+    class Unknown(CSNN):
+        def forward(self, x):
+            return self.conv_fc(x.unsqueeze(1).repeat(1, T, 1, 1, 1)).mean(0)  # time on the wrong axis
+
+    with pytest.raises(UnsupportedModel, match=r"unsqueeze\(1\) at .*test_idioms\.py\", line \d+, in forward"):
+        api.compile_model(Unknown(), "N,1,8,8")
