@@ -22,6 +22,7 @@ qualified path in the model and its type.
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -215,6 +216,8 @@ class Lowering:
 
     def per_step(self, path: str, module: nn.Module, x, multi: bool, build: Callable[[str], str]):
         """Apply a layer to a sequence (multi-step) or to one step inside a time loop."""
+        if isinstance(x, Val) and self.type_of(x).time is None and self.calls[path] > 1:
+            x, multi = self.every_step(path, x), False
         if isinstance(x, Val):
             if self.type_of(x).time is None:
                 raise UnsupportedModel(f"module {path!r} ({_qual(module)}) is applied to a static tensor; "
@@ -234,6 +237,19 @@ class Lowering:
             self.visit(path, self.memo[key], x.t)
             return Step(self.memo[key], x.t)
         raise UnsupportedModel(f"module {path!r} ({_qual(module)}) is applied to {x!r}, not a tensor of the model")
+
+    def every_step(self, path: str, x: Val) -> Step:
+        """A static input given to a single-step layer at every step of a time loop (snnTorch's tutorials
+        feed the image to the first layer each step) is direct coding: this call's step of its repeat."""
+        steps = self.calls[path]
+        if self.steps not in (None, steps):
+            raise UnsupportedModel(f"module {path!r} is called {steps} times on a static input in a {self.steps}-step model")
+        self.steps = steps
+        if ("repeat", x.name) not in self.memo:
+            self.memo[("repeat", x.name)] = self.emit(ir.Repeat, f"{self.graph.op(x.name).path or x.name}.repeat",
+                                                      (x.name,), steps=steps)
+        repeated = self.memo[("repeat", x.name)]
+        return Step(repeated, len(self.visits.get(self.memo.get((path, repeated)), [])))
 
     def visit(self, path: str, name: str, t: int) -> None:
         seen = self.visits[name]
@@ -255,6 +271,7 @@ class Lowering:
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         if len(placeholders) != len(input_types):
             raise UnsupportedModel(f"forward takes {len(placeholders)} inputs; ttc compiles models with one tensor input")
+        self.calls = Counter(node.target for node in self.gm.graph.nodes if node.op == "call_module")
         for index, (node, typ) in enumerate(zip(placeholders, input_types)):
             env[node] = Val(self.emit(ir.Input, node.target, (), index=index, declared=typ))
         for node in self.gm.graph.nodes:
