@@ -19,10 +19,13 @@ from . import ttfs
 from .trace import ZERO_STATE, Lowering, State, Step, UnsupportedModel, Val, _qual, to_numpy
 
 
+_RUN_MULTI_STEP: set[int] = set()  # ids of the modules a container runs over whole sequences
+
+
 def is_multi_step(m: nn.Module) -> bool:
     """ttc's modules and the official TT-SNN layers work on [T, B, ...]; SpikingJelly's say so with
-    step_mode; torch.nn's do not."""
-    if type(m).__module__ == ttc.__name__ or type(m).__name__ in _TT_SNN:
+    step_mode; torch.nn's do not; a SpikingJelly container runs its children over whole sequences."""
+    if type(m).__module__ == ttc.__name__ or type(m).__name__ in _TT_SNN or id(m) in _RUN_MULTI_STEP:
         return True
     return getattr(m, "step_mode", "s") == "m"
 
@@ -159,16 +162,24 @@ def seq_to_ann(lw: Lowering, path, m, x):
     return x
 
 
+def multi_step_container(lw: Lowering, path, m, x):
+    """SpikingJelly's MultiStepContainer and StepModeContainer: their children run over every step of
+    the sequence (one step at a time, or folded into the batch when stateless): as multi-step layers."""
+    _require(isinstance(x, Val), path, m, "a multi-step container needs the whole sequence")
+    for name, child in m.named_children():
+        handler = handler_for(child)
+        if handler is None:
+            raise UnsupportedModel(f"unsupported module {path}.{name!r} of type {_qual(child)}")
+        x = _as_multi_step(lw, f"{path}.{name}", child, x, handler)
+    return x
+
+
 def _as_multi_step(lw, path, child, x, handler):
-    before = child.__dict__.get("step_mode")
-    child.__dict__["step_mode"] = "m"
+    _RUN_MULTI_STEP.add(id(child))
     try:
         return handler(lw, path, child, x)
     finally:
-        if before is None:
-            del child.__dict__["step_mode"]
-        else:
-            child.__dict__["step_mode"] = before
+        _RUN_MULTI_STEP.discard(id(child))
 
 
 # ------------------------------------------------------------------------------------ neurons
@@ -349,6 +360,8 @@ def handler_for(m: nn.Module):
     sj_layer = sys.modules.get("spikingjelly.activation_based.layer")
     if sj_layer is not None and isinstance(m, sj_layer.SeqToANNContainer):
         return seq_to_ann
+    if sj_layer is not None and isinstance(m, (sj_layer.MultiStepContainer, sj_layer.StepModeContainer)):
+        return multi_step_container
     if sj_layer is not None and isinstance(m, sj_layer.Dropout):  # and Dropout2d: the identity at inference
         return identity
     snn = sys.modules.get("snntorch")

@@ -75,13 +75,34 @@ _LIBRARIES = ("torch", "spikingjelly", "snntorch")
 
 class _Batch:
     """The batch size, which ttc leaves open: what `x.size(1)` of a [T, B, ...] input gives (a constant
-    of the trace: `torch.zeros(T, x.size(1), ...)` records it as an argument)."""
+    of the trace: `torch.zeros(T, x.size(1), ...)` records it as an argument). T * B is `BatchTimes(T)`,
+    the leading size of a sequence folded into a batch."""
 
     def __repr__(self):
         return "N"
 
+    def __mul__(self, k):
+        if isinstance(k, int) and not isinstance(k, bool):
+            return BatchTimes(k)
+        return NotImplemented
+
+    __rmul__ = __mul__
+
+
+@dataclass(frozen=True)
+class BatchTimes:
+    steps: int
+
 
 BATCH = _Batch()
+
+
+@dataclass(frozen=True)
+class Folded:
+    """A sequence [T, B, ...] folded to [T*B, ...] (SpikingJelly's SeqToANNContainer does it by hand:
+    `x.flatten(0, 1)`, `x.view(T * B, ...)`), which single-step stateless layers apply to step by step."""
+
+    name: str
 
 
 @dataclass
@@ -142,7 +163,7 @@ class _Tracer(fx.Tracer):
         return _MutableProxy(node, self)
 
     def create_arg(self, a):
-        return a if a is BATCH else super().create_arg(a)
+        return a if a is BATCH or isinstance(a, BatchTimes) else super().create_arg(a)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         """Known layers, and every layer of torch.nn, SpikingJelly and snnTorch, so that one ttc
@@ -251,6 +272,16 @@ class Lowering:
         repeated = self.memo[("repeat", x.name)]
         return Step(repeated, len(self.visits.get(self.memo.get((path, repeated)), [])))
 
+    def folded(self, path: str, module: nn.Module, handler, x: Folded) -> Folded:
+        """A layer on a sequence folded into the batch: a stateless one is the same layer on every step
+        (a neuron would see T*B independent samples, not T steps, so it is refused)."""
+        from .module_maps import _STATELESS, _as_multi_step
+
+        if handler not in _STATELESS:
+            raise UnsupportedModel(f"module {path!r} ({_qual(module)}) is applied to a sequence folded into the "
+                                   "batch ([T*B, ...]); unfold it to [T, B, ...] before stateful layers")
+        return Folded(_as_multi_step(self, path, module, Val(x.name), handler).name)
+
     def visit(self, path: str, name: str, t: int) -> None:
         seen = self.visits[name]
         if t != len(seen):
@@ -293,7 +324,10 @@ class Lowering:
                 handler = handler_for(module)
                 if handler is None:
                     raise UnsupportedModel(f"unsupported module {node.target!r} of type {_qual(module)}")
-                env[node] = handler(self, node.target, module, *args, **kwargs)
+                if args and isinstance(args[0], Folded):
+                    env[node] = self.folded(node.target, module, handler, args[0])
+                else:
+                    env[node] = handler(self, node.target, module, *args, **kwargs)
             else:
                 env[node] = self.call(node, args, kwargs)
         raise UnsupportedModel("the traced model has no output")
@@ -388,6 +422,10 @@ def _stack(lw: Lowering, node, items, dim=0):
 
 
 def _flatten(lw: Lowering, node, x, start_dim=0, end_dim=-1):
+    if isinstance(x, Val) and lw.type_of(x).time is not None and (start_dim, end_dim) == (0, 1):
+        return Folded(x.name)
+    if isinstance(x, Folded) and start_dim == 1 and end_dim == -1:  # [T*B, ...] -> [T*B, -1]: each step flattened
+        return Folded(lw.emit(ir.Flatten, _path(node, "flatten"), (x.name,)))
     if end_dim != -1:
         raise UnsupportedModel(f"flatten with end_dim={end_dim} at {_where(node)}")
     path = _path(node, "flatten")  # the same path at every step of a time loop: one op for all steps
@@ -439,15 +477,25 @@ def _setitem(lw: Lowering, node, target, index, value):
 
 
 def _size(lw: Lowering, node, x, dim=None):
-    if not isinstance(x, Val):
+    if not isinstance(x, (Val, Folded)):
         raise UnsupportedModel(f"size() of {x!r} at {_where(node)}")
-    typ = lw.type_of(x)
-    sizes = (BATCH, *typ.shape) if typ.time is None else (typ.time, BATCH, *typ.shape)
+    typ = lw.type_of(Val(x.name))
+    if isinstance(x, Folded):
+        sizes = (BatchTimes(typ.time), *typ.shape)
+    else:
+        sizes = (BATCH, *typ.shape) if typ.time is None else (typ.time, BATCH, *typ.shape)
     return sizes if dim is None else sizes[dim]
 
 
 def _view(lw: Lowering, node, x, *shape):
     shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    if isinstance(x, (Val, Folded)) and shape:
+        typ = lw.type_of(Val(x.name))
+        rest = tuple(shape[1:]) if shape[0] in (-1, BatchTimes(typ.time)) else tuple(shape[2:])
+        if isinstance(x, Val) and typ.time is not None and shape[0] in (-1, BatchTimes(typ.time)) and rest == typ.shape:
+            return Folded(x.name)  # [T, B, ...] -> [T*B, ...]
+        if isinstance(x, Folded) and shape[:2] in ((typ.time, BATCH), (typ.time, -1)) and rest == typ.shape:
+            return Val(x.name)  # [T*B, ...] -> [T, B, ...]
     if isinstance(x, Val) and lw.type_of(x).time is not None and len(shape) == 3 and shape[:2] == (lw.type_of(x).time, BATCH) \
             and shape[2] in (-1, lw.type_of(x).numel):
         return Val(lw.emit(ir.Flatten, _path(node, "flatten"), (x.name,)))
@@ -469,7 +517,7 @@ def _global_pool(lw: Lowering, node, x, output_size):
 def _getattr(lw: Lowering, node, x, attr, *default):
     """What a forward asks of a tensor to build others: its shape, device, dtype (one of the model's
     values: ttc runs on its own device, in its own formats)."""
-    if isinstance(x, Val):
+    if isinstance(x, (Val, Folded)):
         if attr == "shape":
             return _size(lw, node, x)
         if attr == "device":
@@ -512,12 +560,27 @@ def _truediv(lw: Lowering, node, x, divisor):
     raise UnsupportedModel(f"unsupported division at {_where(node)}: ttc understands a sum over time divided by T")
 
 
+def _unflatten(lw: Lowering, node, x, dim, sizes):
+    """[T*B, ...].unflatten(0, (T, B)) (or (T, -1)): the folded sequence again."""
+    if isinstance(x, Folded) and dim == 0 and len(sizes) == 2:
+        return _view(lw, node, x, *sizes, *lw.type_of(Val(x.name)).shape)
+    raise UnsupportedModel(f"unflatten({dim}, {sizes}) at {_where(node)}: ttc understands unfolding a [T*B, ...] "
+                           "sequence with unflatten(0, (T, B))")
+
+
+def _mul(lw: Lowering, node, a, b):
+    if BATCH in (a, b) and isinstance(b if a is BATCH else a, int):
+        return BATCH * (b if a is BATCH else a)
+    raise UnsupportedModel(f"unsupported multiplication at {_where(node)}: ttc understands T * B, a folded sequence's size")
+
+
 _FUNCTIONS = {operator.getitem: _getitem, torch.stack: _stack, torch.flatten: _flatten,
               torch.mean: _reduce("mean"), torch.sum: _reduce("sum"), operator.add: _add, torch.add: _add,
-              torch.zeros: _zeros, operator.setitem: _setitem, operator.truediv: _truediv,
+              torch.zeros: _zeros, operator.setitem: _setitem, operator.truediv: _truediv, operator.mul: _mul,
+              torch.reshape: _view,
               torch.nn.functional.adaptive_avg_pool3d: _global_pool, getattr: _getattr, torch.unsqueeze: _unsqueeze}
 _METHODS = {"flatten": _flatten, "mean": _reduce("mean"), "sum": _reduce("sum"), "size": _size, "view": _view,
-            "reshape": _view, "unsqueeze": _unsqueeze, "repeat": _repeat(expand=False), "expand": _repeat(expand=True)}
+            "reshape": _view, "unflatten": _unflatten, "unsqueeze": _unsqueeze, "repeat": _repeat(expand=False), "expand": _repeat(expand=True)}
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -12,6 +12,7 @@ from conftest import grid_inputs
 from test_end_to_end import bits_equal, dyadic_
 from ttc import api
 from ttc.frontends.trace import UnsupportedModel
+from ttc.isa.errors import TtcError
 
 T = 4
 
@@ -109,6 +110,30 @@ class SnnTorchTutorial5(nn.Module):
         return torch.stack(spk2_rec, dim=0), torch.stack(mem2_rec, dim=0)
 
 
+class FoldedIntoBatch(nn.Module):
+    """Time folded into the batch by hand around single-step torch layers (`x.view(T * B, ...)`,
+    `flatten(0, 1)`, `unflatten`), SpikingJelly's containers, and a residual add feeding SpikingJelly's
+    default LIF (decay_input: its 1/tau gain has no conv of its own to fold into) and a PLIF."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.sn1 = neuron.LIFNode(tau=2.0, step_mode="m")
+        self.block = layer.MultiStepContainer(nn.Conv2d(4, 4, 3, padding=1), neuron.IFNode())
+        self.conv2 = layer.SeqToANNContainer(nn.Conv2d(4, 4, 3, padding=1))
+        self.sn2 = neuron.LIFNode(tau=2.0, step_mode="m")
+        self.sn3 = neuron.ParametricLIFNode(init_tau=2.0, step_mode="m")
+        self.fc = layer.Linear(256, 10, step_mode="m")
+
+    def forward(self, x):
+        T, B = x.shape[0], x.shape[1]
+        y = self.conv(x.view(T * B, 1, 8, 8)).view(T, B, 4, 8, 8)
+        s = self.sn1(y)
+        r = self.sn2(self.conv2(self.block(s)) + y)  # a residual add into a decay_input LIF
+        r = self.sn3(r + r)
+        return self.fc(r.flatten(0, 1).flatten(1).unflatten(0, (T, B))).mean(0)
+
+
 NETS = {  # name: (model, input shape of one run, exactly representable: weights dyadic, no batch norm)
     "sj-tutorial-unsqueeze-repeat": (lambda: dyadic_(CSNN(), 1), (100, 1, 8, 8), False),
     "unsqueeze-expand": (lambda: dyadic_(ExpandedInput(), 2), (100, 1, 8, 8), False),
@@ -116,6 +141,7 @@ NETS = {  # name: (model, input shape of one run, exactly representable: weights
     "loop-over-x-shape": (lambda: dyadic_(LoopOverShape(), 4), (T, 100, 1, 8, 8), True),
     "adaptive-pooling": (lambda: dyadic_(AdaptivePooled(), 5), (T, 100, 1, 8, 8), True),
     "snntorch-tutorial-5-static-input": (lambda: dyadic_(SnnTorchTutorial5(), 6), (100, 64), True),
+    "time-folding-containers-residual-lif": (lambda: dyadic_(FoldedIntoBatch(), 7), (T, 100, 1, 8, 8), True),
 }
 
 
@@ -147,3 +173,21 @@ def test_a_refused_call_names_the_users_source_line():
 
     with pytest.raises(UnsupportedModel, match=r"unsqueeze\(1\) at .*test_idioms\.py\", line \d+, in forward"):
         api.compile_model(Unknown(), "N,1,8,8")
+
+
+def test_a_neuron_without_a_conv_of_its_own_takes_its_gain_but_not_a_charge():
+    """SpikingJelly's LIF with v_reset != 0 adds v_reset/tau every step: the hardware neuron only adds
+    its input, and after an add there is no conv to carry the constant."""
+
+    class ChargedAfterAdd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = layer.Conv2d(1, 4, 3, padding=1, step_mode="m")
+            self.sn = neuron.LIFNode(tau=2.0, v_reset=0.25, step_mode="m")
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.sn(y + y).mean(0)
+
+    with pytest.raises(TtcError, match="sn.*v_reset"):
+        api.compile_model(ChargedAfterAdd().eval(), "4,N,1,8,8")
