@@ -227,6 +227,14 @@ def spikingjelly_node(lw: Lowering, path, m, x):
                    input_gain=gain, charge=charge)
 
 
+def _shared(path, m, name: str, value) -> float:
+    """A neuron parameter as the one value a ttc neuron layer shares (a tensor of equal values is one)."""
+    values = torch.as_tensor(value).detach().flatten()
+    _require(bool((values == values[0]).all()), path, m,
+             f"a per-neuron {name} ({values.numel()} different values) is not supported: a ttc neuron layer shares one")
+    return float(values[0])
+
+
 def snntorch_leaky(lw: Lowering, path, m, x, mem=None):
     """snnTorch Leaky: U[t] = beta*U[t-1] + X[t] - R[t]*theta (subtract), with R[t] = [U[t-1] > theta];
     'zero' sets U[t-1] to 0 where R[t]; spike = [U[t] > theta]."""
@@ -235,7 +243,8 @@ def snntorch_leaky(lw: Lowering, path, m, x, mem=None):
     _require(float(m.graded_spikes_factor) == 1.0, path, m, "graded spikes are not supported")
     _require(m.reset_delay, path, m, "reset_delay=False is not supported")
     mechanism = m.reset_mechanism
-    params = dict(theta=float(m.threshold), decay=float(torch.as_tensor(m.beta).clamp(0, 1)), v_reset=0.0, v_init=0.0,
+    beta, theta = _shared(path, m, "beta", m.beta), _shared(path, m, "threshold", m.threshold)
+    params = dict(theta=theta, decay=min(max(beta, 0.0), 1.0), v_reset=0.0, v_init=0.0,
                   cmp="gt", reset={"subtract": "subtract", "zero": "hard", "none": "none"}[mechanism],
                   order="decay_reset" if mechanism == "subtract" else "reset_decay")
     explicit = not m.init_hidden

@@ -4,6 +4,7 @@ over x.shape[0], dropout, adaptive pooling. Each compiles and runs bit-exact aga
 reference; dyadic ones equal the float model bit for bit; a refusal names the user's own source line."""
 import pytest
 import snntorch as snn
+from snntorch import utils
 import torch
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 from torch import nn
@@ -134,6 +135,23 @@ class FoldedIntoBatch(nn.Module):
         return self.fc(r.flatten(0, 1).flatten(1).unflatten(0, (T, B))).mean(0)
 
 
+class SnnTorchInitHidden(nn.Module):
+    """snnTorch's init_hidden=True style: a Sequential called on x[step], hidden states reset first."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), snn.Leaky(beta=0.5, init_hidden=True), nn.Flatten(),
+                                 nn.Linear(256, 10), snn.Leaky(beta=0.5, init_hidden=True, output=True))
+
+    def forward(self, x):
+        utils.reset(self.net)
+        spk_rec = []
+        for step in range(x.size(0)):
+            spk_out, mem_out = self.net(x[step])
+            spk_rec.append(spk_out)
+        return torch.stack(spk_rec)
+
+
 NETS = {  # name: (model, input shape of one run, exactly representable: weights dyadic, no batch norm)
     "sj-tutorial-unsqueeze-repeat": (lambda: dyadic_(CSNN(), 1), (100, 1, 8, 8), False),
     "unsqueeze-expand": (lambda: dyadic_(ExpandedInput(), 2), (100, 1, 8, 8), False),
@@ -142,6 +160,7 @@ NETS = {  # name: (model, input shape of one run, exactly representable: weights
     "adaptive-pooling": (lambda: dyadic_(AdaptivePooled(), 5), (T, 100, 1, 8, 8), True),
     "snntorch-tutorial-5-static-input": (lambda: dyadic_(SnnTorchTutorial5(), 6), (100, 64), True),
     "time-folding-containers-residual-lif": (lambda: dyadic_(FoldedIntoBatch(), 7), (T, 100, 1, 8, 8), True),
+    "snntorch-init-hidden": (lambda: dyadic_(SnnTorchInitHidden(), 8), (T, 100, 1, 8, 8), True),
 }
 
 
@@ -191,3 +210,21 @@ def test_a_neuron_without_a_conv_of_its_own_takes_its_gain_but_not_a_charge():
 
     with pytest.raises(TtcError, match="sn.*v_reset"):
         api.compile_model(ChargedAfterAdd().eval(), "4,N,1,8,8")
+
+
+def test_a_per_neuron_beta_is_refused_by_name_and_leaks_no_warning(recwarn):
+    class PerNeuronBeta(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = nn.Linear(64, 10), snn.Leaky(beta=torch.linspace(0.5, 0.9, 10), learn_beta=True)
+
+        def forward(self, x):
+            mem, out = self.lif.init_leaky(), []
+            for t in range(T):
+                spk, mem = self.lif(self.fc(x[t].flatten(1)), mem)
+                out.append(spk)
+            return torch.stack(out)
+
+    with pytest.raises(UnsupportedModel, match=r"'lif' \(snntorch.*Leaky\): a per-neuron beta \(10 different values\)"):
+        api.compile_model(PerNeuronBeta().eval(), "4,N,1,8,8")
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning) and "scalar" in str(w.message)]
