@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -122,6 +123,20 @@ def adaptive_pool(lw: Lowering, path, m, x):
         return lw.emit(cls, path, (v,), kernel=h // out[0], stride=h // out[0])
 
     return lw.per_step(path, m, x, is_multi_step(m), build)
+
+
+def voting(lw: Lowering, path, m, x):
+    """SpikingJelly's VotingLayer: the mean of each group of `voting_size` consecutive features, a linear
+    layer of block weights 1/voting_size (exact where voting_size is a power of two)."""
+    v = int(m.voting_size)
+
+    def build(name):
+        (features,) = lw.graph.op(name).type.shape
+        _require(features % v == 0, path, m, f"{features} features are not groups of voting_size {v}")
+        weight = np.kron(np.eye(features // v, dtype=np.float32), np.full((1, v), 1.0 / v, dtype=np.float32))
+        return lw.emit(ir.Linear, path, (name,), weight=weight, bias=None)
+
+    return lw.per_step(path, m, x, is_multi_step(m) or isinstance(x, Val), build)
 
 
 def flatten(lw: Lowering, path, m, x):
@@ -338,7 +353,7 @@ def ttfs_pool(lw: Lowering, path, m, x):
     return y if cls is ir.MaxPool else _fire(lw, f"{path}.fire", m, y, m.out_window)
 
 
-_STATELESS = (conv2d, linear, batchnorm, pool, adaptive_pool, flatten, identity)
+_STATELESS = (conv2d, linear, batchnorm, pool, adaptive_pool, flatten, identity, voting)
 
 #: The official TT-SNN layers (github donghyunli/TT-SNN, models/MS_ResNet_TT.py), recognised by class name.
 _TT_SNN = {"mem_update": tt_snn_neuron, "Snn_Conv2d": conv2d, "batch_norm_2d": batchnorm, "batch_norm_2d1": batchnorm,
@@ -373,6 +388,8 @@ def handler_for(m: nn.Module):
         return multi_step_container
     if sj_layer is not None and isinstance(m, sj_layer.Dropout):  # and Dropout2d: the identity at inference
         return identity
+    if sj_layer is not None and isinstance(m, sj_layer.VotingLayer):
+        return voting
     snn = sys.modules.get("snntorch")
     if snn is not None and isinstance(m, snn.SpikingNeuron):
         return snntorch_leaky if isinstance(m, snn.Leaky) else None

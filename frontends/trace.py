@@ -144,6 +144,11 @@ class _MutableProxy(fx.Proxy):
         known = self.node.meta.get("ttc_shape")
         return len(known) if known is not None else self.tracer.create_proxy("call_method", "dim", (self,), {})
 
+    @property
+    def ndim(self):
+        known = self.node.meta.get("ttc_shape")
+        return len(known) if known is not None else self.__getattr__("ndim")
+
     def __len__(self):
         known = self.node.meta.get("ttc_shape")
         if known is None:
@@ -167,12 +172,24 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         """Known layers, and every layer of torch.nn, SpikingJelly and snnTorch, so that one ttc
-        cannot compile is named as a module instead of failing somewhere inside its code."""
+        cannot compile is named as a module instead of failing somewhere inside its code; but a
+        library class that composes known layers (SpikingJelly's zoo blocks) is traced into, as a
+        user's own block would be."""
         from .module_maps import handler_for  # module_maps builds on this file's classes
 
+        if handler_for(m) is not None:
+            return True
         library = type(m).__module__.split(".")[0] in _LIBRARIES
         container = isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
-        return handler_for(m) is not None or (library and not container) or super().is_leaf_module(m, qualname)
+        return (library and not container and not _composes_known_layers(m)) or super().is_leaf_module(m, qualname)
+
+
+def _composes_known_layers(m: nn.Module) -> bool:
+    """Does `m` hold layers ttc knows (directly or in containers), not just helpers (a neuron's
+    surrogate function)?"""
+    from .module_maps import handler_for
+
+    return any(handler_for(c) is not None or _composes_known_layers(c) for c in m.children())
 
 
 def parse_input_shape(spec: str | Sequence) -> list:

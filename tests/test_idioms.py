@@ -7,10 +7,12 @@ import snntorch as snn
 from snntorch import utils
 import torch
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
+from spikingjelly.activation_based.model import ms_resnet, parametric_lif_net
 from torch import nn
 
 from conftest import grid_inputs
 from test_end_to_end import bits_equal, dyadic_
+from test_thirdparty import with_bn_stats
 from ttc import api
 from ttc.frontends.trace import UnsupportedModel
 from ttc.isa.errors import TtcError
@@ -161,11 +163,32 @@ NETS = {  # name: (model, input shape of one run, exactly representable: weights
     "snntorch-tutorial-5-static-input": (lambda: dyadic_(SnnTorchTutorial5(), 6), (100, 64), True),
     "time-folding-containers-residual-lif": (lambda: dyadic_(FoldedIntoBatch(), 7), (T, 100, 1, 8, 8), True),
     "snntorch-init-hidden": (lambda: dyadic_(SnnTorchInitHidden(), 8), (T, 100, 1, 8, 8), True),
+    # SpikingJelly's model zoo (its spiking_resnet, sew_resnet and spiking_vgg modules cannot be imported
+    # beside torch 2.13: they import torchvision.models.utils, which torchvision no longer has)
+    "sj-zoo-ms-resnet": (lambda: zoo_ms_resnet(), (100, 1, 8, 8), False),
+    "sj-zoo-mnistnet-voting": (lambda: zoo_mnistnet(), (2, 20, 1, 28, 28), False),
 }
 
 
+def zoo_ms_resnet():
+    """The zoo's MS-ResNet (membrane shortcuts, TT-SNN's base network), shrunk: its blocks are library
+    classes composing known layers, traced into; its input check reads x.ndim."""
+    torch.manual_seed(9)
+    net = ms_resnet.MSResNet(T=2, in_channels=1, num_classes=10, layers=(1, 1, 1), base_channels=4, stem_kernel_size=3,
+                             stem_stride=1, spiking_neuron=neuron.LIFNode)
+    return with_bn_stats(net, 9)
+
+
+def zoo_mnistnet():
+    """parametric_lif_net.MNISTNet with few channels: dropout, and a VotingLayer over 100 outputs."""
+    torch.manual_seed(10)
+    net = parametric_lif_net.MNISTNet(channels=2, spiking_neuron=neuron.IFNode, v_threshold=0.0625)
+    functional.set_step_mode(net, "m")
+    return with_bn_stats(net, 10)
+
+
 def _spec(shape):
-    batch = 0 if len(shape) in (2, 4) else 1
+    batch = 0 if len(shape) in (2, 4) else 1  # static inputs: [N, F] or [N, C, H, W]
     return ",".join("N" if i == batch else str(d) for i, d in enumerate(shape))
 
 
