@@ -24,6 +24,7 @@ bench: $(STAMP)
 
 docs: $(STAMP)
 	$(PY) -m ttc.isa.docs > docs/isa.md
+	$(PY) -m ttc.frontends.docs > docs/frontends.md
 
 clean:
 	rm -rf $(VENV) out

@@ -63,6 +63,7 @@ def _weight(m) -> object:
 
 
 def conv2d(lw: Lowering, path, m: nn.Conv2d, x):
+    """conv2d: a 2-D convolution (zero padding, groups 1, no dilation), per step."""
     _require(m.groups == 1, path, m, f"grouped convolution (groups={m.groups}) is not supported")
     _require(_int_pair(m.dilation) == (1, 1), path, m, "dilated convolution is not supported")
     _require(m.padding_mode == "zeros" and m.padding != "valid", path, m, "only explicit zero padding is supported")
@@ -84,6 +85,7 @@ def linear(lw: Lowering, path, m: nn.Linear, x):
 
 
 def batchnorm(lw: Lowering, path, m: nn.modules.batchnorm._BatchNorm, x):
+    """batchnorm with running statistics, per step (folded into the conv before it)."""
     multi = is_multi_step(m)
     if type(m).__name__ in _TT_SNN:  # TT-SNN's batch_norm_2d: a BatchNorm3d over [B, C, T, H, W], in `bn`
         path, m = f"{path}.bn", m.bn
@@ -97,6 +99,7 @@ def batchnorm(lw: Lowering, path, m: nn.modules.batchnorm._BatchNorm, x):
 
 
 def pool(lw: Lowering, path, m, x):
+    """max_pool / avg_pool: square kernel and stride, no padding, no ceil mode."""
     k = _square(path, m, m.kernel_size, "kernel")
     s = _square(path, m, m.stride if m.stride is not None else m.kernel_size, "stride")
     _require(_int_pair(m.padding) == (0, 0) and not m.ceil_mode, path, m, "padded or ceil-mode pooling is not supported")
@@ -140,6 +143,7 @@ def voting(lw: Lowering, path, m, x):
 
 
 def flatten(lw: Lowering, path, m, x):
+    """flatten of each step's [C, H, W] (never the time or batch axis)."""
     multi = is_multi_step(m)
     if isinstance(m, nn.Flatten):
         _require(m.end_dim == -1, path, m, "flatten with end_dim != -1")
@@ -152,16 +156,19 @@ def flatten(lw: Lowering, path, m, x):
 
 
 def identity(lw: Lowering, path, m, x):
+    """nothing: the identity at inference (dropout included)."""
     return x
 
 
 def direct_encoder(lw: Lowering, path, m: ttc.DirectEncoder, x):
+    """repeat: the static input at each of T steps (direct coding)."""
     _require(isinstance(x, Val) and lw.type_of(x).time is None, path, m, "direct encoding of a value that is not a static input")
     lw.steps = m.steps
     return Val(lw.emit(ir.Repeat, path, (x.name,), steps=int(m.steps)))
 
 
 def time_mean(lw: Lowering, path, m, x):
+    """time_reduce mean: the mean over the T steps."""
     _require(isinstance(x, Val), path, m, "TimeMean needs the whole sequence")
     return Val(lw.emit(ir.TimeReduce, path, (x.name,), mode="mean"))
 
@@ -204,12 +211,14 @@ def _neuron(lw: Lowering, path, m, x, multi: bool, **params):
 
 
 def ttc_lif(lw: Lowering, path, m: ttc.LIF, x):
+    """neuron: h = decay * R(u) + x; spike = [h cmp threshold]; R resets (hard to v_reset, subtract, none)."""
     return _neuron(lw, path, m, x, True, theta=float(m.threshold), decay=float(m.decay), v_reset=float(m.v_reset),
                    v_init=float(m.v_init), reset=m.reset, order="reset_decay", cmp=m.cmp)
 
 
 def ttc_mt_neuron(lw: Lowering, path, m: ttc.MTNeuron, x):
-    """Its output, y = theta * level, is the planes with amplitude theta (fold-spike-amplitude)."""
+    """neuron with K thresholds (MT-SNN, parallel or cascade; docs/mt.md). Its output, y = theta * level,
+    is the planes with amplitude theta (fold-spike-amplitude)."""
     decay = float(torch.as_tensor(m.decay).detach())  # a PLIF's trained decay, or the constant
     return _neuron(lw, path, m, x, True, theta=float(m.threshold), decay=decay, reset="subtract",
                    order="reset_decay", cmp=m.cmp, levels=m.levels, mode=m.mode, amplitude=float(m.threshold))
@@ -297,6 +306,7 @@ def _tt_conv(lw: Lowering, path, m, x, variant: str) -> Val:
 
 
 def tt_conv(lw: Lowering, path, m: ttc.TTConv2d, x):
+    """tt_conv2d: a tensor-train conv of four cores (stt, ptt or htt); tt-schedule picks how it runs."""
     return _tt_conv(lw, path, m, x, m.variant)
 
 
@@ -371,6 +381,19 @@ _BY_CLASS = (
 )
 
 
+#: SpikingJelly's and snnTorch's classes (looked up in the library's module, if the model imported it),
+#: in the order they are tried; snnTorch neurons other than Leaky are known and refused.
+_BY_LIBRARY_CLASS = (
+    ("spikingjelly.activation_based.neuron", ("LIFNode", "IFNode", "ParametricLIFNode", "BaseNode"), spikingjelly_node),
+    ("spikingjelly.activation_based.layer", ("SeqToANNContainer",), seq_to_ann),
+    ("spikingjelly.activation_based.layer", ("MultiStepContainer", "StepModeContainer"), multi_step_container),
+    ("spikingjelly.activation_based.layer", ("Dropout", "Dropout2d"), identity),
+    ("spikingjelly.activation_based.layer", ("VotingLayer",), voting),
+    ("snntorch", ("Leaky",), snntorch_leaky),
+    ("snntorch", ("SpikingNeuron",), None),
+)
+
+
 def handler_for(m: nn.Module):
     """The handler that lowers module `m`, or None if ttc does not know it."""
     if type(m).__name__ in _TT_SNN:
@@ -378,19 +401,8 @@ def handler_for(m: nn.Module):
     for classes, handler in _BY_CLASS:
         if isinstance(m, classes):
             return handler
-    sj = sys.modules.get("spikingjelly.activation_based.neuron")
-    if sj is not None and isinstance(m, sj.BaseNode):
-        return spikingjelly_node
-    sj_layer = sys.modules.get("spikingjelly.activation_based.layer")
-    if sj_layer is not None and isinstance(m, sj_layer.SeqToANNContainer):
-        return seq_to_ann
-    if sj_layer is not None and isinstance(m, (sj_layer.MultiStepContainer, sj_layer.StepModeContainer)):
-        return multi_step_container
-    if sj_layer is not None and isinstance(m, sj_layer.Dropout):  # and Dropout2d: the identity at inference
-        return identity
-    if sj_layer is not None and isinstance(m, sj_layer.VotingLayer):
-        return voting
-    snn = sys.modules.get("snntorch")
-    if snn is not None and isinstance(m, snn.SpikingNeuron):
-        return snntorch_leaky if isinstance(m, snn.Leaky) else None
+    for module, names, handler in _BY_LIBRARY_CLASS:
+        library = sys.modules.get(module)
+        if library is not None and isinstance(m, tuple(getattr(library, n) for n in names)):
+            return handler
     return None

@@ -409,6 +409,7 @@ def _where(node: fx.Node) -> str:
 # ------------------------------------------------------------------- functions inside forward
 
 def _getitem(lw: Lowering, node, x, index):
+    """x[t]: step t of a sequence (inside a time loop); items of tuples."""
     if isinstance(x, (tuple, list)):
         return x[index]
     if isinstance(x, Val) and isinstance(index, int):
@@ -423,6 +424,7 @@ def _getitem(lw: Lowering, node, x, index):
 
 
 def _stack(lw: Lowering, node, items, dim=0):
+    """torch.stack of the T per-step results (or membranes) of one layer, in order: the sequence."""
     items = list(items)
     if dim != 0 or not items:
         raise UnsupportedModel(f"torch.stack must stack the time steps along dim 0 ({_where(node)})")
@@ -439,6 +441,7 @@ def _stack(lw: Lowering, node, items, dim=0):
 
 
 def _flatten(lw: Lowering, node, x, start_dim=0, end_dim=-1):
+    """flatten of each step (start_dim 2 of [T, B, ...], 1 of one step); flatten(0, 1) folds time into the batch."""
     if isinstance(x, Val) and lw.type_of(x).time is not None and (start_dim, end_dim) == (0, 1):
         return Folded(x.name)
     if isinstance(x, Folded) and start_dim == 1 and end_dim == -1:  # [T*B, ...] -> [T*B, -1]: each step flattened
@@ -456,6 +459,7 @@ def _flatten(lw: Lowering, node, x, start_dim=0, end_dim=-1):
 
 def _reduce(mode):
     def reduce(lw: Lowering, node, x, dim=None, keepdim=False, **kw):
+        """mean / sum over time (dim 0 of [T, N, ...])."""
         if kw or keepdim or dim not in (0, (0,), [0]) or not isinstance(x, Val) or lw.type_of(x).time is None:
             raise UnsupportedModel(f"{mode} at {_where(node)}: only the {mode} over time (dim 0 of [T,B,...]) is supported")
         return Val(lw.emit(ir.TimeReduce, _path(node, mode), (x.name,), mode=mode))
@@ -470,12 +474,14 @@ def _path(node: fx.Node, what: str) -> str:
 
 
 def _add(lw: Lowering, node, a, b):
+    """a + b of two whole values: a residual add."""
     if isinstance(a, Val) and isinstance(b, Val):
         return Val(lw.emit(ir.Add, _path(node, "add"), (a.name, b.name)))
     raise UnsupportedModel(f"unsupported add at {_where(node)}: ttc adds two whole tensors of the model (a residual)")
 
 
 def _zeros(lw: Lowering, node, *size, **kw):
+    """torch.zeros(T, N, ...) filled step by step with one static input (buf[t] = x): direct coding."""
     dims = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
     if len(dims) < 3 or dims[1] is not BATCH or not all(isinstance(d, int) and d > 0 for d in dims[:1] + dims[2:]):
         raise UnsupportedModel(f"torch.zeros{dims} at {_where(node)}: ttc understands zeros(T, N, ...) buffers "
@@ -484,6 +490,7 @@ def _zeros(lw: Lowering, node, *size, **kw):
 
 
 def _setitem(lw: Lowering, node, target, index, value):
+    """buf[t] = x on a torch.zeros(T, N, ...) buffer."""
     if not isinstance(target, Blank) or not isinstance(index, int) or not 0 <= index < target.shape[0]:
         raise UnsupportedModel(f"unsupported item assignment at {_where(node)}: ttc understands buf[t] = x on a "
                                "torch.zeros(T, N, ...) buffer")
@@ -494,6 +501,7 @@ def _setitem(lw: Lowering, node, target, index, value):
 
 
 def _size(lw: Lowering, node, x, dim=None):
+    """x.size() / x.shape: constants (the batch stays open)."""
     if not isinstance(x, (Val, Folded)):
         raise UnsupportedModel(f"size() of {x!r} at {_where(node)}")
     typ = lw.type_of(Val(x.name))
@@ -505,6 +513,7 @@ def _size(lw: Lowering, node, x, dim=None):
 
 
 def _view(lw: Lowering, node, x, *shape):
+    """view/reshape to [T, N, -1] (flatten each step), to [T*N, ...] and back (time folded into the batch)."""
     shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
     if isinstance(x, (Val, Folded)) and shape:
         typ = lw.type_of(Val(x.name))
@@ -547,6 +556,7 @@ def _getattr(lw: Lowering, node, x, attr, *default):
 
 
 def _unsqueeze(lw: Lowering, node, x, dim):
+    """x.unsqueeze(0) of a static input, then repeated over time."""
     if isinstance(x, Val) and lw.type_of(x).time is None and dim == 0:
         return Unsqueezed(x.name)
     raise UnsupportedModel(f"unsqueeze({dim}) at {_where(node)}: ttc understands x.unsqueeze(0) of a static input, "
@@ -586,6 +596,7 @@ def _unflatten(lw: Lowering, node, x, dim, sizes):
 
 
 def _mul(lw: Lowering, node, a, b):
+    """T * N: the size of a sequence folded into the batch."""
     if BATCH in (a, b) and isinstance(b if a is BATCH else a, int):
         return BATCH * (b if a is BATCH else a)
     raise UnsupportedModel(f"unsupported multiplication at {_where(node)}: ttc understands T * B, a folded sequence's size")

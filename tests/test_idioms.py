@@ -251,3 +251,11 @@ def test_a_per_neuron_beta_is_refused_by_name_and_leaks_no_warning(recwarn):
     with pytest.raises(UnsupportedModel, match=r"'lif' \(snntorch.*Leaky\): a per-neuron beta \(10 different values\)"):
         api.compile_model(PerNeuronBeta().eval(), "4,N,1,8,8")
     assert not [w for w in recwarn if issubclass(w.category, UserWarning) and "scalar" in str(w.message)]
+
+
+def test_docs_frontends_md_is_what_the_module_maps_say():
+    from pathlib import Path
+
+    from ttc.frontends import docs
+
+    assert (Path(__file__).parent.parent / "docs" / "frontends.md").read_text() == docs.render()
