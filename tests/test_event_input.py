@@ -162,3 +162,24 @@ def test_spike_encoding_refuses_bad_options_and_inputs_no_layer_can_read_as_spik
     neuron_first = nn.Sequential(M.LIF(decay=0.5, threshold=0.5), M.Flatten(), M.Linear(128, 4), M.TimeMean())
     with pytest.raises(IRError, match="reads the model input, declared as spikes"):
         api.compile_model(neuron_first, SHAPE, input_encoding="spikes")
+
+
+
+def test_static_event_frame_and_rate_coded_snntorch_input_run_spike_driven():
+    """Two other ways spikes come in: one static frame repeated over time (direct coding: the packed
+    frame is read at every step), and a snnTorch time loop over rate-coded spike trains (`x[t]`)."""
+    from test_thirdparty import SnnTorchConv
+
+    static = dyadic_(nn.Sequential(M.DirectEncoder(3), M.Conv2d(2, 4, 3, padding=1), M.LIF(decay=0.5, threshold=0.25),
+                                   M.AvgPool2d(2), M.Flatten(), M.Linear(64, 5), M.TimeMean()), 3)
+    torch.manual_seed(8)
+    looped = SnnTorchConv().eval()
+    for model, shape, x in ((static, "N,2,8,8", events(5, seed=7)[0]), (looped, "4,N,1,8,8", events(5, seed=8)[:, :, :1])):
+        compiled = api.compile_model(model, shape, input_encoding="spikes")
+        assert compiled.counts["model"]["layers"][0]["muls"] == 0
+        result = api.simulate(compiled.program, x)
+        assert bits_equal(result.outputs[0], api.reference(compiled, x)[0])
+        first = result.layers[0]["counts"]  # the first conv, on the input's events
+        assert first["spike_add"] > 0 and not any(first.get(m, 0) for m in ("mac", "mul8", "mul16", "mul32"))
+        if model is static:  # dyadic weights: exact end to end
+            assert bits_equal(result.outputs[0], api.run_float(model, x)[0])
