@@ -207,7 +207,9 @@ def _check_bias(op: Op, bias, channels: int, weight_frac) -> None:
 class Input(Op):
     """The model's forward input number `index`: `seqT<f32[...]>` laid out [T, B, ...] or static
     `f32[...]` laid out [B, ...]. Quantization turns it into `fixB.F`: the runtime feeds
-    q = clamp(round_half_even(x * 2^F), -2^(B-1), 2^(B-1) - 1)."""
+    q = clamp(round_half_even(x * 2^F), -2^(B-1), 2^(B-1) - 1). An input declared as events (the
+    input-encoding pass) is `spike` throughout: the runtime feeds it bit-packed and refuses any value
+    but 0 and 1."""
 
     opname: ClassVar[str] = "input"
     arity: ClassVar[int] = 0
@@ -215,8 +217,8 @@ class Input(Op):
     declared: TensorType
 
     def infer(self, ins):
-        if self.declared.dtype.kind == "spike":
-            self.fail("inputs are f32 or fixed point")
+        if self.declared.dtype.kind not in ("f32", "fix", "spike"):
+            self.fail(f"inputs are f32, fixed point or spikes, not {self.declared.dtype}")
         return self.declared
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ttc.isa.io import decode_output, encode_input
+from ttc.isa.io import decode_output, encode_input, spike_input
 from ttc.isa.mt import level_code
 from ttc.isa.neuron import PARAMS as NEURON_PARAMS, step as neuron_step
 from ttc.isa.table import rescale
@@ -94,8 +94,11 @@ class _Evaluation:
 
 
 def _input(ev: _Evaluation, op: Input) -> torch.Tensor:
-    dt = op.type.dtype
-    return torch.from_numpy(encode_input(ev.inputs[op.index], dt.bits, dt.frac)).to(torch.float64)
+    """What the runtime feeds the machine (ttc.isa.io): events as they are, checked to be 0/1; values
+    rounded to the input's fixed point."""
+    dt, x = op.type.dtype, ev.inputs[op.index]
+    q = spike_input(x, op.path or op.name) if dt.kind == "spike" else encode_input(x, dt.bits, dt.frac)
+    return torch.from_numpy(q).to(torch.float64)
 
 
 def _weighted(dense):

@@ -11,7 +11,7 @@ callers caught before the hierarchy existed (ValueError, TypeError, RuntimeError
 
     UserError       ttc.compiler.ir.IRError, ttc.compiler.passes.OptionError, ttc.isa.hwconfig.HwConfigError,
                     ttc.isa.program.ProgramError, ttc.isa.asm.AsmError, ttc.isa.encoding.EncodingError,
-                    ttc.runtime.run.InputError, ttc.frontends.load.ModelLoadError,
+                    ttc.isa.io.InputError (also ttc.runtime.run.InputError), ttc.frontends.load.ModelLoadError,
                     ttc.frontends.trace.UnsupportedModel, ttc.frontends.modules.ModelDefinitionError,
                     ttc.frontends.ttfs.NotConvertible (a TypeError), ttc.cli.CliError,
                     ttc.simulator.machine.SimError, ttc.simulator.timeline.ScheduleError (RuntimeErrors)

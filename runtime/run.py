@@ -6,18 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ttc.isa.errors import UserError
-from ttc.isa.io import decode_output, encode_input
+from ttc.isa.io import InputError, decode_output, encode_input, spike_input
 from ttc.isa.table import TIME
 from ttc.isa.ttfs import time_values
 from ttc.isa.program import Program
 from ttc.simulator.machine import Machine
 from ttc.simulator.energy import EnergyModel
 from ttc.simulator.timeline import Timeline
-
-
-class InputError(UserError, ValueError):
-    pass
 
 
 @dataclass
@@ -65,8 +60,13 @@ def _time_major(x: np.ndarray, io: dict) -> np.ndarray:
 
 
 def _write_input(machine: Machine, io: dict, x: np.ndarray) -> None:
-    q = _time_major(encode_input(x, io["bits"], io["frac"]), io)
-    raw = q.astype(f"<i{io['bits'] // 8}").view(np.uint8)  # [B, T, step_bytes]
+    """Place input `x` (as the user gave it) in DRAM: integers at their width, or events bit-packed
+    per step (element i in bit i % 8 of byte i // 8), as every spike tensor is stored."""
+    if io["fmt"] == "spike":
+        raw = np.packbits(_time_major(spike_input(x, io["path"] or io["name"]), io), axis=2, bitorder="little")
+    else:
+        q = _time_major(encode_input(x.astype(np.float32), io["bits"], io["frac"]), io)
+        raw = q.astype(f"<i{io['bits'] // 8}").view(np.uint8)  # [B, T, step_bytes]
     steps = raw.shape[1]
     region = np.zeros((raw.shape[0], steps, io["step_stride"] or io["step_bytes"]), dtype=np.uint8)
     region[:, :, :io["step_bytes"]] = raw
@@ -99,7 +99,7 @@ def run(prog: Program, inputs: list[np.ndarray]) -> RunResult:
     batch = batches.pop()
     machine = Machine(prog, batch)
     for io, x in zip(ios, inputs):
-        x = np.asarray(x, dtype=np.float32)
+        x = np.asarray(x)
         if not np.isfinite(x).all():
             raise InputError(f"input {io['path'] or io['name']!r} holds NaN or infinite values")
         _write_input(machine, io, x)

@@ -57,9 +57,11 @@ def _load_input(path: str) -> np.ndarray:
 
 
 def default_input(io: dict) -> np.ndarray:
-    """A deterministic batch of one: values on the input's grid in [0, 1]."""
+    """A deterministic batch of one: values on the input's grid in [0, 1] (0/1 events for a spike input)."""
     shape = [1 if d == "N" else d for d in ([io["time"], "N"] if io["time"] is not None else ["N"]) + io["shape"]]
     rng = np.random.default_rng(0)
+    if io["fmt"] == "spike":
+        return rng.integers(0, 2, size=shape).astype(np.float32)
     return (rng.integers(0, (1 << io["frac"]) + 1, size=shape) / (1 << io["frac"])).astype(np.float32)
 
 
@@ -237,8 +239,10 @@ def cmd_inspect(a) -> int:
     print(f"  code: {info['instructions']} instructions ({', '.join(f'{k} {v}' for k, v in info['instructions_by_opcode'].items())})")
     print(f"  data: {info['data_bytes']} bytes of weights; DRAM image {info['dram_bytes']} bytes")
     for io in info["inputs"]:
+        encoding = ("as spikes (0/1 events, bit-packed)" if io["fmt"] == "spike"
+                    else f"as {io['fmt']} with {io['frac']} fractional bits")
         print(f"  input  {io['name']}: [{', '.join(map(str, ([io['time'], 'N'] if io['time'] else ['N']) + io['shape']))}] "
-              f"as {io['fmt']} with {io['frac']} fractional bits")
+              f"{encoding}")
     for io in info["outputs"]:
         print(f"  output {io['name']}: [{', '.join(map(str, ([io['time'], 'N'] if io['time'] else ['N']) + io['shape']))}] "
               f"{io['fmt']}, {io['frac']} fractional bits{', divided by ' + str(io['divide_by']) if io['divide_by'] != 1 else ''}")

@@ -82,9 +82,9 @@ def parse_per_layer(option: str | int, what: str, convert=str) -> dict[str, obje
 
 
 from . import (allocate, fold_batchnorm, fold_global_pool, fold_neuron_input, fold_spike_amplitude,  # noqa: E402,F401
-               fuse, quantize, tile, tt_factorize, tt_schedule)  # (importing them registers the passes)
+               fuse, input_encoding, quantize, tile, tt_factorize, tt_schedule)  # (importing them registers the passes)
 
-PIPELINE = ("fold-batchnorm", "tt-factorize", "fold-global-pool", "fold-neuron-input", "fold-spike-amplitude", "quantize",
+PIPELINE = ("input-encoding", "fold-batchnorm", "tt-factorize", "fold-global-pool", "fold-neuron-input", "fold-spike-amplitude", "quantize",
             "tt-schedule", "fuse", "tile", "allocate")
 
 

@@ -2,6 +2,7 @@
 
 * the input: `fix{input_bits}.{input_frac}`; the runtime rounds half to even and saturates; an input
   that is only fired (TTFS) is `fix{input_bits}.{input_bits - 2}` instead (values from 1 up fire alike);
+  an input declared as spikes (the input-encoding pass) stays `spike` (bound 1);
 * weights: `weight_bits`-bit integers with one power-of-two scale per layer, the largest that holds
   max|w|: w = q * 2^-weight_frac; the accumulator has the input's frac plus weight_frac; biases are
   rounded into the accumulator's format;
@@ -43,7 +44,7 @@ from ttc.isa.table import rescale
 from ttc.isa.ttfs import ZERO_EXPONENT, synapse_weights
 
 from ..ir import (Add, AvgPool, Conv2d, Fire, Graph, Input, IRError, Linear, Membrane, Neuron, NeuronQ, Op, Repeat,
-                  Rescale, TimeConcat, TimeReduce, TTConv2d, fix, tconv_base)
+                  Rescale, SPIKE, TimeConcat, TimeReduce, TTConv2d, fix, tconv_base)
 from . import Pass, register, user_option
 
 LIMIT = 1 << 31
@@ -174,7 +175,9 @@ class Quantize(Pass):
 
     def quantize_op(self, op: Op, ins: list[Op]) -> Op:
         b_in = self.bound[ins[0].name] if ins else 0
-        if isinstance(op, Input):
+        if isinstance(op, Input) and op.declared.dtype == SPIKE:  # events (input-encoding): stored as they are
+            self.bound[op.name] = 1
+        elif isinstance(op, Input):
             frac = self.input_bits - 2 if self.only_fired(op) else self.input_frac
             op.declared = op.declared.with_(dtype=fix(self.input_bits, frac))
             self.bound[op.name] = 1 << (self.input_bits - 1)
