@@ -704,6 +704,24 @@ class TimeConcat(Op):
 
 
 @dataclass(eq=False, kw_only=True)
+class Concat(Op):
+    """y[t] = the channels of a[t], then those of b[t] (torch.cat on the channel axis). Free: a and b
+    are stored in y's place, each step of each at its channels' offset in y's step (so a spike part
+    must end on a byte), and are read by nothing else."""
+
+    opname: ClassVar[str] = "concat"
+    arity: ClassVar[int] = 2
+
+    def infer(self, ins):
+        a, b = (self.seq_input(t) for t in ins)
+        if a.dtype != b.dtype or a.time != b.time or a.shape[1:] != b.shape[1:] or not a.shape:
+            self.fail(f"concatenates channels of operands of one type and size, not {a} and {b}")
+        if a.dtype.planes > 1:
+            self.fail(f"concatenates {a.dtype.planes}-plane (MT) values, whose planes are stored apart")
+        return a.with_(shape=(a.shape[0] + b.shape[0], *a.shape[1:]))
+
+
+@dataclass(eq=False, kw_only=True)
 class TimeReduce(Op):
     """y = sum_t x[t] ('sum') or (1/T) sum_t x[t] ('mean'). Quantized, the hardware sums in a
     32-bit accumulator and the host divides by T when it decodes the output (exactly as float32

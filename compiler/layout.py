@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ttc.isa.table import elems_bytes
 
-from .ir import Flatten, Graph, Op, Repeat, TensorType, TimeSlice
+from .ir import Concat, Flatten, Graph, Op, Repeat, TensorType, TimeSlice
 from .tiling import fmt
 
 DRAM_ALIGN = 16
@@ -28,11 +28,15 @@ def step_bytes(t: TensorType) -> int:
 
 
 def step_stride(graph: Graph, op: Op) -> int:
-    """Bytes between consecutive time steps of a stored value (0 for a repeated static input)."""
+    """Bytes between consecutive time steps of a stored value (0 for a repeated static input; a part
+    of a channel concatenation is stored in its steps)."""
     if isinstance(op, Repeat):
         return 0
     if isinstance(op, (Flatten, TimeSlice)):
         return step_stride(graph, graph.op(op.inputs[0]))
+    concat = graph.only_user(op.name) if graph.has(op.name) else None
+    if isinstance(concat, Concat):
+        return step_stride(graph, concat)
     return align(step_bytes(op.type))
 
 

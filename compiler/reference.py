@@ -20,7 +20,7 @@ from ttc.isa.table import rescale
 from ttc.isa.ttfs import fire_times, synapse_weights, time_values
 
 from .ir import (Add, AvgPool, Conv2d, Fire, Flatten, Graph, Input, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, Repeat,
-                 Rescale, TimeConcat, TimeReduce, TimeSlice, TTConv2d)
+                 Rescale, TimeConcat, TimeReduce, TimeSlice, TTConv2d, Concat)
 
 
 def _per_step(fn, x: torch.Tensor) -> torch.Tensor:
@@ -140,6 +140,7 @@ SEMANTICS = {
     Rescale: _integer(lambda op, x: rescale(x, op.shift)),
     TimeSlice: lambda ev, op, x: x[op.start:op.stop],
     TimeConcat: lambda ev, op, a, b: torch.cat([a, b]),
+    Concat: lambda ev, op, a, b: torch.cat([a, b], dim=2),  # [T, B, C, ...]
     NeuronQ: _neuron_q,
     Fire: _fire,
     Membrane: lambda ev, op, spikes: ev.states[op.inputs[0]].to(torch.float64),

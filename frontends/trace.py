@@ -595,6 +595,23 @@ def _unflatten(lw: Lowering, node, x, dim, sizes):
                            "sequence with unflatten(0, (T, B))")
 
 
+def _cat(lw: Lowering, node, items, dim=0):
+    """torch.cat of two values along the channels (dim 2 of [T, N, C, ...], 1 of one step [N, C, ...])."""
+    items = list(items)
+    if len(items) == 2 and all(isinstance(i, Val) for i in items) and dim == 2:
+        return Val(lw.emit(ir.Concat, _path(node, "cat"), tuple(i.name for i in items)))
+    if len(items) == 2 and all(isinstance(i, Step) for i in items) and dim == 1 and items[0].t == items[1].t:
+        path = _path(node, "cat")
+        key = (path, items[0].name, items[1].name)
+        if key not in lw.memo:
+            lw.memo[key] = lw.emit(ir.Concat, path, (items[0].name, items[1].name))
+            lw.visits[lw.memo[key]] = []
+        lw.visit(path, lw.memo[key], items[0].t)
+        return Step(lw.memo[key], items[0].t)
+    raise UnsupportedModel(f"torch.cat at {_where(node)}: ttc concatenates two values along the channels "
+                           "(dim=2 of [T, N, C, ...], dim=1 of one step)")
+
+
 def _mul(lw: Lowering, node, a, b):
     """T * N: the size of a sequence folded into the batch."""
     if BATCH in (a, b) and isinstance(b if a is BATCH else a, int):
@@ -605,7 +622,7 @@ def _mul(lw: Lowering, node, a, b):
 _FUNCTIONS = {operator.getitem: _getitem, torch.stack: _stack, torch.flatten: _flatten,
               torch.mean: _reduce("mean"), torch.sum: _reduce("sum"), operator.add: _add, torch.add: _add,
               torch.zeros: _zeros, operator.setitem: _setitem, operator.truediv: _truediv, operator.mul: _mul,
-              torch.reshape: _view,
+              torch.reshape: _view, torch.cat: _cat, torch.concat: _cat,
               torch.nn.functional.adaptive_avg_pool3d: _global_pool, getattr: _getattr, torch.unsqueeze: _unsqueeze}
 _METHODS = {"flatten": _flatten, "mean": _reduce("mean"), "sum": _reduce("sum"), "size": _size, "view": _view,
             "reshape": _view, "unflatten": _unflatten, "unsqueeze": _unsqueeze, "repeat": _repeat(expand=False), "expand": _repeat(expand=True)}

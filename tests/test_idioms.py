@@ -154,6 +154,31 @@ class SnnTorchInitHidden(nn.Module):
         return torch.stack(spk_rec)
 
 
+class TwoBranches(nn.Module):
+    """torch.cat of two branches along the channels, multi-step (dim 2) and in a snnTorch loop (dim 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(layer.Conv2d(1, 4, 3, padding=1), neuron.IFNode())
+        self.b = nn.Sequential(layer.Conv2d(1, 4, 3, padding=1), neuron.LIFNode(tau=2.0))
+        self.c = nn.Sequential(layer.Conv2d(8, 4, 3, padding=1), neuron.IFNode())
+        functional.set_step_mode(self, "m")
+        self.d, self.lif_d = nn.Conv2d(4, 4, 3, padding=1), snn.Leaky(beta=0.5)
+        self.e, self.lif_e = nn.Conv2d(4, 4, 3, padding=1), snn.Leaky(beta=0.5)
+        self.fc, self.lif_fc = nn.Linear(8 * 64, 10), snn.Leaky(beta=0.5)
+
+    def forward(self, x):
+        y = self.c(torch.cat([self.a(x), self.b(x)], dim=2))
+        mem_d, mem_e, mem_fc = self.lif_d.init_leaky(), self.lif_e.init_leaky(), self.lif_fc.init_leaky()
+        out = []
+        for t in range(T):
+            d, mem_d = self.lif_d(self.d(y[t]), mem_d)
+            e, mem_e = self.lif_e(self.e(y[t]), mem_e)
+            spk, mem_fc = self.lif_fc(self.fc(torch.cat((d, e), 1).flatten(1)), mem_fc)
+            out.append(spk)
+        return torch.stack(out).sum(0)
+
+
 NETS = {  # name: (model, input shape of one run, exactly representable: weights dyadic, no batch norm)
     "sj-tutorial-unsqueeze-repeat": (lambda: dyadic_(CSNN(), 1), (100, 1, 8, 8), False),
     "unsqueeze-expand": (lambda: dyadic_(ExpandedInput(), 2), (100, 1, 8, 8), False),
@@ -163,6 +188,7 @@ NETS = {  # name: (model, input shape of one run, exactly representable: weights
     "snntorch-tutorial-5-static-input": (lambda: dyadic_(SnnTorchTutorial5(), 6), (100, 64), True),
     "time-folding-containers-residual-lif": (lambda: dyadic_(FoldedIntoBatch(), 7), (T, 100, 1, 8, 8), True),
     "snntorch-init-hidden": (lambda: dyadic_(SnnTorchInitHidden(), 8), (T, 100, 1, 8, 8), True),
+    "channel-cat-of-branches": (lambda: dyadic_(TwoBranches(), 11), (T, 100, 1, 8, 8), True),
     # SpikingJelly's model zoo (its spiking_resnet, sew_resnet and spiking_vgg modules cannot be imported
     # beside torch 2.13: they import torchvision.models.utils, which torchvision no longer has)
     "sj-zoo-ms-resnet": (lambda: zoo_ms_resnet(), (100, 1, 8, 8), False),

@@ -4,14 +4,15 @@ DRAM holds, from address 0: the weights and biases of every conv and linear laye
 image), then every value that is stored, T steps one after another, each step aligned to 16 bytes
 (`ttc.compiler.layout`). A value fused into the layer that produces it (the fuse pass) is never
 stored, nor is the conv whose sums it consumes; aliases (flatten, repeat, time slices) take their
-source's place, and the two parts of a `time_concat` are stored in its place, one after the other.
+source's place, and the two parts of a `time_concat` are stored in its place, one after the other, and
+those of a channel `concat` each at its channels' offset within every step of it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir import Conv2d, Graph, Linear, Op, TimeConcat
-from ..layout import ALIASES, align, step_stride, weight_bytes
+from ..ir import Concat, Conv2d, Graph, Linear, Op, TimeConcat
+from ..layout import ALIASES, align, plane_bytes, step_stride, weight_bytes
 from . import Pass, register
 
 
@@ -20,9 +21,9 @@ def _stored(graph: Graph, op: Op) -> bool:
     return not (isinstance(op, ALIASES) or getattr(op, "fused", None))
 
 
-def _concat_part(graph: Graph, op: Op) -> TimeConcat | None:
+def _concat_part(graph: Graph, op: Op) -> TimeConcat | Concat | None:
     user = graph.only_user(op.name)
-    return user if isinstance(user, TimeConcat) else None
+    return user if isinstance(user, (TimeConcat, Concat)) else None
 
 
 @register
@@ -50,4 +51,14 @@ class Allocate(Pass):
                     concat.fail(f"%{part.name} is read by more than the concatenation, or not stored itself: "
                                 "its steps cannot be stored in place")
                 part.dram, offset = offset, offset + step_stride(graph, part) * part.type.time
+        for concat in [o for o in graph.ops if isinstance(o, Concat)]:
+            offset = concat.dram
+            for part in (graph.op(i) for i in concat.inputs):
+                if _concat_part(graph, part) is not concat or not _stored(graph, part):
+                    concat.fail(f"%{part.name} is read by more than the concatenation, or not stored itself: "
+                                "its channels cannot be stored in place")
+                if part.type.dtype.kind == "spike" and part.type.numel % 8:
+                    concat.fail(f"%{part.name}'s {part.type.numel} spikes a step do not end on a byte: its channels "
+                                "cannot be stored in place")
+                part.dram, offset = offset, offset + plane_bytes(part.type)
         return graph

@@ -43,7 +43,7 @@ from ttc.isa.mt import max_code
 from ttc.isa.table import rescale
 from ttc.isa.ttfs import ZERO_EXPONENT, synapse_weights
 
-from ..ir import (Add, AvgPool, Conv2d, Fire, Graph, Input, IRError, Linear, Membrane, Neuron, NeuronQ, Op, Repeat,
+from ..ir import (Add, AvgPool, Concat, Conv2d, Fire, Graph, Input, IRError, Linear, Membrane, Neuron, NeuronQ, Op, Repeat,
                   Rescale, SPIKE, TimeConcat, TimeReduce, TTConv2d, fix, tconv_base)
 from . import Pass, register, user_option
 
@@ -209,7 +209,7 @@ class Quantize(Pass):
             self.tensor_train(op, ins[0], b_in)
         elif isinstance(op, Add):
             self.add(op, ins, b_in)
-        elif isinstance(op, TimeConcat):
+        elif isinstance(op, (TimeConcat, Concat)):
             self.bound[op.name] = max(b_in, self.bound[ins[1].name])
         elif isinstance(op, Neuron):
             op = self.neuron(op, ins[0], b_in)
