@@ -545,12 +545,21 @@ def planes_only_to_layers(op: Op, x: TensorType) -> None:
                 "(pool, add or reduce the values before the neuron, or read the planes with a layer)")
 
 
-def _pool_out(op: Op, x: TensorType, k: int, s: int) -> tuple[int, int, int]:
+def _pool_out(op: Op, x: TensorType, k: int, s: int, pad: int = 0, ceil: bool = False) -> tuple[int, int, int]:
+    """Output size as torch's pools: floor((n + 2 pad - k) / s) + 1, or with `ceil` rounded up while the
+    last window starts inside the input or its left padding."""
     planes_only_to_layers(op, x)
     if len(x.shape) != 3:
         op.fail(f"pools a [C,H,W] tensor, got {x}")
+    if not 0 <= pad <= k // 2:
+        op.fail(f"padding {pad} is not between 0 and half the kernel {k}")
     c, h, w = x.shape
-    oh, ow = conv_out(h, k, s, 0), conv_out(w, k, s, 0)
+
+    def out(n):
+        size = conv_out(n, k, s, pad) if not ceil else -(-(n + 2 * pad - k) // s) + 1
+        return size - 1 if ceil and (size - 1) * s >= n + pad else size
+
+    oh, ow = out(h), out(w)
     if oh <= 0 or ow <= 0:
         op.fail(f"kernel {k} does not fit {h}x{w}")
     return c, oh, ow
@@ -563,11 +572,15 @@ class MaxPool(Op):
     opname: ClassVar[str] = "maxpool"
     kernel: int
     stride: int
+    padding: int = 0  # torch's padding, on every side (the max ignores it: every window holds an input)
+    ceil_mode: bool = False
     tile: tuple[int, int] | None = None  # channels, output rows per tile (tile pass)
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
-        return x.with_(shape=_pool_out(self, x, self.kernel, self.stride))
+        if (self.padding or self.ceil_mode) and x.dtype.kind in ("ttfs", "mt"):
+            self.fail(f"pads {x.dtype} values (the machine pads spikes and integers only)")
+        return x.with_(shape=_pool_out(self, x, self.kernel, self.stride, self.padding, self.ceil_mode))
 
 
 @dataclass(eq=False, kw_only=True)

@@ -597,6 +597,7 @@ class PoolPlan(LayerPlan):
     in_fmt: str = ""
     out_fmt: str = ""
     mode: str = "max"
+    pad: int = 0  # zeros left and above (a max pool of spikes; the row tiles place those above)
 
     tile_names: ClassVar = ("channels", "output rows")
 
@@ -608,7 +609,8 @@ class PoolPlan(LayerPlan):
         _, oh, ow = op.type.shape
         mode = "sum" if isinstance(op, AvgPool) else "min" if fmt(x.dtype) == TIME else "max"  # min: the earliest spike
         return cls(graph, op, hw, placed, channels=channels, rows=rows, c=c, ih=ih, iw=iw, oh=oh, ow=ow, k=op.kernel,
-                   stride=op.stride, in_fmt=fmt(x.dtype), out_fmt=fmt(op.type.dtype), mode=mode)
+                   stride=op.stride, in_fmt=fmt(x.dtype), out_fmt=fmt(op.type.dtype), mode=mode,
+                   pad=getattr(op, "padding", 0))
 
     @staticmethod
     def extents(graph: Graph, op: Op) -> tuple[int, ...]:
@@ -626,7 +628,7 @@ class PoolPlan(LayerPlan):
 
     @cached_property
     def row_tiles(self) -> list[RowTile]:
-        return row_tiles(self.oh, self.rows, self.ih, self.k, self.stride, 0, row_unit(self.in_fmt, self.iw))
+        return row_tiles(self.oh, self.rows, self.ih, self.k, self.stride, self.pad, row_unit(self.in_fmt, self.iw))
 
     @property
     def channel_tiles(self) -> list[tuple[int, int]]:
@@ -672,7 +674,7 @@ class PoolPlan(LayerPlan):
         return [*self.move_block("load", x_op, t, Block(self.in_fmt, (self.c, self.ih, self.iw), c0, c1, rt.r0, rt.r1), src),
                 self.instr("pool", src=src, dst=dst, mode=self.mode, src_fmt=self.in_fmt, dst_fmt=self.out_fmt,
                                    channels=c1 - c0, ih=rt.r1 - rt.r0, iw=self.iw, oh=rt.y1 - rt.y0, ow=self.ow, k=self.k,
-                                   stride=self.stride, pt=rt.pt),
+                                   stride=self.stride, pt=rt.pt, pl=self.pad),
                 *self.move_block("store", self.op, t, Block(self.out_fmt, (self.c, self.oh, self.ow), c0, c1, rt.y0, rt.y1),
                                  dst)]
 

@@ -99,17 +99,18 @@ def batchnorm(lw: Lowering, path, m: nn.modules.batchnorm._BatchNorm, x):
 
 
 def pool(lw: Lowering, path, m, x):
-    """max_pool / avg_pool: square kernel and stride, no padding, no ceil mode."""
+    """max_pool / avg_pool: square kernel and stride; a max pool may be padded and in ceil mode (of
+    spikes: the ResNet stem's MaxPool2d(3, 2, 1)), an average pool neither."""
     k = _square(path, m, m.kernel_size, "kernel")
     s = _square(path, m, m.stride if m.stride is not None else m.kernel_size, "stride")
-    _require(_int_pair(m.padding) == (0, 0) and not m.ceil_mode, path, m, "padded or ceil-mode pooling is not supported")
     if isinstance(m, nn.MaxPool2d):
         _require(_int_pair(m.dilation) == (1, 1), path, m, "dilated max pooling is not supported")
-        cls = ir.MaxPool
-    else:
-        _require(m.divisor_override is None, path, m, "divisor_override is not supported")
-        cls = ir.AvgPool
-    return lw.per_step(path, m, x, is_multi_step(m), lambda v: lw.emit(cls, path, (v,), kernel=k, stride=s))
+        pad = _square(path, m, m.padding, "padding")
+        return lw.per_step(path, m, x, is_multi_step(m), lambda v: lw.emit(
+            ir.MaxPool, path, (v,), kernel=k, stride=s, padding=pad, ceil_mode=bool(m.ceil_mode)))
+    _require(_int_pair(m.padding) == (0, 0) and not m.ceil_mode, path, m, "padded or ceil-mode average pooling is not supported")
+    _require(m.divisor_override is None, path, m, "divisor_override is not supported")
+    return lw.per_step(path, m, x, is_multi_step(m), lambda v: lw.emit(ir.AvgPool, path, (v,), kernel=k, stride=s))
 
 
 def adaptive_pool(lw: Lowering, path, m, x):

@@ -35,7 +35,7 @@ from typing import Callable
 
 from .errors import InternalError
 
-ISA_VERSION = 6
+ISA_VERSION = 7  # 7: pool's left padding (pl)
 WORD_BYTES = 32
 OPCODE_BITS = 8
 
@@ -243,9 +243,11 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         (_ref("src", ("ifmap",)), _ref("dst", ("ofmap",)), _enum("mode", ("max", "sum", "min")),
          _enum("src_fmt", FORMATS + (TIME,)), _enum("dst_fmt", FORMATS + (TIME,)), _u("channels", 16), _u("ih", 12),
          _u("iw", 12), _u("oh", 12), _u("ow", 12), _u("k", 4), _u("stride", 4),
-         _s("pt", 5, "zero rows above the input (negative: input rows skipped)")),
+         _s("pt", 5, "zero rows above the input (negative: input rows skipped)"),
+         _u("pl", 4, "zero columns left of the input")),
         f"dst[c,y,x] = max, sum or min of {_POOL_INDEX} (max of spikes is OR; min of spike times is the "
-        "earliest spike, the max of the values they stand for)",
+        "earliest spike, the max of the values they stand for); the input is padded as far as the outputs reach "
+        "with zeros, or for a max of integers with the format's lowest value",
         lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["channels"] * a["ih"] * a["iw"])),
                    ("dst", "w", elems_bytes(a["dst_fmt"], a["channels"] * a["oh"] * a["ow"]))],
         lambda hw, a: hw.vector_cycles(a["channels"] * a["oh"] * a["ow"] * a["k"] ** 2)),

@@ -145,14 +145,14 @@ def _vbias(m: Machine, i: Instr) -> None:
     m.write(i["dst"], "i32", np.repeat(bias, i["plane"], axis=1))
 
 
-def _window(x: np.ndarray, i: Instr, kh: int, kw: int, sh: int, sw: int, pl: int) -> np.ndarray:
-    """The input the oh x ow outputs read: x [B, C, ih, iw] with pt zero rows above (pt < 0: the first
-    -pt rows skipped), pl zero columns left, and zeros below and right as far as the outputs reach."""
+def _window(x: np.ndarray, i: Instr, kh: int, kw: int, sh: int, sw: int, pl: int, fill: int = 0) -> np.ndarray:
+    """The input the oh x ow outputs read: x [B, C, ih, iw] with pt rows of `fill` above (pt < 0: the
+    first -pt rows skipped), pl columns left, and `fill` below and right as far as the outputs reach."""
     rows, cols = (i["oh"] - 1) * sh + kh, (i["ow"] - 1) * sw + kw
     x = x[:, :, max(0, -i["pt"]):]
     top = max(0, i["pt"])
     return np.pad(x, ((0, 0), (0, 0), (top, max(0, rows - top - x.shape[2])),
-                      (pl, max(0, cols - pl - x.shape[3]))))[:, :, :rows, :cols]
+                      (pl, max(0, cols - pl - x.shape[3]))), constant_values=fill)[:, :, :rows, :cols]
 
 
 def _padded(x: np.ndarray, i: Instr) -> np.ndarray:
@@ -272,7 +272,8 @@ def _dconv(m: Machine, i: Instr) -> None:
 def _pool(m: Machine, i: Instr) -> None:
     c, h, w, k, s = i["channels"], i["ih"], i["iw"], i["k"], i["stride"]
     x = m.read(i["src"], i["src_fmt"], c * h * w).reshape(m.batch, c, h, w)
-    win = sliding_window_view(_window(x, i, k, k, s, s, 0), (k, k), axis=(2, 3))[:, :, ::s, ::s]
+    fill = -(1 << (8 * FORMAT_BYTES[i["src_fmt"]] - 1)) if i["mode"] == "max" and i["src_fmt"] != "spike" else 0
+    win = sliding_window_view(_window(x, i, k, k, s, s, i["pl"], fill), (k, k), axis=(2, 3))[:, :, ::s, ::s]
     y = {"max": win.max, "min": win.min, "sum": win.sum}[i["mode"]](axis=(4, 5))
     m.write(i["dst"], i["dst_fmt"], y)
     op = "add32" if i["mode"] == "sum" else "or1" if i["src_fmt"] == "spike" else "cmp32"

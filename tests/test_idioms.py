@@ -179,6 +179,22 @@ class TwoBranches(nn.Module):
         return torch.stack(out).sum(0)
 
 
+class PaddedPools(nn.Module):
+    """Padded and ceil-mode max pools, of spikes and of a conv's signed sums (the ResNet stem's
+    MaxPool2d(3, 2, 1) after batch norm): every window holds an input, so the padding never wins."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            layer.Conv2d(1, 4, 3, padding=1), neuron.IFNode(), layer.MaxPool2d(3, 2, 1),  # 8x8 -> 4x4
+            layer.Conv2d(4, 4, 3, padding=1), layer.MaxPool2d(3, 2, 1, ceil_mode=True),  # 4x4 -> 3x3
+            neuron.IFNode(), layer.Flatten(), layer.Linear(36, 10))
+        functional.set_step_mode(self, "m")
+
+    def forward(self, x):
+        return self.net(x).mean(0)
+
+
 NETS = {  # name: (model, input shape of one run, exactly representable: weights dyadic, no batch norm)
     "sj-tutorial-unsqueeze-repeat": (lambda: dyadic_(CSNN(), 1), (100, 1, 8, 8), False),
     "unsqueeze-expand": (lambda: dyadic_(ExpandedInput(), 2), (100, 1, 8, 8), False),
@@ -189,19 +205,21 @@ NETS = {  # name: (model, input shape of one run, exactly representable: weights
     "time-folding-containers-residual-lif": (lambda: dyadic_(FoldedIntoBatch(), 7), (T, 100, 1, 8, 8), True),
     "snntorch-init-hidden": (lambda: dyadic_(SnnTorchInitHidden(), 8), (T, 100, 1, 8, 8), True),
     "channel-cat-of-branches": (lambda: dyadic_(TwoBranches(), 11), (T, 100, 1, 8, 8), True),
+    "padded-and-ceil-mode-max-pools": (lambda: dyadic_(PaddedPools(), 12), (T, 100, 1, 8, 8), True),
     # SpikingJelly's model zoo (its spiking_resnet, sew_resnet and spiking_vgg modules cannot be imported
     # beside torch 2.13: they import torchvision.models.utils, which torchvision no longer has)
-    "sj-zoo-ms-resnet": (lambda: zoo_ms_resnet(), (100, 1, 8, 8), False),
+    "sj-zoo-ms-resnet": (lambda: zoo_ms_resnet(), (100, 1, 16, 16), False),
     "sj-zoo-mnistnet-voting": (lambda: zoo_mnistnet(), (2, 20, 1, 28, 28), False),
 }
 
 
 def zoo_ms_resnet():
-    """The zoo's MS-ResNet (membrane shortcuts, TT-SNN's base network), shrunk: its blocks are library
-    classes composing known layers, traced into; its input check reads x.ndim."""
+    """The zoo's MS-ResNet (membrane shortcuts, TT-SNN's base network), shrunk, with its stem's padded
+    max pool: its blocks are library classes composing known layers, traced into; its input check
+    reads x.ndim."""
     torch.manual_seed(9)
     net = ms_resnet.MSResNet(T=2, in_channels=1, num_classes=10, layers=(1, 1, 1), base_channels=4, stem_kernel_size=3,
-                             stem_stride=1, spiking_neuron=neuron.LIFNode)
+                             stem_stride=1, stem_pool=True, spiking_neuron=neuron.LIFNode)
     return with_bn_stats(net, 9)
 
 
