@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from test_end_to_end import bits_equal, dyadic_
+from test_hardware import _BatchFirst
 from ttc import api
 from ttc.cli import main as ttc_main
 from ttc.compiler.ir import IRError
@@ -80,15 +81,6 @@ def test_first_layer_of_event_input_adds_and_never_multiplies(net, compiled):
     assert run["counts"]["mac"] > 0 and run["counts"].get("spike_add", 0) == 0
 
 
-class _BatchFirst(nn.Module):
-    """NeuroBench feeds [batch, time, ...]; ttc's modules take [time, batch, ...]."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x.transpose(0, 1))
 
 
 def test_spike_driven_adds_of_event_input_equal_neurobench_effective_acs(net, compiled):

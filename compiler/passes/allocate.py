@@ -44,21 +44,15 @@ class Allocate(Pass):
                 continue
             op.dram = addr
             addr += step_stride(graph, op) * (op.type.time or 1)
-        for concat in [o for o in graph.ops if isinstance(o, TimeConcat)]:
-            offset = concat.dram
+        for concat in [o for o in graph.ops if isinstance(o, (TimeConcat, Concat))]:
+            offset, along = concat.dram, "channels" if isinstance(concat, Concat) else "steps"
             for part in (graph.op(i) for i in concat.inputs):
                 if _concat_part(graph, part) is not concat or not _stored(graph, part):
                     concat.fail(f"%{part.name} is read by more than the concatenation, or not stored itself: "
-                                "its steps cannot be stored in place")
-                part.dram, offset = offset, offset + step_stride(graph, part) * part.type.time
-        for concat in [o for o in graph.ops if isinstance(o, Concat)]:
-            offset = concat.dram
-            for part in (graph.op(i) for i in concat.inputs):
-                if _concat_part(graph, part) is not concat or not _stored(graph, part):
-                    concat.fail(f"%{part.name} is read by more than the concatenation, or not stored itself: "
-                                "its channels cannot be stored in place")
-                if part.type.dtype.kind == "spike" and part.type.numel % 8:
+                                f"its {along} cannot be stored in place")
+                if along == "channels" and part.type.dtype.kind == "spike" and part.type.numel % 8:
                     concat.fail(f"%{part.name}'s {part.type.numel} spikes a step do not end on a byte: its channels "
                                 "cannot be stored in place")
-                part.dram, offset = offset, offset + plane_bytes(part.type)
+                part.dram = offset  # a channel part sits in each step of the concatenation, a time part before the next
+                offset += plane_bytes(part.type) if along == "channels" else step_stride(graph, part) * part.type.time
         return graph
