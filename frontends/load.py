@@ -107,7 +107,8 @@ def _importable_from(path: Path):
 
 
 _UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
-_IN_MAIN = re.compile(r"Can't get attribute '(\w+)' on <module '__main__'")
+# the training script's module: '__main__', or 'pkg.__main__' for `python -m pkg`
+_IN_MAIN = re.compile(r"Can't get attribute '(\w+)' on <module '(?:[\w.]+\.)?__main__'")
 
 
 def _in_main(path: Path, name: str) -> ModelLoadError:
@@ -134,6 +135,10 @@ def load_model(path: str | Path, trust: bool = False) -> torch.nn.Module:
         match = _UNSUPPORTED.search(str(e))
         if match and match.group(1).startswith("__main__."):
             raise _in_main(path, match.group(1).split(".", 1)[1]) from None
+        if match and match.group(1).rsplit(".", 1)[-1] == "getattr":  # torch.save of an snnTorch neuron
+            raise ModelLoadError(
+                f"{path}: stores a bound method (an snnTorch neuron's state_function), which only --trust-model "
+                "may load: save the model with ttc.api.save_model(model, path) instead of torch.save") from None
         if match:
             raise ModelLoadError(
                 f"{path}: refers to class {match.group(1)}, which ttc does not know; loading it would run "
