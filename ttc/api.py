@@ -14,7 +14,7 @@ from ttc.compiler.counting import count
 from ttc.compiler.ir import Graph
 from ttc.compiler.passes import OptionError, pipeline_arguments, run_pipeline, user_options
 from ttc.compiler.reference import run_reference
-from ttc.frontends.load import load_model
+from ttc.frontends.load import load_model, save_model  # noqa: F401 (the public API: ttc.api.save_model)
 from ttc.frontends.trace import parse_input_shape, trace
 from ttc.isa.hwconfig import HwConfig, load_hw
 from ttc.isa.program import Program
@@ -49,7 +49,7 @@ def compile_model(model: torch.nn.Module, input_shape, hw: str | HwConfig = "sat
     o = {**OPTIONS, **options}
     hw = hw if isinstance(hw, HwConfig) else load_hw(hw)
     shape = parse_input_shape(input_shape)
-    graph = trace(copy.deepcopy(model), shape, name)
+    graph = trace(copy_model(model), shape, name)
     counts = {}  # "model": the model's own layers (batch norm folded); "factorised": after tt-factorize
     quantized = None
 
@@ -67,6 +67,36 @@ def compile_model(model: torch.nn.Module, input_shape, hw: str | HwConfig = "sat
     graph = run_pipeline(graph, pipeline_arguments(o, hw), after=between_passes)
     recorded = {"input_shape": ",".join(map(str, shape)), **o}
     return Compiled(graph, generate(graph, hw, recorded, source or {}), quantized)
+
+
+def copy_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of `model` that tracing may change (eval mode, hooks) without touching the user's.
+
+    A model straight out of training holds tensors that autograd made (snnTorch neurons keep their
+    last `mem` with a grad_fn), and `copy.deepcopy` refuses those ("Only Tensors created explicitly by
+    the user (graph leaves) support the deepcopy protocol"). Each such tensor is copied as a detached
+    clone instead, through deepcopy's memo, so that everything else is copied as usual and what shares
+    a tensor still shares its copy."""
+    memo: dict = {}
+    seen: set = set()
+
+    def detach_non_leaves(value) -> None:
+        if id(value) in seen:
+            return
+        seen.add(id(value))
+        if isinstance(value, torch.Tensor):
+            if value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            for item in value:
+                detach_non_leaves(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                detach_non_leaves(item)
+
+    for module in model.modules():  # parameters, buffers and plain attributes all live in __dict__
+        detach_non_leaves(vars(module))
+    return copy.deepcopy(model, memo)
 
 
 def decay_notes(graph: Graph) -> list[str]:

@@ -20,8 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from tensorly import tt_to_tensor
-from tensorly.decomposition import tensor_train
 
 from ..ir import Conv2d, Graph, IRError, TTConv2d
 from . import Pass, parse_per_layer, register, user_option
@@ -29,6 +27,10 @@ from . import Pass, parse_per_layer, register, user_option
 
 def tt_svd(weight: np.ndarray, rank: int) -> tuple[list[np.ndarray], float]:
     """The STT cores of a [Cout, Cin, 3, 3] kernel at rank at most `rank` per bond, and the relative error."""
+    # imported here: tensorly (with scipy) takes about 0.4 s to import, and only --tt-rank/--tt-error use it
+    from tensorly import tt_to_tensor
+    from tensorly.decomposition import tensor_train
+
     w = weight.astype(np.float64).transpose(1, 2, 3, 0)  # [ci, u, v, co]
     factors = list(tensor_train(w, rank=[1, rank, rank, rank, 1]))
     error = float(np.linalg.norm(tt_to_tensor(factors) - w) / max(np.linalg.norm(w), np.finfo(float).tiny))
