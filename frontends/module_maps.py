@@ -163,7 +163,8 @@ def _neuron(lw: Lowering, path, m, x, multi: bool, **params):
 
 def ttc_lif(lw: Lowering, path, m: ttc.LIF, x):
     return _neuron(lw, path, m, x, True, theta=float(m.threshold), decay=float(m.decay), v_reset=float(m.v_reset),
-                   v_init=float(m.v_init), reset=m.reset, order="reset_decay", cmp=m.cmp)
+                   v_init=float(m.v_init), reset=m.reset, order="reset_decay", cmp=m.cmp,
+                   input_gain=float(m.input_gain), charge=float(m.charge))
 
 
 def ttc_mt_neuron(lw: Lowering, path, m: ttc.MTNeuron, x):
