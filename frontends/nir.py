@@ -22,6 +22,7 @@ flattens and hard-reset LIF/IF neurons becomes a NIR graph with the inverse mapp
 """
 from __future__ import annotations
 
+import keyword
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,9 +128,9 @@ class _Builder:
         return NIRError(f"node {name!r} ({type(node).__name__}): {why}")
 
     def key(self, name: str) -> str:
-        """A ModuleDict key for NIR node `name` (no dots, unique), shown in ttc's messages as `node.<key>`."""
+        """A ModuleDict key for NIR node `name` (no dots, no keyword, unique), shown in ttc's messages as `node.<key>`."""
         key = "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "_"
-        while key in self.keys.values():
+        while key in self.keys.values() or keyword.iskeyword(key):  # torch.fx writes code with the key ('if')
             key += "_"
         self.keys[name] = key
         return key
@@ -274,8 +275,9 @@ class _Builder:
             raise self.fail(name, node, "is given values scaled differently per channel (a Scale node); ttc's neurons "
                             "have one input gain: put the Scale before a conv or linear layer")
         p = lambda field: _uniform(name, node, field)  # noqa: E731
-        if isinstance(node, nir.Threshold):  # no state: the membrane is the input
-            decay, gain, charge, theta, v_reset = 0.0, 1.0, 0.0, p("threshold"), 0.0
+        if isinstance(node, nir.Threshold):  # decay 0: the membrane is the input, the reset value never read
+            theta = p("threshold")
+            decay, gain, charge, v_reset = 0.0, 1.0, 0.0, min(0.0, theta)
         elif isinstance(node, nir.IF):
             decay, gain, charge, theta, v_reset = 1.0, p("r") * dt, 0.0, p("v_threshold"), p("v_reset")
         else:
@@ -296,8 +298,8 @@ class _Builder:
                                     "(a current that is just its input) is representable")
                 gain *= p("w_in") * dt / tau_syn
         gain *= float(scale[0])
-        if v_reset >= theta:
-            raise self.fail(name, node, f"v_reset {v_reset:g} is not below v_threshold {theta:g}: the neuron would fire "
+        if v_reset > theta:
+            raise self.fail(name, node, f"v_reset {v_reset:g} is above v_threshold {theta:g}: the neuron would fire "
                             "from its start (its membrane starts at v_reset)")
         module = M.LIF(decay=_snap(decay), threshold=float(np.float32(theta)), reset="hard",
                        v_reset=float(np.float32(v_reset)), cmp="gt", input_gain=_snap(gain), charge=_snap(charge))
@@ -377,7 +379,9 @@ def read_nir(path: str | Path, dt: float = DEFAULT_DT) -> NIRNetwork:
     if not path.is_file():
         raise NIRError(f"{path}: no such file")
     try:
-        graph = _nir().read(path)
+        # nir's own type check refuses graphs whose Input carries a batch axis (nirtorch writes them so);
+        # ttc checks every shape itself while building (NIRError naming the node)
+        graph = _nir().read(path, type_check=False)
     except NIRError:
         raise
     except Exception as e:  # h5py and nir raise many types for a file that is not NIR
