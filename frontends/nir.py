@@ -148,6 +148,8 @@ class _Builder:
             for end in (a, b):
                 if end not in nodes:
                     raise NIRError(f"edge ({a!r}, {b!r}) names node {end!r}, which the graph does not have")
+        if len(set(edges)) != len(edges):  # it would add the same input twice
+            raise NIRError(f"the graph repeats edges {sorted({e for e in edges if edges.count(e) > 1})}")
         self.preds = {n: [a for a, b in edges if b == n] for n in nodes}
         waiting = {n: len(self.preds[n]) for n in nodes}
         ready = [n for n in nodes if waiting[n] == 0]
@@ -372,6 +374,18 @@ def from_nir(graph, dt: float = DEFAULT_DT) -> NIRNetwork:
             raise NIRError(f"node {name!r} (NIRGraph) is a subgraph (snnTorch writes recurrent layers so); ttc compiles "
                            "flat feed-forward graphs")
     return _Builder(graph, dt).build()
+
+
+def check_input_shape(model: NIRNetwork, input_shape: list) -> None:
+    """The compile's input shape ([T, 'N', ...], ttc.frontends.trace.parse_input_shape) against the graph's Input."""
+    step = tuple(input_shape[2:]) if input_shape[0] != "N" else tuple(input_shape[1:])
+    if step != model.input_shape:
+        raise NIRError(f"the graph's Input takes samples of shape {list(model.input_shape)}, the input shape given has "
+                       f"{list(step)} (write it as T,N,{','.join(map(str, model.input_shape))})")
+
+
+def write_nir(graph, path: str | Path) -> None:
+    _nir().write(path, graph)
 
 
 def read_nir(path: str | Path, dt: float = DEFAULT_DT) -> NIRNetwork:

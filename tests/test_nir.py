@@ -270,6 +270,9 @@ def test_cli_names_an_unsupported_node_in_one_line(tmp_path, capsys):
     assert main(["compile", str(path), "-o", str(tmp_path / "p.bin"), "--input-shape", "4,N,8"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ttc: error: ") and "node 'li' (LI)" in err[0]
+    nir.write(tmp_path / "fc.nir", _graph(nir.Affine(weight=dyadic((8, 8), 1), bias=dyadic((8,), 2)), lif((8,), 0.5, 0.5)))
+    assert main(["compile", str(tmp_path / "fc.nir"), "-o", str(tmp_path / "p.bin"), "--input-shape", "4,N,1,8,8"]) == 1
+    assert "takes samples of shape [8]" in capsys.readouterr().err
     (tmp_path / "junk.nir").write_bytes(b"not hdf5")
     assert main(["compile", str(tmp_path / "junk.nir"), "-o", str(tmp_path / "p.bin"), "--input-shape", "4,N,8"]) == 1
     assert "not a readable NIR file" in capsys.readouterr().err

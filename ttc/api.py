@@ -15,7 +15,7 @@ from ttc.compiler.ir import Graph
 from ttc.compiler.passes import OptionError, pipeline_arguments, run_pipeline, user_options
 from ttc.compiler.reference import run_reference
 from ttc.frontends.load import load_model
-from ttc.frontends.nir import DEFAULT_DT, to_nir
+from ttc.frontends.nir import DEFAULT_DT, check_input_shape, to_nir
 from ttc.frontends.trace import parse_input_shape, trace
 from ttc.isa.hwconfig import HwConfig, load_hw
 from ttc.isa.program import Program
@@ -93,6 +93,7 @@ def compile_file(path: str | Path, input_shape, hw: str | HwConfig = "sata", tru
     model = load_model(path, trust, nir_dt)
     source = {"file": Path(path).name, "sha256": file_digest(path)}
     if is_nir(path):
+        check_input_shape(model, parse_input_shape(input_shape))
         source["nir_dt"] = nir_dt
     return compile_model(model, input_shape, hw, name=Path(path).stem.replace("-", "_") or "model",
                          source=source, **options)

@@ -194,12 +194,12 @@ def cmd_export(a) -> int:
     from ttc.api import export_nir
     from ttc.frontends.load import load_model
 
+    from ttc.frontends.nir import write_nir
+
     if not a.nir:
         raise CliError("choose the format to write: --nir (the only one so far)")
-    import nir
-
     graph = export_nir(load_model(a.model, a.trust_model, a.nir_dt), a.input_shape, a.nir_dt)
-    atomic_write(a.output, lambda tmp: nir.write(tmp, graph))
+    atomic_write(a.output, lambda tmp: write_nir(graph, tmp))
     kinds = Counter(type(n).__name__ for n in graph.nodes.values())
     print(f"wrote {a.output}: NIR graph of {len(graph.nodes)} nodes ({', '.join(f'{k} {v}' for k, v in kinds.items())}), "
           f"neurons for dt = {a.nir_dt:g} s")
