@@ -2,6 +2,7 @@
 bit-exact against the quantized reference and, where exactly representable, against the NIR equations
 and the PyTorch original; what ttc cannot compile is named by node and type; ttc's export reads back
 with nir.read and imports into snnTorch with the same spikes."""
+import json
 import warnings
 
 import nir
@@ -340,3 +341,15 @@ def test_export_refuses_what_nir_cannot_say(layers, words):
         api.export_nir(nn.Sequential(M.Flatten(), *layers), "4,N,1,8,8")
     with pytest.raises(NIRError, match="no max pooling"):
         api.export_nir(nn.Sequential(M.Conv2d(1, 2, 3), M.MaxPool2d(2)), "4,N,1,8,8")
+
+
+def test_the_step_dt_is_recorded_so_run_check_reads_the_graph_as_compiled(tmp_path, capsys):
+    input_shape, nodes = HAND_WRITTEN["affine-lif-gain-leak"]
+    path, prog = tmp_path / "g.nir", tmp_path / "g.bin"
+    nir.write(path, nir.NIRGraph.from_list([nir.Input(input_type={"input": np.array(input_shape)}), *nodes()]))
+    assert main(["compile", str(path), "-o", str(prog), "--input-shape", "4,N,64", "--nir-dt", str(DT)]) == 0
+    np.save(tmp_path / "x.npy", grid_inputs((STEPS, 32, 64), seed=61))
+    capsys.readouterr()
+    assert main(["run", "--sim", str(prog), "--input", str(tmp_path / "x.npy"), "--check", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["check"]["reference_bit_exact"] and report["check"]["float"][0]["bit_exact"]
