@@ -32,6 +32,13 @@ def _require(cond: bool, path: str, m: nn.Module, what: str) -> None:
         raise UnsupportedModel(f"module {path!r} ({_qual(m)}): {what}")
 
 
+def _one_value(path: str, m: nn.Module, what: str, value) -> float:
+    """A neuron parameter given per neuron (a tensor, as snnTorch's NIR export needs them) that holds one value."""
+    values = torch.unique(torch.as_tensor(value).detach())
+    _require(values.numel() == 1, path, m, f"{what} takes {values.numel()} different values; ttc's neuron layers share one")
+    return float(values[0])
+
+
 def _int_pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(int(e) for e in v)
 
@@ -209,7 +216,8 @@ def snntorch_leaky(lw: Lowering, path, m, x, mem=None):
     _require(float(m.graded_spikes_factor) == 1.0, path, m, "graded spikes are not supported")
     _require(m.reset_delay, path, m, "reset_delay=False is not supported")
     mechanism = m.reset_mechanism
-    params = dict(theta=float(m.threshold), decay=float(torch.as_tensor(m.beta).clamp(0, 1)), v_reset=0.0, v_init=0.0,
+    params = dict(theta=_one_value(path, m, "threshold", m.threshold),
+                  decay=_one_value(path, m, "beta", torch.as_tensor(m.beta).clamp(0, 1)), v_reset=0.0, v_init=0.0,
                   cmp="gt", reset={"subtract": "subtract", "zero": "hard", "none": "none"}[mechanism],
                   order="decay_reset" if mechanism == "subtract" else "reset_decay")
     explicit = not m.init_hidden

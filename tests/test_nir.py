@@ -23,6 +23,7 @@ from ttc.cli import main
 from ttc.frontends import modules as M
 from ttc.frontends.load import load_model
 from ttc.frontends.nir import NIRError, from_nir
+from ttc.frontends.trace import UnsupportedModel
 from ttc.isa.encoding import encode_all
 
 STEPS = 4
@@ -97,9 +98,15 @@ def test_snntorch_export_compiles_bit_exact_equals_pytorch_and_gives_the_same_pr
     assert bits_equal(sim[0], flt[0])
     assert bits_equal(sim[0], run_snntorch(net, x))  # exactly representable: the simulator is snnTorch
     assert 0 < sim[0].mean() < 1
-    # the same network compiled from PyTorch (scalar parameters: ttc's snnTorch frontend) is the same program
-    direct = api.compile_model(SnnTorchLoop(snntorch_conv_fc(per_neuron=False)), "4,N,1,8,8")
-    assert same_program(compiled, direct)
+    # the same network compiled from PyTorch (ttc's snnTorch frontend) is the same program
+    assert same_program(compiled, api.compile_model(SnnTorchLoop(net), "4,N,1,8,8"))
+
+
+def test_snntorch_per_neuron_parameters_must_hold_one_value():
+    net = snntorch_conv_fc(per_neuron=True)
+    net[5].beta = torch.linspace(0.25, 0.75, 10)
+    with pytest.raises(UnsupportedModel, match="'net.5' .*beta takes 10 different values"):
+        api.compile_model(SnnTorchLoop(net), "4,N,1,8,8")
 
 
 def test_graph_with_a_batch_axis_and_scalar_parameters_reads_the_same():
