@@ -118,8 +118,14 @@ def _in_main(path: Path, name: str) -> ModelLoadError:
         "run ttc with --trust-model beside that module")
 
 
-def load_model(path: str | Path, trust: bool = False) -> torch.nn.Module:
+def load_model(path: str | Path, trust: bool = False, nir_dt: float | None = None) -> torch.nn.Module:
+    """The model in `path`: a `torch.save`d module, or a NIR graph (a `.nir` file, its neurons stepped
+    with `nir_dt` seconds, ttc.frontends.nir.DEFAULT_DT unless given). Reading NIR runs no code from the file."""
     path = Path(path)
+    if path.suffix.lower() == ".nir":
+        from .nir import DEFAULT_DT, read_nir
+
+        return read_nir(path, DEFAULT_DT if nir_dt is None else nir_dt).eval()
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     if _is_torchscript(path):  # torch.load would refuse it (weights_only) or hand back a compiled graph

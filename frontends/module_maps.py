@@ -214,7 +214,8 @@ def _neuron(lw: Lowering, path, m, x, multi: bool, **params):
 def ttc_lif(lw: Lowering, path, m: ttc.LIF, x):
     """neuron: h = decay * R(u) + x; spike = [h cmp threshold]; R resets (hard to v_reset, subtract, none)."""
     return _neuron(lw, path, m, x, True, theta=float(m.threshold), decay=float(m.decay), v_reset=float(m.v_reset),
-                   v_init=float(m.v_init), reset=m.reset, order="reset_decay", cmp=m.cmp)
+                   v_init=float(m.v_init), reset=m.reset, order="reset_decay", cmp=m.cmp,
+                   input_gain=float(m.input_gain), charge=float(m.charge))
 
 
 def ttc_mt_neuron(lw: Lowering, path, m: ttc.MTNeuron, x):
@@ -253,7 +254,8 @@ def spikingjelly_node(lw: Lowering, path, m, x):
 
 
 def _shared(path, m, name: str, value) -> float:
-    """A neuron parameter as the one value a ttc neuron layer shares (a tensor of equal values is one)."""
+    """A neuron parameter as the one value a ttc neuron layer shares (a tensor of equal values is one, as
+    snnTorch's NIR export needs them given)."""
     values = torch.as_tensor(value).detach().flatten()
     _require(bool((values == values[0]).all()), path, m,
              f"a per-neuron {name} ({values.numel()} different values) is not supported: a ttc neuron layer shares one")

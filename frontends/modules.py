@@ -93,19 +93,27 @@ class _SpikeFn(torch.autograd.Function):
 class LIF(nn.Module):
     """Leaky integrate-and-fire neurons over [T, B, ...] (ttc.compiler.ir.Neuron, order reset_decay):
 
-        u_t = decay * R(h_{t-1}, s_{t-1}) + x_t,   s_t = [u_t > threshold] (cmp='gt') or >=
+        u_t = decay * R(h_{t-1}, s_{t-1}) + input_gain * x_t + charge,   s_t = [u_t > threshold] (cmp='gt') or >=
         R(h, s) = h * (1 - s) + v_reset * s  (reset='hard'; TT-SNN's mem_update with v_reset = 0)
         R(h, s) = h - threshold * s          (reset='subtract')
 
-    starting from h_{-1} = v_reset (hard) or 0 (subtract) and s_{-1} = 0.
+    starting from h_{-1} = v_reset (hard) or 0 (subtract) and s_{-1} = 0. `input_gain` and `charge`
+    (1 and 0 unless given) are how a NIR LIF's r*dt/tau and v_leak*dt/tau arrive (ttc.frontends.nir);
+    the compiler folds them into the layer that feeds the neuron (fold-neuron-input).
     """
 
+    # Class-level defaults, so that LIF modules pickled before these two existed load and run unchanged.
+    input_gain = 1.0
+    charge = 0.0
+
     def __init__(self, decay: float = 0.25, threshold: float = 0.5, reset: str = "hard",
-                 v_reset: float = 0.0, cmp: str = "gt"):
+                 v_reset: float = 0.0, cmp: str = "gt", input_gain: float = 1.0, charge: float = 0.0):
         super().__init__()
         if reset not in ("hard", "subtract") or cmp not in ("gt", "ge"):
             raise ModelDefinitionError(f"reset must be 'hard' or 'subtract' and cmp 'gt' or 'ge', got {reset!r}, {cmp!r}")
         self.decay, self.threshold, self.reset, self.v_reset, self.cmp = decay, threshold, reset, v_reset, cmp
+        if input_gain != 1.0 or charge != 0.0:
+            self.input_gain, self.charge = input_gain, charge
 
     @property
     def v_init(self) -> float:
@@ -117,20 +125,24 @@ class LIF(nn.Module):
         out = []
         for t in range(x.shape[0]):
             r = h * (1 - s) + self.v_reset * s if self.reset == "hard" else h - self.threshold * s
-            h = self.decay * r + x[t]
+            # gain 1 and charge 0 leave x untouched, so models without them compute exactly as before
+            x_t = x[t] if self.input_gain == 1.0 else self.input_gain * x[t]
+            h = self.decay * r + x_t if self.charge == 0.0 else self.decay * r + x_t + self.charge
             s = _SpikeFn.apply(h - self.threshold, self.cmp == "gt")
             out.append(s)
         return torch.stack(out)
 
     def extra_repr(self):
-        return f"decay={self.decay}, threshold={self.threshold}, reset={self.reset}, v_reset={self.v_reset}, cmp={self.cmp}"
+        gain = f", input_gain={self.input_gain}, charge={self.charge}" if (self.input_gain, self.charge) != (1.0, 0.0) else ""
+        return f"decay={self.decay}, threshold={self.threshold}, reset={self.reset}, v_reset={self.v_reset}, cmp={self.cmp}{gain}"
 
 
 class IF(LIF):
     """Integrate-and-fire: LIF with decay 1."""
 
-    def __init__(self, threshold: float = 1.0, reset: str = "hard", v_reset: float = 0.0, cmp: str = "gt"):
-        super().__init__(1.0, threshold, reset, v_reset, cmp)
+    def __init__(self, threshold: float = 1.0, reset: str = "hard", v_reset: float = 0.0, cmp: str = "gt",
+                 input_gain: float = 1.0):
+        super().__init__(1.0, threshold, reset, v_reset, cmp, input_gain)
 
 
 class MTNeuron(nn.Module):

@@ -15,6 +15,7 @@ from ttc.compiler.ir import Graph
 from ttc.compiler.passes import OptionError, pipeline_arguments, run_pipeline, user_options
 from ttc.compiler.reference import run_reference
 from ttc.frontends.load import load_model, save_model  # noqa: F401 (the public API: ttc.api.save_model)
+from ttc.frontends.nir import DEFAULT_DT, check_input_shape, to_nir
 from ttc.frontends.trace import parse_input_shape, trace
 from ttc.isa.hwconfig import HwConfig, load_hw
 from ttc.isa.program import Program
@@ -109,10 +110,32 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def compile_file(path: str | Path, input_shape, hw: str | HwConfig = "sata", trust: bool = False, **options) -> Compiled:
-    model = load_model(path, trust)
+def is_nir(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".nir"
+
+
+def compile_file(path: str | Path, input_shape, hw: str | HwConfig = "sata", trust: bool = False,
+                 nir_dt: float | None = None, **options) -> Compiled:
+    """Compile the model in `path`: a torch.save'd module or a NIR graph (`.nir`, its neurons stepped with
+    `nir_dt`, recorded in prog.bin so that `ttc run --check` reads the graph the same way)."""
+    if is_nir(path):
+        nir_dt = DEFAULT_DT if nir_dt is None else nir_dt
+    model = load_model(path, trust, nir_dt)
+    source = {"file": Path(path).name, "sha256": file_digest(path)}
+    if is_nir(path):
+        check_input_shape(model, parse_input_shape(input_shape))
+        source["nir_dt"] = nir_dt
     return compile_model(model, input_shape, hw, name=Path(path).stem.replace("-", "_") or "model",
-                         source={"file": Path(path).name, "sha256": file_digest(path)}, **options)
+                         source=source, **options)
+
+
+def export_nir(model: torch.nn.Module, input_shape, dt: float = DEFAULT_DT):
+    """`model` as a NIR graph (a nir.NIRGraph; `nir.write` saves it): traced for inputs of `input_shape`
+    with batch norm folded into its convs, each layer written as its NIR node, neurons for the Euler step
+    `dt` (ttc.frontends.nir.to_nir says what is written and what is refused)."""
+    graph = trace(copy.deepcopy(model), parse_input_shape(input_shape), "model")
+    graph = run_pipeline(graph, {}, passes=("fold-batchnorm",))
+    return to_nir(graph, dt)
 
 
 def recompile_for_check(prog: Program, model: torch.nn.Module) -> Compiled:

@@ -71,7 +71,7 @@ def cmd_compile(a) -> int:
     from ttc.api import compile_file, decay_notes
     from ttc.compiler.passes import user_options
 
-    compiled = compile_file(a.model, a.input_shape, a.hw, trust=a.trust_model,
+    compiled = compile_file(a.model, a.input_shape, a.hw, trust=a.trust_model, nir_dt=a.nir_dt,
                             **{o.name: getattr(a, o.name) for o in user_options()})
     if a.emit_ir:
         from ttc.compiler.ir_text import print_graph
@@ -128,7 +128,7 @@ def check(prog, model_path: str, trust: bool, x: np.ndarray, sim_outputs: list[n
     from ttc.api import file_digest, recompile_for_check, reference, run_float
     from ttc.frontends.load import load_model
 
-    model = load_model(model_path, trust)
+    model = load_model(model_path, trust, prog.meta["source"].get("nir_dt"))  # a NIR graph read as when compiled
     recorded = prog.meta["source"].get("sha256")
     if recorded and recorded != file_digest(model_path):
         raise CliError(f"{model_path} is not the model this program was compiled from (its SHA-256 differs)")
@@ -190,6 +190,22 @@ def _print_run(r: dict) -> None:
         print(f"  quantized reference: {'bit-exact' if c['reference_bit_exact'] else 'MISMATCH'}")
         for i, f in enumerate(c["float"]):
             print(f"  float model, output {i}: " + ", ".join(f"{k} {v}" for k, v in f.items()))
+
+
+def cmd_export(a) -> int:
+    from ttc.api import export_nir
+    from ttc.frontends.load import load_model
+
+    from ttc.frontends.nir import write_nir
+
+    if not a.nir:
+        raise CliError("choose the format to write: --nir (the only one so far)")
+    graph = export_nir(load_model(a.model, a.trust_model, a.nir_dt), a.input_shape, a.nir_dt)
+    atomic_write(a.output, lambda tmp: write_nir(graph, tmp))
+    kinds = Counter(type(n).__name__ for n in graph.nodes.values())
+    print(f"wrote {a.output}: NIR graph of {len(graph.nodes)} nodes ({', '.join(f'{k} {v}' for k, v in kinds.items())}), "
+          f"neurons for dt = {a.nir_dt:g} s")
+    return 0
 
 
 def cmd_asm(a) -> int:
@@ -278,16 +294,29 @@ def build_parser() -> argparse.ArgumentParser:
     trust_help = ("allow the model file to name classes ttc does not know; unpickling them runs code chosen by "
                   "the file, so use this only for files you trust")
 
-    c = sub.add_parser("compile", parents=[verbose], help="compile a torch.save'd model to prog.bin")
-    c.add_argument("model")
+    from ttc.frontends.nir import DEFAULT_DT
+
+    # the model and how to read it, shared by compile and export
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("model", help="a torch.save'd model, or a NIR graph (.nir)")
+    model.add_argument("--input-shape", required=True, help="the forward input's shape with the batch axis as N, e.g. 4,N,1,8,8")
+    model.add_argument("--nir-dt", type=float, default=DEFAULT_DT, metavar="SECONDS",
+                       help=f"the Euler step of NIR neurons: decay 1 - dt/tau (default {DEFAULT_DT:g}, as snnTorch and "
+                       "SpikingJelly write NIR)")
+    model.add_argument("--trust-model", action="store_true", help=trust_help)
+
+    c = sub.add_parser("compile", parents=[verbose, model], help="compile a torch.save'd model or a NIR graph to prog.bin")
     c.add_argument("-o", "--output", required=True)
-    c.add_argument("--input-shape", required=True, help="the forward input's shape with the batch axis as N, e.g. 4,N,1,8,8")
     c.add_argument("--hw", default="sata", help="hardware preset name or TOML file (default: sata)")
     add_option_flags(c, user_options())
     c.add_argument("--explain", action="store_true", help="print each TT layer's plans, their predicted cost and the choice")
     c.add_argument("--emit-ir", metavar="FILE", help="also write the final IR as text")
-    c.add_argument("--trust-model", action="store_true", help=trust_help)
     c.set_defaults(fn=cmd_compile)
+
+    e = sub.add_parser("export", parents=[verbose, model], help="write a model in another format (NIR)")
+    e.add_argument("--nir", action="store_true", help="write a NIR graph (nir.write; read it back with nir.read)")
+    e.add_argument("-o", "--output", required=True)
+    e.set_defaults(fn=cmd_export)
 
     r = sub.add_parser("run", parents=[verbose], help="run prog.bin on the simulator")
     r.add_argument("--sim", action="store_true", help="run on the instruction-level simulator")
