@@ -75,9 +75,8 @@ _LIBRARIES = ("torch", "spikingjelly", "snntorch")
 
 
 class _Batch:
-    """The batch size, which ttc leaves open: what `x.size(1)` of a [T, B, ...] input gives (a constant
-    of the trace: `torch.zeros(T, x.size(1), ...)` records it as an argument). T * B is `BatchTimes(T)`,
-    the leading size of a sequence folded into a batch."""
+    """The batch size, which ttc leaves open: what `x.size(1)` of a [T, B, ...] input gives. T * B is
+    `BatchTimes(T)`, the leading size of a sequence folded into a batch."""
 
     def __repr__(self):
         return "N"
@@ -132,14 +131,17 @@ class _MutableProxy(fx.Proxy):
 
     @property
     def shape(self):
-        known = self.node.meta.get("ttc_shape")
-        return known if known is not None else self.__getattr__("shape")
+        return self.size() if self.node.meta.get("ttc_shape") is not None else self.__getattr__("shape")
 
     def size(self, dim=None):
+        """The known sizes as constants, but the open batch size as a traced `x.size(dim)`: a call
+        with it (`torch.zeros(T, x.size(1), ...)`, `x.view(T * B, ...)`) is then traced, not run."""
         known = self.node.meta.get("ttc_shape")
         if known is None:
             return self.tracer.create_proxy("call_method", "size", (self,) if dim is None else (self, dim), {})
-        return known if dim is None else known[dim]
+        sizes = tuple(self.tracer.create_proxy("call_method", "size", (self, i), {}) if d is BATCH else d
+                      for i, d in enumerate(known))
+        return sizes if dim is None else sizes[dim]
 
     def dim(self):
         known = self.node.meta.get("ttc_shape")
@@ -187,9 +189,6 @@ class _Tracer(fx.Tracer):
         if node.op == "placeholder" and self.input_shape:
             node.meta["ttc_shape"] = self.input_shape
         return _MutableProxy(node, self)
-
-    def create_arg(self, a):
-        return a if a is BATCH or isinstance(a, BatchTimes) else super().create_arg(a)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         """Known layers, and every layer of torch.nn, SpikingJelly and snnTorch, so that one ttc
