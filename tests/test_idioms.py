@@ -303,3 +303,27 @@ def test_docs_frontends_md_is_what_the_module_maps_say():
     from ttc.frontends import docs
 
     assert (Path(__file__).parent.parent / "docs" / "frontends.md").read_text() == docs.render()
+
+
+def test_sj_zoo_sew_resnet_compiles_bit_exact(monkeypatch):
+    """SpikingJelly's SEW-ResNet (7x7 stride-2 stem, padded max pool, ADD connections, zoo blocks traced
+    into). Its module imports torchvision only to download pretrained weights, and the torchvision that
+    spikingjelly pulls from PyPI cannot be imported beside torch 2.13 ("operator torchvision::nms does
+    not exist"): the test gives that one import a stand-in, as nothing here downloads weights."""
+    import sys
+    import types
+
+    stand_in = types.ModuleType("torchvision._internally_replaced_utils")
+    stand_in.load_state_dict_from_url = None
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)  # `torchvision.models.utils`: ImportError
+    monkeypatch.setitem(sys.modules, "torchvision._internally_replaced_utils", stand_in)
+    from spikingjelly.activation_based.model import sew_resnet
+
+    torch.manual_seed(13)
+    net = sew_resnet.SEWResNet(sew_resnet.BasicBlock, [1, 1, 1, 1], num_classes=10, cnf="ADD", spiking_neuron=neuron.IFNode)
+    functional.set_step_mode(net, "m")
+    compiled = api.compile_model(net.eval(), "2,N,3,16,16")
+    x = grid_inputs((2, 8, 3, 16, 16), seed=13)
+    sim, ref = api.simulate(compiled.program, x).outputs[0], api.reference(compiled, x)[0]
+    assert bits_equal(sim, ref) and sim.std() > 0
