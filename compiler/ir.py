@@ -423,10 +423,13 @@ class Neuron(Op):
     is their K spike planes (`mtK`), standing for the level code q in units of theta, and the reset
     subtracts theta * q (parallel) or theta * q * 2^-(K-1) (cascade). Readers see y[t] times `amplitude`
     (an MT neuron passes on theta times its level; fold-spike-amplitude moves the factor into the
-    readers' weights)."""
+    readers' weights).
+
+    `theta` may be one positive value per channel (a [C] array: snnTorch's per-neuron thresholds of a
+    conv or linear layer): fold-neuron-input divides the channels of the layer feeding it by them."""
 
     opname: ClassVar[str] = "neuron"
-    theta: float
+    theta: float | np.ndarray
     decay: float = 1.0
     v_reset: float = 0.0
     v_init: float = 0.0
@@ -444,6 +447,11 @@ class Neuron(Op):
         if self.reset not in ("hard", "subtract", "none") or self.order not in ("reset_decay", "decay_reset") \
                 or self.cmp not in ("gt", "ge"):
             self.fail(f"unknown mode reset={self.reset} order={self.order} cmp={self.cmp}")
+        if isinstance(self.theta, np.ndarray):
+            if self.theta.shape != x.shape[:1] or not (self.theta > 0).all() or self.levels > 1:
+                self.fail(f"thresholds per channel must be {x.shape[:1]} positive values of a one-threshold "
+                          f"neuron, not {self.theta.shape}")
+            return x.with_(dtype=spikes(self.levels, self.mode))  # v_init < every theta: fold-neuron-input checks
         _check_levels(self, self.theta)
         if not self.amplitude > 0:
             self.fail(f"spike amplitude {self.amplitude} is not positive")

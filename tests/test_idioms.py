@@ -195,6 +195,25 @@ class PaddedPools(nn.Module):
         return self.net(x).mean(0)
 
 
+class PerChannelThresholds(nn.Module):
+    """snnTorch neurons with a threshold per channel (a [C, 1, 1] tensor after a conv, [F] after a linear)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.lif1 = nn.Conv2d(1, 4, 3, padding=1), snn.Leaky(beta=0.5, threshold=torch.tensor(
+            [0.25, 0.5, 1.0, 2.0]).reshape(4, 1, 1))
+        self.fc, self.lif2 = nn.Linear(256, 10), snn.Leaky(beta=0.5, threshold=torch.tensor([0.5, 1.0] * 5),
+                                                           reset_mechanism="zero")
+
+    def forward(self, x):
+        mem1, mem2, out = self.lif1.init_leaky(), self.lif2.init_leaky(), []
+        for t in range(T):
+            spk1, mem1 = self.lif1(self.conv(x[t]), mem1)
+            spk2, mem2 = self.lif2(self.fc(spk1.flatten(1)), mem2)
+            out.append(spk2)
+        return torch.stack(out)
+
+
 NETS = {  # name: (model, input shape of one run, exactly representable: weights dyadic, no batch norm)
     "sj-tutorial-unsqueeze-repeat": (lambda: dyadic_(CSNN(), 1), (100, 1, 8, 8), False),
     "unsqueeze-expand": (lambda: dyadic_(ExpandedInput(), 2), (100, 1, 8, 8), False),
@@ -206,6 +225,7 @@ NETS = {  # name: (model, input shape of one run, exactly representable: weights
     "snntorch-init-hidden": (lambda: dyadic_(SnnTorchInitHidden(), 8), (T, 100, 1, 8, 8), True),
     "channel-cat-of-branches": (lambda: dyadic_(TwoBranches(), 11), (T, 100, 1, 8, 8), True),
     "padded-and-ceil-mode-max-pools": (lambda: dyadic_(PaddedPools(), 12), (T, 100, 1, 8, 8), True),
+    "snntorch-thresholds-per-channel": (lambda: dyadic_(PerChannelThresholds(), 14), (T, 100, 1, 8, 8), True),
     # SpikingJelly's model zoo (its spiking_resnet, sew_resnet and spiking_vgg modules cannot be imported
     # beside torch 2.13: they import torchvision.models.utils, which torchvision no longer has)
     "sj-zoo-ms-resnet": (lambda: zoo_ms_resnet(), (100, 1, 16, 16), False),
