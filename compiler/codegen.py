@@ -13,7 +13,7 @@ from ttc.isa.errors import InternalError
 from ttc.isa.hwconfig import HwConfig
 from ttc.isa.program import Program
 
-from .ir import Conv2d, Graph, Linear, Op
+from .ir import Conv2d, Graph, Linear, NeuronQ, Op
 from .layout import step_bytes, step_stride, value_addr
 from .plan import layer_plan
 from .reference import output_divisor
@@ -51,15 +51,18 @@ def generate(graph: Graph, hw: HwConfig, options: dict, source: dict) -> Program
     code, layers = emit_layers(graph, hw)
     code = place_tokens(code + [Instr("halt", {})], barriers=[layer["first_instr"] for layer in layers[1:]])
 
-    weights_end = 0
+    data_end = 0
     blobs = []
     for op in graph.ops:
         if isinstance(op, (Conv2d, Linear)):
             bias = op.bias if op.bias is not None else np.zeros(op.weight.shape[0])
             blob = op.weight.astype(f"<i{op.weight.itemsize}").tobytes() + bias.astype("<i4").tobytes()
             blobs.append((op.wdram, blob))
-            weights_end = max(weights_end, op.wdram + len(blob))
-    data = bytearray(weights_end)
+        elif isinstance(op, NeuronQ) and op.per_channel:  # read by each tile's nrn beside its states
+            blobs.append((op.ddram, op.decays_per_neuron(op.type.shape).astype("<i4").tobytes()))
+    for addr, blob in blobs:
+        data_end = max(data_end, addr + len(blob))
+    data = bytearray(data_end)
     for addr, blob in blobs:
         data[addr:addr + len(blob)] = blob
     stored = [op for op in graph.ops if op.dram is not None]

@@ -30,7 +30,7 @@ import torch
 from ttc.isa.encoding import Instr
 from ttc.isa.hwconfig import HwConfig
 from ttc.isa.mt import code_planes
-from ttc.isa.table import BY_NAME
+from ttc.isa.table import BY_NAME, accesses
 from ttc.isa.timing import Reservations
 
 from .ir import Conv2d, Graph, Linear
@@ -99,14 +99,14 @@ def step_template(plan: LayerPlan, instrs: list[Instr]) -> StepTemplate:
         queue, j = opcode.queue(args), len(work)
         moved: Counter = Counter()
         reads, writes, after = set(), set(), set()
-        for name, mode, nbytes, *strided in opcode.footprint(args):
-            rows, stride = strided or (1, 0)
+        for name, mode, nbytes, rows, stride, offset in accesses(opcode, args):
             ref = args[name]
             moved[(ref.mem, "read")] += ("r" in mode) * nbytes * rows
             moved[(ref.mem, "write")] += ("w" in mode) * nbytes * rows
             if ref.mem == "dram" or not nbytes:
                 continue
-            lo, hi = ref.addr, ref.addr + (rows - 1) * stride + nbytes
+            lo = ref.addr + offset
+            hi = lo + (rows - 1) * stride + nbytes
             touched = ranges.setdefault(ref.mem, {})
             for (a, b), (writer, readers) in touched.items():
                 if a < hi and lo < b:

@@ -426,11 +426,13 @@ class Neuron(Op):
     readers' weights).
 
     `theta` may be one positive value per channel (a [C] array: snnTorch's per-neuron thresholds of a
-    conv or linear layer): fold-neuron-input divides the channels of the layer feeding it by them."""
+    conv or linear layer): fold-neuron-input divides the channels of the layer feeding it by them.
+    `decay` may be one value in [0, 1] per channel too (a float32 [C] array, C the first axis of a step,
+    the features of a linear layer): the hardware neuron multiplies each state by its own decay."""
 
     opname: ClassVar[str] = "neuron"
     theta: float | np.ndarray
-    decay: float = 1.0
+    decay: float | np.ndarray = 1.0
     v_reset: float = 0.0
     v_init: float = 0.0
     reset: str = "hard"
@@ -447,6 +449,11 @@ class Neuron(Op):
         if self.reset not in ("hard", "subtract", "none") or self.order not in ("reset_decay", "decay_reset") \
                 or self.cmp not in ("gt", "ge"):
             self.fail(f"unknown mode reset={self.reset} order={self.order} cmp={self.cmp}")
+        decays = np.asarray(self.decay)
+        if decays.ndim and decays.shape != x.shape[:1]:
+            self.fail(f"decays per channel must be {x.shape[:1]} values, not {decays.shape}")
+        if not ((decays >= 0.0) & (decays <= 1.0)).all():
+            self.fail(f"decay {self.decay} is outside [0, 1]")
         if isinstance(self.theta, np.ndarray):
             if self.theta.shape != x.shape[:1] or not (self.theta > 0).all() or self.levels > 1:
                 self.fail(f"thresholds per channel must be {x.shape[:1]} positive values of a one-threshold "
@@ -455,8 +462,6 @@ class Neuron(Op):
         _check_levels(self, self.theta)
         if not self.amplitude > 0:
             self.fail(f"spike amplitude {self.amplitude} is not positive")
-        if not 0.0 <= self.decay <= 1.0:
-            self.fail(f"decay {self.decay} is outside [0, 1]")
         if x.dtype.kind != "f32":
             self.fail("a float neuron on a quantized input (quantize turns it into neuron_q)")
         fires_at_start = self.v_init > self.theta if self.cmp == "gt" else self.v_init >= self.theta
@@ -482,13 +487,17 @@ class NeuronQ(Op):
         h = u + R(x[t], in_shift)     R(v, s) = v << s, or (v + 2^(-s-1)) >> -s for s < 0
 
     and, with `levels` K > 1, the K thresholds of ttc.isa.mt (cascade: theta_k = R(theta, -(k-1)));
-    y[t] is the planes (`mtK`); the amplitude is 1 (folded into the readers)."""
+    y[t] is the planes (`mtK`); the amplitude is 1 (folded into the readers).
+
+    `decay_mul` may be one multiplier per channel (an int32 [C] array, one shared decay_shift): the
+    allocate pass gives them, one i32 per neuron in the layer's [C, H, W] layout, a place in DRAM's data
+    image (`ddram`), from which each tile loads its own beside its states (`nrn` per_neuron)."""
 
     opname: ClassVar[str] = "neuron_q"
     theta: int
     v_reset: int
     v_init: int
-    decay_mul: int
+    decay_mul: int | np.ndarray
     decay_shift: int
     in_shift: int
     reset: str = "hard"
@@ -497,15 +506,30 @@ class NeuronQ(Op):
     levels: int = 1
     mode: str = "parallel"
     tile: tuple[int] | None = None  # elements per chunk, when not fused with a conv (tile pass)
+    ddram: int | None = None  # DRAM address of the decays per neuron, when per channel (allocate pass)
+
+    @property
+    def per_channel(self) -> bool:
+        return isinstance(self.decay_mul, np.ndarray)
+
+    def decays_per_neuron(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The multiplier of every neuron of one step of `shape` ([C, H, W] or [F]), int32, C-major."""
+        return np.broadcast_to(self.decay_mul.reshape(-1, *(1,) * (len(shape) - 1)), shape).astype(np.int32)
 
     def infer(self, ins):
         x = self.seq_input(ins[0])
         _check_levels(self, self.theta)
         if x.dtype.kind != "fix" or x.dtype.bits != 32:
             self.fail(f"input must be a 32-bit accumulator, got {x.dtype}")
-        if not (0 <= self.decay_mul < 1 << 16 and 0 <= self.decay_shift <= 16 and -31 < self.in_shift < 31):
+        muls = np.asarray(self.decay_mul)
+        if self.per_channel and (muls.shape != x.shape[:1] or muls.dtype != np.int32):
+            self.fail(f"decay multipliers per channel must be {x.shape[:1]} int32 values, not {muls.dtype}{list(muls.shape)}")
+        # one multiplier is nrn's 16-bit field; per-channel ones are i32 in memory, up to 2^16 (a decay of 1 beside
+        # a channel that needs 16 fractional bits: a shift, never a multiply)
+        if not ((0 <= muls).all() and (self.per_channel or muls < 1 << 16) and 0 <= self.decay_shift <= 16
+                and -31 < self.in_shift < 31):
             self.fail("decay_mul, decay_shift or in_shift out of range")
-        if self.decay_mul > 1 << self.decay_shift:
+        if (muls > 1 << self.decay_shift).any():
             self.fail("decay above 1")
         return x.with_(dtype=spikes(self.levels, self.mode))
 

@@ -53,3 +53,8 @@ def value_addr(graph: Graph, op: Op) -> int | None:
 def weight_bytes(op: Op) -> int:
     """A conv or linear layer's weights, then its bias (i32 per output channel) in DRAM."""
     return op.weight.nbytes + 4 * op.weight.shape[0]
+
+
+def decay_bytes(op: Op) -> int:
+    """A neuron layer's decays per channel in DRAM: one i32 per neuron of a step."""
+    return 4 * op.type.numel

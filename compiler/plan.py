@@ -121,6 +121,7 @@ class LayerPlan(ABC):
     op: Op = field(repr=False, compare=False)
     hw: HwConfig = field(repr=False, compare=False)
     placed: bool = field(default=False, repr=False, compare=False)  # DRAM addresses allocated (codegen)
+    per_neuron: bool = False  # its neuron decays per channel: each tile loads its decays beside its states
     slot_bytes: dict[str, int] = field(init=False, repr=False, compare=False)
     double: frozenset = field(init=False, repr=False, compare=False)  # buffers that alternate two slots when two fit
 
@@ -230,10 +231,31 @@ class LayerPlan(ABC):
                 out.append(self.copy("store", dram, at, row_bytes, rows, row_bytes, stride))
         return out
 
+    def vmem_bytes(self, count: int) -> int:
+        """vmem for `count` neurons: their states, and after them their decays when per neuron (nrn's per_neuron
+        reads them there)."""
+        return 4 * count * (2 if self.per_neuron else 1)
+
+    def neuron_start(self, n: NeuronQ, count: int, states: Block) -> list[Instr]:
+        """Before a tile's first step: its `count` states start at v_init and, per neuron, its decays (the
+        i32 block `states` of the layer's decays in DRAM, laid out as its states) are loaded after them. Issued
+        with the tile's first loads, so the decays arrive while the step's PE work runs."""
+        code = [self.instr("vfill", dst=Ref("vmem", 0), n=count, value=n.v_init)]
+        if self.per_neuron:
+            if n.ddram is None and self.placed:
+                n.fail("has decays per channel but no DRAM address for them (allocate bug)")
+            offset, rows, row_bytes, stride = states.run  # i32 blocks both: the same offsets
+            code.append(self.copy("load", Ref("vmem", 4 * count), Ref("dram", (n.ddram or 0) + offset), row_bytes, rows,
+                                  stride, row_bytes))
+        return code
+
     def neuron_step(self, n: NeuronQ, count: int, t: int, src: Ref, out: Ref, spikes: Block, states: Block) -> list[Instr]:
         """One step of `count` neurons whose input is at `src`; their spikes (and states) go to DRAM."""
-        code = [self.instr("nrn", src=src, state=Ref("vmem", 0), dst=out, n=count,
-                           **{p: getattr(n, p) for p in NEURON_PARAMS})]
+        params = {p: getattr(n, p) for p in NEURON_PARAMS}
+        if self.per_neuron:
+            params["decay_mul"] = 0  # each neuron's own follows its state (neuron_start)
+        code = [self.instr("nrn", src=src, state=Ref("vmem", 0), dst=out, n=count, per_neuron=int(self.per_neuron),
+                           **params)]
         code += self.move_block("store", n, t, spikes, out)
         for m in self.membranes(n):
             code += self.move_block("store", m, t, states, Ref("vmem", 0))
@@ -332,7 +354,7 @@ class ConvPlan(LayerPlan):
                    fire_window=consumer.window if kind == "fire" else 0,
                    in_planes=x.dtype.planes, in_mode=x.dtype.mode,
                    out_planes=consumer.levels if neuron else 1, out_mode=consumer.mode if neuron else "parallel",
-                   **geometry)
+                   per_neuron=neuron and consumer.per_channel, **geometry)
 
     @staticmethod
     def extents(graph: Graph, op: Op) -> tuple[int, ...]:
@@ -354,7 +376,7 @@ class ConvPlan(LayerPlan):
                                                       else elems_bytes(self.in_fmt, self.ci * self.ih * self.iw)),
                            "psum": 4 * n}
         if self.consumer == "neuron":
-            self.slot_bytes["vmem"] = 4 * n
+            self.slot_bytes["vmem"] = self.vmem_bytes(n)
         if out is not None:
             self.slot_bytes["ofmap"] = out
         self.double = frozenset({"wgt", "ifmap", "psum"}
@@ -509,7 +531,7 @@ class ConvPlan(LayerPlan):
         n = tc * (rt.y1 - rt.y0) * self.ow
         code = []
         if t == 0 and self.consumer == "neuron":
-            code.append(self.instr("vfill", dst=Ref("vmem", 0), n=n, value=consumer.v_init))
+            code += self.neuron_start(consumer, n, self.output_block("i32", co, rt))
         elif t == 0 and self.consumer == "reduce":
             code.append(self.instr("vfill", dst=dst, n=n, value=0))
         for b, (i0, i1) in enumerate(self.ci_tiles):
@@ -709,14 +731,14 @@ class ElementwisePlan(LayerPlan):
         shifts = (op.shift_a, op.shift_b) if isinstance(op, Add) else (op.shift,) if isinstance(op, Rescale) else ()
         return cls(graph, op, hw, placed, chunk=tile[0], n=op.type.numel, kind=kind, in_fmts=tuple(ins),
                    out_fmt=fmt(op.type.dtype), shifts=shifts, out_planes=op.type.dtype.planes,
-                   out_mode=op.type.dtype.mode,
+                   out_mode=op.type.dtype.mode, per_neuron=kind == "neuron" and op.per_channel,
                    membranes_out=sum(isinstance(u, Membrane) for u in graph.users(op.name)))
 
     def __post_init__(self):
         ins = [elems_bytes(f, self.chunk) for f in self.in_fmts]
         self.slot_bytes = {"ofmap": self.out_planes * elems_bytes(self.out_fmt, self.chunk)}
         if self.kind == "neuron":
-            self.slot_bytes.update(psum=ins[0], vmem=4 * self.chunk)
+            self.slot_bytes.update(psum=ins[0], vmem=self.vmem_bytes(self.chunk))
         elif self.kind == "fire":
             self.slot_bytes["psum"] = ins[0]
         else:
@@ -764,7 +786,7 @@ class ElementwisePlan(LayerPlan):
         op, count = self.op, chunk[1] - chunk[0]
         code = []
         if t == 0 and self.kind == "neuron":
-            code.append(self.instr("vfill", dst=Ref("vmem", 0), n=count, value=op.v_init))
+            code += self.neuron_start(op, count, self.block("i32", chunk))
         operands = [Ref(slot.mem, slot.addr + self.operand_at(k)) for k in range(len(op.inputs))]
         for x, f, at in zip(op.inputs, self.in_fmts, operands):
             code += self.move_block("load", self.graph.op(x), t, self.block(f, chunk), at)

@@ -68,10 +68,13 @@ def ttfs_layer(op: Conv2d | Linear, window: int, x: torch.Tensor) -> torch.Tenso
 
 def neuron_steps(op: NeuronQ, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Level codes (spikes when K = 1) and states h of every step (int64 [T, B, ...]): the machine's
-    neuron step (ttc.isa.neuron) from the state v_init, once per time step."""
+    neuron step (ttc.isa.neuron) from the state v_init, once per time step; decays per channel are given
+    to it as one per neuron (broadcast over the batch)."""
     x = x.to(torch.int64)
     u = torch.full_like(x[0], op.v_init)
     params = {p: getattr(op, p) for p in NEURON_PARAMS}
+    if op.per_channel:
+        params["decay_mul"] = torch.from_numpy(op.decays_per_neuron(tuple(x.shape[2:])).astype(np.int64))
     codes, states = [], []
     for t in range(x.shape[0]):
         planes, u = neuron_step(u, x[t], **params)

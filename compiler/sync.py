@@ -30,7 +30,7 @@ from bisect import bisect_right
 
 from ttc.isa.encoding import Instr
 from ttc.isa.errors import InternalError
-from ttc.isa.table import BY_NAME, QUEUES
+from ttc.isa.table import BY_NAME, QUEUES, accesses
 
 PAGE_BITS = 12
 PAGE = 1 << PAGE_BITS
@@ -123,11 +123,10 @@ def _accesses(instr: Instr) -> list[tuple[str, int, int, bool, int, int]]:
     them into byte ranges (one per run), empty ones left out."""
     out = []
     args = instr.args
-    for name, mode, nbytes, *strided in BY_NAME[instr.op].footprint(args):
+    for name, mode, nbytes, rows, stride, offset in accesses(BY_NAME[instr.op], args):
         if nbytes:
-            rows, stride = strided or (1, 0)
             ref = args[name]
-            out.append((ref.mem, ref.addr, nbytes, "w" in mode, rows, stride))
+            out.append((ref.mem, ref.addr + offset, nbytes, "w" in mode, rows, stride))
     return out
 
 

@@ -253,15 +253,6 @@ def spikingjelly_node(lw: Lowering, path, m, x):
                    input_gain=gain, charge=charge)
 
 
-def _shared(path, m, name: str, value) -> float:
-    """A neuron parameter as the one value a ttc neuron layer shares (a tensor of equal values is one, as
-    snnTorch's NIR export needs them given)."""
-    values = torch.as_tensor(value).detach().flatten()
-    _require(bool((values == values[0]).all()), path, m,
-             f"a per-neuron {name} ({values.numel()} different values) is not supported: a ttc neuron layer shares one")
-    return float(values[0])
-
-
 def _per_channel(path, m, name: str, value) -> float | np.ndarray:
     """A neuron parameter as one value, or as one per channel (a tensor of C values, or [C, 1, 1])."""
     values = torch.as_tensor(value).detach()
@@ -274,15 +265,17 @@ def _per_channel(path, m, name: str, value) -> float | np.ndarray:
 
 def snntorch_leaky(lw: Lowering, path, m, x, mem=None):
     """snnTorch Leaky: U[t] = beta*U[t-1] + X[t] - R[t]*theta (subtract), with R[t] = [U[t-1] > theta];
-    'zero' sets U[t-1] to 0 where R[t]; spike = [U[t] > theta]. One beta per layer; theta one value, or
-    one per channel (folded into the layer feeding it)."""
+    'zero' sets U[t-1] to 0 where R[t]; spike = [U[t] > theta]. beta (clamped to [0, 1]) one value, or
+    one per channel (each neuron decays by its channel's); theta one value, or one per channel (folded
+    into the layer feeding it)."""
     _require(not m.inhibition, path, m, "inhibition is not supported")
     _require(not m.state_quant, path, m, "state_quant is not supported (ttc quantizes the state itself)")
     _require(float(m.graded_spikes_factor) == 1.0, path, m, "graded spikes are not supported")
     _require(m.reset_delay, path, m, "reset_delay=False is not supported")
     mechanism = m.reset_mechanism
-    beta, theta = _shared(path, m, "beta", m.beta), _per_channel(path, m, "threshold", m.threshold)
-    params = dict(theta=theta, decay=min(max(beta, 0.0), 1.0), v_reset=0.0, v_init=0.0,
+    beta, theta = _per_channel(path, m, "beta", m.beta), _per_channel(path, m, "threshold", m.threshold)
+    params = dict(theta=theta, decay=np.clip(beta, 0.0, 1.0) if isinstance(beta, np.ndarray) else min(max(beta, 0.0), 1.0),
+                  v_reset=0.0, v_init=0.0,
                   cmp="gt", reset={"subtract": "subtract", "zero": "hard", "none": "none"}[mechanism],
                   order="decay_reset" if mechanism == "subtract" else "reset_decay")
     explicit = not m.init_hidden

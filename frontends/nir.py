@@ -424,6 +424,8 @@ def _neuron_node(op: ir.Neuron, shape: tuple[int, ...], dt: float):
         raise _refuse(op, "fires on u >= threshold; NIR's neurons fire on u > v_threshold")
     if op.v_init != op.v_reset:
         raise _refuse(op, f"starts at {op.v_init}, not at v_reset {op.v_reset}, where ttc starts a NIR neuron")
+    if isinstance(op.decay, np.ndarray):
+        raise _refuse(op, "decays per channel are not exported (ttc writes one tau per layer)")
     full = lambda v: np.full(shape, v, dtype=np.float32)  # noqa: E731  NIR keeps one value per neuron
     if op.decay == 1.0:
         if op.charge != 0.0:

@@ -7,7 +7,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 from .encoding import Instr
-from .table import BY_NAME
+from .table import BY_NAME, accesses
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,10 @@ def regions(instr: Instr) -> list[Region]:
     copy, so that copies of interleaved rows (the row tiles of a tensor) are seen not to overlap
     (empty ranges left out)."""
     out = []
-    for name, mode, nbytes, *strided in BY_NAME[instr.op].footprint(instr.args):
-        rows, stride = strided or (1, 0)
+    for name, mode, nbytes, rows, stride, offset in accesses(BY_NAME[instr.op], instr.args):
         ref = instr.args[name]
-        out += [Region(ref.mem, ref.addr + r * stride, ref.addr + r * stride + nbytes, mode) for r in range(rows) if nbytes]
+        at = ref.addr + offset
+        out += [Region(ref.mem, at + r * stride, at + r * stride + nbytes, mode) for r in range(rows) if nbytes]
     return out
 
 

@@ -12,6 +12,8 @@ import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .errors import UserError
 from .table import MAX_LEVELS, MEMORIES, ON_CHIP, PE_GROUPS
 
@@ -168,17 +170,28 @@ TTFS_SYNAPSE_ACTIONS = {"shift32": 1, "add32": 1}
 TTFS_FIRE_ACTIONS = {"cmp32": 2}
 
 
-def neuron_update_actions(reset: str, in_shift: int, decay_mul: int, decay_shift: int, levels: int = 1,
-                          mode: str = "parallel") -> dict[str, int]:
+def neuron_update_actions(reset: str, in_shift: int, decay_mul, decay_shift: int, levels: int = 1,
+                          mode: str = "parallel") -> dict[str, float]:
     """Arithmetic actions of one neuron update (`nrn`, per neuron and step): a compare per threshold,
     the charge (and a soft reset's subtraction), a cascade's subtractions between its stages, shifts and
-    the decay's multiply."""
+    the decay's multiply. `decay_mul` is one multiplier or one per neuron (an array): then the decay's
+    actions are averaged over the array, so that a count of updates times them is the exact total when
+    every multiplier serves equally many updates (a channel's neurons, or an instruction's)."""
     stages = levels - 1 if mode == "cascade" else 0
+    muls = [int(m) for m in np.ravel(decay_mul)]
     actions = {"cmp32": levels, "add32": 1 + (reset == "subtract") + stages,
-               "shift32": (in_shift != 0) + (decay_mul != 1 << decay_shift)}  # a non-trivial decay ends in a shift
-    if decay_mul & (decay_mul - 1):
-        actions["mul16"] = 1
+               # a non-trivial decay ends in a shift
+               "shift32": (in_shift != 0) + _mean([m != 1 << decay_shift for m in muls])}
+    multiplies = _mean([bool(m & (m - 1)) for m in muls])
+    if multiplies:
+        actions["mul16"] = multiplies
     return actions
+
+
+def _mean(flags: list[bool]) -> float:
+    """The share of `flags` set, an int when it is whole (one multiplier's counts stay integers)."""
+    hits = sum(flags)
+    return hits // len(flags) if hits % len(flags) == 0 else hits / len(flags)
 
 
 _SCHEMA = {

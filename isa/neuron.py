@@ -13,6 +13,9 @@ With u the state (h of the step before), x the step's input (both integers):
     h      = u' + R(x, in_shift)      R(v, s) = v << s, or (v + 2^(-s-1)) >> -s for s < 0 (isa/table.py `rescale`)
     planes = the K spike planes of F(h); the new state is h
 
+decay_mul is one multiplier, or one per neuron: an integer array (NumPy) or tensor (torch) that broadcasts
+against u (the `nrn` instruction's per_neuron decays; the IR's decays per channel, expanded).
+
 F compares against theta with `cmp` ('gt': u > theta, 'ge': u >= theta), K = `levels` thresholds in
 `mode` (parallel or cascade). Everything is integer arithmetic on int64 values, NumPy arrays or torch
 tensors alike (the result has the inputs' kind): the reset's select is written as arithmetic
@@ -27,12 +30,12 @@ from ttc.isa.table import rescale
 PARAMS = ("theta", "v_reset", "decay_mul", "decay_shift", "in_shift", "cmp", "reset", "order", "levels", "mode")
 
 
-def _decay(v, decay_mul: int, decay_shift: int):
+def _decay(v, decay_mul, decay_shift: int):
     """D(v) = R(v * decay_mul, -decay_shift): the decay factor decay_mul / 2^decay_shift, rounding half up."""
     return rescale(v * decay_mul, -decay_shift)
 
 
-def step(u, x, *, theta: int, v_reset: int, decay_mul: int, decay_shift: int, in_shift: int, cmp: str, reset: str,
+def step(u, x, *, theta: int, v_reset: int, decay_mul, decay_shift: int, in_shift: int, cmp: str, reset: str,
          order: str, levels: int, mode: str):
     """One time step of neurons with state u and input x: (the K spike planes of h, h), as in the module
     docstring. The planes are boolean arrays or tensors (as u), h is the new state (int64)."""

@@ -35,7 +35,7 @@ from typing import Callable
 
 from .errors import InternalError
 
-ISA_VERSION = 7  # 7: pool's left padding (pl)
+ISA_VERSION = 8  # 7: pool's left padding (pl); 8: nrn's per-neuron decays (per_neuron)
 WORD_BYTES = 32
 OPCODE_BITS = 8
 
@@ -101,8 +101,20 @@ class Field:
 
 
 #: One memory operand's footprint: (field name, "r" / "w" / "rw", bytes from the operand's address), or
-#: for a strided copy (..., bytes per row, rows, stride): `rows` runs of that many bytes, `stride` apart.
+#: for a strided copy (..., bytes per row, rows, stride): `rows` runs of that many bytes, `stride` apart,
+#: or (..., bytes per row, rows, stride, offset): those runs from `offset` bytes past the operand's
+#: address (a region an instruction reads beside its operand: nrn's per-neuron decays follow its states).
 Access = tuple
+
+
+def accesses(op: "Opcode", args: dict) -> list[tuple[str, str, int, int, int, int]]:
+    """`op`'s footprint on `args`, each access in full: (field, mode, bytes per run, runs, stride, offset).
+    Everything that reads footprints (token placement, the hazard check, the cost model) reads them here."""
+    out = []
+    for name, mode, nbytes, *rest in op.footprint(args):
+        rows, stride, offset = (*rest, 0) if len(rest) == 2 else tuple(rest) or (1, 0, 0)
+        out.append((name, mode, nbytes, rows, stride, offset))
+    return out
 
 
 @dataclass(frozen=True)
@@ -205,6 +217,15 @@ _WINDOW = _u("window", 5, "TTFS window: spike times below it are spikes, the res
 _CONV_INDEX = "src[ci, y*sh+i-pt, x*sw+j-pl] (zero outside the input) for y < oh, x < ow"
 _POOL_INDEX = "src[c, y*stride+i-pt, x*stride+j] (zero outside the input) for i, j < k, y < oh, x < ow"
 
+def _nrn_footprint(a) -> list[Access]:
+    """nrn reads its inputs and updates its states; with per_neuron it also reads the n decays that follow
+    the states. The decays have no address operand of their own: a 32-bit reference does not fit beside
+    nrn's other fields in one word (243 of its 256 bits are taken), so they sit at a fixed place."""
+    n = a["n"]
+    out = [("src", "r", 4 * n), ("state", "rw", 4 * n), ("dst", "w", a["levels"] * ((n + 7) // 8))]
+    return out + [("state", "r", 4 * n, 1, 0, 4 * n)] if a["per_neuron"] else out
+
+
 INSTRUCTIONS: tuple[Opcode, ...] = (
     Opcode("halt", 0x00, "ctrl", (), "wait until every queue is idle, then stop the machine", cycles=lambda hw, a: 0),
     _op("load", 0x01, "load",
@@ -256,13 +277,15 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
          _s("theta", 32), _s("v_reset", 32), _u("decay_mul", 16), _u("decay_shift", 5),
          _s("in_shift", 6), _enum("cmp", ("gt", "ge")), _enum("reset", ("hard", "subtract", "none")),
          _enum("order", ("reset_decay", "decay_reset")),
-         _u("levels", 3, f"thresholds K (MT-SNN: 1..{MAX_LEVELS}; 1 for a plain neuron)"), _MT_MODE),
+         _u("levels", 3, f"thresholds K (MT-SNN: 1..{MAX_LEVELS}; 1 for a plain neuron)"), _MT_MODE,
+         _u("per_neuron", 1, "1: each neuron's decay_mul is its own i32, state[n + i] (the n decays follow the n "
+            "states; the immediate decay_mul is unused, 0)")),
         "one time step of n neurons: u = state; (s, y) = F(u); u = D(u, s, y); h = u + R(src, in_shift) (R as in vacc); "
         "dst = the K spike planes of F(h), one after another (bit-packed); state = h. F compares K thresholds "
         "(isa/mt.py: parallel k*theta, cascade theta/2^(k-1) on the residual), y is what the planes stand for, "
-        "and a subtract reset subtracts y (isa/neuron.py; see docs/numerics.md, docs/mt.md)",
-        lambda a: [("src", "r", 4 * a["n"]), ("state", "rw", 4 * a["n"]), ("dst", "w", a["levels"] * ((a["n"] + 7) // 8))],
-        lambda hw, a: hw.neuron_cycles(a["n"], a["levels"], a["mode"])),
+        "and a subtract reset subtracts y; D multiplies by decay_mul, or with per_neuron by each neuron's own "
+        "(isa/neuron.py; see docs/numerics.md, docs/mt.md)",
+        _nrn_footprint, lambda hw, a: hw.neuron_cycles(a["n"], a["levels"], a["mode"])),
     _op("vacc", 0x09, "vector",
         (_ref("dst", ON_CHIP), _ref("src", ON_CHIP), _enum("src_fmt", FORMATS), _enum("dst_fmt", FORMATS[1:]),
          _u("n", 24), _s("shift", 6, "left shift (negative: right shift rounding half up)"),

@@ -281,18 +281,21 @@ def _pool(m: Machine, i: Instr) -> None:
 
 
 def _nrn(m: Machine, i: Instr) -> None:
-    n = i["n"]
-    planes, h = neuron_step(m.read(i["state"], "i32", n), m.read(i["src"], "i32", n),
-                            **{p: i[p] for p in NEURON_PARAMS})
-    m.write(i["state"], "i32", h)
+    n, state = i["n"], i["state"]
+    params = {p: i[p] for p in NEURON_PARAMS}
+    if i["per_neuron"]:  # each neuron's own multiplier, the n i32 after the n states
+        params["decay_mul"] = m.read(Ref(state.mem, state.addr + 4 * n), "i32", n)
+    planes, h = neuron_step(m.read(state, "i32", n), m.read(i["src"], "i32", n), **params)
+    m.write(state, "i32", h)
     for k, s in enumerate(planes):
         m.write(Ref(i["dst"].mem, i["dst"].addr + k * elems_bytes("spike", n)), "spike", s)
     a, count = m.event.actions, n * m.batch
     a["neuron_update"] = count
     a["spike"] = sum(int(s.sum()) for s in planes)
-    actions = neuron_update_actions(i["reset"], i["in_shift"], i["decay_mul"], i["decay_shift"], i["levels"], i["mode"])
+    decays = params["decay_mul"][0] if i["per_neuron"] else params["decay_mul"]  # every sample holds the same
+    actions = neuron_update_actions(i["reset"], i["in_shift"], decays, i["decay_shift"], i["levels"], i["mode"])
     for action, per_update in actions.items():
-        a[action] = count * per_update
+        a[action] = round(count * per_update)  # averaged over the n multipliers: the product is whole
 
 
 def _vacc(m: Machine, i: Instr) -> None:

@@ -214,6 +214,30 @@ class PerChannelThresholds(nn.Module):
         return torch.stack(out)
 
 
+class PerChannelDecays(nn.Module):
+    """snnTorch neurons with a beta per channel ([C, 1, 1] after a conv, [F] after a linear, one of them 1,
+    one 0), beside thresholds per channel; a second conv's neurons take theirs unfused, after a max pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.lif1 = nn.Conv2d(1, 4, 3, padding=1), snn.Leaky(
+            beta=torch.tensor([0.5, 0.75, 0.25, 1.0]).reshape(4, 1, 1),
+            threshold=torch.tensor([0.25, 0.5, 1.0, 2.0]).reshape(4, 1, 1))
+        self.conv2, self.lif2 = nn.Conv2d(4, 4, 3, padding=1), snn.Leaky(beta=torch.tensor([0.875, 0.5, 0.0, 0.625]).reshape(4, 1, 1))
+        self.pool = nn.MaxPool2d(2)
+        self.fc, self.lif3 = nn.Linear(64, 10), snn.Leaky(beta=torch.tensor([0.5, 0.75, 0.25, 0.125, 1.0] * 2),
+                                                           threshold=torch.tensor([0.5, 1.0] * 5), reset_mechanism="zero")
+
+    def forward(self, x):
+        mem1, mem2, mem3, out = self.lif1.init_leaky(), self.lif2.init_leaky(), self.lif3.init_leaky(), []
+        for t in range(T):
+            spk1, mem1 = self.lif1(self.conv(x[t]), mem1)
+            spk2, mem2 = self.lif2(self.pool(self.conv2(spk1)), mem2)
+            spk3, mem3 = self.lif3(self.fc(spk2.flatten(1)), mem3)
+            out.append(spk3)
+        return torch.stack(out)
+
+
 NETS = {  # name: (model, input shape of one run, exactly representable: weights dyadic, no batch norm)
     "sj-tutorial-unsqueeze-repeat": (lambda: dyadic_(CSNN(), 1), (100, 1, 8, 8), False),
     "unsqueeze-expand": (lambda: dyadic_(ExpandedInput(), 2), (100, 1, 8, 8), False),
@@ -226,6 +250,7 @@ NETS = {  # name: (model, input shape of one run, exactly representable: weights
     "channel-cat-of-branches": (lambda: dyadic_(TwoBranches(), 11), (T, 100, 1, 8, 8), True),
     "padded-and-ceil-mode-max-pools": (lambda: dyadic_(PaddedPools(), 12), (T, 100, 1, 8, 8), True),
     "snntorch-thresholds-per-channel": (lambda: dyadic_(PerChannelThresholds(), 14), (T, 100, 1, 8, 8), True),
+    "snntorch-beta-per-channel": (lambda: dyadic_(PerChannelDecays(), 15), (T, 100, 1, 8, 8), True),
     # SpikingJelly's model zoo (its spiking_resnet, sew_resnet and spiking_vgg modules cannot be imported
     # beside torch 2.13: they import torchvision.models.utils, which torchvision no longer has)
     "sj-zoo-ms-resnet": (lambda: zoo_ms_resnet(), (100, 1, 16, 16), False),
@@ -270,6 +295,26 @@ def test_tutorial_idiom_compiles_bit_exact(name):
         else:  # batch norm's 1/sqrt(var + eps) is rounded: quantization keeps the float model's decisions
             assert (s.argmax(-1) == f.argmax(-1)).mean() >= 0.8
     assert sim[0].std() > 0, "a constant output tests nothing"
+
+
+def test_decays_per_channel_are_loaded_tile_by_tile_under_small_buffers():
+    """1 KiB of vmem holds 128 states and their decays: each layer runs in several tiles, each loading its own
+    block of decays beside its states; the outputs stay the float model's, bit for bit."""
+    from test_plan import SMALL
+
+    model = dyadic_(PerChannelDecays(), 15)
+    compiled = api.compile_model(model, _spec((T, 100, 1, 8, 8)), SMALL)
+    x = grid_inputs((T, 100, 1, 8, 8), seed=7)
+    sim, ref, flt = api.simulate(compiled.program, x).outputs, api.reference(compiled, x), api.run_float(model, x)
+    assert bits_equal(sim[0], ref[0]) and bits_equal(sim[0], flt[0].astype(sim[0].dtype))
+    code = compiled.program.code
+    nrn = [i for i in code if i.op == "nrn"]
+    assert nrn and all(i["per_neuron"] == 1 and i["decay_mul"] == 0 for i in nrn)
+    decay_loads = [i for i in code if i.op == "load" and i["dst"].mem == "vmem"]
+    tiles = {i["n"] for i in nrn}
+    assert len(decay_loads) > 3 and max(tiles) <= 128, "several tiles, each with its decays"
+    for load in decay_loads:  # an i32 per neuron, just after the tile's i32 states: as many bytes as the states
+        assert load["dst"].addr == load["rows"] * load["row_bytes"]
 
 
 def test_a_refused_call_names_the_users_source_line():

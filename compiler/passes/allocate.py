@@ -1,7 +1,9 @@
 """allocate: place every value in DRAM (docs/memory.md).
 
-DRAM holds, from address 0: the weights and biases of every conv and linear layer (the program's data
-image), then every value that is stored, T steps one after another, each step aligned to 16 bytes
+DRAM holds, from address 0: the weights and biases of every conv and linear layer, then the decays of
+every neuron layer with a decay per channel (one i32 per neuron of a step, in its [C, H, W] layout, so
+that a tile's decays are a block like its states): the program's data image; then every value that is
+stored, T steps one after another, each step aligned to 16 bytes
 (`ttc.compiler.layout`). A value fused into the layer that produces it (the fuse pass) is never
 stored, nor is the conv whose sums it consumes; aliases (flatten, repeat, time slices) take their
 source's place, and the two parts of a `time_concat` are stored in its place, one after the other, and
@@ -11,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir import Concat, Conv2d, Graph, Linear, Op, TimeConcat
-from ..layout import ALIASES, align, plane_bytes, step_stride, weight_bytes
+from ..ir import Concat, Conv2d, Graph, Linear, NeuronQ, Op, TimeConcat
+from ..layout import ALIASES, align, decay_bytes, plane_bytes, step_stride, weight_bytes
 from . import Pass, register
 
 
@@ -38,6 +40,9 @@ class Allocate(Pass):
                 if op.weight_frac is None:
                     op.fail("is not quantized (run quantize first)")
                 op.wdram, addr = addr, align(addr + weight_bytes(op))
+        for op in graph.ops:
+            if isinstance(op, NeuronQ) and op.per_channel:
+                op.ddram, addr = addr, align(addr + decay_bytes(op))
         for op in graph.ops:
             if not _stored(graph, op) or _concat_part(graph, op):
                 op.dram = None

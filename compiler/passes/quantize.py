@@ -331,11 +331,9 @@ class Quantize(Pass):
         if x.type.dtype.bits != 32:  # the neuron adds 32-bit accumulators: widen a narrow input
             x = self.insert_rescale(n, x, 0, x_bound, out_bits=32)
         frac, steps = x.type.dtype.frac, x.type.time
-        mul, shift = dyadic(n.decay, self.decay_bits)
-        if mul != n.decay * (1 << shift):  # a trained (PLIF) decay is rarely dyadic
-            self.graph.notes.setdefault("decay", {})[n.path or n.name] = {
-                "decay": n.decay, "quantized": mul / (1 << shift), "error": abs(mul / (1 << shift) - n.decay)}
-        guard = shift * (steps - 1) if 0 < mul < (1 << shift) else 0
+        mul, shift = self.decays(n)
+        # T-1 exact decays need k bits each, for the channel that needs the most
+        guard = shift * (steps - 1) if ((0 < mul) & (mul < (1 << shift))).any() else 0
         guard += _halving_bits(n, frac + guard)
         while True:
             sf = frac + guard
@@ -350,8 +348,25 @@ class Quantize(Pass):
         self.bound[("state", n.name)] = bound
         self.bound[n.name] = max_code(n.levels, n.mode)
         return NeuronQ(name=n.name, inputs=n.inputs, path=n.path, theta=theta, v_reset=v_reset, v_init=v_init,
-                       decay_mul=mul, decay_shift=shift, in_shift=guard, reset=n.reset, order=n.order, cmp=n.cmp,
+                       decay_mul=mul if isinstance(n.decay, np.ndarray) else int(mul), decay_shift=shift, in_shift=guard, reset=n.reset, order=n.order, cmp=n.cmp,
                        levels=n.levels, mode=n.mode)
+
+    def decays(self, n: Neuron) -> tuple[np.ndarray, int]:
+        """The decay multipliers (int32, one per channel or a 0-d array) and their one shift: every
+        channel's dyadic decay m * 2^-k, brought to the largest k any channel needs (exact: m * 2^-k is
+        (m << d) * 2^-(k+d), and the result still fits `decay_bits` because it is at most 2^k). A decay
+        that is not dyadic is noted with its error (one note per layer, the worst channel's)."""
+        values = np.asarray(n.decay, dtype=np.float64)
+        pairs = [dyadic(float(v), self.decay_bits) for v in values.ravel()]
+        shift = max(k for _, k in pairs)
+        mul = np.array([m << (shift - k) for m, k in pairs], dtype=np.int32).reshape(values.shape)
+        quantized = mul / float(1 << shift)
+        if (quantized != values).any():  # a trained (PLIF) decay is rarely dyadic
+            worst = int(np.abs(quantized - values).argmax())
+            self.graph.notes.setdefault("decay", {})[n.path or n.name] = {
+                "decay": float(values.ravel()[worst]), "quantized": float(quantized.ravel()[worst]),
+                "error": float(np.abs(quantized - values).ravel()[worst])}
+        return mul, shift
 
 
 def _halving_bits(n: Neuron, frac: int) -> int:
