@@ -344,21 +344,32 @@ def test_a_neuron_without_a_conv_of_its_own_takes_its_gain_but_not_a_charge():
         api.compile_model(ChargedAfterAdd().eval(), "4,N,1,8,8")
 
 
-def test_a_per_neuron_beta_is_refused_by_name_and_leaks_no_warning(recwarn):
+def test_a_beta_per_channel_compiles_and_one_per_pixel_is_refused_by_name_and_leaks_no_warning(recwarn):
+    """A learnt beta per feature of a linear layer (not dyadic: quantized, noted) compiles and runs bit-exact
+    against the reference; a beta that varies over H and W is not one per channel, and says so."""
+
     class PerNeuronBeta(nn.Module):
-        def __init__(self):
+        def __init__(self, beta, conv=False):
             super().__init__()
-            self.fc, self.lif = nn.Linear(64, 10), snn.Leaky(beta=torch.linspace(0.5, 0.9, 10), learn_beta=True)
+            self.layer = nn.Conv2d(1, 2, 3, padding=1) if conv else nn.Linear(64, 10)
+            self.lif = snn.Leaky(beta=beta, learn_beta=True)
 
         def forward(self, x):
             mem, out = self.lif.init_leaky(), []
             for t in range(T):
-                spk, mem = self.lif(self.fc(x[t].flatten(1)), mem)
+                spk, mem = self.lif(self.layer(x[t]) if isinstance(self.layer, nn.Conv2d)
+                                    else self.layer(x[t].flatten(1)), mem)
                 out.append(spk)
             return torch.stack(out)
 
-    with pytest.raises(UnsupportedModel, match=r"'lif' \(snntorch.*Leaky\): a per-neuron beta \(10 different values\)"):
-        api.compile_model(PerNeuronBeta().eval(), "4,N,1,8,8")
+    model = PerNeuronBeta(torch.linspace(0.5, 0.9, 10)).eval()
+    compiled = api.compile_model(model, "4,N,1,8,8")
+    x = grid_inputs((T, 20, 1, 8, 8), seed=3)
+    assert bits_equal(api.simulate(compiled.program, x).outputs[0], api.reference(compiled, x)[0])
+    assert compiled.program.meta["decay"]["lif"]["error"] < 2.0 ** -16  # 0.5 + 0.4k/9 rounded to 16 bits
+    with pytest.raises(UnsupportedModel, match=r"'lif' \(snntorch.*Leaky\): a beta per neuron \(2, 8, 8\) that is not one "
+                                               "per channel"):
+        api.compile_model(PerNeuronBeta(torch.rand(2, 8, 8), conv=True).eval(), "4,N,1,8,8")
     assert not [w for w in recwarn if issubclass(w.category, UserWarning) and "scalar" in str(w.message)]
 
 

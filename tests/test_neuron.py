@@ -65,12 +65,13 @@ def _inputs(case: dict) -> np.ndarray:
 
 
 def _oracle_run(case: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Planes [STEPS, K, NEURONS] and states [STEPS, NEURONS] from V_INIT."""
+    """Planes [STEPS, K, NEURONS] and states [STEPS, NEURONS] from V_INIT (decay_mul: one, or one per neuron)."""
     planes, states = np.zeros((STEPS, case["levels"], NEURONS), np.int64), np.zeros(x.shape, np.int64)
+    muls = np.broadcast_to(case["decay_mul"], (NEURONS,))
     for n in range(NEURONS):
-        u = V_INIT
+        u, p = V_INIT, dict(case, decay_mul=int(muls[n]))
         for t in range(STEPS):
-            s, u = oracle_step(u, int(x[t, n]), case)
+            s, u = oracle_step(u, int(x[t, n]), p)
             planes[t, :, n], states[t, n] = s, u
     return planes, states
 
@@ -89,30 +90,60 @@ def test_step_computes_the_documented_equations_on_numpy_and_torch(case):
             assert np.array_equal(np.stack([np.asarray(s, np.int64) for s in planes]), want_planes[t])
 
 
-def _run_nrn(case: dict, x: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+def _run_nrn(case: dict, x: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """STEPS `nrn` instructions on the simulator, batch copies of x: planes [STEPS, K, NEURONS] and the
-    final state, from sample 0 (and every sample equal to it)."""
+    final state, from sample 0 (and every sample equal to it), and the machine's counters."""
     plane_bytes = (NEURONS + 7) // 8
+    per_neuron = np.ndim(case["decay_mul"]) == 1
+    params = dict({p: case[p] for p in PARAMS}, decay_mul=0 if per_neuron else case["decay_mul"])
     code = [Instr("nrn", dict(src=Ref("psum", 4 * NEURONS * t), state=Ref("vmem", 0),
                               dst=Ref("ofmap", case["levels"] * plane_bytes * t), n=NEURONS, wait=(), signal=(),
-                              **{p: case[p] for p in PARAMS})) for t in range(STEPS)] + [Instr("halt", {})]
+                              per_neuron=int(per_neuron), **params)) for t in range(STEPS)] + [Instr("halt", {})]
     machine = Machine(Program(code, b"", {"dram_bytes": 0}, load_hw("sata")), batch)
     machine.mem["psum"][:, :x.size * 4] = x.astype("<i4").view(np.uint8).reshape(-1)
     machine.mem["vmem"][:, :NEURONS * 4] = np.full(NEURONS, V_INIT, "<i4").view(np.uint8)
+    if per_neuron:  # the decays follow the states
+        machine.mem["vmem"][:, NEURONS * 4:NEURONS * 8] = np.asarray(case["decay_mul"], "<i4").view(np.uint8)
     machine.run()
     out = machine.mem["ofmap"][:, :STEPS * case["levels"] * plane_bytes].reshape(batch, STEPS, case["levels"], plane_bytes)
     state = machine.mem["vmem"][:, :NEURONS * 4].copy().view("<i4")
     assert (out == out[0]).all() and (state == state[0]).all()
-    return np.unpackbits(out[0], axis=-1, count=NEURONS, bitorder="little"), state[0]
+    return np.unpackbits(out[0], axis=-1, count=NEURONS, bitorder="little"), state[0], machine.counters
 
 
 @pytest.mark.parametrize("case", CASES, ids=_name)
 def test_the_simulator_and_the_reference_step_neurons_as_the_isa_does(case):
     x = _inputs(case)
     want_planes, want_states = _oracle_run(case, x)
-    planes, state = _run_nrn(case, x, batch=3)
+    planes, state, _ = _run_nrn(case, x, batch=3)
     assert np.array_equal(planes, want_planes) and np.array_equal(state, want_states[-1])
     op = NeuronQ(name="n", inputs=("x",), v_init=V_INIT, **case)
     codes, states = neuron_steps(op, torch.from_numpy(x).to(torch.float64))
     assert torch.equal(states, torch.from_numpy(want_states))
     assert torch.equal(codes, level_code(list(torch.from_numpy(want_planes).unbind(1)), case["mode"]))
+
+
+def test_decays_per_neuron_step_the_simulator_and_the_reference_as_the_isa_does():
+    """decay_mul one per neuron (nrn per_neuron: read after the states; the IR's per-channel multipliers,
+    here one channel per neuron): each neuron decays by its own, in the step, the simulator and the
+    reference alike, and the counters count each neuron's decay actions exactly."""
+    muls = np.array([0, 1, 2, 3, 4, 5, 7, 8] * (NEURONS // 8) + [6] * (NEURONS % 8), dtype=np.int32)
+    case = dict(CASES[0], decay_mul=muls, decay_shift=3, reset="subtract")
+    x = _inputs(case)
+    want_planes, want_states = _oracle_run(case, x)
+    for wrap in (np.asarray, torch.from_numpy):
+        u = wrap(np.full(NEURONS, V_INIT, np.int64))
+        for t in range(STEPS):
+            planes, u = step(u, wrap(x[t]), **dict(case, decay_mul=wrap(muls.astype(np.int64))))
+            assert np.array_equal(np.asarray(u), want_states[t])
+    planes, state, counters = _run_nrn(case, x, batch=3)
+    assert np.array_equal(planes, want_planes) and np.array_equal(state, want_states[-1])
+    updates = 3 * STEPS  # per neuron: the batch of 3, every step
+    shifted = int((muls != 8).sum())  # every multiplier but 2^3 ends in a shift
+    multiplied = int(sum(bool(m & (m - 1)) for m in muls))  # those not a power of two multiply
+    assert counters["mul16"] == updates * multiplied and counters["shift32"] == updates * shifted
+    assert all(isinstance(v, int) for v in counters.values())
+    op = NeuronQ(name="n", inputs=("x",), v_init=V_INIT, **case)
+    codes, states = neuron_steps(op, torch.from_numpy(x).to(torch.float64)[:, None])  # [T, B = 1, C = NEURONS]
+    assert torch.equal(states[:, 0], torch.from_numpy(want_states))
+    assert torch.equal(codes[:, 0], level_code(list(torch.from_numpy(want_planes).unbind(1)), case["mode"]))

@@ -102,10 +102,10 @@ def test_snntorch_export_compiles_bit_exact_equals_pytorch_and_gives_the_same_pr
     assert same_program(compiled, api.compile_model(SnnTorchLoop(net), "4,N,1,8,8"))
 
 
-def test_snntorch_per_neuron_parameters_must_hold_one_value():
+def test_snntorch_per_neuron_parameters_must_hold_one_value_per_channel():
     net = snntorch_conv_fc(per_neuron=True)
-    net[5].beta = torch.linspace(0.25, 0.75, 10)
-    with pytest.raises(UnsupportedModel, match=r"'net.5' .*per-neuron beta \(10 different values\)"):
+    net[1].beta = torch.linspace(0.25, 0.75, 4 * 8 * 8).reshape(4, 8, 8)
+    with pytest.raises(UnsupportedModel, match=r"'net.1' .*a beta per neuron \(4, 8, 8\) that is not one per channel"):
         api.compile_model(SnnTorchLoop(net), "4,N,1,8,8")
 
 

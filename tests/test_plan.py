@@ -27,6 +27,9 @@ def _compiled():
     yield api.compile_model(api.load_model(MT_MODEL), "1,N,1,8,8", SMALL)  # MT planes in and out
     yield api.compile_model(build_mt_digits_snn(3, "cascade"), "1,N,1,8,8")
     yield api.compile_model(build_tt_digits_snn("htt", 4).eval(), "4,N,1,8,8")  # slices, adds, rescales, concat
+    from test_idioms import PerChannelDecays
+
+    yield api.compile_model(PerChannelDecays(), "4,N,1,8,8", SMALL)  # decays per channel, loaded tile by tile
 
 
 COMPILED = list(_compiled())

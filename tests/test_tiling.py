@@ -123,7 +123,11 @@ def test_cost_model_is_within_five_percent_of_the_simulator_on_every_layer(hw):
     for model in (api.load_model(MT_MODEL), build_mt_digits_snn(3, "cascade")):  # spike planes in and out
         mt = api.compile_model(model, "1,N,1,8,8", config)
         checks += _cost_vs_simulator(mt, api.simulate(mt.program, x[:1]), x[:1])
-    assert len(checks) >= 23
+    from test_idioms import PerChannelDecays
+
+    decays = api.compile_model(PerChannelDecays(), "4,N,1,8,8", config)  # nrn reading its decays per neuron
+    checks += _cost_vs_simulator(decays, api.simulate(decays.program, x), x)
+    assert len(checks) >= 28
     for name, cycles_error, energy_error in checks:
         assert abs(cycles_error) <= 0.05 and abs(energy_error) <= 0.05, (name, cycles_error, energy_error)
 

@@ -22,7 +22,8 @@
   `fire` reads whatever fixed point it is given;
 * neurons become `neuron_q`: the decay is the nearest m * 2^-k with m < 2^decay_bits (a shift when
   m = 1, exact when the decay is such a dyadic number; a decay that is not, such as a trained PLIF's, is
-  noted with its error in graph.notes["decay"]); the state keeps `in_shift` guard bits, as many
+  noted with its error in graph.notes["decay"]; decays per channel share the largest k any of them
+  needs, each its own m); the state keeps `in_shift` guard bits, as many
   as T-1 exact decays need (k each), plus up to K-1 that make a cascade MT neuron's threshold halve
   exactly, while the worst-case state still fits 32 bits (negative: the
   input's lowest bits are rounded off, where even that is needed); threshold, reset and initial values
