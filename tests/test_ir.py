@@ -15,6 +15,26 @@ def test_print_parse_print_is_identity_on_traced_and_compiled_graphs(conv_snn):
         assert print_graph(parse_graph(text)) == text
 
 
+def test_decays_per_channel_print_and_parse_back_in_float_and_quantized_graphs():
+    """A neuron's float32 decays per channel, and neuron_q's int32 multipliers and their DRAM address."""
+    from test_idioms import PerChannelDecays
+    from ttc import api
+
+    model = PerChannelDecays()
+    for graph in (trace(model, "4,N,1,8,8"), api.compile_model(model, "4,N,1,8,8").graph):
+        text = print_graph(graph)
+        assert "decay = array<f32[4]>" in text or "decay_mul = array<i32[4]>" in text
+        assert print_graph(parse_graph(text).verify()) == text
+
+
+def test_a_decay_per_channel_must_have_one_value_per_channel_in_0_1():
+    x = ir.Input(name="x", declared=ir.TensorType(ir.F32, (3,), 2))
+    for decay in (np.array([0.5, 0.25], np.float32), np.array([0.5, 1.5, 0.0], np.float32)):
+        n = ir.Neuron(name="n", inputs=("x",), theta=1.0, decay=decay)
+        with pytest.raises(ir.IRError, match="decay"):
+            ir.Graph("g", [x, n], ["n"]).infer_types()
+
+
 def test_float32_arrays_round_trip_exactly():
     w = np.random.default_rng(0).standard_normal((3, 2)).astype(np.float32)
     g = ir.Graph("g", [ir.Input(name="x", declared=ir.TensorType(ir.F32, (2,), 2)),
