@@ -523,7 +523,8 @@ class NeuronQ(Op):
             self.fail(f"input must be a 32-bit accumulator, got {x.dtype}")
         muls = np.asarray(self.decay_mul)
         if self.per_channel and (muls.shape != x.shape[:1] or muls.dtype != np.int32):
-            self.fail(f"decay multipliers per channel must be {x.shape[:1]} int32 values, not {muls.dtype}{list(muls.shape)}")
+            self.fail(f"decay multipliers per channel must be {x.shape[:1]} int32 values, "
+                      f"not {muls.dtype}{list(muls.shape)}")
         # one multiplier is nrn's 16-bit field; per-channel ones are i32 in memory, up to 2^16 (a decay of 1 beside
         # a channel that needs 16 fractional bits: a shift, never a multiply)
         if not ((0 <= muls).all() and (self.per_channel or muls < 1 << 16) and 0 <= self.decay_shift <= 16

@@ -274,8 +274,8 @@ def snntorch_leaky(lw: Lowering, path, m, x, mem=None):
     _require(m.reset_delay, path, m, "reset_delay=False is not supported")
     mechanism = m.reset_mechanism
     beta, theta = _per_channel(path, m, "beta", m.beta), _per_channel(path, m, "threshold", m.threshold)
-    params = dict(theta=theta, decay=np.clip(beta, 0.0, 1.0) if isinstance(beta, np.ndarray) else min(max(beta, 0.0), 1.0),
-                  v_reset=0.0, v_init=0.0,
+    decay = np.clip(beta, 0.0, 1.0) if isinstance(beta, np.ndarray) else min(max(beta, 0.0), 1.0)  # a float stays one
+    params = dict(theta=theta, decay=decay, v_reset=0.0, v_init=0.0,
                   cmp="gt", reset={"subtract": "subtract", "zero": "hard", "none": "none"}[mechanism],
                   order="decay_reset" if mechanism == "subtract" else "reset_decay")
     explicit = not m.init_hidden

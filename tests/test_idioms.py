@@ -223,10 +223,12 @@ class PerChannelDecays(nn.Module):
         self.conv, self.lif1 = nn.Conv2d(1, 4, 3, padding=1), snn.Leaky(
             beta=torch.tensor([0.5, 0.75, 0.25, 1.0]).reshape(4, 1, 1),
             threshold=torch.tensor([0.25, 0.5, 1.0, 2.0]).reshape(4, 1, 1))
-        self.conv2, self.lif2 = nn.Conv2d(4, 4, 3, padding=1), snn.Leaky(beta=torch.tensor([0.875, 0.5, 0.0, 0.625]).reshape(4, 1, 1))
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.lif2 = snn.Leaky(beta=torch.tensor([0.875, 0.5, 0.0, 0.625]).reshape(4, 1, 1))
         self.pool = nn.MaxPool2d(2)
-        self.fc, self.lif3 = nn.Linear(64, 10), snn.Leaky(beta=torch.tensor([0.5, 0.75, 0.25, 0.125, 1.0] * 2),
-                                                           threshold=torch.tensor([0.5, 1.0] * 5), reset_mechanism="zero")
+        self.fc = nn.Linear(64, 10)
+        self.lif3 = snn.Leaky(beta=torch.tensor([0.5, 0.75, 0.25, 0.125, 1.0] * 2), threshold=torch.tensor([0.5, 1.0] * 5),
+                              reset_mechanism="zero")
 
     def forward(self, x):
         mem1, mem2, mem3, out = self.lif1.init_leaky(), self.lif2.init_leaky(), self.lif3.init_leaky(), []

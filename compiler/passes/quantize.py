@@ -348,9 +348,10 @@ class Quantize(Pass):
         self.state_frac[n.name] = sf
         self.bound[("state", n.name)] = bound
         self.bound[n.name] = max_code(n.levels, n.mode)
+        per_channel = isinstance(n.decay, np.ndarray)
         return NeuronQ(name=n.name, inputs=n.inputs, path=n.path, theta=theta, v_reset=v_reset, v_init=v_init,
-                       decay_mul=mul if isinstance(n.decay, np.ndarray) else int(mul), decay_shift=shift, in_shift=guard, reset=n.reset, order=n.order, cmp=n.cmp,
-                       levels=n.levels, mode=n.mode)
+                       decay_mul=mul if per_channel else int(mul), decay_shift=shift, in_shift=guard, reset=n.reset,
+                       order=n.order, cmp=n.cmp, levels=n.levels, mode=n.mode)
 
     def decays(self, n: Neuron) -> tuple[np.ndarray, int]:
         """The decay multipliers (int32, one per channel or a 0-d array) and their one shift: every
