@@ -11,7 +11,7 @@ import numpy as np
 from ttc.isa.encoding import Instr
 from ttc.isa.errors import InternalError
 from ttc.isa.hwconfig import HwConfig
-from ttc.isa.program import Program
+from ttc.isa.program import Program, ttc_version
 
 from .ir import Conv2d, Graph, Linear, NeuronQ, Op
 from .layout import step_bytes, step_stride, value_addr
@@ -19,9 +19,6 @@ from .plan import layer_plan
 from .reference import output_divisor
 from .sync import place_tokens
 from .tiling import fmt
-
-VERSION = "0.3.0"
-
 
 def emit_layers(graph: Graph, hw: HwConfig) -> tuple[list[Instr], list[dict]]:
     """Every layer's walk in program order, and the layer table (where each layer's code starts)."""
@@ -68,7 +65,7 @@ def generate(graph: Graph, hw: HwConfig, options: dict, source: dict) -> Program
     stored = [op for op in graph.ops if op.dram is not None]
     dram_bytes = max([len(data)] + [op.dram + step_stride(graph, op) * (op.type.time or 1) for op in stored])
     meta = dict(
-        ttc_version=VERSION, dram_bytes=dram_bytes, options=options, source=source, layers=layers,
+        ttc_version=ttc_version(), dram_bytes=dram_bytes, options=options, source=source, layers=layers,
         **{note: graph.notes.get(note, {}) for note in ("counts", "factorize", "schedule", "ttfs", "decay")},
         inputs=[_io(graph, op, index=op.index, bits=op.type.dtype.bits) for op in graph.inputs],
         outputs=[_io(graph, graph.op(name), divide_by=output_divisor(graph, name)) for name in graph.outputs],

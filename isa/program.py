@@ -17,6 +17,7 @@ import json
 import struct
 import zlib
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from .encoding import EncodingError, Instr, decode_all, encode_all
@@ -27,6 +28,15 @@ from .table import ISA_VERSION
 
 MAGIC = b"TTCPROG\0"
 FORMAT_VERSION = 1
+
+
+def ttc_version() -> str:
+    """This ttc's version: the package metadata (pyproject.toml), the one source every program and
+    every JSON ttc writes records."""
+    try:
+        return metadata.version("ttc")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
 SECTIONS = ("meta", "hw", "code", "data")
 _HEADER = struct.Struct("<8sHHHH")
 _ENTRY = struct.Struct("<8sQQII")

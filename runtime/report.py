@@ -14,6 +14,7 @@ from ttc.isa.files import atomic_write
 from ttc.isa.program import Program
 from ttc.isa.table import BY_NAME, ON_CHIP, QUEUES
 
+from .provenance import provenance as make_provenance
 from .run import RunResult
 
 #: The layer table's count columns and the counters they show.
@@ -52,10 +53,10 @@ def layer_table(prog: Program, result: RunResult) -> list[dict]:
     return rows
 
 
-def report(prog: Program, result: RunResult) -> dict:
-    return dict(hardware=prog.hw.name, batch=result.batch, cycles=result.cycles,
-                microseconds=result.cycles / prog.hw.frequency_mhz, energy_pj=result.total_energy_pj,
-                energy_pj_by_component=result.energy_pj, busy_cycles_by_unit=result.cycles_by_unit,
+def report(prog: Program, result: RunResult, provenance: dict | None = None) -> dict:
+    """The run per inference, under the keys `ttc run --json` uses for the same quantities, then the layers."""
+    stats = {k: v for k, v in result.stats().items() if k != "layers"}
+    return dict(provenance=provenance or make_provenance(prog), **stats, microseconds_per_inference=result.cycles / prog.hw.frequency_mhz,
                 layers=layer_table(prog, result), counts=prog.meta.get("counts", {}))
 
 
@@ -68,8 +69,9 @@ def format_table(rep: dict) -> str:
                      f"{r['spikes']:>8.0f} {r['dram_bytes']:>9.0f} {r['on_chip_bytes']:>10.0f} {r['cycles']:>9} "
                      f"{100 * r['pe_utilisation']:>6.1f}% {100 * r['roofline_utilisation']:>7.1f}% "
                      f"{r['energy_pj'] / 1e3:>10.2f}")
-    lines.append(f"total: {rep['cycles']} cycles ({rep['microseconds']:.1f} us on {rep['hardware']}), "
-                 f"{rep['energy_pj'] / 1e3:.2f} nJ per inference; energy by component (nJ): "
+    lines.append(f"total: {rep['cycles_per_inference']} cycles ({rep['microseconds_per_inference']:.1f} us on "
+                 f"{rep['provenance']['hardware']['name']}), {rep['energy_pj_per_inference'] / 1e3:.2f} nJ per "
+                 "inference; energy by component (nJ): "
                  + ", ".join(f"{k} {v / 1e3:.2f}" for k, v in sorted(rep["energy_pj_by_component"].items(),
                                                                       key=lambda kv: -kv[1])))
     if rep.get("counts"):
@@ -122,7 +124,7 @@ def plot_energy(rep: dict, path: Path) -> None:
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set_xticks(range(len(layers)), [r["layer"] for r in layers], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("energy per inference (nJ)")
-    ax.set_title(f"energy by layer and component ({rep['hardware']})")
+    ax.set_title(f"energy by layer and component ({rep['provenance']['hardware']['name']})")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
@@ -154,11 +156,11 @@ def plot_timeline(prog: Program, result: RunResult, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(prog: Program, result: RunResult, directory: str | Path) -> dict:
+def write_report(prog: Program, result: RunResult, directory: str | Path, provenance: dict | None = None) -> dict:
     """report.json, trace.json (Perfetto), energy.png and timeline.png in `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    rep = report(prog, result)
+    rep = report(prog, result, provenance)
     atomic_write(directory / "report.json", lambda tmp: tmp.write_text(json.dumps(rep, indent=1)))
     atomic_write(directory / "trace.json", lambda tmp: tmp.write_text(json.dumps(perfetto_trace(prog, result))))
     plot_energy(rep, directory / "energy.png")

@@ -3,6 +3,7 @@ input gives one clear line, a non-zero exit and no output file."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ import torch
 from torch import nn
 
 from conftest import grid_inputs, small_conv_snn
+from ttc.cli import main
+from ttc.demo import MODEL as DIGITS
 
 
 def ttc(*args, cwd=None):
@@ -60,7 +63,7 @@ def test_asm_disasm_inspect(compiled):
     assert ttc("asm", compiled / "prog.s", "-o", compiled / "again.bin").returncode == 0
     assert (compiled / "again.bin").read_bytes() == (compiled / "prog.bin").read_bytes()
     info = json.loads(ttc("inspect", compiled / "prog.bin", "--json").stdout)
-    assert info["hardware"] == "sata" and info["inputs"][0]["shape"] == [1, 8, 8]
+    assert info["provenance"]["hardware"]["name"] == "sata" and info["inputs"][0]["shape"] == [1, 8, 8]
     assert info["source"]["file"] == "model.pt"
     text = ttc("inspect", compiled / "prog.bin").stdout
     assert "conv2d+neuron_q" in text
@@ -166,3 +169,36 @@ def test_compile_flags_are_the_passes_user_options():
     args = cli.build_parser().parse_args(compile_args + ["--tt-rank", "3", "--tt-error", "0.1", "--input-bits", "8",
                                                          "--objective", "edp"])
     assert (args.tt_rank, args.tt_error, args.input_bits, args.objective) == ("3", 0.1, 8, "edp")
+
+
+def test_every_run_output_says_which_ttc_program_hardware_and_input(tmp_path, capsys):
+    """report.json alone answers which ttc, which program, which hardware, which input (issue 18), and
+    `ttc run --json` and report.json use one key per quantity; both validate against the documented schema."""
+    import hashlib
+
+    import jsonschema
+
+    from ttc.isa.program import ttc_version
+
+    schema = json.loads((Path(__file__).parent.parent / "docs" / "schema" / "run.schema.json").read_text())
+    prog, x = tmp_path / "d.bin", tmp_path / "x.npy"
+    assert main(["compile", str(DIGITS), "-o", str(prog), "--input-shape", "4,N,1,8,8"]) == 0
+    np.save(x, grid_inputs((4, 3, 1, 8, 8), seed=2))
+    capsys.readouterr()
+    assert main(["run", "--sim", str(prog), "--input", str(x), "--json", "--report", str(tmp_path / "rep")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    for out in (printed, report):
+        jsonschema.validate(out, schema)
+        p = out["provenance"]
+        assert p["ttc_version"] == ttc_version() == p["program"]["compiled_by"]
+        assert p["program"]["sha256"] == hashlib.sha256(prog.read_bytes()).hexdigest()
+        assert p["hardware"]["name"] == "sata" and len(p["hardware"]["digest"]) == 64
+        assert p["input"] == {"source": "file", "path": str(x), "sha256": hashlib.sha256(x.read_bytes()).hexdigest(),
+                              "shape": [4, 3, 1, 8, 8]}
+    assert {k: report[k] for k in printed} == printed  # one key, one value, per quantity
+    assert main(["run", "--sim", str(prog)]) == 0  # no input: the terminal says the batch is made up
+    assert "a deterministic random batch of shape [4, 1, 1, 8, 8] (seed 0), not data" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as version:
+        main(["--version"])
+    assert version.value.code == 0 and capsys.readouterr().out.strip() == f"ttc {ttc_version()}"

@@ -82,7 +82,7 @@ def test_report_table_trace_and_pictures(tmp_path, model, x):
     result = api.simulate(program, x)
     rep = write_report(program, result, tmp_path)
     assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(rep))
-    assert sum(r["cycles"] for r in rep["layers"]) == rep["cycles"]
+    assert sum(r["cycles"] for r in rep["layers"]) == rep["cycles_per_inference"]
     for r in rep["layers"]:
         assert 0 < r["roofline_utilisation"] <= 1 and r["energy_pj"] > 0
     assert rep["layers"][0]["macs"] > 0 and rep["layers"][-1]["spike_adds"] > 0

@@ -19,6 +19,8 @@ import numpy as np
 
 from ttc.isa.errors import UserError
 from ttc.isa.files import atomic_write
+from ttc.isa.program import ttc_version
+from ttc.runtime.provenance import describe_input, input_provenance, provenance
 
 EXIT_ERROR = 1
 EXIT_MISMATCH = 3
@@ -154,12 +156,14 @@ def cmd_run(a) -> int:
         prog = dataclasses.replace(prog, hw=load_hw(a.hw))
     ios = prog.meta["inputs"]
     x = _load_input(a.input) if a.input else default_input(ios[0])
+    source = input_provenance(x, a.input)
     result = run(prog, [x])
-    report = {"program": a.program, **result.stats()}
-    if a.report:
-        from ttc.runtime.report import format_table, write_report
+    from ttc.runtime.report import format_table, report as run_report, write_report
 
-        table = format_table(write_report(prog, result, a.report))
+    # the same keys and layer rows as report.json (without its static counts)
+    report = {k: v for k, v in run_report(prog, result, provenance(prog, a.program, source)).items() if k != "counts"}
+    if a.report:
+        table = format_table(write_report(prog, result, a.report, report["provenance"]))
     if a.check:
         report["check"] = check(prog, a.check, a.trust_model, x, result.outputs)
     if a.output:
@@ -180,6 +184,10 @@ def cmd_run(a) -> int:
 
 
 def _print_run(r: dict) -> None:
+    p = r["provenance"]
+    print(f"{p['program'].get('path', 'program')} (sha256 {p['program']['sha256'][:12]}, compiled by ttc "
+          f"{p['program']['compiled_by']}) on {p['hardware']['name']} ({p['hardware']['digest'][:12]}), ttc {p['ttc_version']}")
+    print(describe_input(p["input"]))
     print(f"batch {r['batch']}: {r['cycles_per_inference']} cycles and "
           f"{r['energy_pj_per_inference'] / 1e6:.4f} uJ per inference")
     print("  energy by component (pJ): " + ", ".join(f"{k} {v:.1f}" for k, v in r["energy_pj_by_component"].items()))
@@ -230,13 +238,12 @@ def cmd_disasm(a) -> int:
     return 0
 
 
-def inspect_program(prog) -> dict:
+def inspect_program(prog, path: str | None = None) -> dict:
     from ttc.isa.program import FORMAT_VERSION
     from ttc.isa.table import ISA_VERSION
 
-    return dict(format_version=FORMAT_VERSION, isa_version=ISA_VERSION, hardware=prog.hw.name,
-                hardware_digest=prog.hw.digest, source=prog.meta["source"], options=prog.meta["options"],
-                ttc_version=prog.meta["ttc_version"], instructions=len(prog.code),
+    return dict(provenance=provenance(prog, path), format_version=FORMAT_VERSION, isa_version=ISA_VERSION,
+                source=prog.meta["source"], options=prog.meta["options"], instructions=len(prog.code),
                 instructions_by_opcode=dict(sorted(Counter(i.op for i in prog.code).items())),
                 data_bytes=len(prog.data), dram_bytes=prog.meta["dram_bytes"], inputs=prog.meta["inputs"],
                 outputs=prog.meta["outputs"], layers=prog.meta["layers"], counts=prog.meta.get("counts", {}))
@@ -245,12 +252,14 @@ def inspect_program(prog) -> dict:
 def cmd_inspect(a) -> int:
     from ttc.isa.program import Program
 
-    info = inspect_program(Program.load(a.program))
+    info = inspect_program(Program.load(a.program), a.program)
     if a.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
-    print(f"{a.program}: ttc program format {info['format_version']}, ISA {info['isa_version']}, "
-          f"compiled by ttc {info['ttc_version']} for hardware {info['hardware']} ({info['hardware_digest'][:12]})")
+    p = info["provenance"]
+    print(f"{a.program}: ttc program format {info['format_version']}, ISA {info['isa_version']}, compiled by ttc "
+          f"{p['program']['compiled_by']} for hardware {p['hardware']['name']} ({p['hardware']['digest'][:12]}); "
+          f"sha256 {p['program']['sha256'][:12]}")
     print(f"  source: {info['source'] or '(Python API)'}; options: {info['options']}")
     print(f"  code: {info['instructions']} instructions ({', '.join(f'{k} {v}' for k, v in info['instructions_by_opcode'].items())})")
     print(f"  data: {info['data_bytes']} bytes of weights; DRAM image {info['dram_bytes']} bytes")
@@ -287,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbose_help = "on an error, print the traceback"
     p = argparse.ArgumentParser(prog="ttc", description="Compile PyTorch SNNs to an SNN accelerator and simulate them.")
     p.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    p.add_argument("--version", action="version", version=f"ttc {ttc_version()}")
     # -v also after the command; SUPPRESS keeps a command without it from resetting `ttc -v` to False
     verbose = argparse.ArgumentParser(add_help=False)
     verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
