@@ -6,6 +6,8 @@ work over all PEs and its DRAM bytes over the DRAM bandwidth; utilisation = idea
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -156,12 +158,25 @@ def plot_timeline(prog: Program, result: RunResult, path: Path) -> None:
     plt.close(fig)
 
 
+def layer_csv(rep: dict) -> str:
+    """The layer rows as CSV: one column per count, then `energy_pj.<component>` for each component."""
+    components = sorted({c for row in rep["layers"] for c in row["energy_pj_by_component"]})
+    columns = [k for k in rep["layers"][0] if k != "energy_pj_by_component"] if rep["layers"] else []
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns + [f"energy_pj.{c}" for c in components])
+    for row in rep["layers"]:
+        writer.writerow([row[k] for k in columns] + [row["energy_pj_by_component"].get(c, 0.0) for c in components])
+    return out.getvalue()
+
+
 def write_report(prog: Program, result: RunResult, directory: str | Path, provenance: dict | None = None) -> dict:
-    """report.json, trace.json (Perfetto), energy.png and timeline.png in `directory`."""
+    """report.json, layers.csv, trace.json (Perfetto), energy.png and timeline.png in `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     rep = report(prog, result, provenance)
     atomic_write(directory / "report.json", lambda tmp: tmp.write_text(json.dumps(rep, indent=1)))
+    atomic_write(directory / "layers.csv", lambda tmp: tmp.write_text(layer_csv(rep)))
     atomic_write(directory / "trace.json", lambda tmp: tmp.write_text(json.dumps(perfetto_trace(prog, result))))
     plot_energy(rep, directory / "energy.png")
     plot_timeline(prog, result, directory / "timeline.png")

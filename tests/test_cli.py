@@ -197,6 +197,11 @@ def test_every_run_output_says_which_ttc_program_hardware_and_input(tmp_path, ca
         assert p["input"] == {"source": "file", "path": str(x), "sha256": hashlib.sha256(x.read_bytes()).hexdigest(),
                               "shape": [4, 3, 1, 8, 8]}
     assert {k: report[k] for k in printed} == printed  # one key, one value, per quantity
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "rep" / "layers.csv").open()))
+    assert [r["layer"] for r in rows] == [r["layer"] for r in report["layers"]]
+    assert [float(r["energy_pj.leakage"]) for r in rows] == [r["energy_pj_by_component"]["leakage"] for r in report["layers"]]
     assert main(["run", "--sim", str(prog)]) == 0  # no input: the terminal says the batch is made up
     assert "a deterministic random batch of shape [4, 1, 1, 8, 8] (seed 0), not data" in capsys.readouterr().out
     with pytest.raises(SystemExit) as version:

@@ -174,7 +174,8 @@ def cmd_run(a) -> int:
         _print_run(report)
     if a.report and not a.json:
         print(table)
-        print(f"report: {Path(a.report) / 'report.json'}, {Path(a.report) / 'trace.json'} (Perfetto), "
+        print(f"report: {Path(a.report) / 'report.json'}, {Path(a.report) / 'layers.csv'}, "
+              f"{Path(a.report) / 'trace.json'} (Perfetto), "
               f"{Path(a.report) / 'energy.png'}, {Path(a.report) / 'timeline.png'}")
     if a.check and not report["check"]["reference_bit_exact"]:
         print(f"ttc: error: the simulator differs from the quantized reference in "
