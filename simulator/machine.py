@@ -20,6 +20,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ttc.isa.encoding import Instr, Ref
+from ttc.isa import progress
 from ttc.isa.errors import InternalError, UserError
 from ttc.isa.footprint import regions
 from ttc.isa.hwconfig import (COUNTER_NAMES, PLANE_ADD, PLANE_SHIFT, TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS,
@@ -109,10 +110,13 @@ class Machine:
         return instr.op != "halt"
 
     def run(self) -> None:
-        for self.pc, instr in enumerate(self.prog.code):
-            if not self.step(instr):
-                self.check_counters()
-                return
+        with progress.bar(len(self.prog.code), f"simulate (batch {self.batch})", "instr") as shown:
+            for self.pc, instr in enumerate(self.prog.code):
+                if not self.step(instr):
+                    self.check_counters()
+                    return
+                if self.pc % 64 == 63:  # the bar is updated in blocks: it is not free per instruction
+                    shown.update(64)
         raise SimError("the program ran past its last instruction without halting")
 
     def check_counters(self) -> None:

@@ -2,8 +2,11 @@
 (the API's options and the CLI's flags derive from them), and the pipeline's callback between passes."""
 import argparse
 import dataclasses
+import io
 import os
+import sys
 
+import numpy as np
 import pytest
 
 from ttc import api, cli
@@ -138,3 +141,33 @@ def test_run_pipeline_calls_back_after_every_pass_in_order():
                          after=lambda name, g: seen.append((name, g)))
     assert [name for name, _ in seen] == list(PIPELINE)
     assert seen[-1][1] is graph
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_long_work_shows_progress_on_a_terminal_and_quiet_silences_it(monkeypatch):
+    """Compile passes, the tile search and simulated instructions report progress on a terminal's stderr
+    (after progress.DELAY_S; zero here), nothing when quieted (`ttc -q`) or when stderr is not a terminal."""
+    from ttc import api
+    from ttc.demo import MODEL
+    from ttc.isa import progress
+
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    model = api.load_model(MODEL)
+    for quiet, tty in ((False, True), (True, True), (False, False)):
+        err = _Terminal() if tty else io.StringIO()
+        monkeypatch.setattr(sys, "stderr", err)
+        progress.quiet(quiet)
+        try:
+            compiled = api.compile_model(model, "4,N,1,8,8")
+            api.simulate(compiled.program, np.zeros((4, 2, 1, 8, 8), dtype=np.float32))
+        finally:
+            progress.quiet(False)
+        shown = err.getvalue()
+        if quiet or not tty:
+            assert shown == ""
+        else:
+            assert all(what in shown for what in ("compile", "tile search", "simulate (batch 2)")), shown

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import shlex
 import sys
 import traceback
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ttc.isa.errors import UserError
+from ttc.isa import progress
 from ttc.isa.files import atomic_write
 from ttc.isa.program import ttc_version
 from ttc.runtime.provenance import describe_input, input_provenance, provenance
@@ -297,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbose_help = "on an error, print the traceback"
     p = argparse.ArgumentParser(prog="ttc", description="Compile PyTorch SNNs to an SNN accelerator and simulate them.")
     p.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or informational messages")
     p.add_argument("--version", action="version", version=f"ttc {ttc_version()}")
     # -v also after the command; SUPPRESS keeps a command without it from resetting `ttc -v` to False
     verbose = argparse.ArgumentParser(add_help=False)
@@ -367,6 +370,10 @@ def _first_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    # -q: warnings and errors only, no progress bars; -v: debug messages and tracebacks
+    logging.basicConfig(format="ttc: %(message)s", force=True,
+                        level=logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    progress.quiet(args.quiet)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

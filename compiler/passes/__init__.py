@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Callable, ClassVar
 
+from ttc.isa import progress
 from ttc.isa.errors import InternalError, UserError
 
 from ..ir import Graph
@@ -123,8 +124,11 @@ def run_pipeline(graph: Graph, options: dict[str, dict], passes: tuple[str, ...]
     """Run `passes` (default: all of PIPELINE) with their options (`options[pass name]`), verifying
     after each, then calling `after(pass name, graph)` if given: the place to take counts or snapshots
     between passes."""
-    for name in passes:
-        graph = make_pass(name, **options.get(name, {})).run(graph).verify()
-        if after is not None:
-            after(name, graph)
+    with progress.bar(len(passes), "compile", "pass") as shown:
+        for name in passes:
+            shown.set_postfix_str(name)
+            graph = make_pass(name, **options.get(name, {})).run(graph).verify()
+            shown.update()
+            if after is not None:
+                after(name, graph)
     return graph

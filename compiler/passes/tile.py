@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import product
 
+from ttc.isa import progress
 from ttc.isa.hwconfig import HwConfig, load_hw
 
 from ..cost import PricedWalk, layer_cost
@@ -121,8 +122,10 @@ class Tile(Pass):
 
     def run(self, graph: Graph) -> Graph:
         hw = self.hw if isinstance(self.hw, HwConfig) else load_hw(self.hw)
-        for op in graph.ops:
-            tile = choose_tile(graph, op, hw)
-            if tile:
-                op.tile = tile
+        with progress.bar(len(graph.ops), "tile search", "op") as shown:
+            for op in graph.ops:
+                tile = choose_tile(graph, op, hw)
+                if tile:
+                    op.tile = tile
+                shown.update()
         return graph
