@@ -14,7 +14,7 @@ from pathlib import Path
 from ttc.isa.hwconfig import COUNTER_NAMES, memory_bytes
 from ttc.isa.files import atomic_write
 from ttc.isa.program import Program
-from ttc.isa.table import BY_NAME, ON_CHIP, QUEUES
+from ttc.isa.table import BY_NAME, MEMORIES, ON_CHIP, QUEUES
 
 from .provenance import provenance as make_provenance
 from .run import RunResult
@@ -95,18 +95,68 @@ def format_counts(counts: dict) -> str:
     return "\n".join(lines)
 
 
+DMA = ("load", "store")
+
+
 def perfetto_trace(prog: Program, result: RunResult) -> dict:
-    """Chrome trace-event JSON (chrome://tracing, ui.perfetto.dev): one track per queue, one slice
-    per instruction, times in microseconds at the config's clock."""
+    """Chrome trace-event JSON (chrome://tracing, ui.perfetto.dev), times in microseconds at the
+    config's clock. Tracks that never nest or overlap hold complete slices: each compute queue (one
+    slice per instruction) and the DRAM interface (each transfer's own cycles: the interface is booked
+    by one transfer at a time). What may overlap is drawn as async slices, which Perfetto stacks:
+    each DMA instruction from its start to its completion, latency included (a queue issues the next
+    transfer while one is in flight), and each layer from its first instruction's start to its last's
+    end (layers overlap where one's loads run under another's compute). Tracks with no work are left out."""
     us = 1.0 / prog.hw.frequency_mhz
-    firsts = [layer["first_instr"] for layer in prog.meta["layers"]]
-    names = [layer["name"] for layer in prog.meta["layers"]]
-    events = [dict(name="thread_name", ph="M", pid=0, tid=k, args=dict(name=q)) for k, q in enumerate(QUEUES)]
+    layers = prog.meta["layers"]
+    firsts = [layer["first_instr"] for layer in layers]
+    names = [layer["name"] for layer in layers]
+
+    def layer_of(index: int) -> int:
+        return max([k for k, f in enumerate(firsts) if f <= index] or [0])
+
+    used = [q for q in QUEUES if any(s.queue == q for s in result.spans)]
+    tracks = {name: tid for tid, name in enumerate(used + ["dram"])}
+    events = [dict(name="thread_name", ph="M", pid=0, tid=tid, args=dict(name=name)) for name, tid in tracks.items()]
+    spans_of_layer: dict[int, list] = {}
     for s in result.spans:
-        layer = max([k for k, f in enumerate(firsts) if f <= s.index] or [0])
-        events.append(dict(name=s.op, cat=names[layer] if names else "", ph="X", pid=0, tid=QUEUES.index(s.queue),
-                           ts=s.start * us, dur=(s.end - s.start) * us, args=dict(instruction=s.index, layer=names[layer] if names else "")))
+        k = layer_of(s.index)
+        spans_of_layer.setdefault(k, []).append(s)
+        args = dict(instruction=s.index, layer=names[k] if names else "")
+        if s.queue in DMA:
+            transfer = s.end - s.start - prog.hw.dram_latency_cycles
+            events.append(dict(name=s.op, ph="X", pid=0, tid=tracks["dram"], ts=s.start * us, dur=transfer * us, args=args))
+            for ph, t in (("b", s.start), ("e", s.end)):
+                events.append(dict(name=s.op, cat=s.queue, ph=ph, id=s.index, pid=0, tid=tracks[s.queue], ts=t * us, args=args))
+        else:
+            events.append(dict(name=s.op, ph="X", pid=0, tid=tracks[s.queue], ts=s.start * us,
+                               dur=(s.end - s.start) * us, args=args))
+    for k, spans in sorted(spans_of_layer.items()):
+        start, end = min(s.start for s in spans), max(s.end for s in spans)
+        for ph, t in (("b", start), ("e", end)):
+            events.append(dict(name=names[k] if names else "program", cat="layer", ph=ph, id=f"layer{k}", pid=0,
+                               tid=len(tracks), ts=t * us, args=dict(op=layers[k]["op"] if layers else "")))
+    events.append(dict(name="thread_name", ph="M", pid=0, tid=len(tracks), args=dict(name="layers")))
     return dict(traceEvents=events, displayTimeUnit="ns")
+
+
+#: Every energy component's colour, the same in every plot and run (matplotlib's tab20 by position).
+COMPONENTS = (*MEMORIES, "pe", "neuron", "vector", "leakage")
+MAX_BARS = 40  # more layers than this are drawn in groups of consecutive layers
+
+
+def component_colour(component: str):
+    import matplotlib.pyplot as plt
+
+    return plt.cm.tab20(COMPONENTS.index(component) % 20) if component in COMPONENTS else (0.5, 0.5, 0.5, 1.0)
+
+
+def _groups(names: list[str]) -> list[tuple[str, list[int]]]:
+    """Bars of the energy plot: one per layer, or up to MAX_BARS runs of consecutive layers."""
+    if len(names) <= MAX_BARS:
+        return [(name, [k]) for k, name in enumerate(names)]
+    size = -(-len(names) // MAX_BARS)
+    return [(f"{names[k]} .. {names[min(k + size, len(names)) - 1]}", list(range(k, min(k + size, len(names)))))
+            for k in range(0, len(names), size)]
 
 
 def plot_energy(rep: dict, path: Path) -> None:
@@ -116,43 +166,56 @@ def plot_energy(rep: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     layers = rep["layers"]
-    components = sorted({c for r in layers for c in r["energy_pj_by_component"]},
-                        key=lambda c: -rep["energy_pj_by_component"].get(c, 0))
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(layers) + 2), 4))
-    bottom = [0.0] * len(layers)
+    groups = _groups([r["layer"] for r in layers])
+    components = [c for c in COMPONENTS if any(c in r["energy_pj_by_component"] for r in layers)]
+    components += sorted({c for r in layers for c in r["energy_pj_by_component"]} - set(components))
+    fig, ax = plt.subplots(figsize=(min(16, max(6, 0.35 * len(groups) + 3)), 4.5))
+    bottom = [0.0] * len(groups)
     for c in components:
-        values = [r["energy_pj_by_component"].get(c, 0) / 1e3 for r in layers]
-        ax.bar(range(len(layers)), values, bottom=bottom, label=c)
+        values = [sum(layers[k]["energy_pj_by_component"].get(c, 0) for k in members) / 1e3 for _, members in groups]
+        ax.bar(range(len(groups)), values, bottom=bottom, label=c, color=component_colour(c))
         bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set_xticks(range(len(layers)), [r["layer"] for r in layers], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(range(len(groups)), [name for name, _ in groups], rotation=45, ha="right", fontsize=7)
+    ax.set_xlabel("layer" if len(groups) == len(layers) else f"layers, in groups of {len(groups[0][1])}")
     ax.set_ylabel("energy per inference (nJ)")
     ax.set_title(f"energy by layer and component ({rep['provenance']['hardware']['name']})")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
 
 def plot_timeline(prog: Program, result: RunResult, path: Path) -> None:
+    """Each queue's busy spans and the DRAM interface's transfers, layer starts as vertical lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     queues = [q for q in QUEUES if any(s.queue == q for s in result.spans)]
-    fig, ax = plt.subplots(figsize=(10, 0.5 * len(queues) + 1.5))
+    rows = queues + ["dram"]
+    fig, ax = plt.subplots(figsize=(12, 0.5 * len(rows) + 2))
     ops = sorted({s.op for s in result.spans})
     colours = {op: plt.cm.tab10(k % 10) for k, op in enumerate(ops)}
-    for row, q in enumerate(queues):
+    lat = prog.hw.dram_latency_cycles
+    for row, q in enumerate(rows):
         for op in ops:
-            bars = [(s.start, s.end - s.start) for s in result.spans if s.queue == q and s.op == op]
+            if q == "dram":
+                bars = [(s.start, s.end - s.start - lat) for s in result.spans if s.queue in DMA and s.op == op]
+            else:
+                bars = [(s.start, s.end - s.start) for s in result.spans if s.queue == q and s.op == op]
             if bars:
                 ax.broken_barh(bars, (row - 0.4, 0.8), color=colours[op])
-    ax.set_yticks(range(len(queues)), queues)
-    ax.set_xlabel("cycle")
+    firsts = [layer["first_instr"] for layer in prog.meta["layers"]]
+    starts = {s.index: s.start for s in result.spans}
+    for first in firsts:
+        if first in starts:
+            ax.axvline(starts[first], color="0.6", linewidth=0.5, linestyle=":")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("cycle (dotted: a layer's first instruction)")
     ax.set_title(f"per-unit timeline: {result.cycles} cycles ({prog.hw.name})")
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[o]) for o in ops], labels=ops, fontsize=7,
-              loc="upper right", ncol=len(ops))
+              loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=min(len(ops), 8))
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)

@@ -75,6 +75,25 @@ def test_pe_groups_must_divide_the_array():
         parse_hw(toml.replace("groups = 2", "groups = 3"), "t")
 
 
+def assert_perfetto_nesting(trace: list[dict]) -> None:
+    """Complete slices on one track must nest or be apart (Perfetto cannot draw partial overlaps);
+    async begin/end events must pair up."""
+    by_track: dict = {}
+    for e in trace:
+        if e["ph"] == "X":
+            by_track.setdefault(e["tid"], []).append((e["ts"], -(e["ts"] + e["dur"])))
+    for tid, slices in by_track.items():
+        open_ends: list[float] = []
+        for start, neg_end in sorted(slices):
+            end = -neg_end
+            while open_ends and open_ends[-1] <= start + 1e-9:
+                open_ends.pop()
+            assert not open_ends or end <= open_ends[-1] + 1e-9, f"track {tid}: a slice at {start} overlaps its parent"
+            open_ends.append(end)
+    begins = sorted((e["cat"], e["id"]) for e in trace if e["ph"] == "b")
+    assert begins == sorted((e["cat"], e["id"]) for e in trace if e["ph"] == "e")
+
+
 def test_report_table_trace_and_pictures(tmp_path, model, x):
     from ttc.runtime.report import format_table, write_report
 
@@ -88,8 +107,14 @@ def test_report_table_trace_and_pictures(tmp_path, model, x):
     assert rep["layers"][0]["macs"] > 0 and rep["layers"][-1]["spike_adds"] > 0
     trace = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
     slices = [e for e in trace if e["ph"] == "X"]
-    assert len(slices) == len(program.code) - 1  # every instruction but halt
-    assert max(e["ts"] + e["dur"] for e in slices) == pytest.approx(result.cycles / program.hw.frequency_mhz)
+    assert len(slices) == len(program.code) - 1  # every instruction but halt: on its queue, or DMA on the DRAM track
+    ends = [e["ts"] + e["dur"] for e in slices] + [e["ts"] for e in trace if e["ph"] == "e"]
+    assert max(ends) == pytest.approx(result.cycles / program.hw.frequency_mhz)
+    assert_perfetto_nesting(trace)
+    named = {e["tid"]: e["args"]["name"] for e in trace if e["ph"] == "M"}
+    assert {e["tid"] for e in trace if e["ph"] != "M"} == set(named)  # no empty track
+    assert {"dram", "layers", "load"} <= set(named.values())
+    assert sum(e["ph"] == "b" and e["cat"] == "layer" for e in trace) == len(program.meta["layers"])
     for png in ("energy.png", "timeline.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert rep["layers"][0]["layer"] in format_table(rep)
@@ -168,3 +193,20 @@ def test_ttfs_report_counts_the_pe_work_of_tconv_layers():
             assert 0 < row["pe_utilisation"] <= row["roofline_utilisation"] <= 1
         assert {i.op for i in code} & {"sconv", "dconv"} == set()  # TTFS layers run on tconv alone
     assert tconv_layers == 4  # three convs and the classifier
+
+
+def test_energy_plot_colours_are_fixed_and_100_layers_stay_readable(tmp_path):
+    """A component has one colour whatever it ranks (leakage was blue under one preset and orange under
+    another); 100 layers are drawn as at most MAX_BARS groups, in a picture of bounded width."""
+    import struct
+
+    from ttc.runtime import report as R
+
+    assert R.component_colour("leakage") == R.component_colour("leakage") != R.component_colour("dram")
+    layers = [dict(layer=f"l{k}", energy_pj_by_component={"leakage": 5.0 + k, "dram": 100.0 - k}) for k in range(100)]
+    groups = R._groups([row["layer"] for row in layers])
+    assert len(groups) <= R.MAX_BARS and sorted(k for _, ks in groups for k in ks) == list(range(100))
+    rep = dict(layers=layers, provenance=dict(hardware=dict(name="sata")))
+    R.plot_energy(rep, tmp_path / "e.png")
+    width, height = struct.unpack(">II", (tmp_path / "e.png").read_bytes()[16:24])
+    assert width <= 16 * 120 and height < width
