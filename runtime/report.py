@@ -46,7 +46,8 @@ def layer_table(prog: Program, result: RunResult) -> list[dict]:
         work = _pe_work(prog, firsts[k], firsts[k + 1] if k + 1 < len(firsts) else len(prog.code))
         ideal = max(work / hw.pes, dram / hw.dram_bytes_per_cycle)
         rows.append(dict(
-            layer=layer["name"], path=layer["path"], source=layer["source"], op=layer["op"],
+            # named by the model's module path of its weighted (or only) op, as `ttc inspect` and the counts name it
+            layer=layer["source"], ir_name=layer["name"], op=layer["op"],
             **{column: c.get(name, 0) for column, name in COUNT_COLUMNS.items()}, dram_bytes=dram,
             on_chip_bytes=_bytes(c, ON_CHIP),
             cycles=cycles, ideal_cycles=ideal, pe_utilisation=work / hw.pes / cycles if cycles else 0.0,
@@ -63,11 +64,11 @@ def report(prog: Program, result: RunResult, provenance: dict | None = None) -> 
 
 
 def format_table(rep: dict) -> str:
-    head = (f"{'layer':<22} {'op':<16} {'spike adds':>11} {'MACs':>9} {'spikes':>8} {'DRAM B':>9} {'on-chip B':>10} "
+    head = (f"{'layer':<22} {'op':<16} {'spike adds':>11} {'multiplies':>10} {'spikes':>8} {'DRAM B':>9} {'on-chip B':>10} "
             f"{'cycles':>9} {'PE util':>7} {'roofline':>8} {'energy nJ':>10}")
     lines = [head, "-" * len(head)]
     for r in rep["layers"]:
-        lines.append(f"{r['layer'][:22]:<22} {r['op'][:16]:<16} {r['spike_adds']:>11.0f} {r['macs']:>9.0f} "
+        lines.append(f"{r['layer'][:22]:<22} {r['op'][:16]:<16} {r['spike_adds']:>11.0f} {r['macs']:>10.0f} "
                      f"{r['spikes']:>8.0f} {r['dram_bytes']:>9.0f} {r['on_chip_bytes']:>10.0f} {r['cycles']:>9} "
                      f"{100 * r['pe_utilisation']:>6.1f}% {100 * r['roofline_utilisation']:>7.1f}% "
                      f"{r['energy_pj'] / 1e3:>10.2f}")
@@ -87,11 +88,14 @@ def format_counts(counts: dict) -> str:
     for title, table in (("model", counts.get("model")), ("after tt-factorize", counts.get("factorised"))):
         if not table:
             continue
-        head = f"{title + ':':<28} {'params':>10} {'MACs/step':>12} {'spike adds':>12} {'multiplies':>12}"
+        head = f"{title + ':':<28} {'params':>10} {'dense MACs':>12} {'spike adds':>12} {'multiplies':>12}"
         lines += [head, "-" * len(head)]
         for c in table["layers"] + [{"path": "total", "op": "", **table["total"]}]:
             lines.append(f"  {c['path'][:26]:<26} {c['params']:>10} {c['macs']:>12.0f} {c['adds']:>12.0f} "
                          f"{c['muls']:>12.0f}")
+    if lines:
+        lines.append("  static, per time step and sample, every tap (padding included), at full activity: the dense MACs "
+                     "split by their activation, spikes (adds) or multi-bit (multiplies); docs/counting.md")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from conftest import grid_inputs, small_conv_snn
@@ -119,7 +120,7 @@ def test_report_table_trace_and_pictures(tmp_path, model, x):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert rep["layers"][0]["layer"] in format_table(rep)
     counted = {c["path"]: c for c in rep["counts"]["model"]["layers"]}  # the compiler's static counts
-    measured = {r["source"]: r for r in rep["layers"]}
+    measured = {r["layer"]: r for r in rep["layers"]}
     for path, c in counted.items():  # per inference the simulator adds only where spikes fire: at most T x the count
         assert c["macs"] == c["adds"] + c["muls"]
         assert measured[path]["spike_adds"] <= c["adds"] * x.shape[0] and measured[path]["macs"] <= c["muls"] * x.shape[0]
@@ -151,11 +152,14 @@ class _BatchFirst(nn.Module):
         return self.net(x.transpose(0, 1))
 
 
-def test_spike_driven_adds_equal_neurobench_effective_acs():
-    """NeuroBench's SynapticOperations counts, for layers whose inputs are all 0/1, every non-zero
-    input times the non-zero weights it reaches: ttc's spike-driven adds. (Its effective MACs count
-    non-zero inputs, ttc's MACs every in-bounds tap, so those differ by definition.)"""
+def test_parameters_and_spike_driven_adds_equal_neurobench_and_macs_differ_as_documented():
+    """docs/counting.md: NeuroBench's ParameterCount is ttc's `params`; its Effective_ACs (for layers
+    whose inputs are all 0/1, every non-zero input times the non-zero weights it reaches) are ttc's
+    spike-driven adds, `spike_add`. Its Effective_MACs count the same on multi-bit inputs (non-zero
+    inputs only), where ttc's `mac` counts every in-bounds tap the machine multiplies: computed here
+    by both definitions."""
     from neurobench.benchmarks import Benchmark
+    from neurobench.metrics.static import ParameterCount
     from neurobench.metrics.workload import SynapticOperations
     from neurobench.models import TorchModel
     from torch.utils.data import DataLoader, TensorDataset
@@ -166,10 +170,19 @@ def test_spike_driven_adds_equal_neurobench_effective_acs():
         M.TimeMean()), 9, span=3)  # exactly representable: the float model spikes as the machine does
     x = grid_inputs((4, 32, 1, 8, 8), seed=9)
     data = DataLoader(TensorDataset(torch.from_numpy(x).transpose(0, 1), torch.zeros(32)), batch_size=16)
-    results = Benchmark(TorchModel(_BatchFirst(net)), data, [], [], [[], [SynapticOperations]]).run(quiet=True)
-    result = api.simulate(api.compile_model(net, "4,N,1,8,8").program, x)
+    results = Benchmark(TorchModel(_BatchFirst(net)), data, [], [], [[ParameterCount], [SynapticOperations]]).run(quiet=True)
+    compiled = api.compile_model(net, "4,N,1,8,8")
+    result = api.simulate(compiled.program, x)
+    assert compiled.counts["model"]["total"]["params"] == results["ParameterCount"]
     assert result.counters["spike_add"] > 1000
     assert result.counters["spike_add"] == results["SynapticOperations"]["Effective_ACs"]
+    # the first layer reads multi-bit pixels: NeuroBench counts non-zero pixels x the non-zero weights
+    # they reach, ttc every in-bounds tap it multiplies (zero pixels included)
+    pixels = torch.from_numpy(x).reshape(-1, 1, 8, 8)
+    taps = F.conv2d((pixels != 0).float(), (net[0].weight != 0).float(), padding=1).sum() / x.shape[1]
+    assert results["SynapticOperations"]["Effective_MACs"] == float(taps)
+    dense = F.conv2d(torch.ones_like(pixels), torch.ones_like(net[0].weight), padding=1).sum() / x.shape[1]
+    assert result.counters["mac"] == float(dense) > float(taps)
 
 
 def test_ttfs_report_counts_the_pe_work_of_tconv_layers():
