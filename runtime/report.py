@@ -14,13 +14,17 @@ from pathlib import Path
 from ttc.isa.hwconfig import COUNTER_NAMES, memory_bytes
 from ttc.isa.files import atomic_write
 from ttc.isa.program import Program
-from ttc.isa.table import BY_NAME, MEMORIES, ON_CHIP, QUEUES
+from ttc.isa.table import BY_NAME, MAX_LEVELS, MEMORIES, ON_CHIP, QUEUES
 
 from .provenance import provenance as make_provenance
 from .run import RunResult
 
 #: The layer table's count columns and the counters they show.
-COUNT_COLUMNS = {"spike_adds": "spike_add", "macs": "mac", "neuron_updates": "neuron_update", "spikes": "spike"}
+#: report column -> simulator counter (docs/counting.md): spike-driven adds, multiplies, TTFS shift-adds,
+#: MT adds per spike plane, neuron updates and spikes
+COUNT_COLUMNS = {"spike_adds": "spike_add", "macs": "mac", "shift_adds": "shift_add",
+                 **{f"plane{k}_adds": f"plane{k}_add" for k in range(MAX_LEVELS)},
+                 "neuron_updates": "neuron_update", "spikes": "spike"}
 
 if not set(COUNT_COLUMNS.values()) <= COUNTER_NAMES:
     raise ImportError(f"the report reads counters {sorted(set(COUNT_COLUMNS.values()) - COUNTER_NAMES)} that "
@@ -64,11 +68,11 @@ def report(prog: Program, result: RunResult, provenance: dict | None = None) -> 
 
 
 def format_table(rep: dict) -> str:
-    head = (f"{'layer':<22} {'op':<16} {'spike adds':>11} {'multiplies':>10} {'spikes':>8} {'DRAM B':>9} {'on-chip B':>10} "
+    head = (f"{'layer':<22} {'op':<16} {'spike adds':>11} {'shift-adds':>10} {'multiplies':>10} {'spikes':>8} {'DRAM B':>9} {'on-chip B':>10} "
             f"{'cycles':>9} {'PE util':>7} {'roofline':>8} {'energy nJ':>10}")
     lines = [head, "-" * len(head)]
     for r in rep["layers"]:
-        lines.append(f"{r['layer'][:22]:<22} {r['op'][:16]:<16} {r['spike_adds']:>11.0f} {r['macs']:>10.0f} "
+        lines.append(f"{r['layer'][:22]:<22} {r['op'][:16]:<16} {r['spike_adds']:>11.0f} {r['shift_adds']:>10.0f} {r['macs']:>10.0f} "
                      f"{r['spikes']:>8.0f} {r['dram_bytes']:>9.0f} {r['on_chip_bytes']:>10.0f} {r['cycles']:>9} "
                      f"{100 * r['pe_utilisation']:>6.1f}% {100 * r['roofline_utilisation']:>7.1f}% "
                      f"{r['energy_pj'] / 1e3:>10.2f}")

@@ -204,6 +204,7 @@ def test_ttfs_report_counts_the_pe_work_of_tconv_layers():
             tconv_layers += 1
             assert row["pe_utilisation"] == pytest.approx(work / program.hw.pes / row["cycles"])
             assert 0 < row["pe_utilisation"] <= row["roofline_utilisation"] <= 1
+            assert row["shift_adds"] > 0 and row["spike_adds"] == row["macs"] == 0  # the TTFS column
         assert {i.op for i in code} & {"sconv", "dconv"} == set()  # TTFS layers run on tconv alone
     assert tconv_layers == 4  # three convs and the classifier
 
