@@ -192,8 +192,8 @@ def _print_run(r: dict) -> None:
           f"{p['program']['compiled_by']}) on {p['hardware']['name']} ({p['hardware']['digest'][:12]}), ttc {p['ttc_version']}")
     print(describe_input(p["input"]))
     print(f"batch {r['batch']}: {r['cycles_per_inference']} cycles and "
-          f"{r['energy_pj_per_inference'] / 1e6:.4f} uJ per inference")
-    print("  energy by component (pJ): " + ", ".join(f"{k} {v:.1f}" for k, v in r["energy_pj_by_component"].items()))
+          f"{r['energy_pj_per_inference'] / 1e3:.2f} nJ per inference")  # nJ throughout, as the report's table
+    print("  energy by component (nJ): " + ", ".join(f"{k} {v / 1e3:.2f}" for k, v in r["energy_pj_by_component"].items()))
     print("  cycles by unit: " + ", ".join(f"{k} {v}" for k, v in r["cycles_by_unit"].items()))
     print("  actions per inference: " + ", ".join(f"{k} {v:g}" for k, v in r["actions_per_inference"].items()))
     if "check" in r:
