@@ -56,7 +56,8 @@ def report(prog: Program, result: RunResult) -> dict:
     return dict(hardware=prog.hw.name, batch=result.batch, cycles=result.cycles,
                 microseconds=result.cycles / prog.hw.frequency_mhz, energy_pj=result.total_energy_pj,
                 energy_pj_by_component=result.energy_pj, busy_cycles_by_unit=result.cycles_by_unit,
-                layers=layer_table(prog, result), counts=prog.meta.get("counts", {}))
+                layers=layer_table(prog, result), counts=prog.meta.get("counts", {}),
+                input_saturation=result.input_saturation)
 
 
 def format_table(rep: dict) -> str:
