@@ -128,6 +128,8 @@ def load_model(path: str | Path, trust: bool = False, nir_dt: float | None = Non
         return read_nir(path, DEFAULT_DT if nir_dt is None else nir_dt).eval()
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path}: is empty, not a torch.save'd model")
     if _is_torchscript(path):  # torch.load would refuse it (weights_only) or hand back a compiled graph
         raise ModelLoadError(f"{path}: is a TorchScript archive (torch.jit.save), which ttc cannot trace: {_ADVICE}")
     try:
@@ -149,7 +151,7 @@ def load_model(path: str | Path, trust: bool = False, nir_dt: float | None = Non
             raise ModelLoadError(
                 f"{path}: refers to class {match.group(1)}, which ttc does not know; loading it would run "
                 "code from the file: pass --trust-model only if you trust its source") from None
-        raise ModelLoadError(f"{path}: not a loadable model ({str(e).splitlines()[0][:200]})") from None
+        raise ModelLoadError(f"{path}: not a loadable model ({_unpickler_reason(e)})") from None
     except ModuleNotFoundError as e:  # only with trust: the module defining the model's class
         raise ModelLoadError(
             f"{path}: the model's class is defined in module {e.name!r}, which does not import from here: run "
@@ -159,10 +161,31 @@ def load_model(path: str | Path, trust: bool = False, nir_dt: float | None = Non
         match = _IN_MAIN.search(str(e))
         if match:
             raise _in_main(path, match.group(1)) from None
-        raise ModelLoadError(f"{path}: cannot load model: {str(e).splitlines()[0][:200]}") from None
+        raise ModelLoadError(f"{path}: cannot load model: {_first_line(e)}") from None
     except (RuntimeError, EOFError, ValueError, ImportError) as e:
-        raise ModelLoadError(f"{path}: cannot load model: {str(e).splitlines()[0][:200]}") from None
+        raise ModelLoadError(f"{path}: cannot load model: {_first_line(e)}") from None
+    except (KeyError, IndexError) as e:  # pickle's own opcodes failing on bytes that are no pickle (a text file)
+        raise ModelLoadError(f"{path}: not a loadable model (damaged, or not a torch.save file: the unpickler "
+                             f"failed with {type(e).__name__} {e})") from None
     return _as_module(path, model).eval()
+
+
+def _first_line(e: Exception) -> str:
+    """The first line of `e`'s message, or its type when it has none (an empty file's EOFError)."""
+    lines = str(e).splitlines()
+    return lines[0][:200] if lines else type(e).__name__
+
+
+def _unpickler_reason(e: Exception) -> str:
+    """The reason in an UnpicklingError: for torch's weights-only unpickler, the line after
+    "WeightsUnpickler error:" (its first lines are advice on weights_only that does not apply here)."""
+    lines = [line.strip() for line in str(e).splitlines()]
+    for k, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            reason = line.split("WeightsUnpickler error:", 1)[1].strip() or next((l for l in lines[k + 1:] if l), "")
+            if reason:
+                return reason[:200]
+    return _first_line(e)
 
 
 def _is_state_dict(value) -> bool:

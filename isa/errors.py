@@ -13,7 +13,8 @@ callers caught before the hierarchy existed (ValueError, TypeError, RuntimeError
                     ttc.isa.program.ProgramError, ttc.isa.asm.AsmError, ttc.isa.encoding.EncodingError,
                     ttc.isa.io.InputError (also ttc.runtime.run.InputError), ttc.frontends.load.ModelLoadError,
                     ttc.frontends.trace.UnsupportedModel, ttc.frontends.modules.ModelDefinitionError,
-                    ttc.frontends.ttfs.NotConvertible (a TypeError), ttc.cli.CliError,
+                    ttc.frontends.ttfs.NotConvertible (a TypeError), ttc.cli.CliError, ttc.demo.DemoError,
+                    ttc.api.ApiError (a TypeError: simulate() given neither a Program nor a Compiled),
                     ttc.simulator.machine.SimError, ttc.simulator.timeline.ScheduleError (RuntimeErrors)
     InternalError   ttc.compiler.passes.tt_schedule.PlanUnavailable, and the compiler's own checks of its
                     invariants (a tile that does not start on a byte, a value not placed in DRAM)

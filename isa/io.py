@@ -14,10 +14,42 @@ class InputError(UserError, ValueError):
     """An input the program cannot take: wrong shape, batch, values."""
 
 
+def _limits(bits: int) -> tuple[int, int]:
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def _scaled(x: np.ndarray, frac: int) -> np.ndarray:
+    return np.rint(np.asarray(x, dtype=np.float64) * 2.0 ** frac)
+
+
 def encode_input(x: np.ndarray, bits: int, frac: int) -> np.ndarray:
     """q = clamp(round_half_even(x * 2^frac), -2^(bits-1), 2^(bits-1) - 1), as int64."""
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return np.clip(np.rint(np.asarray(x, dtype=np.float64) * 2.0 ** frac), lo, hi).astype(np.int64)
+    lo, hi = _limits(bits)
+    return np.clip(_scaled(x, frac), lo, hi).astype(np.int64)
+
+
+def input_saturation(x: np.ndarray, bits: int, frac: int) -> dict:
+    """What `encode_input` saturates in `x`: the elements whose rounded value lies outside the format
+    (so 127.998 in fix16.8 counts: it rounds to 2^15), their largest magnitude as given, and the range the
+    format holds. Saturating is what the hardware does, but it changes the input the model sees, so the
+    runtime reports it instead of clamping silently."""
+    lo, hi = _limits(bits)
+    x = np.asarray(x)
+    scaled = _scaled(x, frac)
+    outside = (scaled < lo) | (scaled > hi)
+    return dict(format=f"fix{bits}.{frac}", range=[lo * 2.0 ** -frac, hi * 2.0 ** -frac],
+                elements=int(x.size), saturated=int(outside.sum()),
+                largest_magnitude=float(np.abs(x[outside]).max()) if outside.any() else 0.0)
+
+
+def saturation_warning(name: str, s: dict) -> str | None:
+    """One line on the saturated elements of input `name` (`input_saturation`'s dict), or None if none are."""
+    if not s["saturated"]:
+        return None
+    return (f"input {name!r}: {s['saturated']} of {s['elements']} elements lie outside the range "
+            f"[{s['range'][0]:g}, {s['range'][1]:g}] of its format {s['format']} and were saturated "
+            f"(largest magnitude {s['largest_magnitude']:g}); scale the input, or compile with other "
+            "--input-bits/--input-frac")
 
 
 def decode_output(q: np.ndarray, frac: int, divide_by: int = 1) -> np.ndarray:

@@ -2,11 +2,11 @@
 decode the outputs, and price what the machine did."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ttc.isa.io import InputError, decode_output, encode_input, spike_input
+from ttc.isa.io import InputError, decode_output, encode_input, input_saturation, saturation_warning, spike_input
 from ttc.isa.table import TIME
 from ttc.isa.ttfs import time_values
 from ttc.isa.program import Program
@@ -25,6 +25,8 @@ class RunResult:
     energy_pj: dict  # per inference, by component
     layers: list[dict]  # per layer of the program's layer table: its counts and energy by component
     spans: list  # per instruction (but halt): its queue and [start, end) cycles (ttc.simulator.timeline.Span)
+    # per fixed-point input, by name: how many elements its format saturated (ttc.isa.io.input_saturation)
+    input_saturation: dict = field(default_factory=dict)
 
     @property
     def total_energy_pj(self) -> float:
@@ -33,7 +35,12 @@ class RunResult:
     def stats(self) -> dict:
         return dict(batch=self.batch, cycles_per_inference=self.cycles, cycles_by_unit=self.cycles_by_unit,
                     energy_pj_per_inference=self.total_energy_pj, energy_pj_by_component=self.energy_pj,
-                    actions_per_inference=self.counters, layers=self.layers)
+                    actions_per_inference=self.counters, layers=self.layers, input_saturation=self.input_saturation)
+
+    def warnings(self) -> list[str]:
+        """One line per input that lost values to saturation: what the CLI and ttc.api.simulate warn of."""
+        lines = (saturation_warning(name, s) for name, s in self.input_saturation.items())
+        return [line for line in lines if line]
 
 
 def expected_shape(io: dict) -> list:
@@ -59,18 +66,23 @@ def _time_major(x: np.ndarray, io: dict) -> np.ndarray:
     return np.moveaxis(x, 1, 0).reshape(x.shape[1], x.shape[0], -1)
 
 
-def _write_input(machine: Machine, io: dict, x: np.ndarray) -> None:
+def _write_input(machine: Machine, io: dict, x: np.ndarray) -> dict | None:
     """Place input `x` (as the user gave it) in DRAM: integers at their width, or events bit-packed
-    per step (element i in bit i % 8 of byte i // 8), as every spike tensor is stored."""
+    per step (element i in bit i % 8 of byte i // 8), as every spike tensor is stored. Returns what the
+    fixed-point format saturated (None for events, which are refused unless all 0/1)."""
+    saturation = None
     if io["fmt"] == "spike":
         raw = np.packbits(_time_major(spike_input(x, io["path"] or io["name"]), io), axis=2, bitorder="little")
     else:
-        q = _time_major(encode_input(x.astype(np.float32), io["bits"], io["frac"]), io)
+        x = x.astype(np.float32)
+        saturation = input_saturation(x, io["bits"], io["frac"])
+        q = _time_major(encode_input(x, io["bits"], io["frac"]), io)
         raw = q.astype(f"<i{io['bits'] // 8}").view(np.uint8)  # [B, T, step_bytes]
     steps = raw.shape[1]
     region = np.zeros((raw.shape[0], steps, io["step_stride"] or io["step_bytes"]), dtype=np.uint8)
     region[:, :, :io["step_bytes"]] = raw
     machine.mem["dram"][:, io["addr"]:io["addr"] + region[0].size] = region.reshape(raw.shape[0], -1)
+    return saturation
 
 
 def _read_output(machine: Machine, io: dict) -> np.ndarray:
@@ -98,11 +110,14 @@ def run(prog: Program, inputs: list[np.ndarray]) -> RunResult:
         raise InputError(f"inputs disagree on the batch size: {sorted(batches)}")
     batch = batches.pop()
     machine = Machine(prog, batch)
+    saturation = {}
     for io, x in zip(ios, inputs):
         x = np.asarray(x)
         if not np.isfinite(x).all():
             raise InputError(f"input {io['path'] or io['name']!r} holds NaN or infinite values")
-        _write_input(machine, io, x)
+        s = _write_input(machine, io, x)
+        if s is not None:
+            saturation[io["path"] or io["name"]] = s
     timeline = Timeline(prog.hw)
     energy = EnergyModel(prog.hw, prog.meta["layers"], batch)
     machine.listeners += [timeline, energy]
@@ -115,4 +130,4 @@ def run(prog: Program, inputs: list[np.ndarray]) -> RunResult:
     return RunResult(
         outputs=[_read_output(machine, io) for io in prog.meta["outputs"]], batch=batch,
         cycles=timeline.cycles, cycles_by_unit=dict(timeline.busy), counters=per_inference,
-        energy_pj=energy.by_component(), layers=layers, spans=timeline.spans)
+        energy_pj=energy.by_component(), layers=layers, spans=timeline.spans, input_saturation=saturation)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,18 @@ from ttc.compiler.reference import run_reference
 from ttc.frontends.load import load_model, save_model  # noqa: F401 (the public API: ttc.api.save_model)
 from ttc.frontends.nir import DEFAULT_DT, check_input_shape, to_nir
 from ttc.frontends.trace import parse_input_shape, trace
+from ttc.isa.errors import UserError
 from ttc.isa.hwconfig import HwConfig, load_hw
 from ttc.isa.program import Program
 from ttc.runtime.run import RunResult, run
+
+
+class ApiError(UserError, TypeError):
+    """An argument of the wrong kind given to the API (a TypeError, as Python's own calls raise)."""
+
+
+class InputSaturationWarning(UserWarning):
+    """Input values outside the range of the program's input format, saturated to its ends."""
 
 
 @dataclass
@@ -145,19 +155,38 @@ def recompile_for_check(prog: Program, model: torch.nn.Module) -> Compiled:
 
 
 def run_float(model: torch.nn.Module, x: np.ndarray) -> list[np.ndarray]:
-    """The float model's outputs (reference 1), in eval mode, with stateful neurons reset first."""
+    """The float model's outputs (reference 1), in eval mode, with stateful neurons reset first.
+    Each module's training flag is put back afterwards (a model in the middle of training stays in
+    training mode, and a frozen submodule stays in eval mode)."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    for m in model.modules():
-        if type(m).__module__.startswith("spikingjelly") and hasattr(m, "reset"):
-            m.reset()
-    with torch.no_grad():
-        y = model(torch.from_numpy(np.asarray(x, dtype=np.float32)))
+    try:
+        for m in model.modules():
+            if type(m).__module__.startswith("spikingjelly") and hasattr(m, "reset"):
+                m.reset()
+        with torch.no_grad():
+            y = model(torch.from_numpy(np.asarray(x, dtype=np.float32)))
+    finally:
+        for m, training in modes:
+            m.training = training
     ys = list(y) if isinstance(y, (tuple, list)) else [y]
     return [t.detach().numpy() for t in ys]
 
 
-def simulate(prog: Program, x: np.ndarray) -> RunResult:
-    return run(prog, [x])
+def simulate(program: Program | Compiled, x: np.ndarray) -> RunResult:
+    """Run `program` (a Program, or the Compiled that compile_model returns) on the simulator for input
+    `x`, laid out as the model's forward takes it. Inputs outside the range of the input format are
+    saturated, as the hardware does: the result's `input_saturation` counts them per input, and an
+    InputSaturationWarning says so."""
+    if isinstance(program, Compiled):
+        program = program.program
+    if not isinstance(program, Program):
+        raise ApiError(f"simulate() takes a ttc.isa.program.Program or the ttc.api.Compiled that compile_model "
+                       f"returns, not {type(program).__name__} (load a prog.bin with Program.load(path))")
+    result = run(program, [x])
+    for line in result.warnings():
+        warnings.warn(line, InputSaturationWarning, stacklevel=2)
+    return result
 
 
 def reference(compiled: Compiled, x: np.ndarray) -> list[np.ndarray]:

@@ -2,7 +2,9 @@
 
 Failures (ttc.isa.errors): bad input (a `UserError`, or a file that cannot be read or written) is one
 readable line on stderr and exit status 1; anything else is a bug in ttc, which `ttc` says, with how to
-report it, and exit status 70. `-v` adds the traceback to either.
+report it, and exit status 70. `-v` adds the traceback to either. A reader that stops early
+(`ttc inspect prog.bin | head -1`) ends the command quietly with status 141, as a shell tool killed by
+SIGPIPE would (`run_reporting`, which `python -m ttc.demo` uses too).
 """
 from __future__ import annotations
 
@@ -10,11 +12,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shlex
 import sys
 import traceback
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -27,24 +31,48 @@ from ttc.runtime.provenance import describe_input, input_provenance, provenance
 EXIT_ERROR = 1
 EXIT_MISMATCH = 3
 EXIT_INTERNAL = 70  # EX_SOFTWARE of sysexits.h: an internal software error
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a command killed by SIGPIPE (`yes | head -1`)
 
 
 class CliError(UserError):
     pass
 
 
-def _save_npy(path: str, arrays: list[np.ndarray]) -> None:
-    if len(arrays) == 1:
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                np.save(f, arrays[0])
-    else:
-        if not path.endswith(".npz"):
-            raise CliError(f"the model returns {len(arrays)} tensors: give an --output ending in .npz")
+def _is_npz(path: str) -> bool:
+    return path.lower().endswith(".npz")
+
+
+def check_output_path(path: str, outputs: list[dict]) -> None:
+    """Refuse an --output that cannot hold what the program returns before anything runs (a batch may
+    take minutes to simulate): several tensors need an .npz archive."""
+    if len(outputs) > 1 and not _is_npz(path):
+        raise CliError(f"--output {path}: the model returns {len(outputs)} tensors "
+                       f"({', '.join(output_names(outputs))}) and a .npy file holds one: give a path ending in .npz")
+
+
+def output_names(outputs: list[dict]) -> list[str]:
+    """The names of the program's outputs in an .npz: each output's name in prog.bin (its IR value, the
+    path of the module that computes it, as `ttc inspect` lists it), in the order forward returns them.
+    A value returned twice would repeat a name, so then every output is named by its position, out0, out1..."""
+    names = [io["name"] for io in outputs]
+    return names if len(set(names)) == len(names) else [f"out{i}" for i in range(len(outputs))]
+
+
+def _save_outputs(path: str, arrays: list[np.ndarray], outputs: list[dict]) -> None:
+    """One tensor as .npy; several, or any number into a path ending in .npz, as an .npz archive
+    whose arrays are named after the outputs (`output_names`)."""
+    if _is_npz(path):
+        named = dict(zip(output_names(outputs), arrays))
 
         def write(tmp):
             with open(tmp, "wb") as f:
-                np.savez(f, *arrays)
+                np.savez(f, **named)
+    else:
+        check_output_path(path, outputs)
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.save(f, arrays[0])
     atomic_write(path, write)
 
 
@@ -156,10 +184,14 @@ def cmd_run(a) -> int:
         from ttc.isa.hwconfig import load_hw
 
         prog = dataclasses.replace(prog, hw=load_hw(a.hw))
+    if a.output:
+        check_output_path(a.output, prog.meta["outputs"])
     ios = prog.meta["inputs"]
     x = _load_input(a.input) if a.input else default_input(ios[0])
     source = input_provenance(x, a.input)
     result = run(prog, [x])
+    for line in result.warnings():  # on stderr, so that --json output stays one document
+        print(f"ttc: warning: {line}", file=sys.stderr)
     from ttc.runtime.report import format_table, report as run_report, write_report
 
     # the same keys and layer rows as report.json (without its static counts)
@@ -169,7 +201,7 @@ def cmd_run(a) -> int:
     if a.check:
         report["check"] = check(prog, a.check, a.trust_model, x, result.outputs)
     if a.output:
-        _save_npy(a.output, result.outputs)
+        _save_outputs(a.output, result.outputs, prog.meta["outputs"])
     if a.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
@@ -336,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sim", action="store_true", help="run on the instruction-level simulator")
     r.add_argument("program")
     r.add_argument("--input", help=".npy laid out as the model's forward input (any batch size)")
-    r.add_argument("--output", help="write what forward returns (.npy; .npz for several tensors)")
+    r.add_argument("--output", help="write what forward returns (.npy; .npz for several tensors, each named "
+                   "as `ttc inspect` names the output)")
     r.add_argument("--check", metavar="MODEL", help="compare with the quantized reference (bit for bit) and the float model")
     r.add_argument("--trust-model", action="store_true", help=trust_help)
     r.add_argument("--json", action="store_true", help="machine-readable statistics")
@@ -367,20 +400,34 @@ def _first_line(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    # -q: warnings and errors only, no progress bars; -v: debug messages and tracebacks
-    logging.basicConfig(format="ttc: %(message)s", force=True,
-                        level=logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
-    progress.quiet(args.quiet)
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing what is still buffered for a reader that has gone
+    (at exit too) cannot raise again: Python's documented way out of a broken pipe."""
     try:
-        return args.fn(args)
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture): nothing flushes to the pipe
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def run_reporting(command: Callable[[], int], verbose: bool, command_line: list[str]) -> int:
+    """Run `command` and turn what it raises into ttc's exit statuses and messages (module docstring):
+    a UserError or an unusable file is one `ttc: error:` line and 1, a broken pipe is silent and 141,
+    anything else is an internal error, 70, reported with `command_line` to paste into a bug report."""
+    try:
+        status = command()
+        sys.stdout.flush()  # output still buffered meets a closed pipe here, inside the handlers below
+        return status
+    except BrokenPipeError:  # the reader stopped early (`| head`): nothing went wrong, and nobody reads on
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("ttc: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        if args.verbose:
+        if verbose:
             traceback.print_exc()
         if isinstance(e, UserError):
             print(f"ttc: error: {_first_line(e)}", file=sys.stderr)
@@ -392,9 +439,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ttc: internal error: {type(e).__name__}: {_first_line(e)}\n"
               "ttc: this is a bug in ttc, not a problem with your input. Please report it to the ttc developers "
               "with the command line\n"
-              f"  {shlex.join(['ttc', *argv])}\n"
+              f"  {shlex.join(command_line)}\n"
               "and the output of the same command with -v added (it prints the traceback).", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    # -q: warnings and errors only, no progress bars; -v: debug messages and tracebacks
+    logging.basicConfig(format="ttc: %(message)s", force=True,
+                        level=logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    progress.quiet(args.quiet)
+    return run_reporting(lambda: args.fn(args), args.verbose, ["ttc", *argv])
 
 
 if __name__ == "__main__":

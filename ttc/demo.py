@@ -2,18 +2,27 @@
 examples/digits/tt_digits_snn.pt, the TTFS example examples/digits/cat_digits_ann.pt, a CAT-trained
 ANN that runs once per digit, or the MT-SNN example examples/digits/mt_digits_snn.pt with --steps 1),
 run the 360 held-out digits on the simulator and compare the float model, the quantized reference
-and the simulator. `make demo` runs this."""
+and the simulator. `make demo` runs this.
+
+A model the demo cannot use (a missing or damaged file, a model for other inputs, one that does not
+return 10 class scores per digit) is one `ttc: error: ...` line and exit status 1, as in `ttc`
+(ttc.cli.run_reporting); `-v` adds the traceback."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ttc import api
+from ttc.cli import run_reporting
 from ttc.digits import STEPS, load_digits_split
 from ttc.frontends import ttfs
+from ttc.frontends.trace import UnsupportedModel
+from ttc.isa.errors import UserError
+from ttc.runtime.run import expected_shape
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "digits"
 MODEL = EXAMPLES / "digits_snn.pt"
@@ -21,22 +30,40 @@ TT_MODEL = EXAMPLES / "tt_digits_snn.pt"
 CAT_MODEL = EXAMPLES / "cat_digits_ann.pt"
 MT_MODEL = EXAMPLES / "mt_digits_snn.pt"
 OUT = Path("out")
+CLASSES = 10
+
+
+class DemoError(UserError):
+    """A model the demo cannot run on the digits."""
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=MODEL, help=f"a digits model (default {MODEL.name})")
     ap.add_argument("--steps", type=int, default=STEPS, help=f"time steps of an SNN (default {STEPS})")
+    ap.add_argument("-v", "--verbose", action="store_true", help="on an error, print the traceback")
     args = ap.parse_args(argv)
-    path, steps = args.model, args.steps
+    return run_reporting(lambda: demo(args.model, args.steps), args.verbose, ["python", "-m", "ttc.demo", *argv])
+
+
+def demo(path: Path, steps: int) -> int:
     _, _, x, y = load_digits_split(steps)
     model = api.load_model(path)
     ttfs_model = isinstance(next(iter(model.children()), None), (ttfs.CATActivation, ttfs.TTFSEncoder))
     if ttfs_model:  # static: one pass per digit, the spike times inside each layer's window
         x = x[0]
+    shape = "N,1,8,8" if ttfs_model else f"{steps},N,1,8,8"
     t0 = time.perf_counter()
-    compiled = api.compile_file(path, "N,1,8,8" if ttfs_model else f"{steps},N,1,8,8")
+    try:
+        compiled = api.compile_file(path, shape)
+    except UnsupportedModel as e:  # most often a model built for other inputs: say what the demo feeds it
+        raise DemoError(f"{path}: cannot compile it for the demo's 8x8 digits, input [{shape}]: {e}") from None
     compile_s = time.perf_counter() - t0
+    scores = compiled.program.meta["outputs"][0]
+    if expected_shape(scores) != ["N", CLASSES]:  # accuracy takes the argmax over 10 scores per digit
+        raise DemoError(f"{path}: the demo needs a digits classifier whose forward returns [N, {CLASSES}] class "
+                        f"scores; this one returns [{', '.join(map(str, expected_shape(scores)))}]")
     OUT.mkdir(exist_ok=True)
     out = OUT / f"{path.stem}.bin"
     compiled.program.save(out)
