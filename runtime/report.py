@@ -53,7 +53,7 @@ def layer_table(prog: Program, result: RunResult) -> list[dict]:
 
 
 def report(prog: Program, result: RunResult) -> dict:
-    return dict(hardware=prog.hw.name, batch=result.batch, cycles=result.cycles,
+    return dict(hardware=prog.hw.name, energy_source=prog.hw.energy_source, batch=result.batch, cycles=result.cycles,
                 microseconds=result.cycles / prog.hw.frequency_mhz, energy_pj=result.total_energy_pj,
                 energy_pj_by_component=result.energy_pj, busy_cycles_by_unit=result.cycles_by_unit,
                 layers=layer_table(prog, result), counts=prog.meta.get("counts", {}))
@@ -72,6 +72,8 @@ def format_table(rep: dict) -> str:
                  f"{rep['energy_pj'] / 1e3:.2f} nJ per inference; energy by component (nJ): "
                  + ", ".join(f"{k} {v / 1e3:.2f}" for k, v in sorted(rep["energy_pj_by_component"].items(),
                                                                       key=lambda kv: -kv[1])))
+    # the figures differ by process node and tool (horowitz45 borrows 28 nm leakage): say whose they are
+    lines.append(f"energy figures ({rep['hardware']}): {rep['energy_source']}")
     if rep.get("counts"):
         lines.append(format_counts(rep["counts"]))
     return "\n".join(lines)
