@@ -3,6 +3,10 @@
 The compiler (buffer fit, tiling) and the simulator (cycles, energy) both read this object; nothing
 about the machine's sizes, speeds or energies is written anywhere else. Presets live in
 `isa/presets/*.toml`; `load_hw("sata")` takes a preset by name, anything else is a path.
+
+Every key a config may hold is declared once, in `SCHEMA` and `BUFFER_KEYS` (type, unit, allowed values,
+default, meaning): the loader validates with them and `ttc.isa.hwdoc` writes docs/hardware-config.md
+from them.
 """
 from __future__ import annotations
 
@@ -338,6 +342,7 @@ BUFFERS = {
 if tuple(BUFFERS) != ON_CHIP:
     raise ImportError(f"hwconfig.BUFFERS {tuple(BUFFERS)} must be the ISA's on-chip memories {ON_CHIP}")
 
+
 def _check_table(table, keys: tuple[Key, ...], where: str) -> dict:
     """The table's values by key, checked and converted, defaults filled in; unknown or missing keys,
     wrong types and values out of range are HwConfigErrors naming `where` and the key."""
@@ -392,8 +397,10 @@ def hw_from_dict(raw: dict, where: str) -> HwConfig:
             else:
                 fields[key.field] = values[key.name]
     buffers = raw.get("buffers")
-    if not isinstance(buffers, dict):
+    if buffers is None:
         raise HwConfigError(f"{where}: missing [buffers]")
+    if not isinstance(buffers, dict):
+        raise HwConfigError(f"{where}: buffers must be [buffers.NAME] tables, got {buffers!r}")
     for name in buffers:
         if name not in BUFFERS:
             raise HwConfigError(f"{where}: unknown buffer [buffers.{name}] (known: {', '.join(BUFFERS)})")

@@ -137,8 +137,9 @@ def test_every_documented_key_is_validated_and_used(section, key):
     (lambda raw: raw["buffers"].pop("psum"), ["missing buffer [buffers.psum]"]),
     (lambda raw: raw["buffers"].update(sram=raw["buffers"]["wgt"]), ["unknown buffer [buffers.sram]"]),
     (lambda raw: raw.update(name=7), ["name must be a string, got 7"]),
+    (lambda raw: raw.update(buffers=3), ["buffers must be [buffers.NAME] tables, got 3"]),
 ], ids=["unknown-key", "missing-key", "wrong-type", "above-range", "zero-clock", "negative", "missing-section",
-        "unknown-section", "missing-buffer", "unknown-buffer", "string"])
+        "unknown-section", "missing-buffer", "unknown-buffer", "string", "buffers-not-tables"])
 def test_bad_config_files_give_one_line_naming_the_file_and_the_key(tmp_path, edit, words):
     """(The command line prints this message as `ttc: error: ...`: tests/test_cli.py.)"""
     raw = _sata()
@@ -147,7 +148,7 @@ def test_bad_config_files_give_one_line_naming_the_file_and_the_key(tmp_path, ed
     for name, table in raw.items():
         if isinstance(table, dict) and name != "buffers":
             lines += [f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-    for name, table in raw.get("buffers", {}).items():
+    for name, table in (raw["buffers"].items() if isinstance(raw["buffers"], dict) else ()):
         lines += [f"[buffers.{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
     path = tmp_path / "mine.toml"
     path.write_text("\n".join(lines) + "\n")
