@@ -13,7 +13,8 @@ from .table import PE_GROUPS
 EXAMPLE_PRESET = "sata"
 
 
-def _toml_value(value) -> str:
+def toml_value(value) -> str:
+    """A scalar as TOML writes it."""
     # a JSON string is a valid TOML basic string (same quotes, a subset of TOML's escapes)
     return json.dumps(value) if isinstance(value, str) else repr(value)
 
@@ -23,7 +24,7 @@ def _value(hw: HwConfig, key: Key, owner=None):
 
 
 def _line(key: Key, value) -> str:
-    return f"{key.name} = {_toml_value(value)}" + (f"  # {key.unit}" if key.unit else "")
+    return f"{key.name} = {toml_value(value)}" + (f"  # {key.unit}" if key.unit else "")
 
 
 def example_toml(hw: HwConfig) -> str:
@@ -42,7 +43,7 @@ def example_toml(hw: HwConfig) -> str:
 def _key_table(keys) -> list[str]:
     out = ["| key | type | unit | allowed | default | meaning |", "|---|---|---|---|---|---|"]
     for k in keys:
-        default = "required" if k.required else f"`{_toml_value(k.default)}`"
+        default = "required" if k.required else f"`{toml_value(k.default)}`"
         out.append(f"| `{k.name}` | {k.kind.__name__} | {k.unit or '-'} | {k.range_text} | {default} | {k.meaning} |")
     return out
 

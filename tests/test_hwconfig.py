@@ -1,6 +1,6 @@
 """The hardware config schema (isa/hwconfig.py) is the one description of every key: the loader validates
 with it, docs/hardware-config.md is generated from it, and the presets use only what it documents."""
-import copy
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from ttc.isa import hwdoc
-from ttc.isa.hwdoc import _toml_value
-from ttc.isa.hwconfig import (BUFFER_KEYS, BUFFERS, ENERGY_SOURCE_UNSTATED, PRESET_DIR, SCHEMA, HwConfigError,
-                              hw_from_dict, load_hw, presets)
+from ttc.isa.hwdoc import toml_value
+from ttc.isa.hwconfig import (BUFFER_KEYS, BUFFERS, ENERGY_SOURCE_UNSTATED, PRESET_DIR, SCHEMA, HwConfig,
+                              HwConfigError, hw_from_dict, load_hw, presets)
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "hardware-config.md"
@@ -144,12 +144,12 @@ def test_bad_config_files_give_one_line_naming_the_file_and_the_key(tmp_path, ed
     """(The command line prints this message as `ttc: error: ...`: tests/test_cli.py.)"""
     raw = _sata()
     edit(raw)
-    lines = [f"{k} = {_toml_value(v)}" for k, v in raw.items() if not isinstance(v, dict)]
+    lines = [f"{k} = {toml_value(v)}" for k, v in raw.items() if not isinstance(v, dict)]
     for name, table in raw.items():
         if isinstance(table, dict) and name != "buffers":
-            lines += [f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+            lines += [f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]
     for name, table in (raw["buffers"].items() if isinstance(raw["buffers"], dict) else ()):
-        lines += [f"[buffers.{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+        lines += [f"[buffers.{name}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]
     path = tmp_path / "mine.toml"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(HwConfigError) as e:
@@ -164,3 +164,10 @@ def test_a_config_without_energy_source_loads_and_says_so():
     raw = _sata()
     del raw["energy_source"]
     assert hw_from_dict(raw, "t").energy_source == ENERGY_SOURCE_UNSTATED
+
+
+def test_a_prog_bin_config_from_before_energy_source_still_loads():
+    """prog.bin records the config as JSON; files written before the key existed lack it."""
+    recorded = json.loads(load_hw("sata").to_json())
+    del recorded["energy_source"]
+    assert HwConfig.from_json(json.dumps(recorded)).energy_source == ENERGY_SOURCE_UNSTATED
