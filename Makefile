@@ -25,6 +25,7 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m ttc.isa.docs > docs/isa.md
 	$(PY) -m ttc.frontends.docs > docs/frontends.md
+	$(PY) -m ttc.isa.hwdoc > docs/hardware-config.md
 
 clean:
 	rm -rf $(VENV) out

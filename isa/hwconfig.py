@@ -3,11 +3,16 @@
 The compiler (buffer fit, tiling) and the simulator (cycles, energy) both read this object; nothing
 about the machine's sizes, speeds or energies is written anywhere else. Presets live in
 `isa/presets/*.toml`; `load_hw("sata")` takes a preset by name, anything else is a path.
+
+Every key a config may hold is declared once, in `SCHEMA` and `BUFFER_KEYS` (type, unit, allowed values,
+default, meaning): the loader validates with them and `ttc.isa.hwdoc` writes docs/hardware-config.md
+from them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +48,7 @@ class Buffer:
 class HwConfig:
     name: str
     description: str
+    energy_source: str
     frequency_mhz: float
     pe_rows: int
     pe_cols: int
@@ -102,6 +108,8 @@ class HwConfig:
     @classmethod
     def from_json(cls, text: str) -> "HwConfig":
         raw = json.loads(text)
+        # prog.bin files written before configs stated their energy source
+        raw.setdefault("energy_source", ENERGY_SOURCE_UNSTATED)
         raw["buffers"] = {k: Buffer(**v) for k, v in raw["buffers"].items()}
         return _validated(cls(**raw), "prog.bin hardware config")
 
@@ -194,50 +202,219 @@ def _mean(flags: list[bool]) -> float:
     return hits // len(flags) if hits % len(flags) == 0 else hits / len(flags)
 
 
-_SCHEMA = {
-    "name": str, "description": str,
-    "array": {"rows": int, "cols": int, "groups": int, "frequency_mhz": float},
-    "neuron_unit": {"lanes": int},
-    "vector_unit": {"lanes": int},
-    "dram": {"bytes_per_cycle": int, "latency_cycles": int, "access_bytes": int, "pj_per_access": float},
-    "energy_pj": {k: float for k in ENERGY_ACTIONS},
+@dataclass(frozen=True)
+class Key:
+    """One key of the hardware config, the single description that validation (`parse_hw`) and the
+    generated reference (docs/hardware-config.md, `ttc.isa.hwdoc`) both read.
+
+    `field` is the HwConfig (or Buffer) attribute the key fills; None for the [energy_pj] keys, which fill
+    the `energy_pj` dict. The allowed values are `low` <= value (< when `low_open`) <= `high`; a key with
+    a `default` may be left out."""
+
+    name: str
+    kind: type  # int, float or str
+    unit: str
+    meaning: str
+    field: str | None = None
+    low: float | None = None
+    low_open: bool = False
+    high: float | None = None
+    default: object = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+    @property
+    def range_text(self) -> str:
+        """The allowed values, as the reference prints them."""
+        if self.kind is str:
+            return "any text"
+        if self.low is not None and self.high is not None:
+            return f"{self.low:g} to {self.high:g}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return "any"
+
+    def check(self, value, where: str):
+        """The value, converted to the key's type (an integer is a fine float); a HwConfigError naming the
+        key if it has the wrong type or lies out of range."""
+        if self.kind is str:
+            if not isinstance(value, str):
+                raise HwConfigError(f"{where}: {self.name} must be a string, got {value!r}")
+            return value
+        # bool is an int in Python but `true` is no number in a hardware config
+        if isinstance(value, bool) or not isinstance(value, (int, float) if self.kind is float else int):
+            kind = "a number" if self.kind is float else "an integer"
+            raise HwConfigError(f"{where}: {self.name} must be {kind}, got {value!r}")
+        if not math.isfinite(value):  # TOML has nan and inf; no size, rate or energy is either
+            raise HwConfigError(f"{where}: {self.name} must be a finite number, got {value}")
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            # the two most common messages keep the words users and tests already know
+            if self.kind is int and self.low == 1 and not self.low_open:
+                raise HwConfigError(f"{where}: {self.name} must be a positive integer, got {value!r}")
+            if self.low == 0 and not self.low_open:
+                raise HwConfigError(f"{where}: {self.name} must not be negative, got {value}")
+            raise HwConfigError(f"{where}: {self.name} must be {self.range_text}, got {value}")
+        if self.high is not None and value > self.high:
+            raise HwConfigError(f"{where}: {self.name} must be at most {self.high:g}, got {value}")
+        return float(value) if self.kind is float else value
+
+
+@dataclass(frozen=True)
+class Section:
+    """A TOML table of the config ("" for the top level) and its keys."""
+
+    name: str
+    meaning: str
+    keys: tuple[Key, ...]
+
+
+def _count(name: str, unit: str, meaning: str, field: str, high: int | None = None) -> Key:
+    return Key(name, int, unit, meaning, field, low=1, high=high)
+
+
+def _non_negative(name: str, unit: str, meaning: str, field: str | None = None) -> Key:
+    return Key(name, float, unit, meaning, field, low=0)
+
+
+#: What the run reports as the source of the energy figures when a config does not say.
+ENERGY_SOURCE_UNSTATED = "not stated in the hardware config"
+
+#: Every key outside [buffers.*], section by section.
+SCHEMA = (
+    Section("", "the top level: what the config is and where its figures come from", (
+        Key("name", str, "", "short name, printed in reports and recorded in prog.bin", "name"),
+        Key("description", str, "", "one line describing the machine", "description"),
+        Key("energy_source", str, "", "where the energy figures come from (process node, tool or paper, "
+            "which figures are borrowed); `ttc run --report` prints it", "energy_source",
+            default=ENERGY_SOURCE_UNSTATED),
+    )),
+    Section("array", "the PE array that runs sconv, dconv and tconv", (
+        _count("rows", "PEs", "rows of the PE array", "pe_rows"),
+        _count("cols", "PEs", "columns of the PE array", "pe_cols"),
+        _count("groups", "groups", "equal groups the array splits into, each with its own instruction queue "
+               f"(pe0..pe{PE_GROUPS - 1}); must divide rows x cols", "pe_groups", high=PE_GROUPS),
+        Key("frequency_mhz", float, "MHz", "clock of the whole machine (turns cycles into time and leakage "
+            "power into energy)", "frequency_mhz", low=0, low_open=True),
+    )),
+    Section("neuron_unit", "the unit that runs neuron updates (nrn, tfire)", (
+        _count("lanes", "neurons per cycle", "neurons updated per cycle (a cascade MT neuron takes one cycle "
+               "per stage)", "neuron_lanes"),
+    )),
+    Section("vector_unit", "the unit that runs vector operations (vfill, vbias, vacc, pool)", (
+        _count("lanes", "elements per cycle", "elements processed per cycle", "vector_lanes"),
+    )),
+    Section("dram", "the off-chip memory and its interface, shared by the load and store queues", (
+        _count("bytes_per_cycle", "bytes/cycle", "bandwidth: a transfer holds the interface for bytes / "
+               "bytes_per_cycle cycles", "dram_bytes_per_cycle"),
+        _count("latency_cycles", "cycles", "from the end of a transfer to its data being usable",
+               "dram_latency_cycles"),
+        _count("access_bytes", "bytes", "width of one priced access: a transfer costs whole accesses",
+               "dram_access_bytes"),
+        _non_negative("pj_per_access", "pJ", "energy of one access of access_bytes", "dram_pj_per_access"),
+    )),
+    Section("energy_pj", "energy of one arithmetic action, by kind and bit width (the simulator counts "
+            "each action)", tuple(_non_negative(k, "pJ", meaning) for k, meaning in ENERGY_ACTIONS.items())),
+)
+
+#: The smallest buffer any tile fits in.
+MIN_BUFFER_BYTES = 64
+
+#: The keys of each [buffers.NAME] table: an on-chip SRAM (the Buffer dataclass).
+BUFFER_KEYS = (
+    Key("kib", float, "KiB", f"capacity (at least {MIN_BUFFER_BYTES} bytes)", "kib", low=0, low_open=True),
+    _count("access_bytes", "bytes", "width of one priced access: an instruction's bytes cost whole "
+           "accesses", "access_bytes"),
+    _non_negative("read_pj", "pJ", "energy of one read access", "read_pj"),
+    _non_negative("write_pj", "pJ", "energy of one write access", "write_pj"),
+    _non_negative("leakage_mw", "mW", "leakage power, charged over the whole simulated time", "leakage_mw"),
+)
+
+#: The on-chip buffers a config must define, one [buffers.NAME] table each (the ISA's on-chip memories).
+BUFFERS = {
+    "wgt": "a tile's weights and bias",
+    "ifmap": "one time step of a layer's input tile",
+    "ofmap": "one output step of a tile (spikes, or 32-bit sums for a reduction over time)",
+    "psum": "a tile's 32-bit partial sums",
+    "vmem": "a tile's 32-bit membrane potentials (then their decays, when the neuron has one per channel)",
 }
-_BUFFER_SCHEMA = {"kib": float, "access_bytes": int, "read_pj": float, "write_pj": float, "leakage_mw": float}
+if tuple(BUFFERS) != ON_CHIP:
+    raise ImportError(f"hwconfig.BUFFERS {tuple(BUFFERS)} must be the ISA's on-chip memories {ON_CHIP}")
 
 
-def _check(section: dict, schema: dict, where: str) -> None:
-    for key in section:
-        if key not in schema:
-            raise HwConfigError(f"{where}: unknown key {key!r} (known: {', '.join(schema)})")
-    for key, kind in schema.items():
-        if key not in section:
-            raise HwConfigError(f"{where}: missing key {key!r}")
-        value = section[key]
-        if isinstance(kind, dict):
-            if not isinstance(value, dict):
-                raise HwConfigError(f"{where}: [{key}] must be a table")
-            _check(value, kind, f"{where} [{key}]")
-        elif kind is float:
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise HwConfigError(f"{where}: {key} must be a number, got {value!r}")
-            if value < 0:
-                raise HwConfigError(f"{where}: {key} must not be negative, got {value}")
-        elif kind is int:
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise HwConfigError(f"{where}: {key} must be a positive integer, got {value!r}")
-        elif not isinstance(value, kind):
-            raise HwConfigError(f"{where}: {key} must be a {kind.__name__}")
+def _check_table(table, keys: tuple[Key, ...], where: str) -> dict:
+    """The table's values by key, checked and converted, defaults filled in; unknown or missing keys,
+    wrong types and values out of range are HwConfigErrors naming `where` and the key."""
+    if not isinstance(table, dict):
+        raise HwConfigError(f"{where} must be a table, got {table!r}")
+    names = [k.name for k in keys]
+    for name in table:
+        if name not in names:
+            raise HwConfigError(f"{where}: unknown key {name!r} (known: {', '.join(names)})")
+    values = {}
+    for key in keys:
+        if key.name in table:
+            values[key.name] = key.check(table[key.name], where)
+        elif key.required:
+            raise HwConfigError(f"{where}: missing key {key.name!r}")
+        else:
+            values[key.name] = key.default
+    return values
 
 
 def _validated(hw: HwConfig, where: str) -> HwConfig:
+    """Rules across keys (each key alone is checked against the schema)."""
     if hw.pe_groups > PE_GROUPS or hw.pes % hw.pe_groups:
         raise HwConfigError(f"{where}: [array] groups = {hw.pe_groups} must divide the {hw.pes} PEs and be at most {PE_GROUPS}")
     if set(hw.buffers) != set(ON_CHIP):
         raise HwConfigError(f"{where}: [buffers] must define exactly {', '.join(ON_CHIP)}; got {', '.join(hw.buffers)}")
     for name, buf in hw.buffers.items():
-        if buf.bytes < 64:
+        if buf.bytes < MIN_BUFFER_BYTES:
             raise HwConfigError(f"{where}: buffer {name} of {buf.bytes} bytes is too small for any tile")
     return hw
+
+
+def hw_from_dict(raw: dict, where: str) -> HwConfig:
+    """A HwConfig from a parsed TOML document, checked key by key against SCHEMA and BUFFER_KEYS."""
+    known = [s.name for s in SCHEMA if s.name] + ["buffers"]
+    for name, value in raw.items():
+        # a top-level key that is a table names a section; a scalar is a top-level key, checked below
+        if isinstance(value, dict) and name not in known:
+            raise HwConfigError(f"{where}: unknown section [{name}] (known: {', '.join(known)})")
+    fields, energy = {}, {}
+    for section in SCHEMA:
+        if section.name:
+            if section.name not in raw:
+                raise HwConfigError(f"{where}: missing section [{section.name}]")
+            table, here = raw[section.name], f"{where} [{section.name}]"
+        else:
+            table, here = {k: v for k, v in raw.items() if k not in known}, where
+        values = _check_table(table, section.keys, here)
+        for key in section.keys:
+            if key.field is None:
+                energy[key.name] = values[key.name]
+            else:
+                fields[key.field] = values[key.name]
+    buffers = raw.get("buffers")
+    if buffers is None:
+        raise HwConfigError(f"{where}: missing [buffers]")
+    if not isinstance(buffers, dict):
+        raise HwConfigError(f"{where}: buffers must be [buffers.NAME] tables, got {buffers!r}")
+    for name in buffers:
+        if name not in BUFFERS:
+            raise HwConfigError(f"{where}: unknown buffer [buffers.{name}] (known: {', '.join(BUFFERS)})")
+    for name in BUFFERS:
+        if name not in buffers:
+            raise HwConfigError(f"{where}: missing buffer [buffers.{name}]")
+    hw = HwConfig(**fields, energy_pj=energy,
+                  buffers={name: _buffer(buffers[name], f"{where} [buffers.{name}]") for name in sorted(buffers)})
+    return _validated(hw, where)
+
+
+def _buffer(table, where: str) -> Buffer:
+    values = _check_table(table, BUFFER_KEYS, where)
+    return Buffer(**{key.field: values[key.name] for key in BUFFER_KEYS})
 
 
 def parse_hw(text: str, where: str) -> HwConfig:
@@ -245,26 +422,7 @@ def parse_hw(text: str, where: str) -> HwConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise HwConfigError(f"{where}: not valid TOML: {e}") from None
-    buffers = raw.pop("buffers", None)
-    if not isinstance(buffers, dict):
-        raise HwConfigError(f"{where}: missing [buffers]")
-    _check(raw, _SCHEMA, where)
-    for name, buf in buffers.items():
-        _check(buf, _BUFFER_SCHEMA, f"{where} [buffers.{name}]")
-    hw = HwConfig(
-        name=raw["name"], description=raw["description"],
-        frequency_mhz=float(raw["array"]["frequency_mhz"]),
-        pe_rows=raw["array"]["rows"], pe_cols=raw["array"]["cols"], pe_groups=raw["array"]["groups"],
-        neuron_lanes=raw["neuron_unit"]["lanes"], vector_lanes=raw["vector_unit"]["lanes"],
-        dram_bytes_per_cycle=raw["dram"]["bytes_per_cycle"],
-        dram_latency_cycles=raw["dram"]["latency_cycles"],
-        dram_access_bytes=raw["dram"]["access_bytes"],
-        dram_pj_per_access=float(raw["dram"]["pj_per_access"]),
-        buffers={k: Buffer(**{f: (float(v) if _BUFFER_SCHEMA[f] is float else v) for f, v in b.items()})
-                 for k, b in sorted(buffers.items())},
-        energy_pj={k: float(v) for k, v in raw["energy_pj"].items()},
-    )
-    return _validated(hw, where)
+    return hw_from_dict(raw, where)
 
 
 def presets() -> list[str]:

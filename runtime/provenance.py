@@ -7,7 +7,8 @@ alone (docs/outputs.md describes the keys).
       ttc_version      the ttc that wrote it (the package metadata: one source, pyproject.toml)
       program          the prog.bin: its path (if it came from a file), sha256 of its bytes, the ttc
                        that compiled it
-      hardware         the config the run was priced with: its name and digest
+      hardware         the config the run was priced with: its name, digest and where its energy
+                       figures come from (`energy_source`)
       input            the file and sha256 of its bytes, or the deterministic random batch used instead
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ def provenance(prog: Program, program_path: str | None = None, x_source: dict | 
     if program_path:
         program["path"] = str(program_path)
     out = dict(schema_version=SCHEMA_VERSION, ttc_version=ttc_version(), program=program,
-               hardware=dict(name=prog.hw.name, digest=prog.hw.digest))
+               hardware=dict(name=prog.hw.name, digest=prog.hw.digest, energy_source=prog.hw.energy_source))
     if x_source is not None:
         out["input"] = x_source
     return out

@@ -81,6 +81,9 @@ def format_table(rep: dict) -> str:
                  "inference; energy by component (nJ): "
                  + ", ".join(f"{k} {v / 1e3:.2f}" for k, v in sorted(rep["energy_pj_by_component"].items(),
                                                                       key=lambda kv: -kv[1])))
+    # the figures differ by process node and tool (horowitz45 borrows 28 nm leakage): say whose they are
+    hw = rep["provenance"]["hardware"]
+    lines.append(f"energy figures ({hw['name']}): {hw['energy_source']}")
     if rep.get("counts"):
         lines.append(format_counts(rep["counts"]))
     return "\n".join(lines)

@@ -94,6 +94,15 @@ def test_missing_files(compiled, tmp_path):
     assert not (tmp_path / "p.bin").exists()
 
 
+def test_bad_hardware_config_is_one_line_naming_the_file_and_the_key(compiled, tmp_path):
+    from ttc.isa.hwconfig import PRESET_DIR
+
+    bad = tmp_path / "slow-dram.toml"
+    bad.write_text((PRESET_DIR / "sata.toml").read_text().replace("latency_cycles = 64", "latency_cycles = 0"))
+    assert_clean_failure(ttc("run", "--sim", compiled / "prog.bin", "--hw", bad),
+                         "ttc: error: slow-dram.toml [dram]: latency_cycles must be a positive integer, got 0")
+
+
 class Custom(nn.Module):
     def __init__(self):
         super().__init__()

@@ -1,4 +1,5 @@
 """The hardware model: presets, energy by action and by layer, leakage over the timeline, reports."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from test_end_to_end import dyadic_
 from ttc import api
 from ttc.frontends import modules as M
 from ttc.isa.errors import InternalError
-from ttc.isa.hwconfig import COUNTER_NAMES, ENERGY_ACTIONS, PRESET_DIR, HwConfigError, parse_hw, presets
+from ttc.isa.hwconfig import COUNTER_NAMES, ENERGY_ACTIONS, PRESET_DIR, HwConfigError, load_hw, parse_hw, presets
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,14 @@ def test_report_table_trace_and_pictures(tmp_path, model, x):
         assert measured[path]["spike_adds"] <= c["adds"] * x.shape[0] and measured[path]["macs"] <= c["muls"] * x.shape[0]
     assert measured["5"]["spike_adds"] > 0 and measured["0"]["macs"] > 0
     assert rep["counts"]["factorised"] is None and "model:" in format_table(rep)
+    # where the energy figures come from, in the JSON and on the terminal; a repriced run names its own
+    source = rep["provenance"]["hardware"]["energy_source"]
+    assert source == program.hw.energy_source and "CACTI 7 at 28 nm" in source
+    assert f"energy figures (sata): {source}" in format_table(rep).splitlines()
+    repriced = dataclasses.replace(program, hw=load_hw("horowitz45"))
+    rep45 = write_report(repriced, api.simulate(repriced, x), tmp_path / "horowitz45")
+    assert json.loads((tmp_path / "horowitz45" / "report.json").read_text())["provenance"]["hardware"]["energy_source"] == rep45["provenance"]["hardware"]["energy_source"]
+    assert "leakage: CACTI 7 at 28 nm, borrowed from the sata preset" in format_table(rep45)
 
 
 def test_cli_report_and_repricing_with_another_config(tmp_path, model):
