@@ -186,6 +186,7 @@ def test_every_run_output_says_which_ttc_program_hardware_and_input(tmp_path, ca
     import hashlib
 
     import jsonschema
+    from referencing import Registry, Resource
 
     from ttc.isa.program import ttc_version
 
@@ -213,6 +214,12 @@ def test_every_run_output_says_which_ttc_program_hardware_and_input(tmp_path, ca
     assert [float(r["energy_pj.leakage"]) for r in rows] == [r["energy_pj_by_component"]["leakage"] for r in report["layers"]]
     assert main(["run", "--sim", str(prog)]) == 0  # no input: the terminal says the batch is made up
     assert "a deterministic random batch of shape [4, 1, 1, 8, 8] (seed 0), not data" in capsys.readouterr().out
+    assert main(["inspect", str(prog), "--json"]) == 0  # the program's own schema, sharing `provenance`
+    docs = Path(__file__).parent.parent / "docs" / "schema"
+    inspected = json.loads(capsys.readouterr().out)
+    registry = Registry().with_resource("https://ttc.invalid/schema/run.schema.json", Resource.from_contents(schema))
+    jsonschema.Draft202012Validator(json.loads((docs / "inspect.schema.json").read_text()), registry=registry).validate(inspected)
+    assert inspected["provenance"]["program"] == printed["provenance"]["program"]
     with pytest.raises(SystemExit) as version:
         main(["--version"])
     assert version.value.code == 0 and capsys.readouterr().out.strip() == f"ttc {ttc_version()}"
