@@ -55,8 +55,8 @@ def main() -> None:
     print(f"\n{'layer':<8} {'op':<18} {'tile':<16} {'PE util':>8} {'DRAM B':>10} {'minimum B':>10} {'ratio':>6} "
           f"{'cycles':>9} {'model':>9} {'err':>6} {'energy nJ':>10} {'model':>9} {'err':>6}")
     for row, layer in zip(rep["layers"], prog.meta["layers"]):
-        op = heads[row["layer"]]
-        cost = costs[row["layer"]]
+        op = heads[row["ir_name"]]
+        cost = costs[row["ir_name"]]
         minimum = compulsory_bytes(graph, op)
         print(f"{row['layer']:<8} {row['op']:<18} {str(layer.get('tile')):<16} {100 * row['pe_utilisation']:>7.1f}% "
               f"{row['dram_bytes']:>10.0f} {minimum:>10} {row['dram_bytes'] / minimum:>6.2f} {row['cycles']:>9} "
