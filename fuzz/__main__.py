@@ -28,13 +28,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"no such targets {a.targets!r} (targets: {', '.join(targets())})")
     start = time.perf_counter()
 
+    tty = sys.stderr.isatty()
+
     def progress(done: int, stats) -> None:
-        if done % 50 and done != a.inputs:
+        # a line rewritten in place on a terminal; one line per 2 % in a log
+        if done != a.inputs and (done % 50 if tty else done % max(1, a.inputs // 50)):
             return
         rate = done * len(chosen) / max(time.perf_counter() - start, 1e-9)
         line = (f"\rttc fuzz: {done}/{a.inputs} per target ({100 * done / a.inputs:5.1f} %), {rate:6.0f} inputs/s, "
                 f"{len(stats.failures)} failure signatures, slowest {stats.slowest[0]:.2f} s")
-        print(line, end="", file=sys.stderr, flush=True)
+        print(line if tty else line[1:], end="" if tty else "\n", file=sys.stderr, flush=True)
 
     stats = campaign(chosen, pool, a.inputs, a.seed, a.time_limit, progress)
     print(file=sys.stderr)

@@ -23,6 +23,7 @@ from ttc.isa.encoding import Instr, Ref
 from ttc.isa import progress
 from ttc.isa.errors import InternalError, UserError
 from ttc.isa.footprint import regions
+from ttc.isa.limits import check_memory
 from ttc.isa.hwconfig import (COUNTER_NAMES, PLANE_ADD, PLANE_SHIFT, TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS,
                               memory_bytes, multiply_action, neuron_update_actions, spike_add_action)
 from ttc.isa.neuron import PARAMS as NEURON_PARAMS, step as neuron_step
@@ -48,6 +49,10 @@ class Machine:
     def __init__(self, prog: Program, batch: int):
         self.prog, self.hw, self.batch = prog, prog.hw, batch
         sizes = {"dram": prog.meta["dram_bytes"], **{m: b.bytes for m, b in prog.hw.buffers.items()}}
+        try:  # every sample of the batch has its own memories: refuse a batch that cannot fit, up front
+            check_memory(batch * sum(sizes.values()), f"simulating a batch of {batch}", "simulator")
+        except UserError as e:
+            raise SimError(str(e)) from None
         self.mem = {m: np.zeros((batch, sizes[m]), dtype=np.uint8) for m in MEMORIES}
         self.mem["dram"][:, :len(prog.data)] = np.frombuffer(prog.data, dtype=np.uint8)
         self.counters: Counter = Counter()
@@ -152,6 +157,9 @@ def _vbias(m: Machine, i: Instr) -> None:
 def _window(x: np.ndarray, i: Instr, kh: int, kw: int, sh: int, sw: int, pl: int, fill: int = 0) -> np.ndarray:
     """The input the oh x ow outputs read: x [B, C, ih, iw] with pt rows of `fill` above (pt < 0: the
     first -pt rows skipped), pl columns left, and `fill` below and right as far as the outputs reach."""
+    if min(i["oh"], i["ow"], kh, kw, sh, sw) < 1:  # the encoding allows 0; no window is empty or steps by 0
+        raise SimError(f"{i.op} instruction: oh={i['oh']} ow={i['ow']} kh={kh} kw={kw} sh={sh} sw={sw}: "
+                       "each must be at least 1")
     rows, cols = (i["oh"] - 1) * sh + kh, (i["ow"] - 1) * sw + kw
     x = x[:, :, max(0, -i["pt"]):]
     top = max(0, i["pt"])
@@ -232,6 +240,9 @@ def _tconv(m: Machine, i: Instr) -> None:
     are one integer conv; each later time is one conv of its own."""
     times, codes = _conv_operands(m, i, TIME, LOG5)
     window, shift = i["window"], i["shift"]
+    if codes.size and (codes.min() < 0 or codes.max() > 31):  # data a program placed there, not a simulator bug
+        raise SimError(f"instruction {m.pc} (tconv): a weight byte holds {int(codes.min() if codes.min() < 0 else codes.max())}, "
+                       "not a 5-bit log code (0..31)")
     _, e = code_exponents(codes)
     live = e < ZERO_EXPONENT
     exact = min(window - 1, shift - int(e[live].max(initial=0)))

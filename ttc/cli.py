@@ -24,7 +24,7 @@ import numpy as np
 
 from ttc.isa.errors import UserError
 from ttc.isa import progress
-from ttc.isa.files import atomic_write
+from ttc.isa.files import atomic_write, read_text
 from ttc.isa.program import ttc_version
 from ttc.runtime.provenance import describe_input, input_provenance, provenance
 
@@ -256,7 +256,7 @@ def cmd_asm(a) -> int:
 
     if not Path(a.source).is_file():
         raise CliError(f"{a.source}: no such file")
-    assemble(Path(a.source).read_text(), a.source).save(a.output)
+    assemble(read_text(a.source), a.source).save(a.output)
     print(f"wrote {a.output}")
     return 0
 
