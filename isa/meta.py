@@ -53,10 +53,10 @@ def _require(d: dict, keys: tuple[str, ...], field: str) -> None:
 
 def _io(io, field: str, is_input: bool, dram: int) -> None:
     _table(io, field)
-    keys = ("name", "addr", "bytes", "shape", "time", "fmt", "frac", "step_bytes", "step_stride")
+    keys = ("name", "path", "addr", "bytes", "shape", "time", "fmt", "frac", "step_bytes", "step_stride")
     _require(io, keys + (("bits",) if is_input else ("divide_by",)), field)
     _str(io["name"], f"{field}.name")
-    _str(io.get("path"), f"{field}.path", optional=True)
+    _str(io["path"], f"{field}.path", optional=True)
     addr, nbytes = _int(io["addr"], f"{field}.addr"), _int(io["bytes"], f"{field}.bytes")
     shape = _table(io["shape"], f"{field}.shape", list, "a list of dimensions")
     if len(shape) > MAX_RANK:
