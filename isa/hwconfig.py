@@ -215,6 +215,11 @@ def _mean(flags: list[bool]) -> float:
     return hits // len(flags) if hits % len(flags) == 0 else hits / len(flags)
 
 
+def _number(x: float) -> str:
+    """A bound as the docs and messages print it: whole numbers in full (1073741824, not 1.07374e+09)."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 @dataclass(frozen=True)
 class Key:
     """One key of the hardware config, the single description that validation (`parse_hw`) and the
@@ -244,7 +249,7 @@ class Key:
         if self.kind is str:
             return "any text"
         if self.low is not None and self.high is not None:
-            return f"{self.low:g} to {self.high:g}"
+            return f"{_number(self.low)} to {_number(self.high)}"
         if self.low is not None:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
         return "any"
@@ -270,7 +275,7 @@ class Key:
                 raise HwConfigError(f"{where}: {self.name} must not be negative, got {value}")
             raise HwConfigError(f"{where}: {self.name} must be {self.range_text}, got {value}")
         if self.high is not None and value > self.high:
-            raise HwConfigError(f"{where}: {self.name} must be at most {self.high:g}, got {value}")
+            raise HwConfigError(f"{where}: {self.name} must be at most {_number(self.high)}, got {value}")
         return float(value) if self.kind is float else value
 
 

@@ -104,7 +104,12 @@ class Machine:
     def step(self, instr: Instr) -> bool:
         self.event = Event()
         self.footprint = regions(instr)
-        HANDLERS[instr.op](self, instr)
+        try:
+            HANDLERS[instr.op](self, instr)
+        except SimError as e:  # a handler's check that does not know the program counter: say where
+            if str(e).startswith("instruction "):
+                raise
+            raise SimError(f"instruction {self.pc} ({instr.op}): {e}") from None
         self.counters.update(self.event.actions)
         for direction, moved in (("read", self.event.reads), ("write", self.event.writes)):
             for m, n in moved.items():
@@ -158,7 +163,7 @@ def _window(x: np.ndarray, i: Instr, kh: int, kw: int, sh: int, sw: int, pl: int
     """The input the oh x ow outputs read: x [B, C, ih, iw] with pt rows of `fill` above (pt < 0: the
     first -pt rows skipped), pl columns left, and `fill` below and right as far as the outputs reach."""
     if min(i["oh"], i["ow"], kh, kw, sh, sw) < 1:  # the encoding allows 0; no window is empty or steps by 0
-        raise SimError(f"{i.op} instruction: oh={i['oh']} ow={i['ow']} kh={kh} kw={kw} sh={sh} sw={sw}: "
+        raise SimError(f"oh={i['oh']} ow={i['ow']} kh={kh} kw={kw} sh={sh} sw={sw}: "
                        "each must be at least 1")
     rows, cols = (i["oh"] - 1) * sh + kh, (i["ow"] - 1) * sw + kw
     x = x[:, :, max(0, -i["pt"]):]
