@@ -168,8 +168,42 @@ def pack_program(bodies: dict[str, bytes], header_edit=None) -> bytes:
     return blob + hashlib.sha256(blob).digest()
 
 
+def mutate_operand(rng: random.Random, code: bytes) -> bytes:
+    """One operand of one instruction set to a value its field can encode but a compiler would not
+    write (0, the field's largest value, off by one, a random value), re-encoded: the instruction
+    decodes, and the simulator must refuse what the machine cannot execute."""
+    from ttc.isa.encoding import Instr, Ref, decode_all, encode_all
+    from ttc.isa.table import BY_NAME
+    instrs = decode_all(code)
+    k = rng.randrange(len(instrs))
+    instr = instrs[k]
+    fields = [f for f in BY_NAME[instr.op].fields if f.kind in ("u", "s", "ref")]
+    if not fields:
+        return code
+    f = rng.choice(fields)
+    bits = f.bits
+    top = (1 << bits) - 1 if f.kind != "s" else (1 << (bits - 1)) - 1
+    low = 0 if f.kind != "s" else -(1 << (bits - 1))
+    old = instr.args[f.name].addr if f.kind == "ref" else instr.args[f.name]
+    value = rng.choice((0, 1, top, low, old + 1, old - 1, old * 2, rng.randint(low, top)))
+    value = min(max(value, low), top)
+    args = dict(instr.args)
+    args[f.name] = Ref(instr.args[f.name].mem, value) if f.kind == "ref" else value
+    try:
+        instrs[k] = Instr(instr.op, args)
+        return encode_all(instrs)
+    except ValueError:  # a ref address wider than its field: keep the code as it was
+        return code
+
+
 def _mutate_code(rng: random.Random, code: bytes) -> bytes:
-    """Instruction words edited in place (operands out of range, other opcodes), dropped or repeated."""
+    """Instruction words edited in place (operands out of range, other opcodes), dropped or repeated,
+    or one operand re-encoded with a value the compiler would not choose."""
+    if rng.random() < 0.5:
+        try:
+            return mutate_operand(rng, code)
+        except ValueError:  # code that no longer decodes (an earlier mutation): edit the words instead
+            pass
     words = [code[i:i + 32] for i in range(0, len(code), 32)]
     op = rng.randrange(4)
     if op == 0 and words:
