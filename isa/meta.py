@@ -14,7 +14,7 @@ import math
 from .table import FORMAT_BYTES, TIME
 
 #: Formats an input may have (what the runtime encodes) and an output (what it decodes).
-INPUT_FORMATS = {"i8": 8, "i16": 16, "i32": 32, "spike": 1}
+INPUT_FORMATS = {"i8": 8, "i16": 16, "i32": 32, "spike": 0}  # format: the bits codegen records (spikes: 0)
 OUTPUT_FORMATS = ("i8", "i16", "i32", "spike", TIME)
 MAX_FRAC = 62  # fractional bits of a fixed-point value: 2^frac must stay an exact, finite float
 MAX_RANK = 8  # dimensions of an input or output tensor
@@ -70,7 +70,7 @@ def _io(io, field: str, is_input: bool, dram: int) -> None:
         raise MetaError(f"{field}.fmt must be one of {', '.join(formats)}, got {fmt!r:.60}")
     _int(io["frac"], f"{field}.frac", high=MAX_FRAC)
     if is_input:
-        bits = _int(io["bits"], f"{field}.bits", low=1)
+        bits = _int(io["bits"], f"{field}.bits")
         if bits != INPUT_FORMATS[fmt]:
             raise MetaError(f"{field}.bits = {bits} does not match its format {fmt}")
     else:

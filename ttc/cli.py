@@ -309,7 +309,7 @@ def cmd_inspect(a) -> int:
     print("  layers:")
     for layer in info["layers"]:
         tile = f", tile {layer['tile']}" if layer.get("tile") else ""
-        print(f"    {layer['source']:<20} {layer['op']:<20} {layer['type']}{tile}")
+        print(f"    {layer.get('source', layer['path']):<20} {layer['op']:<20} {layer['type']}{tile}")
     if info["counts"]:
         from ttc.runtime.report import format_counts
 
