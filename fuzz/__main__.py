@@ -45,8 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, n in stats.inputs.items():
         found = sum(1 for k in stats.failures if k[0] == name)
         print(f"  {name:<8} {n:>9} inputs  {found} failure signatures")
-    seconds, where, _ = stats.slowest
-    print(f"  slowest input: {seconds:.3f} s ({where})")
+    seconds, where, blob = stats.slowest
+    a.out.mkdir(parents=True, exist_ok=True)
+    slowest = a.out / f"slowest-{where}.input"  # to profile: the input that took longest, passing or not
+    slowest.write_bytes(blob)
+    print(f"  slowest input: {seconds:.3f} s ({where}; saved as {slowest})")
     if stats.failures:
         paths = save_reproducers(stats, a.out)
         print(f"  {len(stats.failures)} distinct failures (reproducers in {a.out}/):")
