@@ -249,6 +249,8 @@ class Key:
         if self.kind is str:
             return "any text"
         if self.low is not None and self.high is not None:
+            if self.low_open:
+                return f"> {_number(self.low)} and at most {_number(self.high)}"
             return f"{_number(self.low)} to {_number(self.high)}"
         if self.low is not None:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
