@@ -131,7 +131,10 @@ def _attr_value(tree):
     if kind == "float":
         return float(tree.children[0])
     if kind == "string":
-        return json.loads(tree.children[0])
+        try:
+            return json.loads(tree.children[0])
+        except ValueError as e:  # the grammar's string token admits what JSON does not (control characters)
+            raise IRError(f"string attribute {str(tree.children[0])[:40]}: {e}") from None
     if kind in ("none", "true", "false"):
         return {"none": None, "true": True, "false": False}[kind]
     if kind == "list":

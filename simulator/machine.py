@@ -209,6 +209,8 @@ def _accumulate(m: Machine, i: Instr, y: np.ndarray) -> None:
 def _conv_operands(m: Machine, i: Instr, src_fmt: str, wfmt: str, planes: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The input [B, planes * cin, ih, iw] (planes one after another) and the weights [cout, cin*kh*kw]."""
     cin, cout, ih, iw, kh, kw = (i[k] for k in ("cin", "cout", "ih", "iw", "kh", "kw"))
+    if min(cin, cout, planes) < 1:  # the encoding allows 0; a conv of no channels or planes computes nothing
+        raise SimError(f"cin={cin} cout={cout} planes={planes}: each must be at least 1")
     x = np.concatenate([m.read(Ref(i["src"].mem, i["src"].addr + p * elems_bytes(src_fmt, cin * ih * iw)), src_fmt,
                                cin * ih * iw) for p in range(planes)], axis=1)
     return x.reshape(m.batch, planes * cin, ih, iw), m.read(i["wgt"], wfmt, cout * cin * kh * kw)[0].reshape(cout, cin * kh * kw)

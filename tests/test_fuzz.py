@@ -186,6 +186,9 @@ def test_hw_json_that_is_not_an_object(pool):
 @pytest.mark.parametrize("name, message", [
     ("program-ttfs-weight-code", "not a 5-bit log code"),  # ValueError isa/ttfs.py code_exponents
     ("program-conv-zero-width", "each must be at least 1"),  # RuntimeError in torch's conv2d
+    ("program-conv-no-output-channels", "each must be at least 1"),  # RuntimeError in torch's conv2d (cout=0)
+    ("program-conv-no-planes", "each must be at least 1"),  # ValueError in np.concatenate (planes=0)
+    ("program-input-without-path", r"inputs\[0\] lacks path"),  # KeyError in runtime/run.py
     ("program-huge-dram", "kib must be at most"),  # ValueError NumPy: maximum dimension exceeded (a 2^63 KiB buffer)
 ])
 def test_program_reproducers(monkeypatch, name, message):
@@ -223,6 +226,12 @@ IR = """graph @net {
 def test_bad_ir_text_is_one_ir_error(weight, stride, message):
     with pytest.raises(IRError, match=message):
         parse_graph(IR.replace("WEIGHT", weight).replace("STRIDE", stride))
+
+
+def test_ir_string_with_a_control_character():
+    text = IR.replace("WEIGHT", "array<f32[2,1,1,1]>[1, 2]").replace("STRIDE", "[1, 1]").replace('path = "0"', 'path = "\x01"')
+    with pytest.raises(IRError, match="string attribute .*Invalid control character"):  # JSONDecodeError ir_text
+        parse_graph(text)
 
 
 def test_buffer_of_huge_size():
