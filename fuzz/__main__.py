@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(stats.failures)} failure signatures, slowest {stats.slowest[0]:.2f} s")
         print(line if tty else line[1:], end="" if tty else "\n", file=sys.stderr, flush=True)
 
-    stats = campaign(chosen, pool, a.inputs, a.seed, a.time_limit, progress)
+    stats = campaign(chosen, pool, a.inputs, a.seed, a.time_limit, progress, a.out)
     print(file=sys.stderr)
     print(f"ttc fuzz: seed {a.seed}, {time.perf_counter() - t0:.0f} s")
     for name, n in stats.inputs.items():

@@ -133,8 +133,9 @@ def make_input(rng: random.Random, target: Target, pool: list[bytes]) -> bytes:
 
 
 def campaign(targets: dict[str, Target], seeds: dict[str, list[bytes]], inputs: int, seed: int,
-             time_limit: float = 10.0, progress=None) -> Stats:
-    """`inputs` inputs per target, round-robin over the targets, from random seed `seed`."""
+             time_limit: float = 10.0, progress=None, out: Path | None = None) -> Stats:
+    """`inputs` inputs per target, round-robin over the targets, from random seed `seed`. With `out`,
+    each new failure's reproducer is saved as soon as it is found (a long campaign may be stopped)."""
     os.environ.setdefault("TTC_MEMORY_LIMIT", FUZZ_MEMORY_LIMIT)
     _WriteWatch.install()
     stats = Stats(inputs={name: 0 for name in targets})
@@ -161,6 +162,8 @@ def campaign(targets: dict[str, Target], seeds: dict[str, list[bytes]], inputs: 
                 stats.failures[key].count += 1
             else:
                 stats.failures[key] = Failure(name, sig, message, tb, blob)
+                if out is not None:
+                    save_reproducers(Stats(failures={key: stats.failures[key]}), out)
         if progress:
             progress(i + 1, stats)
     return stats
