@@ -52,6 +52,8 @@ class Stats:
 
 def signature(e: BaseException) -> tuple[str, str]:
     frames = traceback.extract_tb(e.__traceback__)
+    if isinstance(e, FuzzTimeout):  # where the alarm interrupted ttc, not the alarm handler itself
+        frames = frames[:-1]
     if not frames:
         return type(e).__name__, "?"
     inner = frames[-1]

@@ -12,6 +12,7 @@ instruction table declares for it, which is what the timeline's hazard check rel
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -60,6 +61,7 @@ class Machine:
         self.pc = 0
         self.event = Event()
         self.footprint = []
+        self._regions = None
 
     # ---- memory access (bounds-checked, counted)
     def _span(self, ref: Ref, nbytes: int, mode: str) -> slice:
@@ -67,10 +69,28 @@ class Machine:
         where = f"instruction {self.pc} ({self.prog.code[self.pc].op})"
         if ref.addr + nbytes > size:
             raise SimError(f"{where}: {ref}+{nbytes} lies beyond the {size} bytes of {ref.mem}")
-        if nbytes and not any(r.mem == ref.mem and mode in r.mode and r.lo <= ref.addr and ref.addr + nbytes <= r.hi
-                              for r in self.footprint):
+        if nbytes and not self._declared(ref, nbytes, mode):
             raise SimError(f"{where}: {mode} access {ref}+{nbytes} lies outside its declared footprint (ISA table bug)")
         return slice(ref.addr, ref.addr + nbytes)
+
+    def _declared(self, ref: Ref, nbytes: int, mode: str) -> bool:
+        """Whether [addr, addr + nbytes) lies inside one region of the instruction's footprint. A strided
+        copy declares a region per row and accesses every row: searched by bisection (the regions of
+        (mem, mode) by lower bound, with the running maximum of their upper bounds), not row by row,
+        which made a copy of 65535 rows take minutes."""
+        key = (ref.mem, mode)
+        if self._regions is None:
+            self._regions = {}
+        if key not in self._regions:
+            spans = sorted((r.lo, r.hi) for r in self.footprint if r.mem == ref.mem and mode in r.mode)
+            los, reach, top = [lo for lo, _ in spans], [], 0
+            for _, hi in spans:
+                top = max(top, hi)
+                reach.append(top)
+            self._regions[key] = (los, reach)
+        los, reach = self._regions[key]
+        k = bisect_right(los, ref.addr) - 1  # the last region starting at or below addr
+        return k >= 0 and reach[k] >= ref.addr + nbytes
 
     def read_bytes(self, ref: Ref, nbytes: int) -> np.ndarray:
         self.event.reads[ref.mem] += nbytes
@@ -104,6 +124,7 @@ class Machine:
     def step(self, instr: Instr) -> bool:
         self.event = Event()
         self.footprint = regions(instr)
+        self._regions = None  # the footprint's search index, built on the first access
         try:
             HANDLERS[instr.op](self, instr)
         except SimError as e:  # a handler's check that does not know the program counter: say where

@@ -198,6 +198,16 @@ def test_program_reproducers(monkeypatch, name, message):
         targets()["program"].run(blob)
 
 
+def test_a_copy_of_many_rows_is_checked_in_linear_time(monkeypatch):
+    """A load of 65535 rows took over 10 s (each row's footprint check scanned every row's region)."""
+    monkeypatch.setenv("TTC_MEMORY_LIMIT", "256M")
+    blob = gzip.decompress((REGRESSIONS / "program-copy-65535-rows.gz").read_bytes())
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"instruction 119 \(load\): ifmap\[0x8000\]\+8 lies beyond"):
+        targets()["program"].run(blob)
+    assert time.perf_counter() - t0 < 5
+
+
 # ------------------------------------------------------------------------------ regressions: text and models
 
 def test_assembly_that_is_not_utf8():
