@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ttc-installed
 
-.PHONY: demo test bench docs clean
+.PHONY: demo test bench docs fuzz clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The long fuzzing campaign (ttc.fuzz): FUZZ_INPUTS inputs per target; reproducers of failures in out/fuzz/.
+FUZZ_INPUTS ?= 1000000
+FUZZ_SEED ?= 0
+fuzz: $(STAMP)
+	$(PY) -m ttc.fuzz --inputs $(FUZZ_INPUTS) --seed $(FUZZ_SEED) --out out/fuzz
 
 bench: $(STAMP)
 	$(PY) bench/bench_sim.py

@@ -13,6 +13,8 @@ identity). Example:
 from __future__ import annotations
 
 import json
+import types
+import typing
 from dataclasses import fields
 
 import lark
@@ -129,7 +131,10 @@ def _attr_value(tree):
     if kind == "float":
         return float(tree.children[0])
     if kind == "string":
-        return json.loads(tree.children[0])
+        try:
+            return json.loads(tree.children[0])
+        except ValueError as e:  # the grammar's string token admits what JSON does not (control characters)
+            raise IRError(f"string attribute {str(tree.children[0])[:40]}: {e}") from None
     if kind in ("none", "true", "false"):
         return {"none": None, "true": True, "false": False}[kind]
     if kind == "list":
@@ -139,10 +144,46 @@ def _attr_value(tree):
     dtype = _ARRAY_DTYPES.get(str(elem))
     if dtype is None:
         raise IRError(f"arrays of {elem} have no text form")
-    flat = np.array([dtype(e) for e in body.split(",")] if body else [], dtype=dtype)
+    try:
+        flat = np.array([dtype(e) for e in body.split(",")] if body else [], dtype=dtype)
+    except (ValueError, OverflowError) as e:  # an element that is no number, or out of the element type's range
+        raise IRError(f"array<{elem}[{','.join(map(str, shape))}]>: {e}") from None
     if flat.size != int(np.prod(shape)):
         raise IRError(f"array of shape {shape} lists {flat.size} values")
     return flat.reshape(shape)
+
+
+def _conforms(value, hint) -> bool:
+    """Whether a parsed attribute value has the type the op's dataclass field declares (the hints
+    ttc's ops use: int, float, str, bool, None, np.ndarray, tuples, unions of them)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, h) for h in typing.get_args(hint))
+    if hint is type(None) or hint is None:
+        return value is None
+    if hint is float:  # an int is a fine float; bool is an int in Python but no number in the IR
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_conforms(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_conforms(v, h) for v, h in zip(value, args))
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # a hint this checker does not know: the op's own checks decide
+
+
+def _check_attrs(cls, attrs: dict, where: str) -> None:
+    hints = typing.get_type_hints(cls)
+    for key, value in attrs.items():
+        if key in hints and not _conforms(value, hints[key]):
+            shown = repr(value) if not isinstance(value, np.ndarray) else f"an array of {value.dtype}"
+            raise IRError(f"{where}: attribute {key} = {shown:.60} is not a {typing.get_type_hints(cls)[key]}"
+                          .replace("typing.", "").replace("numpy.ndarray", "array"))
 
 
 def parse_graph(text: str) -> Graph:
@@ -168,6 +209,7 @@ def parse_graph(text: str) -> Graph:
         cls = OPS.get(str(opname))
         if cls is None:
             raise IRError(f"unknown op {opname!r} defining {value}")
+        _check_attrs(cls, attrs, f"{value} = {opname}")
         typ = _type(type_node)
         if cls is Input:
             attrs["declared"] = typ

@@ -19,6 +19,7 @@ import inspect
 import os
 import pickle
 import re
+import struct
 import sys
 import zipfile
 from collections.abc import Mapping
@@ -87,8 +88,8 @@ def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             return any(name.split("/", 1)[-1] == "constants.pkl" for name in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError):
+        return False  # a damaged zip (names not UTF-8, an unknown zip version): torch.load says what is wrong
 
 
 @contextlib.contextmanager
@@ -162,12 +163,20 @@ def load_model(path: str | Path, trust: bool = False, nir_dt: float | None = Non
         if match:
             raise _in_main(path, match.group(1)) from None
         raise ModelLoadError(f"{path}: cannot load model: {_first_line(e)}") from None
-    except (RuntimeError, EOFError, ValueError, ImportError) as e:
+    except (RuntimeError, EOFError, ValueError, ImportError, NotImplementedError) as e:
         raise ModelLoadError(f"{path}: cannot load model: {_first_line(e)}") from None
+    except (TypeError, struct.error, OverflowError, AssertionError, OSError) as e:
+        # the restricted unpickler, or torch's zip reader, on damaged opcodes or records
+        raise ModelLoadError(f"{path}: not a loadable model (damaged: the unpickler failed with "
+                             f"{type(e).__name__} {_first_line(e)})") from None
     except (KeyError, IndexError) as e:  # pickle's own opcodes failing on bytes that are no pickle (a text file)
         raise ModelLoadError(f"{path}: not a loadable model (damaged, or not a torch.save file: the unpickler "
                              f"failed with {type(e).__name__} {e})") from None
-    return _as_module(path, model).eval()
+    module = _as_module(path, model)
+    try:
+        return module.eval()
+    except AttributeError as e:  # a module the unpickler rebuilt from a damaged state (no _modules)
+        raise ModelLoadError(f"{path}: holds a damaged {type(module).__name__} ({_first_line(e)})") from None
 
 
 def _first_line(e: Exception) -> str:

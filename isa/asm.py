@@ -117,7 +117,7 @@ def assemble(text: str, where: str = "<asm>") -> Program:
             else:
                 code.append(_instr(node))
         prog = Program(code=code, data=bytes(data), meta=json.loads(str(meta.children[0])),
-                       hw=HwConfig.from_json(str(hw.children[0])))
+                       hw=HwConfig.from_json(str(hw.children[0]), f"{where}: .hw"))
         validate(prog, where)
     except (UserError, ValueError) as e:  # ttc's errors, and JSON's or hex's
         raise AsmError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None

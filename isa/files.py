@@ -35,3 +35,20 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def decode_text(blob: bytes, where: str) -> str:
+    """A text file's bytes as text: UTF-8, or a UserError naming the file and the first bad byte
+    (rather than a UnicodeDecodeError escaping as an internal error)."""
+    from .errors import UserError  # imports nothing, like this module
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = blob[:e.start].count(b"\n") + 1
+        raise UserError(f"{where}: not UTF-8 text (byte {blob[e.start]:#04x} at offset {e.start}, line {line})") from None
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a file ttc reads (assembly, a hardware config), decoded by `decode_text`."""
+    path = Path(path)
+    return decode_text(path.read_bytes(), str(path))

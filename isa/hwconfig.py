@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .files import read_text
+from .limits import load_json
 from .table import MAX_LEVELS, MEMORIES, ON_CHIP, PE_GROUPS
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -106,12 +108,23 @@ class HwConfig:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     @classmethod
-    def from_json(cls, text: str) -> "HwConfig":
-        raw = json.loads(text)
-        # prog.bin files written before configs stated their energy source
-        raw.setdefault("energy_source", ENERGY_SOURCE_UNSTATED)
-        raw["buffers"] = {k: Buffer(**v) for k, v in raw["buffers"].items()}
-        return _validated(cls(**raw), "prog.bin hardware config")
+    def from_json(cls, text: str | bytes, where: str = "prog.bin hardware config") -> "HwConfig":
+        """The config `to_json` wrote (into a prog.bin or its assembly), checked against the same schema
+        as a TOML config: the JSON names HwConfig's fields, which are mapped back to the TOML keys."""
+        raw = load_json(text, where, "hardware config")
+        if not isinstance(raw, dict):
+            raise HwConfigError(f"{where}: must be an object, got {raw!r:.60}")
+        by_field = {key.field: (section, key) for section in SCHEMA for key in section.keys if key.field}
+        document: dict = {section.name: {} for section in SCHEMA if section.name}
+        for name, value in raw.items():
+            if name in by_field:
+                section, key = by_field[name]
+                (document[section.name] if section.name else document)[key.name] = value
+            elif name in ("energy_pj", "buffers"):
+                document[name] = value
+            else:
+                raise HwConfigError(f"{where}: unknown field {name!r}")
+        return hw_from_dict(document, where)
 
 
 #: Arithmetic actions whose energy every config gives (pJ per action), by bit width; the simulator
@@ -202,6 +215,11 @@ def _mean(flags: list[bool]) -> float:
     return hits // len(flags) if hits % len(flags) == 0 else hits / len(flags)
 
 
+def _number(x: float) -> str:
+    """A bound as the docs and messages print it: whole numbers in full (1073741824, not 1.07374e+09)."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 @dataclass(frozen=True)
 class Key:
     """One key of the hardware config, the single description that validation (`parse_hw`) and the
@@ -231,7 +249,9 @@ class Key:
         if self.kind is str:
             return "any text"
         if self.low is not None and self.high is not None:
-            return f"{self.low:g} to {self.high:g}"
+            if self.low_open:
+                return f"> {_number(self.low)} and at most {_number(self.high)}"
+            return f"{_number(self.low)} to {_number(self.high)}"
         if self.low is not None:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
         return "any"
@@ -257,7 +277,7 @@ class Key:
                 raise HwConfigError(f"{where}: {self.name} must not be negative, got {value}")
             raise HwConfigError(f"{where}: {self.name} must be {self.range_text}, got {value}")
         if self.high is not None and value > self.high:
-            raise HwConfigError(f"{where}: {self.name} must be at most {self.high:g}, got {value}")
+            raise HwConfigError(f"{where}: {self.name} must be at most {_number(self.high)}, got {value}")
         return float(value) if self.kind is float else value
 
 
@@ -323,7 +343,8 @@ MIN_BUFFER_BYTES = 64
 
 #: The keys of each [buffers.NAME] table: an on-chip SRAM (the Buffer dataclass).
 BUFFER_KEYS = (
-    Key("kib", float, "KiB", f"capacity (at least {MIN_BUFFER_BYTES} bytes)", "kib", low=0, low_open=True),
+    # at most 1 TiB: a buffer the simulator could hold (and whose byte count is a finite integer)
+    Key("kib", float, "KiB", f"capacity (at least {MIN_BUFFER_BYTES} bytes)", "kib", low=0, low_open=True, high=1 << 30),
     _count("access_bytes", "bytes", "width of one priced access: an instruction's bytes cost whole "
            "accesses", "access_bytes"),
     _non_negative("read_pj", "pJ", "energy of one read access", "read_pj"),
@@ -435,4 +456,4 @@ def load_hw(preset_or_path: str) -> HwConfig:
         path = Path(preset_or_path)
         if not path.is_file():
             raise HwConfigError(f"no hardware preset or file {preset_or_path!r} (presets: {', '.join(presets())})")
-    return parse_hw(path.read_text(), str(path.name))
+    return parse_hw(read_text(path), str(path.name))

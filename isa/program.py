@@ -24,6 +24,8 @@ from .encoding import EncodingError, Instr, decode_all, encode_all
 from .errors import UserError
 from .files import atomic_write
 from .hwconfig import HwConfig, HwConfigError
+from .limits import check_memory, instruction_limit, load_json
+from .meta import MetaError, check_meta
 from .table import ISA_VERSION
 
 MAGIC = b"TTCPROG\0"
@@ -110,12 +112,15 @@ class Program:
             raise ProgramError(f"{where}: {len(blob) - end - _DIGEST:+d} bytes after the last section (truncated or padded)")
         if hashlib.sha256(blob[:end]).digest() != blob[end:]:
             raise ProgramError(f"{where}: checksum mismatch (the file is corrupted)")
+        words, limit = len(bodies["code"]) // 32, instruction_limit()
+        if words > limit:  # before decoding: each instruction becomes a Python object
+            raise ProgramError(f"{where}: {words:,} instructions, more than the limit of {limit:,} (TTC_MAX_INSTRUCTIONS)")
         try:
-            meta = json.loads(bodies["meta"])
-            hw = HwConfig.from_json(bodies["hw"].decode())
+            meta = load_json(bodies["meta"], where, "metadata")
+            hw = HwConfig.from_json(bodies["hw"], f"{where}: hardware config")
             code = decode_all(bodies["code"])
-        except (ValueError, TypeError, HwConfigError, EncodingError) as e:
-            raise ProgramError(f"{where}: {e}") from None
+        except UserError as e:
+            raise ProgramError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
         prog = cls(code=code, data=bodies["data"], meta=meta, hw=hw)
         validate(prog, where)
         return prog
@@ -128,19 +133,21 @@ class Program:
         return cls.from_bytes(path.read_bytes(), str(path))
 
 
-_META_KEYS = {"ttc_version", "dram_bytes", "inputs", "outputs", "layers", "options", "source"}
-
-
 def validate(prog: Program, where: str) -> None:
-    """Check what the container cannot: the metadata's shape and that code and data fit."""
-    missing = _META_KEYS - set(prog.meta)
-    if missing:
-        raise ProgramError(f"{where}: metadata lacks {', '.join(sorted(missing))}")
+    """Check what the container cannot: the metadata's fields (ttc.isa.meta), that code and data fit,
+    and that simulating one sample stays within the resource limits (ttc.isa.limits)."""
+    limit = instruction_limit()
+    if len(prog.code) > limit:
+        raise ProgramError(f"{where}: {len(prog.code):,} instructions, more than the limit of {limit:,} (TTC_MAX_INSTRUCTIONS)")
+    try:
+        check_meta(prog.meta, len(prog.code), len(prog.data))
+    except MetaError as e:
+        raise ProgramError(f"{where}: metadata: {e}") from None
     if not prog.code or prog.code[-1].op != "halt":
         raise ProgramError(f"{where}: code does not end with halt")
     dram = prog.meta["dram_bytes"]
-    if len(prog.data) > dram:
-        raise ProgramError(f"{where}: data image of {len(prog.data)} bytes exceeds DRAM size {dram}")
-    for io in prog.meta["inputs"] + prog.meta["outputs"]:
-        if io["addr"] + io["bytes"] > dram:
-            raise ProgramError(f"{where}: {io['name']} at {io['addr']:#x}+{io['bytes']} lies outside DRAM")
+    try:
+        check_memory(dram + sum(b.bytes for b in prog.hw.buffers.values()), f"its DRAM ({dram:,} bytes) and buffers",
+                     where)
+    except UserError as e:
+        raise ProgramError(str(e)) from None

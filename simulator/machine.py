@@ -12,6 +12,7 @@ instruction table declares for it, which is what the timeline's hazard check rel
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from ttc.isa.encoding import Instr, Ref
 from ttc.isa import progress
 from ttc.isa.errors import InternalError, UserError
 from ttc.isa.footprint import regions
+from ttc.isa.limits import check_memory
 from ttc.isa.hwconfig import (COUNTER_NAMES, PLANE_ADD, PLANE_SHIFT, TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS,
                               memory_bytes, multiply_action, neuron_update_actions, spike_add_action)
 from ttc.isa.neuron import PARAMS as NEURON_PARAMS, step as neuron_step
@@ -48,6 +50,10 @@ class Machine:
     def __init__(self, prog: Program, batch: int):
         self.prog, self.hw, self.batch = prog, prog.hw, batch
         sizes = {"dram": prog.meta["dram_bytes"], **{m: b.bytes for m, b in prog.hw.buffers.items()}}
+        try:  # every sample of the batch has its own memories: refuse a batch that cannot fit, up front
+            check_memory(batch * sum(sizes.values()), f"simulating a batch of {batch}", "simulator")
+        except UserError as e:
+            raise SimError(str(e)) from None
         self.mem = {m: np.zeros((batch, sizes[m]), dtype=np.uint8) for m in MEMORIES}
         self.mem["dram"][:, :len(prog.data)] = np.frombuffer(prog.data, dtype=np.uint8)
         self.counters: Counter = Counter()
@@ -55,6 +61,7 @@ class Machine:
         self.pc = 0
         self.event = Event()
         self.footprint = []
+        self._regions = None
 
     # ---- memory access (bounds-checked, counted)
     def _span(self, ref: Ref, nbytes: int, mode: str) -> slice:
@@ -62,10 +69,28 @@ class Machine:
         where = f"instruction {self.pc} ({self.prog.code[self.pc].op})"
         if ref.addr + nbytes > size:
             raise SimError(f"{where}: {ref}+{nbytes} lies beyond the {size} bytes of {ref.mem}")
-        if nbytes and not any(r.mem == ref.mem and mode in r.mode and r.lo <= ref.addr and ref.addr + nbytes <= r.hi
-                              for r in self.footprint):
+        if nbytes and not self._declared(ref, nbytes, mode):
             raise SimError(f"{where}: {mode} access {ref}+{nbytes} lies outside its declared footprint (ISA table bug)")
         return slice(ref.addr, ref.addr + nbytes)
+
+    def _declared(self, ref: Ref, nbytes: int, mode: str) -> bool:
+        """Whether [addr, addr + nbytes) lies inside one region of the instruction's footprint. A strided
+        copy declares a region per row and accesses every row: searched by bisection (the regions of
+        (mem, mode) by lower bound, with the running maximum of their upper bounds), not row by row,
+        which made a copy of 65535 rows take minutes."""
+        key = (ref.mem, mode)
+        if self._regions is None:
+            self._regions = {}
+        if key not in self._regions:
+            spans = sorted((r.lo, r.hi) for r in self.footprint if r.mem == ref.mem and mode in r.mode)
+            los, reach, top = [lo for lo, _ in spans], [], 0
+            for _, hi in spans:
+                top = max(top, hi)
+                reach.append(top)
+            self._regions[key] = (los, reach)
+        los, reach = self._regions[key]
+        k = bisect_right(los, ref.addr) - 1  # the last region starting at or below addr
+        return k >= 0 and reach[k] >= ref.addr + nbytes
 
     def read_bytes(self, ref: Ref, nbytes: int) -> np.ndarray:
         self.event.reads[ref.mem] += nbytes
@@ -99,7 +124,13 @@ class Machine:
     def step(self, instr: Instr) -> bool:
         self.event = Event()
         self.footprint = regions(instr)
-        HANDLERS[instr.op](self, instr)
+        self._regions = None  # the footprint's search index, built on the first access
+        try:
+            HANDLERS[instr.op](self, instr)
+        except SimError as e:  # a handler's check that does not know the program counter: say where
+            if str(e).startswith("instruction "):
+                raise
+            raise SimError(f"instruction {self.pc} ({instr.op}): {e}") from None
         self.counters.update(self.event.actions)
         for direction, moved in (("read", self.event.reads), ("write", self.event.writes)):
             for m, n in moved.items():
@@ -152,6 +183,9 @@ def _vbias(m: Machine, i: Instr) -> None:
 def _window(x: np.ndarray, i: Instr, kh: int, kw: int, sh: int, sw: int, pl: int, fill: int = 0) -> np.ndarray:
     """The input the oh x ow outputs read: x [B, C, ih, iw] with pt rows of `fill` above (pt < 0: the
     first -pt rows skipped), pl columns left, and `fill` below and right as far as the outputs reach."""
+    if min(i["oh"], i["ow"], kh, kw, sh, sw) < 1:  # the encoding allows 0; no window is empty or steps by 0
+        raise SimError(f"oh={i['oh']} ow={i['ow']} kh={kh} kw={kw} sh={sh} sw={sw}: "
+                       "each must be at least 1")
     rows, cols = (i["oh"] - 1) * sh + kh, (i["ow"] - 1) * sw + kw
     x = x[:, :, max(0, -i["pt"]):]
     top = max(0, i["pt"])
@@ -196,6 +230,8 @@ def _accumulate(m: Machine, i: Instr, y: np.ndarray) -> None:
 def _conv_operands(m: Machine, i: Instr, src_fmt: str, wfmt: str, planes: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The input [B, planes * cin, ih, iw] (planes one after another) and the weights [cout, cin*kh*kw]."""
     cin, cout, ih, iw, kh, kw = (i[k] for k in ("cin", "cout", "ih", "iw", "kh", "kw"))
+    if min(cin, cout, planes) < 1:  # the encoding allows 0; a conv of no channels or planes computes nothing
+        raise SimError(f"cin={cin} cout={cout} planes={planes}: each must be at least 1")
     x = np.concatenate([m.read(Ref(i["src"].mem, i["src"].addr + p * elems_bytes(src_fmt, cin * ih * iw)), src_fmt,
                                cin * ih * iw) for p in range(planes)], axis=1)
     return x.reshape(m.batch, planes * cin, ih, iw), m.read(i["wgt"], wfmt, cout * cin * kh * kw)[0].reshape(cout, cin * kh * kw)
@@ -232,6 +268,9 @@ def _tconv(m: Machine, i: Instr) -> None:
     are one integer conv; each later time is one conv of its own."""
     times, codes = _conv_operands(m, i, TIME, LOG5)
     window, shift = i["window"], i["shift"]
+    if codes.size and (codes.min() < 0 or codes.max() > 31):  # data a program placed there, not a simulator bug
+        raise SimError(f"instruction {m.pc} (tconv): a weight byte holds {int(codes.min() if codes.min() < 0 else codes.max())}, "
+                       "not a 5-bit log code (0..31)")
     _, e = code_exponents(codes)
     live = e < ZERO_EXPONENT
     exact = min(window - 1, shift - int(e[live].max(initial=0)))

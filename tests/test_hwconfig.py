@@ -78,7 +78,7 @@ def _changed(key, value):
     """Another valid value of the key (the sata preset's value is `value`)."""
     if key.kind is str:
         return value + " (changed)"
-    if key.high is not None:
+    if key.high is not None and not key.low_open:  # (an open low bound is no valid value)
         return key.low if value != key.low else key.low + 1
     return value + 1 if key.kind is int else value * 2 + 1
 

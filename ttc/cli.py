@@ -24,7 +24,7 @@ import numpy as np
 
 from ttc.isa.errors import UserError
 from ttc.isa import progress
-from ttc.isa.files import atomic_write
+from ttc.isa.files import atomic_write, read_text
 from ttc.isa.program import ttc_version
 from ttc.runtime.provenance import describe_input, input_provenance, provenance
 
@@ -256,7 +256,7 @@ def cmd_asm(a) -> int:
 
     if not Path(a.source).is_file():
         raise CliError(f"{a.source}: no such file")
-    assemble(Path(a.source).read_text(), a.source).save(a.output)
+    assemble(read_text(a.source), a.source).save(a.output)
     print(f"wrote {a.output}")
     return 0
 
@@ -309,7 +309,7 @@ def cmd_inspect(a) -> int:
     print("  layers:")
     for layer in info["layers"]:
         tile = f", tile {layer['tile']}" if layer.get("tile") else ""
-        print(f"    {layer['source']:<20} {layer['op']:<20} {layer['type']}{tile}")
+        print(f"    {layer.get('source', layer['path']):<20} {layer['op']:<20} {layer['type']}{tile}")
     if info["counts"]:
         from ttc.runtime.report import format_counts
 

@@ -1,0 +1,184 @@
+"""The fuzzing loop: mutate a seed, run a target on it, and classify what happens.
+
+An input passes if the target returns or raises one of ttc's own errors (a TtcError: a UserError says
+what is wrong with the input). Anything else escaped ttc's checks and is a failure, keyed by its
+signature: the exception type and the innermost frame (file:function) it was raised in, so that one
+bug found by many inputs counts once. An input running longer than the time limit is a failure too
+(signature Timeout at the frame it was interrupted in), and so is one during which ttc opens a file for
+writing, creates, renames or removes one: reading a file must never write one.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ttc.isa.errors import TtcError
+
+from .targets import Target
+
+#: Limits the campaign runs under: memory a program or config may ask for, so that a crafted input is
+#: refused instead of slowing the machine down (ttc's own default is the free memory).
+FUZZ_MEMORY_LIMIT = str(256 << 20)
+
+
+class FuzzTimeout(BaseException):
+    """Raised by the alarm in the target that runs too long; a BaseException so that no `except
+    Exception` in ttc swallows it."""
+
+
+@dataclass
+class Failure:
+    target: str
+    signature: tuple[str, str]  # (exception type, innermost frame file:function)
+    message: str
+    traceback: str
+    reproducer: bytes
+    count: int = 1
+
+
+@dataclass
+class Stats:
+    inputs: dict[str, int] = field(default_factory=dict)
+    failures: dict[tuple, Failure] = field(default_factory=dict)  # (target, type, frame) -> first found
+    slowest: tuple[float, str, bytes] = (0.0, "", b"")
+
+
+def signature(e: BaseException) -> tuple[str, str]:
+    frames = traceback.extract_tb(e.__traceback__)
+    if isinstance(e, FuzzTimeout):  # where the alarm interrupted ttc, not the alarm handler itself
+        frames = frames[:-1]
+    if not frames:
+        return type(e).__name__, "?"
+    inner = frames[-1]
+    path = Path(inner.filename)
+    # two path components name the file within ttc (isa/program.py) or a library (json/decoder.py)
+    return type(e).__name__, f"{path.parent.name}/{path.name}:{inner.name}"
+
+
+class _WriteWatch:
+    """Records file writes (an audit hook, which cannot be removed: it is installed once and only
+    records while `active`)."""
+
+    installed = False
+    active = False
+    seen: list[str] = []
+
+    @classmethod
+    def install(cls) -> None:
+        if not cls.installed:
+            sys.addaudithook(cls._hook)
+            cls.installed = True
+
+    @classmethod
+    def _hook(cls, event: str, args) -> None:
+        if not cls.active:
+            return
+        if event == "open":
+            path, mode, flags = args
+            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            if writing:
+                cls.seen.append(f"open({path!r}, {mode!r})")
+        elif event in ("os.rename", "os.remove", "os.mkdir", "shutil.rmtree", "os.truncate"):
+            cls.seen.append(f"{event}{args!r}")
+
+
+def _alarm(signum, frame):
+    raise FuzzTimeout()
+
+
+def run_one(target: Target, blob: bytes, time_limit: float) -> tuple[float, BaseException | None, str | None]:
+    """Run `target` on `blob`: (seconds, the exception that is a failure or None, what was written)."""
+    if target.prepare:
+        target.prepare(blob)
+    _WriteWatch.seen = []
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, time_limit)
+    t0 = time.perf_counter()
+    _WriteWatch.active = True
+    failure: BaseException | None = None
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickles; the verdict is what is raised
+            warnings.simplefilter("ignore")
+            target.run(blob)
+    except TtcError:
+        pass
+    except (Exception, FuzzTimeout, RecursionError) as e:  # noqa: B014 - the escapes the campaign looks for
+        failure = e
+    finally:
+        _WriteWatch.active = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    seconds = time.perf_counter() - t0
+    written = "; ".join(_WriteWatch.seen) or None
+    return seconds, failure, written
+
+
+def make_input(rng: random.Random, target: Target, pool: list[bytes]) -> bytes:
+    """One to three mutations of a random seed."""
+    blob = rng.choice(pool)
+    for _ in range(rng.choice((1, 1, 1, 2, 3))):
+        if target.name == "program" and not blob.startswith(b"TTCPROG"):
+            break  # the structure-aware mutations need a container they can unpack
+        try:
+            blob = target.mutate(rng, blob, pool)
+        except Exception:  # a mutator that cannot apply (an input it cannot parse) leaves the input as is
+            break
+    return blob
+
+
+def campaign(targets: dict[str, Target], seeds: dict[str, list[bytes]], inputs: int, seed: int,
+             time_limit: float = 10.0, progress=None, out: Path | None = None) -> Stats:
+    """`inputs` inputs per target, round-robin over the targets, from random seed `seed`. With `out`,
+    each new failure's reproducer is saved as soon as it is found (a long campaign may be stopped)."""
+    os.environ.setdefault("TTC_MEMORY_LIMIT", FUZZ_MEMORY_LIMIT)
+    _WriteWatch.install()
+    stats = Stats(inputs={name: 0 for name in targets})
+    rngs = {name: random.Random(f"{seed}:{name}") for name in targets}
+    limit = sys.getrecursionlimit()
+    for i in range(inputs):
+        for name, target in targets.items():
+            blob = make_input(rngs[name], target, seeds[name])
+            seconds, error, written = run_one(target, blob, time_limit)
+            sys.setrecursionlimit(limit)
+            stats.inputs[name] += 1
+            if seconds > stats.slowest[0]:
+                stats.slowest = (seconds, name, blob)
+            if error is not None:
+                sig = signature(error)
+                message = str(error).splitlines()[0][:300] if str(error) else ""
+                tb = "".join(traceback.format_exception(error))
+            elif written:
+                sig, message, tb = ("FileWritten", "-"), written, ""
+            else:
+                continue
+            key = (name, *sig)
+            if key in stats.failures:
+                stats.failures[key].count += 1
+            else:
+                stats.failures[key] = Failure(name, sig, message, tb, blob)
+                if out is not None:
+                    save_reproducers(Stats(failures={key: stats.failures[key]}), out)
+        if progress:
+            progress(i + 1, stats)
+    return stats
+
+
+def save_reproducers(stats: Stats, out: Path) -> list[Path]:
+    """One reproducer per failure signature, with its traceback beside it."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for (target, kind, frame), f in sorted(stats.failures.items()):
+        stem = f"{target}-{kind}-{frame.replace('/', '.').replace(':', '-')}"
+        path = out / f"{stem}.input"
+        path.write_bytes(f.reproducer)
+        (out / f"{stem}.txt").write_text(f"{target}: {kind} at {frame} ({f.count} inputs)\n{f.message}\n\n{f.traceback}")
+        paths.append(path)
+    return paths

@@ -1,0 +1,261 @@
+"""The fuzzer (ttc.fuzz) and what it found: a short deterministic campaign that must find nothing, the
+harness's own verdicts (so that the campaign can fail), and one regression test per failure signature
+the long campaigns found, each with its reproducer (a literal edit of a real artefact, or a file under
+tests/fuzz_regressions/) and the UserError it now gets."""
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ttc.fuzz import engine, mutators
+from ttc.fuzz.seeds import seeds
+from ttc.fuzz.targets import Target, targets
+from ttc.isa.asm import AsmError, assemble
+from ttc.isa.errors import UserError
+from ttc.isa.files import decode_text
+from ttc.isa.hwconfig import HwConfigError, PRESET_DIR, parse_hw
+from ttc.isa.limits import MAX_JSON_DEPTH, json_depth, load_json
+from ttc.isa.meta import MetaError, check_meta
+from ttc.isa.program import Program, ProgramError
+from ttc.compiler.ir import IRError
+from ttc.compiler.ir_text import parse_graph
+
+REGRESSIONS = Path(__file__).parent / "fuzz_regressions"
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return seeds()
+
+
+def test_short_campaign_finds_nothing(pool, monkeypatch):
+    """The deterministic campaign `make test` runs: 120 mutated inputs per target (a few seconds; `make fuzz` runs the long one) from seed 0."""
+    monkeypatch.setenv("TTC_MEMORY_LIMIT", engine.FUZZ_MEMORY_LIMIT)
+    t0 = time.perf_counter()
+    stats = engine.campaign(targets(), pool, inputs=120, seed=0, time_limit=10.0)
+    assert stats.inputs == {name: 120 for name in ("program", "asm", "ir", "hw", "model")}
+    failures = {k: f"{f.message}\n{f.traceback[-1500:]}" for k, f in stats.failures.items()}
+    assert failures == {}
+    assert time.perf_counter() - t0 < 60
+
+
+# ------------------------------------------------------------------------------ the harness's verdicts
+
+def _target(run) -> Target:
+    return Target("t", run, lambda rng, blob, pool: blob)
+
+
+def test_an_escaping_exception_is_a_failure_keyed_by_type_and_frame():
+    def reads_a_missing_key(blob):
+        return {}[blob]
+
+    _, error, _ = engine.run_one(_target(reads_a_missing_key), b"x", 5.0)
+    assert isinstance(error, KeyError)
+    assert engine.signature(error) == ("KeyError", "tests/test_fuzz.py:reads_a_missing_key")
+
+
+def test_a_ttc_error_is_a_pass():
+    def refuses(blob):
+        raise ProgramError("fuzz.bin: bad")
+
+    assert engine.run_one(_target(refuses), b"", 5.0)[1] is None
+
+
+def test_an_input_over_the_time_limit_is_a_failure():
+    def spins(blob):
+        while True:
+            pass
+
+    seconds, error, _ = engine.run_one(_target(spins), b"", 0.2)
+    assert isinstance(error, engine.FuzzTimeout) and 0.2 <= seconds < 5
+
+
+def test_writing_a_file_is_a_failure(tmp_path):
+    engine._WriteWatch.install()
+    _, error, written = engine.run_one(_target(lambda blob: (tmp_path / "x").write_bytes(blob)), b"", 5.0)
+    assert error is None and "open(" in written and "x" in written
+
+
+def test_repacked_programs_pass_the_checksums(pool):
+    for blob in pool["program"]:
+        assert mutators.pack_program(mutators.unpack_program(blob)) == blob
+
+
+# ------------------------------------------------------------------------------ JSON and metadata, by hypothesis
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                           | st.text(max_size=5), lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=30)
+
+
+def _depth(value) -> int:
+    if isinstance(value, (list, dict)):
+        items = value.values() if isinstance(value, dict) else value
+        return 1 + max((_depth(v) for v in items), default=0)
+    return 0
+
+
+@given(json_values)
+def test_json_depth_agrees_with_the_value(value):
+    assert json_depth(json.dumps(value)) == _depth(value)
+
+
+@given(json_values)
+@settings(max_examples=200, deadline=None)
+def test_check_meta_raises_only_meta_errors(value):
+    """Any JSON value as the metadata, or as any of its fields, gives a MetaError or passes."""
+    base = json.loads(Program.from_bytes(seeds()["program"][0]).meta_json())
+    for meta in (value, {**base, "inputs": [value]}, {**base, "layers": [value]}, {**base, "outputs": value},
+                 {**base, "inputs": [{**base["inputs"][0], "shape": value}]}):
+        try:
+            check_meta(meta, 100, 0)
+        except MetaError:
+            pass
+
+
+def test_deep_json_is_refused_before_parsing():
+    with pytest.raises(UserError, match=f"nests deeper than {MAX_JSON_DEPTH} levels"):
+        load_json("[" * 100_000 + "]" * 100_000, "x.bin", "metadata")
+    with pytest.raises(UserError, match="NaN is not a JSON number"):
+        load_json('{"a": NaN}', "x.bin", "metadata")
+
+
+# ------------------------------------------------------------------------------ regressions: prog.bin
+
+def _edited(blob: bytes, meta=None, hw=None) -> bytes:
+    bodies = mutators.unpack_program(blob)
+    for name, edit in (("meta", meta), ("hw", hw)):
+        if edit is not None:
+            doc = json.loads(bodies[name])
+            edit(doc)
+            bodies[name] = json.dumps(doc).encode()
+    return mutators.pack_program(bodies)
+
+
+def _set(path, value):
+    def edit(doc):
+        for k in path[:-1]:
+            doc = doc[k]
+        if value is KeyError:
+            del doc[path[-1]]
+        else:
+            doc[path[-1]] = value
+    return edit
+
+
+# (meta edit or None, hw edit or None, the message); each row was a failure signature of the campaign
+PROGRAM_CASES = [
+    (_set(("inputs", 0, "path"), KeyError), None, r"inputs\[0\] lacks path"),  # KeyError runtime/run.py
+    (_set(("outputs", 0, "step_stride"), KeyError), None, r"outputs\[0\] lacks step_stride"),  # KeyError _read_output
+    (_set(("layers", 0, "first_instr"), KeyError), None, r"layers\[0\] lacks first_instr"),  # KeyError energy.py
+    (_set(("layers", 1, "first_instr"), "7"), None, r"layers\[1\].first_instr must be an integer"),  # layer_of
+    (_set(("layers",), [True]), None, r"layers\[0\] must be an object"),  # TypeError energy.py
+    (_set(("inputs", 0, "frac"), [1]), None, r"inputs\[0\].frac must be an integer"),  # TypeError io._scaled
+    (_set(("inputs",), 5), None, "inputs must be a list"),  # TypeError program.validate
+    (_set(("inputs", 0, "step_bytes"), 1), None, r"inputs\[0\].step_bytes = 1, but shape"),
+    (_set(("dram_bytes",), 1 << 50), None, "more than the memory limit"),  # NumPy: maximum dimension exceeded
+    (_set(("inputs",), [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[0]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]),
+     None, "nests deeper than"),  # RecursionError json/decoder.py (here just past the limit)
+    (None, _set(("buffers", "wgt", "leakage_mw"), {}), "leakage_mw must be a number"),  # TypeError leakage_pj
+    (None, _set(("dram_latency_cycles",), "9"), "latency_cycles must be an integer"),  # TypeError timeline
+    (None, _set(("buffers", "psum", "write_pj"), KeyError), "missing key 'write_pj'"),  # TypeError Buffer()
+]
+
+
+@pytest.mark.parametrize("meta, hw, message", [c for c in PROGRAM_CASES if c[2]])
+def test_bad_program_metadata_is_one_program_error(pool, monkeypatch, meta, hw, message):
+    monkeypatch.setenv("TTC_MEMORY_LIMIT", "256M")
+    blob = _edited(pool["program"][0], meta, hw)
+    with pytest.raises(ProgramError, match=message) as info:
+        Program.from_bytes(blob, "fuzz.bin")
+    assert str(info.value).startswith("fuzz.bin: ")
+
+
+def test_hw_json_that_is_not_an_object(pool):
+    bodies = mutators.unpack_program(pool["program"][0])
+    bodies["hw"] = b"7"
+    with pytest.raises(ProgramError, match="hardware config: must be an object, got 7"):  # AttributeError from_json
+        Program.from_bytes(mutators.pack_program(bodies), "fuzz.bin")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("program-ttfs-weight-code", "not a 5-bit log code"),  # ValueError isa/ttfs.py code_exponents
+    ("program-conv-zero-width", "each must be at least 1"),  # RuntimeError in torch's conv2d
+    ("program-conv-no-output-channels", "each must be at least 1"),  # RuntimeError in torch's conv2d (cout=0)
+    ("program-conv-no-planes", "each must be at least 1"),  # ValueError in np.concatenate (planes=0)
+    ("program-input-without-path", r"inputs\[0\] lacks path"),  # KeyError in runtime/run.py
+    ("program-huge-dram", "kib must be at most"),  # ValueError NumPy: maximum dimension exceeded (a 2^63 KiB buffer)
+])
+def test_program_reproducers(monkeypatch, name, message):
+    monkeypatch.setenv("TTC_MEMORY_LIMIT", "256M")
+    blob = gzip.decompress((REGRESSIONS / f"{name}.gz").read_bytes())
+    with pytest.raises(UserError, match=message):
+        targets()["program"].run(blob)
+
+
+def test_a_copy_of_many_rows_is_checked_in_linear_time(monkeypatch):
+    """A load of 65535 rows took over 10 s (each row's footprint check scanned every row's region)."""
+    monkeypatch.setenv("TTC_MEMORY_LIMIT", "256M")
+    blob = gzip.decompress((REGRESSIONS / "program-copy-65535-rows.gz").read_bytes())
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"instruction 119 \(load\): ifmap\[0x8000\]\+8 lies beyond"):
+        targets()["program"].run(blob)
+    assert time.perf_counter() - t0 < 5
+
+
+# ------------------------------------------------------------------------------ regressions: text and models
+
+def test_assembly_that_is_not_utf8():
+    with pytest.raises(UserError, match=r"fuzz.s: not UTF-8 text \(byte 0xff at offset 5, line 2\)"):
+        decode_text(b".ttc\n\xff", "fuzz.s")
+
+
+def test_assembly_with_a_bad_hw_line(pool):
+    text = pool["asm"][0].decode().replace('"write_pj":', '"written_pj":', 1)
+    with pytest.raises(AsmError, match="unknown key 'written_pj'"):  # TypeError Buffer() missing write_pj
+        assemble(text, "fuzz.s")
+
+
+IR = """graph @net {
+  %x = input {index = 0} : seq4<f32[1,8,8]>
+  %c = conv2d(%x) {path = "0", weight = WEIGHT, bias = none, stride = STRIDE, padding = [0, 0], weight_frac = none} : seq4<f32[2,8,8]>
+  return %c
+}"""
+
+
+@pytest.mark.parametrize("weight, stride, message", [
+    ("array<i8[2,1,1,1]>[1, -99999999]", "[1, 1]", "out of bounds for int8"),  # OverflowError ir_text
+    ("array<i8[2,1,1,1]>[1, ]", "[1, 1]", "invalid literal for int"),  # ValueError ir_text
+    ("array<f32[2,1,1,1]>[1, 2]", "[1, [2]]", r"attribute stride = \(1, \(2,\)\) is not a tuple\[int, int\]"),  # TypeError ir._accumulator
+])
+def test_bad_ir_text_is_one_ir_error(weight, stride, message):
+    with pytest.raises(IRError, match=message):
+        parse_graph(IR.replace("WEIGHT", weight).replace("STRIDE", stride))
+
+
+def test_ir_string_with_a_control_character():
+    text = IR.replace("WEIGHT", "array<f32[2,1,1,1]>[1, 2]").replace("STRIDE", "[1, 1]").replace('path = "0"', 'path = "\x01"')
+    with pytest.raises(IRError, match="string attribute .*Invalid control character"):  # JSONDecodeError ir_text
+        parse_graph(text)
+
+
+def test_buffer_of_huge_size():
+    text = (PRESET_DIR / "sata.toml").read_text()
+    head, _, tail = text.partition("[buffers.wgt]")
+    tail = tail.replace("kib = ", "kib = 1e308 #", 1)
+    with pytest.raises(HwConfigError, match=r"\[buffers.wgt\]: kib must be at most"):  # OverflowError Buffer.bytes
+        parse_hw(head + "[buffers.wgt]" + tail, "fuzz.toml")
+
+
+@pytest.mark.parametrize("name", ["model-damaged-module-state", "model-zip-version", "model-persistent-id"])
+def test_model_reproducers(tmp_path, name):
+    """AttributeError in Module.__getattr__, NotImplementedError in zipfile, AssertionError in torch.load."""
+    model = targets()["model"]
+    model.prepare(gzip.decompress((REGRESSIONS / f"{name}.gz").read_bytes()))
+    with pytest.raises(UserError, match="fuzz.pt: "):
+        model.run(b"")
