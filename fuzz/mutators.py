@@ -10,15 +10,13 @@ from its seed.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import random
 import re
 import zipfile
-import zlib
 
-from ttc.isa.program import _DIGEST, _ENTRY, _HEADER, SECTIONS
+from ttc.isa.program import _ENTRY, _HEADER, SECTIONS
 
 #: Values that find missing type and range checks: wrong types, sizes beyond any memory, floats where
 #: integers belong, non-finite numbers (Python's json reads NaN and Infinity).
@@ -152,20 +150,12 @@ def pack_program(bodies: dict[str, bytes], header_edit=None) -> bytes:
     """A prog.bin of these section bodies with correct offsets, CRCs and SHA-256 trailer, so that a
     mutation inside a section reaches the code that reads it. `header_edit(fields)` may change the
     header fields (magic, format, isa, count, reserved) before packing."""
-    from ttc.isa.program import FORMAT_VERSION, MAGIC
+    from ttc.isa.program import FORMAT_VERSION, MAGIC, pack_sections
     from ttc.isa.table import ISA_VERSION
     fields = [MAGIC, FORMAT_VERSION, ISA_VERSION, len(SECTIONS), 0]
     if header_edit:
         header_edit(fields)
-    offset = _HEADER.size + _ENTRY.size * len(SECTIONS)
-    table, payload = b"", b""
-    for name in SECTIONS:
-        body = bodies[name]
-        table += _ENTRY.pack(name.encode(), offset, len(body), zlib.crc32(body), 0)
-        payload += body
-        offset += len(body)
-    blob = _HEADER.pack(*fields) + table + payload
-    return blob + hashlib.sha256(blob).digest()
+    return pack_sections(bodies, tuple(fields))
 
 
 def mutate_operand(rng: random.Random, code: bytes) -> bytes:

@@ -32,6 +32,20 @@ MAGIC = b"TTCPROG\0"
 FORMAT_VERSION = 1
 
 
+def pack_sections(bodies: dict[str, bytes], header: tuple | None = None) -> bytes:
+    """The prog.bin container of these section bodies: header (`header`: its fields, default this
+    format's), section table with offsets and CRCs, the bodies, the SHA-256 trailer."""
+    offset = _HEADER.size + _ENTRY.size * len(SECTIONS)
+    table, payload = b"", b""
+    for name in SECTIONS:
+        body = bodies[name]
+        table += _ENTRY.pack(name.encode(), offset, len(body), zlib.crc32(body), 0)
+        payload += body
+        offset += len(body)
+    blob = _HEADER.pack(*(header or (MAGIC, FORMAT_VERSION, ISA_VERSION, len(SECTIONS), 0))) + table + payload
+    return blob + hashlib.sha256(blob).digest()
+
+
 def ttc_version() -> str:
     """This ttc's version: the package metadata (pyproject.toml), the one source every program and
     every JSON ttc writes records."""
@@ -66,15 +80,7 @@ class Program:
             "code": encode_all(self.code),
             "data": bytes(self.data),
         }
-        offset = _HEADER.size + _ENTRY.size * len(SECTIONS)
-        table, payload = b"", b""
-        for name in SECTIONS:
-            body = bodies[name]
-            table += _ENTRY.pack(name.encode(), offset, len(body), zlib.crc32(body), 0)
-            payload += body
-            offset += len(body)
-        blob = _HEADER.pack(MAGIC, FORMAT_VERSION, ISA_VERSION, len(SECTIONS), 0) + table + payload
-        return blob + hashlib.sha256(blob).digest()
+        return pack_sections(bodies)
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a reader never sees a half-written file."""
