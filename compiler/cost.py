@@ -30,14 +30,13 @@ import torch
 from ttc.isa.encoding import Instr
 from ttc.isa.hwconfig import HwConfig
 from ttc.isa.mt import code_planes
-from ttc.isa.table import BY_NAME, accesses
+from ttc.isa.table import BY_NAME, DMA, accesses
 from ttc.isa.timing import Reservations
 
 from .ir import Conv2d, Graph, Linear
 from .plan import LayerPlan, Step, layer_plan
 
 DEFAULT_DENSITY = 0.1  # input spikes per neuron and step, when nothing better is known
-DMA = ("load", "store")
 
 
 @dataclass

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     slowest.write_bytes(blob)
     print(f"  slowest input: {seconds:.3f} s ({where}; saved as {slowest})")
     if stats.failures:
-        paths = save_reproducers(stats, a.out)
+        save_reproducers(stats, a.out)
         print(f"  {len(stats.failures)} distinct failures (reproducers in {a.out}/):")
         for (name, kind, frame), f in sorted(stats.failures.items()):
             print(f"    {name:<8} {kind} at {frame} ({f.count}x): {f.message[:120]}")

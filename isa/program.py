@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from .encoding import EncodingError, Instr, decode_all, encode_all
+from .encoding import Instr, decode_all, encode_all
 from .errors import UserError
 from .files import atomic_write
-from .hwconfig import HwConfig, HwConfigError
+from .hwconfig import HwConfig
 from .limits import check_memory, instruction_limit, load_json
 from .meta import MetaError, check_meta
 from .table import ISA_VERSION

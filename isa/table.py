@@ -58,7 +58,8 @@ MAX_LEVELS = 4
 
 #: Instruction queues, one per unit; a PE instruction's queue is the PE group its `group` field names.
 PE_GROUPS = 4
-QUEUES = ("load", "store", *(f"pe{g}" for g in range(PE_GROUPS)), "neuron", "vector")
+DMA = ("load", "store")  # the queues (and opcodes) that move data between DRAM and the buffers
+QUEUES = (*DMA, *(f"pe{g}" for g in range(PE_GROUPS)), "neuron", "vector")
 
 
 def elems_bytes(fmt: str, n: int) -> int:

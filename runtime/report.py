@@ -14,7 +14,7 @@ from pathlib import Path
 from ttc.isa.hwconfig import COUNTER_NAMES, memory_bytes
 from ttc.isa.files import atomic_write
 from ttc.isa.program import Program
-from ttc.isa.table import BY_NAME, MAX_LEVELS, MEMORIES, ON_CHIP, QUEUES
+from ttc.isa.table import BY_NAME, DMA, MAX_LEVELS, MEMORIES, ON_CHIP, QUEUES
 
 from .provenance import provenance as make_provenance
 from .run import RunResult
@@ -104,9 +104,6 @@ def format_counts(counts: dict) -> str:
         lines.append("  static, per time step and sample, every tap (padding included), at full activity: the dense MACs "
                      "split by their activation, spikes (adds) or multi-bit (multiplies); docs/counting.md")
     return "\n".join(lines)
-
-
-DMA = ("load", "store")
 
 
 def perfetto_trace(prog: Program, result: RunResult) -> dict:

@@ -24,7 +24,7 @@ from ttc.isa.encoding import Instr
 from ttc.isa.errors import UserError
 from ttc.isa.footprint import RangeMap, regions
 from ttc.isa.hwconfig import HwConfig
-from ttc.isa.table import BY_NAME, QUEUES
+from ttc.isa.table import BY_NAME, DMA, QUEUES
 from ttc.isa.timing import Reservations
 
 
@@ -68,7 +68,7 @@ class Timeline:
                                     f"{src} that no earlier instruction gives: the machine would deadlock")
             ready = max(ready, channel.popleft())
         work = BY_NAME[instr.op].cycles(self.hw, instr.args)
-        if instr.op in ("load", "store"):
+        if instr.op in DMA:
             start = self._dram.reserve(ready, work)
             self.busy["dram"] += work
             end = start + work + self.hw.dram_latency_cycles
