@@ -46,6 +46,7 @@ class Failure:
 @dataclass
 class Stats:
     inputs: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # time spent in each target
     failures: dict[tuple, Failure] = field(default_factory=dict)  # (target, type, frame) -> first found
     slowest: tuple[float, str, bytes] = (0.0, "", b"")
 
@@ -134,21 +135,26 @@ def make_input(rng: random.Random, target: Target, pool: list[bytes]) -> bytes:
     return blob
 
 
-def campaign(targets: dict[str, Target], seeds: dict[str, list[bytes]], inputs: int, seed: int,
-             time_limit: float = 10.0, progress=None, out: Path | None = None) -> Stats:
-    """`inputs` inputs per target, round-robin over the targets, from random seed `seed`. With `out`,
-    each new failure's reproducer is saved as soon as it is found (a long campaign may be stopped)."""
+def _input_rng(seed: int, name: str, i: int) -> random.Random:
+    """Input i of a target is made from its own generator, so that any input can be replayed alone and
+    any split of the inputs over workers makes the same inputs."""
+    return random.Random(f"{seed}:{name}:{i}")
+
+
+def run_inputs(targets: dict[str, Target], seeds: dict[str, list[bytes]], indices: range, seed: int,
+               time_limit: float) -> Stats:
+    """Inputs `indices` of every target (round-robin over the targets)."""
     os.environ.setdefault("TTC_MEMORY_LIMIT", FUZZ_MEMORY_LIMIT)
     _WriteWatch.install()
     stats = Stats(inputs={name: 0 for name in targets})
-    rngs = {name: random.Random(f"{seed}:{name}") for name in targets}
     limit = sys.getrecursionlimit()
-    for i in range(inputs):
+    for i in indices:
         for name, target in targets.items():
-            blob = make_input(rngs[name], target, seeds[name])
+            blob = make_input(_input_rng(seed, name, i), target, seeds[name])
             seconds, error, written = run_one(target, blob, time_limit)
             sys.setrecursionlimit(limit)
             stats.inputs[name] += 1
+            stats.seconds[name] = stats.seconds.get(name, 0.0) + seconds
             if seconds > stats.slowest[0]:
                 stats.slowest = (seconds, name, blob)
             if error is not None:
@@ -164,10 +170,72 @@ def campaign(targets: dict[str, Target], seeds: dict[str, list[bytes]], inputs: 
                 stats.failures[key].count += 1
             else:
                 stats.failures[key] = Failure(name, sig, message, tb, blob)
-                if out is not None:
-                    save_reproducers(Stats(failures={key: stats.failures[key]}), out)
-        if progress:
-            progress(i + 1, stats)
+    return stats
+
+
+def merge(into: Stats, part: Stats) -> list[tuple]:
+    """Add `part` (later inputs) to `into`; the keys of the failures new to `into`."""
+    new = []
+    for name, n in part.inputs.items():
+        into.inputs[name] = into.inputs.get(name, 0) + n
+        into.seconds[name] = into.seconds.get(name, 0.0) + part.seconds.get(name, 0.0)
+    for key, f in part.failures.items():
+        if key in into.failures:
+            into.failures[key].count += f.count
+        else:
+            into.failures[key] = f
+            new.append(key)
+    if part.slowest[0] > into.slowest[0]:
+        into.slowest = part.slowest
+    return new
+
+
+#: Inputs per target a worker runs between reports (progress, new reproducers saved).
+CHUNK = 50
+
+_worker: dict = {}
+
+
+def _worker_start(names: list[str]) -> None:
+    import torch
+    torch.set_num_threads(1)  # one core per worker: torch's own threads would make the workers contend
+    from .seeds import seeds
+    from .targets import targets
+    _worker["targets"] = {name: t for name, t in targets().items() if name in names}
+    _worker["seeds"] = seeds()
+
+
+def _worker_chunk(job: tuple[range, int, float]) -> Stats:
+    indices, seed, time_limit = job
+    return run_inputs(_worker["targets"], _worker["seeds"], indices, seed, time_limit)
+
+
+def campaign(targets: dict[str, Target], seeds: dict[str, list[bytes]], inputs: int, seed: int,
+             time_limit: float = 10.0, progress=None, out: Path | None = None, jobs: int = 1) -> Stats:
+    """`inputs` inputs per target from random seed `seed`, in chunks of CHUNK; with `jobs` > 1 the
+    chunks run in that many worker processes (each builds the same targets and seeds), with the same
+    inputs and the same result as one process. With `out`, each new failure's reproducer is saved as
+    soon as its chunk ends (a long campaign may be stopped)."""
+    stats = Stats(inputs={name: 0 for name in targets})
+    chunks = [(range(i, min(i + CHUNK, inputs)), seed, time_limit) for i in range(0, inputs, CHUNK)]
+    if jobs > 1:
+        import multiprocessing
+        # spawn, not fork: a forked copy of a process that has started torch's threads may hang
+        pool = multiprocessing.get_context("spawn").Pool(jobs, _worker_start, (list(targets),))
+        parts = pool.imap(_worker_chunk, chunks)
+    else:
+        pool = None
+        parts = (run_inputs(targets, seeds, *job) for job in chunks)
+    try:
+        for (indices, _, _), part in zip(chunks, parts):
+            new = merge(stats, part)
+            if out is not None and new:
+                save_reproducers(Stats(failures={key: stats.failures[key] for key in new}), out)
+            if progress:
+                progress(indices.stop, stats)
+    finally:
+        if pool is not None:
+            pool.terminate()
     return stats
 
 

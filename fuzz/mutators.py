@@ -15,6 +15,7 @@ import json
 import random
 import re
 import zipfile
+from functools import lru_cache
 
 from ttc.isa.program import _ENTRY, _HEADER, SECTIONS
 
@@ -243,6 +244,16 @@ def mutate_program(rng: random.Random, blob: bytes, pool: list[bytes]) -> bytes:
 _TOKEN = re.compile(r"0x[0-9a-fA-F]+|-?\d+(?:\.\d+)?(?:e-?\d+)?|[A-Za-z_][A-Za-z0-9_.]*|\s+|.", re.S)
 
 
+@lru_cache(maxsize=16)
+def _tokens(text: str) -> tuple[tuple[str, ...], list[int], list[int]]:
+    """A text's tokens and the positions of its numbers and words (cached: most inputs start from one of
+    the few seeds, and tokenizing a printed IR takes milliseconds)."""
+    tokens = tuple(_TOKEN.findall(text))
+    numbers = [k for k, t in enumerate(tokens) if t[:1].isdigit() or t[:1] == "-"]
+    words = [k for k, t in enumerate(tokens) if t[:1].isalpha() or t[:1] == "_"]
+    return tokens, numbers, words
+
+
 def mutate_text(rng: random.Random, blob: bytes, pool: list[bytes]) -> bytes:
     """Token-level edits of a text artefact (assembly, IR, TOML), or bytes that are not UTF-8."""
     op = rng.randrange(12)
@@ -271,11 +282,10 @@ def mutate_text(rng: random.Random, blob: bytes, pool: list[bytes]) -> bytes:
             head, _, body = lines[k].partition(" ")
             lines[k] = head + " " + mutate_json_text(rng, body)
             return "\n".join(lines).encode()
-    tokens = _TOKEN.findall(text)
+    tokens, numbers, words = _tokens(text)
     if not tokens:
         return blob
-    numbers = [k for k, t in enumerate(tokens) if t[:1].isdigit() or t[:1] == "-"]
-    words = [k for k, t in enumerate(tokens) if t[:1].isalpha() or t[:1] == "_"]
+    tokens = list(tokens)
     for _ in range(rng.choice((1, 1, 2, 3))):
         kind = rng.randrange(5)
         if kind <= 1 and numbers:
