@@ -173,10 +173,33 @@ def load_model(path: str | Path, trust: bool = False, nir_dt: float | None = Non
         raise ModelLoadError(f"{path}: not a loadable model (damaged, or not a torch.save file: the unpickler "
                              f"failed with {type(e).__name__} {e})") from None
     module = _as_module(path, model)
-    try:
-        return module.eval()
-    except AttributeError as e:  # a module the unpickler rebuilt from a damaged state (no _modules)
-        raise ModelLoadError(f"{path}: holds a damaged {type(module).__name__} ({_first_line(e)})") from None
+    _check_state(path, module)
+    return module.eval()
+
+
+#: What a module's own tables hold (torch.nn.Module keeps its submodules, parameters and buffers in them).
+_TABLES = {"_modules": torch.nn.Module, "_parameters": torch.nn.Parameter, "_buffers": torch.Tensor}
+
+
+def _check_state(path: Path, module: torch.nn.Module, where: str = "") -> None:
+    """The unpickler rebuilds a module from whatever state the file holds: a damaged one (a table that is
+    no dict, a submodule that is a number, a training flag that is a list) is refused here, naming the
+    module, before torch's own methods trip over it."""
+    state = vars(module)
+    name = f"module {where!r} ({type(module).__name__})" if where else f"the model ({type(module).__name__})"
+    for table, kind in _TABLES.items():
+        entries = state.get(table)
+        if not isinstance(entries, dict):
+            raise ModelLoadError(f"{path}: holds a damaged {name}: its {table} is {type(entries).__name__}, not a dict")
+        for key, value in entries.items():
+            if not isinstance(key, str) or not (value is None or isinstance(value, kind)):
+                raise ModelLoadError(f"{path}: holds a damaged {name}: {table}[{key!r:.40}] is a "
+                                     f"{type(value).__name__}, not a {kind.__name__}")
+    if not isinstance(state.get("training"), bool):
+        raise ModelLoadError(f"{path}: holds a damaged {name}: its training flag is {state.get('training')!r:.40}")
+    for key, child in state["_modules"].items():
+        if child is not None:
+            _check_state(path, child, f"{where}.{key}" if where else key)
 
 
 def _first_line(e: Exception) -> str:

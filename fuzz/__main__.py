@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                     help="worker processes (default: one per core); the inputs and the result do not depend on it")
     ap.add_argument("--seed", type=int, default=0, help="random seed: the same seed replays the same inputs")
-    ap.add_argument("--targets", default="program,asm,ir,hw,model", help="comma-separated subset of the targets")
+    ap.add_argument("--targets", default="program,asm,ir,hw,model,cli", help="comma-separated subset of the targets")
     ap.add_argument("--time-limit", type=float, default=10.0, help="seconds an input may take (default 10)")
     ap.add_argument("--out", type=Path, default=Path("out/fuzz"), help="where reproducers go (default out/fuzz)")
     a = ap.parse_args(argv)

@@ -52,6 +52,8 @@ class Stats:
 
 
 def signature(e: BaseException) -> tuple[str, str]:
+    if hasattr(e, "signature"):  # a verdict of the cli target, keyed by what went wrong in the command
+        return e.signature
     frames = traceback.extract_tb(e.__traceback__)
     if isinstance(e, FuzzTimeout):  # where the alarm interrupted ttc, not the alarm handler itself
         frames = frames[:-1]
@@ -103,7 +105,7 @@ def run_one(target: Target, blob: bytes, time_limit: float) -> tuple[float, Base
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, time_limit)
     t0 = time.perf_counter()
-    _WriteWatch.active = True
+    _WriteWatch.active = target.watch_writes
     failure: BaseException | None = None
     try:
         with warnings.catch_warnings():  # torch warns about odd pickles; the verdict is what is raised

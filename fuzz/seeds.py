@@ -3,15 +3,20 @@
 The three embedded demo models (dense digits SNN, TTFS, MT-SNN) are compiled; their prog.bin bytes,
 disassembly and printed IR (the quantized graph and the scheduled one, i.e. after most passes) seed the
 program, assembly and IR targets; the hardware presets seed the TOML target; the model files themselves
-(torch.save zips) seed the model target.
+(torch.save zips) seed the model target; all of them and the demo programs' default inputs (.npy) seed
+the cli target.
 """
 from __future__ import annotations
 
+import io
 from functools import lru_cache
+
+import numpy as np
 
 from ttc import api, demo
 from ttc.compiler.ir_text import print_graph
 from ttc.isa.asm import disassemble
+from ttc.cli import default_input
 from ttc.isa.hwconfig import PRESET_DIR
 
 #: Each demo model and the input shape it compiles for (TTFS is static: no time axis).
@@ -22,12 +27,17 @@ DEMO_MODELS = ((demo.MODEL, "4,N,1,8,8"), (demo.CAT_MODEL, "N,1,8,8"), (demo.MT_
 def seeds() -> dict[str, list[bytes]]:
     """Seed inputs by target name."""
     out: dict[str, list[bytes]] = {"program": [], "asm": [], "ir": [], "hw": [], "model": []}
+    inputs = []
     for path, shape in DEMO_MODELS:
         compiled = api.compile_file(path, shape)
+        buffer = io.BytesIO()
+        np.save(buffer, default_input(compiled.program.meta["inputs"][0]))
+        inputs.append(buffer.getvalue())
         out["program"].append(compiled.program.to_bytes())
         out["asm"].append(disassemble(compiled.program).encode())
         out["ir"].append(print_graph(compiled.quantized).encode())
         out["ir"].append(print_graph(compiled.graph).encode())
         out["model"].append(path.read_bytes())
     out["hw"] = [p.read_bytes() for p in sorted(PRESET_DIR.glob("*.toml"))]
+    out["cli"] = [*out["program"], *out["asm"], *out["hw"], *out["model"], *inputs]
     return out

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import mutators
+from . import cli, mutators
 
 
 def _program(blob: bytes) -> None:
@@ -68,6 +68,7 @@ class Target:
     run: Callable[[bytes], None]
     mutate: Callable  # (rng, blob, pool) -> bytes
     prepare: Callable[[bytes], None] | None = None  # writes what the target reads, outside the no-writes check
+    watch_writes: bool = True  # reading must write nothing (the cli target judges what commands write itself)
 
 
 def _program_mutation(rng, blob, pool):
@@ -77,12 +78,26 @@ def _program_mutation(rng, blob, pool):
     return mutators.mutate_bytes(rng, blob, pool)
 
 
+def _any_mutation(rng, blob, pool):
+    """For the cli target, whose seeds are files of every kind: the mutations of the file's own kind."""
+    kind = cli.kind(blob)
+    if kind == "program":
+        return _program_mutation(rng, blob, [b for b in pool if cli.kind(b) == "program"])
+    if kind in ("model", "npy"):
+        return mutators.mutate_model(rng, blob, pool) if kind == "model" else mutators.mutate_bytes(rng, blob, pool)
+    return mutators.mutate_text(rng, blob, pool)
+
+
 def targets() -> dict[str, Target]:
+    from ttc import demo
+    from .seeds import seeds
     model = ModelFile()
+    command_line = cli.CliTarget(seeds()["program"][0], demo.MODEL)
     return {t.name: t for t in (
         Target("program", _program, _program_mutation),
         Target("asm", _asm, mutators.mutate_text),
         Target("ir", _ir, mutators.mutate_text),
         Target("hw", _hw, mutators.mutate_text),
         Target("model", model, mutators.mutate_model, model.prepare),
+        Target("cli", command_line, _any_mutation, command_line.prepare, watch_writes=False),
     )}

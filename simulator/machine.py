@@ -92,6 +92,15 @@ class Machine:
         k = bisect_right(los, ref.addr) - 1  # the last region starting at or below addr
         return k >= 0 and reach[k] >= ref.addr + nbytes
 
+    def _check_bounds(self) -> None:
+        """Every range the instruction may touch lies inside its memory, checked before the handler
+        computes anything: a conv whose output lies far outside psum used to be computed (for seconds)
+        before its write was refused."""
+        for r in self.footprint:
+            size = self.mem[r.mem].shape[1]
+            if r.hi > size:
+                raise SimError(f"{r.mem}[{r.lo:#x}]+{r.hi - r.lo} lies beyond the {size} bytes of {r.mem}")
+
     def read_bytes(self, ref: Ref, nbytes: int) -> np.ndarray:
         self.event.reads[ref.mem] += nbytes
         return self.mem[ref.mem][:, self._span(ref, nbytes, "r")]
@@ -126,6 +135,7 @@ class Machine:
         self.footprint = regions(instr)
         self._regions = None  # the footprint's search index, built on the first access
         try:
+            self._check_bounds()
             HANDLERS[instr.op](self, instr)
         except SimError as e:  # a handler's check that does not know the program counter: say where
             if str(e).startswith("instruction "):

@@ -144,7 +144,7 @@ def test_cli_records_the_encoding_and_refuses_non_binary_input(tmp_path, net, ca
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip().splitlines() == [
-        "ttc: error: input 'input' was compiled as spikes (input_encoding = spikes) and takes only 0 and 1, "
+        f"ttc: error: {tmp_path / 'bad.npy'}: input 'input' was compiled as spikes (input_encoding = spikes) and takes only 0 and 1, "
         "but element [0, 2, 1, 7, 7] is 0.25 (1 of 1536 elements are neither 0 nor 1)"]
 
 

@@ -38,7 +38,7 @@ def test_short_campaign_finds_nothing(pool, monkeypatch):
     monkeypatch.setenv("TTC_MEMORY_LIMIT", engine.FUZZ_MEMORY_LIMIT)
     t0 = time.perf_counter()
     stats = engine.campaign(targets(), pool, inputs=120, seed=0, time_limit=10.0)
-    assert stats.inputs == {name: 120 for name in ("program", "asm", "ir", "hw", "model")}
+    assert stats.inputs == {name: 120 for name in ("program", "asm", "ir", "hw", "model", "cli")}
     failures = {k: f"{f.message}\n{f.traceback[-1500:]}" for k, f in stats.failures.items()}
     assert failures == {}
     assert time.perf_counter() - t0 < 60
@@ -150,13 +150,17 @@ def _set(path, value):
 
 # (meta edit or None, hw edit or None, the message); each row was a failure signature of the campaign
 PROGRAM_CASES = [
-    (_set(("inputs", 0, "path"), KeyError), None, r"inputs\[0\] lacks path"),  # KeyError runtime/run.py
-    (_set(("outputs", 0, "step_stride"), KeyError), None, r"outputs\[0\] lacks step_stride"),  # KeyError _read_output
-    (_set(("layers", 0, "first_instr"), KeyError), None, r"layers\[0\] lacks first_instr"),  # KeyError energy.py
-    (_set(("layers", 1, "first_instr"), "7"), None, r"layers\[1\].first_instr must be an integer"),  # layer_of
-    (_set(("layers",), [True]), None, r"layers\[0\] must be an object"),  # TypeError energy.py
-    (_set(("inputs", 0, "frac"), [1]), None, r"inputs\[0\].frac must be an integer"),  # TypeError io._scaled
-    (_set(("inputs",), 5), None, "inputs must be a list"),  # TypeError program.validate
+    (_set(("inputs", 0, "path"), KeyError), None, r"inputs\[0\]: 'path' is a required property"),  # KeyError runtime/run.py
+    (_set(("outputs", 0, "step_stride"), KeyError), None, r"outputs\[0\]: 'step_stride' is a required property"),  # KeyError _read_output
+    (_set(("layers", 0, "first_instr"), KeyError), None, r"layers\[0\]: 'first_instr' is a required property"),  # KeyError energy.py
+    (_set(("layers", 1, "first_instr"), "7"), None, r"layers\[1\].first_instr: '7' is not of type 'integer'"),  # layer_of
+    (_set(("layers",), [True]), None, r"layers\[0\]: True is not of type 'object'"),  # TypeError energy.py
+    (_set(("inputs", 0, "frac"), [1]), None, r"inputs\[0\].frac: \[1\] is not of type 'integer'"),  # TypeError io._scaled
+    (_set(("inputs",), 5), None, "inputs: 5 is not of type 'array'"),
+    (_set(("counts", "model", "total", "macs"), "x"), None,  # ValueError in report.format_counts (cli target)
+     r"counts.model.total.macs: 'x' is not of type 'number'"),
+    (_set(("options", "input_shape"), 4), None, "options.input_shape: 4 is not of type 'string'"),  # run --check
+    (_set(("inputs", 0, "addr"), 1.0), None, r"inputs\[0\].addr: 1.0 is not of type 'integer'"),  # a float index  # TypeError program.validate
     (_set(("inputs", 0, "step_bytes"), 1), None, r"inputs\[0\].step_bytes = 1, but shape"),
     (_set(("dram_bytes",), 1 << 50), None, "more than the memory limit"),  # NumPy: maximum dimension exceeded
     (_set(("inputs",), [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[0]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]),
@@ -188,7 +192,7 @@ def test_hw_json_that_is_not_an_object(pool):
     ("program-conv-zero-width", "each must be at least 1"),  # RuntimeError in torch's conv2d
     ("program-conv-no-output-channels", "each must be at least 1"),  # RuntimeError in torch's conv2d (cout=0)
     ("program-conv-no-planes", "each must be at least 1"),  # ValueError in np.concatenate (planes=0)
-    ("program-input-without-path", r"inputs\[0\] lacks path"),  # KeyError in runtime/run.py
+    ("program-input-without-path", r"inputs\[0\]: 'path' is a required property"),  # KeyError in runtime/run.py
     ("program-huge-dram", "kib must be at most"),  # ValueError NumPy: maximum dimension exceeded (a 2^63 KiB buffer)
 ])
 def test_program_reproducers(monkeypatch, name, message):
@@ -198,12 +202,23 @@ def test_program_reproducers(monkeypatch, name, message):
         targets()["program"].run(blob)
 
 
+def test_an_instruction_reaching_beyond_its_memory_is_refused_before_it_computes(monkeypatch):
+    """A dconv whose output would lie 398 MB past psum's end used to be computed for over 10 s (campaign 4)
+    before its write was refused: its footprint is checked first, so its handler never runs."""
+    from ttc.simulator import machine
+    monkeypatch.setenv("TTC_MEMORY_LIMIT", "256M")
+    monkeypatch.setitem(machine.HANDLERS, "dconv", lambda m, i: pytest.fail("the dconv handler ran"))
+    blob = gzip.decompress((REGRESSIONS / "program-conv-output-beyond-psum.gz").read_bytes())
+    with pytest.raises(UserError, match=r"instruction 5 \(dconv\): psum\[0x0\]\+398570240 lies beyond the 32768 bytes of psum"):
+        targets()["program"].run(blob)
+
+
 def test_a_copy_of_many_rows_is_checked_in_linear_time(monkeypatch):
     """A load of 65535 rows took over 10 s (each row's footprint check scanned every row's region)."""
     monkeypatch.setenv("TTC_MEMORY_LIMIT", "256M")
     blob = gzip.decompress((REGRESSIONS / "program-copy-65535-rows.gz").read_bytes())
     t0 = time.perf_counter()
-    with pytest.raises(UserError, match=r"instruction 119 \(load\): ifmap\[0x8000\]\+8 lies beyond"):
+    with pytest.raises(UserError, match=r"instruction 119 \(load\): ifmap\[0x0\]\+524280 lies beyond"):
         targets()["program"].run(blob)
     assert time.perf_counter() - t0 < 5
 
@@ -252,10 +267,77 @@ def test_buffer_of_huge_size():
         parse_hw(head + "[buffers.wgt]" + tail, "fuzz.toml")
 
 
-@pytest.mark.parametrize("name", ["model-damaged-module-state", "model-zip-version", "model-persistent-id"])
+@pytest.mark.parametrize("name", ["model-damaged-module-state", "model-zip-version", "model-persistent-id",
+                                  "model-submodule-table"])
 def test_model_reproducers(tmp_path, name):
-    """AttributeError in Module.__getattr__, NotImplementedError in zipfile, AssertionError in torch.load."""
+    """AttributeError in Module.__getattr__, NotImplementedError in zipfile, AssertionError in torch.load,
+    TypeError in Module.__setattr__ (a module whose _modules the damaged pickle made an int)."""
     model = targets()["model"]
     model.prepare(gzip.decompress((REGRESSIONS / f"{name}.gz").read_bytes()))
     with pytest.raises(UserError, match="fuzz.pt: "):
         model.run(b"")
+
+
+# ------------------------------------------------------------------------------ regressions: the command line
+
+@pytest.fixture
+def command_line(pool, monkeypatch):
+    """The cli target: `ttc` run in-process on a file written into a fresh directory (ttc.fuzz.cli)."""
+    monkeypatch.setenv("TTC_MEMORY_LIMIT", engine.FUZZ_MEMORY_LIMIT)
+    return targets()["cli"].run
+
+
+def _refused(command_line, blob: bytes, argv) -> str:
+    """Hand `blob` to the command `argv` (INPUT standing for its file): it must fail as a user error, in
+    one line naming the file, leaving nothing behind (CliTarget.judge); the line."""
+    command_line.prepare(blob)
+    f = str(command_line.file)
+    status, err = command_line.judge([f if a == "INPUT" else a for a in argv])
+    assert status == 1
+    return err.strip()
+
+
+def test_a_damaged_npy_header_is_not_an_array(command_line):
+    """TokenError from NumPy's header parser (`ttc run --input`): any error NumPy's reader raises is refused."""
+    blob = gzip.decompress((REGRESSIONS / "cli-npy-header.gz").read_bytes())
+    line = _refused(command_line, blob, ["run", "--sim", command_line.demo_bin, "--input", "INPUT", "--output", "o.npy"])
+    assert "input.npy: not a .npy array (TokenError" in line
+
+
+def test_an_npy_header_asking_for_4_tib_allocates_nothing(command_line):
+    """The file is mapped, not read: a header promising more than the file holds is refused as such."""
+    import io
+    import numpy as np
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": (1 << 20, 1 << 20)})
+    line = _refused(command_line, buffer.getvalue(), ["run", "--sim", command_line.demo_bin, "--input", "INPUT"])
+    assert "input.npy: not a .npy array (ValueError: mmap length is greater than file size)" in line
+
+
+def test_an_input_of_the_wrong_shape_names_its_file(command_line):
+    import io
+    import numpy as np
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((1, 1, 8, 8), np.float32))
+    line = _refused(command_line, buffer.getvalue(), ["run", "--sim", command_line.demo_bin, "--input", "INPUT"])
+    assert line.startswith("ttc: error: ") and "input.npy: input 'input' has shape (1, 1, 8, 8)" in line
+
+
+def test_a_model_that_cannot_be_compiled_names_its_file(command_line):
+    from ttc import demo
+    line = _refused(command_line, demo.CAT_MODEL.read_bytes(), ["compile", "INPUT", "--input-shape", "4,N,1,8,8", "-o", "o.bin"])
+    assert "input.pt: module '1' (ttc.frontends.ttfs.LogConv2d) is a single-step layer" in line
+
+
+def test_a_program_the_simulator_refuses_names_its_file(command_line):
+    blob = gzip.decompress((REGRESSIONS / "program-conv-zero-width.gz").read_bytes())
+    line = _refused(command_line, blob, ["run", "--sim", "INPUT", "--output", "o.npy", "--report", "r"])
+    assert "input.bin: instruction" in line and "each must be at least 1" in line
+
+
+def test_a_damaged_check_model_fails_before_anything_is_written(command_line):
+    """`run --check` with a model that cannot be loaded used to write the report first."""
+    blob = gzip.decompress((REGRESSIONS / "model-persistent-id.gz").read_bytes())
+    line = _refused(command_line, blob, ["run", "--sim", command_line.demo_bin, "--check", "INPUT",
+                                         "--output", "o.npy", "--report", "r"])
+    assert "input.pt: not a loadable model" in line

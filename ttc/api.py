@@ -165,7 +165,7 @@ def run_float(model: torch.nn.Module, x: np.ndarray) -> list[np.ndarray]:
             if type(m).__module__.startswith("spikingjelly") and hasattr(m, "reset"):
                 m.reset()
         with torch.no_grad():
-            y = model(torch.from_numpy(np.asarray(x, dtype=np.float32)))
+            y = model(torch.from_numpy(np.array(x, dtype=np.float32)))  # a copy: x may be a read-only view
     finally:
         for m, training in modes:
             m.training = training

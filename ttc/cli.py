@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from ttc.isa.errors import UserError
+from ttc.isa.limits import check_memory
 from ttc.isa import progress
 from ttc.isa.files import atomic_write, read_text
 from ttc.isa.program import ttc_version
@@ -36,6 +37,16 @@ EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a command killed by SIGP
 
 class CliError(UserError):
     pass
+
+
+def naming(path: str, e: UserError, *others: str | None) -> CliError:
+    """`e`, which is about the file `path`, as one line naming it: the messages of the layers below name
+    what is wrong (an instruction, a module, a field) and some cannot know the file. A message that
+    already names `path` or another file of the command line (`others`) is kept as it is."""
+    message = _first_line(e)
+    if any(Path(p).name in message for p in (path, *others) if p and Path(p).is_file()):
+        return CliError(message)
+    return CliError(f"{path}: {message}")
 
 
 def _is_npz(path: str) -> bool:
@@ -77,15 +88,20 @@ def _save_outputs(path: str, arrays: list[np.ndarray], outputs: list[dict]) -> N
 
 
 def _load_input(path: str) -> np.ndarray:
+    """An .npy file, mapped before it is read: a header promising more than the file holds, or an array
+    larger than the memory limit, is refused before anything is allocated. NumPy's reader is the boundary of an untrusted format:
+    whatever it raises on a damaged file (ValueError, EOFError, a tokenizer error from the header)
+    means the file is not an .npy array."""
     if not Path(path).is_file():
         raise CliError(f"{path}: no such file")
     try:
-        x = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise CliError(f"{path}: not a .npy array ({str(e).splitlines()[0]})") from None
-    if not isinstance(x, np.ndarray) or x.dtype.kind not in "fiub":
-        raise CliError(f"{path}: holds {getattr(x, 'dtype', type(x))} data, not numbers")
-    return x
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        raise CliError(f"{path}: not a .npy array ({type(e).__name__}: {_first_line(e)})") from None
+    if not isinstance(mapped, np.ndarray) or mapped.dtype.kind not in "fiub":
+        raise CliError(f"{path}: holds {getattr(mapped, 'dtype', type(mapped))} data, not numbers")
+    check_memory(mapped.nbytes, f"an array of shape {mapped.shape}", path)
+    return np.array(mapped)
 
 
 def default_input(io: dict) -> np.ndarray:
@@ -101,10 +117,15 @@ def default_input(io: dict) -> np.ndarray:
 
 def cmd_compile(a) -> int:
     from ttc.api import compile_file, decay_notes
-    from ttc.compiler.passes import user_options
+    from ttc.compiler.passes import OptionError, user_options
 
-    compiled = compile_file(a.model, a.input_shape, a.hw, trust=a.trust_model, nir_dt=a.nir_dt,
-                            **{o.name: getattr(a, o.name) for o in user_options()})
+    try:
+        compiled = compile_file(a.model, a.input_shape, a.hw, trust=a.trust_model, nir_dt=a.nir_dt,
+                                **{o.name: getattr(a, o.name) for o in user_options()})
+    except OptionError:  # names the option
+        raise
+    except UserError as e:  # the model cannot be compiled (for this machine)
+        raise naming(a.model, e, a.hw) from e
     if a.emit_ir:
         from ttc.compiler.ir_text import print_graph
 
@@ -174,6 +195,7 @@ def check(prog, model_path: str, trust: bool, x: np.ndarray, sim_outputs: list[n
 
 
 def cmd_run(a) -> int:
+    from ttc.isa.io import InputError
     from ttc.isa.program import Program
     from ttc.runtime.run import run
 
@@ -189,17 +211,25 @@ def cmd_run(a) -> int:
     ios = prog.meta["inputs"]
     x = _load_input(a.input) if a.input else default_input(ios[0])
     source = input_provenance(x, a.input)
-    result = run(prog, [x])
+    try:
+        result = run(prog, [x])
+    except InputError as e:
+        raise naming(a.input or a.program, e) from e  # the default input is the program's
+    except UserError as e:  # what the program does on this machine
+        raise naming(a.program, e, a.hw) from e
     for line in result.warnings():  # on stderr, so that --json output stays one document
         print(f"ttc: warning: {line}", file=sys.stderr)
     from ttc.runtime.report import format_table, report as run_report, write_report
 
     # the same keys and layer rows as report.json (without its static counts)
     report = {k: v for k, v in run_report(prog, result, provenance(prog, a.program, source)).items() if k != "counts"}
+    if a.check:  # before anything is written: a model that cannot be checked is a failed command
+        try:
+            report["check"] = check(prog, a.check, a.trust_model, x, result.outputs)
+        except UserError as e:
+            raise naming(a.check, e) from e
     if a.report:
         table = format_table(write_report(prog, result, a.report, report["provenance"]))
-    if a.check:
-        report["check"] = check(prog, a.check, a.trust_model, x, result.outputs)
     if a.output:
         _save_outputs(a.output, result.outputs, prog.meta["outputs"])
     if a.json:
@@ -243,7 +273,10 @@ def cmd_export(a) -> int:
 
     if not a.nir:
         raise CliError("choose the format to write: --nir (the only one so far)")
-    graph = export_nir(load_model(a.model, a.trust_model, a.nir_dt), a.input_shape, a.nir_dt)
+    try:
+        graph = export_nir(load_model(a.model, a.trust_model, a.nir_dt), a.input_shape, a.nir_dt)
+    except UserError as e:
+        raise naming(a.model, e) from e
     atomic_write(a.output, lambda tmp: write_nir(graph, tmp))
     kinds = Counter(type(n).__name__ for n in graph.nodes.values())
     print(f"wrote {a.output}: NIR graph of {len(graph.nodes)} nodes ({', '.join(f'{k} {v}' for k, v in kinds.items())}), "
