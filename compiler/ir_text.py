@@ -186,11 +186,19 @@ def _check_attrs(cls, attrs: dict, where: str) -> None:
                           .replace("typing.", "").replace("numpy.ndarray", "array"))
 
 
-def parse_graph(text: str) -> Graph:
+def parse_graph(text: str, where: str = "IR text") -> Graph:
+    """The graph `text` prints (print_graph), verified; every error names `where` (the file it came from)."""
+    try:
+        return _parse_graph(text)
+    except IRError as e:
+        raise IRError(f"{where}: {e}") from None
+
+
+def _parse_graph(text: str) -> Graph:
     try:
         tree = _PARSER.parse(text)
     except lark.exceptions.UnexpectedInput as e:
-        raise IRError(f"IR text line {e.line}, column {e.column}: syntax error") from None
+        raise IRError(f"line {e.line}, column {e.column}: syntax error") from None
     name, *ops, ret = tree.children
     g = Graph(str(name))
     for node in ops:

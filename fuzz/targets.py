@@ -37,7 +37,7 @@ def _asm(blob: bytes) -> None:
 def _ir(blob: bytes) -> None:
     from ttc.compiler.ir_text import parse_graph
     from ttc.isa.files import decode_text
-    parse_graph(decode_text(blob, "fuzz.ir")).verify()
+    parse_graph(decode_text(blob, "fuzz.ir"), "fuzz.ir")
 
 
 def _hw(blob: bytes) -> None:

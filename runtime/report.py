@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ttc.isa.hwconfig import COUNTER_NAMES, memory_bytes
-from ttc.isa.files import atomic_write
+from ttc.isa.files import atomic_write, make_dirs
 from ttc.isa.program import Program
 from ttc.isa.table import BY_NAME, DMA, MAX_LEVELS, MEMORIES, ON_CHIP, QUEUES
 
@@ -244,7 +244,7 @@ def layer_csv(rep: dict) -> str:
 def write_report(prog: Program, result: RunResult, directory: str | Path, provenance: dict | None = None) -> dict:
     """report.json, layers.csv, trace.json (Perfetto), energy.png and timeline.png in `directory`."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
     rep = report(prog, result, provenance)
     atomic_write(directory / "report.json", lambda tmp: tmp.write_text(json.dumps(rep, indent=1)))
     atomic_write(directory / "layers.csv", lambda tmp: tmp.write_text(layer_csv(rep)))

@@ -223,3 +223,22 @@ def test_every_run_output_says_which_ttc_program_hardware_and_input(tmp_path, ca
     with pytest.raises(SystemExit) as version:
         main(["--version"])
     assert version.value.code == 0 and capsys.readouterr().out.strip() == f"ttc {ttc_version()}"
+
+
+def test_a_command_that_fails_part_way_leaves_nothing(compiled, tmp_path, capsys):
+    """Outputs appear together when a command succeeds (ttc.isa.files.all_or_nothing): the IR of a
+    compile whose program cannot be written, or a report of a run whose output cannot, are not left."""
+    missing = tmp_path / "no-such-dir"
+    ir = tmp_path / "model.ir"
+    assert main(["-q", "compile", str(compiled / "model.pt"), "--input-shape", "4,N,1,8,8", "--emit-ir", str(ir),
+                 "-o", str(missing / "prog.bin")]) == 1
+    assert f"{missing / 'prog.bin'}" in capsys.readouterr().err
+    report = tmp_path / "report" / "deeper"
+    assert main(["-q", "run", "--sim", str(compiled / "prog.bin"), "--report", str(report),
+                 "--output", str(missing / "y.npy")]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither model.ir nor the report's directories
+    assert main(["-q", "run", "--sim", str(compiled / "prog.bin"), "--report", str(report), "--output",
+                 str(tmp_path / "y.npy")]) == 0
+    assert sorted(p.name for p in report.iterdir()) == ["energy.png", "layers.csv", "report.json", "timeline.png",
+                                                        "trace.json"]
+    assert (tmp_path / "y.npy").is_file()

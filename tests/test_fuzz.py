@@ -248,9 +248,9 @@ IR = """graph @net {
     ("array<i8[2,1,1,1]>[1, ]", "[1, 1]", "invalid literal for int"),  # ValueError ir_text
     ("array<f32[2,1,1,1]>[1, 2]", "[1, [2]]", r"attribute stride = \(1, \(2,\)\) is not a tuple\[int, int\]"),  # TypeError ir._accumulator
 ])
-def test_bad_ir_text_is_one_ir_error(weight, stride, message):
-    with pytest.raises(IRError, match=message):
-        parse_graph(IR.replace("WEIGHT", weight).replace("STRIDE", stride))
+def test_bad_ir_text_is_one_ir_error_naming_the_file(weight, stride, message):
+    with pytest.raises(IRError, match=f"^model.ir: .*{message}"):
+        parse_graph(IR.replace("WEIGHT", weight).replace("STRIDE", stride), "model.ir")
 
 
 def test_ir_string_with_a_control_character():

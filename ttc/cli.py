@@ -1,4 +1,5 @@
-"""The `ttc` command line. No command leaves a half-written output file (`ttc.isa.files.atomic_write`).
+"""The `ttc` command line. No command leaves a half-written output file, and a command that fails
+leaves none at all (`ttc.isa.files.atomic_write`, `all_or_nothing`).
 
 Failures (ttc.isa.errors): bad input (a `UserError`, or a file that cannot be read or written) is one
 readable line on stderr and exit status 1; anything else is a bug in ttc, which `ttc` says, with how to
@@ -25,7 +26,7 @@ import numpy as np
 from ttc.isa.errors import UserError
 from ttc.isa.limits import check_memory
 from ttc.isa import progress
-from ttc.isa.files import atomic_write, read_text
+from ttc.isa.files import all_or_nothing, atomic_write, read_text
 from ttc.isa.program import ttc_version
 from ttc.runtime.provenance import describe_input, input_provenance, provenance
 
@@ -450,7 +451,8 @@ def run_reporting(command: Callable[[], int], verbose: bool, command_line: list[
     a UserError or an unusable file is one `ttc: error:` line and 1, a broken pipe is silent and 141,
     anything else is an internal error, 70, reported with `command_line` to paste into a bug report."""
     try:
-        status = command()
+        with all_or_nothing():
+            status = command()
         sys.stdout.flush()  # output still buffered meets a closed pipe here, inside the handlers below
         return status
     except BrokenPipeError:  # the reader stopped early (`| head`): nothing went wrong, and nobody reads on
