@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     print("ttc fuzz: compiling the demo models for seeds ...", file=sys.stderr, flush=True)
-    pool = seeds() if a.jobs == 1 else {}  # workers make their own
+    pool = seeds()  # workers make their own
     chosen = {name: t for name, t in targets().items() if name in a.targets.split(",")}
     if not chosen:
         ap.error(f"no such targets {a.targets!r} (targets: {', '.join(targets())})")

@@ -83,8 +83,10 @@ def _any_mutation(rng, blob, pool):
     kind = cli.kind(blob)
     if kind == "program":
         return _program_mutation(rng, blob, [b for b in pool if cli.kind(b) == "program"])
-    if kind in ("model", "npy"):
-        return mutators.mutate_model(rng, blob, pool) if kind == "model" else mutators.mutate_bytes(rng, blob, pool)
+    if kind == "model":
+        return mutators.mutate_model(rng, blob, pool)
+    if kind == "npy":
+        return mutators.mutate_bytes(rng, blob, pool)
     return mutators.mutate_text(rng, blob, pool)
 
 

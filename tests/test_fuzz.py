@@ -81,6 +81,19 @@ def test_writing_a_file_is_a_failure(tmp_path):
     assert error is None and "open(" in written and "x" in written
 
 
+def test_workers_run_every_input_and_their_findings_merge(pool):
+    """`--jobs 2`: the chunks run in two spawned workers; the counts add up, a failure found in two
+    chunks counts twice and keeps the first chunk's reproducer."""
+    stats = engine.campaign({"hw": targets()["hw"]}, pool, inputs=120, seed=0, jobs=2)
+    assert stats.inputs == {"hw": 120} and stats.failures == {} and stats.seconds["hw"] > 0
+    first, second = (engine.Stats(inputs={"t": 50}, seconds={"t": 1.0}, failures={
+        ("t", "KeyError", "x.py:f"): engine.Failure("t", ("KeyError", "x.py:f"), "m", "", blob)}) for blob in (b"1", b"2"))
+    total = engine.Stats()
+    assert engine.merge(total, first) == [("t", "KeyError", "x.py:f")] and engine.merge(total, second) == []
+    failure = total.failures[("t", "KeyError", "x.py:f")]
+    assert total.inputs == {"t": 100} and failure.count == 2 and failure.reproducer == b"1"
+
+
 def test_repacked_programs_pass_the_checksums(pool):
     for blob in pool["program"]:
         assert mutators.pack_program(mutators.unpack_program(blob)) == blob
