@@ -18,11 +18,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The long fuzzing campaign (ttc.fuzz): FUZZ_INPUTS inputs per target (10^6 over the five); reproducers of failures in out/fuzz/.
+# The long fuzzing campaign (ttc.fuzz): FUZZ_INPUTS inputs per input reader (10^6 over the five), then
+# FUZZ_CLI_INPUTS through the command line (each runs whole ttc commands); reproducers of failures in out/fuzz/.
 FUZZ_INPUTS ?= 200000
+FUZZ_CLI_INPUTS ?= 20000
 FUZZ_SEED ?= 0
 fuzz: $(STAMP)
-	$(PY) -m ttc.fuzz --inputs $(FUZZ_INPUTS) --seed $(FUZZ_SEED) --out out/fuzz
+	$(PY) -m ttc.fuzz --inputs $(FUZZ_INPUTS) --seed $(FUZZ_SEED) --targets program,asm,ir,hw,model --out out/fuzz
+	$(PY) -m ttc.fuzz --inputs $(FUZZ_CLI_INPUTS) --seed $(FUZZ_SEED) --targets cli --out out/fuzz
 
 bench: $(STAMP)
 	$(PY) bench/bench_sim.py
