@@ -270,6 +270,7 @@ class Conv2d(Op):
         if x.shape[0] != cin:
             self.fail(f"input has {x.shape[0]} channels, weights expect {cin}")
         (sh, sw), (ph, pw) = _pair(self.stride), _pair(self.padding)
+        _check_window(self, (kh, kw), (sh, sw), (ph, pw))
         oh, ow = conv_out(x.shape[1], kh, sh, ph), conv_out(x.shape[2], kw, sw, pw)
         if oh <= 0 or ow <= 0:
             self.fail(f"kernel {kh}x{kw} does not fit input {x.shape[1]}x{x.shape[2]}")
@@ -578,12 +579,21 @@ def planes_only_to_layers(op: Op, x: TensorType) -> None:
                 "(pool, add or reduce the values before the neuron, or read the planes with a layer)")
 
 
+def _check_window(op: Op, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> None:
+    """A sliding window covers at least one element, moves by at least one and pads by zero or more (a
+    stride of 0 divides by zero in the output size)."""
+    if min(kernel) < 1 or min(stride) < 1 or min(padding) < 0:
+        op.fail(f"kernel {kernel}, stride {stride}, padding {padding}: a kernel and a stride are at least 1, "
+                "a padding at least 0")
+
+
 def _pool_out(op: Op, x: TensorType, k: int, s: int, pad: int = 0, ceil: bool = False) -> tuple[int, int, int]:
     """Output size as torch's pools: floor((n + 2 pad - k) / s) + 1, or with `ceil` rounded up while the
     last window starts inside the input or its left padding."""
     planes_only_to_layers(op, x)
     if len(x.shape) != 3:
         op.fail(f"pools a [C,H,W] tensor, got {x}")
+    _check_window(op, (k,), (s,), (pad,))
     if not 0 <= pad <= k // 2:
         op.fail(f"padding {pad} is not between 0 and half the kernel {k}")
     c, h, w = x.shape

@@ -260,10 +260,18 @@ IR = """graph @net {
     ("array<i8[2,1,1,1]>[1, -99999999]", "[1, 1]", "out of bounds for int8"),  # OverflowError ir_text
     ("array<i8[2,1,1,1]>[1, ]", "[1, 1]", "invalid literal for int"),  # ValueError ir_text
     ("array<f32[2,1,1,1]>[1, 2]", "[1, [2]]", r"attribute stride = \(1, \(2,\)\) is not a tuple\[int, int\]"),  # TypeError ir._accumulator
+    ("array<f32[2,1,1,1]>[1, 2]", "[0, 1]", r"stride \(0, 1\).*a kernel and a stride are at least 1"),  # ZeroDivisionError conv_out
 ])
 def test_bad_ir_text_is_one_ir_error_naming_the_file(weight, stride, message):
     with pytest.raises(IRError, match=f"^model.ir: .*{message}"):
         parse_graph(IR.replace("WEIGHT", weight).replace("STRIDE", stride), "model.ir")
+
+
+def test_a_pool_of_stride_zero():
+    """ZeroDivisionError in isa/table.py conv_out (campaign 5): a maxpool's stride edited to 0."""
+    text = gzip.decompress((REGRESSIONS / "ir-pool-stride-zero.gz").read_bytes()).decode()
+    with pytest.raises(IRError, match=r"fuzz.ir: %3 \(maxpool, from '3'\): kernel \(2,\), stride \(0,\)"):
+        parse_graph(text, "fuzz.ir")
 
 
 def test_ir_string_with_a_control_character():
