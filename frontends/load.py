@@ -197,6 +197,10 @@ def _check_state(path: Path, module: torch.nn.Module, where: str = "") -> None:
                                      f"{type(value).__name__}, not a {kind.__name__}")
     if not isinstance(state.get("training"), bool):
         raise ModelLoadError(f"{path}: holds a damaged {name}: its training flag is {state.get('training')!r:.40}")
+    # torch's modules declare the settings every instance holds (BatchNorm2d: eps, momentum, ...)
+    lost = [c for c in getattr(type(module), "__constants__", ()) if c not in state and not hasattr(type(module), c)]
+    if lost:
+        raise ModelLoadError(f"{path}: holds a damaged {name}: it lacks {', '.join(lost)}")
     for key, child in state["_modules"].items():
         if child is not None:
             _check_state(path, child, f"{where}.{key}" if where else key)

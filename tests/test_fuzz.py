@@ -362,3 +362,24 @@ def test_a_damaged_check_model_fails_before_anything_is_written(command_line):
     line = _refused(command_line, blob, ["run", "--sim", command_line.demo_bin, "--check", "INPUT",
                                          "--output", "o.npy", "--report", "r"])
     assert "input.pt: not a loadable model" in line
+
+
+@pytest.mark.parametrize("name, message", [
+    # AttributeError in Module.__getattr__ while tracing: a BatchNorm2d whose state lost its settings
+    ("cli-bn-lacks-settings", r"input.pt: holds a damaged module '5' \(BatchNorm2d\): it lacks track_running_stats, affine"),
+    # ValueError (math domain error) in quantize.weight_scale: weights of 1e38 overflow float32 once batch norm folds in
+    ("cli-infinite-weights", r"input.pt: %3 \(conv2d, from '3'\): has a weight holding NaN or infinite values"),
+])
+def test_a_damaged_model_fails_to_compile_in_one_line(command_line, name, message):
+    import re
+    line = _refused(command_line, gzip.decompress((REGRESSIONS / f"{name}.gz").read_bytes()),
+                    ["compile", "INPUT", "--input-shape", "4,N,1,8,8", "-o", "o.bin"])
+    assert re.search(message, line), line
+
+
+def test_a_hardware_config_too_small_for_the_program_names_both(command_line):
+    """`run --hw` with a config whose weight buffer is smaller than the program's: the message named
+    only the program (the cli target's FileNotNamed)."""
+    blob = gzip.decompress((REGRESSIONS / "cli-hw-too-small.gz").read_bytes())
+    line = _refused(command_line, blob, ["run", "--sim", command_line.demo_bin, "--hw", "INPUT"])
+    assert "demo.bin on " in line and "input.toml: instruction 39 (load): wgt[0x0]+576 lies beyond the 512 bytes of wgt" in line

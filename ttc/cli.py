@@ -216,8 +216,8 @@ def cmd_run(a) -> int:
         result = run(prog, [x])
     except InputError as e:
         raise naming(a.input or a.program, e) from e  # the default input is the program's
-    except UserError as e:  # what the program does on this machine
-        raise naming(a.program, e, a.hw) from e
+    except UserError as e:  # what the program does on this machine (or on the --hw one: both are named)
+        raise naming(f"{a.program} on {a.hw}" if a.hw else a.program, e) from e
     for line in result.warnings():  # on stderr, so that --json output stays one document
         print(f"ttc: warning: {line}", file=sys.stderr)
     from ttc.runtime.report import format_table, report as run_report, write_report

@@ -38,8 +38,9 @@ class FoldBatchNorm(Pass):
             weight = getattr(producer, attr)
             w = weight.astype(np.float64) * g.reshape((-1,) + (1,) * (weight.ndim - 1))
             b = producer.bias.astype(np.float64) if producer.bias is not None else np.zeros(len(g))
-            setattr(producer, attr, w.astype(np.float32))
-            producer.bias = ((b - bn.mean) * g + bn.bias).astype(np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):  # a value float32 cannot hold: quantize refuses it
+                setattr(producer, attr, w.astype(np.float32))
+                producer.bias = ((b - bn.mean) * g + bn.bias).astype(np.float32)
             graph.replace_all_uses_with(bn.name, result.name)
             graph.erase(bn)
         return graph.infer_types()

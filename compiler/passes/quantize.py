@@ -176,6 +176,11 @@ class Quantize(Pass):
 
     def quantize_op(self, op: Op, ins: list[Op]) -> Op:
         b_in = self.bound[ins[0].name] if ins else 0
+        for name in ("weight", "bias"):
+            values = getattr(op, name, None)
+            if isinstance(values, np.ndarray) and values.dtype.kind == "f" and not np.isfinite(values).all():
+                op.fail(f"has a {name} holding NaN or infinite values (after batch norm is folded in), which no "
+                        "fixed-point format holds")
         if isinstance(op, Input) and op.declared.dtype == SPIKE:  # events (input-encoding): stored as they are
             self.bound[op.name] = 1
         elif isinstance(op, Input):
