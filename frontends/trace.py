@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import operator
 import os
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -361,10 +362,16 @@ class Lowering:
                 handler = handler_for(module)
                 if handler is None:
                     raise UnsupportedModel(f"unsupported module {node.target!r} of type {_qual(module)}")
-                if args and isinstance(args[0], Folded):
-                    env[node] = self.folded(node.target, module, handler, args[0])
-                else:
-                    env[node] = handler(self, node.target, module, *args, **kwargs)
+                try:
+                    if args and isinstance(args[0], Folded):
+                        env[node] = self.folded(node.target, module, handler, args[0])
+                    else:
+                        env[node] = handler(self, node.target, module, *args, **kwargs)
+                except AttributeError as e:
+                    lacking = _lacking(node.target, module, e)
+                    if lacking is None:
+                        raise
+                    raise lacking from e
             else:
                 env[node] = self.call(node, args, kwargs)
         raise UnsupportedModel("the traced model has no output")
@@ -407,6 +414,17 @@ class Lowering:
             raise UnsupportedModel(f"unsupported {'method' if node.op == 'call_method' else 'function'} "
                                    f"{name!r} at {_where(node)}")
         return fn(self, node, *args, **kwargs)
+
+
+def _lacking(path: str, module: nn.Module, e: AttributeError) -> UnsupportedModel | None:
+    """An AttributeError while a module is lowered: if the module itself lacks the attribute (a state
+    unpickled from a damaged file, or a class of another version), a user error naming it; else None
+    (a bug in the handler, which stays an internal error)."""
+    missing = re.search(r"'(\w+)' object has no attribute '(\w+)'", str(e))
+    if missing and missing.group(1) == type(module).__name__ and not hasattr(module, missing.group(2)):
+        return UnsupportedModel(f"module {path!r} ({_qual(module)}) has no attribute {missing.group(2)!r}, which "
+                                "ttc reads: a damaged model file, or a model saved by another version of its class")
+    return None
 
 
 def _qual(module) -> str:
