@@ -61,16 +61,14 @@ class Machine:
         self.pc = 0
         self.event = Event()
         self.footprint = []
-        self._regions = None
+        self._regions = {}
 
     # ---- memory access (bounds-checked, counted)
     def _span(self, ref: Ref, nbytes: int, mode: str) -> slice:
-        size = self.mem[ref.mem].shape[1]
-        where = f"instruction {self.pc} ({self.prog.code[self.pc].op})"
-        if ref.addr + nbytes > size:
-            raise SimError(f"{where}: {ref}+{nbytes} lies beyond the {size} bytes of {ref.mem}")
+        """The bytes an access touches; they lie inside the instruction's footprint, which `step` has
+        checked against the memories."""
         if nbytes and not self._declared(ref, nbytes, mode):
-            raise SimError(f"{where}: {mode} access {ref}+{nbytes} lies outside its declared footprint (ISA table bug)")
+            raise SimError(f"{mode} access {ref}+{nbytes} lies outside its declared footprint (ISA table bug)")
         return slice(ref.addr, ref.addr + nbytes)
 
     def _declared(self, ref: Ref, nbytes: int, mode: str) -> bool:
@@ -79,8 +77,6 @@ class Machine:
         (mem, mode) by lower bound, with the running maximum of their upper bounds), not row by row,
         which made a copy of 65535 rows take minutes."""
         key = (ref.mem, mode)
-        if self._regions is None:
-            self._regions = {}
         if key not in self._regions:
             spans = sorted((r.lo, r.hi) for r in self.footprint if r.mem == ref.mem and mode in r.mode)
             los, reach, top = [lo for lo, _ in spans], [], 0
@@ -133,7 +129,7 @@ class Machine:
     def step(self, instr: Instr) -> bool:
         self.event = Event()
         self.footprint = regions(instr)
-        self._regions = None  # the footprint's search index, built on the first access
+        self._regions = {}  # the footprint's search index by (memory, mode), built on the first access
         try:
             self._check_bounds()
             HANDLERS[instr.op](self, instr)
