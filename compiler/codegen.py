@@ -36,7 +36,8 @@ def emit_layers(graph: Graph, hw: HwConfig) -> tuple[list[Instr], list[dict]]:
     return code, layers
 
 
-def _io(graph: Graph, op: Op, **extra) -> dict:
+def io_record(graph: Graph, op: Op, **extra) -> dict:
+    """How prog.bin describes a value in DRAM: its place, shape, steps and format."""
     t = op.type
     stride = step_stride(graph, op)
     return dict(name=op.name, path=op.path, addr=value_addr(graph, op), shape=list(t.shape), time=t.time,
@@ -67,8 +68,8 @@ def generate(graph: Graph, hw: HwConfig, options: dict, source: dict) -> Program
     meta = dict(
         ttc_version=ttc_version(), dram_bytes=dram_bytes, options=options, source=source, layers=layers,
         **{note: graph.notes.get(note, {}) for note in ("counts", "factorize", "schedule", "ttfs", "decay")},
-        inputs=[_io(graph, op, index=op.index, bits=op.type.dtype.bits) for op in graph.inputs],
-        outputs=[_io(graph, graph.op(name), divide_by=output_divisor(graph, name)) for name in graph.outputs],
+        inputs=[io_record(graph, op, index=op.index, bits=op.type.dtype.bits) for op in graph.inputs],
+        outputs=[io_record(graph, graph.op(name), divide_by=output_divisor(graph, name)) for name in graph.outputs],
     )
     for io in meta["inputs"] + meta["outputs"]:
         if io["addr"] is None:

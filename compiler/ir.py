@@ -22,6 +22,7 @@ import numpy as np
 from ttc.isa.errors import UserError
 from ttc.isa.table import MAX_LEVELS, MODES, conv_out
 from ttc.isa.ttfs import MAX_WINDOW, ZERO_EXPONENT
+from ttc.isa.train import BAND_MANTISSA_BITS, band_fields
 
 
 class IRError(UserError, ValueError):
@@ -508,6 +509,7 @@ class NeuronQ(Op):
     mode: str = "parallel"
     tile: tuple[int] | None = None  # elements per chunk, when not fused with a conv (tile pass)
     ddram: int | None = None  # DRAM address of the decays per neuron, when per channel (allocate pass)
+    band: int = 0  # training: the surrogate's band in state units, which a `tape` of it records (0: none)
 
     @property
     def per_channel(self) -> bool:
@@ -533,6 +535,10 @@ class NeuronQ(Op):
             self.fail("decay_mul, decay_shift or in_shift out of range")
         if (muls > 1 << self.decay_shift).any():
             self.fail("decay above 1")
+        if self.band:
+            mant, exp = band_fields(self.band) if self.band > 0 else (-1, 0)
+            if mant << exp != self.band:
+                self.fail(f"band {self.band} is not a {BAND_MANTISSA_BITS}-bit mantissa times a power of two (nrn's fields)")
         return x.with_(dtype=spikes(self.levels, self.mode))
 
 
@@ -548,6 +554,21 @@ class Membrane(Op):
         if x.dtype.kind not in ("spike", "mt"):
             self.fail("membrane of a value that is not a neuron's spikes")
         return x.with_(dtype=F32 if self.frac is None else fix(32, self.frac))
+
+
+@dataclass(eq=False, kw_only=True)
+class Tape(Op):
+    """a[t] = |h[t] - theta| < band: the active bits of the quantized neuron op `inputs[0]` (its state h
+    after step t, its `band`), which the forward of a training step stores for the backward: the
+    surrogate gradient is 1 where a neuron-step is active and 0 elsewhere (isa/train.py)."""
+
+    opname: ClassVar[str] = "tape"
+
+    def infer(self, ins):
+        x = self.seq_input(ins[0])
+        if x.dtype.kind != "spike":
+            self.fail("tape of a value that is not a one-threshold neuron's spikes")
+        return x
 
 
 @dataclass(eq=False, kw_only=True)
@@ -948,6 +969,8 @@ class Graph:
                 o.fail(f"type {o.type} but its operands give {inferred}")
             if isinstance(o, Membrane) and not isinstance(self.op(o.inputs[0]), (Neuron, NeuronQ)):
                 o.fail("membrane of a value that no neuron op defines")
+            if isinstance(o, Tape) and not (isinstance(self.op(o.inputs[0]), NeuronQ) and self.op(o.inputs[0]).band > 0):
+                o.fail("tape of a value that no quantized neuron with a band defines")
             if getattr(o, "fused", None) is not None and not (
                     self.has(o.fused) and self.only_user(o.name) is self.op(o.fused) and isinstance(self.op(o.fused), FUSABLE)):
                 o.fail(f"is fused with %{o.fused}, which is not its only reader, or not a neuron, firing or time reduction")

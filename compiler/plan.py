@@ -36,8 +36,9 @@ from ttc.isa.hwconfig import (TTFS_FIRE_ACTIONS, TTFS_SYNAPSE_ACTIONS, HwConfig,
                               spike_add_action)
 from ttc.isa.neuron import PARAMS as NEURON_PARAMS
 from ttc.isa.table import FORMAT_BYTES, LOG5, TIME, elems_bytes
+from ttc.isa.train import band_fields
 
-from .ir import (Add, AvgPool, Conv2d, Fire, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, Rescale, TimeReduce,
+from .ir import (Add, AvgPool, Conv2d, Fire, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, Rescale, Tape, TimeReduce,
                  live_synapses, tconv_base)
 from .layout import plane_bytes, step_bytes, step_stride, value_addr
 from .tiling import CONV_FIELD_MAX, Block, RowTile, ceil_to, channel_unit, fmt, row_tiles, row_unit, spans, split
@@ -122,6 +123,7 @@ class LayerPlan(ABC):
     hw: HwConfig = field(repr=False, compare=False)
     placed: bool = field(default=False, repr=False, compare=False)  # DRAM addresses allocated (codegen)
     per_neuron: bool = False  # its neuron decays per channel: each tile loads its decays beside its states
+    taped: bool = False  # training: its neuron writes active bits after its spikes, which a `tape` stores
     slot_bytes: dict[str, int] = field(init=False, repr=False, compare=False)
     double: frozenset = field(init=False, repr=False, compare=False)  # buffers that alternate two slots when two fit
 
@@ -254,11 +256,15 @@ class LayerPlan(ABC):
         params = {p: getattr(n, p) for p in NEURON_PARAMS}
         if self.per_neuron:
             params["decay_mul"] = 0  # each neuron's own follows its state (neuron_start)
+        band, band_exp = band_fields(n.band)
         code = [self.instr("nrn", src=src, state=Ref("vmem", 0), dst=out, n=count, per_neuron=int(self.per_neuron),
-                           **params)]
+                           band=band, band_exp=band_exp, **params)]
         code += self.move_block("store", n, t, spikes, out)
         for m in self.membranes(n):
             code += self.move_block("store", m, t, states, Ref("vmem", 0))
+        for tape in self.tapes(n):  # the active bits, after the spike planes
+            _, rows, row_bytes, _ = spikes.run
+            code += self.move_block("store", tape, t, spikes, Ref(out.mem, out.addr + n.levels * rows * row_bytes))
         return code
 
     def fire(self, f: Fire, count: int, t: int, src: Ref, out: Ref, times: Block) -> list[Instr]:
@@ -269,6 +275,9 @@ class LayerPlan(ABC):
 
     def membranes(self, neuron: Op) -> list[Op]:
         return [u for u in self.graph.users(neuron.name) if isinstance(u, Membrane)]
+
+    def tapes(self, neuron: Op) -> list[Op]:
+        return [u for u in self.graph.users(neuron.name) if isinstance(u, Tape)]
 
 
 def _neuron_actions(n: NeuronQ) -> dict[str, int]:
@@ -354,7 +363,8 @@ class ConvPlan(LayerPlan):
                    fire_window=consumer.window if kind == "fire" else 0,
                    in_planes=x.dtype.planes, in_mode=x.dtype.mode,
                    out_planes=consumer.levels if neuron else 1, out_mode=consumer.mode if neuron else "parallel",
-                   per_neuron=neuron and consumer.per_channel, **geometry)
+                   per_neuron=neuron and consumer.per_channel,
+                   taped=neuron and any(isinstance(u, Tape) for u in graph.users(consumer.name)), **geometry)
 
     @staticmethod
     def extents(graph: Graph, op: Op) -> tuple[int, ...]:
@@ -368,7 +378,7 @@ class ConvPlan(LayerPlan):
         weights = self.co * (self.cin if self.resident else self.ci) * taps * wb
         n = self.co * self.rows * self.ow
         spikes = self.co * elems_bytes("spike", self.rows * self.ow) if self.rows < self.oh else elems_bytes("spike", n)
-        out = {"neuron": self.out_planes * spikes, "fire": n, "reduce": 4 * n,
+        out = {"neuron": (self.out_planes + self.taped) * spikes, "fire": n, "reduce": 4 * n,
                "": elems_bytes(self.out_fmt, n) if self.narrowed else None}[self.consumer]
         loaded = max(t.r1 - t.r0 for t in self.row_tiles)
         self.slot_bytes = {"wgt": self.bias_offset(weights) + 4 * self.co,
@@ -732,11 +742,12 @@ class ElementwisePlan(LayerPlan):
         return cls(graph, op, hw, placed, chunk=tile[0], n=op.type.numel, kind=kind, in_fmts=tuple(ins),
                    out_fmt=fmt(op.type.dtype), shifts=shifts, out_planes=op.type.dtype.planes,
                    out_mode=op.type.dtype.mode, per_neuron=kind == "neuron" and op.per_channel,
-                   membranes_out=sum(isinstance(u, Membrane) for u in graph.users(op.name)))
+                   membranes_out=sum(isinstance(u, Membrane) for u in graph.users(op.name)),
+                   taped=any(isinstance(u, Tape) for u in graph.users(op.name)))
 
     def __post_init__(self):
         ins = [elems_bytes(f, self.chunk) for f in self.in_fmts]
-        self.slot_bytes = {"ofmap": self.out_planes * elems_bytes(self.out_fmt, self.chunk)}
+        self.slot_bytes = {"ofmap": (self.out_planes + self.taped) * elems_bytes(self.out_fmt, self.chunk)}
         if self.kind == "neuron":
             self.slot_bytes.update(psum=ins[0], vmem=self.vmem_bytes(self.chunk))
         elif self.kind == "fire":

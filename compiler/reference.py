@@ -18,8 +18,10 @@ from ttc.isa.mt import level_code
 from ttc.isa.neuron import PARAMS as NEURON_PARAMS, step as neuron_step
 from ttc.isa.table import rescale
 from ttc.isa.ttfs import fire_times, synapse_weights, time_values
+from ttc.isa.train import active
 
 from .ir import (Add, AvgPool, Conv2d, Fire, Flatten, Graph, Input, IRError, Linear, MaxPool, Membrane, NeuronQ, Op, Repeat,
+                 Tape,
                  Rescale, TimeConcat, TimeReduce, TimeSlice, TTConv2d, Concat)
 
 
@@ -147,6 +149,8 @@ SEMANTICS = {
     NeuronQ: _neuron_q,
     Fire: _fire,
     Membrane: lambda ev, op, spikes: ev.states[op.inputs[0]].to(torch.float64),
+    Tape: lambda ev, op, spikes: active(ev.states[op.inputs[0]], ev.graph.op(op.inputs[0]).theta,
+                                        ev.graph.op(op.inputs[0]).band).to(torch.float64),
     MaxPool: lambda ev, op, x: _per_step(lambda v: F.max_pool2d(v, op.kernel, op.stride, op.padding,
                                                                  ceil_mode=op.ceil_mode), x),
     AvgPool: lambda ev, op, x: _per_step(lambda v: F.avg_pool2d(v, op.kernel, op.stride, divisor_override=1), x),

@@ -22,7 +22,7 @@ from .encoding import Instr, Ref
 from .errors import UserError
 from .hwconfig import HwConfig
 from .program import FORMAT_VERSION, Program, validate
-from .table import INSTRUCTIONS, ISA_VERSION, Field
+from .table import BY_NAME, INSTRUCTIONS, ISA_READS_FROM, ISA_VERSION, Field
 
 DATA_LINE_BYTES = 64
 
@@ -53,7 +53,7 @@ def grammar() -> str:
         for f in op.fields:
             name, text = _field_rule(op.name, f)
             rules.append(text)
-            field_rules.append(name)
+            field_rules.append(f"[{name}]" if f.default is not None else name)  # an omitted field takes its default
         rules.append(f'i_{op.name}: "{op.name}" {" ".join(field_rules)}')
         instr_alts.append(f"i_{op.name}")
     return "\n".join([
@@ -83,6 +83,8 @@ def _instr(tree: lark.Tree) -> Instr:
     op = _BY_RULE[tree.data]
     args = {}
     for f, sub in zip(op.fields, tree.children):
+        if sub is None:  # an optional field left out
+            continue
         if f.kind == "mask":
             args[f.name] = tuple(f.choices[int(v.data.removeprefix("choice_"))] for v in sub.children if v is not None)
             continue
@@ -103,8 +105,9 @@ def assemble(text: str, where: str = "<asm>") -> Program:
         raise AsmError(f"{where}:{e.line}:{e.column}: syntax error near {e.get_context(text).splitlines()[0].strip()!r}") from None
     header, meta, hw, *rest = tree.children
     fmt, isa = (int(t, 0) for t in header.children)
-    if (fmt, isa) != (FORMAT_VERSION, ISA_VERSION):
-        raise AsmError(f"{where}: format {fmt} / ISA {isa}; this ttc reads format {FORMAT_VERSION} / ISA {ISA_VERSION}")
+    if fmt != FORMAT_VERSION or not ISA_READS_FROM <= isa <= ISA_VERSION:
+        raise AsmError(f"{where}: format {fmt} / ISA {isa}; this ttc reads format {FORMAT_VERSION} / ISA "
+                       f"{ISA_READS_FROM} to {ISA_VERSION}")
     data = bytearray()
     code = []
     try:
@@ -126,7 +129,8 @@ def assemble(text: str, where: str = "<asm>") -> Program:
 
 def format_instr(instr: Instr) -> str:
     parts = [instr.op]
-    for name, value in instr.args.items():
+    for name in BY_NAME[instr.op].field_names:
+        value = instr[name]
         parts.append(f"{name}={{{','.join(value)}}}" if isinstance(value, tuple) else f"{name}={value}")
     return " ".join(parts)
 

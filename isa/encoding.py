@@ -25,7 +25,8 @@ class Ref:
 @dataclass(frozen=True)
 class Instr:
     """One instruction: an opcode name and its operands by field name (refs as `Ref`, enums as
-    their names, masks as tuples of names, integers as ints). Omitted masks are empty."""
+    their names, masks as tuples of names, integers as ints). Omitted masks are empty; an omitted field
+    with a default (`Field.default`) takes it."""
 
     op: str
     args: dict = field(default_factory=dict)
@@ -35,6 +36,8 @@ class Instr:
         if spec is None:
             raise EncodingError(f"unknown opcode {self.op!r}")
         args = self.args
+        if spec.defaults and not spec.defaults.keys() <= args.keys():
+            args = {**spec.defaults, **args}
         if spec.masks:
             args = {**{f.name: () for f in spec.masks}, **args}
             for f in spec.masks:
@@ -55,8 +58,9 @@ class Instr:
         """An instruction whose operands are not checked against the table: for code that is priced
         and never encoded (the cost model walks every candidate tiling; codegen builds checked ones)."""
         instr = object.__new__(cls)
+        defaults = BY_NAME[op].defaults
         object.__setattr__(instr, "op", op)
-        object.__setattr__(instr, "args", args)
+        object.__setattr__(instr, "args", {**defaults, **args} if defaults else args)
         return instr
 
     def __getitem__(self, name):

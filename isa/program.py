@@ -26,7 +26,7 @@ from .files import atomic_write
 from .hwconfig import HwConfig
 from .limits import check_memory, instruction_limit, load_json
 from .meta import MetaError, check_meta
-from .table import ISA_VERSION
+from .table import ISA_READS_FROM, ISA_VERSION, check_since
 
 MAGIC = b"TTCPROG\0"
 FORMAT_VERSION = 1
@@ -96,8 +96,9 @@ class Program:
             raise ProgramError(f"{where}: not a ttc program (bad magic {magic!r})")
         if fmt != FORMAT_VERSION:
             raise ProgramError(f"{where}: format version {fmt}, this ttc reads version {FORMAT_VERSION}")
-        if isa != ISA_VERSION:
-            raise ProgramError(f"{where}: compiled for ISA version {isa}, this ttc implements version {ISA_VERSION}")
+        if not ISA_READS_FROM <= isa <= ISA_VERSION:
+            raise ProgramError(f"{where}: compiled for ISA version {isa}, this ttc runs versions {ISA_READS_FROM} to "
+                               f"{ISA_VERSION}")
         if count != len(SECTIONS):
             raise ProgramError(f"{where}: {count} sections, expected {len(SECTIONS)}")
         end = _HEADER.size + _ENTRY.size * count
@@ -127,6 +128,9 @@ class Program:
             code = decode_all(bodies["code"])
         except UserError as e:
             raise ProgramError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+        newer = check_since(code, isa) if isa < ISA_VERSION else None
+        if newer:
+            raise ProgramError(f"{where}: compiled for ISA version {isa}, but {newer}")
         prog = cls(code=code, data=bodies["data"], meta=meta, hw=hw)
         validate(prog, where)
         return prog

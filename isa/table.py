@@ -35,7 +35,11 @@ from typing import Callable
 
 from .errors import InternalError
 
-ISA_VERSION = 8  # 7: pool's left padding (pl); 8: nrn's per-neuron decays (per_neuron)
+ISA_VERSION = 9  # 7: pool's left padding (pl); 8: nrn's per-neuron decays (per_neuron); 9: training (nbwd, wgrad,
+# sgd; nrn's active band, dconv's transposed weights, vacc's negation)
+#: The oldest ISA whose programs this one runs unchanged: version 9 only added opcodes, and fields whose
+#: default (0) is the older behaviour; an older program that uses either is refused (`check_since`).
+ISA_READS_FROM = 8
 WORD_BYTES = 32
 OPCODE_BITS = 8
 
@@ -87,6 +91,8 @@ class Field:
     bits: int
     choices: tuple[str, ...] = ()
     doc: str = ""
+    default: object = None  # the value an instruction that omits the field takes (None: it must be given)
+    since: int = 1  # the ISA version that added it (an older program leaves it at its default)
 
     def __post_init__(self):
         if self.kind not in ("u", "s", "ref", "enum", "mask"):
@@ -132,10 +138,15 @@ class Opcode:
     footprint: Callable[[dict], list[Access]] = lambda args: []
     cycles: Callable[[object, dict], int] | None = None
     pe_work: Callable[[dict], int] | None = None
+    since: int = 1  # the ISA version that added it
 
     @cached_property
     def field_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
+
+    @cached_property
+    def defaults(self) -> dict:
+        return {f.name: f.default for f in self.fields if f.default is not None}
 
     @cached_property
     def masks(self) -> tuple[Field, ...]:
@@ -145,20 +156,20 @@ class Opcode:
         return f"pe{args['group']}" if self.unit == "pe" else self.unit
 
 
-def _u(name, bits, doc=""):
-    return Field(name, "u", bits, doc=doc)
+def _u(name, bits, doc="", default=None, since=1):
+    return Field(name, "u", bits, doc=doc, default=default, since=since)
 
 
-def _s(name, bits, doc=""):
-    return Field(name, "s", bits, doc=doc)
+def _s(name, bits, doc="", default=None):
+    return Field(name, "s", bits, doc=doc, default=default)
 
 
 def _ref(name, memories, doc=""):
     return Field(name, "ref", REF_MEM_BITS + REF_ADDR_BITS, tuple(memories), doc)
 
 
-def _enum(name, choices, doc=""):
-    return Field(name, "enum", max(1, (len(choices) - 1).bit_length()), tuple(choices), doc)
+def _enum(name, choices, doc="", default=None):
+    return Field(name, "enum", max(1, (len(choices) - 1).bit_length()), tuple(choices), doc, default)
 
 
 _SYNC = (
@@ -167,10 +178,12 @@ _SYNC = (
 )
 
 
-def _op(name, code, unit, fields, semantics, footprint, cycles, pe_work=None):
-    """A unit instruction: its own fields, then the group (PE instructions) and the sync masks."""
+def _op(name, code, unit, fields, semantics, footprint, cycles, pe_work=None, since=1, added=()):
+    """A unit instruction: its own fields, then the group (PE instructions) and the sync masks, then the
+    fields later ISA versions `added` (after every older field, so that an older program decodes unchanged)."""
     group = (_u("group", (PE_GROUPS - 1).bit_length(), "PE group that runs it"),) if unit == "pe" else ()
-    return Opcode(name, code, unit, tuple(fields) + group + _SYNC, semantics, footprint, cycles, pe_work)
+    return Opcode(name, code, unit, tuple(fields) + group + _SYNC + tuple(added), semantics, footprint, cycles, pe_work,
+                  since)
 
 
 def _rows(a, stride) -> tuple[int, int, int]:
@@ -223,7 +236,8 @@ def _nrn_footprint(a) -> list[Access]:
     the states. The decays have no address operand of their own: a 32-bit reference does not fit beside
     nrn's other fields in one word (243 of its 256 bits are taken), so they sit at a fixed place."""
     n = a["n"]
-    out = [("src", "r", 4 * n), ("state", "rw", 4 * n), ("dst", "w", a["levels"] * ((n + 7) // 8))]
+    planes = a["levels"] + (a["band"] > 0)  # the active bits follow the spike planes
+    out = [("src", "r", 4 * n), ("state", "rw", 4 * n), ("dst", "w", planes * ((n + 7) // 8))]
     return out + [("state", "r", 4 * n, 1, 0, 4 * n)] if a["per_neuron"] else out
 
 
@@ -257,10 +271,14 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         "sum between planes)",
         _conv_footprint(lambda a: "spike", planes=lambda a: a["planes"]), _conv_cycles(lambda a: a["planes"]), _conv_pairs),
     _op("dconv", 0x06, "pe",
-        (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",)),
+        (_ref("src", ("ifmap", "psum")), _ref("wgt", ("wgt",)), _ref("dst", ("psum",)),
          _enum("fmt", FORMATS[1:], "element format of src")) + _CONV_GEOMETRY + _INTEGER_WEIGHTS,
-        f"dst[co,y,x] (+)= (sum of {_CONV_INDEX} times wgt[co,ci,i,j]) << shift (multiply-accumulate)",
-        _conv_footprint(lambda a: a["fmt"]), _conv_cycles(), _conv_pairs),
+        f"dst[co,y,x] (+)= (sum of {_CONV_INDEX} times w[co,ci,i,j]) << shift (multiply-accumulate), "
+        "w = wgt, or with transposed wgt[ci,co,kh-1-i,kw-1-j]",
+        _conv_footprint(lambda a: a["fmt"]), _conv_cycles(), _conv_pairs,
+        added=(_u("transposed", 1, "1: wgt holds a forward layer's [cin, cout, kh, kw] weights, read as "
+                  "wgt[ci,co,kh-1-i,kw-1-j] (input gradients, training)", 0, since=9),
+               _u("skip", 1, "1: zero src elements are skipped (counted work: non-zero src only)", 0, since=9))),
     _op("pool", 0x07, "vector",
         (_ref("src", ("ifmap",)), _ref("dst", ("ofmap",)), _enum("mode", ("max", "sum", "min")),
          _enum("src_fmt", FORMATS + (TIME,)), _enum("dst_fmt", FORMATS + (TIME,)), _u("channels", 16), _u("ih", 12),
@@ -285,17 +303,21 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         "dst = the K spike planes of F(h), one after another (bit-packed); state = h. F compares K thresholds "
         "(isa/mt.py: parallel k*theta, cascade theta/2^(k-1) on the residual), y is what the planes stand for, "
         "and a subtract reset subtracts y; D multiplies by decay_mul, or with per_neuron by each neuron's own "
-        "(isa/neuron.py; see docs/numerics.md, docs/mt.md)",
-        _nrn_footprint, lambda hw, a: hw.neuron_cycles(a["n"], a["levels"], a["mode"])),
+        "(isa/neuron.py; see docs/numerics.md, docs/mt.md); with band > 0 one more plane follows the spike planes: "
+        "the active bits |h - theta| < band << band_exp (training, isa/train.py)",
+        _nrn_footprint, lambda hw, a: hw.neuron_cycles(a["n"], a["levels"], a["mode"]),
+        added=(_u("band", 7, "training: the active band's mantissa (0: no active bits written)", 0, since=9),
+               _u("band_exp", 5, "training: the active band is band << band_exp (isa/train.py)", 0, since=9))),
     _op("vacc", 0x09, "vector",
         (_ref("dst", ON_CHIP), _ref("src", ON_CHIP), _enum("src_fmt", FORMATS), _enum("dst_fmt", FORMATS[1:]),
          _u("n", 24), _s("shift", 6, "left shift (negative: right shift rounding half up)"),
          _u("accumulate", 1, "1: add to dst; 0: overwrite dst")),
-        "dst[i] (+)= R(src[i], shift) for i < n, R(v, s) = v << s (s >= 0) or (v + 2^(-s-1)) >> -s (s < 0); "
-        "src spikes or integers, dst integers (written values must fit dst_fmt)",
+        "dst[i] (+)= R(src[i], shift) (neg: -R(src[i], shift)) for i < n, R(v, s) = v << s (s >= 0) or "
+        "(v + 2^(-s-1)) >> -s (s < 0); src spikes or integers, dst integers (written values must fit dst_fmt)",
         lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["n"])),
                    ("dst", "rw" if a["accumulate"] else "w", elems_bytes(a["dst_fmt"], a["n"]))],
-        lambda hw, a: hw.vector_cycles(a["n"])),
+        lambda hw, a: hw.vector_cycles(a["n"]),
+        added=(_u("neg", 1, "1: subtract R(src[i], shift) instead (a loss gradient: output minus target)", 0, since=9),)),
     _op("tconv", 0x0A, "pe",
         (_ref("src", ("ifmap",)), _ref("wgt", ("wgt",)), _ref("dst", ("psum",))) + _CONV_GEOMETRY
         + (_u("shift", 5, "base: a spike at t through code e adds sign * 2^(shift - e - t)"), _WINDOW),
@@ -311,8 +333,65 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         lambda hw, a: hw.neuron_cycles(a["n"])),
 )
 
+def _nbwd_footprint(a) -> list[Access]:
+    n, bits = a["n"], (a["n"] + 7) // 8
+    out = [("src", "r", 4 * n), ("tape", "r", bits), ("state", "rw", 4 * n), ("dst", "w", 4 * n)]
+    return out + [("spikes", "r", bits)] if a["gate"] == "spike" else out
+
+
+def _wgrad_footprint(a) -> list[Access]:
+    return [("src", "r", elems_bytes(a["fmt"], a["cin"] * a["ih"] * a["iw"])),
+            ("grad", "r", 4 * a["cout"] * a["oh"] * a["ow"]),
+            ("dst", "rw" if a["accumulate"] else "w", 4 * a["cout"] * a["cin"] * a["kh"] * a["kw"])]
+
+
+#: Training (docs/training.md; the arithmetic in isa/train.py): the backward neuron step, the weight gradient
+#: and the weight update. Weights and weight gradients are one per machine, shared by the samples of a batch:
+#: `wgrad` adds every sample's gradient into the same accumulator.
+TRAINING = (
+    _op("nbwd", 0x0C, "neuron",
+        (_ref("src", ("psum", "ifmap")), _ref("tape", ("ifmap",)), _ref("spikes", ("ifmap",)), _ref("state", ("vmem",)),
+         _ref("dst", ("psum",)), _u("n", 24), _u("decay_mul", 16), _u("decay_shift", 5),
+         _enum("gate", ("spike", "none"), "spike: a hard reset stops the carried gradient where the neuron spiked"),
+         _s("src_shift", 6, "the spike gradients are rescaled R(src, src_shift) (guard bits for the decays)")),
+        "one backward time step of n neurons: g = R(src, src_shift) * tape + G(spikes) * R(state * decay_mul, "
+        "-decay_shift); state = g; dst = g (i32; tape and spikes bit-packed, G(s) = 1 - s for gate spike, else 1; "
+        "isa/train.py)",
+        _nbwd_footprint, lambda hw, a: hw.neuron_cycles(a["n"]), since=9),
+    _op("wgrad", 0x0D, "pe",
+        (_ref("src", ("ifmap",)), _ref("grad", ("psum",)), _ref("dst", ("psum",)),
+         _enum("fmt", FORMATS, "element format of src")) + _CONV_GEOMETRY
+        + (_s("shift", 6, "each sample's sums are rescaled R(sum, shift) before they are added"),
+           _u("skip", 1, "1: zero gradients are skipped (counted work: non-zero grad only)")),
+        f"dst[co,ci,i,j] (+)= sum over the samples of the batch of R(sum over y, x of {_CONV_INDEX} times "
+        "grad[co,y,x], shift): the weight gradient, one accumulator shared by the batch (spike src: adds gated by "
+        "the spikes)",
+        _wgrad_footprint, _conv_cycles(), _conv_pairs, since=9),
+    _op("sgd", 0x0E, "vector",
+        (_ref("wgt", ("wgt",)), _ref("grad", ("psum",)), _enum("wfmt", ("i8", "i16"), "element format of the weights"),
+         _u("n", 24), _s("shift", 6, "the learning rate and the formats: w -= R(grad, shift)")),
+        "w[i] = saturate_wfmt(w[i] - R(grad[i], shift)); grad[i] = 0 for i < n (i32 grad; runs once per batch)",
+        lambda a: [("wgt", "rw", elems_bytes(a["wfmt"], a["n"])), ("grad", "rw", 4 * a["n"])],
+        lambda hw, a: hw.vector_cycles(a["n"]), since=9),
+)
+
+INSTRUCTIONS += TRAINING
+
 BY_NAME = {op.name: op for op in INSTRUCTIONS}
 BY_CODE = {op.code: op for op in INSTRUCTIONS}
+
+
+def check_since(code: list, isa: int) -> str | None:
+    """Why instructions `code` (decoded) are not a program of ISA version `isa`: the first one that uses an
+    opcode, or sets a field, added after it. None if they are."""
+    for k, instr in enumerate(code):
+        op = BY_NAME[instr.op]
+        if op.since > isa:
+            return f"instruction {k} is {op.name}, which ISA version {op.since} added"
+        for f in op.fields:
+            if f.since > isa and instr[f.name] != f.default:
+                return f"instruction {k} ({op.name}) sets {f.name}, which ISA version {f.since} added"
+    return None
 
 
 def _check_table(instructions: tuple[Opcode, ...] = INSTRUCTIONS):

@@ -31,6 +31,7 @@ from ttc.isa.neuron import PARAMS as NEURON_PARAMS, step as neuron_step
 from ttc.isa.program import Program
 from ttc.isa.table import BY_NAME, FORMAT_BYTES, LOG5, MEMORIES, TIME, elems_bytes, rescale
 from ttc.isa.ttfs import ZERO_EXPONENT, code_exponents, fire_times, synapse_weights
+from ttc.isa import train
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -146,15 +147,29 @@ class Machine:
             listener.on_instr(self.pc, instr, self.event)
         return instr.op != "halt"
 
-    def run(self) -> None:
-        with progress.bar(len(self.prog.code), f"simulate (batch {self.batch})", "instr") as shown:
-            for self.pc, instr in enumerate(self.prog.code):
-                if not self.step(instr):
+    def run(self, start: int = 0) -> None:
+        """Run from instruction `start` to the next halt."""
+        code = self.prog.code
+        with progress.bar(len(code) - start, f"simulate (batch {self.batch})", "instr") as shown:
+            for self.pc in range(start, len(code)):
+                if not self.step(code[self.pc]):
                     self.check_counters()
                     return
                 if self.pc % 64 == 63:  # the bar is updated in blocks: it is not free per instruction
                     shown.update(64)
         raise SimError("the program ran past its last instruction without halting")
+
+    def run_shared(self, start: int) -> None:
+        """Run from `start` to the next halt once for the whole batch (a training step's weight update):
+        on the first sample's memories, whose DRAM then becomes every sample's (weights and their gradients
+        are one per machine; every sample's copy of them is the same)."""
+        batch, mem = self.batch, self.mem
+        self.batch, self.mem = 1, {m: a[:1] for m, a in mem.items()}
+        try:
+            self.run(start)
+        finally:
+            self.batch, self.mem = batch, mem
+        mem["dram"][1:] = mem["dram"][0]
 
     def check_counters(self) -> None:
         """Every counter a handler emitted is declared (once per run: not on the per-instruction path)."""
@@ -233,14 +248,17 @@ def _accumulate(m: Machine, i: Instr, y: np.ndarray) -> None:
     m.write(i["dst"], "i32", y)
 
 
-def _conv_operands(m: Machine, i: Instr, src_fmt: str, wfmt: str, planes: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The input [B, planes * cin, ih, iw] (planes one after another) and the weights [cout, cin*kh*kw]."""
+def _conv_operands(m: Machine, i: Instr, src_fmt: str, wfmt: str, planes: int = 1,
+                   weights: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """The input [B, planes * cin, ih, iw] (planes one after another) and the weights [cout, cin*kh*kw]
+    (unless `weights` is false: the caller reads them its own way)."""
     cin, cout, ih, iw, kh, kw = (i[k] for k in ("cin", "cout", "ih", "iw", "kh", "kw"))
     if min(cin, cout, planes) < 1:  # the encoding allows 0; a conv of no channels or planes computes nothing
         raise SimError(f"cin={cin} cout={cout} planes={planes}: each must be at least 1")
     x = np.concatenate([m.read(Ref(i["src"].mem, i["src"].addr + p * elems_bytes(src_fmt, cin * ih * iw)), src_fmt,
                                cin * ih * iw) for p in range(planes)], axis=1)
-    return x.reshape(m.batch, planes * cin, ih, iw), m.read(i["wgt"], wfmt, cout * cin * kh * kw)[0].reshape(cout, cin * kh * kw)
+    x = x.reshape(m.batch, planes * cin, ih, iw)
+    return x, m.read(i["wgt"], wfmt, cout * cin * kh * kw)[0].reshape(cout, cin * kh * kw) if weights else None
 
 
 def _sconv(m: Machine, i: Instr) -> None:
@@ -307,12 +325,20 @@ def _tfire(m: Machine, i: Instr) -> None:
 
 
 def _dconv(m: Machine, i: Instr) -> None:
-    """Every in-bounds tap multiplies, whatever the values."""
-    x, w = _conv_operands(m, i, i["fmt"], i["wfmt"])
+    """Every in-bounds tap multiplies, whatever the values (with skip: every tap of a non-zero input).
+    Transposed, the weights are a forward layer's [cin, cout, kh, kw], read swapped and flipped."""
+    cin, cout, kh, kw = i["cin"], i["cout"], i["kh"], i["kw"]
+    if i["transposed"]:
+        x, _ = _conv_operands(m, i, i["fmt"], i["wfmt"], weights=False)
+        w = m.read(i["wgt"], i["wfmt"], cout * cin * kh * kw)[0].reshape(cin, cout, kh, kw)
+        w = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1].reshape(cout, -1)
+    else:
+        x, w = _conv_operands(m, i, i["fmt"], i["wfmt"])
     y = _conv_sums(m, i, x, w) << i["shift"]
     _accumulate(m, i, y)
     a = m.event.actions
-    a["mac"] = a["add32"] = int(_per_tap(np.ones((1,) + x.shape[1:], np.int64), i).sum()) * i["cout"] * m.batch
+    taps = (x != 0).astype(np.int64) if i["skip"] else np.ones((1,) + x.shape[1:], np.int64)
+    a["mac"] = a["add32"] = int(_per_tap(taps, i).sum()) * cout * (1 if i["skip"] else m.batch)
     a[multiply_action(i["fmt"], i["wfmt"])] = a["mac"]
     if i["shift"]:
         a["shift32"] += y.shape[1] * m.batch
@@ -336,11 +362,14 @@ def _nrn(m: Machine, i: Instr) -> None:
         params["decay_mul"] = m.read(Ref(state.mem, state.addr + 4 * n), "i32", n)
     planes, h = neuron_step(m.read(state, "i32", n), m.read(i["src"], "i32", n), **params)
     m.write(state, "i32", h)
+    a, count = m.event.actions, n * m.batch
+    a["spike"] = sum(int(s.sum()) for s in planes)
+    if i["band"]:  # training: the active bits follow the spike planes
+        planes = [*planes, train.active(h, i["theta"], i["band"] << i["band_exp"])]
+        a["active"] = int(planes[-1].sum())
     for k, s in enumerate(planes):
         m.write(Ref(i["dst"].mem, i["dst"].addr + k * elems_bytes("spike", n)), "spike", s)
-    a, count = m.event.actions, n * m.batch
     a["neuron_update"] = count
-    a["spike"] = sum(int(s.sum()) for s in planes)
     decays = params["decay_mul"][0] if i["per_neuron"] else params["decay_mul"]  # every sample holds the same
     actions = neuron_update_actions(i["reset"], i["in_shift"], decays, i["decay_shift"], i["levels"], i["mode"])
     for action, per_update in actions.items():
@@ -349,7 +378,7 @@ def _nrn(m: Machine, i: Instr) -> None:
 
 def _vacc(m: Machine, i: Instr) -> None:
     n, shift = i["n"], i["shift"]
-    y = rescale(m.read(i["src"], i["src_fmt"], n), shift)
+    y = rescale(m.read(i["src"], i["src_fmt"], n), shift) * (-1 if i["neg"] else 1)
     if i["accumulate"]:
         y = y + m.read(i["dst"], i["dst_fmt"], n)
         m.event.actions["add32"] += n * m.batch
@@ -358,8 +387,59 @@ def _vacc(m: Machine, i: Instr) -> None:
     m.write(i["dst"], i["dst_fmt"], y)
 
 
+def _nbwd(m: Machine, i: Instr) -> None:
+    n = i["n"]
+    spikes = m.read(i["spikes"], "spike", n) if i["gate"] == "spike" else 0
+    g = train.backward_step(m.read(i["state"], "i32", n), m.read(i["src"], "i32", n), m.read(i["tape"], "spike", n),
+                            spikes, decay_mul=i["decay_mul"], decay_shift=i["decay_shift"], gate=i["gate"],
+                            src_shift=i["src_shift"])
+    m.write(i["state"], "i32", g)
+    m.write(i["dst"], "i32", g)
+    a, count = m.event.actions, n * m.batch
+    a["neuron_backward"] = count
+    a["grad_nonzero"] = int((g != 0).sum())
+    for action, per_step in neuron_update_actions("none", i["src_shift"], i["decay_mul"], i["decay_shift"]).items():
+        a[action] += count * per_step  # a decay, a shift of the input, an add (the gate and the tape are muxes)
+
+
+def _wgrad(m: Machine, i: Instr) -> None:
+    """Every sample's weight gradient, summed over the batch into the one shared accumulator: every
+    sample's copy of dst holds the same sum (the batch's samples run one after another on the machine,
+    and integer sums do not depend on their order)."""
+    cin, cout, kh, kw = i["cin"], i["cout"], i["kh"], i["kw"]
+    x, _ = _conv_operands(m, i, i["fmt"], "i8", weights=False)
+    g = m.read(i["grad"], "i32", cout * i["oh"] * i["ow"]).reshape(m.batch, cout, i["oh"], i["ow"])
+    win = sliding_window_view(_padded(x, i), (kh, kw), axis=(2, 3))[:, :, ::i["sh"], ::i["sw"]]
+    per_sample = np.einsum("bcyxij,boyx->bocij", win, g, optimize=True).reshape(m.batch, -1)
+    total = rescale(per_sample, i["shift"]).sum(axis=0)
+    if i["accumulate"]:
+        total = total + m.read(i["dst"], "i32", total.size)[0]
+    m.write(i["dst"], "i32", np.tile(total, (m.batch, 1)))
+    gated = np.einsum("bcyxij,boyx->", (win != 0).astype(np.int64) if i["fmt"] == "spike" else np.ones_like(win),
+                      ((g != 0) if i["skip"] else np.ones_like(g)).astype(np.int64), optimize=True)
+    a = m.event.actions
+    a["weight_grad"] = a["add32"] = int(gated)
+    if i["fmt"] != "spike":
+        a[multiply_action(i["fmt"], "i16")] = int(gated)
+    if i["shift"]:
+        a["shift32"] += total.size * m.batch
+
+
+def _sgd(m: Machine, i: Instr) -> None:
+    n, bits = i["n"], 8 * FORMAT_BYTES[i["wfmt"]]
+    w, saturated = train.sgd(m.read(i["wgt"], i["wfmt"], n), m.read(i["grad"], "i32", n), i["shift"], bits)
+    m.write(i["wgt"], i["wfmt"], w)
+    m.write(i["grad"], "i32", np.zeros_like(w))
+    a, count = m.event.actions, n * m.batch
+    a["weight_update"] = a["add32"] = a["cmp32"] = count
+    a["weight_saturated"] = saturated
+    if i["shift"]:
+        a["shift32"] = count
+
+
 HANDLERS = {"halt": _halt, "load": _copy, "store": _copy, "vfill": _vfill, "vbias": _vbias, "sconv": _sconv, "dconv": _dconv,
-            "pool": _pool, "nrn": _nrn, "vacc": _vacc, "tconv": _tconv, "tfire": _tfire}
+            "pool": _pool, "nrn": _nrn, "vacc": _vacc, "tconv": _tconv, "tfire": _tfire,
+            "nbwd": _nbwd, "wgrad": _wgrad, "sgd": _sgd}
 
 if set(HANDLERS) != set(BY_NAME):
     raise ImportError(f"simulator handlers {sorted(HANDLERS)} do not match the ISA table {sorted(BY_NAME)}")

@@ -13,7 +13,8 @@ import torch
 from ttc.compiler.codegen import generate
 from ttc.compiler.counting import count
 from ttc.compiler.ir import Graph
-from ttc.compiler.passes import OptionError, pipeline_arguments, run_pipeline, user_options
+from ttc.compiler.passes import PIPELINE, TRAIN_PIPELINE, OptionError, pipeline_arguments, run_pipeline, user_options
+from ttc.compiler.train import TrainOptions, generate_training
 from ttc.compiler.reference import run_reference
 from ttc.frontends.load import load_model, save_model  # noqa: F401 (the public API: ttc.api.save_model)
 from ttc.frontends.nir import DEFAULT_DT, check_input_shape, to_nir
@@ -54,6 +55,15 @@ def compile_model(model: torch.nn.Module, input_shape, hw: str | HwConfig = "sat
                   source: dict | None = None, **options) -> Compiled:
     """Trace, optimise, quantize, schedule, allocate and generate code for `model` (left unchanged).
     `options`: those of OPTIONS (quantization, tensor-train factorisation, schedule objective or forced plans)."""
+    o, hw, graph, quantized = _lower(model, input_shape, hw, name, options)
+    recorded = {"input_shape": ",".join(map(str, parse_input_shape(input_shape))), **o}
+    return Compiled(graph, generate(graph, hw, recorded, source or {}), quantized)
+
+
+def _lower(model: torch.nn.Module, input_shape, hw: str | HwConfig, name: str, options: dict, passes=PIPELINE,
+           extra: dict | None = None) -> tuple[dict, HwConfig, Graph, Graph]:
+    """(all options, the hardware config, the graph after `passes`, the quantized graph): trace `model` and
+    run the passes with the user's options and, per pass, `extra` arguments."""
     unknown = set(options) - set(OPTIONS)
     if unknown:
         raise OptionError(f"unknown compile options {', '.join(sorted(unknown))} (options: {', '.join(OPTIONS)})")
@@ -72,12 +82,29 @@ def compile_model(model: torch.nn.Module, input_shape, hw: str | HwConfig = "sat
             graph.notes["counts"] = counts
         elif "factorised" not in counts:  # a pass before tt-factorize
             counts["model"] = count(graph)
-        if pass_name == "quantize":  # what the quantized reference evaluates
+        if pass_name in ("quantize", "train-tape"):  # what the quantized reference evaluates (with the tapes)
             quantized = copy.deepcopy(graph)
 
-    graph = run_pipeline(graph, pipeline_arguments(o, hw), after=between_passes)
-    recorded = {"input_shape": ",".join(map(str, shape)), **o}
-    return Compiled(graph, generate(graph, hw, recorded, source or {}), quantized)
+    arguments = pipeline_arguments(o, hw, passes)
+    for pass_name, args in (extra or {}).items():
+        arguments[pass_name].update(args)
+    graph = run_pipeline(graph, arguments, passes, after=between_passes)
+    return o, hw, graph, quantized
+
+
+def compile_training(model: torch.nn.Module, input_shape, hw: str | HwConfig = "sata", name: str = "model",
+                     source: dict | None = None, train: TrainOptions = TrainOptions(), **options) -> Compiled:
+    """The training-step program of `model` (docs/training.md) and, in its metadata, what `ttc train` needs:
+    the formats of every gradient, the update segment, and the inference program of the same weights."""
+    quantize = {"quantize": {"training": train.weight_bits}}
+    o, hw, graph, _ = _lower(model, input_shape, hw, name, options, extra=quantize)
+    recorded = {"input_shape": ",".join(map(str, parse_input_shape(input_shape))), **o}
+    inference = generate(graph, hw, recorded, source or {})
+    o, hw, graph, quantized = _lower(model, input_shape, hw, name, options, TRAIN_PIPELINE,
+                                     {**quantize, "train-tape": {"band": train.band}})
+    step = generate_training(graph, hw, train, recorded, source or {}, inference)
+    step.meta["inference"] = inference.to_bytes().hex()
+    return Compiled(graph, step, quantized)
 
 
 def copy_model(model: torch.nn.Module) -> torch.nn.Module:

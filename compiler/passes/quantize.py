@@ -81,7 +81,12 @@ def _round_to(value: float, frac: int) -> int:
 
 def quantize_weights(w: np.ndarray, frac: int, bits: int) -> np.ndarray:
     qmax = (1 << (bits - 1)) - 1
-    return np.clip(np.rint(w.astype(np.float64) * 2.0 ** frac), -qmax - 1, qmax).astype(np.int8)
+    return np.clip(np.rint(w.astype(np.float64) * 2.0 ** frac), -qmax - 1, qmax).astype(np.int8 if bits <= 8 else np.int16)
+
+
+#: Training (docs/training.md): weights keep this many bits above the largest initial weight, room to grow
+#: before the update saturates them.
+TRAIN_HEADROOM = 2
 
 
 def conv_bounds(weight: np.ndarray, x_bound) -> np.ndarray:
@@ -150,10 +155,13 @@ class Quantize(Pass):
     tt_core_bits: int = user_option(8, "tt_core_bits", "most bits per tensor-train core; fewer where the cores' exact "
                                     "products would overflow")
     stream_bits: int = 32
+    training: int = 0  # weights for a training step: this many bits, with headroom; bounds for any such weights
 
     def run(self, graph: Graph) -> Graph:
         if self.weight_bits != 8:
             raise IRError("the hardware stores 8-bit weights (weight_bits=8)")
+        if self.training:
+            self.weight_bits = self.training
         self.graph = graph
         self.bound: dict[str, int] = {}
         self.state_frac: dict[str, int] = {}
@@ -194,9 +202,11 @@ class Quantize(Pass):
         elif isinstance(op, Fire):
             self.bound[op.name] = 1 << (op.window - 1)
         elif isinstance(op, (Conv2d, Linear)):
-            frac = weight_scale(op.weight, self.weight_bits)
+            frac = weight_scale(op.weight, self.weight_bits) - (TRAIN_HEADROOM if self.training else 0)
             q = quantize_weights(op.weight, frac, self.weight_bits)
             fan_in = np.abs(q.astype(np.int64)).reshape(q.shape[0], -1).sum(axis=1)
+            if self.training:  # training changes the weights: bound the sums for any the format holds
+                fan_in = np.full_like(fan_in, q[0].size << (self.weight_bits - 1))
             bias = op.bias.astype(np.float64) if op.bias is not None else np.zeros(q.shape[0])
             x = ins[0]
             for shift in range(0, -32, -1) if x.type.dtype.kind == "fix" else (0,):  # spikes cannot be rescaled

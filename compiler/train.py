@@ -1,0 +1,405 @@
+"""Training steps (docs/training.md): the quantized graph of a model -> a training-step program.
+
+A step runs a batch through three phases, each a list of layer plans walked in program order:
+
+    forward   the inference layers (ttc.compiler.plan), whose neurons also write their active bits
+              (`tape` values): the spikes and the tape are what the backward reads, 1 bit per neuron-step
+    backward  the loss gradient on chip (mean squared error against a target the host writes), then
+              every trained layer from the last to the first, t = T-1 ... 0 inside each (BPTT): `nbwd`
+              turns the spike gradients into membrane gradients, `wgrad` adds their weight gradient
+              into the layer's accumulator (one per machine, shared by the samples), a transposed `dconv`
+              gives the spike gradients of the layer below
+    update    once per batch: `sgd` moves every trained layer's weights by its accumulated gradient at a
+              power-of-two learning rate, saturating, and clears the accumulator
+
+The forward and backward run once per sample (the simulator runs the samples of a batch in lock-step,
+the modelled machine one after another); the update runs once per batch, after its own `halt`.
+
+Gradient formats. Every gradient is an i32 with a fixed binary point, chosen here once, from bounds that
+hold for any weights the format can store (training changes the weights, so the bounds may not lean on
+today's): with them no gradient can overflow, and nothing saturates but the weights themselves.
+
+    e        = out - T 2^F y: the loss gradient dL/dz[t] of every step's readout sums z[t], at frac
+               F + 2 ceil(log2 T) (exactly dL/dz for L = 1/2 sum (mean_t z - y)^2 when T is a power of
+               two; otherwise that loss times (T / 2^ceil(log2 T))^2)
+    g_h[t]   = R(g_s[t], src_shift) active[t] + G(s[t]) D(g_h[t+1]): src_shift gives the decays their
+               guard bits (decay_shift per step back) as far as the bound allows, so that with dyadic
+               parameters nothing is rounded
+    dW       = sum over samples of R(sum_t x[t] g_h[t], wgrad_shift)
+    g_s'[t]  = W^T R(g_h[t], pre_shift)    the layer below's spike gradients
+    w       -= R(dW, sgd_shift),  sgd_shift = F_w - lr_shift - frac(dW)
+
+where every shift is the largest that is <= 0 (or <= the guard bits) and keeps its result's bound
+below 2^31. With every rounding shift 0 the integer gradients equal float64 autograd of the same
+network exactly (the surrogate 1 inside the band, the reset detached); the reference
+(ttc.compiler.train_reference) computes them both.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ttc.isa.encoding import Instr, Ref
+from ttc.isa.hwconfig import HwConfig
+from ttc.isa.program import Program, ttc_version
+from ttc.isa.table import FORMAT_BYTES, elems_bytes
+from ttc.isa.train import band_fields
+
+from .codegen import emit_layers, io_record
+from .ir import Graph, Input, IRError, Linear, NeuronQ, Op, Tape, TimeReduce
+from .layout import align, step_stride, value_addr
+from .sync import place_tokens
+from .tiling import fmt
+
+LIMIT_BITS = 31
+ALIGN = 32
+
+
+class TrainError(IRError):
+    """A model or option the training step cannot take (it names the layer)."""
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """`lr_shift`: the learning rate 2^-lr_shift, applied to the gradient summed over the batch.
+    `band`: the rectangular surrogate's half-width as a fraction of the threshold (1 on |h - theta| <
+    band theta). `sparse`: the backward skips the zero gradients outside the band (SSGD's active set):
+    the same values, less work. `batch`: the largest batch a step takes (the weight-gradient bounds)."""
+
+    loss: str = "mse"
+    lr_shift: int = 4
+    surrogate: str = "rect"
+    band: float = 1.0
+    sparse: bool = False
+    batch: int = 64
+    weight_bits: int = 16
+
+    def __post_init__(self):
+        if self.loss != "mse":
+            raise TrainError(f"loss {self.loss!r}: the machine computes the mean squared error ('mse'); a softmax "
+                             "cross-entropy needs exponentials it does not have")
+        if self.surrogate != "rect":
+            raise TrainError(f"surrogate {self.surrogate!r}: the tape holds one active bit per neuron-step, which is "
+                             "the rectangular surrogate ('rect')")
+        if self.weight_bits not in (8, 16):
+            raise TrainError(f"weights of {self.weight_bits} bits: the machine stores 8- or 16-bit weights")
+        if not 0 < self.band <= 64 or not 0 <= self.lr_shift <= 30 or not 1 <= self.batch <= 1 << 16:
+            raise TrainError(f"band {self.band} (0 to 64), lr 2^-{self.lr_shift} (shift 0 to 30) or batch {self.batch} "
+                             "(1 to 65536) out of range")
+
+
+def fit_shift(bound: int, most: int = 0) -> int:
+    """The largest shift <= `most` after which a value bounded by `bound` stays below 2^31 (R rounds up by
+    at most one)."""
+    shift = most
+    while bound * 2.0 ** shift + 1 >= 1 << LIMIT_BITS:
+        shift -= 1
+    return shift
+
+
+def _qmax(op: Op) -> int:
+    return (1 << (8 * op.weight.itemsize - 1))
+
+
+@dataclass
+class TrainedLayer:
+    """One trained layer's formats and places: a linear layer (`op`) with its neuron (`neuron`, hidden
+    layers) or its sum over time (the readout). Fracs are those of the values' integers."""
+
+    name: str  # the op's name in the graph
+    path: str
+    cin: int
+    cout: int
+    wfmt: str
+    weight_frac: int
+    in_fmt: str  # its input: spikes, or the network's fixed-point input
+    input_grad: bool  # does the layer below need spike gradients
+    neuron: str | None = None  # the neuron op's name (hidden layers)
+    tape: str | None = None
+    grad_frac: int = 0  # g_h (hidden) or e (readout)
+    grad_bound: int = 0
+    src_shift: int = 0
+    wgrad_shift: int = 0
+    dw_frac: int = 0
+    pre_shift: int = 0
+    below_frac: int = 0  # the spike gradients it gives the layer below
+    below_bound: int = 0
+    sgd_shift: int = 0
+    grad_in: int = 0  # DRAM: its spike gradients (hidden; T steps, or 1 from the readout), its dW, its g_s below
+    grad_in_steps: int = 0
+    wdram: int = 0
+    dw: int = 0
+    grad_out: int = 0
+    grad_out_steps: int = 0
+
+
+def _chain(graph: Graph) -> tuple[list[tuple[Linear, NeuronQ | None]], TimeReduce, Op]:
+    """The model as training takes it: linear layers each followed by a neuron, then a linear readout summed
+    (or averaged) over time, on one input. Anything else is refused, naming the op."""
+    (out_name,) = graph.outputs if len(graph.outputs) == 1 else (None,)
+    if out_name is None:
+        raise TrainError(f"a training step needs a model with one output; this one has {len(graph.outputs)}")
+    reduce = graph.op(out_name)
+    if not isinstance(reduce, TimeReduce) or not isinstance(graph.op(reduce.inputs[0]), Linear):
+        reduce.fail("is the output: a training step needs a linear readout summed or averaged over time (TimeMean)")
+    layers = []
+    for op in graph.ops:
+        if isinstance(op, (Input, Tape, TimeReduce)) or op.opname in ("flatten", "repeat"):
+            continue
+        if isinstance(op, Linear):
+            if op.log_scale is not None:
+                op.fail("has logarithmic weights (TTFS): training takes spiking layers")
+            layers.append([op, None])
+        elif isinstance(op, NeuronQ) and layers and layers[-1][1] is None and op.inputs[0] == layers[-1][0].name:
+            if op.per_channel or op.levels > 1:
+                op.fail("has decays per channel or several thresholds: the training step takes one decay and one "
+                        "threshold per layer so far")
+            layers[-1][1] = op
+        else:
+            op.fail(f"is a {op.opname}: the training step takes linear layers with LIF/IF neurons and a linear "
+                    "readout so far (convolutions, pools and tensor-train layers are not trained yet)")
+    if not layers or layers[-1][0].name != reduce.inputs[0] or any(n is None for _, n in layers[:-1]):
+        reduce.fail("is not read from a chain of linear-neuron layers ending in a linear readout")
+    return [tuple(layer) for layer in layers], reduce, graph.op(graph.inputs[0].name)
+
+
+def add_tapes(graph: Graph, band: float) -> Graph:
+    """Every trained neuron records its active bits: its band (`band` times its threshold) in state units,
+    rounded to what nrn holds, and a `tape` value the forward stores."""
+    layers, _, _ = _chain(graph)
+    for _, neuron in layers[:-1]:
+        band = max(1, int(round(band * abs(neuron.theta))))
+        mant, exp = band_fields(band)
+        neuron.band = mant << exp
+        graph.append(Tape(name=graph.fresh(f"{neuron.name}_tape"), inputs=(neuron.name,), path=f"{neuron.path}.tape"))
+    return graph.infer_types()
+
+
+def _decay_sum(neuron: NeuronQ, steps: int) -> float:
+    d = neuron.decay_mul / (1 << neuron.decay_shift)
+    return sum(d ** j for j in range(steps))
+
+
+def plan_formats(graph: Graph, options: TrainOptions) -> list[TrainedLayer]:
+    """The formats and shifts of every trained layer, from the readout down (see the module docstring)."""
+    layers, reduce, first_input = _chain(graph)
+    steps = graph.op(reduce.inputs[0]).type.time
+    out_frac = reduce.type.dtype.frac
+    records = []
+    below_frac = below_bound = None
+    for k in range(len(layers) - 1, -1, -1):
+        op, neuron = layers[k]
+        x = graph.op(op.inputs[0])
+        qmax = _qmax(op)
+        cout, cin = op.weight.shape
+        r = TrainedLayer(name=op.name, path=op.path, cin=cin, cout=cout, wfmt=f"i{8 * op.weight.itemsize}",
+                         weight_frac=op.weight_frac, in_fmt=fmt(x.type.dtype), input_grad=k > 0, wdram=op.wdram or 0)
+        if op.bias is not None:
+            op.fail("has a bias: the training step trains weights only so far (build the layer with bias=False)")
+        if neuron is None:  # the readout: e = out - target, a bound on |out| from any storable weights
+            r.grad_frac = out_frac + 2 * math.ceil(math.log2(steps))
+            r.grad_bound = steps * cin * qmax * _bound(x) + steps * (1 << out_frac)
+        else:
+            r.neuron = neuron.name
+            r.tape = next(u.name for u in graph.users(neuron.name) if isinstance(u, Tape))
+            guard = neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
+            r.src_shift = fit_shift(math.ceil(below_bound * _decay_sum(neuron, steps)) + steps, guard)
+            r.grad_frac = below_frac + r.src_shift
+            r.grad_bound = math.ceil((below_bound * 2.0 ** r.src_shift + 1) * _decay_sum(neuron, steps)) + steps
+        r.wgrad_shift = fit_shift(options.batch * steps * _bound(x) * r.grad_bound)
+        r.dw_frac = r.grad_frac + x.type.dtype.frac + r.wgrad_shift
+        r.sgd_shift = r.weight_frac - options.lr_shift - r.dw_frac
+        if r.input_grad:
+            r.pre_shift = fit_shift(cout * qmax * r.grad_bound)
+            r.below_frac = r.grad_frac + r.pre_shift + r.weight_frac
+            r.below_bound = cout * qmax * (math.ceil(r.grad_bound * 2.0 ** r.pre_shift) + 1)
+            below_frac, below_bound = r.below_frac, r.below_bound
+        records.append(r)
+    del first_input
+    return records[::-1]
+
+
+def _bound(x: Op) -> int:
+    """The largest magnitude of a layer's input: 1 for spikes, the format's for the fixed-point input."""
+    dt = x.type.dtype
+    return 1 if dt.kind == "spike" else 1 << (dt.bits - 1)
+
+
+# ------------------------------------------------------------------------------------------ plans
+
+class _Buffers:
+    """Regions of one plan in each buffer, laid out one after another (32-byte aligned); a plan that does
+    not fit names its layer and the buffer."""
+
+    def __init__(self, hw: HwConfig, where: str):
+        self.hw, self.where, self.used = hw, where, {}
+
+    def take(self, mem: str, nbytes: int) -> Ref:
+        at = self.used.get(mem, 0)
+        self.used[mem] = at + align(nbytes, ALIGN)
+        if self.used[mem] > self.hw.buffers[mem].bytes:
+            raise TrainError(f"{self.where}: its training step needs {self.used[mem]} bytes of the {mem} buffer, which "
+                             f"holds {self.hw.buffers[mem].bytes} bytes in hardware config {self.hw.name!r} (training "
+                             "does not tile layers yet)")
+        return Ref(mem, at)
+
+
+def _copy(op: str, dst: Ref, src: Ref, nbytes: int) -> Instr:
+    return Instr(op, dict(dst=dst, src=src, rows=1, row_bytes=nbytes, src_stride=0, dst_stride=0))
+
+
+def _linear_geometry(cin: int, cout: int) -> dict:
+    return dict(cin=cin, cout=cout, ih=1, iw=1, oh=1, ow=1, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0)
+
+
+@dataclass
+class TrainPlan:
+    """A layer of a training phase: what it is called in the layer table, and its instructions."""
+
+    name: str
+    path: str
+    kind: str
+    phase: str
+    code: list
+
+    def record(self, first: int) -> dict:
+        return dict(name=self.name, path=self.path, op=self.kind, type="", first_instr=first, phase=self.phase)
+
+
+def loss_plan(graph: Graph, hw: HwConfig, readout: TrainedLayer, target: int, e: int) -> TrainPlan:
+    """e = out - target (i32, the readout's classes): the loss gradient, stored for the readout's backward."""
+    out = graph.outputs[0]
+    n = readout.cout
+    buf = _Buffers(hw, "the loss")
+    o, t, acc = buf.take("ifmap", 4 * n), buf.take("ifmap", 4 * n), buf.take("psum", 4 * n)
+    vacc = dict(src_fmt="i32", dst_fmt="i32", n=n, shift=0)
+    code = [_copy("load", o, Ref("dram", value_addr(graph, graph.op(out))), 4 * n),
+            _copy("load", t, Ref("dram", target), 4 * n),
+            Instr("vacc", dict(dst=acc, src=o, accumulate=0, **vacc)),
+            Instr("vacc", dict(dst=acc, src=t, accumulate=1, neg=1, **vacc)),
+            _copy("store", Ref("dram", e), acc, 4 * n)]
+    return TrainPlan("loss", "loss", "loss_mse", "backward", code)
+
+
+def backward_plan(graph: Graph, hw: HwConfig, r: TrainedLayer, options: TrainOptions, steps: int) -> TrainPlan:
+    """Layer r's backward for one sample: t = T-1 ... 0, the membrane gradients (nbwd; the readout's are e
+    at every step), their weight gradient into the shared accumulator, and the spike gradients below."""
+    op = graph.op(r.name)
+    x = graph.op(op.inputs[0])
+    buf = _Buffers(hw, f"layer {r.path or r.name}")
+    spike_bytes = elems_bytes("spike", r.cout)
+    dw = buf.take("psum", 4 * r.cout * r.cin)
+    gh = buf.take("psum", 4 * r.cout)
+    gx = buf.take("psum", 4 * r.cin) if r.input_grad else None
+    scaled = buf.take("psum", 4 * r.cout) if r.input_grad and r.pre_shift else gh
+    w = buf.take("wgt", r.cout * r.cin * FORMAT_BYTES[r.wfmt]) if r.input_grad else None
+    xin = buf.take("ifmap", elems_bytes(r.in_fmt, r.cin))
+    code = [_copy("load", dw, Ref("dram", r.dw), 4 * r.cout * r.cin)]
+    if w is not None:
+        code.append(_copy("load", w, Ref("dram", op.wdram), r.cout * r.cin * FORMAT_BYTES[r.wfmt]))
+    neuron = graph.op(r.neuron) if r.neuron else None
+    if neuron is not None:
+        gs, tape = buf.take("ifmap", 4 * r.cout), buf.take("ifmap", spike_bytes)
+        spikes = buf.take("ifmap", spike_bytes) if neuron.reset == "hard" else tape
+        state = buf.take("vmem", 4 * r.cout)
+        code.append(Instr("vfill", dict(dst=state, n=r.cout, value=0)))
+    else:
+        code.append(_copy("load", gh, Ref("dram", r.grad_in), 4 * r.cout))
+    x_addr, x_stride = value_addr(graph, x), step_stride(graph, x)
+    gate = "spike" if neuron is not None and neuron.reset == "hard" else "none"
+    for t in range(steps - 1, -1, -1):
+        if neuron is not None:
+            g_step = t if r.grad_in_steps > 1 else 0
+            tape_op, tape_stride = graph.op(r.tape), step_stride(graph, graph.op(r.tape))
+            code += [_copy("load", gs, Ref("dram", r.grad_in + g_step * 4 * r.cout), 4 * r.cout),
+                     _copy("load", tape, Ref("dram", tape_op.dram + t * tape_stride), spike_bytes)]
+            if gate == "spike":
+                code.append(_copy("load", spikes, Ref("dram", neuron.dram + t * step_stride(graph, neuron)), spike_bytes))
+            code.append(Instr("nbwd", dict(src=gs, tape=tape, spikes=spikes, state=state, dst=gh, n=r.cout,
+                                           decay_mul=neuron.decay_mul, decay_shift=neuron.decay_shift, gate=gate,
+                                           src_shift=r.src_shift)))
+        code.append(_copy("load", xin, Ref("dram", x_addr + t * x_stride), elems_bytes(r.in_fmt, r.cin)))
+        code.append(Instr("wgrad", dict(src=xin, grad=gh, dst=dw, fmt=r.in_fmt, accumulate=1, shift=r.wgrad_shift,
+                                        skip=int(options.sparse), group=0, **_linear_geometry(r.cin, r.cout))))
+        if r.input_grad and (neuron is not None or t == 0):  # the readout's are the same at every step: once
+            if r.pre_shift:
+                code.append(Instr("vacc", dict(dst=scaled, src=gh, src_fmt="i32", dst_fmt="i32", n=r.cout,
+                                               shift=r.pre_shift, accumulate=0)))
+            code.append(Instr("dconv", dict(src=scaled, wgt=w, dst=gx, fmt="i32", wfmt=r.wfmt, shift=0, transposed=1,
+                                            skip=int(options.sparse), accumulate=0, group=0,
+                                            **_linear_geometry(r.cout, r.cin))))
+            out_step = t if r.grad_out_steps > 1 else 0
+            code.append(_copy("store", Ref("dram", r.grad_out + out_step * 4 * r.cin), gx, 4 * r.cin))
+    code.append(_copy("store", Ref("dram", r.dw), dw, 4 * r.cout * r.cin))
+    return TrainPlan(f"{r.path or r.name}.backward", r.path, "linear_bwd", "backward", code)
+
+
+def update_plan(graph: Graph, hw: HwConfig, r: TrainedLayer) -> TrainPlan:
+    """Once per batch: w = sat(w - R(dW, sgd_shift)), dW = 0, both back to DRAM."""
+    op = graph.op(r.name)
+    n = r.cout * r.cin
+    buf = _Buffers(hw, f"layer {r.path or r.name}")
+    w, dw = buf.take("wgt", n * FORMAT_BYTES[r.wfmt]), buf.take("psum", 4 * n)
+    code = [_copy("load", w, Ref("dram", op.wdram), n * FORMAT_BYTES[r.wfmt]),
+            _copy("load", dw, Ref("dram", r.dw), 4 * n),
+            Instr("sgd", dict(wgt=w, grad=dw, wfmt=r.wfmt, n=n, shift=r.sgd_shift)),
+            _copy("store", Ref("dram", op.wdram), w, n * FORMAT_BYTES[r.wfmt]),
+            _copy("store", Ref("dram", r.dw), dw, 4 * n)]
+    return TrainPlan(f"{r.path or r.name}.update", r.path, "sgd", "update", code)
+
+
+def generate_training(graph: Graph, hw: HwConfig, options: TrainOptions, compile_options: dict, source: dict,
+                      inference: Program) -> Program:
+    """The training-step program of the allocated graph (with tapes): forward, loss, backward, halt, update,
+    halt. `inference`: the plain inference program of the same model, which shares its weights' places
+    (`ttc train` writes it back with the trained weights)."""
+    records = plan_formats(graph, options)
+    readout = records[-1]
+    steps = graph.op(graph.op(graph.outputs[0]).inputs[0]).type.time
+    end = max(op.dram + step_stride(graph, op) * (op.type.time or 1) for op in graph.ops if op.dram is not None)
+    end = max(end, max(op.wdram + op.weight.nbytes + 4 * op.weight.shape[0] for op in graph.ops if isinstance(op, Linear)))
+    addr = align(end)
+
+    def take(nbytes: int) -> int:
+        nonlocal addr
+        at, addr = addr, align(addr + nbytes)
+        return at
+
+    target, e = take(4 * readout.cout), take(4 * readout.cout)
+    for k in range(len(records) - 1, -1, -1):
+        r = records[k]
+        r.dw = take(4 * r.cout * r.cin)
+        if k + 1 < len(records):
+            above = records[k + 1]
+            r.grad_in, r.grad_in_steps = above.grad_out, above.grad_out_steps
+        else:
+            r.grad_in, r.grad_in_steps = e, 1
+        if r.input_grad:
+            r.grad_out_steps = 1 if r.neuron is None else steps
+            r.grad_out = take(4 * r.cin * r.grad_out_steps)
+    code, layers = emit_layers(graph, hw)
+    for layer in layers:
+        layer["phase"] = "forward"
+    plans = [loss_plan(graph, hw, readout, target, e)]
+    plans += [backward_plan(graph, hw, r, options, steps) for r in reversed(records)]
+    for plan in plans:
+        layers.append(plan.record(len(code)))
+        code += plan.code
+    sample = place_tokens(code + [Instr("halt", {})], barriers=[layer["first_instr"] for layer in layers[1:]])
+    update_at = len(sample)
+    update, first = [], []
+    for r in records:
+        plan = update_plan(graph, hw, r)
+        layers.append(plan.record(update_at + len(update)))
+        first.append(len(update))
+        update += plan.code
+    update = place_tokens(update + [Instr("halt", {})], barriers=first[1:])
+    meta = dict(inference.meta)
+    meta.update(ttc_version=ttc_version(), dram_bytes=addr, layers=layers, options=compile_options,
+                train=dict(options=asdict(options), update_at=update_at, steps=steps, target=target, loss_grad=e,
+                           classes=readout.cout, out_frac=graph.op(graph.outputs[0]).type.dtype.frac,
+                           layers=[asdict(r) for r in records],
+                           tapes=[io_record(graph, graph.op(r.tape)) for r in records if r.tape]))
+    return Program(code=sample + update, data=inference.data, meta=meta, hw=hw)

@@ -1,0 +1,137 @@
+"""The integer training reference (docs/training.md): what a training-step program computes, in PyTorch
+on int64, from the quantized graph (with its tapes) and the formats the compiler chose (`ttc.compiler.
+train.plan_formats`, recorded in the program's metadata). It is the training counterpart of the
+quantized reference: the simulator must equal it bit for bit on the loss gradient, every weight gradient
+and the weights after every step. The arithmetic is isa/train.py's, the same functions the simulator calls.
+
+`float_gradients` is the check above it: float64 autograd of the same network (weights, inputs, decays
+and thresholds the integers stand for; the spike's gradient the rectangular surrogate, 1 inside the
+band; the reset detached). Where no format rounds, the integer gradients equal it exactly.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+
+from ttc.isa.table import rescale
+from ttc.isa.train import backward_step, sgd
+
+from .ir import Graph
+from .reference import evaluate
+
+
+class TrainingReference:
+    """The weights of the trained layers (int64, by op name) and a step that updates them."""
+
+    def __init__(self, graph: Graph, train: dict):
+        self.graph, self.train = copy.deepcopy(graph), train
+        self.layers = train["layers"]
+        self.weights = {r["name"]: torch.from_numpy(self.graph.op(r["name"]).weight.astype(np.int64))
+                        for r in self.layers}
+
+    def gradients(self, x: np.ndarray, labels: np.ndarray) -> dict:
+        """One batch's forward and backward at today's weights: {"out", "e", "dw": {layer: [cout, cin]}}."""
+        g, t = self.graph, self.train
+        for r in self.layers:
+            g.op(r["name"]).weight = self.weights[r["name"]].numpy().astype(f"<i{int(r['wfmt'][1:]) // 8}")
+        env = evaluate(g, [x])
+        out = env[g.outputs[0]].long()
+        target = torch.zeros_like(out)
+        target[torch.arange(len(labels)), torch.from_numpy(labels)] = t["steps"] << t["out_frac"]
+        e = out - target
+        steps = t["steps"]
+        grads: dict[str, torch.Tensor] = {}
+        below = None  # the spike gradients the layer above gave: [T or 1, B, cout]
+        dw = {}
+        for r in reversed(self.layers):
+            op = g.op(r["name"])
+            x_in = env[op.inputs[0]].long().flatten(2)  # [T, B, cin]
+            if r["neuron"] is None:
+                gh = e.unsqueeze(0).expand(steps, *e.shape)
+            else:
+                neuron = g.op(r["neuron"])
+                tape, spikes = env[r["tape"]].long(), env[r["neuron"]].long()
+                state, rows = torch.zeros_like(tape[0]), []
+                for step in range(steps - 1, -1, -1):
+                    state = backward_step(state, below[step if below.shape[0] > 1 else 0], tape[step], spikes[step],
+                                          decay_mul=neuron.decay_mul, decay_shift=neuron.decay_shift,
+                                          gate="spike" if neuron.reset == "hard" else "none", src_shift=r["src_shift"])
+                    rows.append(state)
+                gh = torch.stack(rows[::-1])
+            grads[r["name"]] = gh
+            per_sample = torch.einsum("tbo,tbi->boi", gh, x_in)
+            dw[r["name"]] = rescale(per_sample, r["wgrad_shift"]).sum(0)
+            if r["input_grad"]:
+                w = self.weights[r["name"]]
+                source = gh if r["neuron"] is not None else gh[:1]
+                below = torch.einsum("tbo,oi->tbi", rescale(source, r["pre_shift"]), w)
+        return dict(out=out, e=e, dw=dw, gh=grads)
+
+    def step(self, x: np.ndarray, labels: np.ndarray) -> dict:
+        """gradients(), then the update: the weights become sat(w - R(dW, sgd_shift))."""
+        result = self.gradients(x, labels)
+        for r in self.layers:
+            w, _ = sgd(self.weights[r["name"]], result["dw"][r["name"]], r["sgd_shift"], int(r["wfmt"][1:]))
+            self.weights[r["name"]] = w
+        return result
+
+
+class _Spike(torch.autograd.Function):
+    """H(v) forward (v > 0, or v >= 0), the rectangle |v| < band backward."""
+
+    @staticmethod
+    def forward(ctx, v, band, inclusive):
+        ctx.save_for_backward(v)
+        ctx.band = band
+        return (v >= 0 if inclusive else v > 0).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (v,) = ctx.saved_tensors
+        return grad * (v.abs() < ctx.band).to(grad.dtype), None, None
+
+
+def float_gradients(graph: Graph, train: dict, x: np.ndarray, labels: np.ndarray,
+                    weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """dL/dW of every trained layer by float64 autograd, for L = 1/2 sum (output - one-hot)^2 times
+    (T / 2^ceil(log2 T))^2 (the loss whose gradient the machine's e is): the network the integers stand
+    for, each layer's input in float, in the fracs of the quantized graph."""
+    steps = train["steps"]
+    h_in = None
+    params = {}
+    for k, r in enumerate(train["layers"]):
+        op = graph.op(r["name"])
+        w = (weights[r["name"]].double() * 2.0 ** -r["weight_frac"]).requires_grad_(True)
+        params[r["name"]] = w
+        if k == 0:
+            xin = graph.op(op.inputs[0])
+            env = evaluate(graph, [x])
+            h_in = env[xin.name].flatten(2) * 2.0 ** -xin.type.dtype.frac
+        z = torch.einsum("tbi,oi->tbo", h_in, w)
+        if r["neuron"] is None:
+            out = z.sum(0) / steps
+            break
+        n = graph.op(r["neuron"])
+        frac = graph.op(op.name).type.dtype.frac + n.in_shift
+        theta, v_reset = n.theta * 2.0 ** -frac, n.v_reset * 2.0 ** -frac
+        decay, band = n.decay_mul / (1 << n.decay_shift), n.band * 2.0 ** -frac
+        u = torch.full_like(z[0], n.v_init * 2.0 ** -frac)
+        spikes, s = [], torch.zeros_like(z[0])
+        for step in range(steps):
+            fired = s.detach()
+            reset = (lambda v: v * (1 - fired) + v_reset * fired) if n.reset == "hard" else \
+                (lambda v: v - theta * fired) if n.reset == "subtract" else (lambda v: v)
+            u = decay * reset(u) if n.order == "reset_decay" else reset(decay * u)
+            u = u + z[step]
+            s = _Spike.apply(u - theta, band, n.cmp == "ge")
+            spikes.append(s)
+        h_in = torch.stack(spikes)
+    target = torch.zeros_like(out)
+    target[torch.arange(len(labels)), torch.from_numpy(labels)] = 1.0
+    scale = (steps / 2 ** math.ceil(math.log2(steps))) ** 2
+    loss = 0.5 * scale * ((out - target) ** 2).sum()
+    loss.backward()
+    return {name: w.grad for name, w in params.items()}

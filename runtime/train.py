@@ -1,0 +1,145 @@
+"""Train on the simulator (docs/training.md): run a training-step program batch after batch, keeping the
+machine's DRAM (the weights) between steps, and price every phase.
+
+A step writes the batch's inputs and targets, runs the forward and backward of every sample (lock-step in
+the simulator: the program is the same for all), then the weight update once (`Machine.run_shared`). The
+modelled machine runs the samples one after another, so a step takes B times a sample's cycles and
+energy, plus the update's."""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ttc.isa.errors import UserError
+from ttc.isa.program import Program
+from ttc.simulator.energy import EnergyModel
+from ttc.simulator.machine import Machine
+from ttc.simulator.timeline import Timeline
+
+from .run import _batch_of, _read_output, _write_input, run
+
+PHASES = ("forward", "backward", "update")
+
+
+class TrainInputError(UserError, ValueError):
+    """Training data the step program cannot take."""
+
+
+@dataclass
+class StepStats:
+    """One step, summed over its batch: the loss 1/2 sum (output - one-hot)^2, correct predictions, and per
+    phase the cycles, energy (pJ, by component) and counters of the modelled machine."""
+
+    loss: float
+    correct: int
+    cycles: dict = field(default_factory=dict)
+    energy_pj: dict = field(default_factory=lambda: defaultdict(Counter))
+    counters: dict = field(default_factory=lambda: defaultdict(Counter))
+
+
+def _phase_of(layers: list[dict]) -> list[str]:
+    return [layer.get("phase", "forward") for layer in layers]
+
+
+class Trainer:
+    """The machine of a training-step program for batches of `batch` samples."""
+
+    def __init__(self, prog: Program, batch: int):
+        if "train" not in prog.meta:
+            raise TrainInputError("the program is not a training step (compile it with `ttc compile --train`)")
+        self.prog, self.train, self.batch = prog, prog.meta["train"], batch
+        if batch > self.train["options"]["batch"]:
+            raise TrainInputError(f"batch {batch} is larger than the {self.train['options']['batch']} the step was "
+                                  "compiled for (its gradient formats hold sums over that many samples)")
+        self.machine = Machine(prog, batch)
+        self.phases = _phase_of(prog.meta["layers"])
+        self.cycles: dict[str, int] | None = None  # per phase, from the first step's timeline (data-independent)
+
+    def step(self, x: np.ndarray, labels: np.ndarray) -> StepStats:
+        io, t = self.prog.meta["inputs"][0], self.train
+        if _batch_of(io, x) != self.batch or labels.shape != (self.batch,):
+            raise TrainInputError(f"a step takes {self.batch} samples and as many labels, got {x.shape} and {labels.shape}")
+        if labels.min() < 0 or labels.max() >= t["classes"]:
+            raise TrainInputError(f"labels must be 0 to {t['classes'] - 1}")
+        m = self.machine
+        _write_input(m, io, x)
+        scale = t["steps"] << t["out_frac"]  # the target's one: T 2^F (the output is a sum over the T steps)
+        target = np.zeros((self.batch, t["classes"]), dtype="<i4")
+        target[np.arange(self.batch), labels] = scale
+        m.mem["dram"][:, t["target"]:t["target"] + target[0].nbytes] = target.view(np.uint8)
+        stats = StepStats(0.0, 0)
+        self._run(stats, lambda: m.run(0), self.batch)
+        out = _read_output(m, self.prog.meta["outputs"][0])
+        stats.loss = float(0.5 * ((out - np.eye(t["classes"])[labels]) ** 2).sum())
+        stats.correct = int((out.argmax(1) == labels).sum())
+        self._run(stats, lambda: m.run_shared(t["update_at"]), 1)
+        return stats
+
+    def _run(self, stats: StepStats, go, samples: int) -> None:
+        """Run one segment with an energy model (and, the first time, a timeline), charging its layers to
+        their phases, `samples` times (a sample's work happens once per sample on the machine)."""
+        m = self.machine
+        energy = EnergyModel(self.prog.hw, self.prog.meta["layers"], m.batch)
+        timeline = Timeline(self.prog.hw) if self.cycles is None or samples == 1 else None
+        before = Counter(m.counters)
+        m.listeners = [energy] + ([timeline] if timeline else [])
+        go()
+        m.listeners = []
+        if timeline is not None and samples == 1:
+            self.cycles = {**(self.cycles or {}), "update": timeline.cycles}
+        elif timeline is not None:  # the layers' shares of the time (the sample segment starts at instruction 0)
+            energy.finish(timeline.spans)
+            self._cycles_by_phase(energy)
+        for layer, parts in energy.energy.items():
+            phase = self.phases[layer]
+            for component, pj in parts.items():
+                if component != "leakage":
+                    stats.energy_pj[phase][component] += pj * samples
+            stats.counters[phase].update({k: v * samples for k, v in energy.counts[layer].items() if k != "cycles"})
+        for phase in set(self.phases):
+            if phase in self.cycles and (phase == "update") == (samples == 1):
+                cycles = self.cycles[phase] * samples
+                stats.cycles[phase] = cycles
+                stats.energy_pj[phase]["leakage"] += self.prog.hw.leakage_pj(cycles)
+        m.counters = before
+
+    def _cycles_by_phase(self, energy: EnergyModel) -> None:
+        cycles = dict(self.cycles or {})
+        for layer, counts in energy.counts.items():
+            if "cycles" in counts:
+                phase = self.phases[layer]
+                cycles[phase] = cycles.get(phase, 0) + counts["cycles"]
+        self.cycles = cycles
+
+    # ---- the trained weights
+    def weights(self) -> dict[str, np.ndarray]:
+        """Every trained layer's integer weights [cout, cin], by its op name."""
+        dram = self.machine.mem["dram"][0]
+        out = {}
+        for r in self.train["layers"]:
+            nbytes = r["cout"] * r["cin"] * (2 if r["wfmt"] == "i16" else 1)
+            out[r["name"]] = dram[r["wdram"]:r["wdram"] + nbytes].view(f"<i{int(r['wfmt'][1:]) // 8}").reshape(r["cout"], r["cin"]).copy()
+        return out
+
+    def inference_program(self) -> Program:
+        """The inference program of the same model (the step program carries it) with today's weights."""
+        base = Program.from_bytes(bytes.fromhex(self.prog.meta["inference"]), "the step program's inference program")
+        data = bytearray(base.data)
+        dram = self.machine.mem["dram"][0]
+        for r in self.train["layers"]:
+            nbytes = r["cout"] * r["cin"] * (2 if r["wfmt"] == "i16" else 1)
+            data[r["wdram"]:r["wdram"] + nbytes] = dram[r["wdram"]:r["wdram"] + nbytes].tobytes()
+        return Program(code=base.code, data=bytes(data), meta=base.meta, hw=base.hw)
+
+    def state_dict(self) -> dict:
+        """The trained weights as a PyTorch state dict of the source model (float, `path.weight`)."""
+        import torch
+        return {f"{r['path']}.weight": torch.from_numpy(w.astype(np.float64) * 2.0 ** -r["weight_frac"]).float()
+                for r, w in zip(self.train["layers"], self.weights().values())}
+
+
+def accuracy(prog: Program, x: np.ndarray, labels: np.ndarray) -> float:
+    """Held-out accuracy of an inference program (the argmax of its one output)."""
+    return float((run(prog, [x]).outputs[0].argmax(1) == labels).mean())
