@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ttc.isa import progress
 from ttc.isa.errors import UserError
 from ttc.isa.program import Program
 from ttc.simulator.energy import EnergyModel
@@ -138,6 +139,69 @@ class Trainer:
         import torch
         return {f"{r['path']}.weight": torch.from_numpy(w.astype(np.float64) * 2.0 ** -r["weight_frac"]).float()
                 for r, w in zip(self.train["layers"], self.weights().values())}
+
+
+@dataclass
+class EpochStats:
+    """One epoch: the mean loss per sample, training accuracy (on the batches as they were trained), held-out
+    accuracy (when a held-out set is given), and per step (the mean over the epoch's steps) the cycles,
+    energy (pJ by component) and counters of each phase."""
+
+    epoch: int
+    steps: int
+    loss: float
+    train_accuracy: float
+    held_out_accuracy: float | None
+    cycles: dict
+    energy_pj: dict
+    counters: dict
+
+    def summary(self) -> dict:
+        return dict(epoch=self.epoch, steps=self.steps, loss=self.loss, train_accuracy=self.train_accuracy,
+                    held_out_accuracy=self.held_out_accuracy, cycles_per_step=self.cycles,
+                    energy_pj_per_step={p: dict(e) for p, e in self.energy_pj.items()},
+                    counters_per_step={p: dict(c) for p, c in self.counters.items()})
+
+
+def fit(trainer: Trainer, x: np.ndarray, labels: np.ndarray, epochs: int, seed: int = 0,
+        held_out: tuple[np.ndarray, np.ndarray] | None = None, on_epoch=None) -> list[EpochStats]:
+    """Train for `epochs` on (x, labels), x laid out as the model's input: each epoch the samples in a
+    seeded random order, in whole batches (the last partial batch is left out, as a fixed-size step takes
+    exactly its batch). `on_epoch(stats)` is called after each epoch."""
+    io = trainer.prog.meta["inputs"][0]
+    axis = 1 if io["time"] is not None else 0
+    count = _batch_of(io, x)
+    if labels.shape != (count,):
+        raise TrainInputError(f"{count} samples but labels of shape {labels.shape}")
+    steps = count // trainer.batch
+    if steps == 0:
+        raise TrainInputError(f"{count} samples do not make one batch of {trainer.batch}")
+    rng = np.random.default_rng(seed)
+    history = []
+    with progress.bar(epochs * steps, "train", "step") as shown:
+        for epoch in range(epochs):
+            order = rng.permutation(count)
+            loss, correct = 0.0, 0
+            cycles, energy, counters = Counter(), defaultdict(Counter), defaultdict(Counter)
+            for k in range(steps):
+                idx = order[k * trainer.batch:(k + 1) * trainer.batch]
+                s = trainer.step(np.take(x, idx, axis=axis), labels[idx])
+                loss, correct = loss + s.loss, correct + s.correct
+                cycles.update(s.cycles)
+                for phase in s.energy_pj:
+                    energy[phase].update(s.energy_pj[phase])
+                    counters[phase].update(s.counters[phase])
+                shown.update()
+                shown.set_postfix_str(f"epoch {epoch + 1}, loss {loss / ((k + 1) * trainer.batch):.4f}")
+            mean = lambda c: {key: v / steps for key, v in c.items()}
+            stats = EpochStats(epoch + 1, steps, loss / (steps * trainer.batch), correct / (steps * trainer.batch),
+                               accuracy(trainer.inference_program(), *held_out) if held_out is not None else None,
+                               mean(cycles), {p: mean(e) for p, e in energy.items()},
+                               {p: mean(c) for p, c in counters.items()})
+            history.append(stats)
+            if on_epoch is not None:
+                on_epoch(stats)
+    return history
 
 
 def accuracy(prog: Program, x: np.ndarray, labels: np.ndarray) -> float:
