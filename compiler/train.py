@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
 
 from ttc.isa.encoding import Instr, Ref
 from ttc.isa.hwconfig import HwConfig

@@ -406,7 +406,7 @@ def _wgrad(m: Machine, i: Instr) -> None:
     """Every sample's weight gradient, summed over the batch into the one shared accumulator: every
     sample's copy of dst holds the same sum (the batch's samples run one after another on the machine,
     and integer sums do not depend on their order)."""
-    cin, cout, kh, kw = i["cin"], i["cout"], i["kh"], i["kw"]
+    cout, kh, kw = i["cout"], i["kh"], i["kw"]
     x, _ = _conv_operands(m, i, i["fmt"], "i8", weights=False)
     g = m.read(i["grad"], "i32", cout * i["oh"] * i["ow"]).reshape(m.batch, cout, i["oh"], i["ow"])
     win = sliding_window_view(_padded(x, i), (kh, kw), axis=(2, 3))[:, :, ::i["sh"], ::i["sw"]]
