@@ -25,7 +25,7 @@ today's): with them no gradient can overflow, and nothing saturates but the weig
     g_h[t]   = R(g_s[t], src_shift) active[t] + G(s[t]) D(g_h[t+1]): src_shift gives the decays their
                guard bits (decay_shift per step back) as far as the bound allows, so that with dyadic
                parameters nothing is rounded
-    dW       = sum over samples of R(sum_t x[t] g_h[t], wgrad_shift)
+    dW       = sum over samples and steps of R(x[t] g_h[t], wgrad_shift)   (one wgrad per step)
     g_s'[t]  = W^T R(g_h[t], pre_shift)    the layer below's spike gradients
     w       -= R(dW, sgd_shift),  sgd_shift = F_w - lr_shift - frac(dW)
 
@@ -89,11 +89,11 @@ class TrainOptions:
                              "(1 to 65536) out of range")
 
 
-def fit_shift(bound: int, most: int = 0) -> int:
-    """The largest shift <= `most` after which a value bounded by `bound` stays below 2^31 (R rounds up by
-    at most one)."""
+def fit_shift(bound: int, most: int = 0, roundings: int = 1) -> int:
+    """The largest shift <= `most` after which a sum of `roundings` rescaled terms whose magnitudes add up to
+    at most `bound` stays below 2^31 (each R rounds up by at most one)."""
     shift = most
-    while bound * 2.0 ** shift + 1 >= 1 << LIMIT_BITS:
+    while bound * 2.0 ** shift + roundings >= 1 << LIMIT_BITS:
         shift -= 1
     return shift
 
@@ -207,7 +207,7 @@ def plan_formats(graph: Graph, options: TrainOptions) -> list[TrainedLayer]:
             r.src_shift = fit_shift(math.ceil(below_bound * _decay_sum(neuron, steps)) + steps, guard)
             r.grad_frac = below_frac + r.src_shift
             r.grad_bound = math.ceil((below_bound * 2.0 ** r.src_shift + 1) * _decay_sum(neuron, steps)) + steps
-        r.wgrad_shift = fit_shift(options.batch * steps * _bound(x) * r.grad_bound)
+        r.wgrad_shift = fit_shift(options.batch * steps * _bound(x) * r.grad_bound, roundings=options.batch * steps)
         r.dw_frac = r.grad_frac + x.type.dtype.frac + r.wgrad_shift
         r.sgd_shift = r.weight_frac - options.lr_shift - r.dw_frac
         if r.input_grad:

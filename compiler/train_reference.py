@@ -62,8 +62,8 @@ class TrainingReference:
                     rows.append(state)
                 gh = torch.stack(rows[::-1])
             grads[r["name"]] = gh
-            per_sample = torch.einsum("tbo,tbi->boi", gh, x_in)
-            dw[r["name"]] = rescale(per_sample, r["wgrad_shift"]).sum(0)
+            per_step = torch.einsum("tbo,tbi->tboi", gh, x_in)  # wgrad rounds each sample's step
+            dw[r["name"]] = rescale(per_step, r["wgrad_shift"]).sum((0, 1))
             if r["input_grad"]:
                 w = self.weights[r["name"]]
                 source = gh if r["neuron"] is not None else gh[:1]

@@ -31,13 +31,15 @@ class TrainInputError(UserError, ValueError):
 @dataclass
 class StepStats:
     """One step, summed over its batch: the loss 1/2 sum (output - one-hot)^2, correct predictions, and per
-    phase the cycles, energy (pJ, by component) and counters of the modelled machine."""
+    phase the cycles, energy (pJ, by component) and counters of the modelled machine, and the counters of
+    each layer of the program's layer table (by its name)."""
 
     loss: float
     correct: int
     cycles: dict = field(default_factory=dict)
     energy_pj: dict = field(default_factory=lambda: defaultdict(Counter))
     counters: dict = field(default_factory=lambda: defaultdict(Counter))
+    layers: dict = field(default_factory=lambda: defaultdict(Counter))
 
 
 def _phase_of(layers: list[dict]) -> list[str]:
@@ -98,7 +100,10 @@ class Trainer:
             for component, pj in parts.items():
                 if component != "leakage":
                     stats.energy_pj[phase][component] += pj * samples
-            stats.counters[phase].update({k: v * samples for k, v in energy.counts[layer].items() if k != "cycles"})
+        for layer, counts in energy.counts.items():
+            counts = {k: v * samples for k, v in counts.items() if k != "cycles"}
+            stats.counters[self.phases[layer]].update(counts)
+            stats.layers[self.prog.meta["layers"][layer]["name"]].update(counts)
         for phase in set(self.phases):
             if phase in self.cycles and (phase == "update") == (samples == 1):
                 cycles = self.cycles[phase] * samples
@@ -145,7 +150,7 @@ class Trainer:
 class EpochStats:
     """One epoch: the mean loss per sample, training accuracy (on the batches as they were trained), held-out
     accuracy (when a held-out set is given), and per step (the mean over the epoch's steps) the cycles,
-    energy (pJ by component) and counters of each phase."""
+    energy (pJ by component) and counters of each phase, and the counters of each layer."""
 
     epoch: int
     steps: int
@@ -155,12 +160,14 @@ class EpochStats:
     cycles: dict
     energy_pj: dict
     counters: dict
+    layers: dict
 
     def summary(self) -> dict:
         return dict(epoch=self.epoch, steps=self.steps, loss=self.loss, train_accuracy=self.train_accuracy,
                     held_out_accuracy=self.held_out_accuracy, cycles_per_step=self.cycles,
                     energy_pj_per_step={p: dict(e) for p, e in self.energy_pj.items()},
-                    counters_per_step={p: dict(c) for p, c in self.counters.items()})
+                    counters_per_step={p: dict(c) for p, c in self.counters.items()},
+                    layer_counters_per_step={n: dict(c) for n, c in self.layers.items()})
 
 
 def fit(trainer: Trainer, x: np.ndarray, labels: np.ndarray, epochs: int, seed: int = 0,
@@ -182,7 +189,7 @@ def fit(trainer: Trainer, x: np.ndarray, labels: np.ndarray, epochs: int, seed: 
         for epoch in range(epochs):
             order = rng.permutation(count)
             loss, correct = 0.0, 0
-            cycles, energy, counters = Counter(), defaultdict(Counter), defaultdict(Counter)
+            cycles, energy, counters, layers = Counter(), defaultdict(Counter), defaultdict(Counter), defaultdict(Counter)
             for k in range(steps):
                 idx = order[k * trainer.batch:(k + 1) * trainer.batch]
                 s = trainer.step(np.take(x, idx, axis=axis), labels[idx])
@@ -191,13 +198,15 @@ def fit(trainer: Trainer, x: np.ndarray, labels: np.ndarray, epochs: int, seed: 
                 for phase in s.energy_pj:
                     energy[phase].update(s.energy_pj[phase])
                     counters[phase].update(s.counters[phase])
+                for name, c in s.layers.items():
+                    layers[name].update(c)
                 shown.update()
                 shown.set_postfix_str(f"epoch {epoch + 1}, loss {loss / ((k + 1) * trainer.batch):.4f}")
             mean = lambda c: {key: v / steps for key, v in c.items()}
             stats = EpochStats(epoch + 1, steps, loss / (steps * trainer.batch), correct / (steps * trainer.batch),
                                accuracy(trainer.inference_program(), *held_out) if held_out is not None else None,
                                mean(cycles), {p: mean(e) for p, e in energy.items()},
-                               {p: mean(c) for p, c in counters.items()})
+                               {p: mean(c) for p, c in counters.items()}, {n: mean(c) for n, c in layers.items()})
             history.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)

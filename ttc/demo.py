@@ -4,6 +4,10 @@ ANN that runs once per digit, or the MT-SNN example examples/digits/mt_digits_sn
 run the 360 held-out digits on the simulator and compare the float model, the quantized reference
 and the simulator. `make demo` runs this.
 
+With --train it trains instead (docs/training.md): a fully connected LIF SNN compiled to a training-step
+program, trained on the simulator for --epochs on the 1437 training digits, beside the same recipe
+trained in float PyTorch, with the cost of a step by phase and the active fraction of each layer.
+
 A model the demo cannot use (a missing or damaged file, a model for other inputs, one that does not
 return 10 class scores per digit) is one `ttc: error: ...` line and exit status 1, as in `ttc`
 (ttc.cli.run_reporting); `-v` adds the traceback."""
@@ -42,9 +46,83 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=MODEL, help=f"a digits model (default {MODEL.name})")
     ap.add_argument("--steps", type=int, default=STEPS, help=f"time steps of an SNN (default {STEPS})")
+    ap.add_argument("--train", action="store_true", help="train an SNN on the simulator instead (docs/training.md)")
+    ap.add_argument("--epochs", type=int, default=TRAIN_EPOCHS, help=f"--train: epochs (default {TRAIN_EPOCHS})")
+    ap.add_argument("--active-band", type=float, metavar="B", help="--train: skip the backward outside |h - theta| < "
+                    "B theta (SSGD's active set), and compare the work with the dense backward")
     ap.add_argument("-v", "--verbose", action="store_true", help="on an error, print the traceback")
     args = ap.parse_args(argv)
-    return run_reporting(lambda: demo(args.model, args.steps), args.verbose, ["python", "-m", "ttc.demo", *argv])
+    if args.train:
+        command = lambda: train_demo(args.steps, args.epochs, args.active_band)
+    else:
+        command = lambda: demo(args.model, args.steps)
+    return run_reporting(command, args.verbose, ["python", "-m", "ttc.demo", *argv])
+
+
+TRAIN_EPOCHS, TRAIN_BATCH, TRAIN_LR_SHIFT, TRAIN_BAND, TRAIN_HIDDEN = 10, 32, 7, 0.5, 64
+
+
+def train_demo(steps: int, epochs: int, active_band: float | None) -> int:
+    """Train `build_fc_snn` on the simulator and in float with the same recipe; print both accuracies and
+    what a step costs."""
+    import copy
+
+    from ttc.compiler.train import TrainOptions
+    from ttc.digits import build_fc_snn, train_recipe
+    from ttc.runtime.train import Trainer, fit
+
+    x_tr, y_tr, x_te, y_te = load_digits_split(steps)
+    model = build_fc_snn(TRAIN_HIDDEN)
+    band = TRAIN_BAND if active_band is None else active_band
+    options = TrainOptions(lr_shift=TRAIN_LR_SHIFT, band=band, sparse=active_band is not None, batch=TRAIN_BATCH)
+    t0 = time.perf_counter()
+    compiled = api.compile_training(model, f"{steps},N,1,8,8", train=options, input_bits=8, input_frac=4)
+    trainer = Trainer(compiled.program, TRAIN_BATCH)
+    print(f"ttc demo --train: FC 64-{TRAIN_HIDDEN}-10 LIF SNN (T={steps}) on the {len(y_tr)} training digits, batch "
+          f"{TRAIN_BATCH}, SGD 2^-{TRAIN_LR_SHIFT}, MSE on chip, rectangular surrogate |h - theta| < {band:g} theta"
+          f"{', sparse backward (active set)' if active_band is not None else ''}; hardware {compiled.program.hw.name}")
+    print(f"  training-step program: {len(compiled.program.code)} instructions "
+          f"({compiled.program.meta['train']['update_at']} per sample, the rest the update)")
+
+    def report(e) -> None:
+        print(f"  epoch {e.epoch:2d}: loss {e.loss:.4f}, train {100 * e.train_accuracy:5.2f} %, held-out "
+              f"{100 * e.held_out_accuracy:5.2f} % ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+    history = fit(trainer, x_tr, y_tr, epochs, held_out=(x_te, y_te), on_epoch=report)
+    sim_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    float_model = train_recipe(copy.deepcopy(model), x_tr, y_tr, epochs, TRAIN_LR_SHIFT, band, TRAIN_BATCH)
+    float_acc = float((api.run_float(float_model, x_te)[0].argmax(1) == y_te).mean())
+    sim_acc = history[-1].held_out_accuracy
+    print(f"  held-out accuracy: simulator {100 * sim_acc:.2f} % after {epochs} epochs in {sim_s:.1f} s; the same "
+          f"recipe in float PyTorch {100 * float_acc:.2f} % ({time.perf_counter() - t0:.1f} s); difference "
+          f"{100 * (sim_acc - float_acc):+.2f} points")
+    last = history[-1]
+    hw = compiled.program.hw
+    print(f"  per step of {TRAIN_BATCH} samples (mean over the last epoch):")
+    for phase in ("forward", "backward", "update"):
+        energy = sum(last.energy_pj.get(phase, {}).values())
+        print(f"    {phase:<9} {last.cycles.get(phase, 0):>12,.0f} cycles ({last.cycles.get(phase, 0) / hw.frequency_mhz:.1f} us), "
+              f"{energy / 1e6:.3f} uJ")
+    for r in compiled.program.meta["train"]["layers"]:
+        if r["neuron"]:
+            layer = next(l["name"] for l in compiled.program.meta["layers"] if l.get("phase") == "forward"
+                         and l["path"] == compiled.graph.op(r["neuron"]).path)
+            active = last.layers[layer].get("active", 0) / (r["cout"] * steps * TRAIN_BATCH)
+            print(f"  layer {r['path']}: active fraction {100 * active:.2f} % of (sample, step, neuron) entries")
+    backward = last.counters["backward"]
+    print(f"  backward work per step: {backward.get('mac', 0):,.0f} input-gradient MACs, "
+          f"{backward.get('weight_grad', 0):,.0f} weight-gradient accumulations")
+    if active_band is not None:
+        dense = TrainOptions(lr_shift=TRAIN_LR_SHIFT, band=band, sparse=False, batch=TRAIN_BATCH)
+        both = [Trainer(api.compile_training(model, f"{steps},N,1,8,8", train=o, input_bits=8, input_frac=4).program,
+                        TRAIN_BATCH) for o in (options, dense)]
+        work = [t.step(x_tr[:, :TRAIN_BATCH], y_tr[:TRAIN_BATCH]).counters["backward"] for t in both]
+        same = all(np.array_equal(a, b) for a, b in zip(both[0].weights().values(), both[1].weights().values()))
+        print(f"  the first step, sparse against dense backward: input-gradient MACs {work[0].get('mac', 0):,.0f} vs "
+              f"{work[1].get('mac', 0):,.0f}, weight-gradient accumulations {work[0].get('weight_grad', 0):,.0f} vs "
+              f"{work[1].get('weight_grad', 0):,.0f}; updated weights {'identical' if same else 'DIFFERENT'}")
+    return 0
 
 
 def demo(path: Path, steps: int) -> int:

@@ -76,6 +76,71 @@ def build_cat_digits_ann(window: int = 8) -> nn.Sequential:
         nn.Flatten(), ttfs.LogLinear(128, 10))
 
 
+def build_fc_snn(hidden: int = 64, seed: int = 0) -> nn.Sequential:
+    """[T, N, 1, 8, 8] -> [N, 10], the network the training demo trains on the simulator: a fully connected
+    LIF layer of `hidden` neurons (hard reset, decay 1/2, threshold 1/2) and a linear rate readout, no
+    biases (the training step trains weights)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(M.Flatten(), M.Linear(64, hidden, bias=False), _lif(), M.Linear(hidden, 10, bias=False),
+                         M.TimeMean())
+
+
+class _RectSpike(torch.autograd.Function):
+    """H(v) forward; 1 on |v| < band backward (the rectangular surrogate of ttc's training step)."""
+
+    @staticmethod
+    def forward(ctx, v, band, strict):
+        ctx.save_for_backward(v)
+        ctx.band = band
+        return (v > 0 if strict else v >= 0).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (v,) = ctx.saved_tensors
+        return grad * (v.abs() < ctx.band).to(grad.dtype), None, None
+
+
+def _recipe_forward(model: nn.Sequential, x: torch.Tensor, band: float) -> torch.Tensor:
+    """The float forward of a chain of Flatten, Linear, LIF/IF and TimeMean, with the training step's
+    surrogate (1 within band * threshold of the threshold) and its detached reset."""
+    for m in model:
+        if isinstance(m, M.LIF):
+            h, s, out = torch.full_like(x[0], m.v_init), torch.zeros_like(x[0]), []
+            for t in range(x.shape[0]):
+                fired = s.detach()
+                r = h * (1 - fired) + m.v_reset * fired if m.reset == "hard" else h - m.threshold * fired
+                h = m.decay * r + x[t]
+                s = _RectSpike.apply(h - m.threshold, band * m.threshold, m.cmp == "gt")
+                out.append(s)
+            x = torch.stack(out)
+        else:
+            x = m(x)
+    return x
+
+
+def train_recipe(model: nn.Sequential, x: np.ndarray, y: np.ndarray, epochs: int, lr_shift: int, band: float,
+                 batch: int, seed: int = 0) -> nn.Sequential:
+    """The training step's recipe in float PyTorch (what `python -m ttc.demo --train` compares the simulator
+    with): the same batches in the same order (`ttc.runtime.train.fit`'s), plain SGD at 2^-lr_shift on the
+    loss 1/2 sum over the batch of (output - one-hot)^2 (times (T / 2^ceil(log2 T))^2, as the machine's),
+    the rectangular surrogate and the detached reset."""
+    steps = x.shape[0]
+    scale = (steps / 2 ** int(np.ceil(np.log2(steps)))) ** 2
+    opt = torch.optim.SGD(model.parameters(), lr=2.0 ** -lr_shift)
+    rng = np.random.default_rng(seed)
+    xs, ys = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(epochs):
+        order = rng.permutation(len(y))
+        for k in range(len(y) // batch):
+            idx = torch.from_numpy(order[k * batch:(k + 1) * batch])
+            out = _recipe_forward(model, xs.index_select(1, idx), band)
+            loss = 0.5 * scale * ((out - nn.functional.one_hot(ys[idx], out.shape[1]).float()) ** 2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
     with torch.no_grad():

@@ -1,0 +1,185 @@
+"""Training steps (docs/training.md): the simulator against the integer training reference, bit for bit over
+20 steps; the reference against float64 autograd where nothing rounds; the sparse backward's work against
+counts made from the reference's gradients; the models a step refuses; learning on digits."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ttc import api
+from ttc.compiler.ir import IRError
+from ttc.compiler.train import TrainError, TrainOptions
+from ttc.compiler.train_reference import TrainingReference, float_gradients
+from ttc.digits import build_fc_snn, load_digits_split
+from ttc.frontends import modules as M
+from ttc.isa.program import Program, ProgramError, pack_sections
+from ttc.isa.encoding import encode_all
+from ttc.runtime.train import Trainer, fit
+
+T, B = 4, 4
+
+
+def _net(sizes, neuron, seed=1, frac=3):
+    """Linear layers of `sizes` with `neuron()` after each but the readout, dyadic weights k / 2^frac."""
+    g = torch.Generator().manual_seed(seed)
+    layers = [M.Flatten()]
+    for k, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(M.Linear(a, b, bias=False))
+        if k < len(sizes) - 2:
+            layers.append(neuron())
+    net = nn.Sequential(*layers, M.TimeMean())
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, M.Linear):
+                m.weight.copy_(torch.randint(-4, 5, m.weight.shape, generator=g).float() / 2 ** frac)
+    return net
+
+
+def _batches(n, features, classes, seed, spikes=True):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        x = torch.randint(0, 2, (T, B, features), generator=g).float() if spikes else \
+            torch.randint(0, 16, (T, B, features), generator=g).float() / 16
+        yield x.numpy(), torch.randint(0, classes, (B,), generator=g).numpy()
+
+
+CASES = {
+    "lif-hard": (lambda: M.LIF(decay=0.5, threshold=0.5), True, False),
+    "lif-hard-sparse": (lambda: M.LIF(decay=0.5, threshold=0.5), True, True),
+    "if-subtract": (lambda: M.IF(threshold=0.75, reset="subtract"), True, False),
+    "lif-subtract-sparse-fixed-input": (lambda: M.LIF(decay=0.75, threshold=0.5, reset="subtract"), False, True),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_simulator_equals_the_training_reference_over_20_steps(case):
+    neuron, spikes, sparse = CASES[case]
+    net = _net((12, 8, 6, 4), neuron)
+    options = dict(input_encoding="spikes") if spikes else dict(input_bits=8, input_frac=4)
+    compiled = api.compile_training(net, f"{T},N,12", train=TrainOptions(batch=B, band=0.5, sparse=sparse, lr_shift=3),
+                                    **options)
+    train = compiled.program.meta["train"]
+    trainer, reference = Trainer(compiled.program, B), TrainingReference(compiled.quantized, train)
+    changed = 0
+    for x, labels in _batches(20, 12, 4, seed=2, spikes=spikes):
+        before = {n: w.clone() for n, w in reference.weights.items()}
+        stats = trainer.step(x, labels)
+        result = reference.step(x, labels)
+        sim = trainer.weights()
+        for r in train["layers"]:
+            assert np.array_equal(sim[r["name"]], reference.weights[r["name"]].numpy()), r["name"]
+            changed += not torch.equal(before[r["name"]], reference.weights[r["name"]])
+        out = result["out"].double() / (T << train["out_frac"])
+        assert stats.loss == pytest.approx(float(0.5 * ((out - torch.eye(4)[labels].double()) ** 2).sum()))
+    assert changed > 20  # the weights moved: the comparison is not of untouched weights
+
+
+def test_the_weight_gradients_equal_float64_autograd_where_nothing_rounds():
+    net = _net((12, 8, 4), lambda: M.LIF(decay=0.5, threshold=0.5))
+    compiled = api.compile_training(net, f"{T},N,12", train=TrainOptions(batch=B, band=0.5, weight_bits=8),
+                                    input_encoding="spikes")
+    train = compiled.program.meta["train"]
+    for r in train["layers"]:  # the premise: no format rounds (the decays keep their guard bits)
+        assert r["wgrad_shift"] == 0 and r["pre_shift"] == 0 and r["src_shift"] >= 0
+    reference = TrainingReference(compiled.quantized, train)
+    for x, labels in _batches(3, 12, 4, seed=5):
+        ints = reference.gradients(x, labels)["dw"]
+        floats = float_gradients(compiled.quantized, train, x, labels, reference.weights)
+        for r in train["layers"]:
+            assert floats[r["name"]].abs().max() > 0
+            assert torch.equal(ints[r["name"]].double() * 2.0 ** -r["dw_frac"], floats[r["name"]]), r["name"]
+    # and the float network is the model itself: its forward gives the model's outputs
+    x, _ = next(_batches(1, 12, 4, seed=6))
+    assert np.array_equal(api.run_float(net, x)[0], api.simulate(Program.from_bytes(
+        bytes.fromhex(compiled.program.meta["inference"])), x).outputs[0])
+
+
+def test_the_sparse_backward_does_less_work_and_computes_the_same():
+    net = _net((12, 8, 6, 4), lambda: M.LIF(decay=0.5, threshold=0.5))
+    programs = [api.compile_training(net, f"{T},N,12", train=TrainOptions(batch=B, band=0.25, sparse=s),
+                                     input_encoding="spikes") for s in (True, False)]
+    sparse, dense = (Trainer(c.program, B) for c in programs)
+    reference = TrainingReference(programs[0].quantized, programs[0].program.meta["train"])
+    x, labels = next(_batches(1, 12, 4, seed=3))
+    grads = reference.gradients(x, labels)["gh"]
+    work = [t.step(x, labels).counters["backward"] for t in (sparse, dense)]
+    for a, b in zip(sparse.weights().values(), dense.weights().values()):
+        assert np.array_equal(a, b)
+    # counted independently from the reference's gradients: a weight-gradient pair is a spike of the layer's
+    # input times a non-zero membrane gradient (dense: times every gradient); an input-gradient MAC is a non-zero
+    # membrane gradient times the layer's inputs (the readout's, the same at every step, once)
+    layers = programs[0].program.meta["train"]["layers"]
+    env = __import__("ttc.compiler.reference", fromlist=["evaluate"]).evaluate(programs[0].quantized, [x])
+    pairs = {True: 0, False: 0}
+    macs = {True: 0, False: 0}
+    for r in layers:
+        gh = grads[r["name"]]
+        spikes = env[programs[0].quantized.op(r["name"]).inputs[0]].flatten(2)
+        for skip in (True, False):
+            g = (gh != 0).double() if skip else torch.ones_like(gh, dtype=torch.float64)
+            pairs[skip] += int(torch.einsum("tbo,tbi->", g, spikes))
+            if r["input_grad"]:
+                rows = g if r["neuron"] else g[:1]
+                macs[skip] += int(rows.sum()) * r["cin"]
+    assert work[0]["weight_grad"] == pairs[True] < work[1]["weight_grad"] == pairs[False]
+    assert work[0]["mac"] == macs[True] < work[1]["mac"] == macs[False]
+
+
+def test_models_a_training_step_cannot_take_are_refused_naming_the_layer():
+    conv = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.LIF(), M.Flatten(), M.Linear(256, 10, bias=False),
+                         M.TimeMean())
+    with pytest.raises(IRError, match=r"from '0'\): is a conv2d: the training step takes linear layers"):
+        api.compile_training(conv, "4,N,1,8,8", input_bits=8, input_frac=4)
+    biased = nn.Sequential(M.Flatten(), M.Linear(64, 8), M.LIF(), M.Linear(8, 10, bias=False), M.TimeMean())
+    with pytest.raises(IRError, match=r"from '1'\): has a bias"):
+        api.compile_training(biased, "4,N,1,8,8", input_bits=8, input_frac=4)
+    with pytest.raises(TrainError, match="cross-entropy"):
+        TrainOptions(loss="ce")
+
+
+def test_a_step_refuses_data_it_cannot_take():
+    compiled = api.compile_training(_net((12, 8, 4), lambda: M.LIF()), f"{T},N,12",
+                                    train=TrainOptions(batch=B), input_encoding="spikes")
+    with pytest.raises(Exception, match="larger than the 4 the step was compiled for"):
+        Trainer(compiled.program, 8)
+    trainer = Trainer(compiled.program, B)
+    x, labels = next(_batches(1, 12, 4, seed=1))
+    with pytest.raises(Exception, match="labels must be 0 to 3"):
+        trainer.step(x, labels + 4)
+
+
+def test_an_isa_8_program_runs_unless_it_uses_what_isa_9_added():
+    """Version 9 added opcodes and fields after every older field: an older program decodes unchanged,
+    and one that sets a newer field is refused, naming it."""
+    compiled = api.compile_model(build_fc_snn(8), "4,N,1,8,8")
+    prog = compiled.program
+    bodies = {"meta": prog.meta_json().encode(), "hw": prog.hw.to_json().encode(), "code": encode_all(prog.code),
+              "data": prog.data}
+    from ttc.isa.program import FORMAT_VERSION, MAGIC, SECTIONS
+    old = Program.from_bytes(pack_sections(bodies, (MAGIC, FORMAT_VERSION, 8, len(SECTIONS), 0)))
+    assert old.code == prog.code
+    nrn = next(k for k, i in enumerate(prog.code) if i.op == "nrn")
+    code = list(prog.code)
+    code[nrn] = type(code[nrn])("nrn", {**code[nrn].args, "band": 3})
+    bodies["code"] = encode_all(code)
+    with pytest.raises(ProgramError, match=f"ISA version 8, but instruction {nrn} \\(nrn\\) sets band, which ISA version 9"):
+        Program.from_bytes(pack_sections(bodies, (MAGIC, FORMAT_VERSION, 8, len(SECTIONS), 0)))
+
+
+def test_training_on_the_simulator_learns_the_digits():
+    """A short run (two epochs on 512 digits): well above chance, and the trained inference program and
+    state dict carry the weights the trainer holds."""
+    x_tr, y_tr, x_te, y_te = load_digits_split()
+    model = build_fc_snn(32)
+    compiled = api.compile_training(model, "4,N,1,8,8", train=TrainOptions(lr_shift=7, batch=32),
+                                    input_bits=8, input_frac=4)
+    trainer = Trainer(compiled.program, 32)
+    history = fit(trainer, x_tr[:, :512], y_tr[:512], 2, held_out=(x_te, y_te))
+    assert history[-1].held_out_accuracy > 0.6 and history[-1].loss < history[0].loss
+    assert set(history[-1].cycles) == {"forward", "backward", "update"}
+    assert all(history[-1].energy_pj[p] for p in ("forward", "backward", "update"))
+    model.load_state_dict(trainer.state_dict(), strict=False)
+    weights = trainer.weights()
+    for r in compiled.program.meta["train"]["layers"]:
+        w = dict(model.named_parameters())[f"{r['path']}.weight"].detach().double().numpy()
+        assert np.array_equal(w * 2.0 ** r["weight_frac"], weights[r["name"]])
