@@ -47,7 +47,7 @@ from ttc.isa.table import FORMAT_BYTES, elems_bytes
 from ttc.isa.train import band_fields
 
 from .codegen import emit_layers, io_record
-from .ir import Graph, Input, IRError, Linear, NeuronQ, Op, Tape, TimeReduce
+from .ir import Conv2d, Graph, Input, IRError, Linear, NeuronQ, Op, Tape, TimeReduce
 from .layout import align, step_stride, value_addr
 from .sync import place_tokens
 from .tiling import fmt
@@ -104,52 +104,89 @@ def _qmax(op: Op) -> int:
 
 @dataclass
 class TrainedLayer:
-    """One trained layer's formats and places: a linear layer (`op`) with its neuron (`neuron`, hidden
-    layers) or its sum over time (the readout). Fracs are those of the values' integers."""
+    """One trained layer's geometry, formats and places: a conv or linear op (`name`; a linear layer is a 1x1
+    conv of a 1x1 image) with its fused neuron (`neuron`), or without one (its output is read as it is), or
+    the readout (summed over time). `grad_*` describe the gradient of its output sums (g_h, or e for the
+    readout); `below_*` the gradient it gives its input. Fracs are those of the values' integers."""
 
     name: str  # the op's name in the graph
     path: str
+    op: str  # linear or conv2d
     cin: int
     cout: int
+    ih: int
+    iw: int
+    oh: int
+    ow: int
+    kh: int
+    kw: int
+    pt: int
+    pl: int
     wfmt: str
     weight_frac: int
-    in_fmt: str  # its input: spikes, or the network's fixed-point input
-    input_grad: bool  # does the layer below need spike gradients
-    neuron: str | None = None  # the neuron op's name (hidden layers)
+    in_fmt: str  # its input: spikes, or multi-bit values
+    input_grad: bool  # does the layer below need the gradient of this one's input
+    readout: bool = False
+    neuron: str | None = None  # the neuron op's name (a hidden layer with a neuron)
     tape: str | None = None
-    grad_frac: int = 0  # g_h (hidden) or e (readout)
+    grad_frac: int = 0
     grad_bound: int = 0
     src_shift: int = 0
     wgrad_shift: int = 0
     dw_frac: int = 0
     pre_shift: int = 0
-    below_frac: int = 0  # the spike gradients it gives the layer below
+    below_frac: int = 0
     below_bound: int = 0
     sgd_shift: int = 0
-    grad_in: int = 0  # DRAM: its spike gradients (hidden; T steps, or 1 from the readout), its dW, its g_s below
-    grad_in_steps: int = 0
-    wdram: int = 0
+    wdram: int = 0  # DRAM: its weights, its dW
     dw: int = 0
-    grad_out: int = 0
+    grad_in: int = 0  # the gradient of its output (its neuron's spikes, or its sums): T steps, or 1 (constant)
+    grad_in_steps: int = 0
+    grad_out: int = 0  # the gradient of its input, which it writes for the layer below
     grad_out_steps: int = 0
 
+    @property
+    def n_in(self) -> int:
+        return self.cin * self.ih * self.iw
 
-def _chain(graph: Graph) -> tuple[list[tuple[Linear, NeuronQ | None]], TimeReduce, Op]:
-    """The model as training takes it: linear layers each followed by a neuron, then a linear readout summed
-    (or averaged) over time, on one input. Anything else is refused, naming the op."""
-    (out_name,) = graph.outputs if len(graph.outputs) == 1 else (None,)
-    if out_name is None:
+    @property
+    def n_out(self) -> int:
+        return self.cout * self.oh * self.ow
+
+    @property
+    def taps(self) -> int:
+        return self.kh * self.kw
+
+
+#: Ops a gradient passes through unchanged (the same integers: a rescale keeps the value it stands for).
+PASS_THROUGH = ("flatten", "rescale")
+
+
+def _chain(graph: Graph) -> list[tuple[Op, NeuronQ | None]]:
+    """The model as training takes it: conv or linear layers (stride 1, no bias), each with a neuron or
+    without, in a chain (each reads the one before, through flattens and rescales), ending in a linear readout
+    summed or averaged over time, on one input. Anything else is refused, naming the op."""
+    if len(graph.outputs) != 1:
         raise TrainError(f"a training step needs a model with one output; this one has {len(graph.outputs)}")
-    reduce = graph.op(out_name)
+    reduce = graph.op(graph.outputs[0])
     if not isinstance(reduce, TimeReduce) or not isinstance(graph.op(reduce.inputs[0]), Linear):
         reduce.fail("is the output: a training step needs a linear readout summed or averaged over time (TimeMean)")
-    layers = []
+    layers: list[list] = []
     for op in graph.ops:
-        if isinstance(op, (Input, Tape, TimeReduce)) or op.opname in ("flatten", "repeat"):
+        if isinstance(op, (Input, Tape, TimeReduce)) or op.opname in PASS_THROUGH:
             continue
-        if isinstance(op, Linear):
+        if isinstance(op, (Linear, Conv2d)):
             if op.log_scale is not None:
                 op.fail("has logarithmic weights (TTFS): training takes spiking layers")
+            if op.bias is not None:
+                op.fail("has a bias: the training step trains weights only so far (build the layer with bias=False)")
+            if isinstance(op, Conv2d) and tuple(op.stride) != (1, 1):
+                op.fail(f"has stride {tuple(op.stride)}: the training step's input gradients take stride 1 so far")
+            below = _source(graph, op.inputs[0])
+            if layers and below is not (layers[-1][1] or layers[-1][0]):
+                op.fail(f"reads %{below.name}, not the layer before it: the training step takes a chain of layers")
+            if not layers and not isinstance(below, Input):
+                op.fail(f"reads %{below.name}: the first trained layer reads the model's input")
             layers.append([op, None])
         elif isinstance(op, NeuronQ) and layers and layers[-1][1] is None and op.inputs[0] == layers[-1][0].name:
             if op.per_channel or op.levels > 1:
@@ -157,20 +194,28 @@ def _chain(graph: Graph) -> tuple[list[tuple[Linear, NeuronQ | None]], TimeReduc
                         "threshold per layer so far")
             layers[-1][1] = op
         else:
-            op.fail(f"is a {op.opname}: the training step takes linear layers with LIF/IF neurons and a linear "
-                    "readout so far (convolutions, pools and tensor-train layers are not trained yet)")
-    if not layers or layers[-1][0].name != reduce.inputs[0] or any(n is None for _, n in layers[:-1]):
-        reduce.fail("is not read from a chain of linear-neuron layers ending in a linear readout")
-    return [tuple(layer) for layer in layers], reduce, graph.op(graph.inputs[0].name)
+            op.fail(f"is a {op.opname}: the training step takes conv and linear layers with LIF/IF neurons and a "
+                    "linear readout so far (pools, residual adds and tensor-train layers are not trained yet)")
+    if layers[-1][0].name != reduce.inputs[0]:
+        reduce.fail("is not read from the last trained layer")
+    return [tuple(layer) for layer in layers]
+
+
+def _source(graph: Graph, name: str) -> Op:
+    """The op whose value `name` is, through flattens and rescales (what a gradient reaches unchanged)."""
+    op = graph.op(name)
+    while op.opname in PASS_THROUGH:
+        op = graph.op(op.inputs[0])
+    return op
 
 
 def add_tapes(graph: Graph, band: float) -> Graph:
     """Every trained neuron records its active bits: its band (`band` times its threshold) in state units,
     rounded to what nrn holds, and a `tape` value the forward stores."""
-    layers, _, _ = _chain(graph)
-    for _, neuron in layers[:-1]:
-        band = max(1, int(round(band * abs(neuron.theta))))
-        mant, exp = band_fields(band)
+    for _, neuron in _chain(graph):
+        if neuron is None:
+            continue
+        mant, exp = band_fields(max(1, int(round(band * abs(neuron.theta)))))
         neuron.band = mant << exp
         graph.append(Tape(name=graph.fresh(f"{neuron.name}_tape"), inputs=(neuron.name,), path=f"{neuron.path}.tape"))
     return graph.infer_types()
@@ -181,42 +226,54 @@ def _decay_sum(neuron: NeuronQ, steps: int) -> float:
     return sum(d ** j for j in range(steps))
 
 
+def _layer(graph: Graph, op: Op, k: int, readout: bool) -> TrainedLayer:
+    x = graph.op(op.inputs[0])
+    if isinstance(op, Linear):
+        (cout, cin), geometry = op.weight.shape, dict(ih=1, iw=1, oh=1, ow=1, kh=1, kw=1, pt=0, pl=0)
+    else:
+        cout, cin, kh, kw = op.weight.shape
+        geometry = dict(ih=x.type.shape[1], iw=x.type.shape[2], oh=op.type.shape[1], ow=op.type.shape[2], kh=kh, kw=kw,
+                        pt=op.padding[0], pl=op.padding[1])
+    return TrainedLayer(name=op.name, path=op.path, op=op.opname, cin=cin, cout=cout, wfmt=f"i{8 * op.weight.itemsize}",
+                        weight_frac=op.weight_frac, in_fmt=fmt(x.type.dtype), input_grad=k > 0, readout=readout,
+                        wdram=op.wdram or 0, **geometry)
+
+
 def plan_formats(graph: Graph, options: TrainOptions) -> list[TrainedLayer]:
     """The formats and shifts of every trained layer, from the readout down (see the module docstring)."""
-    layers, reduce, first_input = _chain(graph)
+    layers = _chain(graph)
+    reduce = graph.op(graph.outputs[0])
     steps = graph.op(reduce.inputs[0]).type.time
-    out_frac = reduce.type.dtype.frac
     records = []
     below_frac = below_bound = None
     for k in range(len(layers) - 1, -1, -1):
         op, neuron = layers[k]
         x = graph.op(op.inputs[0])
         qmax = _qmax(op)
-        cout, cin = op.weight.shape
-        r = TrainedLayer(name=op.name, path=op.path, cin=cin, cout=cout, wfmt=f"i{8 * op.weight.itemsize}",
-                         weight_frac=op.weight_frac, in_fmt=fmt(x.type.dtype), input_grad=k > 0, wdram=op.wdram or 0)
-        if op.bias is not None:
-            op.fail("has a bias: the training step trains weights only so far (build the layer with bias=False)")
-        if neuron is None:  # the readout: e = out - target, a bound on |out| from any storable weights
-            r.grad_frac = out_frac + 2 * math.ceil(math.log2(steps))
-            r.grad_bound = steps * cin * qmax * _bound(x) + steps * (1 << out_frac)
-        else:
+        r = _layer(graph, op, k, k == len(layers) - 1)
+        if r.readout:  # e = out - target, a bound on |out| from any storable weights
+            r.grad_frac = reduce.type.dtype.frac + 2 * math.ceil(math.log2(steps))
+            r.grad_bound = steps * r.cin * r.taps * qmax * _bound(x) + steps * (1 << reduce.type.dtype.frac)
+        elif neuron is not None:
             r.neuron = neuron.name
             r.tape = next(u.name for u in graph.users(neuron.name) if isinstance(u, Tape))
             guard = neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
             r.src_shift = fit_shift(math.ceil(below_bound * _decay_sum(neuron, steps)) + steps, guard)
             r.grad_frac = below_frac + r.src_shift
             r.grad_bound = math.ceil((below_bound * 2.0 ** r.src_shift + 1) * _decay_sum(neuron, steps)) + steps
-        r.wgrad_shift = fit_shift(options.batch * steps * _bound(x) * r.grad_bound, roundings=options.batch * steps)
+        else:  # the sums are read as they are: their gradient is the one from above
+            r.grad_frac, r.grad_bound = below_frac, below_bound
+        r.wgrad_shift = fit_shift(options.batch * steps * r.oh * r.ow * _bound(x) * r.grad_bound,
+                                  roundings=options.batch * steps)
         r.dw_frac = r.grad_frac + x.type.dtype.frac + r.wgrad_shift
         r.sgd_shift = r.weight_frac - options.lr_shift - r.dw_frac
         if r.input_grad:
-            r.pre_shift = fit_shift(cout * qmax * r.grad_bound)
+            fan = r.cout * r.taps * qmax
+            r.pre_shift = fit_shift(fan * r.grad_bound)
             r.below_frac = r.grad_frac + r.pre_shift + r.weight_frac
-            r.below_bound = cout * qmax * (math.ceil(r.grad_bound * 2.0 ** r.pre_shift) + 1)
+            r.below_bound = fan * (math.ceil(r.grad_bound * 2.0 ** r.pre_shift) + 1)
             below_frac, below_bound = r.below_frac, r.below_bound
         records.append(r)
-    del first_input
     return records[::-1]
 
 
@@ -249,8 +306,17 @@ def _copy(op: str, dst: Ref, src: Ref, nbytes: int) -> Instr:
     return Instr(op, dict(dst=dst, src=src, rows=1, row_bytes=nbytes, src_stride=0, dst_stride=0))
 
 
-def _linear_geometry(cin: int, cout: int) -> dict:
-    return dict(cin=cin, cout=cout, ih=1, iw=1, oh=1, ow=1, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0)
+def _geometry(r: TrainedLayer) -> dict:
+    """The forward conv's operands (wgrad's, whose sums run over the forward's outputs)."""
+    return dict(cin=r.cin, cout=r.cout, ih=r.ih, iw=r.iw, oh=r.oh, ow=r.ow, kh=r.kh, kw=r.kw, sh=1, sw=1, pt=r.pt,
+                pl=r.pl)
+
+
+def _transposed(r: TrainedLayer) -> dict:
+    """The input gradient's conv (dconv transposed): from the cout x oh x ow gradients to the cin x ih x iw
+    inputs, the kernel flipped, padded by k - 1 - p (stride 1)."""
+    return dict(cin=r.cout, cout=r.cin, ih=r.oh, iw=r.ow, oh=r.ih, ow=r.iw, kh=r.kh, kw=r.kw, sh=1, sw=1,
+                pt=r.kh - 1 - r.pt, pl=r.kw - 1 - r.pl)
 
 
 @dataclass
@@ -283,62 +349,67 @@ def loss_plan(graph: Graph, hw: HwConfig, readout: TrainedLayer, target: int, e:
 
 
 def backward_plan(graph: Graph, hw: HwConfig, r: TrainedLayer, options: TrainOptions, steps: int) -> TrainPlan:
-    """Layer r's backward for one sample: t = T-1 ... 0, the membrane gradients (nbwd; the readout's are e
-    at every step), their weight gradient into the shared accumulator, and the spike gradients below."""
+    """Layer r's backward for one sample, t = T-1 ... 0: the gradient of its sums (nbwd from its neuron's
+    spike gradients; or the gradient from above as it is, e for the readout), their weight gradient into
+    the shared accumulator, and (unless r reads the model's input) the gradient of its input, for the layer
+    below (once when it is the same at every step)."""
     op = graph.op(r.name)
     x = graph.op(op.inputs[0])
+    if r.input_grad and r.pl > r.kw - 1:
+        op.fail(f"pads {r.pl} columns, more than its kernel's {r.kw} - 1: its input gradient cannot be a padded conv")
     buf = _Buffers(hw, f"layer {r.path or r.name}")
-    spike_bytes = elems_bytes("spike", r.cout)
-    dw = buf.take("psum", 4 * r.cout * r.cin)
-    gh = buf.take("psum", 4 * r.cout)
-    gx = buf.take("psum", 4 * r.cin) if r.input_grad else None
-    scaled = buf.take("psum", 4 * r.cout) if r.input_grad and r.pre_shift else gh
-    w = buf.take("wgt", r.cout * r.cin * FORMAT_BYTES[r.wfmt]) if r.input_grad else None
-    xin = buf.take("ifmap", elems_bytes(r.in_fmt, r.cin))
-    code = [_copy("load", dw, Ref("dram", r.dw), 4 * r.cout * r.cin)]
+    weights = r.cout * r.cin * r.taps
+    spike_bytes = elems_bytes("spike", r.n_out)
+    dw = buf.take("psum", 4 * weights)
+    gh = buf.take("psum", 4 * r.n_out)
+    gx = buf.take("psum", 4 * r.n_in) if r.input_grad else None
+    scaled = buf.take("psum", 4 * r.n_out) if r.input_grad and r.pre_shift else gh
+    w = buf.take("wgt", weights * FORMAT_BYTES[r.wfmt]) if r.input_grad else None
+    xin = buf.take("ifmap", elems_bytes(r.in_fmt, r.n_in))
+    code = [_copy("load", dw, Ref("dram", r.dw), 4 * weights)]
     if w is not None:
-        code.append(_copy("load", w, Ref("dram", op.wdram), r.cout * r.cin * FORMAT_BYTES[r.wfmt]))
+        code.append(_copy("load", w, Ref("dram", op.wdram), weights * FORMAT_BYTES[r.wfmt]))
     neuron = graph.op(r.neuron) if r.neuron else None
+    constant = neuron is None and r.grad_in_steps == 1  # the gradient from above is the same at every step
     if neuron is not None:
-        gs, tape = buf.take("ifmap", 4 * r.cout), buf.take("ifmap", spike_bytes)
+        gs, tape = buf.take("ifmap", 4 * r.n_out), buf.take("ifmap", spike_bytes)
         spikes = buf.take("ifmap", spike_bytes) if neuron.reset == "hard" else tape
-        state = buf.take("vmem", 4 * r.cout)
-        code.append(Instr("vfill", dict(dst=state, n=r.cout, value=0)))
-    else:
-        code.append(_copy("load", gh, Ref("dram", r.grad_in), 4 * r.cout))
+        state = buf.take("vmem", 4 * r.n_out)
+        code.append(Instr("vfill", dict(dst=state, n=r.n_out, value=0)))
+        tape_op = graph.op(r.tape)
     x_addr, x_stride = value_addr(graph, x), step_stride(graph, x)
     gate = "spike" if neuron is not None and neuron.reset == "hard" else "none"
     for t in range(steps - 1, -1, -1):
+        g_step = t if r.grad_in_steps > 1 else 0
         if neuron is not None:
-            g_step = t if r.grad_in_steps > 1 else 0
-            tape_op, tape_stride = graph.op(r.tape), step_stride(graph, graph.op(r.tape))
-            code += [_copy("load", gs, Ref("dram", r.grad_in + g_step * 4 * r.cout), 4 * r.cout),
-                     _copy("load", tape, Ref("dram", tape_op.dram + t * tape_stride), spike_bytes)]
+            code += [_copy("load", gs, Ref("dram", r.grad_in + g_step * 4 * r.n_out), 4 * r.n_out),
+                     _copy("load", tape, Ref("dram", tape_op.dram + t * step_stride(graph, tape_op)), spike_bytes)]
             if gate == "spike":
                 code.append(_copy("load", spikes, Ref("dram", neuron.dram + t * step_stride(graph, neuron)), spike_bytes))
-            code.append(Instr("nbwd", dict(src=gs, tape=tape, spikes=spikes, state=state, dst=gh, n=r.cout,
+            code.append(Instr("nbwd", dict(src=gs, tape=tape, spikes=spikes, state=state, dst=gh, n=r.n_out,
                                            decay_mul=neuron.decay_mul, decay_shift=neuron.decay_shift, gate=gate,
                                            src_shift=r.src_shift)))
-        code.append(_copy("load", xin, Ref("dram", x_addr + t * x_stride), elems_bytes(r.in_fmt, r.cin)))
+        elif not constant or t == steps - 1:
+            code.append(_copy("load", gh, Ref("dram", r.grad_in + g_step * 4 * r.n_out), 4 * r.n_out))
+        code.append(_copy("load", xin, Ref("dram", x_addr + t * x_stride), elems_bytes(r.in_fmt, r.n_in)))
         code.append(Instr("wgrad", dict(src=xin, grad=gh, dst=dw, fmt=r.in_fmt, accumulate=1, shift=r.wgrad_shift,
-                                        skip=int(options.sparse), group=0, **_linear_geometry(r.cin, r.cout))))
-        if r.input_grad and (neuron is not None or t == 0):  # the readout's are the same at every step: once
+                                        skip=int(options.sparse), group=0, **_geometry(r))))
+        if r.input_grad and (not constant or t == 0):
             if r.pre_shift:
-                code.append(Instr("vacc", dict(dst=scaled, src=gh, src_fmt="i32", dst_fmt="i32", n=r.cout,
+                code.append(Instr("vacc", dict(dst=scaled, src=gh, src_fmt="i32", dst_fmt="i32", n=r.n_out,
                                                shift=r.pre_shift, accumulate=0)))
             code.append(Instr("dconv", dict(src=scaled, wgt=w, dst=gx, fmt="i32", wfmt=r.wfmt, shift=0, transposed=1,
-                                            skip=int(options.sparse), accumulate=0, group=0,
-                                            **_linear_geometry(r.cout, r.cin))))
+                                            skip=int(options.sparse), accumulate=0, group=0, **_transposed(r))))
             out_step = t if r.grad_out_steps > 1 else 0
-            code.append(_copy("store", Ref("dram", r.grad_out + out_step * 4 * r.cin), gx, 4 * r.cin))
-    code.append(_copy("store", Ref("dram", r.dw), dw, 4 * r.cout * r.cin))
-    return TrainPlan(f"{r.path or r.name}.backward", r.path, "linear_bwd", "backward", code)
+            code.append(_copy("store", Ref("dram", r.grad_out + out_step * 4 * r.n_in), gx, 4 * r.n_in))
+    code.append(_copy("store", Ref("dram", r.dw), dw, 4 * weights))
+    return TrainPlan(f"{r.path or r.name}.backward", r.path, f"{op.opname}_bwd", "backward", code)
 
 
 def update_plan(graph: Graph, hw: HwConfig, r: TrainedLayer) -> TrainPlan:
     """Once per batch: w = sat(w - R(dW, sgd_shift)), dW = 0, both back to DRAM."""
     op = graph.op(r.name)
-    n = r.cout * r.cin
+    n = r.cout * r.cin * r.taps
     buf = _Buffers(hw, f"layer {r.path or r.name}")
     w, dw = buf.take("wgt", n * FORMAT_BYTES[r.wfmt]), buf.take("psum", 4 * n)
     code = [_copy("load", w, Ref("dram", op.wdram), n * FORMAT_BYTES[r.wfmt]),
@@ -358,7 +429,7 @@ def generate_training(graph: Graph, hw: HwConfig, options: TrainOptions, compile
     readout = records[-1]
     steps = graph.op(graph.op(graph.outputs[0]).inputs[0]).type.time
     end = max(op.dram + step_stride(graph, op) * (op.type.time or 1) for op in graph.ops if op.dram is not None)
-    end = max(end, max(op.wdram + op.weight.nbytes + 4 * op.weight.shape[0] for op in graph.ops if isinstance(op, Linear)))
+    end = max(end, max(op.wdram + op.weight.nbytes + 4 * op.weight.shape[0] for op in graph.ops if isinstance(op, (Linear, Conv2d))))
     addr = align(end)
 
     def take(nbytes: int) -> int:
@@ -369,15 +440,15 @@ def generate_training(graph: Graph, hw: HwConfig, options: TrainOptions, compile
     target, e = take(4 * readout.cout), take(4 * readout.cout)
     for k in range(len(records) - 1, -1, -1):
         r = records[k]
-        r.dw = take(4 * r.cout * r.cin)
+        r.dw = take(4 * r.cout * r.cin * r.taps)
         if k + 1 < len(records):
             above = records[k + 1]
             r.grad_in, r.grad_in_steps = above.grad_out, above.grad_out_steps
         else:
             r.grad_in, r.grad_in_steps = e, 1
         if r.input_grad:
-            r.grad_out_steps = 1 if r.neuron is None else steps
-            r.grad_out = take(4 * r.cin * r.grad_out_steps)
+            r.grad_out_steps = 1 if r.neuron is None and r.grad_in_steps == 1 else steps
+            r.grad_out = take(4 * r.n_in * r.grad_out_steps)
     code, layers = emit_layers(graph, hw)
     for layer in layers:
         layer["phase"] = "forward"

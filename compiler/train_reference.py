@@ -15,12 +15,18 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ttc.isa.table import rescale
 from ttc.isa.train import backward_step, sgd
 
 from .ir import Graph
 from .reference import evaluate
+
+
+def _images(v: torch.Tensor, channels: int, h: int, w: int) -> torch.Tensor:
+    """A value [T, B, ...] as [T, B, C, H, W] (a linear layer's features: C x 1 x 1)."""
+    return v.reshape(v.shape[0], v.shape[1], channels, h, w)
 
 
 class TrainingReference:
@@ -33,7 +39,8 @@ class TrainingReference:
                         for r in self.layers}
 
     def gradients(self, x: np.ndarray, labels: np.ndarray) -> dict:
-        """One batch's forward and backward at today's weights: {"out", "e", "dw": {layer: [cout, cin]}}."""
+        """One batch's forward and backward at today's weights: {"out", "e", "dw": {layer: weights' shape},
+        "gh": {layer: [T, B, ...] the gradients of its sums}}."""
         g, t = self.graph, self.train
         for r in self.layers:
             g.op(r["name"]).weight = self.weights[r["name"]].numpy().astype(f"<i{int(r['wfmt'][1:]) // 8}")
@@ -42,18 +49,19 @@ class TrainingReference:
         target = torch.zeros_like(out)
         target[torch.arange(len(labels)), torch.from_numpy(labels)] = t["steps"] << t["out_frac"]
         e = out - target
-        steps = t["steps"]
-        grads: dict[str, torch.Tensor] = {}
-        below = None  # the spike gradients the layer above gave: [T or 1, B, cout]
-        dw = {}
+        steps, batch = t["steps"], len(labels)
+        below = None  # the gradient the layer above gave this one's output: [T or 1, B, ...]
+        dw, grads = {}, {}
         for r in reversed(self.layers):
             op = g.op(r["name"])
-            x_in = env[op.inputs[0]].long().flatten(2)  # [T, B, cin]
-            if r["neuron"] is None:
-                gh = e.unsqueeze(0).expand(steps, *e.shape)
-            else:
+            x_in = _images(env[op.inputs[0]].long(), r["cin"], r["ih"], r["iw"])  # [T, B, C, H, W]
+            if below is not None:  # through a flatten: this layer's output's shape
+                below = below.reshape(below.shape[0], batch, r["cout"], r["oh"], r["ow"])
+            if r["readout"]:
+                gh = e.reshape(1, batch, -1, 1, 1)
+            elif r["neuron"] is not None:
                 neuron = g.op(r["neuron"])
-                tape, spikes = env[r["tape"]].long(), env[r["neuron"]].long()
+                tape, spikes = (_images(env[v].long(), r["cout"], r["oh"], r["ow"]) for v in (r["tape"], r["neuron"]))
                 state, rows = torch.zeros_like(tape[0]), []
                 for step in range(steps - 1, -1, -1):
                     state = backward_step(state, below[step if below.shape[0] > 1 else 0], tape[step], spikes[step],
@@ -61,13 +69,19 @@ class TrainingReference:
                                           gate="spike" if neuron.reset == "hard" else "none", src_shift=r["src_shift"])
                     rows.append(state)
                 gh = torch.stack(rows[::-1])
+            else:
+                gh = below
             grads[r["name"]] = gh
-            per_step = torch.einsum("tbo,tbi->tboi", gh, x_in)  # wgrad rounds each sample's step
-            dw[r["name"]] = rescale(per_step, r["wgrad_shift"]).sum((0, 1))
+            full = gh.expand(steps, *gh.shape[1:])
+            # wgrad, one instruction per sample's step, each rounded: the forward's windows of x against g_h
+            cols = F.unfold(x_in.flatten(0, 1).double(), (r["kh"], r["kw"]), padding=(r["pt"], r["pl"])).long()
+            per_step = torch.einsum("nol,nkl->nok", full.flatten(0, 1).flatten(2), cols)
+            dw[r["name"]] = rescale(per_step, r["wgrad_shift"]).sum(0).reshape(self.weights[r["name"]].shape)
             if r["input_grad"]:
-                w = self.weights[r["name"]]
-                source = gh if r["neuron"] is not None else gh[:1]
-                below = torch.einsum("tbo,oi->tbi", rescale(source, r["pre_shift"]), w)
+                w = self.weights[r["name"]].reshape(r["cout"], r["cin"], r["kh"], r["kw"]).double()
+                scaled = rescale(gh, r["pre_shift"])
+                gx = F.conv_transpose2d(scaled.flatten(0, 1).double(), w, padding=(r["pt"], r["pl"]))
+                below = gx.round().long().reshape(gh.shape[0], batch, r["cin"], r["ih"], r["iw"])
         return dict(out=out, e=e, dw=dw, gh=grads)
 
     def step(self, x: np.ndarray, labels: np.ndarray) -> dict:
@@ -109,11 +123,17 @@ def float_gradients(graph: Graph, train: dict, x: np.ndarray, labels: np.ndarray
         if k == 0:
             xin = graph.op(op.inputs[0])
             env = evaluate(graph, [x])
-            h_in = env[xin.name].flatten(2) * 2.0 ** -xin.type.dtype.frac
-        z = torch.einsum("tbi,oi->tbo", h_in, w)
-        if r["neuron"] is None:
-            out = z.sum(0) / steps
+            h_in = env[xin.name] * 2.0 ** -xin.type.dtype.frac
+        x_img = h_in.reshape(*h_in.shape[:2], r["cin"], r["ih"], r["iw"])
+        w4 = w.reshape(r["cout"], r["cin"], r["kh"], r["kw"])
+        z = F.conv2d(x_img.flatten(0, 1), w4, padding=(r["pt"], r["pl"])).reshape(*h_in.shape[:2], r["cout"], r["oh"],
+                                                                                   r["ow"])
+        if r["readout"]:
+            out = z.flatten(2).sum(0) / steps
             break
+        if r["neuron"] is None:
+            h_in = z
+            continue
         n = graph.op(r["neuron"])
         frac = graph.op(op.name).type.dtype.frac + n.in_shift
         theta, v_reset = n.theta * 2.0 ** -frac, n.v_reset * 2.0 ** -frac

@@ -125,8 +125,9 @@ class Trainer:
         dram = self.machine.mem["dram"][0]
         out = {}
         for r in self.train["layers"]:
-            nbytes = r["cout"] * r["cin"] * (2 if r["wfmt"] == "i16" else 1)
-            out[r["name"]] = dram[r["wdram"]:r["wdram"] + nbytes].view(f"<i{int(r['wfmt'][1:]) // 8}").reshape(r["cout"], r["cin"]).copy()
+            shape = (r["cout"], r["cin"]) + ((r["kh"], r["kw"]) if r["op"] == "conv2d" else ())
+            nbytes = int(np.prod(shape)) * (2 if r["wfmt"] == "i16" else 1)
+            out[r["name"]] = dram[r["wdram"]:r["wdram"] + nbytes].view(f"<i{int(r['wfmt'][1:]) // 8}").reshape(shape).copy()
         return out
 
     def inference_program(self) -> Program:
@@ -135,7 +136,7 @@ class Trainer:
         data = bytearray(base.data)
         dram = self.machine.mem["dram"][0]
         for r in self.train["layers"]:
-            nbytes = r["cout"] * r["cin"] * (2 if r["wfmt"] == "i16" else 1)
+            nbytes = r["cout"] * r["cin"] * r["kh"] * r["kw"] * (2 if r["wfmt"] == "i16" else 1)
             data[r["wdram"]:r["wdram"] + nbytes] = dram[r["wdram"]:r["wdram"] + nbytes].tobytes()
         return Program(code=base.code, data=bytes(data), meta=base.meta, hw=base.hw)
 

@@ -35,33 +35,56 @@ def _net(sizes, neuron, seed=1, frac=3):
     return net
 
 
-def _batches(n, features, classes, seed, spikes=True):
+def _batches(n, shape, classes, seed, spikes=True):
     g = torch.Generator().manual_seed(seed)
+    shape = (shape,) if isinstance(shape, int) else shape
     for _ in range(n):
-        x = torch.randint(0, 2, (T, B, features), generator=g).float() if spikes else \
-            torch.randint(0, 16, (T, B, features), generator=g).float() / 16
+        x = torch.randint(0, 2, (T, B, *shape), generator=g).float() if spikes else \
+            torch.randint(0, 16, (T, B, *shape), generator=g).float() / 16
         yield x.numpy(), torch.randint(0, classes, (B,), generator=g).numpy()
 
 
+def _conv_net(neuron, chain: bool = False, seed: int = 1):
+    """[T, N, 1, 6, 6] -> 4 classes: 3x3 convs with neurons (with `chain`, a 1x1 conv without one first, as a
+    tensor-train's G1 reads the spikes), a linear readout; dyadic weights."""
+    g = torch.Generator().manual_seed(seed)
+    layers = [M.Conv2d(1, 4, 1, bias=False), M.Conv2d(4, 4, 3, padding=1, bias=False)] if chain else \
+        [M.Conv2d(1, 4, 3, padding=1, bias=False)]
+    net = nn.Sequential(*layers, neuron(), M.Conv2d(4, 4, 3, padding=1, bias=False), neuron(), M.Flatten(),
+                        M.Linear(144, 4, bias=False), M.TimeMean())
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, (M.Linear, M.Conv2d)):
+                m.weight.copy_(torch.randint(-4, 5, m.weight.shape, generator=g).float() / 8)
+    return net
+
+
+LIF_HARD = lambda: M.LIF(decay=0.5, threshold=0.5)  # noqa: E731
+#: name: (model, input shape, spikes in, sparse backward)
 CASES = {
-    "lif-hard": (lambda: M.LIF(decay=0.5, threshold=0.5), True, False),
-    "lif-hard-sparse": (lambda: M.LIF(decay=0.5, threshold=0.5), True, True),
-    "if-subtract": (lambda: M.IF(threshold=0.75, reset="subtract"), True, False),
-    "lif-subtract-sparse-fixed-input": (lambda: M.LIF(decay=0.75, threshold=0.5, reset="subtract"), False, True),
+    "fc-lif-hard": (lambda: _net((12, 8, 6, 4), LIF_HARD), 12, True, False),
+    "fc-lif-hard-sparse": (lambda: _net((12, 8, 6, 4), LIF_HARD), 12, True, True),
+    "fc-if-subtract": (lambda: _net((12, 8, 6, 4), lambda: M.IF(threshold=0.75, reset="subtract")), 12, True, False),
+    "fc-lif-subtract-sparse-fixed-input": (
+        lambda: _net((12, 8, 6, 4), lambda: M.LIF(decay=0.75, threshold=0.5, reset="subtract")), 12, False, True),
+    "conv-lif-hard-sparse": (lambda: _conv_net(LIF_HARD), (1, 6, 6), True, True),
+    "conv-chain-if-subtract-fixed-input": (lambda: _conv_net(lambda: M.IF(threshold=0.75, reset="subtract"), chain=True),
+                                           (1, 6, 6), False, False),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_the_simulator_equals_the_training_reference_over_20_steps(case):
-    neuron, spikes, sparse = CASES[case]
-    net = _net((12, 8, 6, 4), neuron)
+    build, shape, spikes, sparse = CASES[case]
+    net = build()
     options = dict(input_encoding="spikes") if spikes else dict(input_bits=8, input_frac=4)
-    compiled = api.compile_training(net, f"{T},N,12", train=TrainOptions(batch=B, band=0.5, sparse=sparse, lr_shift=3),
-                                    **options)
+    dims = ",".join(map(str, (shape,) if isinstance(shape, int) else shape))
+    compiled = api.compile_training(net, f"{T},N,{dims}", train=TrainOptions(batch=B, band=0.5, sparse=sparse,
+                                    lr_shift=3), **options)
     train = compiled.program.meta["train"]
     trainer, reference = Trainer(compiled.program, B), TrainingReference(compiled.quantized, train)
     changed = 0
-    for x, labels in _batches(20, 12, 4, seed=2, spikes=spikes):
+    for x, labels in _batches(20, shape, 4, seed=2, spikes=spikes):
         before = {n: w.clone() for n, w in reference.weights.items()}
         stats = trainer.step(x, labels)
         result = reference.step(x, labels)
@@ -113,7 +136,7 @@ def test_the_sparse_backward_does_less_work_and_computes_the_same():
     pairs = {True: 0, False: 0}
     macs = {True: 0, False: 0}
     for r in layers:
-        gh = grads[r["name"]]
+        gh = grads[r["name"]].flatten(2)
         spikes = env[programs[0].quantized.op(r["name"]).inputs[0]].flatten(2)
         for skip in (True, False):
             g = (gh != 0).double() if skip else torch.ones_like(gh, dtype=torch.float64)
@@ -126,10 +149,14 @@ def test_the_sparse_backward_does_less_work_and_computes_the_same():
 
 
 def test_models_a_training_step_cannot_take_are_refused_naming_the_layer():
-    conv = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.LIF(), M.Flatten(), M.Linear(256, 10, bias=False),
-                         M.TimeMean())
-    with pytest.raises(IRError, match=r"from '0'\): is a conv2d: the training step takes linear layers"):
-        api.compile_training(conv, "4,N,1,8,8", input_bits=8, input_frac=4)
+    pooled = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.LIF(), M.MaxPool2d(2), M.Flatten(),
+                           M.Linear(64, 10, bias=False), M.TimeMean())
+    with pytest.raises(IRError, match=r"from '2'\): is a maxpool: the training step takes conv and linear layers"):
+        api.compile_training(pooled, "4,N,1,8,8", input_bits=8, input_frac=4)
+    strided = nn.Sequential(M.Conv2d(1, 4, 3, stride=2, padding=1, bias=False), M.LIF(), M.Flatten(),
+                            M.Linear(64, 10, bias=False), M.TimeMean())
+    with pytest.raises(IRError, match=r"from '0'\): has stride \(2, 2\)"):
+        api.compile_training(strided, "4,N,1,8,8", input_bits=8, input_frac=4)
     biased = nn.Sequential(M.Flatten(), M.Linear(64, 8), M.LIF(), M.Linear(8, 10, bias=False), M.TimeMean())
     with pytest.raises(IRError, match=r"from '1'\): has a bias"):
         api.compile_training(biased, "4,N,1,8,8", input_bits=8, input_frac=4)
