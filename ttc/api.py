@@ -152,9 +152,10 @@ def is_nir(path: str | Path) -> bool:
 
 
 def compile_file(path: str | Path, input_shape, hw: str | HwConfig = "sata", trust: bool = False,
-                 nir_dt: float | None = None, **options) -> Compiled:
+                 nir_dt: float | None = None, train: TrainOptions | None = None, **options) -> Compiled:
     """Compile the model in `path`: a torch.save'd module or a NIR graph (`.nir`, its neurons stepped with
-    `nir_dt`, recorded in prog.bin so that `ttc run --check` reads the graph the same way)."""
+    `nir_dt`, recorded in prog.bin so that `ttc run --check` reads the graph the same way). With `train`,
+    its training-step program (`compile_training`) instead of its inference program."""
     if is_nir(path):
         nir_dt = DEFAULT_DT if nir_dt is None else nir_dt
     model = load_model(path, trust, nir_dt)
@@ -162,8 +163,10 @@ def compile_file(path: str | Path, input_shape, hw: str | HwConfig = "sata", tru
     if is_nir(path):
         check_input_shape(model, parse_input_shape(input_shape))
         source["nir_dt"] = nir_dt
-    return compile_model(model, input_shape, hw, name=Path(path).stem.replace("-", "_") or "model",
-                         source=source, **options)
+    name = Path(path).stem.replace("-", "_") or "model"
+    if train is not None:
+        return compile_training(model, input_shape, hw, name=name, source=source, train=train, **options)
+    return compile_model(model, input_shape, hw, name=name, source=source, **options)
 
 
 def export_nir(model: torch.nn.Module, input_shape, dt: float = DEFAULT_DT):

@@ -120,8 +120,9 @@ def cmd_compile(a) -> int:
     from ttc.api import compile_file, decay_notes
     from ttc.compiler.passes import OptionError, user_options
 
+    train = train_options(a)
     try:
-        compiled = compile_file(a.model, a.input_shape, a.hw, trust=a.trust_model, nir_dt=a.nir_dt,
+        compiled = compile_file(a.model, a.input_shape, a.hw, trust=a.trust_model, nir_dt=a.nir_dt, train=train,
                                 **{o.name: getattr(a, o.name) for o in user_options()})
     except OptionError:  # names the option
         raise
@@ -136,11 +137,95 @@ def cmd_compile(a) -> int:
     p = compiled.program
     if a.explain:
         print(explain(p.meta))
-    print(f"wrote {a.output}: {len(p.code)} instructions, {len(p.data)} bytes of weights, "
-          f"{len(p.meta['layers'])} layers, hardware {p.hw.name}")
+    if train is not None:
+        t = p.meta["train"]
+        starts = phase_starts(p.meta["layers"])
+        print(f"wrote {a.output}: a training step of {len(p.code)} instructions (forward from {starts['forward']}, "
+              f"backward from {starts['backward']}, update from {starts['update']}), {len(t['layers'])} trained layers, "
+              f"batch up to {train.batch}, lr 2^-{train.lr_shift}, hardware {p.hw.name}")
+    else:
+        print(f"wrote {a.output}: {len(p.code)} instructions, {len(p.data)} bytes of weights, "
+              f"{len(p.meta['layers'])} layers, hardware {p.hw.name}")
     for line in decay_notes(compiled.graph):
         print(f"  {line}")
     return 0
+
+
+#: The training options of `ttc compile --train` (their argparse dests); None when not given.
+TRAIN_FLAGS = {"loss": "--loss", "lr": "--lr", "surrogate": "--surrogate", "band": "--band",
+               "active_band": "--active-band", "batch": "--batch", "train_weight_bits": "--train-weight-bits"}
+#: Compile flags a training step has no use for: it trains linear layers, never tensor-train ones.
+NOT_WITH_TRAIN = {"tt_rank": "--tt-rank", "tt_error": "--tt-error", "tt_core_bits": "--tt-core-bits",
+                  "objective": "--objective", "schedule": "--schedule"}
+
+
+def parse_lr(text: str) -> int:
+    """The shift k of a learning rate 2^-k written 2^-k, 2**-k or as its value (0.0078125)."""
+    import re
+
+    match = re.fullmatch(r"\s*2\s*(?:\^|\*\*)\s*\(?\s*-\s*(\d+)\s*\)?\s*", text)
+    shift = None
+    if match:
+        shift = int(match.group(1))
+    else:
+        try:
+            value = float(text)
+        except ValueError:
+            value = 0.0
+        if 0 < value <= 1:
+            mantissa, exponent = np.frexp(value)
+            shift = 1 - int(exponent) if mantissa == 0.5 else None
+    if shift is None or not 0 <= shift <= 30:
+        raise CliError(f"--lr {text}: the learning rate must be a power of two 2^-k, 0 <= k <= 30 "
+                       "(written 2^-7, 2**-7 or 0.0078125)")
+    return shift
+
+
+def train_options(a):
+    """The TrainOptions of `ttc compile --train` (None without --train, where training flags are refused)."""
+    from ttc.compiler.passes import user_options
+    from ttc.compiler.train import TrainOptions
+
+    given = [flag for dest, flag in TRAIN_FLAGS.items() if getattr(a, dest) is not None]
+    if not a.train:
+        if given:
+            raise CliError(f"{', '.join(given)}: training options need --train (they shape a training step)")
+        return None
+    defaults = {o.name: o.default for o in user_options()}
+    unusable = [flag for dest, flag in NOT_WITH_TRAIN.items() if getattr(a, dest) != defaults[dest]]
+    if a.explain:
+        unusable.append("--explain")
+    if unusable:
+        raise CliError(f"{', '.join(unusable)} cannot be used with --train: they choose tensor-train layers and plans, "
+                       "and a training step has none (it trains linear layers with LIF/IF neurons)")
+    if a.band is not None and a.active_band is not None:
+        raise CliError("--band and --active-band: give one (--active-band B is --band B with the backward skipping "
+                       "the zero gradients outside the band)")
+    fields = {}
+    if a.loss is not None:
+        fields["loss"] = a.loss
+    if a.surrogate is not None:
+        fields["surrogate"] = a.surrogate
+    if a.lr is not None:
+        fields["lr_shift"] = parse_lr(a.lr)
+    if a.band is not None:
+        fields["band"] = a.band
+    if a.active_band is not None:
+        fields.update(band=a.active_band, sparse=True)
+    if a.batch is not None:
+        fields["batch"] = a.batch
+    if a.train_weight_bits is not None:
+        fields["weight_bits"] = a.train_weight_bits
+    return TrainOptions(**fields)
+
+
+def phase_starts(layers: list[dict]) -> dict[str, int]:
+    """The first instruction of each phase of a training step, in program order."""
+    starts: dict[str, int] = {}
+    for layer in layers:
+        phase = layer.get("phase", "forward")
+        starts[phase] = min(starts.get(phase, layer["first_instr"]), layer["first_instr"])
+    return starts
 
 
 def explain(meta: dict) -> str:
@@ -266,6 +351,108 @@ def _print_run(r: dict) -> None:
             print(f"  float model, output {i}: " + ", ".join(f"{k} {v}" for k, v in f.items()))
 
 
+def _check_writable(path: str | None, flag: str) -> None:
+    """Refuse an output whose directory is missing before training starts (training may take minutes)."""
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise CliError(f"{flag} {path}: no such directory")
+
+
+def _training_data(prog, x_path: str, y_path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Samples laid out as the model's input (read as `ttc run --input` reads them) and their integer labels
+    [N], checked against the step program before anything runs; what is wrong names its file."""
+    from ttc.isa.io import InputError, input_saturation, spike_input
+    from ttc.runtime.run import _batch_of
+
+    io, classes = prog.meta["inputs"][0], prog.meta["train"]["classes"]
+    x = _load_input(x_path)
+    try:
+        count = _batch_of(io, x)
+        if io["fmt"] == "spike":
+            spike_input(x, io["path"] or io["name"])
+    except InputError as e:
+        raise naming(x_path, e) from e
+    if io["fmt"] != "spike":
+        saturated = input_saturation(x, io["bits"], io["frac"])
+        if saturated["saturated"]:
+            print(f"ttc: warning: {x_path}: {saturated['saturated']} of {saturated['elements']} values lie outside "
+                  f"{saturated['format']} ({saturated['range'][0]:g} to {saturated['range'][1]:g}) and are saturated",
+                  file=sys.stderr)
+    y = _load_input(y_path)
+    if y.dtype.kind not in "iu":
+        raise CliError(f"{y_path}: holds {y.dtype} labels; labels must be integers (class indices 0 to {classes - 1})")
+    if y.shape != (count,):
+        raise CliError(f"{y_path}: labels of shape {tuple(y.shape)}, but {x_path} holds {count} samples: "
+                       f"labels must be of shape ({count},)")
+    if y.min() < 0 or y.max() >= classes:
+        bad = y[(y < 0) | (y >= classes)][0]
+        raise CliError(f"{y_path}: label {bad} is out of range: the model has {classes} classes (labels 0 to {classes - 1})")
+    return x, y.astype(np.int64)
+
+
+def cmd_train(a) -> int:
+    from ttc.isa.program import Program
+    from ttc.runtime.train import Trainer, fit
+
+    if not a.sim:
+        raise CliError("only the simulator backend exists: pass --sim")
+    if a.epochs < 1:
+        raise CliError(f"--epochs {a.epochs}: train for at least one epoch")
+    _check_writable(a.output, "-o")
+    _check_writable(a.weights, "--weights")
+    prog = Program.load(a.program)
+    if "train" not in prog.meta:
+        raise CliError(f"{a.program}: not a training step (an inference program); compile one with "
+                       "`ttc compile MODEL --train ...`")
+    compiled = prog.meta["train"]["options"]["batch"]
+    batch = compiled if a.batch is None else a.batch
+    if not 1 <= batch <= compiled:
+        raise CliError(f"--batch {batch}: {a.program} was compiled for batches of 1 to {compiled} (its gradient "
+                       "formats hold sums over that many samples; compile with a larger --batch)")
+    x, y = _training_data(prog, a.data, a.labels)
+    if len(y) < batch:
+        raise CliError(f"{a.data}: {len(y)} samples do not make one batch of {batch}")
+    held_out = _training_data(prog, *a.held_out) if a.held_out else None
+    try:
+        trainer = Trainer(prog, batch)
+    except UserError as e:
+        raise naming(a.program, e) from e
+    shown = []
+
+    def on_epoch(stats) -> None:
+        shown.append(stats)
+        if not a.json:
+            print(epoch_line(stats, a.epochs), flush=True)
+
+    try:
+        history = fit(trainer, x, y, a.epochs, seed=a.seed, held_out=held_out, on_epoch=on_epoch)
+    except UserError as e:
+        raise naming(a.program, e, a.data, *(a.held_out or ())) from e
+    if a.output:
+        trainer.inference_program().save(a.output)
+    if a.weights:
+        import torch
+
+        state = trainer.state_dict()
+        atomic_write(a.weights, lambda tmp: torch.save(state, tmp))
+    if a.json:
+        print(json.dumps([s.summary() for s in history], indent=2, sort_keys=True))
+    else:
+        for path, what in ((a.output, "the inference program with the trained weights"),
+                           (a.weights, "the trained weights as a state dict of the source model")):
+            if path:
+                print(f"wrote {path}: {what}")
+    return 0
+
+
+def epoch_line(stats, epochs: int) -> str:
+    """One epoch as a line: its loss and accuracies, and per step each phase's cycles and energy."""
+    held = f", held-out accuracy {stats.held_out_accuracy:.1%}" if stats.held_out_accuracy is not None else ""
+    phases = "; ".join(f"{phase} {stats.cycles.get(phase, 0):.0f} cycles {sum(stats.energy_pj[phase].values()) / 1e6:.3f} uJ"
+                       for phase in ("forward", "backward", "update") if phase in stats.energy_pj)
+    return (f"epoch {stats.epoch}/{epochs}: loss {stats.loss:.4f}, train accuracy {stats.train_accuracy:.1%}{held}; "
+            f"per step ({stats.steps} steps): {phases}")
+
+
 def cmd_export(a) -> int:
     from ttc.api import export_nir
     from ttc.frontends.load import load_model
@@ -311,11 +498,22 @@ def inspect_program(prog, path: str | None = None) -> dict:
     from ttc.isa.program import FORMAT_VERSION
     from ttc.isa.table import ISA_VERSION
 
-    return dict(provenance=provenance(prog, path), format_version=FORMAT_VERSION, isa_version=ISA_VERSION,
+    info = dict(provenance=provenance(prog, path), format_version=FORMAT_VERSION, isa_version=ISA_VERSION,
                 source=prog.meta["source"], options=prog.meta["options"], instructions=len(prog.code),
                 instructions_by_opcode=dict(sorted(Counter(i.op for i in prog.code).items())),
                 data_bytes=len(prog.data), dram_bytes=prog.meta["dram_bytes"], inputs=prog.meta["inputs"],
                 outputs=prog.meta["outputs"], layers=prog.meta["layers"], counts=prog.meta.get("counts", {}))
+    if "train" in prog.meta:  # a training step: its phases, options and the formats of every trained layer
+        t = prog.meta["train"]
+        info["layers"] = [{"source": layer["path"], **layer} for layer in prog.meta["layers"]]
+        info["train"] = dict(phases=phase_starts(prog.meta["layers"]), options=t["options"], steps=t["steps"],
+                             classes=t["classes"], layers=[{k: r[k] for k in TRAINED_LAYER_FIELDS} for r in t["layers"]])
+    return info
+
+
+#: What `ttc inspect` shows of each trained layer of a training step.
+TRAINED_LAYER_FIELDS = ("name", "path", "cin", "cout", "grad_frac", "src_shift", "wgrad_shift", "pre_shift", "dw_frac",
+                        "sgd_shift")
 
 
 def cmd_inspect(a) -> int:
@@ -340,15 +538,33 @@ def cmd_inspect(a) -> int:
     for io in info["outputs"]:
         print(f"  output {io['name']}: [{', '.join(map(str, ([io['time'], 'N'] if io['time'] else ['N']) + io['shape']))}] "
               f"{io['fmt']}, {io['frac']} fractional bits{', divided by ' + str(io['divide_by']) if io['divide_by'] != 1 else ''}")
+    if "train" in info:
+        _print_train(info["train"])
     print("  layers:")
     for layer in info["layers"]:
         tile = f", tile {layer['tile']}" if layer.get("tile") else ""
-        print(f"    {layer.get('source', layer['path']):<20} {layer['op']:<20} {layer['type']}{tile}")
+        phase = f"{layer['phase']:<9} " if "phase" in layer else ""
+        print(f"    {phase}{layer.get('source', layer['path']):<20} {layer['op']:<20} {layer['type']}{tile}")
     if info["counts"]:
         from ttc.runtime.report import format_counts
 
         print(format_counts(info["counts"]))
     return 0
+
+
+def _print_train(t: dict) -> None:
+    o = t["options"]
+    print(f"  training step: forward from instruction {t['phases']['forward']} and backward from "
+          f"{t['phases']['backward']} per sample, update from {t['phases']['update']} once per batch; "
+          f"{t['steps']} time steps, {t['classes']} classes")
+    print(f"  training options: loss {o['loss']}, lr 2^-{o['lr_shift']}, surrogate {o['surrogate']}, band {o['band']:g} "
+          f"({'sparse: the active set only' if o['sparse'] else 'dense'}), batch up to {o['batch']}, "
+          f"{o['weight_bits']}-bit weights")
+    print("  trained layers (fractional bits and shifts):")
+    print("    " + " ".join(f"{k:>11}" if k not in ("name", "path") else f"{k:<12}" for k in TRAINED_LAYER_FIELDS))
+    for r in t["layers"]:
+        print("    " + " ".join(f"{r[k]:>11}" if k not in ("name", "path") else f"{r[k] or '-':<12}"
+                                for k in TRAINED_LAYER_FIELDS))
 
 
 def add_option_flags(parser: argparse.ArgumentParser, options) -> None:
@@ -391,6 +607,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_option_flags(c, user_options())
     c.add_argument("--explain", action="store_true", help="print each TT layer's plans, their predicted cost and the choice")
     c.add_argument("--emit-ir", metavar="FILE", help="also write the final IR as text")
+    t = c.add_argument_group("training (docs/training.md)")
+    t.add_argument("--train", action="store_true", help="compile the model's training step (forward, backward and "
+                   "weight update of a batch) instead of its inference program; train it with `ttc train`")
+    t.add_argument("--loss", metavar="mse", help="the loss: mse, the mean squared error against the one-hot label "
+                   "(the only one the machine computes)")
+    t.add_argument("--lr", metavar="2^-K", help="the learning rate, a power of two: 2^-7, 2**-7 or 0.0078125 "
+                   "(default 2^-4)")
+    t.add_argument("--surrogate", metavar="rect", help="the surrogate gradient: rect, 1 within the band around "
+                   "the threshold (the only one the tape holds)")
+    t.add_argument("--band", type=float, metavar="B", help="the rectangular surrogate's half-width as a fraction "
+                   "of the threshold, dense backward (default 1)")
+    t.add_argument("--active-band", type=float, metavar="B", help="as --band B, and the backward skips the zero "
+                   "gradients outside the band (SSGD's active set)")
+    t.add_argument("--batch", type=int, metavar="N", help="the largest batch a step takes (default 64)")
+    t.add_argument("--train-weight-bits", type=int, metavar="8|16", help="bits of the trained weights (default 16)")
     c.set_defaults(fn=cmd_compile)
 
     e = sub.add_parser("export", parents=[verbose, model], help="write a model in another format (NIR)")
@@ -412,6 +643,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--hw", metavar="PRESET|FILE", help="price and time the run with this hardware config instead of "
                    "the one prog.bin was compiled for (its buffers must hold the program's tiles)")
     r.set_defaults(fn=cmd_run)
+
+    tr = sub.add_parser("train", parents=[verbose], help="train a training step (ttc compile --train) on the simulator")
+    tr.add_argument("program", help="the training-step program")
+    tr.add_argument("--sim", action="store_true", help="train on the instruction-level simulator")
+    tr.add_argument("--data", required=True, metavar="X.npy", help="the training samples, laid out as the model's "
+                    "forward input (as `ttc run --input`)")
+    tr.add_argument("--labels", required=True, metavar="Y.npy", help="their classes: integers 0 to C-1, shape [N]")
+    tr.add_argument("--epochs", type=int, required=True, metavar="N")
+    tr.add_argument("--batch", type=int, metavar="B", help="samples per step (default: the batch the step was "
+                    "compiled for, the largest it takes)")
+    tr.add_argument("--held-out", nargs=2, metavar=("X.npy", "Y.npy"), help="samples and labels to measure the "
+                    "accuracy on after each epoch")
+    tr.add_argument("--seed", type=int, default=0, help="the seed of the epochs' sample order (default 0)")
+    tr.add_argument("-o", "--output", metavar="TRAINED.bin", help="write the inference program with the trained weights")
+    tr.add_argument("--weights", metavar="TRAINED.pt", help="write the trained weights as a state dict of the source "
+                    "model (torch.save)")
+    tr.add_argument("--json", action="store_true", help="print the epochs' statistics as JSON")
+    tr.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("asm", parents=[verbose], help="assemble text assembly into prog.bin")
     s.add_argument("source")
