@@ -154,7 +154,7 @@ def cmd_compile(a) -> int:
 #: The training options of `ttc compile --train` (their argparse dests); None when not given.
 TRAIN_FLAGS = {"loss": "--loss", "lr": "--lr", "surrogate": "--surrogate", "band": "--band",
                "active_band": "--active-band", "batch": "--batch", "train_weight_bits": "--train-weight-bits"}
-#: Compile flags a training step has no use for: it trains linear layers, never tensor-train ones.
+#: Compile flags a training step has no use for: it trains conv and linear layers, not tensor-train ones yet.
 NOT_WITH_TRAIN = {"tt_rank": "--tt-rank", "tt_error": "--tt-error", "tt_core_bits": "--tt-core-bits",
                   "objective": "--objective", "schedule": "--schedule"}
 
@@ -197,7 +197,7 @@ def train_options(a):
         unusable.append("--explain")
     if unusable:
         raise CliError(f"{', '.join(unusable)} cannot be used with --train: they choose tensor-train layers and plans, "
-                       "and a training step has none (it trains linear layers with LIF/IF neurons)")
+                       "and a training step has none (it trains conv and linear layers with LIF/IF neurons)")
     if a.band is not None and a.active_band is not None:
         raise CliError("--band and --active-band: give one (--active-band B is --band B with the backward skipping "
                        "the zero gradients outside the band)")
