@@ -59,6 +59,20 @@ def _conv_net(neuron, chain: bool = False, seed: int = 1):
     return net
 
 
+def _tt_net(seed: int = 3):
+    """[T, N, 1, 6, 6] -> 4 classes: a 3x3 conv-LIF, a TT-SNN STT block (4 -> 8 channels, rank 2: trained as its
+    four cores) with a LIF, a linear readout; dyadic weights."""
+    net = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.LIF(decay=0.5, threshold=0.5),
+                        M.TTConv2d(4, 8, 2, "stt"), M.LIF(decay=0.5, threshold=0.5), M.Flatten(),
+                        M.Linear(8 * 36, 4, bias=False), M.TimeMean())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.copy_(torch.randint(-4, 5, m.weight.shape, generator=g).float() / 4)
+    return net
+
+
 LIF_HARD = lambda: M.LIF(decay=0.5, threshold=0.5)  # noqa: E731
 #: name: (model, input shape, spikes in, sparse backward)
 CASES = {
@@ -70,6 +84,7 @@ CASES = {
     "conv-lif-hard-sparse": (lambda: _conv_net(LIF_HARD), (1, 6, 6), True, True),
     "conv-chain-if-subtract-fixed-input": (lambda: _conv_net(lambda: M.IF(threshold=0.75, reset="subtract"), chain=True),
                                            (1, 6, 6), False, False),
+    "tt-stt-block": (_tt_net, (1, 6, 6), True, False),
 }
 
 

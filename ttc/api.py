@@ -97,7 +97,8 @@ def compile_training(model: torch.nn.Module, input_shape, hw: str | HwConfig = "
     """The training-step program of `model` (docs/training.md) and, in its metadata, what `ttc train` needs:
     the formats of every gradient, the update segment, and the inference program of the same weights."""
     quantize = {"quantize": {"training": train.weight_bits}}
-    o, hw, graph, _ = _lower(model, input_shape, hw, name, options, extra=quantize)
+    inference_passes = tuple(p for p in TRAIN_PIPELINE if p != "train-tape")  # the same layers and weights, no tapes
+    o, hw, graph, _ = _lower(model, input_shape, hw, name, options, inference_passes, extra=quantize)
     recorded = {"input_shape": ",".join(map(str, parse_input_shape(input_shape))), **o}
     inference = generate(graph, hw, recorded, source or {})
     o, hw, graph, quantized = _lower(model, input_shape, hw, name, options, TRAIN_PIPELINE,

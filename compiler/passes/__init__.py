@@ -83,12 +83,14 @@ def parse_per_layer(option: str | int, what: str, convert=str) -> dict[str, obje
 
 
 from . import (allocate, fold_batchnorm, fold_global_pool, fold_neuron_input, fold_spike_amplitude,  # noqa: E402,F401
-               fuse, input_encoding, quantize, tile, train_tape, tt_factorize, tt_schedule)  # (importing them registers the passes)
+               fuse, input_encoding, quantize, tile, train_tape, tt_cores, tt_factorize, tt_schedule)  # (importing them registers the passes)
 
 PIPELINE = ("input-encoding", "fold-batchnorm", "tt-factorize", "fold-global-pool", "fold-neuron-input", "fold-spike-amplitude", "quantize",
             "tt-schedule", "fuse", "tile", "allocate")
 #: A training step's (docs/training.md): the forward tapes its neurons' active bits.
-TRAIN_PIPELINE = PIPELINE[:PIPELINE.index("quantize") + 1] + ("train-tape",) + PIPELINE[PIPELINE.index("quantize") + 1:]
+#: Its tensor-train layers are trained as their cores (tt-cores), each a conv the quantizer sees.
+TRAIN_PIPELINE = (PIPELINE[:PIPELINE.index("quantize")] + ("tt-cores", "quantize", "train-tape")
+                  + PIPELINE[PIPELINE.index("quantize") + 1:])
 
 
 def make_pass(name: str, **options) -> Pass:

@@ -1,0 +1,44 @@
+"""tt-cores: a training step's tensor-train layers as their four cores (docs/training.md). Each float STT
+layer becomes the convolutions its cores are, one after another, before quantize:
+
+    G1 1x1 Cin -> R1,  G2 (3,1) R1 -> R2 (padding (1,0)),  G3 (1,3) R2 -> R3 (padding (0,1)),  G4 1x1 R3 -> Cout
+
+so that every core is a trained layer of its own (its gradient is its conv's weight gradient) and the
+quantizer treats each as a conv: 16-bit weights, and a rescale before a core whose multi-bit input could
+overflow its sums (inference keeps the cores' products exact instead, which leaves them few bits).
+Each core is named for its module in the source model (TT-SNN's first_layer .. fourth_layer), so that the
+trained state dict loads back into it. PTT and HTT add and slice the cores' results: not trained yet."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir import Conv2d, Graph, TTConv2d
+from . import Pass, register
+
+#: (core, padding, the source module's attribute)
+CORES = (("g1", (0, 0), "first_layer"), ("g2", (1, 0), "second_layer"), ("g3", (0, 1), "third_layer"),
+         ("g4", (0, 0), "fourth_layer"))
+
+
+@register
+@dataclass
+class TTCores(Pass):
+    name = "tt-cores"
+
+    def run(self, graph: Graph) -> Graph:
+        for tt in [op for op in graph.ops if isinstance(op, TTConv2d)]:
+            if tt.variant != "stt":
+                tt.fail(f"is a {tt.variant} tensor-train layer: a training step trains stt layers so far (ptt and htt "
+                        "add and slice their cores' results)")
+            if tt.fracs is not None:
+                tt.fail("is already quantized (tt-cores runs before quantize)")
+            ops, x = [], tt.inputs[0]
+            for k, (core, padding, module) in enumerate(CORES):
+                last = k == len(CORES) - 1
+                op = Conv2d(name=tt.name if last else graph.fresh(f"{tt.name}.{core}"), inputs=(x,),
+                            path=f"{tt.path}.{module}" if tt.path else module, weight=getattr(tt, core),
+                            bias=tt.bias if last else None, padding=padding)
+                ops.append(op)
+                x = op.name
+            graph.replace_op(tt, ops)
+        return graph.infer_types()
