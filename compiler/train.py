@@ -178,7 +178,7 @@ def _chain(graph: Graph) -> list[tuple[Op, NeuronQ | None]]:
         if isinstance(op, (Linear, Conv2d)):
             if op.log_scale is not None:
                 op.fail("has logarithmic weights (TTFS): training takes spiking layers")
-            if op.bias is not None:
+            if op.bias is not None and op.bias.any():  # (folding a neuron's input gain may give a zero bias)
                 op.fail("has a bias: the training step trains weights only so far (build the layer with bias=False)")
             if isinstance(op, Conv2d) and tuple(op.stride) != (1, 1):
                 op.fail(f"has stride {tuple(op.stride)}: the training step's input gradients take stride 1 so far")

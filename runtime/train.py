@@ -141,10 +141,17 @@ class Trainer:
         return Program(code=base.code, data=bytes(data), meta=base.meta, hw=base.hw)
 
     def state_dict(self) -> dict:
-        """The trained weights as a PyTorch state dict of the source model (float, `path.weight`)."""
+        """The trained weights as a PyTorch state dict of the source model (float, `path.weight`), the factors
+        the compiler folded into them divided out (a SpikingJelly LIF's 1/tau); a layer that is no parameter of
+        the model is left out."""
         import torch
-        return {f"{r['path']}.weight": torch.from_numpy(w.astype(np.float64) * 2.0 ** -r["weight_frac"]).float()
-                for r, w in zip(self.train["layers"], self.weights().values())}
+        out = {}
+        for r, w in zip(self.train["layers"], self.weights().values()):
+            scale = r.get("source_scale")
+            if scale is not None:
+                divide = np.asarray(scale, dtype=np.float64).reshape(-1, *(1,) * (w.ndim - 1))
+                out[f"{r['path']}.weight"] = torch.from_numpy(w.astype(np.float64) * 2.0 ** -r["weight_frac"] / divide).float()
+        return out
 
 
 @dataclass

@@ -225,3 +225,66 @@ def test_training_on_the_simulator_learns_the_digits():
     for r in compiled.program.meta["train"]["layers"]:
         w = dict(model.named_parameters())[f"{r['path']}.weight"].detach().double().numpy()
         assert np.array_equal(w * 2.0 ** r["weight_frac"], weights[r["name"]])
+
+
+class _SnnTorchFC(nn.Module):
+    """snnTorch's tutorial pattern, with a readout averaged over time (and no biases: weights are trained)."""
+
+    def __init__(self):
+        super().__init__()
+        import snntorch as snn
+        self.fc1, self.fc2 = nn.Linear(12, 8, bias=False), nn.Linear(8, 4, bias=False)
+        self.lif1 = snn.Leaky(beta=0.5, threshold=0.5)
+
+    def forward(self, x):
+        mem, out = self.lif1.init_leaky(), []
+        for t in range(x.shape[0]):
+            spk, mem = self.lif1(self.fc1(x[t]), mem)
+            out.append(self.fc2(spk))
+        return torch.stack(out).mean(0)
+
+
+class _SpikingJellyFC(nn.Module):
+    """SpikingJelly's multi-step layers: LIF (tau 2, the input divided by tau) between linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        from spikingjelly.activation_based import functional, layer, neuron
+        self.body = nn.Sequential(layer.Linear(12, 8, bias=False), neuron.LIFNode(tau=2.0, v_threshold=0.5),
+                                  layer.Linear(8, 4, bias=False))
+        functional.set_step_mode(self, "m")
+
+    def forward(self, x):
+        return self.body(x).mean(0)
+
+
+@pytest.mark.parametrize("build", [_SnnTorchFC, _SpikingJellyFC], ids=["snntorch", "spikingjelly"])
+def test_third_party_models_train_bit_exact(build):
+    torch.manual_seed(0)
+    net = build()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randint(-4, 5, p.shape).float() / 4)
+    compiled = api.compile_training(net, f"{T},N,12", train=TrainOptions(batch=B, band=0.5, lr_shift=3),
+                                    input_encoding="spikes")
+    train = compiled.program.meta["train"]
+    trainer, reference = Trainer(compiled.program, B), TrainingReference(compiled.quantized, train)
+    moved = 0
+    for x, labels in _batches(20, 12, 4, seed=4):
+        before = {n: w.clone() for n, w in reference.weights.items()}
+        trainer.step(x, labels)
+        reference.step(x, labels)
+        for name, w in trainer.weights().items():
+            assert np.array_equal(w, reference.weights[name].numpy()), name
+            moved += not torch.equal(before[name], reference.weights[name])
+    assert moved > 10
+    # the state dict is the model's: the factors the compiler folded in (SpikingJelly's 1/tau) divided out
+    state, weights = trainer.state_dict(), trainer.weights()
+    assert set(state) == {name for name, _ in net.named_parameters()}
+    net.load_state_dict(state, strict=False)  # (snnTorch's neurons keep their buffers)
+    for r in train["layers"]:
+        scale = torch.tensor(r["source_scale"], dtype=torch.float64).reshape(-1, 1)
+        folded = dict(net.named_parameters())[f"{r['path']}.weight"].detach().double() * scale
+        assert torch.equal(folded * 2.0 ** r["weight_frac"], torch.from_numpy(weights[r["name"]]).double())
+    if build is _SpikingJellyFC:
+        assert train["layers"][0]["source_scale"] == [0.5] * 8  # the LIF's input gain 1/tau, in its linear layer

@@ -12,7 +12,7 @@ import torch
 
 from ttc.compiler.codegen import generate
 from ttc.compiler.counting import count
-from ttc.compiler.ir import Graph
+from ttc.compiler.ir import Conv2d, Graph, Linear
 from ttc.compiler.passes import PIPELINE, TRAIN_PIPELINE, OptionError, pipeline_arguments, run_pipeline, user_options
 from ttc.compiler.train import TrainOptions, generate_training
 from ttc.compiler.reference import run_reference
@@ -84,6 +84,8 @@ def _lower(model: torch.nn.Module, input_shape, hw: str | HwConfig, name: str, o
             counts["model"] = count(graph)
         if pass_name in ("quantize", "train-tape"):  # what the quantized reference evaluates (with the tapes)
             quantized = copy.deepcopy(graph)
+        if "quantize" in passes and pass_name == passes[passes.index("quantize") - 1]:  # the last float weights
+            graph.notes["float_weights"] = {op.name: op.weight.copy() for op in graph.ops if isinstance(op, (Conv2d, Linear))}
 
     arguments = pipeline_arguments(o, hw, passes)
     for pass_name, args in (extra or {}).items():
@@ -105,7 +107,28 @@ def compile_training(model: torch.nn.Module, input_shape, hw: str | HwConfig = "
                                      {**quantize, "train-tape": {"band": train.band}})
     step = generate_training(graph, hw, train, recorded, source or {}, inference)
     step.meta["inference"] = inference.to_bytes().hex()
+    parameters = dict(model.named_parameters())
+    for r in step.meta["train"]["layers"]:
+        r["source_scale"] = _source_scale(graph.notes["float_weights"][r["name"]], parameters.get(f"{r['path']}.weight"))
     return Compiled(graph, step, quantized)
+
+
+def _source_scale(folded: np.ndarray, source: torch.Tensor | None) -> list[float] | None:
+    """Per output channel, the factor the compiler's folds (a neuron's input gain, its threshold) put on the
+    source module's weights: what a trained weight is divided by to go back into the model. None when the
+    layer's weights are not a per-channel multiple of one parameter of the model (its state dict skips it)."""
+    if source is None or tuple(source.shape) != folded.shape:
+        return None
+    w = source.detach().double().numpy().reshape(folded.shape[0], -1)
+    f = folded.astype(np.float64).reshape(folded.shape[0], -1)
+    scales = []
+    for a, b in zip(f, w):
+        live = b != 0
+        scale = float(a[live][0] / b[live][0]) if live.any() else 1.0
+        if not np.allclose(a, b * scale, rtol=1e-6, atol=0):
+            return None
+        scales.append(scale)
+    return scales
 
 
 def copy_model(model: torch.nn.Module) -> torch.nn.Module:
