@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 
 
 from ttc.isa.encoding import Instr, Ref
-from ttc.isa.hwconfig import HwConfig
+from ttc.isa.hwconfig import HwConfig, multiply_action, neuron_update_actions
 from ttc.isa.program import Program, ttc_version
 from ttc.isa.table import FORMAT_BYTES, elems_bytes
 from ttc.isa.train import band_fields
@@ -56,6 +56,9 @@ LIMIT_BITS = 31
 ALIGN = 32
 
 
+FORMS = ("auto", "explicit", "trace")
+
+
 class TrainError(IRError):
     """A model or option the training step cannot take (it names the layer)."""
 
@@ -65,7 +68,10 @@ class TrainOptions:
     """`lr_shift`: the learning rate 2^-lr_shift, applied to the gradient summed over the batch.
     `band`: the rectangular surrogate's half-width as a fraction of the threshold (1 on |h - theta| <
     band theta). `sparse`: the backward skips the zero gradients outside the band (SSGD's active set):
-    the same values, less work. `batch`: the largest batch a step takes (the weight-gradient bounds)."""
+    the same values, less work. `batch`: the largest batch a step takes (the weight-gradient bounds).
+    `form`: how hidden layers' weight gradients are computed: 'explicit' (BPTT, any reset), 'trace'
+    (SSGD's, where the reset is subtract or none) or 'auto' (per layer, the cheaper by `form_costs` at
+    `densities`: the input spikes per neuron and step, and the active fraction)."""
 
     loss: str = "mse"
     lr_shift: int = 4
@@ -74,6 +80,9 @@ class TrainOptions:
     sparse: bool = False
     batch: int = 64
     weight_bits: int = 16
+    form: str = "auto"
+    spike_density: float = 0.1
+    active_density: float = 0.1
 
     def __post_init__(self):
         if self.loss != "mse":
@@ -82,6 +91,10 @@ class TrainOptions:
         if self.surrogate != "rect":
             raise TrainError(f"surrogate {self.surrogate!r}: the tape holds one active bit per neuron-step, which is "
                              "the rectangular surrogate ('rect')")
+        if self.form not in FORMS:
+            raise TrainError(f"gradient form {self.form!r}: one of {', '.join(FORMS)}")
+        if not (0 < self.spike_density <= 1 and 0 < self.active_density <= 1):
+            raise TrainError(f"densities {self.spike_density}, {self.active_density}: each in (0, 1]")
         if self.weight_bits not in (8, 16):
             raise TrainError(f"weights of {self.weight_bits} bits: the machine stores 8- or 16-bit weights")
         if not 0 < self.band <= 64 or not 0 <= self.lr_shift <= 30 or not 1 <= self.batch <= 1 << 16:
@@ -138,12 +151,17 @@ class TrainedLayer:
     below_frac: int = 0
     below_bound: int = 0
     sgd_shift: int = 0
+    form: str = "explicit"  # its weight gradient: explicit (x[t] g_h[t]) or trace (trace[t] D[t]); `form_costs`
+    costs: dict | None = None  # the two forms' predicted backward energy (pJ per sample), where both apply
+    trace_shift: int = 0  # trace form: the input trace's guard bits (trace[t] = D(trace[t-1]) + R(x[t], shift))
+    trace_frac: int = 0
     wdram: int = 0  # DRAM: its weights, its dW
     dw: int = 0
     grad_in: int = 0  # the gradient of its output (its neuron's spikes, or its sums): T steps, or 1 (constant)
     grad_in_steps: int = 0
     grad_out: int = 0  # the gradient of its input, which it writes for the layer below
     grad_out_steps: int = 0
+    traces: int = 0  # trace form: the input traces of every step (i32)
 
     @property
     def n_in(self) -> int:
@@ -239,7 +257,36 @@ def _layer(graph: Graph, op: Op, k: int, readout: bool) -> TrainedLayer:
                         wdram=op.wdram or 0, **geometry)
 
 
-def plan_formats(graph: Graph, options: TrainOptions) -> list[TrainedLayer]:
+def form_costs(r: TrainedLayer, neuron: NeuronQ, x: Op, options: TrainOptions, steps: int, hw: HwConfig) -> dict:
+    """The predicted energy (pJ per sample) of layer r's weight gradient in each form, at the options'
+    densities (SSGD's trade: the explicit form pairs the input with every non-zero g_h, adds on spikes; the
+    trace form pairs the dense multi-bit traces with D, non-zero only where active, by multiplies, and
+    computes and stores the traces):
+
+        explicit  pairs x rho_x x rho_gh x (add, or multiply-add on a multi-bit input)
+        trace     pairs x rho_trace x rho_D x multiply-add + per input and step a neuron update and a
+                  32-bit trace stored and loaded, + per output and step a second nbwd (D) where the layer
+                  below needs g_h
+
+    pairs = cout cin kh kw oh ow per step; with a dense backward (no active band) every gradient counts."""
+    e = hw.energy_pj
+    spikes = r.in_fmt == "spike"
+    rho_x = options.spike_density if spikes else 1.0
+    rho_d = options.active_density if options.sparse else 1.0
+    rho_gh = min(1.0, rho_d * _decay_sum(neuron, steps)) if options.sparse else 1.0
+    rho_trace = min(1.0, rho_x * steps) if spikes else 1.0
+    pairs = r.cout * r.cin * r.taps * r.oh * r.ow * steps
+    mac32 = e[multiply_action("i32", r.wfmt)] + e["add32"]
+    explicit = pairs * rho_x * rho_gh * (e["add32"] if spikes else e[multiply_action(r.in_fmt, r.wfmt)] + e["add32"])
+    nrn = sum(c * e.get(a, 0.0) for a, c in neuron_update_actions("none", 1, neuron.decay_mul, neuron.decay_shift).items())
+    moved = hw.access_pj("dram", "write", 4 * r.n_in) + hw.access_pj("dram", "read", 4 * r.n_in)
+    trace = pairs * rho_trace * rho_d * mac32 + steps * r.n_in * (nrn + e["add32"]) + steps * moved
+    if r.input_grad:
+        trace += steps * r.n_out * nrn
+    return {"explicit": explicit, "trace": trace}
+
+
+def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig) -> list[TrainedLayer]:
     """The formats and shifts of every trained layer, from the readout down (see the module docstring)."""
     layers = _chain(graph)
     reduce = graph.op(graph.outputs[0])
@@ -261,11 +308,27 @@ def plan_formats(graph: Graph, options: TrainOptions) -> list[TrainedLayer]:
             r.src_shift = fit_shift(math.ceil(below_bound * _decay_sum(neuron, steps)) + steps, guard)
             r.grad_frac = below_frac + r.src_shift
             r.grad_bound = math.ceil((below_bound * 2.0 ** r.src_shift + 1) * _decay_sum(neuron, steps)) + steps
+            if neuron.reset != "hard":  # both forms apply: priced, unless the options choose
+                r.costs = form_costs(r, neuron, x, options, steps, hw)
+                r.form = min(r.costs, key=r.costs.get) if options.form == "auto" else options.form
+            elif options.form == "trace":
+                neuron.fail("has a hard reset: the trace form of the weight gradient needs a subtract reset or none "
+                            "(SSGD's neuron); use --grad-form explicit or auto")
         else:  # the sums are read as they are: their gradient is the one from above
             r.grad_frac, r.grad_bound = below_frac, below_bound
-        r.wgrad_shift = fit_shift(options.batch * steps * r.oh * r.ow * _bound(x) * r.grad_bound,
+        x_frac, x_bound = x.type.dtype.frac, _bound(x)
+        if r.form == "trace":  # trace[t] = D(trace[t-1]) + R(x[t], trace_shift), with the decays' guard bits
+            d_sum = _decay_sum(neuron, steps)
+            guard = neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
+            r.trace_shift = fit_shift(math.ceil(x_bound * d_sum) + steps, guard)
+            r.trace_frac = x_frac + r.trace_shift
+            x_frac, x_bound = r.trace_frac, math.ceil((x_bound * 2.0 ** r.trace_shift + 1) * d_sum) + steps
+            wgrad_by = math.ceil(below_bound * 2.0 ** r.src_shift) + 1  # D[t] = R(g_s[t], src_shift) active[t]
+        else:
+            wgrad_by = r.grad_bound
+        r.wgrad_shift = fit_shift(options.batch * steps * r.oh * r.ow * x_bound * wgrad_by,
                                   roundings=options.batch * steps)
-        r.dw_frac = r.grad_frac + x.type.dtype.frac + r.wgrad_shift
+        r.dw_frac = r.grad_frac + x_frac + r.wgrad_shift
         r.sgd_shift = r.weight_frac - options.lr_shift - r.dw_frac
         if r.input_grad:
             fan = r.cout * r.taps * qmax
@@ -371,6 +434,12 @@ def backward_plan(graph: Graph, hw: HwConfig, r: TrainedLayer, options: TrainOpt
         code.append(_copy("load", w, Ref("dram", op.wdram), weights * FORMAT_BYTES[r.wfmt]))
     neuron = graph.op(r.neuron) if r.neuron else None
     constant = neuron is None and r.grad_in_steps == 1  # the gradient from above is the same at every step
+    trace = r.form == "trace"
+    if trace:  # D[t] (nbwd without the carried gradient) beside g_h, which only the layer below needs
+        code += _traces(graph, r, x, buf, steps)
+        d = buf.take("psum", 4 * r.n_out)
+        d_state = buf.take("vmem", 4 * r.n_out)
+        tr = buf.take("ifmap", 4 * r.n_in)
     if neuron is not None:
         gs, tape = buf.take("ifmap", 4 * r.n_out), buf.take("ifmap", spike_bytes)
         spikes = buf.take("ifmap", spike_bytes) if neuron.reset == "hard" else tape
@@ -386,14 +455,22 @@ def backward_plan(graph: Graph, hw: HwConfig, r: TrainedLayer, options: TrainOpt
                      _copy("load", tape, Ref("dram", tape_op.dram + t * step_stride(graph, tape_op)), spike_bytes)]
             if gate == "spike":
                 code.append(_copy("load", spikes, Ref("dram", neuron.dram + t * step_stride(graph, neuron)), spike_bytes))
-            code.append(Instr("nbwd", dict(src=gs, tape=tape, spikes=spikes, state=state, dst=gh, n=r.n_out,
-                                           decay_mul=neuron.decay_mul, decay_shift=neuron.decay_shift, gate=gate,
-                                           src_shift=r.src_shift)))
+            nbwd = dict(src=gs, tape=tape, spikes=spikes, n=r.n_out, decay_shift=neuron.decay_shift, gate=gate,
+                        src_shift=r.src_shift)
+            if trace:
+                code.append(Instr("nbwd", dict(state=d_state, dst=d, decay_mul=0, **nbwd)))
+            if not trace or r.input_grad:
+                code.append(Instr("nbwd", dict(state=state, dst=gh, decay_mul=neuron.decay_mul, **nbwd)))
         elif not constant or t == steps - 1:
             code.append(_copy("load", gh, Ref("dram", r.grad_in + g_step * 4 * r.n_out), 4 * r.n_out))
-        code.append(_copy("load", xin, Ref("dram", x_addr + t * x_stride), elems_bytes(r.in_fmt, r.n_in)))
-        code.append(Instr("wgrad", dict(src=xin, grad=gh, dst=dw, fmt=r.in_fmt, accumulate=1, shift=r.wgrad_shift,
-                                        skip=int(options.sparse), group=0, **_geometry(r))))
+        if trace:
+            code.append(_copy("load", tr, Ref("dram", r.traces + t * 4 * r.n_in), 4 * r.n_in))
+            wgrad = dict(src=tr, grad=d, fmt="i32")
+        else:
+            code.append(_copy("load", xin, Ref("dram", x_addr + t * x_stride), elems_bytes(r.in_fmt, r.n_in)))
+            wgrad = dict(src=xin, grad=gh, fmt=r.in_fmt)
+        code.append(Instr("wgrad", dict(dst=dw, accumulate=1, shift=r.wgrad_shift, skip=int(options.sparse), group=0,
+                                        **wgrad, **_geometry(r))))
         if r.input_grad and (not constant or t == 0):
             if r.pre_shift:
                 code.append(Instr("vacc", dict(dst=scaled, src=gh, src_fmt="i32", dst_fmt="i32", n=r.n_out,
@@ -404,6 +481,27 @@ def backward_plan(graph: Graph, hw: HwConfig, r: TrainedLayer, options: TrainOpt
             code.append(_copy("store", Ref("dram", r.grad_out + out_step * 4 * r.n_in), gx, 4 * r.n_in))
     code.append(_copy("store", Ref("dram", r.dw), dw, 4 * weights))
     return TrainPlan(f"{r.path or r.name}.backward", r.path, f"{op.opname}_bwd", "backward", code)
+
+
+def _traces(graph: Graph, r: TrainedLayer, x: Op, buf: _Buffers, steps: int) -> list[Instr]:
+    """The trace form's input traces, t = 0 ... T-1, stored for the reverse walk: trace[t] = D(trace[t-1]) +
+    R(x[t], trace_shift), D the neuron's decay, run by `nrn` as a neuron that never fires (no reset, the
+    threshold the largest state) whose states are the traces."""
+    neuron = graph.op(r.neuron)
+    xin = buf.take("ifmap", elems_bytes(r.in_fmt, r.n_in))
+    wide = buf.take("psum", 4 * r.n_in)
+    state = buf.take("vmem", 4 * r.n_in)
+    never = buf.take("ofmap", elems_bytes("spike", r.n_in))
+    code = [Instr("vfill", dict(dst=state, n=r.n_in, value=0))]
+    x_addr, x_stride = value_addr(graph, x), step_stride(graph, x)
+    for t in range(steps):
+        code += [_copy("load", xin, Ref("dram", x_addr + t * x_stride), elems_bytes(r.in_fmt, r.n_in)),
+                 Instr("vacc", dict(dst=wide, src=xin, src_fmt=r.in_fmt, dst_fmt="i32", n=r.n_in, shift=0, accumulate=0)),
+                 Instr("nrn", dict(src=wide, state=state, dst=never, n=r.n_in, theta=(1 << 31) - 1, v_reset=0,
+                                   decay_mul=neuron.decay_mul, decay_shift=neuron.decay_shift, in_shift=r.trace_shift,
+                                   cmp="gt", reset="none", order="reset_decay", levels=1, mode="parallel", per_neuron=0)),
+                 _copy("store", Ref("dram", r.traces + t * 4 * r.n_in), state, 4 * r.n_in)]
+    return code
 
 
 def update_plan(graph: Graph, hw: HwConfig, r: TrainedLayer) -> TrainPlan:
@@ -425,7 +523,7 @@ def generate_training(graph: Graph, hw: HwConfig, options: TrainOptions, compile
     """The training-step program of the allocated graph (with tapes): forward, loss, backward, halt, update,
     halt. `inference`: the plain inference program of the same model, which shares its weights' places
     (`ttc train` writes it back with the trained weights)."""
-    records = plan_formats(graph, options)
+    records = plan_formats(graph, options, hw)
     readout = records[-1]
     steps = graph.op(graph.op(graph.outputs[0]).inputs[0]).type.time
     end = max(op.dram + step_stride(graph, op) * (op.type.time or 1) for op in graph.ops if op.dram is not None)
@@ -449,6 +547,8 @@ def generate_training(graph: Graph, hw: HwConfig, options: TrainOptions, compile
         if r.input_grad:
             r.grad_out_steps = 1 if r.neuron is None and r.grad_in_steps == 1 else steps
             r.grad_out = take(4 * r.n_in * r.grad_out_steps)
+        if r.form == "trace":
+            r.traces = take(4 * r.n_in * steps)
     code, layers = emit_layers(graph, hw)
     for layer in layers:
         layer["phase"] = "forward"

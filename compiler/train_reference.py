@@ -17,11 +17,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ttc.isa.neuron import step as neuron_step
 from ttc.isa.table import rescale
 from ttc.isa.train import backward_step, sgd
 
 from .ir import Graph
 from .reference import evaluate
+
+
+def _traces(x: torch.Tensor, neuron, shift: int) -> torch.Tensor:
+    """trace[t] = D(trace[t-1]) + R(x[t], shift): the machine's neuron step with no reset and a threshold no
+    state reaches, as the trace form's `nrn` runs it."""
+    state, rows = torch.zeros_like(x[0]), []
+    for step in range(x.shape[0]):
+        _, state = neuron_step(state, x[step], theta=(1 << 31) - 1, v_reset=0, decay_mul=neuron.decay_mul,
+                               decay_shift=neuron.decay_shift, in_shift=shift, cmp="gt", reset="none",
+                               order="reset_decay", levels=1, mode="parallel")
+        rows.append(state)
+    return torch.stack(rows)
 
 
 def _images(v: torch.Tensor, channels: int, h: int, w: int) -> torch.Tensor:
@@ -62,17 +75,22 @@ class TrainingReference:
             elif r["neuron"] is not None:
                 neuron = g.op(r["neuron"])
                 tape, spikes = (_images(env[v].long(), r["cout"], r["oh"], r["ow"]) for v in (r["tape"], r["neuron"]))
-                state, rows = torch.zeros_like(tape[0]), []
-                for step in range(steps - 1, -1, -1):
-                    state = backward_step(state, below[step if below.shape[0] > 1 else 0], tape[step], spikes[step],
-                                          decay_mul=neuron.decay_mul, decay_shift=neuron.decay_shift,
-                                          gate="spike" if neuron.reset == "hard" else "none", src_shift=r["src_shift"])
-                    rows.append(state)
-                gh = torch.stack(rows[::-1])
+
+                def walk(decay_mul):  # nbwd over t = T-1 ... 0 (decay_mul 0: D[t], nothing carried)
+                    state, rows = torch.zeros_like(tape[0]), []
+                    for step in range(steps - 1, -1, -1):
+                        state = backward_step(state, below[step if below.shape[0] > 1 else 0], tape[step], spikes[step],
+                                              decay_mul=decay_mul, decay_shift=neuron.decay_shift,
+                                              gate="spike" if neuron.reset == "hard" else "none", src_shift=r["src_shift"])
+                        rows.append(state)
+                    return torch.stack(rows[::-1])
+                gh = walk(neuron.decay_mul)
             else:
                 gh = below
             grads[r["name"]] = gh
             full = gh.expand(steps, *gh.shape[1:])
+            if r["form"] == "trace":  # SSGD: the input traces against D (the same gradient, rounded elsewhere)
+                full, x_in = walk(0), _traces(x_in, neuron, r["trace_shift"])
             # wgrad, one instruction per sample's step, each rounded: the forward's windows of x against g_h
             cols = F.unfold(x_in.flatten(0, 1).double(), (r["kh"], r["kw"]), padding=(r["pt"], r["pl"])).long()
             per_step = torch.einsum("nol,nkl->nok", full.flatten(0, 1).flatten(2), cols)

@@ -85,18 +85,23 @@ CASES = {
     "conv-chain-if-subtract-fixed-input": (lambda: _conv_net(lambda: M.IF(threshold=0.75, reset="subtract"), chain=True),
                                            (1, 6, 6), False, False),
     "tt-stt-block": (_tt_net, (1, 6, 6), True, False),
+    "fc-lif-subtract-trace-form-sparse": (
+        lambda: _net((12, 8, 6, 4), lambda: M.LIF(decay=0.5, threshold=0.5, reset="subtract")), 12, True, True, "trace"),
+    "conv-lif-subtract-trace-form-fixed-input": (
+        lambda: _conv_net(lambda: M.LIF(decay=0.75, threshold=0.25, reset="subtract")), (1, 6, 6), False, False, "trace"),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_the_simulator_equals_the_training_reference_over_20_steps(case):
-    build, shape, spikes, sparse = CASES[case]
+    build, shape, spikes, sparse, *form = CASES[case]
     net = build()
     options = dict(input_encoding="spikes") if spikes else dict(input_bits=8, input_frac=4)
     dims = ",".join(map(str, (shape,) if isinstance(shape, int) else shape))
-    compiled = api.compile_training(net, f"{T},N,{dims}", train=TrainOptions(batch=B, band=0.5, sparse=sparse,
-                                    lr_shift=3), **options)
+    compiled = api.compile_training(net, f"{T},N,{dims}", train=TrainOptions(
+        batch=B, band=0.5, sparse=sparse, lr_shift=3, form=form[0] if form else "explicit"), **options)
     train = compiled.program.meta["train"]
+    assert {r["form"] for r in train["layers"] if r["neuron"]} == set(form or ["explicit"])
     trainer, reference = Trainer(compiled.program, B), TrainingReference(compiled.quantized, train)
     changed = 0
     for x, labels in _batches(20, shape, 4, seed=2, spikes=spikes):
@@ -130,6 +135,40 @@ def test_the_weight_gradients_equal_float64_autograd_where_nothing_rounds():
     x, _ = next(_batches(1, 12, 4, seed=6))
     assert np.array_equal(api.run_float(net, x)[0], api.simulate(Program.from_bytes(
         bytes.fromhex(compiled.program.meta["inference"])), x).outputs[0])
+
+
+def test_the_trace_form_gives_the_explicit_forms_gradients_where_nothing_rounds():
+    """SSGD's identity: sum_t trace[t] D[t] = sum_t x[t] g_h[t] for a subtract reset with the reset detached;
+    with the decays' guard bits both equal float64 autograd."""
+    net = _net((12, 8, 4), lambda: M.LIF(decay=0.5, threshold=0.5, reset="subtract"))
+    grads = {}
+    for form in ("explicit", "trace"):
+        compiled = api.compile_training(net, f"{T},N,12", input_encoding="spikes",
+                                        train=TrainOptions(batch=B, band=0.5, weight_bits=8, form=form))
+        train = compiled.program.meta["train"]
+        hidden = train["layers"][0]
+        assert hidden["form"] == form and hidden["src_shift"] > 0 and hidden["trace_shift"] == (3 if form == "trace" else 0)
+        reference = TrainingReference(compiled.quantized, train)
+        x, labels = next(_batches(1, 12, 4, seed=5))
+        dw = reference.gradients(x, labels)["dw"][hidden["name"]].double() * 2.0 ** -hidden["dw_frac"]
+        floats = float_gradients(compiled.quantized, train, x, labels, reference.weights)[hidden["name"]]
+        assert floats.abs().max() > 0 and torch.equal(dw, floats)
+        grads[form] = dw
+    assert torch.equal(grads["explicit"], grads["trace"])
+
+
+def test_the_cost_model_chooses_the_gradient_form():
+    """auto takes the cheaper form by `form_costs`: on spikes the explicit form's adds beat the trace form's
+    multiplies and stored traces; a hard reset has only the explicit form, and forcing the trace form names it."""
+    subtract = _net((12, 8, 4), lambda: M.LIF(decay=0.5, threshold=0.5, reset="subtract"))
+    train = api.compile_training(subtract, f"{T},N,12", input_encoding="spikes",
+                                 train=TrainOptions(batch=B, sparse=True)).program.meta["train"]
+    hidden = train["layers"][0]
+    assert hidden["costs"]["explicit"] < hidden["costs"]["trace"] and hidden["form"] == "explicit"
+    hard = _net((12, 8, 4), LIF_HARD)
+    assert api.compile_training(hard, f"{T},N,12", input_encoding="spikes").program.meta["train"]["layers"][0]["costs"] is None
+    with pytest.raises(IRError, match=r"from '2'\): has a hard reset: the trace form"):
+        api.compile_training(hard, f"{T},N,12", input_encoding="spikes", train=TrainOptions(form="trace"))
 
 
 def test_the_sparse_backward_does_less_work_and_computes_the_same():
