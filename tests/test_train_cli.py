@@ -106,11 +106,11 @@ def test_inspect_a_training_step(work, tmp_path, capsys):
     validate_inspect(info)
     t = info["train"]
     assert t["options"] == dict(loss="mse", lr_shift=5, surrogate="rect", band=0.5, sparse=False, batch=8,
-                                weight_bits=16)
+                                weight_bits=16, form="auto", spike_density=0.1, active_density=0.1)
     assert t["phases"]["forward"] == 0 < t["phases"]["backward"] < t["phases"]["update"] < info["instructions"]
     assert [r["path"] for r in t["layers"]] == ["0", "2"]
-    assert set(t["layers"][0]) == {"name", "path", "cin", "cout", "grad_frac", "src_shift", "wgrad_shift", "pre_shift",
-                                   "dw_frac", "sgd_shift"}
+    assert set(t["layers"][0]) == {"name", "path", "op", "cin", "cout", "form", "grad_frac", "src_shift", "wgrad_shift",
+                                   "pre_shift", "dw_frac", "sgd_shift"}
     assert {layer["phase"] for layer in info["layers"]} == {"forward", "backward", "update"}
     assert main(["inspect", str(work / "step.bin")]) == 0
     text = capsys.readouterr().out
@@ -166,6 +166,10 @@ def test_compile_errors(work, tmp_path, capsys):
     fails(capsys, tmp_path, base + ["--train", "--explain"], "--explain", "--train")
     fails(capsys, tmp_path, base + ["--train", "--loss", "ce"], "loss 'ce'", "mse")
     fails(capsys, tmp_path, base + ["--train", "--train-weight-bits", "4"], "4 bits")
+    torch.save(tiny(), tmp_path / "hard.pt")  # LIF with a hard reset: only the explicit form
+    hard = ["compile", tmp_path / "hard.pt", "--input-shape", f"{T},N,12", "--input-encoding", "spikes", "-o",
+            tmp_path / "s.bin", "--train"]
+    fails(capsys, tmp_path, hard + ["--grad-form", "trace"], "hard.pt", "hard reset", "trace form")
 
 
 def test_train_errors(work, tmp_path, capsys):

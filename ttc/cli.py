@@ -153,7 +153,8 @@ def cmd_compile(a) -> int:
 
 #: The training options of `ttc compile --train` (their argparse dests); None when not given.
 TRAIN_FLAGS = {"loss": "--loss", "lr": "--lr", "surrogate": "--surrogate", "band": "--band",
-               "active_band": "--active-band", "batch": "--batch", "train_weight_bits": "--train-weight-bits"}
+               "active_band": "--active-band", "batch": "--batch", "train_weight_bits": "--train-weight-bits",
+               "grad_form": "--grad-form"}
 #: Compile flags a training step has no use for: it trains conv and linear layers, not tensor-train ones yet.
 NOT_WITH_TRAIN = {"tt_rank": "--tt-rank", "tt_error": "--tt-error", "tt_core_bits": "--tt-core-bits",
                   "objective": "--objective", "schedule": "--schedule"}
@@ -216,6 +217,8 @@ def train_options(a):
         fields["batch"] = a.batch
     if a.train_weight_bits is not None:
         fields["weight_bits"] = a.train_weight_bits
+    if a.grad_form is not None:
+        fields["form"] = a.grad_form
     return TrainOptions(**fields)
 
 
@@ -512,8 +515,8 @@ def inspect_program(prog, path: str | None = None) -> dict:
 
 
 #: What `ttc inspect` shows of each trained layer of a training step.
-TRAINED_LAYER_FIELDS = ("name", "path", "cin", "cout", "grad_frac", "src_shift", "wgrad_shift", "pre_shift", "dw_frac",
-                        "sgd_shift")
+TRAINED_LAYER_FIELDS = ("name", "path", "op", "cin", "cout", "form", "grad_frac", "src_shift", "wgrad_shift", "pre_shift",
+                        "dw_frac", "sgd_shift")
 
 
 def cmd_inspect(a) -> int:
@@ -559,7 +562,7 @@ def _print_train(t: dict) -> None:
           f"{t['steps']} time steps, {t['classes']} classes")
     print(f"  training options: loss {o['loss']}, lr 2^-{o['lr_shift']}, surrogate {o['surrogate']}, band {o['band']:g} "
           f"({'sparse: the active set only' if o['sparse'] else 'dense'}), batch up to {o['batch']}, "
-          f"{o['weight_bits']}-bit weights")
+          f"{o['weight_bits']}-bit weights, gradient form {o['form']}")
     print("  trained layers (fractional bits and shifts):")
     print("    " + " ".join(f"{k:>11}" if k not in ("name", "path") else f"{k:<12}" for k in TRAINED_LAYER_FIELDS))
     for r in t["layers"]:
@@ -622,6 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "gradients outside the band (SSGD's active set)")
     t.add_argument("--batch", type=int, metavar="N", help="the largest batch a step takes (default 64)")
     t.add_argument("--train-weight-bits", type=int, metavar="8|16", help="bits of the trained weights (default 16)")
+    t.add_argument("--grad-form", choices=("auto", "explicit", "trace"), help="the hidden layers' weight gradients: explicit "
+                   "BPTT, SSGD's trace form (subtract or no reset), or per layer the cheaper by the cost model (auto, "
+                   "the default)")
     c.set_defaults(fn=cmd_compile)
 
     e = sub.add_parser("export", parents=[verbose, model], help="write a model in another format (NIR)")
