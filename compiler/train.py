@@ -155,6 +155,12 @@ class TrainedLayer:
     costs: dict | None = None  # the two forms' predicted backward energy (pJ per sample), where both apply
     trace_shift: int = 0  # trace form: the input trace's guard bits (trace[t] = D(trace[t-1]) + R(x[t], shift))
     trace_frac: int = 0
+    bias: bool = False  # its bias (i32 at bias_frac, saturating to bias_bits) and dB = sum R(sum_yx g_h, db_shift)
+    bias_frac: int = 0
+    bias_bits: int = 0
+    db_shift: int = 0
+    db_frac: int = 0
+    bias_sgd_shift: int = 0
     wdram: int = 0  # DRAM: its weights, its dW
     dw: int = 0
     grad_in: int = 0  # the gradient of its output (its neuron's spikes, or its sums): T steps, or 1 (constant)
@@ -162,6 +168,7 @@ class TrainedLayer:
     grad_out: int = 0  # the gradient of its input, which it writes for the layer below
     grad_out_steps: int = 0
     traces: int = 0  # trace form: the input traces of every step (i32)
+    db: int = 0
 
     @property
     def n_in(self) -> int:
@@ -196,8 +203,6 @@ def _chain(graph: Graph) -> list[tuple[Op, NeuronQ | None]]:
         if isinstance(op, (Linear, Conv2d)):
             if op.log_scale is not None:
                 op.fail("has logarithmic weights (TTFS): training takes spiking layers")
-            if op.bias is not None and op.bias.any():  # (folding a neuron's input gain may give a zero bias)
-                op.fail("has a bias: the training step trains weights only so far (build the layer with bias=False)")
             if isinstance(op, Conv2d) and tuple(op.stride) != (1, 1):
                 op.fail(f"has stride {tuple(op.stride)}: the training step's input gradients take stride 1 so far")
             below = _source(graph, op.inputs[0])
@@ -330,6 +335,11 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig) -> list[Trai
                                   roundings=options.batch * steps)
         r.dw_frac = r.grad_frac + x_frac + r.wgrad_shift
         r.sgd_shift = r.weight_frac - options.lr_shift - r.dw_frac
+        if op.bias is not None:  # dB: the gradient summed over the outputs (a wgrad of a plane of ones)
+            r.bias, r.bias_frac, r.bias_bits = True, op.type.dtype.frac, graph.notes["train_bias_bits"][op.name]
+            r.db_shift = fit_shift(options.batch * steps * r.oh * r.ow * r.grad_bound, roundings=options.batch * steps)
+            r.db_frac = r.grad_frac + r.db_shift
+            r.bias_sgd_shift = r.bias_frac - options.lr_shift - r.db_frac
         if r.input_grad:
             fan = r.cout * r.taps * qmax
             r.pre_shift = fit_shift(fan * r.grad_bound)
@@ -373,6 +383,11 @@ def _geometry(r: TrainedLayer) -> dict:
     """The forward conv's operands (wgrad's, whose sums run over the forward's outputs)."""
     return dict(cin=r.cin, cout=r.cout, ih=r.ih, iw=r.iw, oh=r.oh, ow=r.ow, kh=r.kh, kw=r.kw, sh=1, sw=1, pt=r.pt,
                 pl=r.pl)
+
+
+def _ones(r: TrainedLayer) -> dict:
+    """The bias gradient's wgrad: one input channel of ones over the outputs, a 1x1 kernel."""
+    return dict(cin=1, cout=r.cout, ih=r.oh, iw=r.ow, oh=r.oh, ow=r.ow, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0)
 
 
 def _transposed(r: TrainedLayer) -> dict:
@@ -430,6 +445,10 @@ def backward_plan(graph: Graph, hw: HwConfig, r: TrainedLayer, options: TrainOpt
     w = buf.take("wgt", weights * FORMAT_BYTES[r.wfmt]) if r.input_grad else None
     xin = buf.take("ifmap", elems_bytes(r.in_fmt, r.n_in))
     code = [_copy("load", dw, Ref("dram", r.dw), 4 * weights)]
+    if r.bias:  # dB[co] = sum over y, x of g_h[co, y, x]: the weight gradient of an input of ones
+        words = -(-r.oh * r.ow // 32)
+        ones, db = buf.take("ifmap", 4 * words), buf.take("psum", 4 * r.cout)
+        code += [Instr("vfill", dict(dst=ones, n=words, value=-1)), _copy("load", db, Ref("dram", r.db), 4 * r.cout)]
     if w is not None:
         code.append(_copy("load", w, Ref("dram", op.wdram), weights * FORMAT_BYTES[r.wfmt]))
     neuron = graph.op(r.neuron) if r.neuron else None
@@ -459,7 +478,7 @@ def backward_plan(graph: Graph, hw: HwConfig, r: TrainedLayer, options: TrainOpt
                         src_shift=r.src_shift)
             if trace:
                 code.append(Instr("nbwd", dict(state=d_state, dst=d, decay_mul=0, **nbwd)))
-            if not trace or r.input_grad:
+            if not trace or r.input_grad or r.bias:
                 code.append(Instr("nbwd", dict(state=state, dst=gh, decay_mul=neuron.decay_mul, **nbwd)))
         elif not constant or t == steps - 1:
             code.append(_copy("load", gh, Ref("dram", r.grad_in + g_step * 4 * r.n_out), 4 * r.n_out))
@@ -471,6 +490,9 @@ def backward_plan(graph: Graph, hw: HwConfig, r: TrainedLayer, options: TrainOpt
             wgrad = dict(src=xin, grad=gh, fmt=r.in_fmt)
         code.append(Instr("wgrad", dict(dst=dw, accumulate=1, shift=r.wgrad_shift, skip=int(options.sparse), group=0,
                                         **wgrad, **_geometry(r))))
+        if r.bias:
+            code.append(Instr("wgrad", dict(src=ones, grad=gh, dst=db, fmt="spike", accumulate=1, shift=r.db_shift,
+                                            skip=int(options.sparse), group=0, **_ones(r))))
         if r.input_grad and (not constant or t == 0):
             if r.pre_shift:
                 code.append(Instr("vacc", dict(dst=scaled, src=gh, src_fmt="i32", dst_fmt="i32", n=r.n_out,
@@ -480,6 +502,8 @@ def backward_plan(graph: Graph, hw: HwConfig, r: TrainedLayer, options: TrainOpt
             out_step = t if r.grad_out_steps > 1 else 0
             code.append(_copy("store", Ref("dram", r.grad_out + out_step * 4 * r.n_in), gx, 4 * r.n_in))
     code.append(_copy("store", Ref("dram", r.dw), dw, 4 * weights))
+    if r.bias:
+        code.append(_copy("store", Ref("dram", r.db), db, 4 * r.cout))
     return TrainPlan(f"{r.path or r.name}.backward", r.path, f"{op.opname}_bwd", "backward", code)
 
 
@@ -505,16 +529,22 @@ def _traces(graph: Graph, r: TrainedLayer, x: Op, buf: _Buffers, steps: int) -> 
 
 
 def update_plan(graph: Graph, hw: HwConfig, r: TrainedLayer) -> TrainPlan:
-    """Once per batch: w = sat(w - R(dW, sgd_shift)), dW = 0, both back to DRAM."""
+    """Once per batch: w = sat(w - R(dW, sgd_shift)), dW = 0 (and the bias by dB), back to DRAM."""
     op = graph.op(r.name)
     n = r.cout * r.cin * r.taps
+    nbytes = n * FORMAT_BYTES[r.wfmt]
     buf = _Buffers(hw, f"layer {r.path or r.name}")
-    w, dw = buf.take("wgt", n * FORMAT_BYTES[r.wfmt]), buf.take("psum", 4 * n)
-    code = [_copy("load", w, Ref("dram", op.wdram), n * FORMAT_BYTES[r.wfmt]),
-            _copy("load", dw, Ref("dram", r.dw), 4 * n),
-            Instr("sgd", dict(wgt=w, grad=dw, wfmt=r.wfmt, n=n, shift=r.sgd_shift)),
-            _copy("store", Ref("dram", op.wdram), w, n * FORMAT_BYTES[r.wfmt]),
-            _copy("store", Ref("dram", r.dw), dw, 4 * n)]
+    params = [(buf.take("wgt", nbytes), buf.take("psum", 4 * n), op.wdram, r.dw, r.wfmt, 8 * FORMAT_BYTES[r.wfmt], n,
+               r.sgd_shift)]
+    if r.bias:
+        params.append((buf.take("wgt", 4 * r.cout), buf.take("psum", 4 * r.cout), op.wdram + op.weight.nbytes, r.db,
+                       "i32", r.bias_bits, r.cout, r.bias_sgd_shift))
+    code = []
+    for w, g, w_at, g_at, wfmt, bits, count, shift in params:
+        size = count * FORMAT_BYTES[wfmt]
+        code += [_copy("load", w, Ref("dram", w_at), size), _copy("load", g, Ref("dram", g_at), 4 * count),
+                 Instr("sgd", dict(wgt=w, grad=g, wfmt=wfmt, bits=bits, n=count, shift=shift)),
+                 _copy("store", Ref("dram", w_at), w, size), _copy("store", Ref("dram", g_at), g, 4 * count)]
     return TrainPlan(f"{r.path or r.name}.update", r.path, "sgd", "update", code)
 
 
@@ -539,6 +569,7 @@ def generate_training(graph: Graph, hw: HwConfig, options: TrainOptions, compile
     for k in range(len(records) - 1, -1, -1):
         r = records[k]
         r.dw = take(4 * r.cout * r.cin * r.taps)
+        r.db = take(4 * r.cout) if r.bias else 0
         if k + 1 < len(records):
             above = records[k + 1]
             r.grad_in, r.grad_in_steps = above.grad_out, above.grad_out_steps

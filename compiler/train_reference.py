@@ -43,13 +43,15 @@ def _images(v: torch.Tensor, channels: int, h: int, w: int) -> torch.Tensor:
 
 
 class TrainingReference:
-    """The weights of the trained layers (int64, by op name) and a step that updates them."""
+    """The weights and biases of the trained layers (int64, by op name) and a step that updates them."""
 
     def __init__(self, graph: Graph, train: dict):
         self.graph, self.train = copy.deepcopy(graph), train
         self.layers = train["layers"]
         self.weights = {r["name"]: torch.from_numpy(self.graph.op(r["name"]).weight.astype(np.int64))
                         for r in self.layers}
+        self.biases = {r["name"]: torch.from_numpy(self.graph.op(r["name"]).bias.astype(np.int64))
+                       for r in self.layers if r["bias"]}
 
     def gradients(self, x: np.ndarray, labels: np.ndarray) -> dict:
         """One batch's forward and backward at today's weights: {"out", "e", "dw": {layer: weights' shape},
@@ -57,6 +59,8 @@ class TrainingReference:
         g, t = self.graph, self.train
         for r in self.layers:
             g.op(r["name"]).weight = self.weights[r["name"]].numpy().astype(f"<i{int(r['wfmt'][1:]) // 8}")
+            if r["bias"]:
+                g.op(r["name"]).bias = self.biases[r["name"]].numpy().astype(np.int32)
         env = evaluate(g, [x])
         out = env[g.outputs[0]].long()
         target = torch.zeros_like(out)
@@ -64,7 +68,7 @@ class TrainingReference:
         e = out - target
         steps, batch = t["steps"], len(labels)
         below = None  # the gradient the layer above gave this one's output: [T or 1, B, ...]
-        dw, grads = {}, {}
+        dw, db, grads = {}, {}, {}
         for r in reversed(self.layers):
             op = g.op(r["name"])
             x_in = _images(env[op.inputs[0]].long(), r["cin"], r["ih"], r["iw"])  # [T, B, C, H, W]
@@ -95,12 +99,15 @@ class TrainingReference:
             cols = F.unfold(x_in.flatten(0, 1).double(), (r["kh"], r["kw"]), padding=(r["pt"], r["pl"])).long()
             per_step = torch.einsum("nol,nkl->nok", full.flatten(0, 1).flatten(2), cols)
             dw[r["name"]] = rescale(per_step, r["wgrad_shift"]).sum(0).reshape(self.weights[r["name"]].shape)
+            if r["bias"]:  # one wgrad of a plane of ones per sample's step
+                sums = gh.expand(steps, *gh.shape[1:]).flatten(3).sum(3)
+                db[r["name"]] = rescale(sums, r["db_shift"]).sum((0, 1))
             if r["input_grad"]:
                 w = self.weights[r["name"]].reshape(r["cout"], r["cin"], r["kh"], r["kw"]).double()
                 scaled = rescale(gh, r["pre_shift"])
                 gx = F.conv_transpose2d(scaled.flatten(0, 1).double(), w, padding=(r["pt"], r["pl"]))
                 below = gx.round().long().reshape(gh.shape[0], batch, r["cin"], r["ih"], r["iw"])
-        return dict(out=out, e=e, dw=dw, gh=grads)
+        return dict(out=out, e=e, dw=dw, db=db, gh=grads)
 
     def step(self, x: np.ndarray, labels: np.ndarray) -> dict:
         """gradients(), then the update: the weights become sat(w - R(dW, sgd_shift))."""
@@ -108,6 +115,9 @@ class TrainingReference:
         for r in self.layers:
             w, _ = sgd(self.weights[r["name"]], result["dw"][r["name"]], r["sgd_shift"], int(r["wfmt"][1:]))
             self.weights[r["name"]] = w
+            if r["bias"]:
+                b, _ = sgd(self.biases[r["name"]], result["db"][r["name"]], r["bias_sgd_shift"], r["bias_bits"])
+                self.biases[r["name"]] = b
         return result
 
 
@@ -127,10 +137,10 @@ class _Spike(torch.autograd.Function):
 
 
 def float_gradients(graph: Graph, train: dict, x: np.ndarray, labels: np.ndarray,
-                    weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """dL/dW of every trained layer by float64 autograd, for L = 1/2 sum (output - one-hot)^2 times
-    (T / 2^ceil(log2 T))^2 (the loss whose gradient the machine's e is): the network the integers stand
-    for, each layer's input in float, in the fracs of the quantized graph."""
+                    weights: dict[str, torch.Tensor], biases: dict[str, torch.Tensor] | None = None) -> dict:
+    """dL/dW of every trained layer (and dL/db, keyed `name.bias`) by float64 autograd, for L = 1/2 sum
+    (output - one-hot)^2 times (T / 2^ceil(log2 T))^2 (the loss whose gradient the machine's e is): the
+    network the integers stand for, each layer's input in float, in the fracs of the quantized graph."""
     steps = train["steps"]
     h_in = None
     params = {}
@@ -138,14 +148,18 @@ def float_gradients(graph: Graph, train: dict, x: np.ndarray, labels: np.ndarray
         op = graph.op(r["name"])
         w = (weights[r["name"]].double() * 2.0 ** -r["weight_frac"]).requires_grad_(True)
         params[r["name"]] = w
+        b = None
+        if r["bias"]:
+            b = (biases[r["name"]].double() * 2.0 ** -r["bias_frac"]).requires_grad_(True)
+            params[f"{r['name']}.bias"] = b
         if k == 0:
             xin = graph.op(op.inputs[0])
             env = evaluate(graph, [x])
             h_in = env[xin.name] * 2.0 ** -xin.type.dtype.frac
         x_img = h_in.reshape(*h_in.shape[:2], r["cin"], r["ih"], r["iw"])
         w4 = w.reshape(r["cout"], r["cin"], r["kh"], r["kw"])
-        z = F.conv2d(x_img.flatten(0, 1), w4, padding=(r["pt"], r["pl"])).reshape(*h_in.shape[:2], r["cout"], r["oh"],
-                                                                                   r["ow"])
+        z = F.conv2d(x_img.flatten(0, 1), w4, b, padding=(r["pt"], r["pl"])).reshape(*h_in.shape[:2], r["cout"], r["oh"],
+                                                                                      r["ow"])
         if r["readout"]:
             out = z.flatten(2).sum(0) / steps
             break

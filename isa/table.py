@@ -368,9 +368,11 @@ TRAINING = (
         "the spikes)",
         _wgrad_footprint, _conv_cycles(), _conv_pairs, since=9),
     _op("sgd", 0x0E, "vector",
-        (_ref("wgt", ("wgt",)), _ref("grad", ("psum",)), _enum("wfmt", ("i8", "i16"), "element format of the weights"),
+        (_ref("wgt", ("wgt",)), _ref("grad", ("psum",)),
+         _enum("wfmt", ("i8", "i16", "i32"), "element format of the weights (i32: biases)"),
+         _u("bits", 6, "the updated values saturate to a signed integer of this many bits (at most wfmt's)"),
          _u("n", 24), _s("shift", 6, "the learning rate and the formats: w -= R(grad, shift)")),
-        "w[i] = saturate_wfmt(w[i] - R(grad[i], shift)); grad[i] = 0 for i < n (i32 grad; runs once per batch)",
+        "w[i] = saturate_bits(w[i] - R(grad[i], shift)); grad[i] = 0 for i < n (i32 grad; runs once per batch)",
         lambda a: [("wgt", "rw", elems_bytes(a["wfmt"], a["n"])), ("grad", "rw", 4 * a["n"])],
         lambda hw, a: hw.vector_cycles(a["n"]), since=9),
 )

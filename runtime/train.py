@@ -130,13 +130,23 @@ class Trainer:
             out[r["name"]] = dram[r["wdram"]:r["wdram"] + nbytes].view(f"<i{int(r['wfmt'][1:]) // 8}").reshape(shape).copy()
         return out
 
+    def biases(self) -> dict[str, np.ndarray]:
+        """Every trained layer's integer bias (i32 [cout]), by its op name, for the layers that have one."""
+        dram = self.machine.mem["dram"][0]
+        return {r["name"]: dram[r["wdram"] + self._weight_bytes(r):][:4 * r["cout"]].view("<i4").copy()
+                for r in self.train["layers"] if r["bias"]}
+
+    @staticmethod
+    def _weight_bytes(r: dict) -> int:
+        return r["cout"] * r["cin"] * r["kh"] * r["kw"] * (2 if r["wfmt"] == "i16" else 1)
+
     def inference_program(self) -> Program:
         """The inference program of the same model (the step program carries it) with today's weights."""
         base = Program.from_bytes(bytes.fromhex(self.prog.meta["inference"]), "the step program's inference program")
         data = bytearray(base.data)
         dram = self.machine.mem["dram"][0]
-        for r in self.train["layers"]:
-            nbytes = r["cout"] * r["cin"] * r["kh"] * r["kw"] * (2 if r["wfmt"] == "i16" else 1)
+        for r in self.train["layers"]:  # the weights, then the bias (i32 per output channel: zeros without one)
+            nbytes = self._weight_bytes(r) + 4 * r["cout"]
             data[r["wdram"]:r["wdram"] + nbytes] = dram[r["wdram"]:r["wdram"] + nbytes].tobytes()
         return Program(code=base.code, data=bytes(data), meta=base.meta, hw=base.hw)
 
@@ -146,11 +156,13 @@ class Trainer:
         the model is left out."""
         import torch
         out = {}
+        biases = self.biases()
         for r, w in zip(self.train["layers"], self.weights().values()):
-            scale = r.get("source_scale")
-            if scale is not None:
-                divide = np.asarray(scale, dtype=np.float64).reshape(-1, *(1,) * (w.ndim - 1))
-                out[f"{r['path']}.weight"] = torch.from_numpy(w.astype(np.float64) * 2.0 ** -r["weight_frac"] / divide).float()
+            for name, values, frac, scale in (("weight", w, r["weight_frac"], r.get("source_scale")),
+                                              ("bias", biases.get(r["name"]), r["bias_frac"], r.get("bias_scale"))):
+                if values is not None and scale is not None:
+                    divide = np.asarray(scale, dtype=np.float64).reshape(-1, *(1,) * (values.ndim - 1))
+                    out[f"{r['path']}.{name}"] = torch.from_numpy(values.astype(np.float64) * 2.0 ** -frac / divide).float()
         return out
 
 

@@ -426,7 +426,9 @@ def _wgrad(m: Machine, i: Instr) -> None:
 
 
 def _sgd(m: Machine, i: Instr) -> None:
-    n, bits = i["n"], 8 * FORMAT_BYTES[i["wfmt"]]
+    n, bits = i["n"], i["bits"]
+    if not 2 <= bits <= 8 * FORMAT_BYTES[i["wfmt"]]:
+        raise SimError(f"sgd saturates to {bits} bits, which {i['wfmt']} does not hold")
     w, saturated = train.sgd(m.read(i["wgt"], i["wfmt"], n), m.read(i["grad"], "i32", n), i["shift"], bits)
     m.write(i["wgt"], i["wfmt"], w)
     m.write(i["grad"], "i32", np.zeros_like(w))

@@ -19,19 +19,18 @@ from ttc.runtime.train import Trainer, fit
 T, B = 4, 4
 
 
-def _net(sizes, neuron, seed=1, frac=3):
-    """Linear layers of `sizes` with `neuron()` after each but the readout, dyadic weights k / 2^frac."""
+def _net(sizes, neuron, seed=1, frac=3, bias=False):
+    """Linear layers of `sizes` with `neuron()` after each but the readout, dyadic weights (and biases) k / 2^frac."""
     g = torch.Generator().manual_seed(seed)
     layers = [M.Flatten()]
     for k, (a, b) in enumerate(zip(sizes, sizes[1:])):
-        layers.append(M.Linear(a, b, bias=False))
+        layers.append(M.Linear(a, b, bias=bias))
         if k < len(sizes) - 2:
             layers.append(neuron())
     net = nn.Sequential(*layers, M.TimeMean())
     with torch.no_grad():
-        for m in net:
-            if isinstance(m, M.Linear):
-                m.weight.copy_(torch.randint(-4, 5, m.weight.shape, generator=g).float() / 2 ** frac)
+        for p in net.parameters():
+            p.copy_(torch.randint(-4, 5, p.shape, generator=g).float() / 2 ** frac)
     return net
 
 
@@ -57,6 +56,22 @@ def _conv_net(neuron, chain: bool = False, seed: int = 1):
             if isinstance(m, (M.Linear, M.Conv2d)):
                 m.weight.copy_(torch.randint(-4, 5, m.weight.shape, generator=g).float() / 8)
     return net
+
+
+def _conv_bn_net(seed: int = 5):
+    """[T, N, 1, 6, 6] -> 4 classes: conv-BN-LIF (batch norm folded: the conv gets a bias), a linear readout with
+    a bias; dyadic weights and batch norm."""
+    g = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.BatchNorm2d(4), LIF_HARD(), M.Flatten(),
+                        M.Linear(144, 4), M.TimeMean())
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.copy_(torch.randint(-4, 5, m.weight.shape, generator=g).float() / 4)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randint(-2, 3, (m.num_features,), generator=g).float() / 8)
+                m.bias.copy_(torch.randint(-2, 3, (m.num_features,), generator=g).float() / 8)
+    return net.eval()
 
 
 def _tt_net(seed: int = 3):
@@ -85,6 +100,8 @@ CASES = {
     "conv-chain-if-subtract-fixed-input": (lambda: _conv_net(lambda: M.IF(threshold=0.75, reset="subtract"), chain=True),
                                            (1, 6, 6), False, False),
     "tt-stt-block": (_tt_net, (1, 6, 6), True, False),
+    "fc-lif-hard-biases": (lambda: _net((12, 8, 6, 4), LIF_HARD, bias=True), 12, True, False),
+    "conv-bn-lif-hard-sparse": (lambda: _conv_bn_net(), (1, 6, 6), True, True),
     "fc-lif-subtract-trace-form-sparse": (
         lambda: _net((12, 8, 6, 4), lambda: M.LIF(decay=0.5, threshold=0.5, reset="subtract")), 12, True, True, "trace"),
     "conv-lif-subtract-trace-form-fixed-input": (
@@ -108,10 +125,13 @@ def test_the_simulator_equals_the_training_reference_over_20_steps(case):
         before = {n: w.clone() for n, w in reference.weights.items()}
         stats = trainer.step(x, labels)
         result = reference.step(x, labels)
-        sim = trainer.weights()
+        sim, biases = trainer.weights(), trainer.biases()
         for r in train["layers"]:
             assert np.array_equal(sim[r["name"]], reference.weights[r["name"]].numpy()), r["name"]
             changed += not torch.equal(before[r["name"]], reference.weights[r["name"]])
+        assert biases.keys() == reference.biases.keys()
+        for name, b in biases.items():
+            assert np.array_equal(b, reference.biases[name].numpy()), name
         out = result["out"].double() / (T << train["out_frac"])
         assert stats.loss == pytest.approx(float(0.5 * ((out - torch.eye(4)[labels].double()) ** 2).sum()))
     assert changed > 20  # the weights moved: the comparison is not of untouched weights
@@ -211,9 +231,6 @@ def test_models_a_training_step_cannot_take_are_refused_naming_the_layer():
                             M.Linear(64, 10, bias=False), M.TimeMean())
     with pytest.raises(IRError, match=r"from '0'\): has stride \(2, 2\)"):
         api.compile_training(strided, "4,N,1,8,8", input_bits=8, input_frac=4)
-    biased = nn.Sequential(M.Flatten(), M.Linear(64, 8), M.LIF(), M.Linear(8, 10, bias=False), M.TimeMean())
-    with pytest.raises(IRError, match=r"from '1'\): has a bias"):
-        api.compile_training(biased, "4,N,1,8,8", input_bits=8, input_frac=4)
     with pytest.raises(TrainError, match="cross-entropy"):
         TrainOptions(loss="ce")
 

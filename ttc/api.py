@@ -85,7 +85,8 @@ def _lower(model: torch.nn.Module, input_shape, hw: str | HwConfig, name: str, o
         if pass_name in ("quantize", "train-tape"):  # what the quantized reference evaluates (with the tapes)
             quantized = copy.deepcopy(graph)
         if "quantize" in passes and pass_name == passes[passes.index("quantize") - 1]:  # the last float weights
-            graph.notes["float_weights"] = {op.name: op.weight.copy() for op in graph.ops if isinstance(op, (Conv2d, Linear))}
+            graph.notes["float_weights"] = {op.name: (op.weight.copy(), None if op.bias is None else op.bias.copy())
+                                            for op in graph.ops if isinstance(op, (Conv2d, Linear))}
 
     arguments = pipeline_arguments(o, hw, passes)
     for pass_name, args in (extra or {}).items():
@@ -109,15 +110,17 @@ def compile_training(model: torch.nn.Module, input_shape, hw: str | HwConfig = "
     step.meta["inference"] = inference.to_bytes().hex()
     parameters = dict(model.named_parameters())
     for r in step.meta["train"]["layers"]:
-        r["source_scale"] = _source_scale(graph.notes["float_weights"][r["name"]], parameters.get(f"{r['path']}.weight"))
+        weight, bias = graph.notes["float_weights"][r["name"]]
+        r["source_scale"] = _source_scale(weight, parameters.get(f"{r['path']}.weight"))
+        r["bias_scale"] = _source_scale(bias, parameters.get(f"{r['path']}.bias")) if r["bias"] else None
     return Compiled(graph, step, quantized)
 
 
-def _source_scale(folded: np.ndarray, source: torch.Tensor | None) -> list[float] | None:
+def _source_scale(folded: np.ndarray | None, source: torch.Tensor | None) -> list[float] | None:
     """Per output channel, the factor the compiler's folds (a neuron's input gain, its threshold) put on the
     source module's weights: what a trained weight is divided by to go back into the model. None when the
     layer's weights are not a per-channel multiple of one parameter of the model (its state dict skips it)."""
-    if source is None or tuple(source.shape) != folded.shape:
+    if source is None or folded is None or tuple(source.shape) != folded.shape:
         return None
     w = source.detach().double().numpy().reshape(folded.shape[0], -1)
     f = folded.astype(np.float64).reshape(folded.shape[0], -1)

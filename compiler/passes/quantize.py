@@ -212,7 +212,8 @@ class Quantize(Pass):
             for shift in range(0, -32, -1) if x.type.dtype.kind == "fix" else (0,):  # spikes cannot be rescaled
                 bq = np.rint(bias * 2.0 ** (x.type.dtype.frac + shift + frac))
                 x_bound = rescale(b_in, shift)
-                if int((fan_in * x_bound + np.abs(bq).astype(np.int64)).max()) < LIMIT:
+                biases = self.bias_reserve(op, int((fan_in * x_bound).max()), bq)
+                if int((fan_in * x_bound).max()) + biases < LIMIT:
                     break
             if shift < 0:
                 x = self.insert_rescale(op, x, shift, x_bound)
@@ -220,7 +221,7 @@ class Quantize(Pass):
                 op.fail(f"bias {np.abs(bias).max()} does not fit 32 bits at 2^-{x.type.dtype.frac + frac}")
             op.weight, op.weight_frac = q, frac
             op.bias = bq.astype(np.int32) if op.bias is not None else None
-            self.bound[op.name] = int((fan_in * x_bound + np.abs(bq).astype(np.int64)).max())
+            self.bound[op.name] = int((fan_in * x_bound).max()) + biases
         elif isinstance(op, TTConv2d):
             self.tensor_train(op, ins[0], b_in)
         elif isinstance(op, Add):
@@ -245,6 +246,17 @@ class Quantize(Pass):
         else:  # max pooling, flatten, repeat: values pass through unchanged
             self.bound[op.name] = b_in
         return op
+
+    def bias_reserve(self, op: Op, sums: int, bq: np.ndarray) -> int:
+        """The largest |bias| a layer's bound allows for: its biases', or in training (the biases change) a
+        power of two at least its weighted sums' bound, at which the update saturates them (recorded in
+        graph.notes["train_bias_bits"] as the bias's signed width)."""
+        peak = int(np.abs(bq).max(initial=0))
+        if not self.training or op.bias is None:
+            return peak
+        bits = max(sums, peak).bit_length()
+        self.graph.notes.setdefault("train_bias_bits", {})[op.name] = bits + 1
+        return 1 << bits
 
     def only_fired(self, value: Op) -> bool:
         """Is `value` only ever fired (TTFS encoding, through repeats)? Then it needs no integer bits
