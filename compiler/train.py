@@ -15,18 +15,22 @@ A step runs a batch through three phases, each a list of layer plans walked in p
 The forward and backward run once per sample (the simulator runs the samples of a batch in lock-step,
 the modelled machine one after another); the update runs once per batch, after its own `halt`.
 
-Gradient formats. Every gradient is an i32 with a fixed binary point, chosen here once, from bounds that
-hold for any weights the format can store (training changes the weights, so the bounds may not lean on
-today's): with them no gradient can overflow, and nothing saturates but the weights themselves.
+Gradient formats. Every gradient is an i32 with a fixed binary point chosen here once. The gradients that
+flow (the membrane gradients g_h, the gradients a layer passes down) are scaled for their typical size (sums
+of today's weights times values of random signs, at the options' densities: `plan_formats`) and saturate
+at GRAD_BITS bits where they are made (nbwd, the transposed dconv; counted as `grad_saturated`): a bound
+over every storable weight would leave a deep chain (a tensor-train block's cores) no bits at all. What
+the weight-gradient accumulators add is bounded by those widths, so no accumulator can overflow; nothing
+else saturates but the weights.
 
     e        = out - T 2^F y: the loss gradient dL/dz[t] of every step's readout sums z[t], at frac
                F + 2 ceil(log2 T) (exactly dL/dz for L = 1/2 sum (mean_t z - y)^2 when T is a power of
                two; otherwise that loss times (T / 2^ceil(log2 T))^2)
-    g_h[t]   = R(g_s[t], src_shift) active[t] + G(s[t]) D(g_h[t+1]): src_shift gives the decays their
-               guard bits (decay_shift per step back) as far as the bound allows, so that with dyadic
+    g_h[t]   = sat(R(g_s[t], src_shift) active[t] + G(s[t]) D(g_h[t+1])): src_shift gives the decays their
+               guard bits (decay_shift per step back) as far as the width allows, so that with dyadic
                parameters nothing is rounded
     dW       = sum over samples and steps of R(x[t] g_h[t], wgrad_shift)   (one wgrad per step)
-    g_s'[t]  = W^T R(g_h[t], pre_shift)    the layer below's spike gradients
+    g_s'[t]  = sat(W^T R(g_h[t], pre_shift))    the layer below's spike gradients
     w       -= R(dW, sgd_shift),  sgd_shift = F_w - lr_shift - frac(dW)
 
 where every shift is the largest that is <= 0 (or <= the guard bits) and keeps its result's bound
@@ -39,12 +43,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 
 from ttc.isa.encoding import Instr, Ref
 from ttc.isa.hwconfig import HwConfig, multiply_action, neuron_update_actions
 from ttc.isa.program import Program, ttc_version
 from ttc.isa.table import FORMAT_BYTES, elems_bytes
 from ttc.isa.train import band_fields
+
 
 from .codegen import emit_layers, io_record
 from .ir import Conv2d, Graph, Input, IRError, Linear, NeuronQ, Op, Tape, TimeReduce
@@ -54,6 +61,9 @@ from .tiling import fmt
 
 LIMIT_BITS = 31
 ALIGN = 32
+#: Gradients (membrane gradients, the gradients layers pass down) saturate to this many bits (isa/train.py).
+GRAD_BITS = 24
+GRAD_MAX = (1 << (GRAD_BITS - 1)) - 1
 
 
 FORMS = ("auto", "explicit", "trace")
@@ -102,11 +112,11 @@ class TrainOptions:
                              "(1 to 65536) out of range")
 
 
-def fit_shift(bound: int, most: int = 0, roundings: int = 1) -> int:
+def fit_shift(bound: int, most: int = 0, roundings: int = 1, bits: int = LIMIT_BITS) -> int:
     """The largest shift <= `most` after which a sum of `roundings` rescaled terms whose magnitudes add up to
-    at most `bound` stays below 2^31 (each R rounds up by at most one)."""
+    at most `bound` stays below 2^bits (each R rounds up by at most one)."""
     shift = most
-    while bound * 2.0 ** shift + roundings >= 1 << LIMIT_BITS:
+    while bound * 2.0 ** shift + roundings >= 1 << bits:
         shift -= 1
     return shift
 
@@ -292,27 +302,34 @@ def form_costs(r: TrainedLayer, neuron: NeuronQ, x: Op, options: TrainOptions, s
 
 
 def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig) -> list[TrainedLayer]:
-    """The formats and shifts of every trained layer, from the readout down (see the module docstring)."""
+    """The formats and shifts of every trained layer, from the readout down (see the module docstring).
+    Each gradient's binary point is set for its typical size, to GRAD_BITS bits: sums of today's weights
+    times values of random signs (`_norm`), at the options' densities; the instructions that make gradients
+    saturate them there, so what the weight-gradient sums add is bounded whatever the weights become."""
     layers = _chain(graph)
     reduce = graph.op(graph.outputs[0])
     steps = graph.op(reduce.inputs[0]).type.time
     records = []
-    below_frac = below_bound = None
+    below_frac = below_typical = None
     for k in range(len(layers) - 1, -1, -1):
         op, neuron = layers[k]
         x = graph.op(op.inputs[0])
-        qmax = _qmax(op)
         r = _layer(graph, op, k, k == len(layers) - 1)
-        if r.readout:  # e = out - target, a bound on |out| from any storable weights
+        if r.readout:  # e = out - target: exact, bounded by the forward's bound for any storable weights
             r.grad_frac = reduce.type.dtype.frac + 2 * math.ceil(math.log2(steps))
-            r.grad_bound = steps * r.cin * r.taps * qmax * _bound(x) + steps * (1 << reduce.type.dtype.frac)
+            target = steps * (1 << reduce.type.dtype.frac)
+            r.grad_bound = steps * r.cin * r.taps * _qmax(op) * _bound(x) + target + _bias_bound(graph, op)
+            # typically: the readout's inputs spiking at the options' density (a sum of random signs: the norm)
+            density = options.spike_density if x.type.dtype.kind == "spike" else 1.0
+            typical = steps * math.ceil(_norm(op, "out") * math.sqrt(density) * _bound(x)) + target
         elif neuron is not None:
             r.neuron = neuron.name
             r.tape = next(u.name for u in graph.users(neuron.name) if isinstance(u, Tape))
+            d_sum = _decay_sum(neuron, steps)
             guard = neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
-            r.src_shift = fit_shift(math.ceil(below_bound * _decay_sum(neuron, steps)) + steps, guard)
-            r.grad_frac = below_frac + r.src_shift
-            r.grad_bound = math.ceil((below_bound * 2.0 ** r.src_shift + 1) * _decay_sum(neuron, steps)) + steps
+            r.src_shift = fit_shift(math.ceil(below_typical * d_sum) + steps, guard, bits=GRAD_BITS - 1)
+            r.grad_frac, r.grad_bound = below_frac + r.src_shift, GRAD_MAX
+            typical = min(GRAD_MAX, math.ceil((below_typical * 2.0 ** r.src_shift + 1) * d_sum) + steps)
             if neuron.reset != "hard":  # both forms apply: priced, unless the options choose
                 r.costs = form_costs(r, neuron, x, options, steps, hw)
                 r.form = min(r.costs, key=r.costs.get) if options.form == "auto" else options.form
@@ -320,7 +337,7 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig) -> list[Trai
                 neuron.fail("has a hard reset: the trace form of the weight gradient needs a subtract reset or none "
                             "(SSGD's neuron); use --grad-form explicit or auto")
         else:  # the sums are read as they are: their gradient is the one from above
-            r.grad_frac, r.grad_bound = below_frac, below_bound
+            r.grad_frac, r.grad_bound, typical = below_frac, GRAD_MAX, below_typical
         x_frac, x_bound = x.type.dtype.frac, _bound(x)
         if r.form == "trace":  # trace[t] = D(trace[t-1]) + R(x[t], trace_shift), with the decays' guard bits
             d_sum = _decay_sum(neuron, steps)
@@ -328,26 +345,38 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig) -> list[Trai
             r.trace_shift = fit_shift(math.ceil(x_bound * d_sum) + steps, guard)
             r.trace_frac = x_frac + r.trace_shift
             x_frac, x_bound = r.trace_frac, math.ceil((x_bound * 2.0 ** r.trace_shift + 1) * d_sum) + steps
-            wgrad_by = math.ceil(below_bound * 2.0 ** r.src_shift) + 1  # D[t] = R(g_s[t], src_shift) active[t]
-        else:
-            wgrad_by = r.grad_bound
-        r.wgrad_shift = fit_shift(options.batch * steps * r.oh * r.ow * x_bound * wgrad_by,
-                                  roundings=options.batch * steps)
+        sums = options.batch * steps * r.oh * r.ow  # the terms a weight-gradient accumulator adds
+        r.wgrad_shift = fit_shift(sums * x_bound * r.grad_bound, roundings=options.batch * steps)
         r.dw_frac = r.grad_frac + x_frac + r.wgrad_shift
         r.sgd_shift = r.weight_frac - options.lr_shift - r.dw_frac
         if op.bias is not None:  # dB: the gradient summed over the outputs (a wgrad of a plane of ones)
             r.bias, r.bias_frac, r.bias_bits = True, op.type.dtype.frac, graph.notes["train_bias_bits"][op.name]
-            r.db_shift = fit_shift(options.batch * steps * r.oh * r.ow * r.grad_bound, roundings=options.batch * steps)
+            r.db_shift = fit_shift(sums * r.grad_bound, roundings=options.batch * steps)
             r.db_frac = r.grad_frac + r.db_shift
             r.bias_sgd_shift = r.bias_frac - options.lr_shift - r.db_frac
-        if r.input_grad:
-            fan = r.cout * r.taps * qmax
-            r.pre_shift = fit_shift(fan * r.grad_bound)
+        if r.input_grad:  # g_s below = sat(W^T R(g_h, pre_shift)), to GRAD_BITS
+            # typically a sum of random signs over the non-zero gradients (the active fraction of a neuron's)
+            density = options.active_density if neuron is not None else 1.0
+            fan = _norm(op, "in") * math.sqrt(density)
+            r.pre_shift = fit_shift(math.ceil(fan * typical), bits=GRAD_BITS - 1)
             r.below_frac = r.grad_frac + r.pre_shift + r.weight_frac
-            r.below_bound = fan * (math.ceil(r.grad_bound * 2.0 ** r.pre_shift) + 1)
-            below_frac, below_bound = r.below_frac, r.below_bound
+            r.below_bound = GRAD_MAX
+            below_frac = r.below_frac
+            below_typical = min(GRAD_MAX, math.ceil(fan * (typical * 2.0 ** r.pre_shift + 1)))
         records.append(r)
     return records[::-1]
+
+
+def _norm(op: Op, side: str) -> float:
+    """The largest L2 norm of the weights an output reads ("out": a row) or an input feeds ("in": a column of
+    the transposed conv): the typical size of a sum of them times values of random signs."""
+    w = op.weight.astype(np.float64)
+    w = (w * w).reshape(w.shape[0], w.shape[1], -1)
+    return max(1.0, float(np.sqrt(w.sum(axis=(1, 2)) if side == "out" else w.sum(axis=(0, 2))).max(initial=0)))
+
+
+def _bias_bound(graph: Graph, op: Op) -> int:
+    return 1 << (graph.notes["train_bias_bits"][op.name] - 1) if op.bias is not None else 0
 
 
 def _bound(x: Op) -> int:
@@ -475,7 +504,7 @@ def backward_plan(graph: Graph, hw: HwConfig, r: TrainedLayer, options: TrainOpt
             if gate == "spike":
                 code.append(_copy("load", spikes, Ref("dram", neuron.dram + t * step_stride(graph, neuron)), spike_bytes))
             nbwd = dict(src=gs, tape=tape, spikes=spikes, n=r.n_out, decay_shift=neuron.decay_shift, gate=gate,
-                        src_shift=r.src_shift)
+                        src_shift=r.src_shift, bits=GRAD_BITS)
             if trace:
                 code.append(Instr("nbwd", dict(state=d_state, dst=d, decay_mul=0, **nbwd)))
             if not trace or r.input_grad or r.bias:
@@ -498,7 +527,8 @@ def backward_plan(graph: Graph, hw: HwConfig, r: TrainedLayer, options: TrainOpt
                 code.append(Instr("vacc", dict(dst=scaled, src=gh, src_fmt="i32", dst_fmt="i32", n=r.n_out,
                                                shift=r.pre_shift, accumulate=0)))
             code.append(Instr("dconv", dict(src=scaled, wgt=w, dst=gx, fmt="i32", wfmt=r.wfmt, shift=0, transposed=1,
-                                            skip=int(options.sparse), accumulate=0, group=0, **_transposed(r))))
+                                            skip=int(options.sparse), accumulate=0, group=0, sat_bits=GRAD_BITS,
+                                            **_transposed(r))))
             out_step = t if r.grad_out_steps > 1 else 0
             code.append(_copy("store", Ref("dram", r.grad_out + out_step * 4 * r.n_in), gx, 4 * r.n_in))
     code.append(_copy("store", Ref("dram", r.dw), dw, 4 * weights))

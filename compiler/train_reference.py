@@ -19,10 +19,11 @@ import torch.nn.functional as F
 
 from ttc.isa.neuron import step as neuron_step
 from ttc.isa.table import rescale
-from ttc.isa.train import backward_step, sgd
+from ttc.isa.train import backward_step, saturate, sgd
 
 from .ir import Graph
 from .reference import evaluate
+from .train import GRAD_BITS
 
 
 def _traces(x: torch.Tensor, neuron, shift: int) -> torch.Tensor:
@@ -83,9 +84,10 @@ class TrainingReference:
                 def walk(decay_mul):  # nbwd over t = T-1 ... 0 (decay_mul 0: D[t], nothing carried)
                     state, rows = torch.zeros_like(tape[0]), []
                     for step in range(steps - 1, -1, -1):
-                        state = backward_step(state, below[step if below.shape[0] > 1 else 0], tape[step], spikes[step],
-                                              decay_mul=decay_mul, decay_shift=neuron.decay_shift,
-                                              gate="spike" if neuron.reset == "hard" else "none", src_shift=r["src_shift"])
+                        state, _ = saturate(backward_step(
+                            state, below[step if below.shape[0] > 1 else 0], tape[step], spikes[step],
+                            decay_mul=decay_mul, decay_shift=neuron.decay_shift,
+                            gate="spike" if neuron.reset == "hard" else "none", src_shift=r["src_shift"]), GRAD_BITS)
                         rows.append(state)
                     return torch.stack(rows[::-1])
                 gh = walk(neuron.decay_mul)
@@ -106,7 +108,7 @@ class TrainingReference:
                 w = self.weights[r["name"]].reshape(r["cout"], r["cin"], r["kh"], r["kw"]).double()
                 scaled = rescale(gh, r["pre_shift"])
                 gx = F.conv_transpose2d(scaled.flatten(0, 1).double(), w, padding=(r["pt"], r["pl"]))
-                below = gx.round().long().reshape(gh.shape[0], batch, r["cin"], r["ih"], r["iw"])
+                below, _ = saturate(gx.round().long().reshape(gh.shape[0], batch, r["cin"], r["ih"], r["iw"]), GRAD_BITS)
         return dict(out=out, e=e, dw=dw, db=db, gh=grads)
 
     def step(self, x: np.ndarray, labels: np.ndarray) -> dict:

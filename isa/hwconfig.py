@@ -161,6 +161,7 @@ COUNTERS = {
     "active": "active neuron-steps, inside the surrogate's band (nrn with a band; training)",
     "neuron_backward": "backward neuron steps, one per neuron and time step (nbwd)",
     "grad_nonzero": "non-zero membrane gradients written (nbwd)",
+    "grad_saturated": "gradients that saturated their width (nbwd, dconv with sat_bits)",
     "weight_grad": "weight-gradient accumulations: input element times gradient pairs computed (wgrad; spikes gate "
                    "them, and with skip zero gradients do too)",
     "weight_update": "weights updated (sgd)",

@@ -278,7 +278,9 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         _conv_footprint(lambda a: a["fmt"]), _conv_cycles(), _conv_pairs,
         added=(_u("transposed", 1, "1: wgt holds a forward layer's [cin, cout, kh, kw] weights, read as "
                   "wgt[ci,co,kh-1-i,kw-1-j] (input gradients, training)", 0, since=9),
-               _u("skip", 1, "1: zero src elements are skipped (counted work: non-zero src only)", 0, since=9))),
+               _u("skip", 1, "1: zero src elements are skipped (counted work: non-zero src only)", 0, since=9),
+               _u("sat_bits", 6, "the results saturate to a signed integer of this many bits (0: they must fit i32)",
+                  0, since=9))),
     _op("pool", 0x07, "vector",
         (_ref("src", ("ifmap",)), _ref("dst", ("ofmap",)), _enum("mode", ("max", "sum", "min")),
          _enum("src_fmt", FORMATS + (TIME,)), _enum("dst_fmt", FORMATS + (TIME,)), _u("channels", 16), _u("ih", 12),
@@ -353,9 +355,10 @@ TRAINING = (
         (_ref("src", ("psum", "ifmap")), _ref("tape", ("ifmap",)), _ref("spikes", ("ifmap",)), _ref("state", ("vmem",)),
          _ref("dst", ("psum",)), _u("n", 24), _u("decay_mul", 16), _u("decay_shift", 5),
          _enum("gate", ("spike", "none"), "spike: a hard reset stops the carried gradient where the neuron spiked"),
-         _s("src_shift", 6, "the spike gradients are rescaled R(src, src_shift) (guard bits for the decays)")),
-        "one backward time step of n neurons: g = R(src, src_shift) * tape + G(spikes) * R(state * decay_mul, "
-        "-decay_shift); state = g; dst = g (i32; tape and spikes bit-packed, G(s) = 1 - s for gate spike, else 1; "
+         _s("src_shift", 6, "the spike gradients are rescaled R(src, src_shift) (guard bits for the decays)"),
+         _u("bits", 6, "g saturates to a signed integer of this many bits (2..32)")),
+        "one backward time step of n neurons: g = sat_bits(R(src, src_shift) * tape + G(spikes) * R(state * decay_mul, "
+        "-decay_shift)); state = g; dst = g (i32; tape and spikes bit-packed, G(s) = 1 - s for gate spike, else 1; "
         "isa/train.py)",
         _nbwd_footprint, lambda hw, a: hw.neuron_cycles(a["n"]), since=9),
     _op("wgrad", 0x0D, "pe",

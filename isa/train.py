@@ -4,11 +4,12 @@
 
     active(h)  = |h - theta| < band                  the neuron-step is inside the surrogate's band: the
                                                      forward tapes this bit, the backward reads it
-    g_h[t]     = R(g_s[t], src_shift) * active[t] + G(s[t]) * D(g_h[t+1])         (nbwd)
+    g_h[t]     = sat(R(g_s[t], src_shift) * active[t] + G(s[t]) * D(g_h[t+1]))    (nbwd)
                  the rectangular surrogate (1 inside the band, 0 outside) applied to the spike gradient,
                  plus the membrane gradient of the next step carried back through the decay
                  D(v) = R(v * decay_mul, -decay_shift), gated by G(s) = 1 - s for a hard reset (the
-                 reset detached: dh[t+1]/dh[t] = decay * (1 - s[t])) and G = 1 for subtract or none
+                 reset detached: dh[t+1]/dh[t] = decay * (1 - s[t])) and G = 1 for subtract or none,
+                 saturated to the gradient's width (`saturate`)
     w'         = sat(w - R(g, shift)),  g' = 0       (sgd: a power-of-two learning rate)
 """
 from __future__ import annotations
@@ -47,6 +48,13 @@ def backward_step(g_next, g_s, tape, spikes, *, decay_mul: int, decay_shift: int
     if gate == "spike":
         carried = carried * (1 - spikes)
     return rescale(g_s, src_shift) * tape + carried
+
+
+def saturate(v, bits: int):
+    """v clamped to a signed integer of `bits` bits, +-(2^(bits-1) - 1), and how many values were clamped
+    (the gradients' saturation: their formats are chosen for the weights' typical size, not the worst case)."""
+    top = (1 << (bits - 1)) - 1
+    return v.clip(-top, top), int((abs(v) > top).sum())
 
 
 def sgd(w, g, shift: int, bits: int):

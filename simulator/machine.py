@@ -335,8 +335,14 @@ def _dconv(m: Machine, i: Instr) -> None:
     else:
         x, w = _conv_operands(m, i, i["fmt"], i["wfmt"])
     y = _conv_sums(m, i, x, w) << i["shift"]
-    _accumulate(m, i, y)
     a = m.event.actions
+    if i["sat_bits"]:
+        if i["accumulate"]:
+            y = y + m.read(i["dst"], "i32", y.shape[1])
+        y, a["grad_saturated"] = train.saturate(y, min(i["sat_bits"], 32))
+        m.write(i["dst"], "i32", y)
+    else:
+        _accumulate(m, i, y)
     taps = (x != 0).astype(np.int64) if i["skip"] else np.ones((1,) + x.shape[1:], np.int64)
     a["mac"] = a["add32"] = int(_per_tap(taps, i).sum()) * cout * (1 if i["skip"] else m.batch)
     a[multiply_action(i["fmt"], i["wfmt"])] = a["mac"]
@@ -390,12 +396,16 @@ def _vacc(m: Machine, i: Instr) -> None:
 def _nbwd(m: Machine, i: Instr) -> None:
     n = i["n"]
     spikes = m.read(i["spikes"], "spike", n) if i["gate"] == "spike" else 0
+    if not 2 <= i["bits"] <= 32:
+        raise SimError(f"nbwd saturates to {i['bits']} bits: 2 to 32")
     g = train.backward_step(m.read(i["state"], "i32", n), m.read(i["src"], "i32", n), m.read(i["tape"], "spike", n),
                             spikes, decay_mul=i["decay_mul"], decay_shift=i["decay_shift"], gate=i["gate"],
                             src_shift=i["src_shift"])
+    g, saturated = train.saturate(g, i["bits"])
     m.write(i["state"], "i32", g)
     m.write(i["dst"], "i32", g)
     a, count = m.event.actions, n * m.batch
+    a["grad_saturated"] = saturated
     a["neuron_backward"] = count
     a["grad_nonzero"] = int((g != 0).sum())
     for action, per_step in neuron_update_actions("none", i["src_shift"], i["decay_mul"], i["decay_shift"]).items():

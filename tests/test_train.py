@@ -14,6 +14,7 @@ from ttc.digits import build_fc_snn, load_digits_split
 from ttc.frontends import modules as M
 from ttc.isa.program import Program, ProgramError, pack_sections
 from ttc.isa.encoding import encode_all
+from ttc.isa.table import rescale
 from ttc.runtime.train import Trainer, fit
 
 T, B = 4, 4
@@ -116,11 +117,11 @@ def test_the_simulator_equals_the_training_reference_over_20_steps(case):
     options = dict(input_encoding="spikes") if spikes else dict(input_bits=8, input_frac=4)
     dims = ",".join(map(str, (shape,) if isinstance(shape, int) else shape))
     compiled = api.compile_training(net, f"{T},N,{dims}", train=TrainOptions(
-        batch=B, band=0.5, sparse=sparse, lr_shift=3, form=form[0] if form else "explicit"), **options)
+        batch=B, band=0.5, sparse=sparse, lr_shift=8, form=form[0] if form else "explicit"), **options)
     train = compiled.program.meta["train"]
     assert {r["form"] for r in train["layers"] if r["neuron"]} == set(form or ["explicit"])
     trainer, reference = Trainer(compiled.program, B), TrainingReference(compiled.quantized, train)
-    changed = 0
+    changed = dict.fromkeys(reference.weights, 0)
     for x, labels in _batches(20, shape, 4, seed=2, spikes=spikes):
         before = {n: w.clone() for n, w in reference.weights.items()}
         stats = trainer.step(x, labels)
@@ -128,13 +129,13 @@ def test_the_simulator_equals_the_training_reference_over_20_steps(case):
         sim, biases = trainer.weights(), trainer.biases()
         for r in train["layers"]:
             assert np.array_equal(sim[r["name"]], reference.weights[r["name"]].numpy()), r["name"]
-            changed += not torch.equal(before[r["name"]], reference.weights[r["name"]])
+            changed[r["name"]] += not torch.equal(before[r["name"]], reference.weights[r["name"]])
         assert biases.keys() == reference.biases.keys()
         for name, b in biases.items():
             assert np.array_equal(b, reference.biases[name].numpy()), name
         out = result["out"].double() / (T << train["out_frac"])
         assert stats.loss == pytest.approx(float(0.5 * ((out - torch.eye(4)[labels].double()) ** 2).sum()))
-    assert changed > 20  # the weights moved: the comparison is not of untouched weights
+    assert min(changed.values()) > 0, changed  # every layer's weights moved: no comparison is of untouched weights
 
 
 def test_the_weight_gradients_equal_float64_autograd_where_nothing_rounds():
@@ -215,8 +216,9 @@ def test_the_sparse_backward_does_less_work_and_computes_the_same():
         for skip in (True, False):
             g = (gh != 0).double() if skip else torch.ones_like(gh, dtype=torch.float64)
             pairs[skip] += int(torch.einsum("tbo,tbi->", g, spikes))
-            if r["input_grad"]:
-                rows = g if r["neuron"] else g[:1]
+            if r["input_grad"]:  # the transposed conv reads R(g_h, pre_shift): its zeros are skipped
+                scaled = (rescale(gh, r["pre_shift"]) != 0).double() if skip else g
+                rows = scaled if r["neuron"] else scaled[:1]
                 macs[skip] += int(rows.sum()) * r["cin"]
     assert work[0]["weight_grad"] == pairs[True] < work[1]["weight_grad"] == pairs[False]
     assert work[0]["mac"] == macs[True] < work[1]["mac"] == macs[False]

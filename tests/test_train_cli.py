@@ -154,10 +154,12 @@ def test_lr_is_a_power_of_two(text, shift):
 
 
 def test_compile_errors(work, tmp_path, capsys):
-    torch.save(tiny(bias=True), tmp_path / "biased.pt")
-    base = ["compile", tmp_path / "biased.pt", "--input-shape", f"{T},N,12", "--input-encoding", "spikes",
+    mt = nn.Sequential(M.Linear(12, 8, bias=False), M.MTNeuron(2, "parallel", threshold=0.5, decay=0.5),
+                       M.Linear(8, CLASSES, bias=False), M.TimeMean())
+    torch.save(mt, tmp_path / "mt.pt")
+    base = ["compile", tmp_path / "mt.pt", "--input-shape", f"{T},N,12", "--input-encoding", "spikes",
             "-o", tmp_path / "s.bin"]
-    fails(capsys, tmp_path, base + ["--train"], "biased.pt", "bias")  # TrainError names the model and the layer
+    fails(capsys, tmp_path, base + ["--train"], "mt.pt", "several thresholds")  # names the model and the layer
     fails(capsys, tmp_path, base + ["--lr", "2^-5"], "--lr", "--train")
     fails(capsys, tmp_path, base + ["--active-band", "0.5"], "--active-band", "--train")
     fails(capsys, tmp_path, base + ["--train", "--lr", "0.1"], "--lr 0.1", "power of two")
