@@ -1,6 +1,7 @@
 """Training steps (docs/training.md): the quantized graph of a model -> a training-step program.
 
-A step runs a batch through three phases, each a list of layer plans walked in program order:
+A step runs a batch through three phases, each a list of layer plans walked in program order (the
+training phases' plans: ttc.compiler.train_plan, which also generates the program):
 
     forward   the inference layers (ttc.compiler.plan), whose neurons also write their active bits
               (`tape` values): the spikes and the tape are what the backward reads, 1 bit per neuron-step
@@ -41,26 +42,18 @@ network exactly (the surrogate 1 inside the band, the reset detached); the refer
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 
-from ttc.isa.encoding import Instr, Ref
 from ttc.isa.hwconfig import HwConfig, multiply_action, neuron_update_actions
-from ttc.isa.program import Program, ttc_version
-from ttc.isa.table import FORMAT_BYTES, elems_bytes
 from ttc.isa.train import band_fields
 
-
-from .codegen import emit_layers, io_record
 from .ir import Conv2d, Graph, Input, IRError, Linear, NeuronQ, Op, Tape, TimeReduce
-from .layout import align, step_stride, value_addr
-from .sync import place_tokens
 from .tiling import fmt
 
 LIMIT_BITS = 31
-ALIGN = 32
 #: Gradients (membrane gradients, the gradients layers pass down) saturate to this many bits (isa/train.py).
 GRAD_BITS = 24
 GRAD_MAX = (1 << (GRAD_BITS - 1)) - 1
@@ -254,7 +247,7 @@ def add_tapes(graph: Graph, band: float) -> Graph:
     return graph.infer_types()
 
 
-def _decay_sum(neuron: NeuronQ, steps: int) -> float:
+def decay_sum(neuron: NeuronQ, steps: int) -> float:
     d = neuron.decay_mul / (1 << neuron.decay_shift)
     return sum(d ** j for j in range(steps))
 
@@ -288,7 +281,7 @@ def form_costs(r: TrainedLayer, neuron: NeuronQ, x: Op, options: TrainOptions, s
     spikes = r.in_fmt == "spike"
     rho_x = options.spike_density if spikes else 1.0
     rho_d = options.active_density if options.sparse else 1.0
-    rho_gh = min(1.0, rho_d * _decay_sum(neuron, steps)) if options.sparse else 1.0
+    rho_gh = min(1.0, rho_d * decay_sum(neuron, steps)) if options.sparse else 1.0
     rho_trace = min(1.0, rho_x * steps) if spikes else 1.0
     pairs = r.cout * r.cin * r.taps * r.oh * r.ow * steps
     mac32 = e[multiply_action("i32", r.wfmt)] + e["add32"]
@@ -325,7 +318,7 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig) -> list[Trai
         elif neuron is not None:
             r.neuron = neuron.name
             r.tape = next(u.name for u in graph.users(neuron.name) if isinstance(u, Tape))
-            d_sum = _decay_sum(neuron, steps)
+            d_sum = decay_sum(neuron, steps)
             guard = neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
             r.src_shift = fit_shift(math.ceil(below_typical * d_sum) + steps, guard, bits=GRAD_BITS - 1)
             r.grad_frac, r.grad_bound = below_frac + r.src_shift, GRAD_MAX
@@ -340,7 +333,7 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig) -> list[Trai
             r.grad_frac, r.grad_bound, typical = below_frac, GRAD_MAX, below_typical
         x_frac, x_bound = x.type.dtype.frac, _bound(x)
         if r.form == "trace":  # trace[t] = D(trace[t-1]) + R(x[t], trace_shift), with the decays' guard bits
-            d_sum = _decay_sum(neuron, steps)
+            d_sum = decay_sum(neuron, steps)
             guard = neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
             r.trace_shift = fit_shift(math.ceil(x_bound * d_sum) + steps, guard)
             r.trace_frac = x_frac + r.trace_shift
@@ -386,251 +379,3 @@ def _bound(x: Op) -> int:
 
 
 # ------------------------------------------------------------------------------------------ plans
-
-class _Buffers:
-    """Regions of one plan in each buffer, laid out one after another (32-byte aligned); a plan that does
-    not fit names its layer and the buffer."""
-
-    def __init__(self, hw: HwConfig, where: str):
-        self.hw, self.where, self.used = hw, where, {}
-
-    def take(self, mem: str, nbytes: int) -> Ref:
-        at = self.used.get(mem, 0)
-        self.used[mem] = at + align(nbytes, ALIGN)
-        if self.used[mem] > self.hw.buffers[mem].bytes:
-            raise TrainError(f"{self.where}: its training step needs {self.used[mem]} bytes of the {mem} buffer, which "
-                             f"holds {self.hw.buffers[mem].bytes} bytes in hardware config {self.hw.name!r} (training "
-                             "does not tile layers yet)")
-        return Ref(mem, at)
-
-
-def _copy(op: str, dst: Ref, src: Ref, nbytes: int) -> Instr:
-    return Instr(op, dict(dst=dst, src=src, rows=1, row_bytes=nbytes, src_stride=0, dst_stride=0))
-
-
-def _geometry(r: TrainedLayer) -> dict:
-    """The forward conv's operands (wgrad's, whose sums run over the forward's outputs)."""
-    return dict(cin=r.cin, cout=r.cout, ih=r.ih, iw=r.iw, oh=r.oh, ow=r.ow, kh=r.kh, kw=r.kw, sh=1, sw=1, pt=r.pt,
-                pl=r.pl)
-
-
-def _ones(r: TrainedLayer) -> dict:
-    """The bias gradient's wgrad: one input channel of ones over the outputs, a 1x1 kernel."""
-    return dict(cin=1, cout=r.cout, ih=r.oh, iw=r.ow, oh=r.oh, ow=r.ow, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0)
-
-
-def _transposed(r: TrainedLayer) -> dict:
-    """The input gradient's conv (dconv transposed): from the cout x oh x ow gradients to the cin x ih x iw
-    inputs, the kernel flipped, padded by k - 1 - p (stride 1)."""
-    return dict(cin=r.cout, cout=r.cin, ih=r.oh, iw=r.ow, oh=r.ih, ow=r.iw, kh=r.kh, kw=r.kw, sh=1, sw=1,
-                pt=r.kh - 1 - r.pt, pl=r.kw - 1 - r.pl)
-
-
-@dataclass
-class TrainPlan:
-    """A layer of a training phase: what it is called in the layer table, and its instructions."""
-
-    name: str
-    path: str
-    kind: str
-    phase: str
-    code: list
-
-    def record(self, first: int) -> dict:
-        return dict(name=self.name, path=self.path, op=self.kind, type="", first_instr=first, phase=self.phase)
-
-
-def loss_plan(graph: Graph, hw: HwConfig, readout: TrainedLayer, target: int, e: int) -> TrainPlan:
-    """e = out - target (i32, the readout's classes): the loss gradient, stored for the readout's backward."""
-    out = graph.outputs[0]
-    n = readout.cout
-    buf = _Buffers(hw, "the loss")
-    o, t, acc = buf.take("ifmap", 4 * n), buf.take("ifmap", 4 * n), buf.take("psum", 4 * n)
-    vacc = dict(src_fmt="i32", dst_fmt="i32", n=n, shift=0)
-    code = [_copy("load", o, Ref("dram", value_addr(graph, graph.op(out))), 4 * n),
-            _copy("load", t, Ref("dram", target), 4 * n),
-            Instr("vacc", dict(dst=acc, src=o, accumulate=0, **vacc)),
-            Instr("vacc", dict(dst=acc, src=t, accumulate=1, neg=1, **vacc)),
-            _copy("store", Ref("dram", e), acc, 4 * n)]
-    return TrainPlan("loss", "loss", "loss_mse", "backward", code)
-
-
-def backward_plan(graph: Graph, hw: HwConfig, r: TrainedLayer, options: TrainOptions, steps: int) -> TrainPlan:
-    """Layer r's backward for one sample, t = T-1 ... 0: the gradient of its sums (nbwd from its neuron's
-    spike gradients; or the gradient from above as it is, e for the readout), their weight gradient into
-    the shared accumulator, and (unless r reads the model's input) the gradient of its input, for the layer
-    below (once when it is the same at every step)."""
-    op = graph.op(r.name)
-    x = graph.op(op.inputs[0])
-    if r.input_grad and r.pl > r.kw - 1:
-        op.fail(f"pads {r.pl} columns, more than its kernel's {r.kw} - 1: its input gradient cannot be a padded conv")
-    buf = _Buffers(hw, f"layer {r.path or r.name}")
-    weights = r.cout * r.cin * r.taps
-    spike_bytes = elems_bytes("spike", r.n_out)
-    dw = buf.take("psum", 4 * weights)
-    gh = buf.take("psum", 4 * r.n_out)
-    gx = buf.take("psum", 4 * r.n_in) if r.input_grad else None
-    scaled = buf.take("psum", 4 * r.n_out) if r.input_grad and r.pre_shift else gh
-    w = buf.take("wgt", weights * FORMAT_BYTES[r.wfmt]) if r.input_grad else None
-    xin = buf.take("ifmap", elems_bytes(r.in_fmt, r.n_in))
-    code = [_copy("load", dw, Ref("dram", r.dw), 4 * weights)]
-    if r.bias:  # dB[co] = sum over y, x of g_h[co, y, x]: the weight gradient of an input of ones
-        words = -(-r.oh * r.ow // 32)
-        ones, db = buf.take("ifmap", 4 * words), buf.take("psum", 4 * r.cout)
-        code += [Instr("vfill", dict(dst=ones, n=words, value=-1)), _copy("load", db, Ref("dram", r.db), 4 * r.cout)]
-    if w is not None:
-        code.append(_copy("load", w, Ref("dram", op.wdram), weights * FORMAT_BYTES[r.wfmt]))
-    neuron = graph.op(r.neuron) if r.neuron else None
-    constant = neuron is None and r.grad_in_steps == 1  # the gradient from above is the same at every step
-    trace = r.form == "trace"
-    if trace:  # D[t] (nbwd without the carried gradient) beside g_h, which only the layer below needs
-        code += _traces(graph, r, x, buf, steps)
-        d = buf.take("psum", 4 * r.n_out)
-        d_state = buf.take("vmem", 4 * r.n_out)
-        tr = buf.take("ifmap", 4 * r.n_in)
-    if neuron is not None:
-        gs, tape = buf.take("ifmap", 4 * r.n_out), buf.take("ifmap", spike_bytes)
-        spikes = buf.take("ifmap", spike_bytes) if neuron.reset == "hard" else tape
-        state = buf.take("vmem", 4 * r.n_out)
-        code.append(Instr("vfill", dict(dst=state, n=r.n_out, value=0)))
-        tape_op = graph.op(r.tape)
-    x_addr, x_stride = value_addr(graph, x), step_stride(graph, x)
-    gate = "spike" if neuron is not None and neuron.reset == "hard" else "none"
-    for t in range(steps - 1, -1, -1):
-        g_step = t if r.grad_in_steps > 1 else 0
-        if neuron is not None:
-            code += [_copy("load", gs, Ref("dram", r.grad_in + g_step * 4 * r.n_out), 4 * r.n_out),
-                     _copy("load", tape, Ref("dram", tape_op.dram + t * step_stride(graph, tape_op)), spike_bytes)]
-            if gate == "spike":
-                code.append(_copy("load", spikes, Ref("dram", neuron.dram + t * step_stride(graph, neuron)), spike_bytes))
-            nbwd = dict(src=gs, tape=tape, spikes=spikes, n=r.n_out, decay_shift=neuron.decay_shift, gate=gate,
-                        src_shift=r.src_shift, bits=GRAD_BITS)
-            if trace:
-                code.append(Instr("nbwd", dict(state=d_state, dst=d, decay_mul=0, **nbwd)))
-            if not trace or r.input_grad or r.bias:
-                code.append(Instr("nbwd", dict(state=state, dst=gh, decay_mul=neuron.decay_mul, **nbwd)))
-        elif not constant or t == steps - 1:
-            code.append(_copy("load", gh, Ref("dram", r.grad_in + g_step * 4 * r.n_out), 4 * r.n_out))
-        if trace:
-            code.append(_copy("load", tr, Ref("dram", r.traces + t * 4 * r.n_in), 4 * r.n_in))
-            wgrad = dict(src=tr, grad=d, fmt="i32")
-        else:
-            code.append(_copy("load", xin, Ref("dram", x_addr + t * x_stride), elems_bytes(r.in_fmt, r.n_in)))
-            wgrad = dict(src=xin, grad=gh, fmt=r.in_fmt)
-        code.append(Instr("wgrad", dict(dst=dw, accumulate=1, shift=r.wgrad_shift, skip=int(options.sparse), group=0,
-                                        **wgrad, **_geometry(r))))
-        if r.bias:
-            code.append(Instr("wgrad", dict(src=ones, grad=gh, dst=db, fmt="spike", accumulate=1, shift=r.db_shift,
-                                            skip=int(options.sparse), group=0, **_ones(r))))
-        if r.input_grad and (not constant or t == 0):
-            if r.pre_shift:
-                code.append(Instr("vacc", dict(dst=scaled, src=gh, src_fmt="i32", dst_fmt="i32", n=r.n_out,
-                                               shift=r.pre_shift, accumulate=0)))
-            code.append(Instr("dconv", dict(src=scaled, wgt=w, dst=gx, fmt="i32", wfmt=r.wfmt, shift=0, transposed=1,
-                                            skip=int(options.sparse), accumulate=0, group=0, sat_bits=GRAD_BITS,
-                                            **_transposed(r))))
-            out_step = t if r.grad_out_steps > 1 else 0
-            code.append(_copy("store", Ref("dram", r.grad_out + out_step * 4 * r.n_in), gx, 4 * r.n_in))
-    code.append(_copy("store", Ref("dram", r.dw), dw, 4 * weights))
-    if r.bias:
-        code.append(_copy("store", Ref("dram", r.db), db, 4 * r.cout))
-    return TrainPlan(f"{r.path or r.name}.backward", r.path, f"{op.opname}_bwd", "backward", code)
-
-
-def _traces(graph: Graph, r: TrainedLayer, x: Op, buf: _Buffers, steps: int) -> list[Instr]:
-    """The trace form's input traces, t = 0 ... T-1, stored for the reverse walk: trace[t] = D(trace[t-1]) +
-    R(x[t], trace_shift), D the neuron's decay, run by `nrn` as a neuron that never fires (no reset, the
-    threshold the largest state) whose states are the traces."""
-    neuron = graph.op(r.neuron)
-    xin = buf.take("ifmap", elems_bytes(r.in_fmt, r.n_in))
-    wide = buf.take("psum", 4 * r.n_in)
-    state = buf.take("vmem", 4 * r.n_in)
-    never = buf.take("ofmap", elems_bytes("spike", r.n_in))
-    code = [Instr("vfill", dict(dst=state, n=r.n_in, value=0))]
-    x_addr, x_stride = value_addr(graph, x), step_stride(graph, x)
-    for t in range(steps):
-        code += [_copy("load", xin, Ref("dram", x_addr + t * x_stride), elems_bytes(r.in_fmt, r.n_in)),
-                 Instr("vacc", dict(dst=wide, src=xin, src_fmt=r.in_fmt, dst_fmt="i32", n=r.n_in, shift=0, accumulate=0)),
-                 Instr("nrn", dict(src=wide, state=state, dst=never, n=r.n_in, theta=(1 << 31) - 1, v_reset=0,
-                                   decay_mul=neuron.decay_mul, decay_shift=neuron.decay_shift, in_shift=r.trace_shift,
-                                   cmp="gt", reset="none", order="reset_decay", levels=1, mode="parallel", per_neuron=0)),
-                 _copy("store", Ref("dram", r.traces + t * 4 * r.n_in), state, 4 * r.n_in)]
-    return code
-
-
-def update_plan(graph: Graph, hw: HwConfig, r: TrainedLayer) -> TrainPlan:
-    """Once per batch: w = sat(w - R(dW, sgd_shift)), dW = 0 (and the bias by dB), back to DRAM."""
-    op = graph.op(r.name)
-    n = r.cout * r.cin * r.taps
-    nbytes = n * FORMAT_BYTES[r.wfmt]
-    buf = _Buffers(hw, f"layer {r.path or r.name}")
-    params = [(buf.take("wgt", nbytes), buf.take("psum", 4 * n), op.wdram, r.dw, r.wfmt, 8 * FORMAT_BYTES[r.wfmt], n,
-               r.sgd_shift)]
-    if r.bias:
-        params.append((buf.take("wgt", 4 * r.cout), buf.take("psum", 4 * r.cout), op.wdram + op.weight.nbytes, r.db,
-                       "i32", r.bias_bits, r.cout, r.bias_sgd_shift))
-    code = []
-    for w, g, w_at, g_at, wfmt, bits, count, shift in params:
-        size = count * FORMAT_BYTES[wfmt]
-        code += [_copy("load", w, Ref("dram", w_at), size), _copy("load", g, Ref("dram", g_at), 4 * count),
-                 Instr("sgd", dict(wgt=w, grad=g, wfmt=wfmt, bits=bits, n=count, shift=shift)),
-                 _copy("store", Ref("dram", w_at), w, size), _copy("store", Ref("dram", g_at), g, 4 * count)]
-    return TrainPlan(f"{r.path or r.name}.update", r.path, "sgd", "update", code)
-
-
-def generate_training(graph: Graph, hw: HwConfig, options: TrainOptions, compile_options: dict, source: dict,
-                      inference: Program) -> Program:
-    """The training-step program of the allocated graph (with tapes): forward, loss, backward, halt, update,
-    halt. `inference`: the plain inference program of the same model, which shares its weights' places
-    (`ttc train` writes it back with the trained weights)."""
-    records = plan_formats(graph, options, hw)
-    readout = records[-1]
-    steps = graph.op(graph.op(graph.outputs[0]).inputs[0]).type.time
-    end = max(op.dram + step_stride(graph, op) * (op.type.time or 1) for op in graph.ops if op.dram is not None)
-    end = max(end, max(op.wdram + op.weight.nbytes + 4 * op.weight.shape[0] for op in graph.ops if isinstance(op, (Linear, Conv2d))))
-    addr = align(end)
-
-    def take(nbytes: int) -> int:
-        nonlocal addr
-        at, addr = addr, align(addr + nbytes)
-        return at
-
-    target, e = take(4 * readout.cout), take(4 * readout.cout)
-    for k in range(len(records) - 1, -1, -1):
-        r = records[k]
-        r.dw = take(4 * r.cout * r.cin * r.taps)
-        r.db = take(4 * r.cout) if r.bias else 0
-        if k + 1 < len(records):
-            above = records[k + 1]
-            r.grad_in, r.grad_in_steps = above.grad_out, above.grad_out_steps
-        else:
-            r.grad_in, r.grad_in_steps = e, 1
-        if r.input_grad:
-            r.grad_out_steps = 1 if r.neuron is None and r.grad_in_steps == 1 else steps
-            r.grad_out = take(4 * r.n_in * r.grad_out_steps)
-        if r.form == "trace":
-            r.traces = take(4 * r.n_in * steps)
-    code, layers = emit_layers(graph, hw)
-    for layer in layers:
-        layer["phase"] = "forward"
-    plans = [loss_plan(graph, hw, readout, target, e)]
-    plans += [backward_plan(graph, hw, r, options, steps) for r in reversed(records)]
-    for plan in plans:
-        layers.append(plan.record(len(code)))
-        code += plan.code
-    sample = place_tokens(code + [Instr("halt", {})], barriers=[layer["first_instr"] for layer in layers[1:]])
-    update_at = len(sample)
-    update, first = [], []
-    for r in records:
-        plan = update_plan(graph, hw, r)
-        layers.append(plan.record(update_at + len(update)))
-        first.append(len(update))
-        update += plan.code
-    update = place_tokens(update + [Instr("halt", {})], barriers=first[1:])
-    meta = dict(inference.meta)
-    meta.update(ttc_version=ttc_version(), dram_bytes=addr, layers=layers, options=compile_options,
-                train=dict(options=asdict(options), update_at=update_at, steps=steps, target=target, loss_grad=e,
-                           classes=readout.cout, out_frac=graph.op(graph.outputs[0]).type.dtype.frac,
-                           layers=[asdict(r) for r in records],
-                           tapes=[io_record(graph, graph.op(r.tape)) for r in records if r.tape]))
-    return Program(code=sample + update, data=inference.data, meta=meta, hw=hw)

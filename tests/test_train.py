@@ -346,3 +346,22 @@ def test_third_party_models_train_bit_exact(build):
         assert torch.equal(folded * 2.0 ** r["weight_frac"], torch.from_numpy(weights[r["name"]]).double())
     if build is _SpikingJellyFC:
         assert train["layers"][0]["source_scale"] == [0.5] * 8  # the LIF's input gain 1/tau, in its linear layer
+
+
+@pytest.mark.parametrize("case", ["fc-lif-hard-sparse", "conv-bn-lif-hard-sparse", "tt-stt-block",
+                                  "fc-lif-subtract-trace-form-sparse"])
+def test_the_cost_model_prices_the_training_phases(case):
+    """The training plans are layer plans: the cost model walks the steps codegen emits. Its cycles of each
+    phase are the simulator's; its energy differs only by the densities it assumes."""
+    build, shape, spikes, sparse, *form = CASES[case]
+    dims = ",".join(map(str, (shape,) if isinstance(shape, int) else shape))
+    compiled = api.compile_training(build(), f"{T},N,{dims}", train=TrainOptions(
+        batch=B, sparse=sparse, form=form[0] if form else "explicit"), input_encoding="spikes" if spikes else "fixed")
+    x, labels = next(_batches(1, shape, 4, seed=2, spikes=spikes))
+    stats = Trainer(compiled.program, B).step(x, labels)
+    predicted = compiled.program.meta["train"]["predicted"]
+    for phase in ("forward", "backward", "update"):
+        samples = 1 if phase == "update" else B
+        assert predicted[phase]["cycles"] == pytest.approx(stats.cycles[phase] / samples, rel=0.01), phase
+        simulated = sum(stats.energy_pj[phase].values()) / samples
+        assert sum(predicted[phase]["energy_pj"].values()) == pytest.approx(simulated, rel=0.1), phase

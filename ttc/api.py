@@ -14,7 +14,8 @@ from ttc.compiler.codegen import generate
 from ttc.compiler.counting import count
 from ttc.compiler.ir import Conv2d, Graph, Linear
 from ttc.compiler.passes import PIPELINE, TRAIN_PIPELINE, OptionError, pipeline_arguments, run_pipeline, user_options
-from ttc.compiler.train import TrainOptions, generate_training
+from ttc.compiler.train import TrainOptions
+from ttc.compiler.train_plan import generate_training
 from ttc.compiler.reference import run_reference
 from ttc.frontends.load import load_model, save_model  # noqa: F401 (the public API: ttc.api.save_model)
 from ttc.frontends.nir import DEFAULT_DT, check_input_shape, to_nir

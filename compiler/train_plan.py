@@ -1,0 +1,468 @@
+"""The training phases' layer plans (docs/training.md): the loss, a trained layer's backward and its weight
+update, each a layer plan (`ttc.compiler.plan.LayerPlan`) whose walk codegen emits and the cost model
+prices, as it prices inference layers (`ttc.compiler.cost.layer_cost`).
+
+    loss      e = out - target                                           once per sample
+    traces    the trace form's input traces, t = 0 ... T-1               once per sample
+    backward  t = T-1 ... 0: nbwd, wgrad (and the bias's), the transposed dconv   once per sample
+    update    sgd of the weights (and the bias)                          once per batch
+
+A training plan is not tiled: its regions of each buffer are laid out once (`_Buffers`), and a layer whose
+backward does not fit names the buffer. Its steps are its prologue, one step per time step and its
+epilogue; steps at different time steps differ only in DRAM addresses, so the cost model prices one of each
+kind. Its slots are 32 bytes, so that the cost model tells its regions apart as the machine's timeline does.
+Arithmetic is counted at the options' densities (input spikes, the active fraction). `generate_training`
+emits the step program; `predicted_step` prices it phase by phase (the program records it; the tests hold
+its cycles to the simulator's)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, ClassVar, Iterator
+
+from ttc.isa.encoding import Instr, Ref
+from ttc.isa.hwconfig import HwConfig, multiply_action, neuron_update_actions
+from ttc.isa.program import Program, ttc_version
+from ttc.isa.table import FORMAT_BYTES, elems_bytes
+
+from .codegen import emit_layers, io_record
+from .cost import graph_costs, layer_cost
+from .ir import Conv2d, Graph, Linear, Op
+from .layout import align, step_stride, value_addr, weight_bytes
+from .plan import LayerPlan, Slots, Step, Stretch, turns
+from .sync import place_tokens
+from .train import GRAD_BITS, TrainedLayer, TrainError, TrainOptions, decay_sum, plan_formats
+
+ALIGN = 32
+
+
+class _Buffers:
+    """Regions of one plan in each buffer, laid out one after another (32-byte aligned); a plan that does
+    not fit names its layer and the buffer."""
+
+    def __init__(self, hw: HwConfig, where: str):
+        self.hw, self.where, self.used = hw, where, {}
+
+    def take(self, mem: str, nbytes: int) -> Ref:
+        at = self.used.get(mem, 0)
+        self.used[mem] = at + align(nbytes, ALIGN)
+        if self.used[mem] > self.hw.buffers[mem].bytes:
+            raise TrainError(f"{self.where}: its training step needs {self.used[mem]} bytes of the {mem} buffer, which "
+                             f"holds {self.hw.buffers[mem].bytes} bytes in hardware config {self.hw.name!r} (training "
+                             "does not tile layers yet)")
+        return Ref(mem, at)
+
+
+@dataclass
+class TrainLayerPlan(LayerPlan):
+    """What the training plans share: their regions, one stretch of steps, their layer-table entry."""
+
+    r: TrainedLayer | None = field(default=None, compare=False, repr=False)
+    options: TrainOptions | None = field(default=None, compare=False, repr=False)
+    shape: tuple = ()  # everything that decides the plan's on-chip work (its shape_key)
+
+    phase: ClassVar[str] = "backward"
+
+    def __post_init__(self):
+        self.buf = _Buffers(self.hw, f"layer {self.r.path or self.r.name}" if self.r else "the loss")
+        self.take_regions()
+        self.slot_bytes = dict.fromkeys(self.buf.used, ALIGN)  # a region per 32 bytes: the cost model sees each apart
+        self.double = frozenset()
+
+    def take_regions(self) -> None:
+        """Lay out the plan's regions (self.buf.take)."""
+
+    def parts(self) -> Iterator[tuple[tuple, Callable[[], list[Instr]]]]:
+        """The walk's steps in program order: (what the step does, its instructions' builder)."""
+        raise NotImplementedError
+
+    def stretches(self) -> Iterator[Stretch]:
+        slots = [Slots(self, mem) for mem in self.slot_bytes]
+        yield Stretch(self.shape, slots, lambda: (Step(work, turns(*slots), build) for work, build in self.parts()))
+
+    def code(self) -> list[Instr]:
+        return [i for step in self.walk() for i in step.instrs]
+
+    def entry(self, first: int) -> dict:
+        """The plan's row of the program's layer table."""
+        name = self.r.path or self.r.name if self.r else "loss"
+        return dict(name=f"{name}.{self.label}", path=self.r.path if self.r else "", op=self.kind, type="",
+                    first_instr=first, phase=self.phase)
+
+    def load(self, dst: Ref, addr: int, nbytes: int) -> Instr:
+        return self.copy("load", dst, Ref("dram", addr), nbytes)
+
+    def store(self, addr: int, src: Ref, nbytes: int) -> Instr:
+        return self.copy("store", Ref("dram", addr), src, nbytes)
+
+
+@dataclass
+class LossPlan(TrainLayerPlan):
+    """e = out - target (i32, the readout's classes): the loss gradient, stored for the readout's backward."""
+
+    target: int = field(default=0, compare=False)
+    loss_grad: int = field(default=0, compare=False)
+    label: ClassVar[str] = "mse"
+
+    @property
+    def kind(self) -> str:
+        return "loss_mse"
+
+    def take_regions(self):
+        n = self.r.cout
+        self.out, self.tgt, self.acc = self.buf.take("ifmap", 4 * n), self.buf.take("ifmap", 4 * n), self.buf.take("psum", 4 * n)
+
+    def parts(self):
+        n = self.r.cout
+        vacc = dict(src_fmt="i32", dst_fmt="i32", n=n, shift=0)
+        yield ("loss",), lambda: [
+            self.load(self.out, value_addr(self.graph, self.op), 4 * n), self.load(self.tgt, self.target, 4 * n),
+            self.instr("vacc", dst=self.acc, src=self.out, accumulate=0, **vacc),
+            self.instr("vacc", dst=self.acc, src=self.tgt, accumulate=1, neg=1, **vacc),
+            self.store(self.loss_grad, self.acc, 4 * n)]
+
+    def arithmetic(self, density: float) -> dict:
+        return {"vector": {"add32": self.r.cout}}
+
+
+@dataclass
+class BackwardPlan(TrainLayerPlan):
+    """Layer r's backward for one sample, t = T-1 ... 0: the gradient of its sums (nbwd from its neuron's
+    spike gradients; or the gradient from above as it is, e for the readout), their weight gradient into
+    the shared accumulator (in the trace form: the input traces against D), the bias's, and (unless r reads
+    the model's input) the gradient of its input for the layer below (once when the same at every step)."""
+
+    label: ClassVar[str] = "backward"
+
+    @property
+    def kind(self) -> str:
+        return f"{self.op.opname}_bwd"
+
+    @property
+    def neuron(self) -> Op | None:
+        return self.graph.op(self.r.neuron) if self.r.neuron else None
+
+    @property
+    def constant(self) -> bool:
+        """Is the gradient from above the same at every step (the readout's e, and what it gives below)?"""
+        return self.neuron is None and self.r.grad_in_steps == 1
+
+    def take_regions(self):
+        r, buf = self.r, self.buf
+        if r.input_grad and r.pl > r.kw - 1:
+            self.op.fail(f"pads {r.pl} columns, more than its kernel's {r.kw} - 1: its input gradient cannot be a "
+                         "padded conv")
+        weights = r.cout * r.cin * r.taps
+        self.dw, self.gh = buf.take("psum", 4 * weights), buf.take("psum", 4 * r.n_out)
+        self.gx = buf.take("psum", 4 * r.n_in) if r.input_grad else None
+        self.scaled = buf.take("psum", 4 * r.n_out) if r.input_grad and r.pre_shift else self.gh
+        self.w = buf.take("wgt", weights * FORMAT_BYTES[r.wfmt]) if r.input_grad else None
+        self.xin = buf.take("ifmap", elems_bytes(r.in_fmt, r.n_in))
+        if r.bias:  # dB[co] = sum over y, x of g_h[co, y, x]: the weight gradient of an input of ones
+            self.ones, self.db = buf.take("ifmap", 4 * self.words), buf.take("psum", 4 * r.cout)
+        if r.form == "trace":  # D[t] (nbwd without the carried gradient), and the input traces (TracePlan's)
+            self.d, self.d_state, self.tr = buf.take("psum", 4 * r.n_out), buf.take("vmem", 4 * r.n_out), buf.take("ifmap", 4 * r.n_in)
+        if self.neuron is not None:
+            spike_bytes = elems_bytes("spike", r.n_out)
+            self.gs, self.tape = buf.take("ifmap", 4 * r.n_out), buf.take("ifmap", spike_bytes)
+            self.spikes = buf.take("ifmap", spike_bytes) if self.neuron.reset == "hard" else self.tape
+            self.state = buf.take("vmem", 4 * r.n_out)
+
+    @property
+    def words(self) -> int:
+        return -(-self.r.oh * self.r.ow // 32)
+
+    def parts(self):
+        steps = self.time
+        yield ("start",), self.prologue
+        for t in range(steps - 1, -1, -1):
+            first, last = t == steps - 1, t == 0
+            yield ("step", first and self.constant, last and self.constant), lambda t=t: self.step(t)
+        yield ("end",), self.epilogue
+
+    def prologue(self) -> list[Instr]:
+        r = self.r
+        code = [self.load(self.dw, r.dw, 4 * r.cout * r.cin * r.taps)]
+        if r.bias:
+            code += [self.instr("vfill", dst=self.ones, n=self.words, value=-1), self.load(self.db, r.db, 4 * r.cout)]
+        if self.w is not None:
+            code.append(self.load(self.w, self.op.wdram or 0, r.cout * r.cin * r.taps * FORMAT_BYTES[r.wfmt]))
+        if self.neuron is not None:
+            code.append(self.instr("vfill", dst=self.state, n=r.n_out, value=0))
+        return code
+
+    def step(self, t: int) -> list[Instr]:
+        r, neuron, graph, sparse = self.r, self.neuron, self.graph, int(self.options.sparse)
+        code = []
+        g_step = t if r.grad_in_steps > 1 else 0
+        trace = r.form == "trace"
+        if neuron is not None:
+            tape = graph.op(r.tape)
+            gate = "spike" if neuron.reset == "hard" else "none"
+            code += [self.load(self.gs, r.grad_in + g_step * 4 * r.n_out, 4 * r.n_out),
+                     self.load(self.tape, self.step_addr(tape, t).addr, elems_bytes("spike", r.n_out))]
+            if gate == "spike":
+                code.append(self.load(self.spikes, self.step_addr(neuron, t).addr, elems_bytes("spike", r.n_out)))
+            nbwd = dict(src=self.gs, tape=self.tape, spikes=self.spikes, n=r.n_out, decay_shift=neuron.decay_shift,
+                        gate=gate, src_shift=r.src_shift, bits=GRAD_BITS)
+            if trace:
+                code.append(self.instr("nbwd", state=self.d_state, dst=self.d, decay_mul=0, **nbwd))
+            if not trace or r.input_grad or r.bias:
+                code.append(self.instr("nbwd", state=self.state, dst=self.gh, decay_mul=neuron.decay_mul, **nbwd))
+        elif not self.constant or t == self.time - 1:
+            code.append(self.load(self.gh, r.grad_in + g_step * 4 * r.n_out, 4 * r.n_out))
+        if trace:
+            code.append(self.load(self.tr, r.traces + t * 4 * r.n_in, 4 * r.n_in))
+            wgrad = dict(src=self.tr, grad=self.d, fmt="i32")
+        else:
+            x = graph.op(self.op.inputs[0])
+            code.append(self.load(self.xin, self.step_addr(x, t).addr, elems_bytes(r.in_fmt, r.n_in)))
+            wgrad = dict(src=self.xin, grad=self.gh, fmt=r.in_fmt)
+        code.append(self.instr("wgrad", dst=self.dw, accumulate=1, shift=r.wgrad_shift, skip=sparse, group=0, **wgrad,
+                               **_geometry(r)))
+        if r.bias:
+            code.append(self.instr("wgrad", src=self.ones, grad=self.gh, dst=self.db, fmt="spike", accumulate=1,
+                                   shift=r.db_shift, skip=sparse, group=0, **_ones(r)))
+        if r.input_grad and (not self.constant or t == 0):
+            if r.pre_shift:
+                code.append(self.instr("vacc", dst=self.scaled, src=self.gh, src_fmt="i32", dst_fmt="i32", n=r.n_out,
+                                       shift=r.pre_shift, accumulate=0))
+            code.append(self.instr("dconv", src=self.scaled, wgt=self.w, dst=self.gx, fmt="i32", wfmt=r.wfmt, shift=0,
+                                   transposed=1, skip=sparse, accumulate=0, group=0, sat_bits=GRAD_BITS, **_transposed(r)))
+            out_step = t if r.grad_out_steps > 1 else 0
+            code.append(self.store(r.grad_out + out_step * 4 * r.n_in, self.gx, 4 * r.n_in))
+        return code
+
+    def epilogue(self) -> list[Instr]:
+        r = self.r
+        code = [self.store(r.dw, self.dw, 4 * r.cout * r.cin * r.taps)]
+        if r.bias:
+            code.append(self.store(r.db, self.db, 4 * r.cout))
+        return code
+
+    def arithmetic(self, density: float) -> dict:
+        """Per sample, at input spike `density` and the options' active fraction: what the walk's instructions
+        count (the handlers' rules: spikes gate the weight-gradient adds, and with a sparse backward so do the
+        non-zero gradients; the transposed conv multiplies every non-zero gradient by its fan-out)."""
+        r, o, steps, neuron = self.r, self.options, self.time, self.neuron
+        rho_x = density if r.in_fmt == "spike" else 1.0
+        rho_d = o.active_density if o.sparse and neuron is not None else 1.0
+        rho_g = min(1.0, rho_d * decay_sum(neuron, steps)) if o.sparse and neuron is not None else 1.0
+        pairs = r.cout * r.cin * r.taps * r.oh * r.ow * steps
+        pe, nrn, vec = {}, {}, {}
+        if r.form == "trace":
+            pe["add32"] = pairs * rho_d
+            pe[multiply_action("i32", "i16")] = pairs * rho_d
+        else:
+            pe["add32"] = pairs * rho_x * rho_g
+            if r.in_fmt != "spike":
+                pe[multiply_action(r.in_fmt, "i16")] = pairs * rho_g
+        if r.bias:
+            pe["add32"] += r.n_out * steps * rho_g
+        if r.input_grad:
+            times = 1 if self.constant else steps
+            macs = r.n_out * r.cin * r.taps * rho_g * times
+            pe["add32"] += macs
+            pe[multiply_action("i32", r.wfmt)] = pe.get(multiply_action("i32", r.wfmt), 0) + macs
+            if r.pre_shift:
+                vec["shift32"] = r.n_out * times
+        if neuron is not None:
+            passes = (r.form == "trace") + (r.form != "trace" or r.input_grad or r.bias)
+            for a, c in neuron_update_actions("none", r.src_shift, neuron.decay_mul, neuron.decay_shift).items():
+                nrn[a] = nrn.get(a, 0) + c * r.n_out * steps * passes
+        return {"pe": pe, "neuron": nrn, "vector": vec}
+
+
+@dataclass
+class TracePlan(TrainLayerPlan):
+    """The trace form's input traces of layer r, t = 0 ... T-1, stored for its backward's reverse walk (a layer
+    of its own: its backward reads what it stored):
+
+        trace[t] = D(trace[t-1]) + R(x[t], trace_shift)
+
+    run by `nrn` as a neuron that never fires (no reset, the threshold the largest state), whose states are
+    the traces."""
+
+    label: ClassVar[str] = "traces"
+
+    @property
+    def kind(self) -> str:
+        return "traces"
+
+    def take_regions(self):
+        r, buf = self.r, self.buf
+        self.xin, self.wide = buf.take("ifmap", elems_bytes(r.in_fmt, r.n_in)), buf.take("psum", 4 * r.n_in)
+        self.tr_state, self.never = buf.take("vmem", 4 * r.n_in), buf.take("ofmap", elems_bytes("spike", r.n_in))
+
+    def parts(self):
+        yield ("start",), lambda: [self.instr("vfill", dst=self.tr_state, n=self.r.n_in, value=0)]
+        for t in range(self.time):
+            yield ("trace",), lambda t=t: self.trace_step(t)
+
+    def trace_step(self, t: int) -> list[Instr]:
+        """trace[t] = D(trace[t-1]) + R(x[t], trace_shift), stored for the reverse walk: `nrn` as a neuron that
+        never fires (no reset, the threshold the largest state), whose states are the traces."""
+        r, x, n = self.r, self.graph.op(self.op.inputs[0]), self.graph.op(self.r.neuron)
+        return [self.load(self.xin, self.step_addr(x, t).addr, elems_bytes(r.in_fmt, r.n_in)),
+                self.instr("vacc", dst=self.wide, src=self.xin, src_fmt=r.in_fmt, dst_fmt="i32", n=r.n_in, shift=0,
+                           accumulate=0),
+                self.instr("nrn", src=self.wide, state=self.tr_state, dst=self.never, n=r.n_in, theta=(1 << 31) - 1,
+                           v_reset=0, decay_mul=n.decay_mul, decay_shift=n.decay_shift, in_shift=r.trace_shift, cmp="gt",
+                           reset="none", order="reset_decay", levels=1, mode="parallel", per_neuron=0),
+                self.store(r.traces + t * 4 * r.n_in, self.tr_state, 4 * r.n_in)]
+
+    def arithmetic(self, density: float) -> dict:
+        r, n = self.r, self.graph.op(self.r.neuron)
+        actions = neuron_update_actions("none", r.trace_shift, n.decay_mul, n.decay_shift)
+        return {"neuron": {a: c * r.n_in * self.time for a, c in actions.items()}}
+
+
+@dataclass
+class UpdatePlan(TrainLayerPlan):
+    """Once per batch: w = sat(w - R(dW, sgd_shift)), dW = 0 (and the bias by dB), back to DRAM."""
+
+    phase: ClassVar[str] = "update"
+    label: ClassVar[str] = "update"
+
+    @property
+    def kind(self) -> str:
+        return "sgd"
+
+    def take_regions(self):
+        r, n = self.r, self.r.cout * self.r.cin * self.r.taps
+        self.params = [(self.buf.take("wgt", n * FORMAT_BYTES[r.wfmt]), self.buf.take("psum", 4 * n), self.op.wdram or 0,
+                        r.dw, r.wfmt, 8 * FORMAT_BYTES[r.wfmt], n, r.sgd_shift)]
+        if r.bias:
+            self.params.append((self.buf.take("wgt", 4 * r.cout), self.buf.take("psum", 4 * r.cout),
+                                (self.op.wdram or 0) + self.op.weight.nbytes, r.db, "i32", r.bias_bits, r.cout,
+                                r.bias_sgd_shift))
+
+    def parts(self):
+        for k, (w, g, w_at, g_at, wfmt, bits, count, shift) in enumerate(self.params):
+            size = count * FORMAT_BYTES[wfmt]
+            yield ("update", k), lambda w=w, g=g, w_at=w_at, g_at=g_at, wfmt=wfmt, bits=bits, count=count, shift=shift, size=size: [
+                self.load(w, w_at, size), self.load(g, g_at, 4 * count),
+                self.instr("sgd", wgt=w, grad=g, wfmt=wfmt, bits=bits, n=count, shift=shift),
+                self.store(w_at, w, size), self.store(g_at, g, 4 * count)]
+
+    def arithmetic(self, density: float) -> dict:
+        n = sum(p[6] for p in self.params)
+        return {"vector": {"add32": n, "cmp32": n, "shift32": n}}
+
+
+def _geometry(r: TrainedLayer) -> dict:
+    """The forward conv's operands (wgrad's, whose sums run over the forward's outputs)."""
+    return dict(cin=r.cin, cout=r.cout, ih=r.ih, iw=r.iw, oh=r.oh, ow=r.ow, kh=r.kh, kw=r.kw, sh=1, sw=1, pt=r.pt,
+                pl=r.pl)
+
+
+def _ones(r: TrainedLayer) -> dict:
+    """The bias gradient's wgrad: one input channel of ones over the outputs, a 1x1 kernel."""
+    return dict(cin=1, cout=r.cout, ih=r.oh, iw=r.ow, oh=r.oh, ow=r.ow, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0)
+
+
+def _transposed(r: TrainedLayer) -> dict:
+    """The input gradient's conv (dconv transposed): from the cout x oh x ow gradients to the cin x ih x iw
+    inputs, the kernel flipped, padded by k - 1 - p (stride 1)."""
+    return dict(cin=r.cout, cout=r.cin, ih=r.oh, iw=r.ow, oh=r.ih, ow=r.iw, kh=r.kh, kw=r.kw, sh=1, sw=1,
+                pt=r.kh - 1 - r.pt, pl=r.kw - 1 - r.pl)
+
+
+def training_plans(graph: Graph, hw: HwConfig, records: list[TrainedLayer], options: TrainOptions, target: int,
+                   loss_grad: int, placed: bool = False) -> list[TrainLayerPlan]:
+    """The loss, every trained layer's backward (from the last), then every layer's update."""
+    def shape(r: TrainedLayer) -> tuple:
+        return tuple(sorted((k, v) for k, v in vars(r).items() if k not in ("name", "path") and not isinstance(v, dict)))
+
+    readout = graph.op(graph.outputs[0])
+    plans: list[TrainLayerPlan] = [LossPlan(graph, readout, hw, placed, r=records[-1], options=options,
+                                            shape=(records[-1].cout,), target=target, loss_grad=loss_grad)]
+    for r in reversed(records):
+        if r.form == "trace":
+            plans.append(TracePlan(graph, graph.op(r.name), hw, placed, r=r, options=options, shape=shape(r)))
+        plans.append(BackwardPlan(graph, graph.op(r.name), hw, placed, r=r, options=options,
+                                  shape=shape(r) + (options.sparse,)))
+    plans += [UpdatePlan(graph, graph.op(r.name), hw, placed, r=r, options=options, shape=shape(r)) for r in records]
+    return plans
+
+
+def _places(graph: Graph, records: list[TrainedLayer], steps: int) -> tuple[int, int, int]:
+    """DRAM for the training step's own data after everything the graph stores: the target, the loss
+    gradient, and per layer its dW (and dB), the gradient it passes down and its input traces. Returns
+    (target, loss gradient, DRAM size)."""
+    end = max(op.dram + step_stride(graph, op) * (op.type.time or 1) for op in graph.ops if op.dram is not None)
+    end = max(end, max(op.wdram + weight_bytes(op) for op in graph.ops if isinstance(op, (Linear, Conv2d))))
+    addr = align(end)
+
+    def take(nbytes: int) -> int:
+        nonlocal addr
+        at, addr = addr, align(addr + nbytes)
+        return at
+
+    target, e = take(4 * records[-1].cout), take(4 * records[-1].cout)
+    for k in range(len(records) - 1, -1, -1):
+        r = records[k]
+        r.dw = take(4 * r.cout * r.cin * r.taps)
+        r.db = take(4 * r.cout) if r.bias else 0
+        above = records[k + 1] if k + 1 < len(records) else None
+        r.grad_in, r.grad_in_steps = (above.grad_out, above.grad_out_steps) if above else (e, 1)
+        if r.input_grad:
+            r.grad_out_steps = 1 if r.neuron is None and r.grad_in_steps == 1 else steps
+            r.grad_out = take(4 * r.n_in * r.grad_out_steps)
+        if r.form == "trace":
+            r.traces = take(4 * r.n_in * steps)
+    return target, e, addr
+
+
+def predicted_step(graph: Graph, hw: HwConfig, plans: list[TrainLayerPlan], options: TrainOptions) -> dict:
+    """The cost model's price of each phase (cycles and energy by component): the forward's inference layers
+    and the backward's plans per sample, the update per batch; a step of B samples takes B times the first
+    two plus the update (the samples run one after another)."""
+    phases = {}
+    forward = graph_costs(graph, hw)
+    phases["forward"] = [(c.cycles, c.energy_pj) for c in forward.values()]
+    for plan in plans:
+        cost = layer_cost(plan, options.spike_density)
+        phases.setdefault(plan.phase, []).append((cost.cycles, cost.energy_pj))
+    out = {}
+    for phase, costs in phases.items():
+        energy: dict = {}
+        for _, pj in costs:
+            for component, value in pj.items():
+                energy[component] = energy.get(component, 0.0) + value
+        out[phase] = dict(cycles=sum(c for c, _ in costs), energy_pj=energy)
+    return out
+
+
+def generate_training(graph: Graph, hw: HwConfig, options: TrainOptions, compile_options: dict, source: dict,
+                      inference: Program) -> Program:
+    """The training-step program of the allocated graph (with tapes): forward, loss, backward, halt, update,
+    halt. `inference`: the plain inference program of the same model, which shares its weights' places
+    (`ttc train` writes it back with the trained weights)."""
+    records = plan_formats(graph, options, hw)
+    steps = graph.op(graph.op(graph.outputs[0]).inputs[0]).type.time
+    target, e, dram_bytes = _places(graph, records, steps)
+    plans = training_plans(graph, hw, records, options, target, e, placed=True)
+    code, layers = emit_layers(graph, hw)
+    for layer in layers:
+        layer["phase"] = "forward"
+    per_sample = [p for p in plans if p.phase != "update"]
+    for plan in per_sample:
+        layers.append(plan.entry(len(code)))
+        code += plan.code()
+    sample = place_tokens(code + [Instr("halt", {})], barriers=[layer["first_instr"] for layer in layers[1:]])
+    update_at = len(sample)
+    update, first = [], []
+    for plan in plans[len(per_sample):]:
+        layers.append(plan.entry(update_at + len(update)))
+        first.append(len(update))
+        update += plan.code()
+    update = place_tokens(update + [Instr("halt", {})], barriers=first[1:])
+    meta = dict(inference.meta)
+    meta.update(ttc_version=ttc_version(), dram_bytes=dram_bytes, layers=layers, options=compile_options,
+                train=dict(options=asdict(options), update_at=update_at, steps=steps, target=target, loss_grad=e,
+                           classes=records[-1].cout, out_frac=graph.op(graph.outputs[0]).type.dtype.frac,
+                           layers=[asdict(r) for r in records],
+                           tapes=[io_record(graph, graph.op(r.tape)) for r in records if r.tape],
+                           predicted=predicted_step(graph, hw, training_plans(graph, hw, records, options, target, e),
+                                                    options)))
+    return Program(code=sample + update, data=inference.data, meta=meta, hw=hw)
