@@ -4,7 +4,7 @@ The three embedded demo models (dense digits SNN, TTFS, MT-SNN) are compiled; th
 disassembly and printed IR (the quantized graph and the scheduled one, i.e. after most passes) seed the
 program, assembly and IR targets; the hardware presets seed the TOML target; the model files themselves
 (torch.save zips) seed the model target; all of them and the demo programs' default inputs (.npy) seed
-the cli target.
+the cli target. A small training step (docs/training.md) seeds the program and assembly targets too.
 """
 from __future__ import annotations
 
@@ -23,6 +23,15 @@ from ttc.isa.hwconfig import PRESET_DIR
 DEMO_MODELS = ((demo.MODEL, "4,N,1,8,8"), (demo.CAT_MODEL, "N,1,8,8"), (demo.MT_MODEL, "1,N,1,8,8"))
 
 
+def training_step():
+    """The training-step program of a small fully connected digits SNN (forward, backward, update)."""
+    from ttc.compiler.train import TrainOptions
+    from ttc.digits import build_fc_snn
+
+    return api.compile_training(build_fc_snn(16), "4,N,1,8,8", train=TrainOptions(batch=8), input_bits=8,
+                                input_frac=4).program
+
+
 @lru_cache(maxsize=1)
 def seeds() -> dict[str, list[bytes]]:
     """Seed inputs by target name."""
@@ -38,6 +47,9 @@ def seeds() -> dict[str, list[bytes]]:
         out["ir"].append(print_graph(compiled.quantized).encode())
         out["ir"].append(print_graph(compiled.graph).encode())
         out["model"].append(path.read_bytes())
+    step = training_step()  # the training instructions (nbwd, wgrad, the transposed dconv, sgd) as programs run them
+    out["program"].append(step.to_bytes())
+    out["asm"].append(disassemble(step).encode())
     out["hw"] = [p.read_bytes() for p in sorted(PRESET_DIR.glob("*.toml"))]
     out["cli"] = [*out["program"], *out["asm"], *out["hw"], *out["model"], *inputs]
     return out

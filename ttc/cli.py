@@ -143,6 +143,9 @@ def cmd_compile(a) -> int:
         print(f"wrote {a.output}: a training step of {len(p.code)} instructions (forward from {starts['forward']}, "
               f"backward from {starts['backward']}, update from {starts['update']}), {len(t['layers'])} trained layers, "
               f"batch up to {train.batch}, lr 2^-{train.lr_shift}, hardware {p.hw.name}")
+        print("  predicted (cost model): " + "; ".join(
+            f"{phase} {cost['cycles']:,.0f} cycles {sum(cost['energy_pj'].values()) / 1e6:.3f} uJ"
+            + (" per sample" if phase != "update" else " per batch") for phase, cost in t["predicted"].items()))
     else:
         print(f"wrote {a.output}: {len(p.code)} instructions, {len(p.data)} bytes of weights, "
               f"{len(p.meta['layers'])} layers, hardware {p.hw.name}")
