@@ -123,8 +123,8 @@ class TrainingReference:
         return result
 
 
-class _Spike(torch.autograd.Function):
-    """H(v) forward (v > 0, or v >= 0), the rectangle |v| < band backward."""
+class RectSpike(torch.autograd.Function):
+    """H(v) forward (v > 0, or v >= 0), the rectangle |v| < band backward: the training step's surrogate."""
 
     @staticmethod
     def forward(ctx, v, band, inclusive):
@@ -136,6 +136,22 @@ class _Spike(torch.autograd.Function):
     def backward(ctx, grad):
         (v,) = ctx.saved_tensors
         return grad * (v.abs() < ctx.band).to(grad.dtype), None, None
+
+
+def float_neuron(z: torch.Tensor, decay: float, theta: float, band: float, reset: str, v_reset: float = 0.0,
+                 v_init: float = 0.0, order: str = "reset_decay", cmp: str = "gt") -> torch.Tensor:
+    """The spikes [T, ...] of float neurons driven by z [T, ...], differentiable as the training step is: the
+    rectangular surrogate (`RectSpike`) and the reset detached (ttc.compiler.ir.Neuron's equations)."""
+    u, s, spikes = torch.full_like(z[0], v_init), torch.zeros_like(z[0]), []
+    for step in range(z.shape[0]):
+        fired = s.detach()
+        def after_reset(v):
+            return v * (1 - fired) + v_reset * fired if reset == "hard" else v - theta * fired if reset == "subtract" else v
+        u = decay * after_reset(u) if order == "reset_decay" else after_reset(decay * u)
+        u = u + z[step]
+        s = RectSpike.apply(u - theta, band, cmp == "ge")
+        spikes.append(s)
+    return torch.stack(spikes)
 
 
 def float_gradients(graph: Graph, train: dict, x: np.ndarray, labels: np.ndarray,
@@ -170,19 +186,8 @@ def float_gradients(graph: Graph, train: dict, x: np.ndarray, labels: np.ndarray
             continue
         n = graph.op(r["neuron"])
         frac = graph.op(op.name).type.dtype.frac + n.in_shift
-        theta, v_reset = n.theta * 2.0 ** -frac, n.v_reset * 2.0 ** -frac
-        decay, band = n.decay_mul / (1 << n.decay_shift), n.band * 2.0 ** -frac
-        u = torch.full_like(z[0], n.v_init * 2.0 ** -frac)
-        spikes, s = [], torch.zeros_like(z[0])
-        for step in range(steps):
-            fired = s.detach()
-            reset = (lambda v: v * (1 - fired) + v_reset * fired) if n.reset == "hard" else \
-                (lambda v: v - theta * fired) if n.reset == "subtract" else (lambda v: v)
-            u = decay * reset(u) if n.order == "reset_decay" else reset(decay * u)
-            u = u + z[step]
-            s = _Spike.apply(u - theta, band, n.cmp == "ge")
-            spikes.append(s)
-        h_in = torch.stack(spikes)
+        h_in = float_neuron(z, n.decay_mul / (1 << n.decay_shift), n.theta * 2.0 ** -frac, n.band * 2.0 ** -frac,
+                            n.reset, n.v_reset * 2.0 ** -frac, n.v_init * 2.0 ** -frac, n.order, n.cmp)
     target = torch.zeros_like(out)
     target[torch.arange(len(labels)), torch.from_numpy(labels)] = 1.0
     scale = (steps / 2 ** math.ceil(math.log2(steps))) ** 2

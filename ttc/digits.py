@@ -85,36 +85,14 @@ def build_fc_snn(hidden: int = 64, seed: int = 0) -> nn.Sequential:
                          M.TimeMean())
 
 
-class _RectSpike(torch.autograd.Function):
-    """H(v) forward; 1 on |v| < band backward (the rectangular surrogate of ttc's training step)."""
-
-    @staticmethod
-    def forward(ctx, v, band, strict):
-        ctx.save_for_backward(v)
-        ctx.band = band
-        return (v > 0 if strict else v >= 0).to(v.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (v,) = ctx.saved_tensors
-        return grad * (v.abs() < ctx.band).to(grad.dtype), None, None
-
-
 def _recipe_forward(model: nn.Sequential, x: torch.Tensor, band: float) -> torch.Tensor:
     """The float forward of a chain of Flatten, Linear, LIF/IF and TimeMean, with the training step's
     surrogate (1 within band * threshold of the threshold) and its detached reset."""
+    from ttc.compiler.train_reference import float_neuron
+
     for m in model:
-        if isinstance(m, M.LIF):
-            h, s, out = torch.full_like(x[0], m.v_init), torch.zeros_like(x[0]), []
-            for t in range(x.shape[0]):
-                fired = s.detach()
-                r = h * (1 - fired) + m.v_reset * fired if m.reset == "hard" else h - m.threshold * fired
-                h = m.decay * r + x[t]
-                s = _RectSpike.apply(h - m.threshold, band * m.threshold, m.cmp == "gt")
-                out.append(s)
-            x = torch.stack(out)
-        else:
-            x = m(x)
+        x = float_neuron(x, m.decay, m.threshold, band * m.threshold, m.reset, m.v_reset, m.v_init,
+                         cmp=m.cmp) if isinstance(m, M.LIF) else m(x)
     return x
 
 
