@@ -50,7 +50,7 @@ import numpy as np
 from ttc.isa.hwconfig import HwConfig, multiply_action, neuron_update_actions
 from ttc.isa.train import band_fields
 
-from .ir import Conv2d, Graph, Input, IRError, Linear, NeuronQ, Op, Tape, TimeReduce
+from .ir import Conv2d, Graph, Input, IRError, Linear, MaxPool, NeuronQ, Op, Tape, TimeReduce
 from .tiling import fmt
 
 LIMIT_BITS = 31
@@ -145,6 +145,12 @@ class TrainedLayer:
     readout: bool = False
     neuron: str | None = None  # the neuron op's name (a hidden layer with a neuron)
     tape: str | None = None
+    pool: str | None = None  # the max pool of its spikes: its kernel, stride, padding and output size
+    pool_k: int = 0
+    pool_stride: int = 0
+    pool_pad: int = 0
+    pool_oh: int = 0
+    pool_ow: int = 0
     grad_frac: int = 0
     grad_bound: int = 0
     src_shift: int = 0
@@ -182,6 +188,11 @@ class TrainedLayer:
         return self.cout * self.oh * self.ow
 
     @property
+    def n_top(self) -> int:
+        """The elements of its output as the layer above reads them (pooled, with a pool)."""
+        return self.cout * self.pool_oh * self.pool_ow if self.pool else self.n_out
+
+    @property
     def taps(self) -> int:
         return self.kh * self.kw
 
@@ -190,10 +201,11 @@ class TrainedLayer:
 PASS_THROUGH = ("flatten", "rescale")
 
 
-def _chain(graph: Graph) -> list[tuple[Op, NeuronQ | None]]:
-    """The model as training takes it: conv or linear layers (stride 1, no bias), each with a neuron or
-    without, in a chain (each reads the one before, through flattens and rescales), ending in a linear readout
-    summed or averaged over time, on one input. Anything else is refused, naming the op."""
+def _chain(graph: Graph) -> list[tuple[Op, NeuronQ | None, MaxPool | None]]:
+    """The model as training takes it: conv or linear layers (stride 1), each with a neuron (and a max pool
+    of its spikes, or none) or without one, in a chain (each reads the one before, through flattens and
+    rescales), ending in a linear readout summed or averaged over time, on one input. Anything else is
+    refused, naming the op."""
     if len(graph.outputs) != 1:
         raise TrainError(f"a training step needs a model with one output; this one has {len(graph.outputs)}")
     reduce = graph.op(graph.outputs[0])
@@ -209,19 +221,23 @@ def _chain(graph: Graph) -> list[tuple[Op, NeuronQ | None]]:
             if isinstance(op, Conv2d) and tuple(op.stride) != (1, 1):
                 op.fail(f"has stride {tuple(op.stride)}: the training step's input gradients take stride 1 so far")
             below = _source(graph, op.inputs[0])
-            if layers and below is not (layers[-1][1] or layers[-1][0]):
+            if layers and below is not (layers[-1][2] or layers[-1][1] or layers[-1][0]):
                 op.fail(f"reads %{below.name}, not the layer before it: the training step takes a chain of layers")
             if not layers and not isinstance(below, Input):
                 op.fail(f"reads %{below.name}: the first trained layer reads the model's input")
-            layers.append([op, None])
+            layers.append([op, None, None])
         elif isinstance(op, NeuronQ) and layers and layers[-1][1] is None and op.inputs[0] == layers[-1][0].name:
             if op.per_channel or op.levels > 1:
                 op.fail("has decays per channel or several thresholds: the training step takes one decay and one "
                         "threshold per layer so far")
             layers[-1][1] = op
+        elif isinstance(op, MaxPool) and layers and layers[-1][1] is not None and layers[-1][2] is None \
+                and op.inputs[0] == layers[-1][1].name:
+            layers[-1][2] = op
         else:
-            op.fail(f"is a {op.opname}: the training step takes conv and linear layers with LIF/IF neurons and a "
-                    "linear readout so far (pools, residual adds and tensor-train layers are not trained yet)")
+            op.fail(f"is a {op.opname}: the training step takes conv and linear layers with LIF/IF neurons (each "
+                    "with a max pool or not) and a linear readout so far (average pools, residual adds, PTT and HTT "
+                    "layers are not trained yet)")
     if layers[-1][0].name != reduce.inputs[0]:
         reduce.fail("is not read from the last trained layer")
     return [tuple(layer) for layer in layers]
@@ -238,7 +254,7 @@ def _source(graph: Graph, name: str) -> Op:
 def add_tapes(graph: Graph, band: float) -> Graph:
     """Every trained neuron records its active bits: its band (`band` times its threshold) in state units,
     rounded to what nrn holds, and a `tape` value the forward stores."""
-    for _, neuron in _chain(graph):
+    for _, neuron, _ in _chain(graph):
         if neuron is None:
             continue
         mant, exp = band_fields(max(1, int(round(band * abs(neuron.theta)))))
@@ -305,7 +321,7 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig) -> list[Trai
     records = []
     below_frac = below_typical = None
     for k in range(len(layers) - 1, -1, -1):
-        op, neuron = layers[k]
+        op, neuron, pool = layers[k]
         x = graph.op(op.inputs[0])
         r = _layer(graph, op, k, k == len(layers) - 1)
         if r.readout:  # e = out - target: exact, bounded by the forward's bound for any storable weights
@@ -318,6 +334,10 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig) -> list[Trai
         elif neuron is not None:
             r.neuron = neuron.name
             r.tape = next(u.name for u in graph.users(neuron.name) if isinstance(u, Tape))
+            if pool is not None:  # a window's gradient goes to one input: overlapping windows add up
+                r.pool, r.pool_k, r.pool_stride, r.pool_pad = pool.name, pool.kernel, pool.stride, pool.padding
+                r.pool_oh, r.pool_ow = pool.type.shape[1:]
+                below_typical *= math.ceil(pool.kernel / pool.stride) ** 2
             d_sum = decay_sum(neuron, steps)
             guard = neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
             r.src_shift = fit_shift(math.ceil(below_typical * d_sum) + steps, guard, bits=GRAD_BITS - 1)

@@ -163,9 +163,11 @@ class BackwardPlan(TrainLayerPlan):
             self.d, self.d_state, self.tr = buf.take("psum", 4 * r.n_out), buf.take("vmem", 4 * r.n_out), buf.take("ifmap", 4 * r.n_in)
         if self.neuron is not None:
             spike_bytes = elems_bytes("spike", r.n_out)
-            self.gs, self.tape = buf.take("ifmap", 4 * r.n_out), buf.take("ifmap", spike_bytes)
-            self.spikes = buf.take("ifmap", spike_bytes) if self.neuron.reset == "hard" else self.tape
+            self.gs, self.tape = buf.take("psum" if r.pool else "ifmap", 4 * r.n_out), buf.take("ifmap", spike_bytes)
+            self.spikes = buf.take("ifmap", spike_bytes) if self.neuron.reset == "hard" or r.pool else self.tape
             self.state = buf.take("vmem", 4 * r.n_out)
+        if r.pool:  # the gradient of the pooled spikes, routed back to the spikes (pbwd)
+            self.pooled = buf.take("ifmap", 4 * r.n_top)
 
     @property
     def words(self) -> int:
@@ -198,10 +200,16 @@ class BackwardPlan(TrainLayerPlan):
         if neuron is not None:
             tape = graph.op(r.tape)
             gate = "spike" if neuron.reset == "hard" else "none"
-            code += [self.load(self.gs, r.grad_in + g_step * 4 * r.n_out, 4 * r.n_out),
-                     self.load(self.tape, self.step_addr(tape, t).addr, elems_bytes("spike", r.n_out))]
-            if gate == "spike":
+            code.append(self.load(self.tape, self.step_addr(tape, t).addr, elems_bytes("spike", r.n_out)))
+            if gate == "spike" or r.pool:
                 code.append(self.load(self.spikes, self.step_addr(neuron, t).addr, elems_bytes("spike", r.n_out)))
+            if r.pool:
+                code += [self.load(self.pooled, r.grad_in + g_step * 4 * r.n_top, 4 * r.n_top),
+                         self.instr("pbwd", src=self.pooled, x=self.spikes, dst=self.gs, x_fmt="spike", channels=r.cout,
+                                    ih=r.oh, iw=r.ow, oh=r.pool_oh, ow=r.pool_ow, k=r.pool_k, stride=r.pool_stride,
+                                    pt=r.pool_pad, pl=r.pool_pad)]
+            else:
+                code.append(self.load(self.gs, r.grad_in + g_step * 4 * r.n_out, 4 * r.n_out))
             nbwd = dict(src=self.gs, tape=self.tape, spikes=self.spikes, n=r.n_out, decay_shift=neuron.decay_shift,
                         gate=gate, src_shift=r.src_shift, bits=GRAD_BITS)
             if trace:
@@ -265,6 +273,9 @@ class BackwardPlan(TrainLayerPlan):
             pe[multiply_action("i32", r.wfmt)] = pe.get(multiply_action("i32", r.wfmt), 0) + macs
             if r.pre_shift:
                 vec["shift32"] = r.n_out * times
+        if r.pool:
+            vec["add32"] = r.n_top * steps
+            vec["or1"] = r.n_top * r.pool_k ** 2 * steps
         if neuron is not None:
             passes = (r.form == "trace") + (r.form != "trace" or r.input_grad or r.bias)
             for a, c in neuron_update_actions("none", r.src_shift, neuron.decay_mul, neuron.decay_shift).items():

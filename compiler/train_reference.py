@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ttc.isa.neuron import step as neuron_step
 from ttc.isa.table import rescale
-from ttc.isa.train import backward_step, saturate, sgd
+from ttc.isa.train import backward_step, pool_backward, saturate, sgd
 
 from .ir import Graph
 from .reference import evaluate
@@ -73,13 +73,18 @@ class TrainingReference:
         for r in reversed(self.layers):
             op = g.op(r["name"])
             x_in = _images(env[op.inputs[0]].long(), r["cin"], r["ih"], r["iw"])  # [T, B, C, H, W]
-            if below is not None:  # through a flatten: this layer's output's shape
-                below = below.reshape(below.shape[0], batch, r["cout"], r["oh"], r["ow"])
+            if below is not None:  # through a flatten: this layer's output's shape (pooled)
+                top = (r["pool_oh"], r["pool_ow"]) if r["pool"] else (r["oh"], r["ow"])
+                below = below.reshape(below.shape[0], batch, r["cout"], *top)
             if r["readout"]:
                 gh = e.reshape(1, batch, -1, 1, 1)
             elif r["neuron"] is not None:
                 neuron = g.op(r["neuron"])
                 tape, spikes = (_images(env[v].long(), r["cout"], r["oh"], r["ow"]) for v in (r["tape"], r["neuron"]))
+                if r["pool"]:  # routed back through the max pool, step by step
+                    below = torch.stack([torch.from_numpy(pool_backward(
+                        spikes[step].numpy(), below[step if below.shape[0] > 1 else 0].numpy(), r["pool_k"],
+                        r["pool_stride"], r["pool_pad"], r["pool_pad"])) for step in range(steps)])
 
                 def walk(decay_mul):  # nbwd over t = T-1 ... 0 (decay_mul 0: D[t], nothing carried)
                     state, rows = torch.zeros_like(tape[0]), []
@@ -188,6 +193,10 @@ def float_gradients(graph: Graph, train: dict, x: np.ndarray, labels: np.ndarray
         frac = graph.op(op.name).type.dtype.frac + n.in_shift
         h_in = float_neuron(z, n.decay_mul / (1 << n.decay_shift), n.theta * 2.0 ** -frac, n.band * 2.0 ** -frac,
                             n.reset, n.v_reset * 2.0 ** -frac, n.v_init * 2.0 ** -frac, n.order, n.cmp)
+        if r["pool"]:
+            pool = graph.op(r["pool"])
+            pooled = F.max_pool2d(h_in.flatten(0, 1), pool.kernel, pool.stride, pool.padding, ceil_mode=pool.ceil_mode)
+            h_in = pooled.reshape(*h_in.shape[:2], *pooled.shape[1:])
     target = torch.zeros_like(out)
     target[torch.arange(len(labels)), torch.from_numpy(labels)] = 1.0
     scale = (steps / 2 ** math.ceil(math.log2(steps))) ** 2

@@ -370,6 +370,17 @@ TRAINING = (
         "grad[co,y,x], shift): the weight gradient, one accumulator shared by the batch (spike src: adds gated by "
         "the spikes)",
         _wgrad_footprint, _conv_cycles(), _conv_pairs, since=9),
+    _op("pbwd", 0x0F, "vector",
+        (_ref("src", ("psum", "ifmap")), _ref("x", ("ifmap",)), _ref("dst", ("psum",)),
+         _enum("x_fmt", FORMATS, "element format of the pool's input"), _u("channels", 16), _u("ih", 12),
+         _u("iw", 12), _u("oh", 12), _u("ow", 12), _u("k", 4), _u("stride", 4),
+         _s("pt", 5, "rows of padding above the input"), _u("pl", 4, "columns of padding left of the input")),
+        "dst[c,iy,ix] = sum of src[c,y,x] over the outputs whose window's first maximum (row by row, "
+        f"{_POOL_INDEX}, the padding never a maximum) is x[c,iy,ix]: a max pool's gradient routed back (i32)",
+        lambda a: [("src", "r", 4 * a["channels"] * a["oh"] * a["ow"]),
+                   ("x", "r", elems_bytes(a["x_fmt"], a["channels"] * a["ih"] * a["iw"])),
+                   ("dst", "w", 4 * a["channels"] * a["ih"] * a["iw"])],
+        lambda hw, a: hw.vector_cycles(a["channels"] * a["oh"] * a["ow"] * a["k"] ** 2), since=9),
     _op("sgd", 0x0E, "vector",
         (_ref("wgt", ("wgt",)), _ref("grad", ("psum",)),
          _enum("wfmt", ("i8", "i16", "i32"), "element format of the weights (i32: biases)"),

@@ -11,6 +11,8 @@
                  reset detached: dh[t+1]/dh[t] = decay * (1 - s[t])) and G = 1 for subtract or none,
                  saturated to the gradient's width (`saturate`)
     w'         = sat(w - R(g, shift)),  g' = 0       (sgd: a power-of-two learning rate)
+    g_x        = the max pool's gradient routed back (pbwd): each window's gradient goes to its first
+                 maximum in scan order (PyTorch's CPU kernel's choice), padding never chosen
 """
 from __future__ import annotations
 
@@ -62,3 +64,27 @@ def sgd(w, g, shift: int, bits: int):
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     raw = w - rescale(g, shift)
     return raw.clip(lo, hi), int(((raw < lo) | (raw > hi)).sum())
+
+
+def pool_backward(x, g, k: int, stride: int, pt: int, pl: int):
+    """The gradient of a max pool's input, [B, C, ih, iw], from its output's gradient g [B, C, oh, ow] and its
+    input x [B, C, ih, iw] (NumPy int64): each window's gradient added at the window's first maximum (row by
+    row), the padding (pt rows above, pl columns left, and below and right as far as the windows reach)
+    never a maximum."""
+    import numpy as np
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    b, c, ih, iw = x.shape
+    oh, ow = g.shape[2:]
+    rows, cols = (oh - 1) * stride + k, (ow - 1) * stride + k
+    low = np.iinfo(np.int64).min
+    padded = np.full((b, c, max(rows, pt + ih), max(cols, pl + iw)), low, dtype=np.int64)
+    padded[:, :, pt:pt + ih, pl:pl + iw] = x
+    win = sliding_window_view(padded[:, :, :rows, :cols], (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+    first = win.reshape(b, c, oh, ow, k * k).argmax(axis=4)  # NumPy's argmax: the first maximum
+    iy = np.arange(oh)[:, None] * stride + first // k - pt
+    ix = np.arange(ow)[None, :] * stride + first % k - pl
+    out = np.zeros((b, c, ih * iw), dtype=np.int64)
+    at = (iy * iw + ix).reshape(b, c, -1)
+    np.add.at(out, (np.arange(b)[:, None, None], np.arange(c)[None, :, None], at), g.reshape(b, c, -1))
+    return out.reshape(b, c, ih, iw)

@@ -435,6 +435,21 @@ def _wgrad(m: Machine, i: Instr) -> None:
         a["shift32"] += total.size * m.batch
 
 
+def _pbwd(m: Machine, i: Instr) -> None:
+    c, ih, iw, oh, ow, k, s = (i[f] for f in ("channels", "ih", "iw", "oh", "ow", "k", "stride"))
+    if min(c, oh, ow, k, s) < 1 or i["pt"] < 0:
+        raise SimError(f"channels={c} oh={oh} ow={ow} k={k} stride={s} pt={i['pt']}: each must be at least 1 (pt 0)")
+    if i["pt"] >= k or i["pl"] >= k or (oh - 1) * s - i["pt"] >= ih or (ow - 1) * s - i["pl"] >= iw:
+        raise SimError(f"{oh}x{ow} windows of {k} by {s} (padding {i['pt']}, {i['pl']}): one holds no input of the "
+                       f"{ih}x{iw} input")
+    x = m.read(i["x"], i["x_fmt"], c * ih * iw).reshape(m.batch, c, ih, iw)
+    g = m.read(i["src"], "i32", c * oh * ow).reshape(m.batch, c, oh, ow)
+    m.write(i["dst"], "i32", train.pool_backward(x, g, k, s, i["pt"], i["pl"]))
+    a = m.event.actions
+    a["add32"] = m.batch * c * oh * ow
+    a["or1" if i["x_fmt"] == "spike" else "cmp32"] = m.batch * c * oh * ow * k * k
+
+
 def _sgd(m: Machine, i: Instr) -> None:
     n, bits = i["n"], i["bits"]
     if not 2 <= bits <= 8 * FORMAT_BYTES[i["wfmt"]]:
@@ -451,7 +466,7 @@ def _sgd(m: Machine, i: Instr) -> None:
 
 HANDLERS = {"halt": _halt, "load": _copy, "store": _copy, "vfill": _vfill, "vbias": _vbias, "sconv": _sconv, "dconv": _dconv,
             "pool": _pool, "nrn": _nrn, "vacc": _vacc, "tconv": _tconv, "tfire": _tfire,
-            "nbwd": _nbwd, "wgrad": _wgrad, "sgd": _sgd}
+            "nbwd": _nbwd, "wgrad": _wgrad, "sgd": _sgd, "pbwd": _pbwd}
 
 if set(HANDLERS) != set(BY_NAME):
     raise ImportError(f"simulator handlers {sorted(HANDLERS)} do not match the ISA table {sorted(BY_NAME)}")

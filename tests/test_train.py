@@ -75,6 +75,21 @@ def _conv_bn_net(seed: int = 5):
     return net.eval()
 
 
+def _pooled_net(seed: int = 6):
+    """[T, N, 1, 8, 8] -> 4 classes: the digits SNN's shape: conv-BN-LIF-maxpool twice, a linear readout."""
+    g = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.BatchNorm2d(4), LIF_HARD(), M.MaxPool2d(2),
+                        M.Conv2d(4, 4, 3, padding=1, bias=False), M.BatchNorm2d(4), LIF_HARD(), M.MaxPool2d(2),
+                        M.Flatten(), M.Linear(16, 4), M.TimeMean())
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.copy_(torch.randint(-4, 5, m.weight.shape, generator=g).float() / 4)
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.copy_(torch.randint(-2, 3, (m.num_features,), generator=g).float() / 8)
+    return net.eval()
+
+
 def _tt_net(seed: int = 3):
     """[T, N, 1, 6, 6] -> 4 classes: a 3x3 conv-LIF, a TT-SNN STT block (4 -> 8 channels, rank 2: trained as its
     four cores) with a LIF, a linear readout; dyadic weights."""
@@ -103,6 +118,7 @@ CASES = {
     "tt-stt-block": (_tt_net, (1, 6, 6), True, False),
     "fc-lif-hard-biases": (lambda: _net((12, 8, 6, 4), LIF_HARD, bias=True), 12, True, False),
     "conv-bn-lif-hard-sparse": (lambda: _conv_bn_net(), (1, 6, 6), True, True),
+    "conv-bn-lif-maxpool-twice": (lambda: _pooled_net(), (1, 8, 8), True, False),
     "fc-lif-subtract-trace-form-sparse": (
         lambda: _net((12, 8, 6, 4), lambda: M.LIF(decay=0.5, threshold=0.5, reset="subtract")), 12, True, True, "trace"),
     "conv-lif-subtract-trace-form-fixed-input": (
@@ -156,6 +172,27 @@ def test_the_weight_gradients_equal_float64_autograd_where_nothing_rounds():
     x, _ = next(_batches(1, 12, 4, seed=6))
     assert np.array_equal(api.run_float(net, x)[0], api.simulate(Program.from_bytes(
         bytes.fromhex(compiled.program.meta["inference"])), x).outputs[0])
+
+
+def test_gradients_through_a_max_pool_equal_float64_autograd_where_nothing_rounds():
+    """A window's gradient goes to its first maximum, as PyTorch's CPU max pool routes it."""
+    g = torch.Generator().manual_seed(7)
+    net = nn.Sequential(M.Conv2d(1, 2, 3, padding=1, bias=False), M.LIF(decay=0.5, threshold=0.5), M.MaxPool2d(2),
+                        M.Flatten(), M.Linear(8, 4, bias=False), M.TimeMean())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randint(-4, 5, p.shape, generator=g).float() / 4)
+    compiled = api.compile_training(net, f"{T},N,1,4,4", input_encoding="spikes",
+                                    train=TrainOptions(batch=B, band=0.5, weight_bits=8))
+    train = compiled.program.meta["train"]
+    assert train["layers"][0]["pool"] and all(r["wgrad_shift"] == r["pre_shift"] == 0 for r in train["layers"])
+    reference = TrainingReference(compiled.quantized, train)
+    for x, labels in _batches(3, (1, 4, 4), 4, seed=8):
+        ints = reference.gradients(x, labels)["dw"]
+        floats = float_gradients(compiled.quantized, train, x, labels, reference.weights)
+        for r in train["layers"]:
+            assert floats[r["name"]].abs().max() > 0
+            assert torch.equal(ints[r["name"]].double() * 2.0 ** -r["dw_frac"], floats[r["name"]]), r["name"]
 
 
 def test_the_trace_form_gives_the_explicit_forms_gradients_where_nothing_rounds():
@@ -225,9 +262,9 @@ def test_the_sparse_backward_does_less_work_and_computes_the_same():
 
 
 def test_models_a_training_step_cannot_take_are_refused_naming_the_layer():
-    pooled = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.LIF(), M.MaxPool2d(2), M.Flatten(),
+    pooled = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.LIF(), M.AvgPool2d(2), M.Flatten(),
                            M.Linear(64, 10, bias=False), M.TimeMean())
-    with pytest.raises(IRError, match=r"from '2'\): is a maxpool: the training step takes conv and linear layers"):
+    with pytest.raises(IRError, match=r"from '2'\): is a avgpool: the training step takes conv and linear layers"):
         api.compile_training(pooled, "4,N,1,8,8", input_bits=8, input_frac=4)
     strided = nn.Sequential(M.Conv2d(1, 4, 3, stride=2, padding=1, bias=False), M.LIF(), M.Flatten(),
                             M.Linear(64, 10, bias=False), M.TimeMean())
