@@ -136,6 +136,8 @@ class TrainedLayer:
     ow: int
     kh: int
     kw: int
+    sh: int
+    sw: int
     pt: int
     pl: int
     wfmt: str
@@ -202,7 +204,7 @@ PASS_THROUGH = ("flatten", "rescale")
 
 
 def _chain(graph: Graph) -> list[tuple[Op, NeuronQ | None, MaxPool | None]]:
-    """The model as training takes it: conv or linear layers (stride 1), each with a neuron (and a max pool
+    """The model as training takes it: conv or linear layers, each with a neuron (and a max pool
     of its spikes, or none) or without one, in a chain (each reads the one before, through flattens and
     rescales), ending in a linear readout summed or averaged over time, on one input. Anything else is
     refused, naming the op."""
@@ -218,8 +220,6 @@ def _chain(graph: Graph) -> list[tuple[Op, NeuronQ | None, MaxPool | None]]:
         if isinstance(op, (Linear, Conv2d)):
             if op.log_scale is not None:
                 op.fail("has logarithmic weights (TTFS): training takes spiking layers")
-            if isinstance(op, Conv2d) and tuple(op.stride) != (1, 1):
-                op.fail(f"has stride {tuple(op.stride)}: the training step's input gradients take stride 1 so far")
             below = _source(graph, op.inputs[0])
             if layers and below is not (layers[-1][2] or layers[-1][1] or layers[-1][0]):
                 op.fail(f"reads %{below.name}, not the layer before it: the training step takes a chain of layers")
@@ -271,11 +271,11 @@ def decay_sum(neuron: NeuronQ, steps: int) -> float:
 def _layer(graph: Graph, op: Op, k: int, readout: bool) -> TrainedLayer:
     x = graph.op(op.inputs[0])
     if isinstance(op, Linear):
-        (cout, cin), geometry = op.weight.shape, dict(ih=1, iw=1, oh=1, ow=1, kh=1, kw=1, pt=0, pl=0)
+        (cout, cin), geometry = op.weight.shape, dict(ih=1, iw=1, oh=1, ow=1, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0)
     else:
         cout, cin, kh, kw = op.weight.shape
         geometry = dict(ih=x.type.shape[1], iw=x.type.shape[2], oh=op.type.shape[1], ow=op.type.shape[2], kh=kh, kw=kw,
-                        pt=op.padding[0], pl=op.padding[1])
+                        sh=op.stride[0], sw=op.stride[1], pt=op.padding[0], pl=op.padding[1])
     return TrainedLayer(name=op.name, path=op.path, op=op.opname, cin=cin, cout=cout, wfmt=f"i{8 * op.weight.itemsize}",
                         weight_frac=op.weight_frac, in_fmt=fmt(x.type.dtype), input_grad=k > 0, readout=readout,
                         wdram=op.wdram or 0, **geometry)

@@ -362,7 +362,7 @@ class UpdatePlan(TrainLayerPlan):
 
 def _geometry(r: TrainedLayer) -> dict:
     """The forward conv's operands (wgrad's, whose sums run over the forward's outputs)."""
-    return dict(cin=r.cin, cout=r.cout, ih=r.ih, iw=r.iw, oh=r.oh, ow=r.ow, kh=r.kh, kw=r.kw, sh=1, sw=1, pt=r.pt,
+    return dict(cin=r.cin, cout=r.cout, ih=r.ih, iw=r.iw, oh=r.oh, ow=r.ow, kh=r.kh, kw=r.kw, sh=r.sh, sw=r.sw, pt=r.pt,
                 pl=r.pl)
 
 
@@ -372,9 +372,9 @@ def _ones(r: TrainedLayer) -> dict:
 
 
 def _transposed(r: TrainedLayer) -> dict:
-    """The input gradient's conv (dconv transposed): from the cout x oh x ow gradients to the cin x ih x iw
-    inputs, the kernel flipped, padded by k - 1 - p (stride 1)."""
-    return dict(cin=r.cout, cout=r.cin, ih=r.oh, iw=r.ow, oh=r.ih, ow=r.iw, kh=r.kh, kw=r.kw, sh=1, sw=1,
+    """The input gradient's conv (dconv transposed): from the cout x oh x ow gradients (spread out by the
+    forward's stride) to the cin x ih x iw inputs, the kernel flipped, padded by k - 1 - p."""
+    return dict(cin=r.cout, cout=r.cin, ih=r.oh, iw=r.ow, oh=r.ih, ow=r.iw, kh=r.kh, kw=r.kw, sh=r.sh, sw=r.sw,
                 pt=r.kh - 1 - r.pt, pl=r.kw - 1 - r.pl)
 
 

@@ -103,7 +103,8 @@ class TrainingReference:
             if r["form"] == "trace":  # SSGD: the input traces against D (the same gradient, rounded elsewhere)
                 full, x_in = walk(0), _traces(x_in, neuron, r["trace_shift"])
             # wgrad, one instruction per sample's step, each rounded: the forward's windows of x against g_h
-            cols = F.unfold(x_in.flatten(0, 1).double(), (r["kh"], r["kw"]), padding=(r["pt"], r["pl"])).long()
+            cols = F.unfold(x_in.flatten(0, 1).double(), (r["kh"], r["kw"]), padding=(r["pt"], r["pl"]),
+                            stride=(r["sh"], r["sw"])).long()
             per_step = torch.einsum("nol,nkl->nok", full.flatten(0, 1).flatten(2), cols)
             dw[r["name"]] = rescale(per_step, r["wgrad_shift"]).sum(0).reshape(self.weights[r["name"]].shape)
             if r["bias"]:  # one wgrad of a plane of ones per sample's step
@@ -112,7 +113,11 @@ class TrainingReference:
             if r["input_grad"]:
                 w = self.weights[r["name"]].reshape(r["cout"], r["cin"], r["kh"], r["kw"]).double()
                 scaled = rescale(gh, r["pre_shift"])
-                gx = F.conv_transpose2d(scaled.flatten(0, 1).double(), w, padding=(r["pt"], r["pl"]))
+                stride = (r["sh"], r["sw"])
+                extra = tuple(n - ((o - 1) * s - 2 * p + k) for n, o, s, p, k in
+                              ((r["ih"], r["oh"], r["sh"], r["pt"], r["kh"]), (r["iw"], r["ow"], r["sw"], r["pl"], r["kw"])))
+                gx = F.conv_transpose2d(scaled.flatten(0, 1).double(), w, stride=stride, padding=(r["pt"], r["pl"]),
+                                        output_padding=extra)
                 below, _ = saturate(gx.round().long().reshape(gh.shape[0], batch, r["cin"], r["ih"], r["iw"]), GRAD_BITS)
         return dict(out=out, e=e, dw=dw, db=db, gh=grads)
 
@@ -181,8 +186,8 @@ def float_gradients(graph: Graph, train: dict, x: np.ndarray, labels: np.ndarray
             h_in = env[xin.name] * 2.0 ** -xin.type.dtype.frac
         x_img = h_in.reshape(*h_in.shape[:2], r["cin"], r["ih"], r["iw"])
         w4 = w.reshape(r["cout"], r["cin"], r["kh"], r["kw"])
-        z = F.conv2d(x_img.flatten(0, 1), w4, b, padding=(r["pt"], r["pl"])).reshape(*h_in.shape[:2], r["cout"], r["oh"],
-                                                                                      r["ow"])
+        z = F.conv2d(x_img.flatten(0, 1), w4, b, stride=(r["sh"], r["sw"]), padding=(r["pt"], r["pl"]))
+        z = z.reshape(*h_in.shape[:2], r["cout"], r["oh"], r["ow"])
         if r["readout"]:
             out = z.flatten(2).sum(0) / steps
             break

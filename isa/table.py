@@ -274,7 +274,8 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         (_ref("src", ("ifmap", "psum")), _ref("wgt", ("wgt",)), _ref("dst", ("psum",)),
          _enum("fmt", FORMATS[1:], "element format of src")) + _CONV_GEOMETRY + _INTEGER_WEIGHTS,
         f"dst[co,y,x] (+)= (sum of {_CONV_INDEX} times w[co,ci,i,j]) << shift (multiply-accumulate), "
-        "w = wgt, or with transposed wgt[ci,co,kh-1-i,kw-1-j]",
+        "w = wgt; transposed: w = wgt[ci,co,kh-1-i,kw-1-j], src spread out by (sh, sw) (sh-1 zero rows between "
+        "its rows, sw-1 zero columns between its columns: a strided layer's input gradient) and read with stride 1",
         _conv_footprint(lambda a: a["fmt"]), _conv_cycles(), _conv_pairs,
         added=(_u("transposed", 1, "1: wgt holds a forward layer's [cin, cout, kh, kw] weights, read as "
                   "wgt[ci,co,kh-1-i,kw-1-j] (input gradients, training)", 0, since=9),

@@ -231,7 +231,7 @@ def _conv_sums(m: Machine, i: Instr, x: np.ndarray, w: np.ndarray) -> np.ndarray
     cout, cin, kh, kw = i["cout"], i["cin"], i["kh"], i["kw"]
     bound = int(np.abs(x).max(initial=0)) * int(np.abs(w).sum(axis=1).max(initial=0))
     if bound >= 1 << 53:
-        raise SimError(f"instruction {m.pc} ({i.op}): partial sums may reach {bound}, beyond exact arithmetic")
+        raise SimError(f"instruction {m.pc} ({m.prog.code[m.pc].op}): partial sums may reach {bound}, beyond exact arithmetic")
     xp, w4 = torch.from_numpy(_padded(x, i)), torch.from_numpy(w.reshape(cout, cin, kh, kw))
     y = None
     if bound < 1 << 24:
@@ -328,13 +328,23 @@ def _dconv(m: Machine, i: Instr) -> None:
     """Every in-bounds tap multiplies, whatever the values (with skip: every tap of a non-zero input).
     Transposed, the weights are a forward layer's [cin, cout, kh, kw], read swapped and flipped."""
     cin, cout, kh, kw = i["cin"], i["cout"], i["kh"], i["kw"]
+    conv = i
+    real = None  # the positions of src's elements in the spread-out input (transposed with a stride)
     if i["transposed"]:
         x, _ = _conv_operands(m, i, i["fmt"], i["wfmt"], weights=False)
         w = m.read(i["wgt"], i["wfmt"], cout * cin * kh * kw)[0].reshape(cin, cout, kh, kw)
         w = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1].reshape(cout, -1)
+        sh, sw = i["sh"], i["sw"]
+        if (sh, sw) != (1, 1):
+            spread = np.zeros(x.shape[:2] + ((x.shape[2] - 1) * sh + 1, (x.shape[3] - 1) * sw + 1), dtype=x.dtype)
+            spread[:, :, ::sh, ::sw] = x
+            real = np.zeros((1,) + spread.shape[1:], dtype=np.int64)
+            real[:, :, ::sh, ::sw] = 1
+            x = spread
+        conv = {**i.args, "sh": 1, "sw": 1}
     else:
         x, w = _conv_operands(m, i, i["fmt"], i["wfmt"])
-    y = _conv_sums(m, i, x, w) << i["shift"]
+    y = _conv_sums(m, conv, x, w) << i["shift"]
     a = m.event.actions
     if i["sat_bits"]:
         if i["accumulate"]:
@@ -343,8 +353,8 @@ def _dconv(m: Machine, i: Instr) -> None:
         m.write(i["dst"], "i32", y)
     else:
         _accumulate(m, i, y)
-    taps = (x != 0).astype(np.int64) if i["skip"] else np.ones((1,) + x.shape[1:], np.int64)
-    a["mac"] = a["add32"] = int(_per_tap(taps, i).sum()) * cout * (1 if i["skip"] else m.batch)
+    taps = (x != 0).astype(np.int64) if i["skip"] else np.ones((1,) + x.shape[1:], np.int64) if real is None else real
+    a["mac"] = a["add32"] = int(_per_tap(taps, conv).sum()) * cout * (1 if i["skip"] else m.batch)
     a[multiply_action(i["fmt"], i["wfmt"])] = a["mac"]
     if i["shift"]:
         a["shift32"] += y.shape[1] * m.batch

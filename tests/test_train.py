@@ -90,6 +90,20 @@ def _pooled_net(seed: int = 6):
     return net.eval()
 
 
+def _strided_net(seed: int = 9):
+    """[T, N, 1, 8, 8] -> 4 classes: a conv-IF, a stride-2 conv (8x8 -> 4x4) and a stride-2 1x1 conv, each
+    with an IF neuron, a linear readout."""
+    g = torch.Generator().manual_seed(seed)
+    neuron = lambda: M.IF(threshold=0.5, reset="subtract")  # noqa: E731
+    net = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), neuron(), M.Conv2d(4, 4, 3, stride=2, padding=1,
+                        bias=False), neuron(), M.Conv2d(4, 4, 1, stride=2, bias=False), neuron(), M.Flatten(),
+                        M.Linear(16, 4, bias=False), M.TimeMean())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randint(-4, 5, p.shape, generator=g).float() / 4)
+    return net
+
+
 def _tt_net(seed: int = 3):
     """[T, N, 1, 6, 6] -> 4 classes: a 3x3 conv-LIF, a TT-SNN STT block (4 -> 8 channels, rank 2: trained as its
     four cores) with a LIF, a linear readout; dyadic weights."""
@@ -119,6 +133,7 @@ CASES = {
     "fc-lif-hard-biases": (lambda: _net((12, 8, 6, 4), LIF_HARD, bias=True), 12, True, False),
     "conv-bn-lif-hard-sparse": (lambda: _conv_bn_net(), (1, 6, 6), True, True),
     "conv-bn-lif-maxpool-twice": (lambda: _pooled_net(), (1, 8, 8), True, False),
+    "conv-stride-2-if-subtract-fixed-input": (lambda: _strided_net(), (1, 8, 8), False, True),
     "fc-lif-subtract-trace-form-sparse": (
         lambda: _net((12, 8, 6, 4), lambda: M.LIF(decay=0.5, threshold=0.5, reset="subtract")), 12, True, True, "trace"),
     "conv-lif-subtract-trace-form-fixed-input": (
@@ -174,18 +189,25 @@ def test_the_weight_gradients_equal_float64_autograd_where_nothing_rounds():
         bytes.fromhex(compiled.program.meta["inference"])), x).outputs[0])
 
 
-def test_gradients_through_a_max_pool_equal_float64_autograd_where_nothing_rounds():
-    """A window's gradient goes to its first maximum, as PyTorch's CPU max pool routes it."""
+@pytest.mark.parametrize("down", ["maxpool", "stride"])
+def test_gradients_through_a_downsampling_equal_float64_autograd_where_nothing_rounds(down):
+    """A max pool's window gradient goes to its first maximum, as PyTorch's CPU max pool routes it; a strided
+    conv's input gradient is the transposed conv of its gradient spread out by the stride."""
     g = torch.Generator().manual_seed(7)
-    net = nn.Sequential(M.Conv2d(1, 2, 3, padding=1, bias=False), M.LIF(decay=0.5, threshold=0.5), M.MaxPool2d(2),
-                        M.Flatten(), M.Linear(8, 4, bias=False), M.TimeMean())
+    lif = M.LIF(decay=0.5, threshold=0.5)
+    body = [M.Conv2d(1, 2, 3, padding=1, bias=False), lif, M.MaxPool2d(2), M.Flatten(), M.Linear(8, 4, bias=False)] \
+        if down == "maxpool" else [M.Conv2d(1, 2, 3, padding=1, bias=False), lif,
+                                   M.Conv2d(2, 2, 3, stride=2, padding=1, bias=False), M.LIF(decay=0.5, threshold=0.5),
+                                   M.Flatten(), M.Linear(8, 4, bias=False)]
+    net = nn.Sequential(*body, M.TimeMean())
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randint(-4, 5, p.shape, generator=g).float() / 4)
     compiled = api.compile_training(net, f"{T},N,1,4,4", input_encoding="spikes",
                                     train=TrainOptions(batch=B, band=0.5, weight_bits=8))
     train = compiled.program.meta["train"]
-    assert train["layers"][0]["pool"] and all(r["wgrad_shift"] == r["pre_shift"] == 0 for r in train["layers"])
+    assert (train["layers"][0]["pool"] if down == "maxpool" else train["layers"][1]["sh"] == 2)
+    assert all(r["wgrad_shift"] == r["pre_shift"] == 0 for r in train["layers"])
     reference = TrainingReference(compiled.quantized, train)
     for x, labels in _batches(3, (1, 4, 4), 4, seed=8):
         ints = reference.gradients(x, labels)["dw"]
@@ -266,10 +288,10 @@ def test_models_a_training_step_cannot_take_are_refused_naming_the_layer():
                            M.Linear(64, 10, bias=False), M.TimeMean())
     with pytest.raises(IRError, match=r"from '2'\): is a avgpool: the training step takes conv and linear layers"):
         api.compile_training(pooled, "4,N,1,8,8", input_bits=8, input_frac=4)
-    strided = nn.Sequential(M.Conv2d(1, 4, 3, stride=2, padding=1, bias=False), M.LIF(), M.Flatten(),
-                            M.Linear(64, 10, bias=False), M.TimeMean())
-    with pytest.raises(IRError, match=r"from '0'\): has stride \(2, 2\)"):
-        api.compile_training(strided, "4,N,1,8,8", input_bits=8, input_frac=4)
+    residual = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.MSBlock(4, 4), M.LIF(), M.Flatten(),
+                             M.Linear(256, 10, bias=False), M.TimeMean())
+    with pytest.raises(IRError, match=r"is a add: the training step takes conv and linear layers"):
+        api.compile_training(residual, "4,N,1,8,8", input_bits=8, input_frac=4)
     with pytest.raises(TrainError, match="cross-entropy"):
         TrainOptions(loss="ce")
 
