@@ -424,3 +424,11 @@ def test_the_cost_model_prices_the_training_phases(case):
         assert predicted[phase]["cycles"] == pytest.approx(stats.cycles[phase] / samples, rel=0.01), phase
         simulated = sum(stats.energy_pj[phase].values()) / samples
         assert sum(predicted[phase]["energy_pj"].values()) == pytest.approx(simulated, rel=0.1), phase
+
+
+def test_a_layer_whose_backward_does_not_fit_names_the_buffer():
+    big = nn.Sequential(M.Flatten(), M.Linear(64, 256, bias=False), LIF_HARD(), M.Linear(256, 10, bias=False),
+                        M.TimeMean())
+    with pytest.raises(TrainError, match=r"layer 1: its training step needs \d+ bytes of the psum buffer, which holds "
+                                         r"32768 bytes in hardware config 'sata' \(training does not tile layers yet\)"):
+        api.compile_training(big, "4,N,1,8,8", input_bits=8, input_frac=4)
