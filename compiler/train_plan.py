@@ -16,6 +16,7 @@ emits the step program; `predicted_step` prices it phase by phase (the program r
 its cycles to the simulator's)."""
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Callable, ClassVar, Iterator
 
@@ -71,9 +72,9 @@ class TrainLayerPlan(LayerPlan):
     def take_regions(self) -> None:
         """Lay out the plan's regions (self.buf.take)."""
 
+    @abstractmethod
     def parts(self) -> Iterator[tuple[tuple, Callable[[], list[Instr]]]]:
         """The walk's steps in program order: (what the step does, its instructions' builder)."""
-        raise NotImplementedError
 
     def stretches(self) -> Iterator[Stretch]:
         slots = [Slots(self, mem) for mem in self.slot_bytes]
