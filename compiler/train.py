@@ -5,7 +5,8 @@ training phases' plans: ttc.compiler.train_plan, which also generates the progra
 
     forward   the inference layers (ttc.compiler.plan), whose neurons also write their active bits
               (`tape` values): the spikes and the tape are what the backward reads, 1 bit per neuron-step
-    backward  the loss gradient on chip (mean squared error against a target the host writes), then
+    backward  the loss gradient (mean squared error on chip against a target the host writes; or the softmax
+              cross-entropy's, which the host computes between the forward and the backward), then
               every trained layer from the last to the first, t = T-1 ... 0 inside each (BPTT): `nbwd`
               turns the spike gradients into membrane gradients, `wgrad` adds their weight gradient
               into the layer's accumulator (one per machine, shared by the samples), a transposed `dconv`
@@ -60,6 +61,10 @@ GRAD_MAX = (1 << (GRAD_BITS - 1)) - 1
 
 
 FORMS = ("auto", "explicit", "trace")
+LOSSES = ("mse", "ce")
+#: The softmax cross-entropy's gradient (p - y) / T, |p - y| <= 1, is held with this many fractional bits
+#: (plus log2 T): the host rounds it half to even (`ce_gradient`).
+CE_BITS = 20
 
 
 class TrainError(IRError):
@@ -88,9 +93,9 @@ class TrainOptions:
     active_density: float = 0.1
 
     def __post_init__(self):
-        if self.loss != "mse":
-            raise TrainError(f"loss {self.loss!r}: the machine computes the mean squared error ('mse'); a softmax "
-                             "cross-entropy needs exponentials it does not have")
+        if self.loss not in LOSSES:
+            raise TrainError(f"loss {self.loss!r}: 'mse' (the mean squared error, on the machine) or 'ce' (softmax "
+                             "cross-entropy, its gradient computed by the host between the forward and the backward)")
         if self.surrogate != "rect":
             raise TrainError(f"surrogate {self.surrogate!r}: the tape holds one active bit per neuron-step, which is "
                              "the rectangular surrogate ('rect')")
@@ -324,7 +329,10 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig) -> list[Trai
         op, neuron, pool = layers[k]
         x = graph.op(op.inputs[0])
         r = _layer(graph, op, k, k == len(layers) - 1)
-        if r.readout:  # e = out - target: exact, bounded by the forward's bound for any storable weights
+        if r.readout and options.loss == "ce":  # e = round((p - y) / T, CE_BITS + log2 T), from the host
+            r.grad_frac = CE_BITS + math.ceil(math.log2(steps))
+            r.grad_bound = typical = 1 << CE_BITS
+        elif r.readout:  # e = out - target: exact, bounded by the forward's bound for any storable weights
             r.grad_frac = reduce.type.dtype.frac + 2 * math.ceil(math.log2(steps))
             target = steps * (1 << reduce.type.dtype.frac)
             r.grad_bound = steps * r.cin * r.taps * _qmax(op) * _bound(x) + target + _bias_bound(graph, op)
@@ -399,3 +407,17 @@ def _bound(x: Op) -> int:
 
 
 # ------------------------------------------------------------------------------------------ plans
+
+
+def ce_gradient(out: np.ndarray, labels: np.ndarray, steps: int, out_frac: int) -> tuple[np.ndarray, float]:
+    """The softmax cross-entropy's gradient with respect to every step's readout sums, as the host computes it
+    between the forward and the backward: e = round_half_even((softmax(o) - onehot(y)) / T 2^(CE_BITS + ceil
+    log2 T)) with o = out / (T 2^out_frac) the model's output (int64 [B, classes]), and the batch's loss
+    sum -log softmax(o)[y] (float64)."""
+    o = out.astype(np.float64) * 2.0 ** -out_frac / steps
+    o = o - o.max(axis=1, keepdims=True)
+    log_p = o - np.log(np.exp(o).sum(axis=1, keepdims=True))
+    p = np.exp(log_p)
+    p[np.arange(len(labels)), labels] -= 1.0
+    frac = CE_BITS + math.ceil(math.log2(steps))
+    return np.rint(p / steps * 2.0 ** frac).astype(np.int64), float(-log_p[np.arange(len(labels)), labels].sum())

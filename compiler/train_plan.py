@@ -386,8 +386,10 @@ def training_plans(graph: Graph, hw: HwConfig, records: list[TrainedLayer], opti
         return tuple(sorted((k, v) for k, v in vars(r).items() if k not in ("name", "path") and not isinstance(v, dict)))
 
     readout = graph.op(graph.outputs[0])
-    plans: list[TrainLayerPlan] = [LossPlan(graph, readout, hw, placed, r=records[-1], options=options,
-                                            shape=(records[-1].cout,), target=target, loss_grad=loss_grad)]
+    plans: list[TrainLayerPlan] = []
+    if options.loss == "mse":  # (the cross-entropy's gradient comes from the host)
+        plans.append(LossPlan(graph, readout, hw, placed, r=records[-1], options=options, shape=(records[-1].cout,),
+                              target=target, loss_grad=loss_grad))
     for r in reversed(records):
         if r.form == "trace":
             plans.append(TracePlan(graph, graph.op(r.name), hw, placed, r=r, options=options, shape=shape(r)))
@@ -448,33 +450,40 @@ def predicted_step(graph: Graph, hw: HwConfig, plans: list[TrainLayerPlan], opti
 def generate_training(graph: Graph, hw: HwConfig, options: TrainOptions, compile_options: dict, source: dict,
                       inference: Program) -> Program:
     """The training-step program of the allocated graph (with tapes): forward, loss, backward, halt, update,
-    halt. `inference`: the plain inference program of the same model, which shares its weights' places
-    (`ttc train` writes it back with the trained weights)."""
+    halt (with the cross-entropy: forward, halt, backward, halt, update, halt; the host writes the loss
+    gradient at the first halt). `inference`: the plain inference program of the same model, which shares
+    its weights' places (`ttc train` writes it back with the trained weights)."""
     records = plan_formats(graph, options, hw)
     steps = graph.op(graph.op(graph.outputs[0]).inputs[0]).type.time
     target, e, dram_bytes = _places(graph, records, steps)
     plans = training_plans(graph, hw, records, options, target, e, placed=True)
-    code, layers = emit_layers(graph, hw)
+    forward, layers = emit_layers(graph, hw)
     for layer in layers:
         layer["phase"] = "forward"
+    # segments, each ending in a halt: per sample (with the cross-entropy: the forward, then the backward once
+    # the host has written the loss gradient), then the update once per batch
     per_sample = [p for p in plans if p.phase != "update"]
+    segments = [(forward, layers), ([], [])] if options.loss == "ce" else [(forward, layers)]
     for plan in per_sample:
-        layers.append(plan.entry(len(code)))
-        code += plan.code()
-    sample = place_tokens(code + [Instr("halt", {})], barriers=[layer["first_instr"] for layer in layers[1:]])
-    update_at = len(sample)
-    update, first = [], []
+        segments[-1][1].append(plan.entry(len(segments[-1][0])))
+        segments[-1][0].extend(plan.code())
+    segments.append(([], []))
     for plan in plans[len(per_sample):]:
-        layers.append(plan.entry(update_at + len(update)))
-        first.append(len(update))
-        update += plan.code()
-    update = place_tokens(update + [Instr("halt", {})], barriers=first[1:])
+        segments[-1][1].append(plan.entry(len(segments[-1][0])))
+        segments[-1][0].extend(plan.code())
+    code, layers, starts = [], [], []
+    for segment, table in segments:
+        starts.append(len(code))
+        for entry in table:
+            layers.append({**entry, "first_instr": entry["first_instr"] + len(code)})
+        code += place_tokens(segment + [Instr("halt", {})], barriers=[entry["first_instr"] for entry in table[1:]])
     meta = dict(inference.meta)
     meta.update(ttc_version=ttc_version(), dram_bytes=dram_bytes, layers=layers, options=compile_options,
-                train=dict(options=asdict(options), update_at=update_at, steps=steps, target=target, loss_grad=e,
+                train=dict(options=asdict(options), update_at=starts[-1], backward_at=starts[1] if len(starts) > 2 else None,
+                           steps=steps, target=target, loss_grad=e,
                            classes=records[-1].cout, out_frac=graph.op(graph.outputs[0]).type.dtype.frac,
                            layers=[asdict(r) for r in records],
                            tapes=[io_record(graph, graph.op(r.tape)) for r in records if r.tape],
                            predicted=predicted_step(graph, hw, training_plans(graph, hw, records, options, target, e),
                                                     options)))
-    return Program(code=sample + update, data=inference.data, meta=meta, hw=hw)
+    return Program(code=code, data=inference.data, meta=meta, hw=hw)

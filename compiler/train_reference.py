@@ -23,7 +23,7 @@ from ttc.isa.train import backward_step, pool_backward, saturate, sgd
 
 from .ir import Graph
 from .reference import evaluate
-from .train import GRAD_BITS
+from .train import GRAD_BITS, ce_gradient
 
 
 def _traces(x: torch.Tensor, neuron, shift: int) -> torch.Tensor:
@@ -64,9 +64,12 @@ class TrainingReference:
                 g.op(r["name"]).bias = self.biases[r["name"]].numpy().astype(np.int32)
         env = evaluate(g, [x])
         out = env[g.outputs[0]].long()
-        target = torch.zeros_like(out)
-        target[torch.arange(len(labels)), torch.from_numpy(labels)] = t["steps"] << t["out_frac"]
-        e = out - target
+        if t["options"]["loss"] == "ce":  # the host's gradient (the same function ttc train calls)
+            e = torch.from_numpy(ce_gradient(out.numpy(), labels, t["steps"], t["out_frac"])[0])
+        else:
+            target = torch.zeros_like(out)
+            target[torch.arange(len(labels)), torch.from_numpy(labels)] = t["steps"] << t["out_frac"]
+            e = out - target
         steps, batch = t["steps"], len(labels)
         below = None  # the gradient the layer above gave this one's output: [T or 1, B, ...]
         dw, db, grads = {}, {}, {}

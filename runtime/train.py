@@ -19,6 +19,8 @@ from ttc.simulator.energy import EnergyModel
 from ttc.simulator.machine import Machine
 from ttc.simulator.timeline import Timeline
 
+from ttc.compiler.train import ce_gradient
+
 from .run import _batch_of, _read_output, _write_input, run
 
 PHASES = ("forward", "backward", "update")
@@ -58,7 +60,8 @@ class Trainer:
                                   "compiled for (its gradient formats hold sums over that many samples)")
         self.machine = Machine(prog, batch)
         self.phases = _phase_of(prog.meta["layers"])
-        self.cycles: dict[str, int] | None = None  # per phase, from the first step's timeline (data-independent)
+        self.cycles: dict[str, int] = {}  # per phase, from the first step's timelines (data-independent)
+        self.timed: set[int] = set()  # the segments (by first instruction) whose timeline has run
 
     def step(self, x: np.ndarray, labels: np.ndarray) -> StepStats:
         io, t = self.prog.meta["inputs"][0], self.train
@@ -73,28 +76,40 @@ class Trainer:
         target[np.arange(self.batch), labels] = scale
         m.mem["dram"][:, t["target"]:t["target"] + target[0].nbytes] = target.view(np.uint8)
         stats = StepStats(0.0, 0)
-        self._run(stats, lambda: m.run(0), self.batch)
+        self._run(stats, 0, self.batch)
         out = _read_output(m, self.prog.meta["outputs"][0])
-        stats.loss = float(0.5 * ((out - np.eye(t["classes"])[labels]) ** 2).sum())
         stats.correct = int((out.argmax(1) == labels).sum())
-        self._run(stats, lambda: m.run_shared(t["update_at"]), 1)
+        if t.get("backward_at") is not None:  # the cross-entropy: the host writes its gradient, the backward runs
+            sums = self._sums()
+            e, stats.loss = ce_gradient(sums, labels, t["steps"], t["out_frac"])
+            m.mem["dram"][:, t["loss_grad"]:t["loss_grad"] + 4 * t["classes"]] = e.astype("<i4").view(np.uint8)
+            self._run(stats, t["backward_at"], self.batch)
+        else:
+            stats.loss = float(0.5 * ((out - np.eye(t["classes"])[labels]) ** 2).sum())
+        self._run(stats, t["update_at"], 1)
         return stats
 
-    def _run(self, stats: StepStats, go, samples: int) -> None:
-        """Run one segment with an energy model (and, the first time, a timeline), charging its layers to
+    def _sums(self) -> np.ndarray:
+        """The readout's sums over time as the machine holds them (int64 [B, classes])."""
+        io = self.prog.meta["outputs"][0]
+        raw = self.machine.mem["dram"][:, io["addr"]:io["addr"] + io["step_bytes"]]
+        return np.ascontiguousarray(raw).view("<i4").astype(np.int64)
+
+    def _run(self, stats: StepStats, start: int, samples: int) -> None:
+        """Run the segment from instruction `start` (once for the batch: `samples` 1, the update) with an energy
+        model (and, the first time, a timeline: the cycles do not depend on the data), charging its layers to
         their phases, `samples` times (a sample's work happens once per sample on the machine)."""
         m = self.machine
-        energy = EnergyModel(self.prog.hw, self.prog.meta["layers"], m.batch)
-        timeline = Timeline(self.prog.hw) if self.cycles is None or samples == 1 else None
+        energy = EnergyModel(self.prog.hw, self.prog.meta["layers"], m.batch if samples > 1 else 1)
+        timeline = Timeline(self.prog.hw) if start not in self.timed else None
         before = Counter(m.counters)
         m.listeners = [energy] + ([timeline] if timeline else [])
-        go()
+        m.run(start) if samples > 1 else m.run_shared(start)
         m.listeners = []
-        if timeline is not None and samples == 1:
-            self.cycles = {**(self.cycles or {}), "update": timeline.cycles}
-        elif timeline is not None:  # the layers' shares of the time (the sample segment starts at instruction 0)
-            energy.finish(timeline.spans)
+        if timeline is not None:  # the layers' shares of the segment's time
+            energy.finish({span.index: span for span in timeline.spans})
             self._cycles_by_phase(energy)
+            self.timed.add(start)
         for layer, parts in energy.energy.items():
             phase = self.phases[layer]
             for component, pj in parts.items():
@@ -104,20 +119,17 @@ class Trainer:
             counts = {k: v * samples for k, v in counts.items() if k != "cycles"}
             stats.counters[self.phases[layer]].update(counts)
             stats.layers[self.prog.meta["layers"][layer]["name"]].update(counts)
-        for phase in set(self.phases):
-            if phase in self.cycles and (phase == "update") == (samples == 1):
-                cycles = self.cycles[phase] * samples
-                stats.cycles[phase] = cycles
-                stats.energy_pj[phase]["leakage"] += self.prog.hw.leakage_pj(cycles)
+        for phase in {self.phases[layer] for layer in energy.counts}:  # the phases this segment ran
+            cycles = self.cycles[phase] * samples
+            stats.cycles[phase] = cycles
+            stats.energy_pj[phase]["leakage"] += self.prog.hw.leakage_pj(cycles)
         m.counters = before
 
     def _cycles_by_phase(self, energy: EnergyModel) -> None:
-        cycles = dict(self.cycles or {})
         for layer, counts in energy.counts.items():
             if "cycles" in counts:
                 phase = self.phases[layer]
-                cycles[phase] = cycles.get(phase, 0) + counts["cycles"]
-        self.cycles = cycles
+                self.cycles[phase] = self.cycles.get(phase, 0) + counts["cycles"]
 
     # ---- the trained weights
     def weights(self) -> dict[str, np.ndarray]:

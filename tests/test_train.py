@@ -4,6 +4,7 @@ counts made from the reference's gradients; the models a step refuses; learning 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ttc import api
@@ -134,6 +135,7 @@ CASES = {
     "conv-bn-lif-hard-sparse": (lambda: _conv_bn_net(), (1, 6, 6), True, True),
     "conv-bn-lif-maxpool-twice": (lambda: _pooled_net(), (1, 8, 8), True, False),
     "conv-stride-2-if-subtract-fixed-input": (lambda: _strided_net(), (1, 8, 8), False, True),
+    "fc-lif-hard-cross-entropy": (lambda: _net((12, 8, 6, 4), LIF_HARD), 12, True, False, "explicit", "ce"),
     "fc-lif-subtract-trace-form-sparse": (
         lambda: _net((12, 8, 6, 4), lambda: M.LIF(decay=0.5, threshold=0.5, reset="subtract")), 12, True, True, "trace"),
     "conv-lif-subtract-trace-form-fixed-input": (
@@ -143,14 +145,15 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 def test_the_simulator_equals_the_training_reference_over_20_steps(case):
-    build, shape, spikes, sparse, *form = CASES[case]
+    build, shape, spikes, sparse, *more = CASES[case]
+    form, loss = (more + ["explicit", "mse"][len(more):])[:2]
     net = build()
     options = dict(input_encoding="spikes") if spikes else dict(input_bits=8, input_frac=4)
     dims = ",".join(map(str, (shape,) if isinstance(shape, int) else shape))
     compiled = api.compile_training(net, f"{T},N,{dims}", train=TrainOptions(
-        batch=B, band=0.5, sparse=sparse, lr_shift=8, form=form[0] if form else "explicit"), **options)
+        batch=B, band=0.5, sparse=sparse, lr_shift=8, form=form, loss=loss), **options)
     train = compiled.program.meta["train"]
-    assert {r["form"] for r in train["layers"] if r["neuron"]} == set(form or ["explicit"])
+    assert {r["form"] for r in train["layers"] if r["neuron"]} == {form}
     trainer, reference = Trainer(compiled.program, B), TrainingReference(compiled.quantized, train)
     changed = dict.fromkeys(reference.weights, 0)
     for x, labels in _batches(20, shape, 4, seed=2, spikes=spikes):
@@ -165,7 +168,10 @@ def test_the_simulator_equals_the_training_reference_over_20_steps(case):
         for name, b in biases.items():
             assert np.array_equal(b, reference.biases[name].numpy()), name
         out = result["out"].double() / (T << train["out_frac"])
-        assert stats.loss == pytest.approx(float(0.5 * ((out - torch.eye(4)[labels].double()) ** 2).sum()))
+        if loss == "mse":
+            assert stats.loss == pytest.approx(float(0.5 * ((out - torch.eye(4)[labels].double()) ** 2).sum()))
+        else:
+            assert stats.loss == pytest.approx(float(F.cross_entropy(out, torch.from_numpy(labels), reduction="sum")))
     assert min(changed.values()) > 0, changed  # every layer's weights moved: no comparison is of untouched weights
 
 
@@ -292,8 +298,8 @@ def test_models_a_training_step_cannot_take_are_refused_naming_the_layer():
                              M.Linear(256, 10, bias=False), M.TimeMean())
     with pytest.raises(IRError, match=r"is a add: the training step takes conv and linear layers"):
         api.compile_training(residual, "4,N,1,8,8", input_bits=8, input_frac=4)
-    with pytest.raises(TrainError, match="cross-entropy"):
-        TrainOptions(loss="ce")
+    with pytest.raises(TrainError, match="loss 'hinge': 'mse'"):
+        TrainOptions(loss="hinge")
 
 
 def test_a_step_refuses_data_it_cannot_take():

@@ -166,7 +166,7 @@ def test_compile_errors(work, tmp_path, capsys):
     fails(capsys, tmp_path, base + ["--train", "--band", "0.5", "--active-band", "0.5"], "--band", "--active-band")
     fails(capsys, tmp_path, base + ["--train", "--tt-rank", "2"], "--tt-rank", "--train")
     fails(capsys, tmp_path, base + ["--train", "--explain"], "--explain", "--train")
-    fails(capsys, tmp_path, base + ["--train", "--loss", "ce"], "loss 'ce'", "mse")
+    fails(capsys, tmp_path, base + ["--train", "--loss", "hinge"], "loss 'hinge'", "mse")
     fails(capsys, tmp_path, base + ["--train", "--train-weight-bits", "4"], "4 bits")
     torch.save(tiny(), tmp_path / "hard.pt")  # LIF with a hard reset: only the explicit form
     hard = ["compile", tmp_path / "hard.pt", "--input-shape", f"{T},N,12", "--input-encoding", "spikes", "-o",

@@ -616,8 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = c.add_argument_group("training (docs/training.md)")
     t.add_argument("--train", action="store_true", help="compile the model's training step (forward, backward and "
                    "weight update of a batch) instead of its inference program; train it with `ttc train`")
-    t.add_argument("--loss", metavar="mse", help="the loss: mse, the mean squared error against the one-hot label "
-                   "(the only one the machine computes)")
+    t.add_argument("--loss", metavar="mse|ce", help="the loss: mse, the mean squared error against the one-hot label "
+                   "(computed on the machine; the default), or ce, the softmax cross-entropy (its gradient computed by "
+                   "the host between the forward and the backward)")
     t.add_argument("--lr", metavar="2^-K", help="the learning rate, a power of two: 2^-7, 2**-7 or 0.0078125 "
                    "(default 2^-4)")
     t.add_argument("--surrogate", metavar="rect", help="the surrogate gradient: rect, 1 within the band around "

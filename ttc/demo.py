@@ -50,10 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=TRAIN_EPOCHS, help=f"--train: epochs (default {TRAIN_EPOCHS})")
     ap.add_argument("--active-band", type=float, metavar="B", help="--train: skip the backward outside |h - theta| < "
                     "B theta (SSGD's active set), and compare the work with the dense backward")
+    ap.add_argument("--loss", choices=("mse", "ce"), default="mse", help="--train: the loss (default mse, on the "
+                    "machine; ce: the softmax cross-entropy, its gradient from the host)")
     ap.add_argument("-v", "--verbose", action="store_true", help="on an error, print the traceback")
     args = ap.parse_args(argv)
     if args.train:
-        command = lambda: train_demo(args.steps, args.epochs, args.active_band)
+        command = lambda: train_demo(args.steps, args.epochs, args.active_band, args.loss)
     else:
         command = lambda: demo(args.model, args.steps)
     return run_reporting(command, args.verbose, ["python", "-m", "ttc.demo", *argv])
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 TRAIN_EPOCHS, TRAIN_BATCH, TRAIN_LR_SHIFT, TRAIN_BAND, TRAIN_HIDDEN = 10, 32, 7, 0.5, 64
 
 
-def train_demo(steps: int, epochs: int, active_band: float | None) -> int:
+def train_demo(steps: int, epochs: int, active_band: float | None, loss: str = "mse") -> int:
     """Train `build_fc_snn` on the simulator and in float with the same recipe; print both accuracies and
     what a step costs."""
     import copy
@@ -74,12 +76,14 @@ def train_demo(steps: int, epochs: int, active_band: float | None) -> int:
     x_tr, y_tr, x_te, y_te = load_digits_split(steps)
     model = build_fc_snn(TRAIN_HIDDEN)
     band = TRAIN_BAND if active_band is None else active_band
-    options = TrainOptions(lr_shift=TRAIN_LR_SHIFT, band=band, sparse=active_band is not None, batch=TRAIN_BATCH)
+    lr_shift = TRAIN_LR_SHIFT
+    options = TrainOptions(lr_shift=lr_shift, band=band, sparse=active_band is not None, batch=TRAIN_BATCH, loss=loss)
     t0 = time.perf_counter()
     compiled = api.compile_training(model, f"{steps},N,1,8,8", train=options, input_bits=8, input_frac=4)
     trainer = Trainer(compiled.program, TRAIN_BATCH)
     print(f"ttc demo --train: FC 64-{TRAIN_HIDDEN}-10 LIF SNN (T={steps}) on the {len(y_tr)} training digits, batch "
-          f"{TRAIN_BATCH}, SGD 2^-{TRAIN_LR_SHIFT}, MSE on chip, rectangular surrogate |h - theta| < {band:g} theta"
+          f"{TRAIN_BATCH}, SGD 2^-{lr_shift}, {'MSE on chip' if loss == 'mse' else 'cross-entropy (host)'}, "
+          f"rectangular surrogate |h - theta| < {band:g} theta"
           f"{', sparse backward (active set)' if active_band is not None else ''}; hardware {compiled.program.hw.name}")
     print(f"  training-step program: {len(compiled.program.code)} instructions "
           f"({compiled.program.meta['train']['update_at']} per sample, the rest the update)")
@@ -91,7 +95,7 @@ def train_demo(steps: int, epochs: int, active_band: float | None) -> int:
     history = fit(trainer, x_tr, y_tr, epochs, held_out=(x_te, y_te), on_epoch=report)
     sim_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    float_model = train_recipe(copy.deepcopy(model), x_tr, y_tr, epochs, TRAIN_LR_SHIFT, band, TRAIN_BATCH)
+    float_model = train_recipe(copy.deepcopy(model), x_tr, y_tr, epochs, lr_shift, band, TRAIN_BATCH, loss=loss)
     float_acc = float((api.run_float(float_model, x_te)[0].argmax(1) == y_te).mean())
     sim_acc = history[-1].held_out_accuracy
     print(f"  held-out accuracy: simulator {100 * sim_acc:.2f} % after {epochs} epochs in {sim_s:.1f} s; the same "
@@ -114,7 +118,7 @@ def train_demo(steps: int, epochs: int, active_band: float | None) -> int:
     print(f"  backward work per step: {backward.get('mac', 0):,.0f} input-gradient MACs, "
           f"{backward.get('weight_grad', 0):,.0f} weight-gradient accumulations")
     if active_band is not None:
-        dense = TrainOptions(lr_shift=TRAIN_LR_SHIFT, band=band, sparse=False, batch=TRAIN_BATCH)
+        dense = TrainOptions(lr_shift=lr_shift, band=band, sparse=False, batch=TRAIN_BATCH, loss=loss)
         both = [Trainer(api.compile_training(model, f"{steps},N,1,8,8", train=o, input_bits=8, input_frac=4).program,
                         TRAIN_BATCH) for o in (options, dense)]
         work = [t.step(x_tr[:, :TRAIN_BATCH], y_tr[:TRAIN_BATCH]).counters["backward"] for t in both]

@@ -97,11 +97,11 @@ def _recipe_forward(model: nn.Sequential, x: torch.Tensor, band: float) -> torch
 
 
 def train_recipe(model: nn.Sequential, x: np.ndarray, y: np.ndarray, epochs: int, lr_shift: int, band: float,
-                 batch: int, seed: int = 0) -> nn.Sequential:
+                 batch: int, seed: int = 0, loss: str = "mse") -> nn.Sequential:
     """The training step's recipe in float PyTorch (what `python -m ttc.demo --train` compares the simulator
     with): the same batches in the same order (`ttc.runtime.train.fit`'s), plain SGD at 2^-lr_shift on the
-    loss 1/2 sum over the batch of (output - one-hot)^2 (times (T / 2^ceil(log2 T))^2, as the machine's),
-    the rectangular surrogate and the detached reset."""
+    loss summed over the batch, 1/2 (output - one-hot)^2 (times (T / 2^ceil(log2 T))^2, as the machine's)
+    or the softmax cross-entropy (`loss` "ce"), the rectangular surrogate and the detached reset."""
     steps = x.shape[0]
     scale = (steps / 2 ** int(np.ceil(np.log2(steps)))) ** 2
     opt = torch.optim.SGD(model.parameters(), lr=2.0 ** -lr_shift)
@@ -112,9 +112,12 @@ def train_recipe(model: nn.Sequential, x: np.ndarray, y: np.ndarray, epochs: int
         for k in range(len(y) // batch):
             idx = torch.from_numpy(order[k * batch:(k + 1) * batch])
             out = _recipe_forward(model, xs.index_select(1, idx), band)
-            loss = 0.5 * scale * ((out - nn.functional.one_hot(ys[idx], out.shape[1]).float()) ** 2).sum()
+            if loss == "ce":
+                value = nn.functional.cross_entropy(out, ys[idx], reduction="sum")
+            else:
+                value = 0.5 * scale * ((out - nn.functional.one_hot(ys[idx], out.shape[1]).float()) ** 2).sum()
             opt.zero_grad()
-            loss.backward()
+            value.backward()
             opt.step()
     return model.eval()
 
