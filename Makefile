@@ -30,6 +30,7 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_sim.py
 	$(PY) bench/vgg_report.py
+	$(PY) bench/train_digits.py
 
 docs: $(STAMP)
 	$(PY) -m ttc.isa.docs > docs/isa.md
