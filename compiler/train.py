@@ -51,7 +51,7 @@ import numpy as np
 from ttc.isa.hwconfig import HwConfig, multiply_action, neuron_update_actions
 from ttc.isa.train import band_fields
 
-from .ir import Conv2d, Graph, Input, IRError, Linear, MaxPool, NeuronQ, Op, Tape, TimeReduce
+from .ir import Add, AvgPool, Conv2d, Graph, Input, IRError, Linear, MaxPool, NeuronQ, Op, Tape, TimeReduce
 from .tiling import fmt
 
 LIMIT_BITS = 31
@@ -166,6 +166,7 @@ class TrainedLayer:
     pre_shift: int = 0
     below_frac: int = 0
     below_bound: int = 0
+    below_typical: int = 0
     sgd_shift: int = 0
     form: str = "explicit"  # its weight gradient: explicit (x[t] g_h[t]) or trace (trace[t] D[t]); `form_costs`
     costs: dict | None = None  # the two forms' predicted backward energy (pJ per sample), where both apply
@@ -185,6 +186,7 @@ class TrainedLayer:
     grad_out_steps: int = 0
     traces: int = 0  # trace form: the input traces of every step (i32)
     db: int = 0
+    kind: str = "layer"
 
     @property
     def n_in(self) -> int:
@@ -205,47 +207,41 @@ class TrainedLayer:
 
 
 #: Ops a gradient passes through unchanged (the same integers: a rescale keeps the value it stands for).
-PASS_THROUGH = ("flatten", "rescale")
+PASS_THROUGH = ("flatten", "rescale", "repeat")
 
 
-def _chain(graph: Graph) -> list[tuple[Op, NeuronQ | None, MaxPool | None]]:
-    """The model as training takes it: conv or linear layers, each with a neuron (and a max pool
-    of its spikes, or none) or without one, in a chain (each reads the one before, through flattens and
-    rescales), ending in a linear readout summed or averaged over time, on one input. Anything else is
-    refused, naming the op."""
+def _check(graph: Graph) -> None:
+    """Refuse, naming the op, what a training step cannot take: it takes conv and linear layers, LIF/IF
+    neurons (fused into the layer before them or on their own), max pools of a layer's spikes, average
+    pools of spikes, residual adds (and the forks that feed them) and a linear readout summed or averaged
+    over time, on one input."""
     if len(graph.outputs) != 1:
         raise TrainError(f"a training step needs a model with one output; this one has {len(graph.outputs)}")
     reduce = graph.op(graph.outputs[0])
     if not isinstance(reduce, TimeReduce) or not isinstance(graph.op(reduce.inputs[0]), Linear):
         reduce.fail("is the output: a training step needs a linear readout summed or averaged over time (TimeMean)")
-    layers: list[list] = []
     for op in graph.ops:
-        if isinstance(op, (Input, Tape, TimeReduce)) or op.opname in PASS_THROUGH:
+        if isinstance(op, (Input, Tape, Add)) or op.opname in PASS_THROUGH or op is reduce:
             continue
         if isinstance(op, (Linear, Conv2d)):
             if op.log_scale is not None:
                 op.fail("has logarithmic weights (TTFS): training takes spiking layers")
-            below = _source(graph, op.inputs[0])
-            if layers and below is not (layers[-1][2] or layers[-1][1] or layers[-1][0]):
-                op.fail(f"reads %{below.name}, not the layer before it: the training step takes a chain of layers")
-            if not layers and not isinstance(below, Input):
-                op.fail(f"reads %{below.name}: the first trained layer reads the model's input")
-            layers.append([op, None, None])
-        elif isinstance(op, NeuronQ) and layers and layers[-1][1] is None and op.inputs[0] == layers[-1][0].name:
+        elif isinstance(op, NeuronQ):
             if op.per_channel or op.levels > 1:
                 op.fail("has decays per channel or several thresholds: the training step takes one decay and one "
                         "threshold per layer so far")
-            layers[-1][1] = op
-        elif isinstance(op, MaxPool) and layers and layers[-1][1] is not None and layers[-1][2] is None \
-                and op.inputs[0] == layers[-1][1].name:
-            layers[-1][2] = op
+        elif isinstance(op, MaxPool):
+            if not isinstance(graph.op(op.inputs[0]), NeuronQ) or graph.op(graph.op(op.inputs[0]).inputs[0]).opname \
+                    not in ("conv2d", "linear"):
+                op.fail("max pools something other than the spikes of a conv's neuron: the training step routes a "
+                        "max pool's gradient for those only so far")
+        elif isinstance(op, AvgPool):
+            if not isinstance(graph.op(op.inputs[0]), NeuronQ):
+                op.fail("averages something other than spikes: the training step takes average pools of spikes")
         else:
-            op.fail(f"is a {op.opname}: the training step takes conv and linear layers with LIF/IF neurons (each "
-                    "with a max pool or not) and a linear readout so far (average pools, residual adds, PTT and HTT "
-                    "layers are not trained yet)")
-    if layers[-1][0].name != reduce.inputs[0]:
-        reduce.fail("is not read from the last trained layer")
-    return [tuple(layer) for layer in layers]
+            op.fail(f"is a {op.opname}: the training step takes conv and linear layers with LIF/IF neurons, max and "
+                    "average pools of spikes, residual adds and a linear readout so far (PTT and HTT layers are not "
+                    "trained yet)")
 
 
 def _source(graph: Graph, name: str) -> Op:
@@ -259,9 +255,8 @@ def _source(graph: Graph, name: str) -> Op:
 def add_tapes(graph: Graph, band: float) -> Graph:
     """Every trained neuron records its active bits: its band (`band` times its threshold) in state units,
     rounded to what nrn holds, and a `tape` value the forward stores."""
-    for _, neuron, _ in _chain(graph):
-        if neuron is None:
-            continue
+    _check(graph)
+    for neuron in [op for op in graph.ops if isinstance(op, NeuronQ)]:
         mant, exp = band_fields(max(1, int(round(band * abs(neuron.theta)))))
         neuron.band = mant << exp
         graph.append(Tape(name=graph.fresh(f"{neuron.name}_tape"), inputs=(neuron.name,), path=f"{neuron.path}.tape"))
@@ -273,7 +268,7 @@ def decay_sum(neuron: NeuronQ, steps: int) -> float:
     return sum(d ** j for j in range(steps))
 
 
-def _layer(graph: Graph, op: Op, k: int, readout: bool) -> TrainedLayer:
+def _layer(graph: Graph, op: Op, input_grad: bool, readout: bool) -> TrainedLayer:
     x = graph.op(op.inputs[0])
     if isinstance(op, Linear):
         (cout, cin), geometry = op.weight.shape, dict(ih=1, iw=1, oh=1, ow=1, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0)
@@ -282,7 +277,7 @@ def _layer(graph: Graph, op: Op, k: int, readout: bool) -> TrainedLayer:
         geometry = dict(ih=x.type.shape[1], iw=x.type.shape[2], oh=op.type.shape[1], ow=op.type.shape[2], kh=kh, kw=kw,
                         sh=op.stride[0], sw=op.stride[1], pt=op.padding[0], pl=op.padding[1])
     return TrainedLayer(name=op.name, path=op.path, op=op.opname, cin=cin, cout=cout, wfmt=f"i{8 * op.weight.itemsize}",
-                        weight_frac=op.weight_frac, in_fmt=fmt(x.type.dtype), input_grad=k > 0, readout=readout,
+                        weight_frac=op.weight_frac, in_fmt=fmt(x.type.dtype), input_grad=input_grad, readout=readout,
                         wdram=op.wdram or 0, **geometry)
 
 
@@ -315,77 +310,227 @@ def form_costs(r: TrainedLayer, neuron: NeuronQ, x: Op, options: TrainOptions, s
     return {"explicit": explicit, "trace": trace}
 
 
-def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig) -> list[TrainedLayer]:
-    """The formats and shifts of every trained layer, from the readout down (see the module docstring).
-    Each gradient's binary point is set for its typical size, to GRAD_BITS bits: sums of today's weights
-    times values of random signs (`_norm`), at the options' densities; the instructions that make gradients
-    saturate them there, so what the weight-gradient sums add is bounded whatever the weights become."""
-    layers = _chain(graph)
+@dataclass
+class Grad:
+    """A gradient in DRAM: its frac, what it can reach (`bound`), its typical size, its steps (T, or 1 when the
+    same at every step) and its place."""
+
+    frac: int
+    bound: int
+    typical: int
+    steps: int
+    addr: int
+
+
+@dataclass
+class NeuronNode:
+    """A neuron on its own (its input a multi-bit value: a residual stream): nbwd turns the gradient of its
+    spikes into its membranes' g_h, which is the gradient of its input."""
+
+    name: str
+    path: str
+    n: int
+    tape: str
+    src_shift: int
+    grad_in: int
+    grad_in_steps: int
+    grad_out: int
+    kind: str = "neuron"
+
+
+@dataclass
+class PoolNode:
+    """An average pool of spikes: every input gets its window's gradient (pbwd avg); the 1/area is area_bits
+    more fractional bits."""
+
+    name: str
+    path: str
+    channels: int
+    ih: int
+    iw: int
+    oh: int
+    ow: int
+    k: int
+    stride: int
+    grad_in: int
+    grad_in_steps: int
+    grad_out: int
+    kind: str = "avgpool"
+
+
+@dataclass
+class SumNode:
+    """The gradient of a value several ops read (a fork): the sum of their gradients, each rescaled to the
+    coarsest frac, parts = [[address, steps, shift], ...]."""
+
+    value: str
+    n: int
+    parts: list
+    out: int
+    steps: int
+    kind: str = "sum"
+
+
+def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take) -> tuple[list[TrainedLayer], list, int, int]:
+    """The backward walk of the graph, from the readout down: (the trained layers in forward order, the walk's
+    nodes in backward order: TrainedLayer, NeuronNode, PoolNode and SumNode, the target's and the loss gradient's
+    DRAM places). `take(nbytes)` places a buffer in DRAM. A value's gradient is the one gradient an op gives it,
+    or the sum of several (SumNode); a residual add gives both operands its own gradient.
+
+    Each gradient's binary point is set for its typical size, to GRAD_BITS bits: sums of today's weights times
+    values of random signs (`_norm`), at the options' densities; the instructions that make gradients saturate
+    them there, so what the weight-gradient sums add is bounded whatever the weights become."""
+    _check(graph)
     reduce = graph.op(graph.outputs[0])
-    steps = graph.op(reduce.inputs[0]).type.time
-    records = []
-    below_frac = below_typical = None
-    for k in range(len(layers) - 1, -1, -1):
-        op, neuron, pool = layers[k]
-        x = graph.op(op.inputs[0])
-        r = _layer(graph, op, k, k == len(layers) - 1)
-        if r.readout and options.loss == "ce":  # e = round((p - y) / T, CE_BITS + log2 T), from the host
-            r.grad_frac = CE_BITS + math.ceil(math.log2(steps))
-            r.grad_bound = typical = 1 << CE_BITS
-        elif r.readout:  # e = out - target: exact, bounded by the forward's bound for any storable weights
-            r.grad_frac = reduce.type.dtype.frac + 2 * math.ceil(math.log2(steps))
-            target = steps * (1 << reduce.type.dtype.frac)
-            r.grad_bound = steps * r.cin * r.taps * _qmax(op) * _bound(x) + target + _bias_bound(graph, op)
-            # typically: the readout's inputs spiking at the options' density (a sum of random signs: the norm)
-            density = options.spike_density if x.type.dtype.kind == "spike" else 1.0
-            typical = steps * math.ceil(_norm(op, "out") * math.sqrt(density) * _bound(x)) + target
-        elif neuron is not None:
-            r.neuron = neuron.name
-            r.tape = next(u.name for u in graph.users(neuron.name) if isinstance(u, Tape))
-            if pool is not None:  # a window's gradient goes to one input: overlapping windows add up
-                r.pool, r.pool_k, r.pool_stride, r.pool_pad = pool.name, pool.kernel, pool.stride, pool.padding
-                r.pool_oh, r.pool_ow = pool.type.shape[1:]
-                below_typical *= math.ceil(pool.kernel / pool.stride) ** 2
-            d_sum = decay_sum(neuron, steps)
-            guard = neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
-            r.src_shift = fit_shift(math.ceil(below_typical * d_sum) + steps, guard, bits=GRAD_BITS - 1)
-            r.grad_frac, r.grad_bound = below_frac + r.src_shift, GRAD_MAX
-            typical = min(GRAD_MAX, math.ceil((below_typical * 2.0 ** r.src_shift + 1) * d_sum) + steps)
-            if neuron.reset != "hard":  # both forms apply: priced, unless the options choose
-                r.costs = form_costs(r, neuron, x, options, steps, hw)
-                r.form = min(r.costs, key=r.costs.get) if options.form == "auto" else options.form
-            elif options.form == "trace":
-                neuron.fail("has a hard reset: the trace form of the weight gradient needs a subtract reset or none "
-                            "(SSGD's neuron); use --grad-form explicit or auto")
-        else:  # the sums are read as they are: their gradient is the one from above
-            r.grad_frac, r.grad_bound, typical = below_frac, GRAD_MAX, below_typical
-        x_frac, x_bound = x.type.dtype.frac, _bound(x)
-        if r.form == "trace":  # trace[t] = D(trace[t-1]) + R(x[t], trace_shift), with the decays' guard bits
-            d_sum = decay_sum(neuron, steps)
-            guard = neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
-            r.trace_shift = fit_shift(math.ceil(x_bound * d_sum) + steps, guard)
-            r.trace_frac = x_frac + r.trace_shift
-            x_frac, x_bound = r.trace_frac, math.ceil((x_bound * 2.0 ** r.trace_shift + 1) * d_sum) + steps
-        sums = options.batch * steps * r.oh * r.ow  # the terms a weight-gradient accumulator adds
-        r.wgrad_shift = fit_shift(sums * x_bound * r.grad_bound, roundings=options.batch * steps)
-        r.dw_frac = r.grad_frac + x_frac + r.wgrad_shift
-        r.sgd_shift = r.weight_frac - options.lr_shift - r.dw_frac
-        if op.bias is not None:  # dB: the gradient summed over the outputs (a wgrad of a plane of ones)
-            r.bias, r.bias_frac, r.bias_bits = True, op.type.dtype.frac, graph.notes["train_bias_bits"][op.name]
-            r.db_shift = fit_shift(sums * r.grad_bound, roundings=options.batch * steps)
-            r.db_frac = r.grad_frac + r.db_shift
-            r.bias_sgd_shift = r.bias_frac - options.lr_shift - r.db_frac
-        if r.input_grad:  # g_s below = sat(W^T R(g_h, pre_shift)), to GRAD_BITS
-            # typically a sum of random signs over the non-zero gradients (the active fraction of a neuron's)
-            density = options.active_density if neuron is not None else 1.0
-            fan = _norm(op, "in") * math.sqrt(density)
-            r.pre_shift = fit_shift(math.ceil(fan * typical), bits=GRAD_BITS - 1)
-            r.below_frac = r.grad_frac + r.pre_shift + r.weight_frac
-            r.below_bound = GRAD_MAX
-            below_frac = r.below_frac
-            below_typical = min(GRAD_MAX, math.ceil(fan * (typical * 2.0 ** r.pre_shift + 1)))
-        records.append(r)
-    return records[::-1]
+    readout = graph.op(reduce.inputs[0])
+    steps = readout.type.time
+    classes = readout.type.shape[0]
+    target, e = take(4 * classes), take(4 * classes)
+    pending: dict[str, list[Grad]] = {}
+    nodes: list = []
+    layers: list[TrainedLayer] = []
+
+    def contribute(name: str, g: Grad) -> None:
+        source = _source(graph, name)
+        if not isinstance(source, Input):  # the input needs no gradient
+            pending.setdefault(source.name, []).append(g)
+
+    def gradient(op: Op) -> Grad | None:
+        parts = pending.pop(op.name, [])
+        if len(parts) <= 1:
+            return parts[0] if parts else None
+        frac, top = min(p.frac for p in parts), max(p.steps for p in parts)
+        shifts = [frac - p.frac for p in parts]
+        bound = sum(math.ceil(p.bound * 2.0 ** k) + 1 for p, k in zip(parts, shifts))
+        if bound >= 1 << LIMIT_BITS:
+            op.fail(f"gradients of its {len(parts)} readers may sum to {bound}, beyond 32 bits")
+        typical = sum(math.ceil(p.typical * 2.0 ** k) for p, k in zip(parts, shifts))
+        n = op.type.numel
+        out = take(4 * n * top)
+        nodes.append(SumNode(op.name, n, [[p.addr, p.steps, k] for p, k in zip(parts, shifts)], out, top))
+        return Grad(frac, bound, typical, top, out)
+
+    for op in reversed(graph.ops):
+        if isinstance(op, (Linear, Conv2d)):
+            neuron = graph.consumer(op) if isinstance(graph.consumer(op), NeuronQ) else None
+            pool = next((u for u in graph.users(neuron.name) if isinstance(u, MaxPool)), None) if neuron else None
+            if op is readout:
+                g = _loss_grad(graph, op, options, steps, e)
+            else:
+                g = gradient(pool or neuron or op)
+                if g is None:
+                    op.fail("reaches the output only through what the training step cannot differentiate")
+            r = _layer_formats(graph, op, neuron, pool, g, options, hw, steps, take)
+            if r.input_grad:
+                contribute(op.inputs[0], Grad(r.below_frac, GRAD_MAX, r.below_typical, r.grad_out_steps, r.grad_out))
+            nodes.append(r)
+            layers.append(r)
+        elif isinstance(op, NeuronQ) and graph.fused_into(op) is None:
+            g = gradient(op)
+            if g is None:
+                continue
+            d_sum = decay_sum(op, steps)
+            guard = op.decay_shift * (steps - 1) if op.decay_mul != 1 << op.decay_shift else 0
+            src_shift = fit_shift(math.ceil(g.typical * d_sum) + steps, guard, bits=GRAD_BITS - 1)
+            typical = min(GRAD_MAX, math.ceil((g.typical * 2.0 ** src_shift + 1) * d_sum) + steps)
+            n = op.type.numel
+            out = take(4 * n * steps)
+            tape = next(u.name for u in graph.users(op.name) if isinstance(u, Tape))
+            nodes.append(NeuronNode(op.name, op.path, n, tape, src_shift, g.addr, g.steps, out))
+            contribute(op.inputs[0], Grad(g.frac + src_shift, GRAD_MAX, typical, steps, out))
+        elif isinstance(op, AvgPool):
+            g = gradient(op)
+            if g is None:
+                continue
+            (c, ih, iw), (_, oh, ow) = graph.op(op.inputs[0]).type.shape, op.type.shape
+            overlap = math.ceil(op.kernel / op.stride) ** 2
+            out = take(4 * c * ih * iw * g.steps)
+            nodes.append(PoolNode(op.name, op.path, c, ih, iw, oh, ow, op.kernel, op.stride, g.addr, g.steps, out))
+            contribute(op.inputs[0], Grad(g.frac + op.area_bits, g.bound * overlap, g.typical * overlap, g.steps, out))
+        elif isinstance(op, Add):
+            g = gradient(op)
+            if g is not None:  # both operands' gradient is the sum's (halved: one more fractional bit)
+                for operand in op.inputs:
+                    contribute(operand, Grad(g.frac + op.halve, g.bound, g.typical, g.steps, g.addr))
+    return layers[::-1], nodes, target, e
+
+
+def _loss_grad(graph: Graph, readout: Op, options: TrainOptions, steps: int, e: int) -> Grad:
+    """The loss gradient e (see the module docstring), the same at every step."""
+    reduce = graph.op(graph.outputs[0])
+    x = graph.op(readout.inputs[0])
+    if options.loss == "ce":  # e = round((p - y) / T, CE_BITS + log2 T), from the host
+        return Grad(CE_BITS + math.ceil(math.log2(steps)), 1 << CE_BITS, 1 << CE_BITS, 1, e)
+    # e = out - target: exact, bounded by the forward's bound for any storable weights; typically the readout's
+    # inputs spiking at the options' density (a sum of random signs: the norm)
+    target = steps * (1 << reduce.type.dtype.frac)
+    taps = readout.weight[0].size
+    bound = steps * taps * _qmax(readout) * _bound(x) + target + _bias_bound(graph, readout)
+    density = options.spike_density if x.type.dtype.kind == "spike" else 1.0
+    typical = steps * math.ceil(_norm(readout, "out") * math.sqrt(density) * _bound(x)) + target
+    return Grad(reduce.type.dtype.frac + 2 * math.ceil(math.log2(steps)), bound, typical, 1, e)
+
+
+def _layer_formats(graph: Graph, op: Op, neuron: NeuronQ | None, pool: MaxPool | None, g: Grad,
+                   options: TrainOptions, hw: HwConfig, steps: int, take) -> TrainedLayer:
+    """A trained layer's formats and DRAM places, from the gradient of its top (its pool's, its neuron's or
+    its sums')."""
+    x = graph.op(op.inputs[0])
+    r = _layer(graph, op, not isinstance(_source(graph, op.inputs[0]), Input), op is graph.op(graph.op(graph.outputs[0]).inputs[0]))
+    r.grad_in, r.grad_in_steps = g.addr, g.steps
+    below_typical = g.typical
+    if r.readout:
+        r.grad_frac, r.grad_bound, typical = g.frac, g.bound, g.typical
+    elif neuron is not None:
+        r.neuron = neuron.name
+        r.tape = next(u.name for u in graph.users(neuron.name) if isinstance(u, Tape))
+        if pool is not None:  # a window's gradient goes to one input: overlapping windows add up
+            r.pool, r.pool_k, r.pool_stride, r.pool_pad = pool.name, pool.kernel, pool.stride, pool.padding
+            r.pool_oh, r.pool_ow = pool.type.shape[1:]
+            below_typical *= math.ceil(pool.kernel / pool.stride) ** 2
+        d_sum = decay_sum(neuron, steps)
+        guard = neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
+        r.src_shift = fit_shift(math.ceil(below_typical * d_sum) + steps, guard, bits=GRAD_BITS - 1)
+        r.grad_frac, r.grad_bound = g.frac + r.src_shift, GRAD_MAX
+        typical = min(GRAD_MAX, math.ceil((below_typical * 2.0 ** r.src_shift + 1) * d_sum) + steps)
+        if neuron.reset != "hard":  # both forms apply: priced, unless the options choose
+            r.costs = form_costs(r, neuron, x, options, steps, hw)
+            r.form = min(r.costs, key=r.costs.get) if options.form == "auto" else options.form
+        elif options.form == "trace":
+            neuron.fail("has a hard reset: the trace form of the weight gradient needs a subtract reset or none "
+                        "(SSGD's neuron); use --grad-form explicit or auto")
+    else:  # the sums are read as they are: their gradient is the one from above
+        r.grad_frac, r.grad_bound, typical = g.frac, g.bound, g.typical
+    x_frac, x_bound = x.type.dtype.frac, _bound(x)
+    if r.form == "trace":  # trace[t] = D(trace[t-1]) + R(x[t], trace_shift), with the decays' guard bits
+        d_sum = decay_sum(neuron, steps)
+        guard = neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
+        r.trace_shift = fit_shift(math.ceil(x_bound * d_sum) + steps, guard)
+        r.trace_frac = x_frac + r.trace_shift
+        x_frac, x_bound = r.trace_frac, math.ceil((x_bound * 2.0 ** r.trace_shift + 1) * d_sum) + steps
+        r.traces = take(4 * r.n_in * steps)
+    sums = options.batch * steps * r.oh * r.ow  # the terms a weight-gradient accumulator adds
+    r.wgrad_shift = fit_shift(sums * x_bound * r.grad_bound, roundings=options.batch * steps)
+    r.dw_frac = r.grad_frac + x_frac + r.wgrad_shift
+    r.sgd_shift = r.weight_frac - options.lr_shift - r.dw_frac
+    r.dw = take(4 * r.cout * r.cin * r.taps)
+    if op.bias is not None:  # dB: the gradient summed over the outputs (a wgrad of a plane of ones)
+        r.bias, r.bias_frac, r.bias_bits = True, op.type.dtype.frac, graph.notes["train_bias_bits"][op.name]
+        r.db_shift = fit_shift(sums * r.grad_bound, roundings=options.batch * steps)
+        r.db_frac = r.grad_frac + r.db_shift
+        r.bias_sgd_shift = r.bias_frac - options.lr_shift - r.db_frac
+        r.db = take(4 * r.cout)
+    if r.input_grad:  # g_s below = sat(W^T R(g_h, pre_shift)), to GRAD_BITS
+        # typically a sum of random signs over the non-zero gradients (the active fraction of a neuron's)
+        density = options.active_density if neuron is not None else 1.0
+        fan = _norm(op, "in") * math.sqrt(density)
+        r.pre_shift = fit_shift(math.ceil(fan * typical), bits=GRAD_BITS - 1)
+        r.below_frac = r.grad_frac + r.pre_shift + r.weight_frac
+        r.below_bound = GRAD_MAX
+        r.below_typical = min(GRAD_MAX, math.ceil(fan * (typical * 2.0 ** r.pre_shift + 1)))
+        r.grad_out_steps = 1 if neuron is None and g.steps == 1 else steps
+        r.grad_out = take(4 * r.n_in * r.grad_out_steps)
+    return r
 
 
 def _norm(op: Op, side: str) -> float:

@@ -25,7 +25,7 @@ from ttc.isa.hwconfig import HwConfig, multiply_action, neuron_update_actions
 from ttc.isa.program import Program, ttc_version
 from ttc.isa.table import FORMAT_BYTES, elems_bytes
 
-from .codegen import emit_layers, io_record
+from .codegen import emit_layers
 from .cost import graph_costs, layer_cost
 from .ir import Conv2d, Graph, Linear, Op
 from .layout import align, step_stride, value_addr, weight_bytes
@@ -64,7 +64,7 @@ class TrainLayerPlan(LayerPlan):
     phase: ClassVar[str] = "backward"
 
     def __post_init__(self):
-        self.buf = _Buffers(self.hw, f"layer {self.r.path or self.r.name}" if self.r else "the loss")
+        self.buf = _Buffers(self.hw, f"layer {self.title}")
         self.take_regions()
         self.slot_bytes = dict.fromkeys(self.buf.used, ALIGN)  # a region per 32 bytes: the cost model sees each apart
         self.double = frozenset()
@@ -83,11 +83,15 @@ class TrainLayerPlan(LayerPlan):
     def code(self) -> list[Instr]:
         return [i for step in self.walk() for i in step.instrs]
 
+    @property
+    def title(self) -> str:
+        """What messages and the layer table call the plan's layer: its module's path, else its op's name."""
+        return self.op.path or self.op.name
+
     def entry(self, first: int) -> dict:
         """The plan's row of the program's layer table."""
-        name = self.r.path or self.r.name if self.r else "loss"
-        return dict(name=f"{name}.{self.label}", path=self.r.path if self.r else "", op=self.kind, type="",
-                    first_instr=first, phase=self.phase)
+        return dict(name=f"{self.title}.{self.label}", path=self.op.path, op=self.kind, type="", first_instr=first,
+                    phase=self.phase)
 
     def load(self, dst: Ref, addr: int, nbytes: int) -> Instr:
         return self.copy("load", dst, Ref("dram", addr), nbytes)
@@ -206,7 +210,7 @@ class BackwardPlan(TrainLayerPlan):
                 code.append(self.load(self.spikes, self.step_addr(neuron, t).addr, elems_bytes("spike", r.n_out)))
             if r.pool:
                 code += [self.load(self.pooled, r.grad_in + g_step * 4 * r.n_top, 4 * r.n_top),
-                         self.instr("pbwd", src=self.pooled, x=self.spikes, dst=self.gs, x_fmt="spike", channels=r.cout,
+                         self.instr("pbwd", src=self.pooled, x=self.spikes, dst=self.gs, x_fmt="spike", mode="max", channels=r.cout,
                                     ih=r.oh, iw=r.ow, oh=r.pool_oh, ow=r.pool_ow, k=r.pool_k, stride=r.pool_stride,
                                     pt=r.pool_pad, pl=r.pool_pad)]
             else:
@@ -329,6 +333,113 @@ class TracePlan(TrainLayerPlan):
 
 
 @dataclass
+class NeuronBackwardPlan(TrainLayerPlan):
+    """A neuron on its own (a residual stream's): t = T-1 ... 0, nbwd turns the gradient of its spikes into
+    its membranes' g_h, the gradient of its input, stored step by step."""
+
+    label: ClassVar[str] = "backward"
+
+    @property
+    def kind(self) -> str:
+        return "neuron_bwd"
+
+    def take_regions(self):
+        n, buf = self.r.n, self.buf
+        self.gs, self.tape = buf.take("ifmap", 4 * n), buf.take("ifmap", elems_bytes("spike", n))
+        self.spikes = buf.take("ifmap", elems_bytes("spike", n)) if self.op.reset == "hard" else self.tape
+        self.state, self.gh = buf.take("vmem", 4 * n), buf.take("psum", 4 * n)
+
+    def parts(self):
+        yield ("start",), lambda: [self.instr("vfill", dst=self.state, n=self.r.n, value=0)]
+        for t in range(self.time - 1, -1, -1):
+            yield ("step",), lambda t=t: self.step(t)
+
+    def step(self, t: int) -> list[Instr]:
+        r, neuron, n = self.r, self.op, self.r.n
+        gate = "spike" if neuron.reset == "hard" else "none"
+        code = [self.load(self.gs, r.grad_in + (t if r.grad_in_steps > 1 else 0) * 4 * n, 4 * n),
+                self.load(self.tape, self.step_addr(self.graph.op(r.tape), t).addr, elems_bytes("spike", n))]
+        if gate == "spike":
+            code.append(self.load(self.spikes, self.step_addr(neuron, t).addr, elems_bytes("spike", n)))
+        return code + [self.instr("nbwd", src=self.gs, tape=self.tape, spikes=self.spikes, state=self.state, dst=self.gh,
+                                  n=n, decay_mul=neuron.decay_mul, decay_shift=neuron.decay_shift, gate=gate,
+                                  src_shift=r.src_shift, bits=GRAD_BITS),
+                       self.store(r.grad_out + t * 4 * n, self.gh, 4 * n)]
+
+    def arithmetic(self, density: float) -> dict:
+        n = self.op
+        actions = neuron_update_actions("none", self.r.src_shift, n.decay_mul, n.decay_shift)
+        return {"neuron": {a: c * self.r.n * self.time for a, c in actions.items()}}
+
+
+@dataclass
+class PoolBackwardPlan(TrainLayerPlan):
+    """An average pool of spikes: every input gets its window's gradient (pbwd avg), step by step (once when
+    the gradient is the same at every step)."""
+
+    label: ClassVar[str] = "backward"
+
+    @property
+    def kind(self) -> str:
+        return "avgpool_bwd"
+
+    def take_regions(self):
+        r, buf = self.r, self.buf
+        self.g, self.dst = buf.take("ifmap", 4 * r.channels * r.oh * r.ow), buf.take("psum", 4 * r.channels * r.ih * r.iw)
+        self.x = buf.take("ifmap", ALIGN)  # pbwd avg reads no input, but its operand must name a place
+
+    def parts(self):
+        for t in range(self.r.grad_in_steps - 1, -1, -1):
+            yield ("step",), lambda t=t: self.step(t)
+
+    def step(self, t: int) -> list[Instr]:
+        r = self.r
+        inputs, outputs = r.channels * r.ih * r.iw, r.channels * r.oh * r.ow
+        return [self.load(self.g, r.grad_in + t * 4 * outputs, 4 * outputs),
+                self.instr("pbwd", src=self.g, x=self.x, dst=self.dst, x_fmt="spike", mode="avg", channels=r.channels,
+                           ih=r.ih, iw=r.iw, oh=r.oh, ow=r.ow, k=r.k, stride=r.stride, pt=0, pl=0),
+                self.store(r.grad_out + t * 4 * inputs, self.dst, 4 * inputs)]
+
+    def arithmetic(self, density: float) -> dict:
+        r = self.r
+        return {"vector": {"add32": r.channels * r.oh * r.ow * r.k * r.k * r.grad_in_steps}}
+
+
+@dataclass
+class SumPlan(TrainLayerPlan):
+    """The gradient of a value several ops read: the sum of theirs, each rescaled to the coarsest frac (vacc),
+    step by step."""
+
+    label: ClassVar[str] = "sum"
+
+    @property
+    def kind(self) -> str:
+        return "grad_sum"
+
+    def take_regions(self):
+        n, buf = self.r.n, self.buf
+        self.parts_at = [buf.take("ifmap", 4 * n) for _ in self.r.parts]
+        self.acc = buf.take("psum", 4 * n)
+
+    def parts(self):
+        for t in range(self.r.steps):
+            yield ("step",), lambda t=t: self.step(t)
+
+    def step(self, t: int) -> list[Instr]:
+        r, n, code = self.r, self.r.n, []
+        for k, ((addr, steps, shift), at) in enumerate(zip(r.parts, self.parts_at)):
+            code += [self.load(at, addr + (t if steps > 1 else 0) * 4 * n, 4 * n),
+                     self.instr("vacc", dst=self.acc, src=at, src_fmt="i32", dst_fmt="i32", n=n, shift=shift,
+                                accumulate=int(k > 0))]
+        return code + [self.store(r.out + t * 4 * n, self.acc, 4 * n)]
+
+    def arithmetic(self, density: float) -> dict:
+        r = self.r
+        shifts = sum(shift != 0 for _, _, shift in r.parts)
+        return {"vector": {"add32": r.n * (len(r.parts) - 1) * r.steps, "shift32": r.n * shifts * r.steps}}
+
+
+@dataclass
 class UpdatePlan(TrainLayerPlan):
     """Once per batch: w = sat(w - R(dW, sgd_shift)), dW = 0 (and the bias by dB), back to DRAM."""
 
@@ -379,52 +490,31 @@ def _transposed(r: TrainedLayer) -> dict:
                 pt=r.kh - 1 - r.pt, pl=r.kw - 1 - r.pl)
 
 
-def training_plans(graph: Graph, hw: HwConfig, records: list[TrainedLayer], options: TrainOptions, target: int,
-                   loss_grad: int, placed: bool = False) -> list[TrainLayerPlan]:
-    """The loss, every trained layer's backward (from the last), then every layer's update."""
-    def shape(r: TrainedLayer) -> tuple:
-        return tuple(sorted((k, v) for k, v in vars(r).items() if k not in ("name", "path") and not isinstance(v, dict)))
+def training_plans(graph: Graph, hw: HwConfig, layers: list[TrainedLayer], nodes: list, options: TrainOptions,
+                   target: int, loss_grad: int, placed: bool = False) -> list[TrainLayerPlan]:
+    """The loss, the backward walk's nodes in order (a layer's backward, a neuron's, an average pool's, a
+    gradient sum), then every layer's update."""
+    def shape(r) -> tuple:
+        return tuple(sorted((k, v if not isinstance(v, list) else str(v)) for k, v in vars(r).items()
+                            if k not in ("name", "path", "value") and not isinstance(v, dict)))
 
     readout = graph.op(graph.outputs[0])
     plans: list[TrainLayerPlan] = []
     if options.loss == "mse":  # (the cross-entropy's gradient comes from the host)
-        plans.append(LossPlan(graph, readout, hw, placed, r=records[-1], options=options, shape=(records[-1].cout,),
+        plans.append(LossPlan(graph, readout, hw, placed, r=layers[-1], options=options, shape=(layers[-1].cout,),
                               target=target, loss_grad=loss_grad))
-    for r in reversed(records):
-        if r.form == "trace":
-            plans.append(TracePlan(graph, graph.op(r.name), hw, placed, r=r, options=options, shape=shape(r)))
-        plans.append(BackwardPlan(graph, graph.op(r.name), hw, placed, r=r, options=options,
-                                  shape=shape(r) + (options.sparse,)))
-    plans += [UpdatePlan(graph, graph.op(r.name), hw, placed, r=r, options=options, shape=shape(r)) for r in records]
+    for node in nodes:
+        if node.kind == "layer":
+            if node.form == "trace":
+                plans.append(TracePlan(graph, graph.op(node.name), hw, placed, r=node, options=options, shape=shape(node)))
+            plans.append(BackwardPlan(graph, graph.op(node.name), hw, placed, r=node, options=options,
+                                      shape=shape(node) + (options.sparse,)))
+        else:
+            kind = {"neuron": NeuronBackwardPlan, "avgpool": PoolBackwardPlan, "sum": SumPlan}[node.kind]
+            op = graph.op(node.value if node.kind == "sum" else node.name)
+            plans.append(kind(graph, op, hw, placed, r=node, options=options, shape=shape(node)))
+    plans += [UpdatePlan(graph, graph.op(r.name), hw, placed, r=r, options=options, shape=shape(r)) for r in layers]
     return plans
-
-
-def _places(graph: Graph, records: list[TrainedLayer], steps: int) -> tuple[int, int, int]:
-    """DRAM for the training step's own data after everything the graph stores: the target, the loss
-    gradient, and per layer its dW (and dB), the gradient it passes down and its input traces. Returns
-    (target, loss gradient, DRAM size)."""
-    end = max(op.dram + step_stride(graph, op) * (op.type.time or 1) for op in graph.ops if op.dram is not None)
-    end = max(end, max(op.wdram + weight_bytes(op) for op in graph.ops if isinstance(op, (Linear, Conv2d))))
-    addr = align(end)
-
-    def take(nbytes: int) -> int:
-        nonlocal addr
-        at, addr = addr, align(addr + nbytes)
-        return at
-
-    target, e = take(4 * records[-1].cout), take(4 * records[-1].cout)
-    for k in range(len(records) - 1, -1, -1):
-        r = records[k]
-        r.dw = take(4 * r.cout * r.cin * r.taps)
-        r.db = take(4 * r.cout) if r.bias else 0
-        above = records[k + 1] if k + 1 < len(records) else None
-        r.grad_in, r.grad_in_steps = (above.grad_out, above.grad_out_steps) if above else (e, 1)
-        if r.input_grad:
-            r.grad_out_steps = 1 if r.neuron is None and r.grad_in_steps == 1 else steps
-            r.grad_out = take(4 * r.n_in * r.grad_out_steps)
-        if r.form == "trace":
-            r.traces = take(4 * r.n_in * steps)
-    return target, e, addr
 
 
 def predicted_step(graph: Graph, hw: HwConfig, plans: list[TrainLayerPlan], options: TrainOptions) -> dict:
@@ -453,10 +543,18 @@ def generate_training(graph: Graph, hw: HwConfig, options: TrainOptions, compile
     halt (with the cross-entropy: forward, halt, backward, halt, update, halt; the host writes the loss
     gradient at the first halt). `inference`: the plain inference program of the same model, which shares
     its weights' places (`ttc train` writes it back with the trained weights)."""
-    records = plan_formats(graph, options, hw)
+    end = max(op.dram + step_stride(graph, op) * (op.type.time or 1) for op in graph.ops if op.dram is not None)
+    end = max(end, max(op.wdram + weight_bytes(op) for op in graph.ops if isinstance(op, (Linear, Conv2d))))
+    dram = [align(end)]  # the training step's own data after everything the graph stores
+
+    def take(nbytes: int) -> int:
+        at, dram[0] = dram[0], align(dram[0] + nbytes)
+        return at
+
+    records, nodes, target, e = plan_formats(graph, options, hw, take)
     steps = graph.op(graph.op(graph.outputs[0]).inputs[0]).type.time
-    target, e, dram_bytes = _places(graph, records, steps)
-    plans = training_plans(graph, hw, records, options, target, e, placed=True)
+    dram_bytes = dram[0]
+    plans = training_plans(graph, hw, records, nodes, options, target, e, placed=True)
     forward, layers = emit_layers(graph, hw)
     for layer in layers:
         layer["phase"] = "forward"
@@ -482,8 +580,7 @@ def generate_training(graph: Graph, hw: HwConfig, options: TrainOptions, compile
                 train=dict(options=asdict(options), update_at=starts[-1], backward_at=starts[1] if len(starts) > 2 else None,
                            steps=steps, target=target, loss_grad=e,
                            classes=records[-1].cout, out_frac=graph.op(graph.outputs[0]).type.dtype.frac,
-                           layers=[asdict(r) for r in records],
-                           tapes=[io_record(graph, graph.op(r.tape)) for r in records if r.tape],
-                           predicted=predicted_step(graph, hw, training_plans(graph, hw, records, options, target, e),
-                                                    options)))
+                           layers=[asdict(r) for r in records], nodes=[asdict(n) for n in nodes],
+                           predicted=predicted_step(graph, hw, training_plans(graph, hw, records, nodes, options,
+                                                                              target, e), options)))
     return Program(code=code, data=inference.data, meta=meta, hw=hw)

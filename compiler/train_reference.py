@@ -19,11 +19,25 @@ import torch.nn.functional as F
 
 from ttc.isa.neuron import step as neuron_step
 from ttc.isa.table import rescale
-from ttc.isa.train import backward_step, pool_backward, saturate, sgd
+from ttc.isa.train import average_backward, backward_step, pool_backward, saturate, sgd
 
-from .ir import Graph
+from .ir import Graph, Input
 from .reference import evaluate
 from .train import GRAD_BITS, ce_gradient
+
+
+def _walk(below: torch.Tensor, tape: torch.Tensor, spikes: torch.Tensor, neuron, decay_mul: int,
+          src_shift: int) -> torch.Tensor:
+    """nbwd over t = T-1 ... 0 (decay_mul 0: D[t], nothing carried): the membrane gradients [T, B, ...] from the
+    spikes' gradients `below` ([T or 1, B, ...]), saturating as nbwd does."""
+    state, rows = torch.zeros_like(tape[0]), []
+    for step in range(tape.shape[0] - 1, -1, -1):
+        state, _ = saturate(backward_step(state, below[step if below.shape[0] > 1 else 0].reshape(state.shape),
+                                          tape[step], spikes[step], decay_mul=decay_mul, decay_shift=neuron.decay_shift,
+                                          gate="spike" if neuron.reset == "hard" else "none", src_shift=src_shift),
+                            GRAD_BITS)
+        rows.append(state)
+    return torch.stack(rows[::-1])
 
 
 def _traces(x: torch.Tensor, neuron, shift: int) -> torch.Tensor:
@@ -55,8 +69,9 @@ class TrainingReference:
                        for r in self.layers if r["bias"]}
 
     def gradients(self, x: np.ndarray, labels: np.ndarray) -> dict:
-        """One batch's forward and backward at today's weights: {"out", "e", "dw": {layer: weights' shape},
-        "gh": {layer: [T, B, ...] the gradients of its sums}}."""
+        """One batch's forward and backward at today's weights: {"out", "e", "dw", "db": {layer: ...}, "gh": {layer:
+        [T or 1, B, ...] the gradients of its sums}}. The backward walks the program's nodes in order, each
+        reading and writing gradients by their DRAM place, as the machine does."""
         g, t = self.graph, self.train
         for r in self.layers:
             g.op(r["name"]).weight = self.weights[r["name"]].numpy().astype(f"<i{int(r['wfmt'][1:]) // 8}")
@@ -70,59 +85,65 @@ class TrainingReference:
             target = torch.zeros_like(out)
             target[torch.arange(len(labels)), torch.from_numpy(labels)] = t["steps"] << t["out_frac"]
             e = out - target
-        steps, batch = t["steps"], len(labels)
-        below = None  # the gradient the layer above gave this one's output: [T or 1, B, ...]
+        dram = {t["loss_grad"]: e.unsqueeze(0)}  # gradients by their DRAM place: [T or 1, B, ...]
         dw, db, grads = {}, {}, {}
-        for r in reversed(self.layers):
-            op = g.op(r["name"])
-            x_in = _images(env[op.inputs[0]].long(), r["cin"], r["ih"], r["iw"])  # [T, B, C, H, W]
-            if below is not None:  # through a flatten: this layer's output's shape (pooled)
-                top = (r["pool_oh"], r["pool_ow"]) if r["pool"] else (r["oh"], r["ow"])
-                below = below.reshape(below.shape[0], batch, r["cout"], *top)
-            if r["readout"]:
-                gh = e.reshape(1, batch, -1, 1, 1)
-            elif r["neuron"] is not None:
-                neuron = g.op(r["neuron"])
-                tape, spikes = (_images(env[v].long(), r["cout"], r["oh"], r["ow"]) for v in (r["tape"], r["neuron"]))
-                if r["pool"]:  # routed back through the max pool, step by step
-                    below = torch.stack([torch.from_numpy(pool_backward(
-                        spikes[step].numpy(), below[step if below.shape[0] > 1 else 0].numpy(), r["pool_k"],
-                        r["pool_stride"], r["pool_pad"], r["pool_pad"])) for step in range(steps)])
-
-                def walk(decay_mul):  # nbwd over t = T-1 ... 0 (decay_mul 0: D[t], nothing carried)
-                    state, rows = torch.zeros_like(tape[0]), []
-                    for step in range(steps - 1, -1, -1):
-                        state, _ = saturate(backward_step(
-                            state, below[step if below.shape[0] > 1 else 0], tape[step], spikes[step],
-                            decay_mul=decay_mul, decay_shift=neuron.decay_shift,
-                            gate="spike" if neuron.reset == "hard" else "none", src_shift=r["src_shift"]), GRAD_BITS)
-                        rows.append(state)
-                    return torch.stack(rows[::-1])
-                gh = walk(neuron.decay_mul)
-            else:
-                gh = below
-            grads[r["name"]] = gh
-            full = gh.expand(steps, *gh.shape[1:])
-            if r["form"] == "trace":  # SSGD: the input traces against D (the same gradient, rounded elsewhere)
-                full, x_in = walk(0), _traces(x_in, neuron, r["trace_shift"])
-            # wgrad, one instruction per sample's step, each rounded: the forward's windows of x against g_h
-            cols = F.unfold(x_in.flatten(0, 1).double(), (r["kh"], r["kw"]), padding=(r["pt"], r["pl"]),
-                            stride=(r["sh"], r["sw"])).long()
-            per_step = torch.einsum("nol,nkl->nok", full.flatten(0, 1).flatten(2), cols)
-            dw[r["name"]] = rescale(per_step, r["wgrad_shift"]).sum(0).reshape(self.weights[r["name"]].shape)
-            if r["bias"]:  # one wgrad of a plane of ones per sample's step
-                sums = gh.expand(steps, *gh.shape[1:]).flatten(3).sum(3)
-                db[r["name"]] = rescale(sums, r["db_shift"]).sum((0, 1))
-            if r["input_grad"]:
-                w = self.weights[r["name"]].reshape(r["cout"], r["cin"], r["kh"], r["kw"]).double()
-                scaled = rescale(gh, r["pre_shift"])
-                stride = (r["sh"], r["sw"])
-                extra = tuple(n - ((o - 1) * s - 2 * p + k) for n, o, s, p, k in
-                              ((r["ih"], r["oh"], r["sh"], r["pt"], r["kh"]), (r["iw"], r["ow"], r["sw"], r["pl"], r["kw"])))
-                gx = F.conv_transpose2d(scaled.flatten(0, 1).double(), w, stride=stride, padding=(r["pt"], r["pl"]),
-                                        output_padding=extra)
-                below, _ = saturate(gx.round().long().reshape(gh.shape[0], batch, r["cin"], r["ih"], r["iw"]), GRAD_BITS)
+        for node in t["nodes"]:
+            if node["kind"] == "layer":
+                self._layer(node, env, dram, dw, db, grads, len(labels))
+            elif node["kind"] == "neuron":
+                n = g.op(node["name"])
+                below = dram[node["grad_in"]].flatten(2)
+                tape, spikes = env[node["tape"]].long().flatten(2), env[node["name"]].long().flatten(2)
+                dram[node["grad_out"]] = _walk(below, tape, spikes, n, n.decay_mul, node["src_shift"])
+            elif node["kind"] == "avgpool":
+                gy = dram[node["grad_in"]].reshape(-1, len(labels), node["channels"], node["oh"], node["ow"])
+                dram[node["grad_out"]] = torch.stack([torch.from_numpy(average_backward(
+                    step.numpy(), (node["ih"], node["iw"]), node["k"], node["stride"], 0, 0)) for step in gy])
+            else:  # a sum of the gradients several readers gave one value
+                total = 0
+                for addr, steps, shift in node["parts"]:
+                    part = dram[addr].flatten(2)
+                    total = total + rescale(part.expand(node["steps"], *part.shape[1:]), shift)
+                dram[node["out"]] = total
         return dict(out=out, e=e, dw=dw, db=db, gh=grads)
+
+    def _layer(self, r: dict, env: dict, dram: dict, dw: dict, db: dict, grads: dict, batch: int) -> None:
+        """A trained layer's backward (BackwardPlan's arithmetic)."""
+        g, steps = self.graph, self.train["steps"]
+        op = g.op(r["name"])
+        x_in = _images(env[op.inputs[0]].long(), r["cin"], r["ih"], r["iw"])  # [T, B, C, H, W]
+        top = (r["pool_oh"], r["pool_ow"]) if r["pool"] else (r["oh"], r["ow"])
+        below = dram[r["grad_in"]].reshape(-1, batch, r["cout"], *top)  # the gradient of the layer's top
+        neuron = g.op(r["neuron"]) if r["neuron"] else None
+        if neuron is not None:
+            tape, spikes = (_images(env[v].long(), r["cout"], r["oh"], r["ow"]) for v in (r["tape"], r["neuron"]))
+            if r["pool"]:  # routed back through the max pool, step by step
+                below = torch.stack([torch.from_numpy(pool_backward(
+                    spikes[step].numpy(), below[step if below.shape[0] > 1 else 0].numpy(), r["pool_k"],
+                    r["pool_stride"], r["pool_pad"], r["pool_pad"])) for step in range(steps)])
+            gh = _walk(below, tape, spikes, neuron, neuron.decay_mul, r["src_shift"])
+        else:
+            gh = below
+        grads[r["name"]] = gh
+        full = gh.expand(steps, *gh.shape[1:])
+        if r["form"] == "trace":  # SSGD: the input traces against D (the same gradient, rounded elsewhere)
+            full, x_in = _walk(below, tape, spikes, neuron, 0, r["src_shift"]), _traces(x_in, neuron, r["trace_shift"])
+        # wgrad, one instruction per sample's step, each rounded: the forward's windows of x against g_h
+        cols = F.unfold(x_in.flatten(0, 1).double(), (r["kh"], r["kw"]), padding=(r["pt"], r["pl"]),
+                        stride=(r["sh"], r["sw"])).long()
+        per_step = torch.einsum("nol,nkl->nok", full.flatten(0, 1).flatten(2), cols)
+        dw[r["name"]] = rescale(per_step, r["wgrad_shift"]).sum(0).reshape(self.weights[r["name"]].shape)
+        if r["bias"]:  # one wgrad of a plane of ones per sample's step
+            db[r["name"]] = rescale(full.flatten(3).sum(3), r["db_shift"]).sum((0, 1))
+        if r["input_grad"]:
+            w = self.weights[r["name"]].reshape(r["cout"], r["cin"], r["kh"], r["kw"]).double()
+            scaled = rescale(gh, r["pre_shift"])
+            extra = tuple(n - ((o - 1) * s - 2 * p + k) for n, o, s, p, k in
+                          ((r["ih"], r["oh"], r["sh"], r["pt"], r["kh"]), (r["iw"], r["ow"], r["sw"], r["pl"], r["kw"])))
+            gx = F.conv_transpose2d(scaled.flatten(0, 1).double(), w, stride=(r["sh"], r["sw"]), padding=(r["pt"], r["pl"]),
+                                    output_padding=extra)
+            dram[r["grad_out"]], _ = saturate(gx.round().long().reshape(gh.shape[0], batch, r["cin"], r["ih"], r["iw"]),
+                                              GRAD_BITS)
 
     def step(self, x: np.ndarray, labels: np.ndarray) -> dict:
         """gradients(), then the update: the weights become sat(w - R(dW, sgd_shift))."""
@@ -169,45 +190,59 @@ def float_neuron(z: torch.Tensor, decay: float, theta: float, band: float, reset
 
 def float_gradients(graph: Graph, train: dict, x: np.ndarray, labels: np.ndarray,
                     weights: dict[str, torch.Tensor], biases: dict[str, torch.Tensor] | None = None) -> dict:
-    """dL/dW of every trained layer (and dL/db, keyed `name.bias`) by float64 autograd, for L = 1/2 sum
-    (output - one-hot)^2 times (T / 2^ceil(log2 T))^2 (the loss whose gradient the machine's e is): the
-    network the integers stand for, each layer's input in float, in the fracs of the quantized graph."""
+    """dL/dW of every trained layer (and dL/db, keyed `name.bias`) by float64 autograd, for the loss whose
+    gradient the machine's e is (1/2 sum (output - one-hot)^2 times (T / 2^ceil(log2 T))^2, or the softmax
+    cross-entropy): the network the integers of the quantized graph stand for, op by op, each value the float
+    its integers stand for, the trained layers' weights and biases the parameters."""
     steps = train["steps"]
-    h_in = None
-    params = {}
-    for k, r in enumerate(train["layers"]):
-        op = graph.op(r["name"])
-        w = (weights[r["name"]].double() * 2.0 ** -r["weight_frac"]).requires_grad_(True)
-        params[r["name"]] = w
-        b = None
-        if r["bias"]:
-            b = (biases[r["name"]].double() * 2.0 ** -r["bias_frac"]).requires_grad_(True)
-            params[f"{r['name']}.bias"] = b
-        if k == 0:
-            xin = graph.op(op.inputs[0])
-            env = evaluate(graph, [x])
-            h_in = env[xin.name] * 2.0 ** -xin.type.dtype.frac
-        x_img = h_in.reshape(*h_in.shape[:2], r["cin"], r["ih"], r["iw"])
-        w4 = w.reshape(r["cout"], r["cin"], r["kh"], r["kw"])
-        z = F.conv2d(x_img.flatten(0, 1), w4, b, stride=(r["sh"], r["sw"]), padding=(r["pt"], r["pl"]))
-        z = z.reshape(*h_in.shape[:2], r["cout"], r["oh"], r["ow"])
-        if r["readout"]:
-            out = z.flatten(2).sum(0) / steps
-            break
-        if r["neuron"] is None:
-            h_in = z
-            continue
-        n = graph.op(r["neuron"])
-        frac = graph.op(op.name).type.dtype.frac + n.in_shift
-        h_in = float_neuron(z, n.decay_mul / (1 << n.decay_shift), n.theta * 2.0 ** -frac, n.band * 2.0 ** -frac,
-                            n.reset, n.v_reset * 2.0 ** -frac, n.v_init * 2.0 ** -frac, n.order, n.cmp)
-        if r["pool"]:
-            pool = graph.op(r["pool"])
-            pooled = F.max_pool2d(h_in.flatten(0, 1), pool.kernel, pool.stride, pool.padding, ceil_mode=pool.ceil_mode)
-            h_in = pooled.reshape(*h_in.shape[:2], *pooled.shape[1:])
-    target = torch.zeros_like(out)
-    target[torch.arange(len(labels)), torch.from_numpy(labels)] = 1.0
-    scale = (steps / 2 ** math.ceil(math.log2(steps))) ** 2
-    loss = 0.5 * scale * ((out - target) ** 2).sum()
+    trained = {r["name"]: r for r in train["layers"]}
+    params, values = {}, {}
+    env = evaluate(graph, [x])
+    for op in graph.ops:
+        ins = [values.get(name) for name in op.inputs]
+        if isinstance(op, Input):
+            v = env[op.name] * 2.0 ** -op.type.dtype.frac
+        elif op.opname in ("flatten",):
+            v = ins[0].flatten(2)
+        elif op.opname in ("rescale", "tape"):
+            v = ins[0]
+        elif op.opname == "repeat":
+            v = ins[0].unsqueeze(0).expand(op.steps, *ins[0].shape)
+        elif op.name in trained:
+            r = trained[op.name]
+            w = (weights[r["name"]].double() * 2.0 ** -r["weight_frac"]).requires_grad_(True)
+            params[r["name"]] = w
+            b = None
+            if r["bias"]:
+                b = (biases[r["name"]].double() * 2.0 ** -r["bias_frac"]).requires_grad_(True)
+                params[f"{r['name']}.bias"] = b
+            x_img = ins[0].reshape(*ins[0].shape[:2], r["cin"], r["ih"], r["iw"])
+            z = F.conv2d(x_img.flatten(0, 1), w.reshape(r["cout"], r["cin"], r["kh"], r["kw"]), b,
+                         stride=(r["sh"], r["sw"]), padding=(r["pt"], r["pl"]))
+            v = z.reshape(*ins[0].shape[:2], *op.type.shape)
+        elif op.opname == "neuron_q":
+            frac = graph.op(op.inputs[0]).type.dtype.frac + op.in_shift
+            v = float_neuron(ins[0], op.decay_mul / (1 << op.decay_shift), op.theta * 2.0 ** -frac, op.band * 2.0 ** -frac,
+                             op.reset, op.v_reset * 2.0 ** -frac, op.v_init * 2.0 ** -frac, op.order, op.cmp)
+        elif op.opname == "maxpool":
+            y = F.max_pool2d(ins[0].flatten(0, 1), op.kernel, op.stride, op.padding, ceil_mode=op.ceil_mode)
+            v = y.reshape(*ins[0].shape[:2], *y.shape[1:])
+        elif op.opname == "avgpool":
+            y = F.avg_pool2d(ins[0].flatten(0, 1), op.kernel, op.stride, divisor_override=op.area)
+            v = y.reshape(*ins[0].shape[:2], *y.shape[1:])
+        elif op.opname == "add":
+            v = (ins[0] + ins[1]) / (2 if op.halve else 1)
+        elif op.opname == "time_reduce":
+            v = ins[0].sum(0) / steps
+        else:
+            op.fail("has no float semantics for the training check")
+        values[op.name] = v
+    out = values[graph.outputs[0]]
+    if train["options"]["loss"] == "ce":
+        loss = F.cross_entropy(out, torch.from_numpy(labels), reduction="sum")
+    else:
+        target = torch.zeros_like(out)
+        target[torch.arange(len(labels)), torch.from_numpy(labels)] = 1.0
+        loss = 0.5 * (steps / 2 ** math.ceil(math.log2(steps))) ** 2 * ((out - target) ** 2).sum()
     loss.backward()
     return {name: w.grad for name, w in params.items()}

@@ -88,3 +88,19 @@ def pool_backward(x, g, k: int, stride: int, pt: int, pl: int):
     at = (iy * iw + ix).reshape(b, c, -1)
     np.add.at(out, (np.arange(b)[:, None, None], np.arange(c)[None, :, None], at), g.reshape(b, c, -1))
     return out.reshape(b, c, ih, iw)
+
+
+def average_backward(g, shape: tuple[int, int], k: int, stride: int, pt: int, pl: int):
+    """The gradient of an average pool's input [B, C, ih, iw] (`shape` = (ih, iw)) from its output's g [B, C,
+    oh, ow] (NumPy int64): every input gets the gradient of each window that holds it (the 1/area is in the
+    gradient's frac)."""
+    import numpy as np
+
+    b, c, oh, ow = g.shape
+    ih, iw = shape
+    rows, cols = max((oh - 1) * stride + k, pt + ih), max((ow - 1) * stride + k, pl + iw)
+    out = np.zeros((b, c, rows, cols), dtype=np.int64)
+    for i in range(k):
+        for j in range(k):
+            out[:, :, i:i + (oh - 1) * stride + 1:stride, j:j + (ow - 1) * stride + 1:stride] += g
+    return out[:, :, pt:pt + ih, pl:pl + iw]

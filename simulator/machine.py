@@ -452,10 +452,14 @@ def _pbwd(m: Machine, i: Instr) -> None:
     if i["pt"] >= k or i["pl"] >= k or (oh - 1) * s - i["pt"] >= ih or (ow - 1) * s - i["pl"] >= iw:
         raise SimError(f"{oh}x{ow} windows of {k} by {s} (padding {i['pt']}, {i['pl']}): one holds no input of the "
                        f"{ih}x{iw} input")
-    x = m.read(i["x"], i["x_fmt"], c * ih * iw).reshape(m.batch, c, ih, iw)
     g = m.read(i["src"], "i32", c * oh * ow).reshape(m.batch, c, oh, ow)
-    m.write(i["dst"], "i32", train.pool_backward(x, g, k, s, i["pt"], i["pl"]))
     a = m.event.actions
+    if i["mode"] == "avg":
+        m.write(i["dst"], "i32", train.average_backward(g, (ih, iw), k, s, i["pt"], i["pl"]))
+        a["add32"] = m.batch * c * oh * ow * k * k
+        return
+    x = m.read(i["x"], i["x_fmt"], c * ih * iw).reshape(m.batch, c, ih, iw)
+    m.write(i["dst"], "i32", train.pool_backward(x, g, k, s, i["pt"], i["pl"]))
     a["add32"] = m.batch * c * oh * ow
     a["or1" if i["x_fmt"] == "spike" else "cmp32"] = m.batch * c * oh * ow * k * k
 

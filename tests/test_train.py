@@ -37,11 +37,13 @@ def _net(sizes, neuron, seed=1, frac=3, bias=False):
 
 
 def _batches(n, shape, classes, seed, spikes=True):
+    """`n` batches of B inputs [T, B, *shape] (spikes, or 4-bit values), or with `shape` "static" images
+    [B, 1, 8, 8] that the model repeats over time itself, and their labels."""
     g = torch.Generator().manual_seed(seed)
-    shape = (shape,) if isinstance(shape, int) else shape
+    static = shape == "static"
+    size = (B, 1, 8, 8) if static else (T, B, *((shape,) if isinstance(shape, int) else shape))
     for _ in range(n):
-        x = torch.randint(0, 2, (T, B, *shape), generator=g).float() if spikes else \
-            torch.randint(0, 16, (T, B, *shape), generator=g).float() / 16
+        x = torch.randint(0, 2, size, generator=g).float() if spikes else torch.randint(0, 16, size, generator=g).float() / 16
         yield x.numpy(), torch.randint(0, classes, (B,), generator=g).numpy()
 
 
@@ -105,6 +107,28 @@ def _strided_net(seed: int = 9):
     return net
 
 
+def _ms_resnet(variant: str | None = None, seed: int = 0):
+    """N,1,8,8 repeated over T steps -> 4 classes: an MS-ResNet (membrane shortcuts: residual adds of
+    multi-bit streams, each block's neurons on the stream): a stem conv-BN, a block of 4 channels (dense, or
+    TT of ranks 2 in `variant`), a dense stride-2 block to 8 channels with a strided 1x1 shortcut, a LIF, a
+    global average pool and a linear readout; dyadic weights and biases."""
+    g = torch.Generator().manual_seed(seed)
+    ranks = (2, 2) if variant else None
+    net = nn.Sequential(M.DirectEncoder(T), M.Conv2d(1, 4, 3, padding=1, bias=False), M.BatchNorm2d(4),
+                        M.MSBlock(4, 4, ranks=ranks, variant=variant or "stt", decay=0.5, threshold=0.5),
+                        M.MSBlock(4, 8, stride=2, decay=0.5, threshold=0.5), M.LIF(decay=0.5, threshold=0.5),
+                        M.AvgPool2d(4), M.Flatten(), M.Linear(8, 4), M.TimeMean())
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.copy_(torch.randint(-4, 5, m.weight.shape, generator=g).float() / 4)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randint(-2, 3, m.bias.shape, generator=g).float() / 8)
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.copy_(torch.randint(-2, 3, (m.num_features,), generator=g).float() / 8)
+    return net.eval()
+
+
 def _tt_net(seed: int = 3):
     """[T, N, 1, 6, 6] -> 4 classes: a 3x3 conv-LIF, a TT-SNN STT block (4 -> 8 channels, rank 2: trained as its
     four cores) with a LIF, a linear readout; dyadic weights."""
@@ -120,6 +144,12 @@ def _tt_net(seed: int = 3):
 
 
 LIF_HARD = lambda: M.LIF(decay=0.5, threshold=0.5)  # noqa: E731
+
+
+def _input_shape(shape) -> str:
+    if shape == "static":
+        return "N,1,8,8"
+    return f"{T},N," + ",".join(map(str, (shape,) if isinstance(shape, int) else shape))
 #: name: (model, input shape, spikes in, sparse backward)
 CASES = {
     "fc-lif-hard": (lambda: _net((12, 8, 6, 4), LIF_HARD), 12, True, False),
@@ -135,6 +165,9 @@ CASES = {
     "conv-bn-lif-hard-sparse": (lambda: _conv_bn_net(), (1, 6, 6), True, True),
     "conv-bn-lif-maxpool-twice": (lambda: _pooled_net(), (1, 8, 8), True, False),
     "conv-stride-2-if-subtract-fixed-input": (lambda: _strided_net(), (1, 8, 8), False, True),
+    "ms-resnet": (lambda: _ms_resnet(), "static", False, False),
+    "ms-resnet-tt-stt": (lambda: _ms_resnet("stt"), "static", False, True),
+    "ms-resnet-tt-ptt": (lambda: _ms_resnet("ptt"), "static", False, False),
     "fc-lif-hard-cross-entropy": (lambda: _net((12, 8, 6, 4), LIF_HARD), 12, True, False, "explicit", "ce"),
     "fc-lif-subtract-trace-form-sparse": (
         lambda: _net((12, 8, 6, 4), lambda: M.LIF(decay=0.5, threshold=0.5, reset="subtract")), 12, True, True, "trace"),
@@ -149,8 +182,7 @@ def test_the_simulator_equals_the_training_reference_over_20_steps(case):
     form, loss = (more + ["explicit", "mse"][len(more):])[:2]
     net = build()
     options = dict(input_encoding="spikes") if spikes else dict(input_bits=8, input_frac=4)
-    dims = ",".join(map(str, (shape,) if isinstance(shape, int) else shape))
-    compiled = api.compile_training(net, f"{T},N,{dims}", train=TrainOptions(
+    compiled = api.compile_training(net, _input_shape(shape), train=TrainOptions(
         batch=B, band=0.5, sparse=sparse, lr_shift=8, form=form, loss=loss), **options)
     train = compiled.program.meta["train"]
     assert {r["form"] for r in train["layers"] if r["neuron"]} == {form}
@@ -172,7 +204,12 @@ def test_the_simulator_equals_the_training_reference_over_20_steps(case):
             assert stats.loss == pytest.approx(float(0.5 * ((out - torch.eye(4)[labels].double()) ** 2).sum()))
         else:
             assert stats.loss == pytest.approx(float(F.cross_entropy(out, torch.from_numpy(labels), reduction="sum")))
-    assert min(changed.values()) > 0, changed  # every layer's weights moved: no comparison is of untouched weights
+    # the weights moved, so no comparison is of untouched weights: every layer's that reads spikes (a layer that
+    # reads multi-bit values, such as a TT core after the first, may keep its weights for 20 steps: its
+    # weight-gradient accumulator's shift is set for the worst input its format holds, docs/training.md)
+    spiking = [r["name"] for r in train["layers"] if r["in_fmt"] == "spike"]
+    assert spiking and min(changed[name] for name in spiking) > 0, changed
+    assert sum(changed.values()) > 20
 
 
 def test_the_weight_gradients_equal_float64_autograd_where_nothing_rounds():
@@ -290,14 +327,15 @@ def test_the_sparse_backward_does_less_work_and_computes_the_same():
 
 
 def test_models_a_training_step_cannot_take_are_refused_naming_the_layer():
-    pooled = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.LIF(), M.AvgPool2d(2), M.Flatten(),
-                           M.Linear(64, 10, bias=False), M.TimeMean())
-    with pytest.raises(IRError, match=r"from '2'\): is a avgpool: the training step takes conv and linear layers"):
-        api.compile_training(pooled, "4,N,1,8,8", input_bits=8, input_frac=4)
-    residual = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.MSBlock(4, 4), M.LIF(), M.Flatten(),
-                             M.Linear(256, 10, bias=False), M.TimeMean())
-    with pytest.raises(IRError, match=r"is a add: the training step takes conv and linear layers"):
-        api.compile_training(residual, "4,N,1,8,8", input_bits=8, input_frac=4)
+    htt = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.LIF(), M.TTConv2d(4, 4, 2, "htt"), M.LIF(),
+                        M.Flatten(), M.Linear(256, 10, bias=False), M.TimeMean())
+    with pytest.raises(IRError, match=r"from '2'\): is an htt tensor-train layer: a training step trains stt and ptt"):
+        api.compile_training(htt, "4,N,1,8,8", input_bits=8, input_frac=4)
+    # a TT block that downsamples max-pools its multi-bit result
+    strided_tt = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.MSBlock(4, 4, stride=2, ranks=(2, 2)),
+                               M.LIF(), M.Flatten(), M.Linear(64, 10, bias=False), M.TimeMean())
+    with pytest.raises(IRError, match=r"max pools something other than the spikes of a conv's neuron"):
+        api.compile_training(strided_tt, "4,N,1,8,8", input_bits=8, input_frac=4)
     with pytest.raises(TrainError, match="loss 'hinge': 'mse'"):
         TrainOptions(loss="hinge")
 
@@ -413,14 +451,13 @@ def test_third_party_models_train_bit_exact(build):
         assert train["layers"][0]["source_scale"] == [0.5] * 8  # the LIF's input gain 1/tau, in its linear layer
 
 
-@pytest.mark.parametrize("case", ["fc-lif-hard-sparse", "conv-bn-lif-hard-sparse", "tt-stt-block",
+@pytest.mark.parametrize("case", ["fc-lif-hard-sparse", "conv-bn-lif-hard-sparse", "tt-stt-block", "ms-resnet-tt-ptt",
                                   "fc-lif-subtract-trace-form-sparse"])
 def test_the_cost_model_prices_the_training_phases(case):
     """The training plans are layer plans: the cost model walks the steps codegen emits. Its cycles of each
     phase are the simulator's; its energy differs only by the densities it assumes."""
     build, shape, spikes, sparse, *form = CASES[case]
-    dims = ",".join(map(str, (shape,) if isinstance(shape, int) else shape))
-    compiled = api.compile_training(build(), f"{T},N,{dims}", train=TrainOptions(
+    compiled = api.compile_training(build(), _input_shape(shape), train=TrainOptions(
         batch=B, sparse=sparse, form=form[0] if form else "explicit"), input_encoding="spikes" if spikes else "fixed")
     x, labels = next(_batches(1, shape, 4, seed=2, spikes=spikes))
     stats = Trainer(compiled.program, B).step(x, labels)
@@ -438,3 +475,4 @@ def test_a_layer_whose_backward_does_not_fit_names_the_buffer():
     with pytest.raises(TrainError, match=r"layer 1: its training step needs \d+ bytes of the psum buffer, which holds "
                                          r"32768 bytes in hardware config 'sata' \(training does not tile layers yet\)"):
         api.compile_training(big, "4,N,1,8,8", input_bits=8, input_frac=4)
+

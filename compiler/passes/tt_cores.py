@@ -3,16 +3,18 @@ layer becomes the convolutions its cores are, one after another, before quantize
 
     G1 1x1 Cin -> R1,  G2 (3,1) R1 -> R2 (padding (1,0)),  G3 (1,3) R2 -> R3 (padding (0,1)),  G4 1x1 R3 -> Cout
 
+and a PTT layer G1, then G2 and G3 both on G1's result, their mean (an add that halves), then G4.
+
 so that every core is a trained layer of its own (its gradient is its conv's weight gradient) and the
 quantizer treats each as a conv: 16-bit weights, and a rescale before a core whose multi-bit input could
 overflow its sums (inference keeps the cores' products exact instead, which leaves them few bits).
 Each core is named for its module in the source model (TT-SNN's first_layer .. fourth_layer), so that the
-trained state dict loads back into it. PTT and HTT add and slice the cores' results: not trained yet."""
+trained state dict loads back into it. HTT slices the steps between two plans: not trained yet."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir import Conv2d, Graph, TTConv2d
+from ..ir import Add, Conv2d, Graph, TTConv2d
 from . import Pass, register
 
 #: (core, padding, the source module's attribute)
@@ -27,18 +29,28 @@ class TTCores(Pass):
 
     def run(self, graph: Graph) -> Graph:
         for tt in [op for op in graph.ops if isinstance(op, TTConv2d)]:
-            if tt.variant != "stt":
-                tt.fail(f"is a {tt.variant} tensor-train layer: a training step trains stt layers so far (ptt and htt "
-                        "add and slice their cores' results)")
+            if tt.variant == "htt":
+                tt.fail("is an htt tensor-train layer: a training step trains stt and ptt layers so far (htt slices "
+                        "the time steps between two plans)")
             if tt.fracs is not None:
                 tt.fail("is already quantized (tt-cores runs before quantize)")
-            ops, x = [], tt.inputs[0]
-            for k, (core, padding, module) in enumerate(CORES):
-                last = k == len(CORES) - 1
-                op = Conv2d(name=tt.name if last else graph.fresh(f"{tt.name}.{core}"), inputs=(x,),
-                            path=f"{tt.path}.{module}" if tt.path else module, weight=getattr(tt, core),
+            ops = []
+
+            def core(k: int, x: str, last: bool = False) -> str:
+                name, padding, module = CORES[k]
+                op = Conv2d(name=tt.name if last else graph.fresh(f"{tt.name}.{name}"), inputs=(x,),
+                            path=f"{tt.path}.{module}" if tt.path else module, weight=getattr(tt, name),
                             bias=tt.bias if last else None, padding=padding)
                 ops.append(op)
-                x = op.name
+                return op.name
+
+            u = core(0, tt.inputs[0])
+            if tt.variant == "stt":
+                middle = core(2, core(1, u))
+            else:  # ptt: (G2 u + G3 u) / 2
+                mean = Add(name=graph.fresh(f"{tt.name}.mean"), inputs=(core(1, u), core(2, u)), path=tt.path, halve=1)
+                ops.append(mean)
+                middle = mean.name
+            core(3, middle, last=True)
             graph.replace_op(tt, ops)
         return graph.infer_types()
