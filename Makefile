@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_sim.py
 	$(PY) bench/vgg_report.py
 	$(PY) bench/train_digits.py
+	$(PY) bench/tt_training.py
 
 docs: $(STAMP)
 	$(PY) -m ttc.isa.docs > docs/isa.md
