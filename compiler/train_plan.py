@@ -55,7 +55,8 @@ class _Buffers:
 
 @dataclass
 class TrainLayerPlan(LayerPlan):
-    """What the training plans share: their regions, one stretch of steps, their layer-table entry."""
+    """What the training plans share: their regions, one stretch of steps, their layer-table entry (`kind`
+    is its op)."""
 
     r: TrainedLayer | None = field(default=None, compare=False, repr=False)
     options: TrainOptions | None = field(default=None, compare=False, repr=False)
@@ -108,9 +109,7 @@ class LossPlan(TrainLayerPlan):
     loss_grad: int = field(default=0, compare=False)
     label: ClassVar[str] = "mse"
 
-    @property
-    def kind(self) -> str:
-        return "loss_mse"
+    kind: ClassVar[str] = "loss_mse"
 
     def take_regions(self):
         n = self.r.cout
@@ -300,9 +299,7 @@ class TracePlan(TrainLayerPlan):
 
     label: ClassVar[str] = "traces"
 
-    @property
-    def kind(self) -> str:
-        return "traces"
+    kind: ClassVar[str] = "traces"
 
     def take_regions(self):
         r, buf = self.r, self.buf
@@ -339,9 +336,7 @@ class NeuronBackwardPlan(TrainLayerPlan):
 
     label: ClassVar[str] = "backward"
 
-    @property
-    def kind(self) -> str:
-        return "neuron_bwd"
+    kind: ClassVar[str] = "neuron_bwd"
 
     def take_regions(self):
         n, buf = self.r.n, self.buf
@@ -379,9 +374,7 @@ class PoolBackwardPlan(TrainLayerPlan):
 
     label: ClassVar[str] = "backward"
 
-    @property
-    def kind(self) -> str:
-        return "avgpool_bwd"
+    kind: ClassVar[str] = "avgpool_bwd"
 
     def take_regions(self):
         r, buf = self.r, self.buf
@@ -412,9 +405,7 @@ class SumPlan(TrainLayerPlan):
 
     label: ClassVar[str] = "sum"
 
-    @property
-    def kind(self) -> str:
-        return "grad_sum"
+    kind: ClassVar[str] = "grad_sum"
 
     def take_regions(self):
         n, buf = self.r.n, self.buf
@@ -446,9 +437,7 @@ class UpdatePlan(TrainLayerPlan):
     phase: ClassVar[str] = "update"
     label: ClassVar[str] = "update"
 
-    @property
-    def kind(self) -> str:
-        return "sgd"
+    kind: ClassVar[str] = "sgd"
 
     def take_regions(self):
         r, n = self.r, self.r.cout * self.r.cin * self.r.taps

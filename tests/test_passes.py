@@ -6,7 +6,7 @@ import pytest
 
 from ttc.compiler.ir import IRError
 from ttc.compiler.ir_text import parse_graph, print_graph
-from ttc.compiler.passes import PIPELINE, REGISTRY, TRAIN_PIPELINE, make_pass
+from ttc.compiler.passes import REGISTRY, TRAIN_PIPELINE, make_pass
 
 GOLDEN = sorted((Path(__file__).parent / "golden").glob("*.ir"))
 
