@@ -58,6 +58,8 @@ LIMIT_BITS = 31
 #: Gradients (membrane gradients, the gradients layers pass down) saturate to this many bits (isa/train.py).
 GRAD_BITS = 24
 GRAD_MAX = (1 << (GRAD_BITS - 1)) - 1
+#: A weight-gradient accumulator's shift leaves this many bits above its typical sum; it saturates (wgrad).
+WGRAD_HEADROOM = 4
 
 
 FORMS = ("auto", "explicit", "trace")
@@ -386,6 +388,7 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take) -> tup
     steps = readout.type.time
     classes = readout.type.shape[0]
     target, e = take(4 * classes), take(4 * classes)
+    forward = _typical_forward(graph, options)
     pending: dict[str, list[Grad]] = {}
     nodes: list = []
     layers: list[TrainedLayer] = []
@@ -420,7 +423,7 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take) -> tup
                 g = gradient(pool or neuron or op)
                 if g is None:
                     op.fail("reaches the output only through what the training step cannot differentiate")
-            r = _layer_formats(graph, op, neuron, pool, g, options, hw, steps, take)
+            r = _layer_formats(graph, op, neuron, pool, g, options, hw, steps, take, forward)
             if r.input_grad:
                 contribute(op.inputs[0], Grad(r.below_frac, GRAD_MAX, r.below_typical, r.grad_out_steps, r.grad_out))
             nodes.append(r)
@@ -455,6 +458,34 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take) -> tup
     return layers[::-1], nodes, target, e
 
 
+def _typical_forward(graph: Graph, options: TrainOptions) -> dict[str, float]:
+    """The typical size of every value's integers in the forward (what the weight gradients' formats are set
+    for): an input's a quarter of its format's range (spikes: 1), a layer's sums of today's weights times
+    inputs of random signs (`_norm`) at the options' spike density, a neuron's spikes 1, an average pool's
+    sums of its window's spikes, an add's its operands' (as rescaled)."""
+    out: dict[str, float] = {}
+    for op in graph.ops:
+        ins = [out.get(name, 1.0) for name in op.inputs]
+        if isinstance(op, Input):
+            dt = op.type.dtype
+            out[op.name] = 1.0 if dt.kind == "spike" else float(1 << max(0, dt.bits - 2))
+        elif isinstance(op, (Linear, Conv2d)):
+            density = options.spike_density if graph.op(op.inputs[0]).type.dtype.kind == "spike" else 1.0
+            bias = float(np.abs(op.bias).max()) if op.bias is not None else 0.0
+            out[op.name] = _norm(op, "out") * math.sqrt(density) * ins[0] * 2.0 ** op.shift + bias
+        elif isinstance(op, NeuronQ):
+            out[op.name] = 1.0
+        elif isinstance(op, AvgPool):
+            out[op.name] = max(1.0, op.kernel * op.kernel * options.spike_density)
+        elif isinstance(op, Add):
+            out[op.name] = ins[0] * 2.0 ** op.shift_a + ins[1] * 2.0 ** op.shift_b
+        elif op.opname == "rescale":
+            out[op.name] = ins[0] * 2.0 ** op.shift
+        elif ins:  # flatten, repeat, max pool, tape, time reduction: as their input
+            out[op.name] = ins[0]
+    return out
+
+
 def _loss_grad(graph: Graph, readout: Op, options: TrainOptions, steps: int, e: int) -> Grad:
     """The loss gradient e (see the module docstring), the same at every step."""
     reduce = graph.op(graph.outputs[0])
@@ -472,7 +503,7 @@ def _loss_grad(graph: Graph, readout: Op, options: TrainOptions, steps: int, e: 
 
 
 def _layer_formats(graph: Graph, op: Op, neuron: NeuronQ | None, pool: MaxPool | None, g: Grad,
-                   options: TrainOptions, hw: HwConfig, steps: int, take) -> TrainedLayer:
+                   options: TrainOptions, hw: HwConfig, steps: int, take, forward: dict[str, float]) -> TrainedLayer:
     """A trained layer's formats and DRAM places, from the gradient of its top (its pool's, its neuron's or
     its sums')."""
     x = graph.op(op.inputs[0])
@@ -501,22 +532,30 @@ def _layer_formats(graph: Graph, op: Op, neuron: NeuronQ | None, pool: MaxPool |
                         "(SSGD's neuron); use --grad-form explicit or auto")
     else:  # the sums are read as they are: their gradient is the one from above
         r.grad_frac, r.grad_bound, typical = g.frac, g.bound, g.typical
-    x_frac, x_bound = x.type.dtype.frac, _bound(x)
+    x_frac, x_bound, x_typical = x.type.dtype.frac, _bound(x), forward[_source(graph, op.inputs[0]).name]
+    g_typical = typical
     if r.form == "trace":  # trace[t] = D(trace[t-1]) + R(x[t], trace_shift), with the decays' guard bits
         d_sum = decay_sum(neuron, steps)
         guard = neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
         r.trace_shift = fit_shift(math.ceil(x_bound * d_sum) + steps, guard)
         r.trace_frac = x_frac + r.trace_shift
-        x_frac, x_bound = r.trace_frac, math.ceil((x_bound * 2.0 ** r.trace_shift + 1) * d_sum) + steps
+        x_frac, x_typical = r.trace_frac, x_typical * 2.0 ** r.trace_shift * d_sum
+        x_bound = math.ceil((x_bound * 2.0 ** r.trace_shift + 1) * d_sum) + steps
+        g_typical = min(GRAD_MAX, math.ceil(below_typical * 2.0 ** r.src_shift))  # D[t]
         r.traces = take(4 * r.n_in * steps)
-    sums = options.batch * steps * r.oh * r.ow  # the terms a weight-gradient accumulator adds
-    r.wgrad_shift = fit_shift(sums * x_bound * r.grad_bound, roundings=options.batch * steps)
+    # the terms a weight-gradient accumulator adds: a step's (y, x) of every sample, each term an input (a
+    # spike at the options' density) times a gradient; typical sizes with 2^WGRAD_HEADROOM to spare (it
+    # saturates), or the worst case where that is smaller
+    sums = options.batch * steps * r.oh * r.ow
+    density = options.spike_density if x.type.dtype.kind == "spike" and r.form != "trace" else 1.0
+    r.wgrad_shift = fit_shift(min(math.ceil(sums * density * x_typical * g_typical) << WGRAD_HEADROOM,
+                                  sums * x_bound * r.grad_bound), roundings=options.batch * steps)
     r.dw_frac = r.grad_frac + x_frac + r.wgrad_shift
     r.sgd_shift = r.weight_frac - options.lr_shift - r.dw_frac
     r.dw = take(4 * r.cout * r.cin * r.taps)
     if op.bias is not None:  # dB: the gradient summed over the outputs (a wgrad of a plane of ones)
         r.bias, r.bias_frac, r.bias_bits = True, op.type.dtype.frac, graph.notes["train_bias_bits"][op.name]
-        r.db_shift = fit_shift(sums * r.grad_bound, roundings=options.batch * steps)
+        r.db_shift = fit_shift(min(sums * typical << WGRAD_HEADROOM, sums * r.grad_bound), roundings=options.batch * steps)
         r.db_frac = r.grad_frac + r.db_shift
         r.bias_sgd_shift = r.bias_frac - options.lr_shift - r.db_frac
         r.db = take(4 * r.cout)

@@ -229,11 +229,11 @@ class BackwardPlan(TrainLayerPlan):
             x = graph.op(self.op.inputs[0])
             code.append(self.load(self.xin, self.step_addr(x, t).addr, elems_bytes(r.in_fmt, r.n_in)))
             wgrad = dict(src=self.xin, grad=self.gh, fmt=r.in_fmt)
-        code.append(self.instr("wgrad", dst=self.dw, accumulate=1, shift=r.wgrad_shift, skip=sparse, group=0, **wgrad,
-                               **_geometry(r)))
+        code.append(self.instr("wgrad", dst=self.dw, accumulate=1, shift=r.wgrad_shift, skip=sparse, group=0,
+                               sat_bits=32, **wgrad, **_geometry(r)))
         if r.bias:
             code.append(self.instr("wgrad", src=self.ones, grad=self.gh, dst=self.db, fmt="spike", accumulate=1,
-                                   shift=r.db_shift, skip=sparse, group=0, **_ones(r)))
+                                   shift=r.db_shift, skip=sparse, group=0, sat_bits=32, **_ones(r)))
         if r.input_grad and (not self.constant or t == 0):
             if r.pre_shift:
                 code.append(self.instr("vacc", dst=self.scaled, src=self.gh, src_fmt="i32", dst_fmt="i32", n=r.n_out,

@@ -26,6 +26,15 @@ from .reference import evaluate
 from .train import GRAD_BITS, ce_gradient
 
 
+def _accumulate(terms: torch.Tensor) -> torch.Tensor:
+    """A weight-gradient accumulator after the step's wgrads, t = T-1 ... 0, each adding its samples' terms
+    ([T, B, ...], summed exactly) and saturating to 32 bits."""
+    acc = torch.zeros_like(terms[0, 0])
+    for step in range(terms.shape[0] - 1, -1, -1):
+        acc, _ = saturate(acc + terms[step].sum(0), 32)
+    return acc
+
+
 def _walk(below: torch.Tensor, tape: torch.Tensor, spikes: torch.Tensor, neuron, decay_mul: int,
           src_shift: int) -> torch.Tensor:
     """nbwd over t = T-1 ... 0 (decay_mul 0: D[t], nothing carried): the membrane gradients [T, B, ...] from the
@@ -131,10 +140,10 @@ class TrainingReference:
         # wgrad, one instruction per sample's step, each rounded: the forward's windows of x against g_h
         cols = F.unfold(x_in.flatten(0, 1).double(), (r["kh"], r["kw"]), padding=(r["pt"], r["pl"]),
                         stride=(r["sh"], r["sw"])).long()
-        per_step = torch.einsum("nol,nkl->nok", full.flatten(0, 1).flatten(2), cols)
-        dw[r["name"]] = rescale(per_step, r["wgrad_shift"]).sum(0).reshape(self.weights[r["name"]].shape)
+        per_step = torch.einsum("nol,nkl->nok", full.flatten(0, 1).flatten(2), cols).reshape(steps, batch, -1)
+        dw[r["name"]] = _accumulate(rescale(per_step, r["wgrad_shift"])).reshape(self.weights[r["name"]].shape)
         if r["bias"]:  # one wgrad of a plane of ones per sample's step
-            db[r["name"]] = rescale(full.flatten(3).sum(3), r["db_shift"]).sum((0, 1))
+            db[r["name"]] = _accumulate(rescale(full.flatten(3).sum(3), r["db_shift"]))
         if r["input_grad"]:
             w = self.weights[r["name"]].reshape(r["cout"], r["cin"], r["kh"], r["kw"]).double()
             scaled = rescale(gh, r["pre_shift"])

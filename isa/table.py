@@ -366,10 +366,12 @@ TRAINING = (
         (_ref("src", ("ifmap",)), _ref("grad", ("psum",)), _ref("dst", ("psum",)),
          _enum("fmt", FORMATS, "element format of src")) + _CONV_GEOMETRY
         + (_s("shift", 6, "each sample's sums are rescaled R(sum, shift) before they are added"),
-           _u("skip", 1, "1: zero gradients are skipped (counted work: non-zero grad only)")),
+           _u("skip", 1, "1: zero gradients are skipped (counted work: non-zero grad only)"),
+           _u("sat_bits", 6, "the accumulator saturates to a signed integer of this many bits (0: it must fit i32)",
+              0)),
         f"dst[co,ci,i,j] (+)= sum over the samples of the batch of R(sum over y, x of {_CONV_INDEX} times "
         "grad[co,y,x], shift): the weight gradient, one accumulator shared by the batch (spike src: adds gated by "
-        "the spikes)",
+        "the spikes); the batch's sum is exact, then added to dst, saturating to sat_bits",
         _wgrad_footprint, _conv_cycles(), _conv_pairs, since=9),
     _op("pbwd", 0x0F, "vector",
         (_ref("src", ("psum", "ifmap")), _ref("x", ("ifmap",)), _ref("dst", ("psum",)),

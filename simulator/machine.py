@@ -434,10 +434,12 @@ def _wgrad(m: Machine, i: Instr) -> None:
     total = rescale(per_sample, i["shift"]).sum(axis=0)
     if i["accumulate"]:
         total = total + m.read(i["dst"], "i32", total.size)[0]
+    a = m.event.actions
+    if i["sat_bits"]:
+        total, a["grad_saturated"] = train.saturate(total, min(i["sat_bits"], 32))
     m.write(i["dst"], "i32", np.tile(total, (m.batch, 1)))
     gated = np.einsum("bcyxij,boyx->", (win != 0).astype(np.int64) if i["fmt"] == "spike" else np.ones_like(win),
                       ((g != 0) if i["skip"] else np.ones_like(g)).astype(np.int64), optimize=True)
-    a = m.event.actions
     a["weight_grad"] = a["add32"] = int(gated)
     if i["fmt"] != "spike":
         a[multiply_action(i["fmt"], "i16")] = int(gated)
