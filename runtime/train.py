@@ -203,10 +203,11 @@ class EpochStats:
 
 
 def fit(trainer: Trainer, x: np.ndarray, labels: np.ndarray, epochs: int, seed: int = 0,
-        held_out: tuple[np.ndarray, np.ndarray] | None = None, on_epoch=None) -> list[EpochStats]:
+        held_out: tuple[np.ndarray, np.ndarray] | None = None, on_epoch=None, on_step=None) -> list[EpochStats]:
     """Train for `epochs` on (x, labels), x laid out as the model's input: each epoch the samples in a
     seeded random order, in whole batches (the last partial batch is left out, as a fixed-size step takes
-    exactly its batch). `on_epoch(stats)` is called after each epoch."""
+    exactly its batch). `on_epoch(stats)` is called after each epoch, `on_step(x, labels)` after each step
+    with its batch (`ttc train --check` steps the reference there)."""
     io = trainer.prog.meta["inputs"][0]
     axis = 1 if io["time"] is not None else 0
     count = _batch_of(io, x)
@@ -224,7 +225,10 @@ def fit(trainer: Trainer, x: np.ndarray, labels: np.ndarray, epochs: int, seed: 
             cycles, energy, counters, layers = Counter(), defaultdict(Counter), defaultdict(Counter), defaultdict(Counter)
             for k in range(steps):
                 idx = order[k * trainer.batch:(k + 1) * trainer.batch]
-                s = trainer.step(np.take(x, idx, axis=axis), labels[idx])
+                batch_x, batch_y = np.take(x, idx, axis=axis), labels[idx]
+                s = trainer.step(batch_x, batch_y)
+                if on_step is not None:
+                    on_step(batch_x, batch_y)
                 loss, correct = loss + s.loss, correct + s.correct
                 cycles.update(s.cycles)
                 for phase in s.energy_pj:
@@ -248,3 +252,26 @@ def fit(trainer: Trainer, x: np.ndarray, labels: np.ndarray, epochs: int, seed: 
 def accuracy(prog: Program, x: np.ndarray, labels: np.ndarray) -> float:
     """Held-out accuracy of an inference program (the argmax of its one output)."""
     return float((run(prog, [x]).outputs[0].argmax(1) == labels).mean())
+
+
+class Mismatch(Exception):
+    """The simulator's weights differ from the integer training reference's (`ttc train --check`)."""
+
+
+def checker(trainer: Trainer, reference) -> tuple:
+    """(on_step for `fit`, the steps checked so far): after each step the reference (a
+    `ttc.compiler.train_reference.TrainingReference` of the same program) takes the same batch, and every
+    weight and bias must equal the simulator's, else Mismatch names the step, the layer and the elements."""
+    checked = [0]
+
+    def on_step(x: np.ndarray, labels: np.ndarray) -> None:
+        reference.step(x, labels)
+        checked[0] += 1
+        for kind, sim, ref in (("weights", trainer.weights(), reference.weights),
+                               ("bias", trainer.biases(), reference.biases)):
+            for name, values in sim.items():
+                differ = int((values != ref[name].numpy()).sum())
+                if differ:
+                    raise Mismatch(f"step {checked[0]}: layer {name}'s {kind} differ from the integer training "
+                                   f"reference's in {differ} of {values.size} elements")
+    return on_step, checked

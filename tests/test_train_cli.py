@@ -209,3 +209,32 @@ def test_train_errors(work, tmp_path, capsys):
           "inference.bin", "not a training step")
     fails(capsys, d, ["train", step, "--sim", "--data", x, "--labels", y, "--epochs", "1", "--weights", d / "t.pt",
                       "-o", d / "no-such-dir" / "t.bin"], "no-such-dir", "no such directory")
+
+
+def test_train_check_steps_the_reference_and_a_difference_is_status_3(work, tmp_path, capsys, monkeypatch):
+    argv = ["-q", "train", str(work / "step.bin"), "--sim", "--data", str(work / "x.npy"), "--labels",
+            str(work / "y.npy"), "--epochs", "1", "--check", str(work / "tiny.pt")]
+    capsys.readouterr()
+    assert main(argv + ["-o", str(tmp_path / "a.bin")]) == 0
+    out = capsys.readouterr().out
+    assert "checked: the weights equal the integer training reference's after each of the 8 steps" in out
+    from ttc.compiler.train_reference import TrainingReference
+
+    step = TrainingReference.step
+
+    def off_by_one(self, x, labels):  # a reference that disagrees from the third step on
+        result = step(self, x, labels)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls >= 3:
+            name = next(iter(self.weights))
+            self.weights[name] = self.weights[name] + 1
+        return result
+
+    monkeypatch.setattr(TrainingReference, "step", off_by_one)
+    before = listing(tmp_path)
+    assert main(argv + ["-o", str(tmp_path / "b.bin")]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("ttc: check: ") and "step 3: layer 0's weights differ from the integer training reference's" in err
+    assert listing(tmp_path) == before  # nothing written
+    torch.save(tiny(bias=True), tmp_path / "other.pt")
+    fails(capsys, tmp_path, argv[:-1] + [tmp_path / "other.pt"], "other.pt", "not the model this program was compiled from")

@@ -207,9 +207,14 @@ def export_nir(model: torch.nn.Module, input_shape, dt: float = DEFAULT_DT):
 
 
 def recompile_for_check(prog: Program, model: torch.nn.Module) -> Compiled:
-    """Compile `model` with the options recorded in `prog`, for the quantized reference."""
+    """Compile `model` with the options recorded in `prog`, for the quantized reference (a training step's
+    with its training options, for the integer training reference)."""
     o = prog.meta["options"]
-    return compile_model(model, o["input_shape"], prog.hw, **{k: o.get(k, v) for k, v in OPTIONS.items()})
+    options = {k: o.get(k, v) for k, v in OPTIONS.items()}
+    if "train" in prog.meta:
+        return compile_training(model, o["input_shape"], prog.hw, train=TrainOptions(**prog.meta["train"]["options"]),
+                                **options)
+    return compile_model(model, o["input_shape"], prog.hw, **options)
 
 
 def run_float(model: torch.nn.Module, x: np.ndarray) -> list[np.ndarray]:

@@ -397,7 +397,7 @@ def _training_data(prog, x_path: str, y_path: str) -> tuple[np.ndarray, np.ndarr
 
 def cmd_train(a) -> int:
     from ttc.isa.program import Program
-    from ttc.runtime.train import Trainer, fit
+    from ttc.runtime.train import Mismatch, Trainer, fit
 
     if not a.sim:
         raise CliError("only the simulator backend exists: pass --sim")
@@ -429,10 +429,14 @@ def cmd_train(a) -> int:
         if not a.json:
             print(epoch_line(stats, a.epochs), flush=True)
 
+    on_step, checked = train_check(prog, a, trainer) if a.check else (None, None)
     try:
-        history = fit(trainer, x, y, a.epochs, seed=a.seed, held_out=held_out, on_epoch=on_epoch)
+        history = fit(trainer, x, y, a.epochs, seed=a.seed, held_out=held_out, on_epoch=on_epoch, on_step=on_step)
     except UserError as e:
         raise naming(a.program, e, a.data, *(a.held_out or ())) from e
+    except Mismatch as e:  # nothing is written: the trained weights are not what the program means
+        print(f"ttc: check: {a.program}: {e}", file=sys.stderr)
+        return EXIT_MISMATCH
     if a.output:
         trainer.inference_program().save(a.output)
     if a.weights:
@@ -443,11 +447,32 @@ def cmd_train(a) -> int:
     if a.json:
         print(json.dumps([s.summary() for s in history], indent=2, sort_keys=True))
     else:
+        if checked:
+            print(f"checked: the weights equal the integer training reference's after each of the {checked[0]} steps")
         for path, what in ((a.output, "the inference program with the trained weights"),
                            (a.weights, "the trained weights as a state dict of the source model")):
             if path:
                 print(f"wrote {path}: {what}")
     return 0
+
+
+def train_check(prog, a, trainer) -> tuple:
+    """`ttc train --check MODEL`: the model recompiled with the step's options gives the integer training
+    reference, which takes every step beside the simulator (ttc.runtime.train.checker)."""
+    from ttc.api import file_digest, recompile_for_check
+    from ttc.compiler.train_reference import TrainingReference
+    from ttc.frontends.load import load_model
+    from ttc.runtime.train import checker
+
+    try:
+        model = load_model(a.check, a.trust_model, prog.meta["source"].get("nir_dt"))
+        recorded = prog.meta["source"].get("sha256")
+        if recorded and recorded != file_digest(a.check):
+            raise CliError(f"{a.check} is not the model this program was compiled from (its SHA-256 differs)")
+        compiled = recompile_for_check(prog, model)
+    except UserError as e:
+        raise naming(a.check, e) from e
+    return checker(trainer, TrainingReference(compiled.quantized, prog.meta["train"]))
 
 
 def epoch_line(stats, epochs: int) -> str:
@@ -669,6 +694,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("-o", "--output", metavar="TRAINED.bin", help="write the inference program with the trained weights")
     tr.add_argument("--weights", metavar="TRAINED.pt", help="write the trained weights as a state dict of the source "
                     "model (torch.save)")
+    tr.add_argument("--check", metavar="MODEL", help="step the integer training reference of MODEL (the model the "
+                    "program was compiled from) beside the simulator and compare the weights after every step; exit "
+                    "status 3, writing nothing, on any difference")
+    tr.add_argument("--trust-model", action="store_true", help=trust_help)
     tr.add_argument("--json", action="store_true", help="print the epochs' statistics as JSON")
     tr.set_defaults(fn=cmd_train)
 
