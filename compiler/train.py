@@ -6,11 +6,12 @@ training phases' plans: ttc.compiler.train_plan, which also generates the progra
     forward   the inference layers (ttc.compiler.plan), whose neurons also write their active bits
               (`tape` values): the spikes and the tape are what the backward reads, 1 bit per neuron-step
     backward  the loss gradient (mean squared error on chip against a target the host writes; or the softmax
-              cross-entropy's, which the host computes between the forward and the backward), then
-              every trained layer from the last to the first, t = T-1 ... 0 inside each (BPTT): `nbwd`
-              turns the spike gradients into membrane gradients, `wgrad` adds their weight gradient
-              into the layer's accumulator (one per machine, shared by the samples), a transposed `dconv`
-              gives the spike gradients of the layer below
+              cross-entropy's, which the host computes between the forward and the backward), then the
+              graph from the readout down (`plan_formats`), t = T-1 ... 0 inside each trained layer
+              (BPTT): `nbwd` turns the spike gradients into membrane gradients, `wgrad` adds their weight
+              gradient into the layer's accumulator (one per machine, shared by the samples), a transposed
+              `dconv` gives the gradient of the layer's input; neurons on their own, average pools and the
+              sums of forks' gradients between them
     update    once per batch: `sgd` moves every trained layer's weights by its accumulated gradient at a
               power-of-two learning rate, saturating, and clears the accumulator
 
