@@ -168,7 +168,6 @@ class TrainedLayer:
     dw_frac: int = 0
     pre_shift: int = 0
     below_frac: int = 0
-    below_bound: int = 0
     below_typical: int = 0
     sgd_shift: int = 0
     form: str = "explicit"  # its weight gradient: explicit (x[t] g_h[t]) or trace (trace[t] D[t]); `form_costs`
@@ -433,10 +432,7 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take) -> tup
             g = gradient(op)
             if g is None:
                 continue
-            d_sum = decay_sum(op, steps)
-            guard = op.decay_shift * (steps - 1) if op.decay_mul != 1 << op.decay_shift else 0
-            src_shift = fit_shift(math.ceil(g.typical * d_sum) + steps, guard, bits=GRAD_BITS - 1)
-            typical = min(GRAD_MAX, math.ceil((g.typical * 2.0 ** src_shift + 1) * d_sum) + steps)
+            src_shift, typical = _membrane_format(op, g.typical, steps)
             n = op.type.numel
             out = take(4 * n * steps)
             tape = next(u.name for u in graph.users(op.name) if isinstance(u, Tape))
@@ -503,6 +499,19 @@ def _loss_grad(graph: Graph, readout: Op, options: TrainOptions, steps: int, e: 
     return Grad(reduce.type.dtype.frac + 2 * math.ceil(math.log2(steps)), bound, typical, 1, e)
 
 
+def _guard(neuron: NeuronQ, steps: int) -> int:
+    """The guard bits that keep T-1 decays of a gradient exact: decay_shift per step back (none for a decay of 1)."""
+    return neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
+
+
+def _membrane_format(neuron: NeuronQ, typical: int, steps: int) -> tuple[int, int]:
+    """(src_shift, the membrane gradients' typical size) of nbwd on spike gradients of `typical` size: as many
+    of the decays' guard bits as GRAD_BITS holds."""
+    d_sum = decay_sum(neuron, steps)
+    src_shift = fit_shift(math.ceil(typical * d_sum) + steps, _guard(neuron, steps), bits=GRAD_BITS - 1)
+    return src_shift, min(GRAD_MAX, math.ceil((typical * 2.0 ** src_shift + 1) * d_sum) + steps)
+
+
 def _layer_formats(graph: Graph, op: Op, neuron: NeuronQ | None, pool: MaxPool | None, g: Grad,
                    options: TrainOptions, hw: HwConfig, steps: int, take, forward: dict[str, float]) -> TrainedLayer:
     """A trained layer's formats and DRAM places, from the gradient of its top (its pool's, its neuron's or
@@ -520,11 +529,8 @@ def _layer_formats(graph: Graph, op: Op, neuron: NeuronQ | None, pool: MaxPool |
             r.pool, r.pool_k, r.pool_stride, r.pool_pad = pool.name, pool.kernel, pool.stride, pool.padding
             r.pool_oh, r.pool_ow = pool.type.shape[1:]
             below_typical *= math.ceil(pool.kernel / pool.stride) ** 2
-        d_sum = decay_sum(neuron, steps)
-        guard = neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
-        r.src_shift = fit_shift(math.ceil(below_typical * d_sum) + steps, guard, bits=GRAD_BITS - 1)
+        r.src_shift, typical = _membrane_format(neuron, below_typical, steps)
         r.grad_frac, r.grad_bound = g.frac + r.src_shift, GRAD_MAX
-        typical = min(GRAD_MAX, math.ceil((below_typical * 2.0 ** r.src_shift + 1) * d_sum) + steps)
         if neuron.reset != "hard":  # both forms apply: priced, unless the options choose
             r.costs = form_costs(r, neuron, x, options, steps, hw)
             r.form = min(r.costs, key=r.costs.get) if options.form == "auto" else options.form
@@ -537,8 +543,7 @@ def _layer_formats(graph: Graph, op: Op, neuron: NeuronQ | None, pool: MaxPool |
     g_typical = typical
     if r.form == "trace":  # trace[t] = D(trace[t-1]) + R(x[t], trace_shift), with the decays' guard bits
         d_sum = decay_sum(neuron, steps)
-        guard = neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
-        r.trace_shift = fit_shift(math.ceil(x_bound * d_sum) + steps, guard)
+        r.trace_shift = fit_shift(math.ceil(x_bound * d_sum) + steps, _guard(neuron, steps))
         r.trace_frac = x_frac + r.trace_shift
         x_frac, x_typical = r.trace_frac, x_typical * 2.0 ** r.trace_shift * d_sum
         x_bound = math.ceil((x_bound * 2.0 ** r.trace_shift + 1) * d_sum) + steps
@@ -566,7 +571,6 @@ def _layer_formats(graph: Graph, op: Op, neuron: NeuronQ | None, pool: MaxPool |
         fan = _norm(op, "in") * math.sqrt(density)
         r.pre_shift = fit_shift(math.ceil(fan * typical), bits=GRAD_BITS - 1)
         r.below_frac = r.grad_frac + r.pre_shift + r.weight_frac
-        r.below_bound = GRAD_MAX
         r.below_typical = min(GRAD_MAX, math.ceil(fan * (typical * 2.0 ** r.pre_shift + 1)))
         r.grad_out_steps = 1 if neuron is None and g.steps == 1 else steps
         r.grad_out = take(4 * r.n_in * r.grad_out_steps)

@@ -94,6 +94,20 @@ class TrainLayerPlan(LayerPlan):
         return dict(name=f"{self.title}.{self.label}", path=self.op.path, op=self.kind, type="", first_instr=first,
                     phase=self.phase)
 
+    def load_tape(self, neuron: Op, tape: str, t: int, n: int, spikes: bool) -> list[Instr]:
+        """Step t's active bits of `neuron` (`tape`, into self.tape) and, with `spikes` (a hard reset's gate,
+        a pool's maxima), its spikes (into self.spikes)."""
+        code = [self.load(self.tape, self.step_addr(self.graph.op(tape), t).addr, elems_bytes("spike", n))]
+        if spikes:
+            code.append(self.load(self.spikes, self.step_addr(neuron, t).addr, elems_bytes("spike", n)))
+        return code
+
+    def nbwd(self, neuron: Op, n: int, src_shift: int, state: Ref, dst: Ref, decay_mul: int) -> Instr:
+        """One backward step of `neuron`'s n membranes from the spike gradients in self.gs."""
+        return self.instr("nbwd", src=self.gs, tape=self.tape, spikes=self.spikes, state=state, dst=dst, n=n,
+                          decay_mul=decay_mul, decay_shift=neuron.decay_shift,
+                          gate="spike" if neuron.reset == "hard" else "none", src_shift=src_shift, bits=GRAD_BITS)
+
     def load(self, dst: Ref, addr: int, nbytes: int) -> Instr:
         return self.copy("load", dst, Ref("dram", addr), nbytes)
 
@@ -202,11 +216,7 @@ class BackwardPlan(TrainLayerPlan):
         g_step = t if r.grad_in_steps > 1 else 0
         trace = r.form == "trace"
         if neuron is not None:
-            tape = graph.op(r.tape)
-            gate = "spike" if neuron.reset == "hard" else "none"
-            code.append(self.load(self.tape, self.step_addr(tape, t).addr, elems_bytes("spike", r.n_out)))
-            if gate == "spike" or r.pool:
-                code.append(self.load(self.spikes, self.step_addr(neuron, t).addr, elems_bytes("spike", r.n_out)))
+            code += self.load_tape(neuron, r.tape, t, r.n_out, neuron.reset == "hard" or bool(r.pool))
             if r.pool:
                 code += [self.load(self.pooled, r.grad_in + g_step * 4 * r.n_top, 4 * r.n_top),
                          self.instr("pbwd", src=self.pooled, x=self.spikes, dst=self.gs, x_fmt="spike", mode="max", channels=r.cout,
@@ -214,12 +224,10 @@ class BackwardPlan(TrainLayerPlan):
                                     pt=r.pool_pad, pl=r.pool_pad)]
             else:
                 code.append(self.load(self.gs, r.grad_in + g_step * 4 * r.n_out, 4 * r.n_out))
-            nbwd = dict(src=self.gs, tape=self.tape, spikes=self.spikes, n=r.n_out, decay_shift=neuron.decay_shift,
-                        gate=gate, src_shift=r.src_shift, bits=GRAD_BITS)
             if trace:
-                code.append(self.instr("nbwd", state=self.d_state, dst=self.d, decay_mul=0, **nbwd))
+                code.append(self.nbwd(neuron, r.n_out, r.src_shift, self.d_state, self.d, 0))
             if not trace or r.input_grad or r.bias:
-                code.append(self.instr("nbwd", state=self.state, dst=self.gh, decay_mul=neuron.decay_mul, **nbwd))
+                code.append(self.nbwd(neuron, r.n_out, r.src_shift, self.state, self.gh, neuron.decay_mul))
         elif not self.constant or t == self.time - 1:
             code.append(self.load(self.gh, r.grad_in + g_step * 4 * r.n_out, 4 * r.n_out))
         if trace:
@@ -351,15 +359,10 @@ class NeuronBackwardPlan(TrainLayerPlan):
 
     def step(self, t: int) -> list[Instr]:
         r, neuron, n = self.r, self.op, self.r.n
-        gate = "spike" if neuron.reset == "hard" else "none"
-        code = [self.load(self.gs, r.grad_in + (t if r.grad_in_steps > 1 else 0) * 4 * n, 4 * n),
-                self.load(self.tape, self.step_addr(self.graph.op(r.tape), t).addr, elems_bytes("spike", n))]
-        if gate == "spike":
-            code.append(self.load(self.spikes, self.step_addr(neuron, t).addr, elems_bytes("spike", n)))
-        return code + [self.instr("nbwd", src=self.gs, tape=self.tape, spikes=self.spikes, state=self.state, dst=self.gh,
-                                  n=n, decay_mul=neuron.decay_mul, decay_shift=neuron.decay_shift, gate=gate,
-                                  src_shift=r.src_shift, bits=GRAD_BITS),
-                       self.store(r.grad_out + t * 4 * n, self.gh, 4 * n)]
+        return [self.load(self.gs, r.grad_in + (t if r.grad_in_steps > 1 else 0) * 4 * n, 4 * n),
+                *self.load_tape(neuron, r.tape, t, n, neuron.reset == "hard"),
+                self.nbwd(neuron, n, r.src_shift, self.state, self.gh, neuron.decay_mul),
+                self.store(r.grad_out + t * 4 * n, self.gh, 4 * n)]
 
     def arithmetic(self, density: float) -> dict:
         n = self.op
@@ -570,6 +573,5 @@ def generate_training(graph: Graph, hw: HwConfig, options: TrainOptions, compile
                            steps=steps, target=target, loss_grad=e,
                            classes=records[-1].cout, out_frac=graph.op(graph.outputs[0]).type.dtype.frac,
                            layers=[asdict(r) for r in records], nodes=[asdict(n) for n in nodes],
-                           predicted=predicted_step(graph, hw, training_plans(graph, hw, records, nodes, options,
-                                                                              target, e), options)))
+                           predicted=predicted_step(graph, hw, plans, options)))
     return Program(code=code, data=inference.data, meta=meta, hw=hw)

@@ -58,9 +58,9 @@ class Instr:
         """An instruction whose operands are not checked against the table: for code that is priced
         and never encoded (the cost model walks every candidate tiling; codegen builds checked ones)."""
         instr = object.__new__(cls)
-        defaults = BY_NAME[op].defaults
+        defaults = BY_NAME[op].defaults  # (the cost model builds these by the million: merge only when one is missing)
         object.__setattr__(instr, "op", op)
-        object.__setattr__(instr, "args", {**defaults, **args} if defaults else args)
+        object.__setattr__(instr, "args", {**defaults, **args} if defaults and not defaults.keys() <= args.keys() else args)
         return instr
 
     def __getitem__(self, name):

@@ -16,6 +16,9 @@
 """
 from __future__ import annotations
 
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
 from ttc.isa.table import rescale
 
 #: An active band is stored as a 7-bit mantissa and a 5-bit exponent (band = mantissa << exponent).
@@ -71,9 +74,6 @@ def pool_backward(x, g, k: int, stride: int, pt: int, pl: int):
     input x [B, C, ih, iw] (NumPy int64): each window's gradient added at the window's first maximum (row by
     row), the padding (pt rows above, pl columns left, and below and right as far as the windows reach)
     never a maximum."""
-    import numpy as np
-    from numpy.lib.stride_tricks import sliding_window_view
-
     b, c, ih, iw = x.shape
     oh, ow = g.shape[2:]
     rows, cols = (oh - 1) * stride + k, (ow - 1) * stride + k
@@ -94,8 +94,6 @@ def average_backward(g, shape: tuple[int, int], k: int, stride: int, pt: int, pl
     """The gradient of an average pool's input [B, C, ih, iw] (`shape` = (ih, iw)) from its output's g [B, C,
     oh, ow] (NumPy int64): every input gets the gradient of each window that holds it (the 1/area is in the
     gradient's frac)."""
-    import numpy as np
-
     b, c, oh, ow = g.shape
     ih, iw = shape
     rows, cols = max((oh - 1) * stride + k, pt + ih), max((ow - 1) * stride + k, pl + iw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -142,6 +143,10 @@ class Trainer:
             out[r["name"]] = dram[r["wdram"]:r["wdram"] + nbytes].view(f"<i{int(r['wfmt'][1:]) // 8}").reshape(shape).copy()
         return out
 
+    @cached_property
+    def _inference(self) -> Program:
+        return Program.from_bytes(bytes.fromhex(self.prog.meta["inference"]), "the step program's inference program")
+
     def biases(self) -> dict[str, np.ndarray]:
         """Every trained layer's integer bias (i32 [cout]), by its op name, for the layers that have one."""
         dram = self.machine.mem["dram"][0]
@@ -154,7 +159,7 @@ class Trainer:
 
     def inference_program(self) -> Program:
         """The inference program of the same model (the step program carries it) with today's weights."""
-        base = Program.from_bytes(bytes.fromhex(self.prog.meta["inference"]), "the step program's inference program")
+        base = self._inference
         data = bytearray(base.data)
         dram = self.machine.mem["dram"][0]
         for r in self.train["layers"]:  # the weights, then the bias (i32 per output channel: zeros without one)

@@ -161,15 +161,18 @@ class Machine:
 
     def run_shared(self, start: int) -> None:
         """Run from `start` to the next halt once for the whole batch (a training step's weight update):
-        on the first sample's memories, whose DRAM then becomes every sample's (weights and their gradients
-        are one per machine; every sample's copy of them is the same)."""
+        on the first sample's memories, whose DRAM bytes it wrote then become every sample's (weights and
+        their gradients are one per machine; every sample's copy of them is the same)."""
         batch, mem = self.batch, self.mem
         self.batch, self.mem = 1, {m: a[:1] for m, a in mem.items()}
         try:
             self.run(start)
         finally:
             self.batch, self.mem = batch, mem
-        mem["dram"][1:] = mem["dram"][0]
+        for instr in self.prog.code[start:self.pc]:
+            for r in regions(instr):
+                if r.mem == "dram" and "w" in r.mode:
+                    mem["dram"][1:, r.lo:r.hi] = mem["dram"][0, r.lo:r.hi]
 
     def check_counters(self) -> None:
         """Every counter a handler emitted is declared (once per run: not on the per-instruction path)."""

@@ -234,6 +234,35 @@ def test_a_copy_of_many_rows_beyond_its_buffer_is_refused_before_it_runs(monkeyp
         targets()["program"].run(blob)
 
 
+def test_a_copy_of_many_rows_checks_each_access_by_one_bisection(monkeypatch):
+    """What the 5 s bound on the 65535-row load stood for, without a clock: a strided copy that fits checks
+    each row's access against its footprint by one bisection of the regions, sorted once per memory and
+    mode (the check once scanned every row's region for every row: quadratic)."""
+    from ttc.isa.encoding import Instr, Ref
+    from ttc.simulator import machine
+
+    rows = 20_000
+    prog = Program.from_bytes(seeds()["program"][0])
+    load = Instr("load", dict(dst=Ref("ifmap", 0), src=Ref("dram", 0), rows=rows, row_bytes=4, src_stride=8,
+                              dst_stride=0))
+    copy = Program(code=[load, Instr("halt", {})], data=prog.data,
+                   meta={**prog.meta, "dram_bytes": max(prog.meta["dram_bytes"], 8 * rows)}, hw=prog.hw)
+    calls = {"bisect": 0, "sorted": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(machine, "bisect_right", counted("bisect", machine.bisect_right))
+    monkeypatch.setattr(machine, "sorted", counted("sorted", sorted), raising=False)
+    m = machine.Machine(copy, 1)
+    m.run()
+    assert calls == {"bisect": 2 * rows, "sorted": 2}  # a read and a write per row; dram's and ifmap's index
+    assert m.counters["dram_read_bytes"] == 4 * rows
+
+
 # ------------------------------------------------------------------------------ regressions: text and models
 
 def test_assembly_that_is_not_utf8():

@@ -47,64 +47,58 @@ def _batches(n, shape, classes, seed, spikes=True):
         yield x.numpy(), torch.randint(0, classes, (B,), generator=g).numpy()
 
 
+def _dyadic(net: nn.Module, seed: int, weights: int = 4, bn_means: bool = False) -> nn.Module:
+    """`net` with dyadic parameters drawn in module order from `seed`: every conv's and linear layer's weights
+    k / `weights` (|k| <= 4), their biases and the batch norms' biases k / 8 (|k| <= 2; with `bn_means` the
+    batch norms' running means too, first)."""
+    g = torch.Generator().manual_seed(seed)
+    small = lambda shape: torch.randint(-2, 3, shape, generator=g).float() / 8  # noqa: E731
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.copy_(torch.randint(-4, 5, m.weight.shape, generator=g).float() / weights)
+                if m.bias is not None:
+                    m.bias.copy_(small(m.bias.shape))
+            if isinstance(m, nn.BatchNorm2d):
+                if bn_means:
+                    m.running_mean.copy_(small((m.num_features,)))
+                m.bias.copy_(small((m.num_features,)))
+    return net
+
+
 def _conv_net(neuron, chain: bool = False, seed: int = 1):
     """[T, N, 1, 6, 6] -> 4 classes: 3x3 convs with neurons (with `chain`, a 1x1 conv without one first, as a
     tensor-train's G1 reads the spikes), a linear readout; dyadic weights."""
-    g = torch.Generator().manual_seed(seed)
     layers = [M.Conv2d(1, 4, 1, bias=False), M.Conv2d(4, 4, 3, padding=1, bias=False)] if chain else \
         [M.Conv2d(1, 4, 3, padding=1, bias=False)]
-    net = nn.Sequential(*layers, neuron(), M.Conv2d(4, 4, 3, padding=1, bias=False), neuron(), M.Flatten(),
-                        M.Linear(144, 4, bias=False), M.TimeMean())
-    with torch.no_grad():
-        for m in net:
-            if isinstance(m, (M.Linear, M.Conv2d)):
-                m.weight.copy_(torch.randint(-4, 5, m.weight.shape, generator=g).float() / 8)
-    return net
+    return _dyadic(nn.Sequential(*layers, neuron(), M.Conv2d(4, 4, 3, padding=1, bias=False), neuron(), M.Flatten(),
+                                 M.Linear(144, 4, bias=False), M.TimeMean()), seed, weights=8)
 
 
 def _conv_bn_net(seed: int = 5):
     """[T, N, 1, 6, 6] -> 4 classes: conv-BN-LIF (batch norm folded: the conv gets a bias), a linear readout with
     a bias; dyadic weights and batch norm."""
-    g = torch.Generator().manual_seed(seed)
     net = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.BatchNorm2d(4), LIF_HARD(), M.Flatten(),
                         M.Linear(144, 4), M.TimeMean())
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(torch.randint(-4, 5, m.weight.shape, generator=g).float() / 4)
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randint(-2, 3, (m.num_features,), generator=g).float() / 8)
-                m.bias.copy_(torch.randint(-2, 3, (m.num_features,), generator=g).float() / 8)
-    return net.eval()
+    return _dyadic(net, seed, bn_means=True).eval()
 
 
 def _pooled_net(seed: int = 6):
     """[T, N, 1, 8, 8] -> 4 classes: the digits SNN's shape: conv-BN-LIF-maxpool twice, a linear readout."""
-    g = torch.Generator().manual_seed(seed)
     net = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.BatchNorm2d(4), LIF_HARD(), M.MaxPool2d(2),
                         M.Conv2d(4, 4, 3, padding=1, bias=False), M.BatchNorm2d(4), LIF_HARD(), M.MaxPool2d(2),
                         M.Flatten(), M.Linear(16, 4), M.TimeMean())
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(torch.randint(-4, 5, m.weight.shape, generator=g).float() / 4)
-            if isinstance(m, nn.BatchNorm2d):
-                m.bias.copy_(torch.randint(-2, 3, (m.num_features,), generator=g).float() / 8)
-    return net.eval()
+    return _dyadic(net, seed).eval()
 
 
 def _strided_net(seed: int = 9):
     """[T, N, 1, 8, 8] -> 4 classes: a conv-IF, a stride-2 conv (8x8 -> 4x4) and a stride-2 1x1 conv, each
     with an IF neuron, a linear readout."""
-    g = torch.Generator().manual_seed(seed)
     neuron = lambda: M.IF(threshold=0.5, reset="subtract")  # noqa: E731
-    net = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), neuron(), M.Conv2d(4, 4, 3, stride=2, padding=1,
-                        bias=False), neuron(), M.Conv2d(4, 4, 1, stride=2, bias=False), neuron(), M.Flatten(),
-                        M.Linear(16, 4, bias=False), M.TimeMean())
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randint(-4, 5, p.shape, generator=g).float() / 4)
-    return net
+    return _dyadic(nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), neuron(),
+                                 M.Conv2d(4, 4, 3, stride=2, padding=1, bias=False), neuron(),
+                                 M.Conv2d(4, 4, 1, stride=2, bias=False), neuron(), M.Flatten(),
+                                 M.Linear(16, 4, bias=False), M.TimeMean()), seed)
 
 
 def _ms_resnet(variant: str | None = None, seed: int = 0):
@@ -112,35 +106,20 @@ def _ms_resnet(variant: str | None = None, seed: int = 0):
     multi-bit streams, each block's neurons on the stream): a stem conv-BN, a block of 4 channels (dense, or
     TT of ranks 2 in `variant`), a dense stride-2 block to 8 channels with a strided 1x1 shortcut, a LIF, a
     global average pool and a linear readout; dyadic weights and biases."""
-    g = torch.Generator().manual_seed(seed)
     ranks = (2, 2) if variant else None
     net = nn.Sequential(M.DirectEncoder(T), M.Conv2d(1, 4, 3, padding=1, bias=False), M.BatchNorm2d(4),
                         M.MSBlock(4, 4, ranks=ranks, variant=variant or "stt", decay=0.5, threshold=0.5),
                         M.MSBlock(4, 8, stride=2, decay=0.5, threshold=0.5), M.LIF(decay=0.5, threshold=0.5),
                         M.AvgPool2d(4), M.Flatten(), M.Linear(8, 4), M.TimeMean())
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(torch.randint(-4, 5, m.weight.shape, generator=g).float() / 4)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randint(-2, 3, m.bias.shape, generator=g).float() / 8)
-            if isinstance(m, nn.BatchNorm2d):
-                m.bias.copy_(torch.randint(-2, 3, (m.num_features,), generator=g).float() / 8)
-    return net.eval()
+    return _dyadic(net, seed).eval()
 
 
 def _tt_net(seed: int = 3):
     """[T, N, 1, 6, 6] -> 4 classes: a 3x3 conv-LIF, a TT-SNN STT block (4 -> 8 channels, rank 2: trained as its
     four cores) with a LIF, a linear readout; dyadic weights."""
-    net = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.LIF(decay=0.5, threshold=0.5),
-                        M.TTConv2d(4, 8, 2, "stt"), M.LIF(decay=0.5, threshold=0.5), M.Flatten(),
-                        M.Linear(8 * 36, 4, bias=False), M.TimeMean())
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(torch.randint(-4, 5, m.weight.shape, generator=g).float() / 4)
-    return net
+    return _dyadic(nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.LIF(decay=0.5, threshold=0.5),
+                                 M.TTConv2d(4, 8, 2, "stt"), M.LIF(decay=0.5, threshold=0.5), M.Flatten(),
+                                 M.Linear(8 * 36, 4, bias=False), M.TimeMean()), seed)
 
 
 LIF_HARD = lambda: M.LIF(decay=0.5, threshold=0.5)  # noqa: E731
@@ -236,16 +215,12 @@ def test_the_weight_gradients_equal_float64_autograd_where_nothing_rounds():
 def test_gradients_through_a_downsampling_equal_float64_autograd_where_nothing_rounds(down):
     """A max pool's window gradient goes to its first maximum, as PyTorch's CPU max pool routes it; a strided
     conv's input gradient is the transposed conv of its gradient spread out by the stride."""
-    g = torch.Generator().manual_seed(7)
     lif = M.LIF(decay=0.5, threshold=0.5)
     body = [M.Conv2d(1, 2, 3, padding=1, bias=False), lif, M.MaxPool2d(2), M.Flatten(), M.Linear(8, 4, bias=False)] \
         if down == "maxpool" else [M.Conv2d(1, 2, 3, padding=1, bias=False), lif,
                                    M.Conv2d(2, 2, 3, stride=2, padding=1, bias=False), M.LIF(decay=0.5, threshold=0.5),
                                    M.Flatten(), M.Linear(8, 4, bias=False)]
-    net = nn.Sequential(*body, M.TimeMean())
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randint(-4, 5, p.shape, generator=g).float() / 4)
+    net = _dyadic(nn.Sequential(*body, M.TimeMean()), 7)
     compiled = api.compile_training(net, f"{T},N,1,4,4", input_encoding="spikes",
                                     train=TrainOptions(batch=B, band=0.5, weight_bits=8))
     train = compiled.program.meta["train"]
@@ -421,11 +396,8 @@ class _SpikingJellyFC(nn.Module):
 
 @pytest.mark.parametrize("build", [_SnnTorchFC, _SpikingJellyFC], ids=["snntorch", "spikingjelly"])
 def test_third_party_models_train_bit_exact(build):
-    torch.manual_seed(0)
-    net = build()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randint(-4, 5, p.shape).float() / 4)
+    torch.manual_seed(0)  # (the modules' own initialisation, which _dyadic replaces)
+    net = _dyadic(build(), 0)
     compiled = api.compile_training(net, f"{T},N,12", train=TrainOptions(batch=B, band=0.5, lr_shift=3),
                                     input_encoding="spikes")
     train = compiled.program.meta["train"]
