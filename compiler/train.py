@@ -52,7 +52,8 @@ import numpy as np
 from ttc.isa.hwconfig import HwConfig, multiply_action, neuron_update_actions
 from ttc.isa.train import band_fields
 
-from .ir import Add, AvgPool, Conv2d, Graph, Input, IRError, Linear, MaxPool, NeuronQ, Op, Tape, TimeReduce
+from .ir import (Add, AvgPool, Conv2d, Graph, Input, IRError, Linear, MaxPool, NeuronQ, Op, Tape, TimeConcat,
+                 TimeReduce, TimeSlice)
 from .tiling import fmt
 
 LIMIT_BITS = 31
@@ -215,15 +216,15 @@ PASS_THROUGH = ("flatten", "rescale", "repeat")
 def _check(graph: Graph) -> None:
     """Refuse, naming the op, what a training step cannot take: it takes conv and linear layers, LIF/IF
     neurons (fused into the layer before them or on their own), max pools of a layer's spikes, average
-    pools of spikes, residual adds (and the forks that feed them) and a linear readout summed or averaged
-    over time, on one input."""
+    pools of spikes, residual adds (and the forks that feed them), time slices and concatenations (HTT's
+    halves) and a linear readout summed or averaged over time, on one input."""
     if len(graph.outputs) != 1:
         raise TrainError(f"a training step needs a model with one output; this one has {len(graph.outputs)}")
     reduce = graph.op(graph.outputs[0])
     if not isinstance(reduce, TimeReduce) or not isinstance(graph.op(reduce.inputs[0]), Linear):
         reduce.fail("is the output: a training step needs a linear readout summed or averaged over time (TimeMean)")
     for op in graph.ops:
-        if isinstance(op, (Input, Tape, Add)) or op.opname in PASS_THROUGH or op is reduce:
+        if isinstance(op, (Input, Tape, Add, TimeSlice, TimeConcat)) or op.opname in PASS_THROUGH or op is reduce:
             continue
         if isinstance(op, (Linear, Conv2d)):
             if op.log_scale is not None:
@@ -242,8 +243,7 @@ def _check(graph: Graph) -> None:
                 op.fail("averages something other than spikes: the training step takes average pools of spikes")
         else:
             op.fail(f"is a {op.opname}: the training step takes conv and linear layers with LIF/IF neurons, max and "
-                    "average pools of spikes, residual adds and a linear readout so far (PTT and HTT layers are not "
-                    "trained yet)")
+                    "average pools of spikes, residual adds, time slices and concatenations and a linear readout so far")
 
 
 def _source(graph: Graph, name: str) -> Op:
@@ -314,14 +314,17 @@ def form_costs(r: TrainedLayer, neuron: NeuronQ, x: Op, options: TrainOptions, s
 
 @dataclass
 class Grad:
-    """A gradient in DRAM: its frac, what it can reach (`bound`), its typical size, its steps (T, or 1 when the
-    same at every step) and its place."""
+    """A gradient in DRAM: its frac, what it can reach (`bound`), its typical size, its steps (as many as the
+    value's it covers, or 1 when the same at every one of them), its place, and the steps of the value it covers
+    ([start, stop): a time slice's gradient covers the slice's steps; stop None: to the value's last)."""
 
     frac: int
     bound: int
     typical: int
     steps: int
     addr: int
+    start: int = 0
+    stop: int | None = None
 
 
 @dataclass
@@ -362,8 +365,9 @@ class PoolNode:
 
 @dataclass
 class SumNode:
-    """The gradient of a value several ops read (a fork): the sum of their gradients, each rescaled to the
-    coarsest frac, parts = [[address, steps, shift], ...]."""
+    """The gradient of a value several ops read (a fork, HTT's time slices): the sum of their gradients, each
+    rescaled to the coarsest frac, parts = [[address, steps, shift, start, stop], ...], each covering the
+    value's steps [start, stop) (zero where none does)."""
 
     value: str
     n: int
@@ -385,7 +389,6 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take) -> tup
     _check(graph)
     reduce = graph.op(graph.outputs[0])
     readout = graph.op(reduce.inputs[0])
-    steps = readout.type.time
     classes = readout.type.shape[0]
     target, e = take(4 * classes), take(4 * classes)
     forward = _typical_forward(graph, options)
@@ -399,10 +402,14 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take) -> tup
             pending.setdefault(source.name, []).append(g)
 
     def gradient(op: Op) -> Grad | None:
-        parts = pending.pop(op.name, [])
-        if len(parts) <= 1:
-            return parts[0] if parts else None
-        frac, top = min(p.frac for p in parts), max(p.steps for p in parts)
+        parts, time = pending.pop(op.name, []), op.type.time
+        spans = [(p.start, time if p.stop is None else p.stop) for p in parts]
+        whole = all(span == (0, time) for span in spans)
+        if len(parts) == 1 and whole:
+            return parts[0]
+        if not parts:
+            return None
+        frac, top = min(p.frac for p in parts), max(p.steps for p in parts) if whole else time
         shifts = [frac - p.frac for p in parts]
         bound = sum(math.ceil(p.bound * 2.0 ** k) + 1 for p, k in zip(parts, shifts))
         if bound >= 1 << LIMIT_BITS:
@@ -410,7 +417,8 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take) -> tup
         typical = sum(math.ceil(p.typical * 2.0 ** k) for p, k in zip(parts, shifts))
         n = op.type.numel
         out = take(4 * n * top)
-        nodes.append(SumNode(op.name, n, [[p.addr, p.steps, k] for p, k in zip(parts, shifts)], out, top))
+        nodes.append(SumNode(op.name, n, [[p.addr, p.steps, k, *span] for p, k, span in zip(parts, shifts, spans)], out,
+                             top))
         return Grad(frac, bound, typical, top, out)
 
     for op in reversed(graph.ops):
@@ -418,12 +426,12 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take) -> tup
             neuron = graph.consumer(op) if isinstance(graph.consumer(op), NeuronQ) else None
             pool = next((u for u in graph.users(neuron.name) if isinstance(u, MaxPool)), None) if neuron else None
             if op is readout:
-                g = _loss_grad(graph, op, options, steps, e)
+                g = _loss_grad(graph, op, options, op.type.time, e)
             else:
                 g = gradient(pool or neuron or op)
                 if g is None:
                     op.fail("reaches the output only through what the training step cannot differentiate")
-            r = _layer_formats(graph, op, neuron, pool, g, options, hw, steps, take, forward)
+            r = _layer_formats(graph, op, neuron, pool, g, options, hw, op.type.time, take, forward)
             if r.input_grad:
                 contribute(op.inputs[0], Grad(r.below_frac, GRAD_MAX, r.below_typical, r.grad_out_steps, r.grad_out))
             nodes.append(r)
@@ -432,12 +440,12 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take) -> tup
             g = gradient(op)
             if g is None:
                 continue
-            src_shift, typical = _membrane_format(op, g.typical, steps)
+            src_shift, typical = _membrane_format(op, g.typical, op.type.time)
             n = op.type.numel
-            out = take(4 * n * steps)
+            out = take(4 * n * op.type.time)
             tape = next(u.name for u in graph.users(op.name) if isinstance(u, Tape))
             nodes.append(NeuronNode(op.name, op.path, n, tape, src_shift, g.addr, g.steps, out))
-            contribute(op.inputs[0], Grad(g.frac + src_shift, GRAD_MAX, typical, steps, out))
+            contribute(op.inputs[0], Grad(g.frac + src_shift, GRAD_MAX, typical, op.type.time, out))
         elif isinstance(op, AvgPool):
             g = gradient(op)
             if g is None:
@@ -452,6 +460,20 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take) -> tup
             if g is not None:  # both operands' gradient is the sum's (halved: one more fractional bit)
                 for operand in op.inputs:
                     contribute(operand, Grad(g.frac + op.halve, g.bound, g.typical, g.steps, g.addr))
+        elif isinstance(op, TimeSlice):
+            g = gradient(op)
+            if g is not None:  # the gradient of the steps it takes
+                contribute(op.inputs[0], Grad(g.frac, g.bound, g.typical, g.steps, g.addr, op.start, op.stop))
+        elif isinstance(op, TimeConcat):
+            g = gradient(op)
+            if g is not None:  # each part's gradient: its own steps of the concatenation's (in place)
+                first = graph.op(op.inputs[0]).type.time
+                for operand, at in zip(op.inputs, (0, first)):
+                    if g.steps > 1:
+                        contribute(operand, Grad(g.frac, g.bound, g.typical, graph.op(operand).type.time,
+                                                 g.addr + at * 4 * op.type.numel))
+                    else:
+                        contribute(operand, g)
     return layers[::-1], nodes, target, e
 
 
@@ -476,6 +498,8 @@ def _typical_forward(graph: Graph, options: TrainOptions) -> dict[str, float]:
             out[op.name] = max(1.0, op.kernel * op.kernel * options.spike_density)
         elif isinstance(op, Add):
             out[op.name] = ins[0] * 2.0 ** op.shift_a + ins[1] * 2.0 ** op.shift_b
+        elif isinstance(op, TimeConcat):
+            out[op.name] = max(ins)
         elif op.opname == "rescale":
             out[op.name] = ins[0] * 2.0 ** op.shift
         elif ins:  # flatten, repeat, max pool, tape, time reduction: as their input

@@ -404,7 +404,7 @@ class PoolBackwardPlan(TrainLayerPlan):
 @dataclass
 class SumPlan(TrainLayerPlan):
     """The gradient of a value several ops read: the sum of theirs, each rescaled to the coarsest frac (vacc),
-    step by step."""
+    step by step; each covers its steps of the value (HTT's time slices), and a step none covers is zero."""
 
     label: ClassVar[str] = "sum"
 
@@ -415,22 +415,31 @@ class SumPlan(TrainLayerPlan):
         self.parts_at = [buf.take("ifmap", 4 * n) for _ in self.r.parts]
         self.acc = buf.take("psum", 4 * n)
 
+    def covering(self, t: int) -> list[tuple]:
+        """The parts that cover step t, with their regions."""
+        return [(part, at) for part, at in zip(self.r.parts, self.parts_at) if part[3] <= t < part[4]]
+
     def parts(self):
         for t in range(self.r.steps):
-            yield ("step",), lambda t=t: self.step(t)
+            yield ("step", tuple(part[3] <= t < part[4] for part in self.r.parts)), lambda t=t: self.step(t)
 
     def step(self, t: int) -> list[Instr]:
         r, n, code = self.r, self.r.n, []
-        for k, ((addr, steps, shift), at) in enumerate(zip(r.parts, self.parts_at)):
-            code += [self.load(at, addr + (t if steps > 1 else 0) * 4 * n, 4 * n),
+        for k, ((addr, steps, shift, start, _), at) in enumerate(self.covering(t)):
+            code += [self.load(at, addr + (t - start if steps > 1 else 0) * 4 * n, 4 * n),
                      self.instr("vacc", dst=self.acc, src=at, src_fmt="i32", dst_fmt="i32", n=n, shift=shift,
                                 accumulate=int(k > 0))]
+        if not code:
+            code.append(self.instr("vfill", dst=self.acc, n=n, value=0))
         return code + [self.store(r.out + t * 4 * n, self.acc, 4 * n)]
 
     def arithmetic(self, density: float) -> dict:
-        r = self.r
-        shifts = sum(shift != 0 for _, _, shift in r.parts)
-        return {"vector": {"add32": r.n * (len(r.parts) - 1) * r.steps, "shift32": r.n * shifts * r.steps}}
+        n, adds, shifts = self.r.n, 0, 0
+        for t in range(self.r.steps):
+            covering = [part for part, _ in self.covering(t)]
+            adds += n * max(0, len(covering) - 1)
+            shifts += n * sum(part[2] != 0 for part in covering)
+        return {"vector": {"add32": adds, "shift32": shifts}}
 
 
 @dataclass

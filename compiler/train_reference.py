@@ -61,6 +61,25 @@ def _traces(x: torch.Tensor, neuron, shift: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
+class _Dram:
+    """Gradients by their DRAM places, step by step as the machine lays them out (step s of a value of n
+    elements per sample at its address + 4 n s), so that a part of a time concatenation, or a time slice, is
+    read in place."""
+
+    def __init__(self):
+        self.at: dict[int, torch.Tensor] = {}
+
+    def store(self, addr: int, v: torch.Tensor) -> None:
+        """v: [steps, B, ...]."""
+        n = v[0, 0].numel()
+        for step in range(v.shape[0]):
+            self.at[addr + 4 * n * step] = v[step]
+
+    def load(self, addr: int, steps: int, n: int) -> torch.Tensor:
+        """[steps, B, n]."""
+        return torch.stack([self.at[addr + 4 * n * step].reshape(-1, n) for step in range(steps)])
+
+
 def _images(v: torch.Tensor, channels: int, h: int, w: int) -> torch.Tensor:
     """A value [T, B, ...] as [T, B, C, H, W] (a linear layer's features: C x 1 x 1)."""
     return v.reshape(v.shape[0], v.shape[1], channels, h, w)
@@ -94,35 +113,39 @@ class TrainingReference:
             target = torch.zeros_like(out)
             target[torch.arange(len(labels)), torch.from_numpy(labels)] = t["steps"] << t["out_frac"]
             e = out - target
-        dram = {t["loss_grad"]: e.unsqueeze(0)}  # gradients by their DRAM place: [T or 1, B, ...]
+        dram = _Dram()
+        dram.store(t["loss_grad"], e.unsqueeze(0))
         dw, db, grads = {}, {}, {}
         for node in t["nodes"]:
             if node["kind"] == "layer":
                 self._layer(node, env, dram, dw, db, grads, len(labels))
             elif node["kind"] == "neuron":
                 n = g.op(node["name"])
-                below = dram[node["grad_in"]].flatten(2)
+                below = dram.load(node["grad_in"], node["grad_in_steps"], node["n"])
                 tape, spikes = env[node["tape"]].long().flatten(2), env[node["name"]].long().flatten(2)
-                dram[node["grad_out"]] = _walk(below, tape, spikes, n, n.decay_mul, node["src_shift"])
+                dram.store(node["grad_out"], _walk(below, tape, spikes, n, n.decay_mul, node["src_shift"]))
             elif node["kind"] == "avgpool":
-                gy = dram[node["grad_in"]].reshape(-1, len(labels), node["channels"], node["oh"], node["ow"])
-                dram[node["grad_out"]] = torch.stack([torch.from_numpy(average_backward(
-                    step.numpy(), (node["ih"], node["iw"]), node["k"], node["stride"], 0, 0)) for step in gy])
-            else:  # a sum of the gradients several readers gave one value
-                total = 0
-                for addr, steps, shift in node["parts"]:
-                    part = dram[addr].flatten(2)
-                    total = total + rescale(part.expand(node["steps"], *part.shape[1:]), shift)
-                dram[node["out"]] = total
+                gy = dram.load(node["grad_in"], node["grad_in_steps"], node["channels"] * node["oh"] * node["ow"])
+                gy = gy.reshape(-1, len(labels), node["channels"], node["oh"], node["ow"])
+                dram.store(node["grad_out"], torch.stack([torch.from_numpy(average_backward(
+                    step.numpy(), (node["ih"], node["iw"]), node["k"], node["stride"], 0, 0)) for step in gy]))
+            else:  # a sum of the gradients several readers gave one value, each over its steps of it
+                total = torch.zeros(node["steps"], len(labels), node["n"], dtype=torch.int64)
+                for addr, steps, shift, start, stop in node["parts"]:
+                    part = rescale(dram.load(addr, steps, node["n"]), shift)
+                    span = slice(start, stop) if node["steps"] > 1 else slice(0, 1)
+                    total[span] += part.expand(span.stop - span.start, *part.shape[1:])
+                dram.store(node["out"], total)
         return dict(out=out, e=e, dw=dw, db=db, gh=grads)
 
-    def _layer(self, r: dict, env: dict, dram: dict, dw: dict, db: dict, grads: dict, batch: int) -> None:
+    def _layer(self, r: dict, env: dict, dram: _Dram, dw: dict, db: dict, grads: dict, batch: int) -> None:
         """A trained layer's backward (BackwardPlan's arithmetic)."""
-        g, steps = self.graph, self.train["steps"]
+        g = self.graph
         op = g.op(r["name"])
+        steps = op.type.time
         x_in = _images(env[op.inputs[0]].long(), r["cin"], r["ih"], r["iw"])  # [T, B, C, H, W]
         top = (r["pool_oh"], r["pool_ow"]) if r["pool"] else (r["oh"], r["ow"])
-        below = dram[r["grad_in"]].reshape(-1, batch, r["cout"], *top)  # the gradient of the layer's top
+        below = dram.load(r["grad_in"], r["grad_in_steps"], r["cout"] * top[0] * top[1]).reshape(-1, batch, r["cout"], *top)
         neuron = g.op(r["neuron"]) if r["neuron"] else None
         if neuron is not None:
             tape, spikes = (_images(env[v].long(), r["cout"], r["oh"], r["ow"]) for v in (r["tape"], r["neuron"]))
@@ -151,8 +174,8 @@ class TrainingReference:
                           ((r["ih"], r["oh"], r["sh"], r["pt"], r["kh"]), (r["iw"], r["ow"], r["sw"], r["pl"], r["kw"])))
             gx = F.conv_transpose2d(scaled.flatten(0, 1).double(), w, stride=(r["sh"], r["sw"]), padding=(r["pt"], r["pl"]),
                                     output_padding=extra)
-            dram[r["grad_out"]], _ = saturate(gx.round().long().reshape(gh.shape[0], batch, r["cin"], r["ih"], r["iw"]),
-                                              GRAD_BITS)
+            gx, _ = saturate(gx.round().long().reshape(gh.shape[0], batch, r["cin"], r["ih"], r["iw"]), GRAD_BITS)
+            dram.store(r["grad_out"], gx)
 
     def step(self, x: np.ndarray, labels: np.ndarray) -> dict:
         """gradients(), then the update: the weights become sat(w - R(dW, sgd_shift))."""
@@ -197,12 +220,19 @@ def float_neuron(z: torch.Tensor, decay: float, theta: float, band: float, reset
     return torch.stack(spikes)
 
 
+def _rounded(v: torch.Tensor, frac: int) -> torch.Tensor:
+    """v rounded half up to `frac` fractional bits (R of a rescale), its gradient passed straight through."""
+    return v + (torch.floor(v * 2.0 ** frac + 0.5) * 2.0 ** -frac - v).detach()
+
+
 def float_gradients(graph: Graph, train: dict, x: np.ndarray, labels: np.ndarray,
                     weights: dict[str, torch.Tensor], biases: dict[str, torch.Tensor] | None = None) -> dict:
     """dL/dW of every trained layer (and dL/db, keyed `name.bias`) by float64 autograd, for the loss whose
     gradient the machine's e is (1/2 sum (output - one-hot)^2 times (T / 2^ceil(log2 T))^2, or the softmax
     cross-entropy): the network the integers of the quantized graph stand for, op by op, each value the float
-    its integers stand for, the trained layers' weights and biases the parameters."""
+    its integers stand for, the trained layers' weights and biases the parameters. Where the forward rounds (a
+    rescale, an add's alignment) so does this network, the rounding's gradient taken as 1 (straight through), so
+    that its spikes are the machine's."""
     steps = train["steps"]
     trained = {r["name"]: r for r in train["layers"]}
     params, values = {}, {}
@@ -213,7 +243,9 @@ def float_gradients(graph: Graph, train: dict, x: np.ndarray, labels: np.ndarray
             v = env[op.name] * 2.0 ** -op.type.dtype.frac
         elif op.opname in ("flatten",):
             v = ins[0].flatten(2)
-        elif op.opname in ("rescale", "tape"):
+        elif op.opname == "rescale":
+            v = _rounded(ins[0], op.type.dtype.frac)
+        elif op.opname == "tape":
             v = ins[0]
         elif op.opname == "repeat":
             v = ins[0].unsqueeze(0).expand(op.steps, *ins[0].shape)
@@ -240,7 +272,11 @@ def float_gradients(graph: Graph, train: dict, x: np.ndarray, labels: np.ndarray
             y = F.avg_pool2d(ins[0].flatten(0, 1), op.kernel, op.stride, divisor_override=op.area)
             v = y.reshape(*ins[0].shape[:2], *y.shape[1:])
         elif op.opname == "add":
-            v = (ins[0] + ins[1]) / (2 if op.halve else 1)
+            v = (_rounded(ins[0], op.frac - op.halve) + _rounded(ins[1], op.frac - op.halve)) / (2 if op.halve else 1)
+        elif op.opname == "time_slice":
+            v = ins[0][op.start:op.stop]
+        elif op.opname == "time_concat":
+            v = torch.cat(ins)
         elif op.opname == "time_reduce":
             v = ins[0].sum(0) / steps
         else:

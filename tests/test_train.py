@@ -114,11 +114,11 @@ def _ms_resnet(variant: str | None = None, seed: int = 0):
     return _dyadic(net, seed).eval()
 
 
-def _tt_net(seed: int = 3):
-    """[T, N, 1, 6, 6] -> 4 classes: a 3x3 conv-LIF, a TT-SNN STT block (4 -> 8 channels, rank 2: trained as its
-    four cores) with a LIF, a linear readout; dyadic weights."""
+def _tt_net(variant: str = "stt", seed: int = 3):
+    """[T, N, 1, 6, 6] -> 4 classes: a 3x3 conv-LIF, a TT-SNN block (4 -> 8 channels, rank 2, `variant`: trained
+    as its four cores) with a LIF, a linear readout; dyadic weights."""
     return _dyadic(nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.LIF(decay=0.5, threshold=0.5),
-                                 M.TTConv2d(4, 8, 2, "stt"), M.LIF(decay=0.5, threshold=0.5), M.Flatten(),
+                                 M.TTConv2d(4, 8, 2, variant), M.LIF(decay=0.5, threshold=0.5), M.Flatten(),
                                  M.Linear(8 * 36, 4, bias=False), M.TimeMean()), seed)
 
 
@@ -140,6 +140,7 @@ CASES = {
     "conv-chain-if-subtract-fixed-input": (lambda: _conv_net(lambda: M.IF(threshold=0.75, reset="subtract"), chain=True),
                                            (1, 6, 6), False, False),
     "tt-stt-block": (_tt_net, (1, 6, 6), True, False),
+    "tt-htt-block-sparse": (lambda: _tt_net("htt"), (1, 6, 6), True, True),
     "fc-lif-hard-biases": (lambda: _net((12, 8, 6, 4), LIF_HARD, bias=True), 12, True, False),
     "conv-bn-lif-hard-sparse": (lambda: _conv_bn_net(), (1, 6, 6), True, True),
     "conv-bn-lif-maxpool-twice": (lambda: _pooled_net(), (1, 8, 8), True, False),
@@ -147,6 +148,7 @@ CASES = {
     "ms-resnet": (lambda: _ms_resnet(), "static", False, False),
     "ms-resnet-tt-stt": (lambda: _ms_resnet("stt"), "static", False, True),
     "ms-resnet-tt-ptt": (lambda: _ms_resnet("ptt"), "static", False, False),
+    "ms-resnet-tt-htt": (lambda: _ms_resnet("htt"), "static", False, False),
     "fc-lif-hard-cross-entropy": (lambda: _net((12, 8, 6, 4), LIF_HARD), 12, True, False, "explicit", "ce"),
     "fc-lif-subtract-trace-form-sparse": (
         lambda: _net((12, 8, 6, 4), lambda: M.LIF(decay=0.5, threshold=0.5, reset="subtract")), 12, True, True, "trace"),
@@ -302,10 +304,6 @@ def test_the_sparse_backward_does_less_work_and_computes_the_same():
 
 
 def test_models_a_training_step_cannot_take_are_refused_naming_the_layer():
-    htt = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.LIF(), M.TTConv2d(4, 4, 2, "htt"), M.LIF(),
-                        M.Flatten(), M.Linear(256, 10, bias=False), M.TimeMean())
-    with pytest.raises(IRError, match=r"from '2'\): is an htt tensor-train layer: a training step trains stt and ptt"):
-        api.compile_training(htt, "4,N,1,8,8", input_bits=8, input_frac=4)
     # a TT block that downsamples max-pools its multi-bit result
     strided_tt = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.MSBlock(4, 4, stride=2, ranks=(2, 2)),
                                M.LIF(), M.Flatten(), M.Linear(64, 10, bias=False), M.TimeMean())

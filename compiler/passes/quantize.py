@@ -46,6 +46,7 @@ from ttc.isa.ttfs import ZERO_EXPONENT, synapse_weights
 
 from ..ir import (Add, AvgPool, Concat, Conv2d, Fire, Graph, Input, IRError, Linear, Membrane, Neuron, NeuronQ, Op, Repeat,
                   Rescale, SPIKE, TimeConcat, TimeReduce, TTConv2d, fix, tconv_base)
+from ..layout import ALIASES
 from . import Pass, register, user_option
 
 LIMIT = 1 << 31
@@ -226,7 +227,9 @@ class Quantize(Pass):
             self.tensor_train(op, ins[0], b_in)
         elif isinstance(op, Add):
             self.add(op, ins, b_in)
-        elif isinstance(op, (TimeConcat, Concat)):
+        elif isinstance(op, TimeConcat):
+            self.time_concat(op, ins)
+        elif isinstance(op, Concat):
             self.bound[op.name] = max(b_in, self.bound[ins[1].name])
         elif isinstance(op, Neuron):
             op = self.neuron(op, ins[0], b_in)
@@ -311,15 +314,30 @@ class Quantize(Pass):
         return Conv2d(name=pool.name, inputs=pool.inputs, path=pool.path, weight=weight,
                       stride=(pool.stride, pool.stride))
 
-    def insert_rescale(self, conv: Op, x: Op, shift: int, bound: int, out_bits: int | None = None) -> Op:
-        """Insert y = R(x, shift) before `conv`, stored in `out_bits` or as narrow as its bound allows."""
-        name = f"{conv.name}.rescale"
+    def insert_rescale(self, conv: Op, x: Op, shift: int, bound: int, out_bits: int | None = None, index: int = 0) -> Op:
+        """Insert y = R(x, shift) before `conv` as its input `index`, stored in `out_bits` or as narrow as its
+        bound allows."""
+        name = self.graph.fresh(f"{conv.name}.rescale")
         r = Rescale(name=name, inputs=(x.name,), path=conv.path, shift=shift, out_bits=out_bits or stored_bits(bound))
         r.type = r.infer([x.type])
         self.graph.insert_before(conv, r)
         self.bound[name] = bound
-        self.graph.set_inputs(conv, (name,) + conv.inputs[1:])
+        self.graph.set_inputs(conv, conv.inputs[:index] + (name,) + conv.inputs[index + 1:])
         return r
+
+    def time_concat(self, op: TimeConcat, ins: list[Op]) -> None:
+        """The steps of both parts in one format, each stored in the concatenation's place: a part in another
+        format is rescaled to the coarser frac (and the wider width), and an alias (a time slice) is copied."""
+        if all(i.type.dtype.kind == "fix" for i in ins):
+            frac = min(i.type.dtype.frac for i in ins)
+            bounds = [rescale(self.bound[i.name], frac - i.type.dtype.frac) for i in ins]
+            bits = max(stored_bits(max(bounds)), *(i.type.dtype.bits for i in ins))
+            for k, (part, bound) in enumerate(zip(ins, bounds)):
+                if part.type.dtype != fix(bits, frac) or isinstance(part, ALIASES):
+                    self.insert_rescale(op, part, frac - part.type.dtype.frac, bound, bits, index=k)
+        elif any(isinstance(i, ALIASES) for i in ins) or ins[0].type.dtype != ins[1].type.dtype:
+            op.fail("concatenates spikes of a time slice or in two formats: only multi-bit parts are copied or rescaled")
+        self.bound[op.name] = max(self.bound[i] for i in op.inputs)
 
     def tensor_train(self, op: TTConv2d, x: Op, x_bound: int) -> None:
         """The most bits per core (at most tt_core_bits) whose exact core-by-core products fit 32 bits."""
