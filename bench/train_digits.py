@@ -28,7 +28,7 @@ from ttc.digits import build_fc_snn, load_digits_split, train_recipe  # noqa: E4
 from ttc.isa.files import atomic_write  # noqa: E402
 from ttc.runtime.train import Trainer, accuracy, fit  # noqa: E402
 
-BATCH, LR_SHIFT, BAND, HIDDEN = 32, 7, 0.5, 64
+BATCH, LR_SHIFT, BAND, HIDDEN, CALIBRATION = 32, 7, 0.5, 64, 64
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     band = BAND if a.active_band is None else a.active_band
     options = TrainOptions(lr_shift=LR_SHIFT, band=band, sparse=a.active_band is not None, batch=BATCH, loss=a.loss)
     t0 = time.perf_counter()
-    compiled = api.compile_training(model, "4,N,1,8,8", train=options, input_bits=8, input_frac=4)
+    calibration = x_tr[:, :CALIBRATION], y_tr[:CALIBRATION]  # the gradients' formats are set for these
+    compiled = api.compile_training(model, "4,N,1,8,8", train=options, calibration=calibration, input_bits=8,
+                                    input_frac=4)
     compile_s = time.perf_counter() - t0
     trainer = Trainer(compiled.program, BATCH)
     t0 = time.perf_counter()

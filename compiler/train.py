@@ -18,13 +18,16 @@ training phases' plans: ttc.compiler.train_plan, which also generates the progra
 The forward and backward run once per sample (the simulator runs the samples of a batch in lock-step,
 the modelled machine one after another); the update runs once per batch, after its own `halt`.
 
-Gradient formats. Every gradient is an i32 with a fixed binary point chosen here once. The gradients that
-flow (the membrane gradients g_h, the gradients a layer passes down) are scaled for their typical size (sums
-of today's weights times values of random signs, at the options' densities: `plan_formats`) and saturate
-at GRAD_BITS bits where they are made (nbwd, the transposed dconv; counted as `grad_saturated`): a bound
-over every storable weight would leave a deep chain (a tensor-train block's cores) no bits at all. What
-the weight-gradient accumulators add is bounded by those widths, so no accumulator can overflow; nothing
-else saturates but the weights.
+Gradient formats. Every gradient is an i32 with a fixed binary point chosen here once, from a calibration
+batch (`calibrate`: float64 autograd of the network on data the user gives, or on random inputs at the
+options' spike density): each format puts the largest gradient measured there CAL_HEADROOM bits below
+where it saturates (the membrane gradients g_h and the gradients a layer passes down saturate at GRAD_BITS
+bits where they are made, nbwd and the transposed dconv, counted as `grad_saturated`; the weight-gradient
+accumulators at 32 bits, WGRAD_HEADROOM bits above their measured sum). Formats set for the worst case
+leave a deep chain (a tensor-train block's cores) no bits at all, and formats set by an estimate of each
+layer's gains lose a few bits more at every layer down, which a residual network's first blocks cannot
+spare. What the weight-gradient accumulators add is bounded by the gradients' widths, so no accumulator
+can overflow; nothing else saturates but the weights.
 
     e        = out - T 2^F y: the loss gradient dL/dz[t] of every step's readout sums z[t], at frac
                F + 2 ceil(log2 T) (exactly dL/dz for L = 1/2 sum (mean_t z - y)^2 when T is a power of
@@ -33,11 +36,12 @@ else saturates but the weights.
                guard bits (decay_shift per step back) as far as the width allows, so that with dyadic
                parameters nothing is rounded
     dW       = sum over samples and steps of R(x[t] g_h[t], wgrad_shift)   (one wgrad per step)
-    g_s'[t]  = sat(W^T R(g_h[t], pre_shift))    the layer below's spike gradients
+    g_s'[t]  = sat(R(W^T R(g_h[t], pre_shift), post_shift))    the layer below's spike gradients (the
+               sums exact, at most ACC_BITS bits, then rounded: pre_shift is 0 unless they would be wider)
     w       -= R(dW, sgd_shift),  sgd_shift = F_w - lr_shift - frac(dW)
 
-where every shift is the largest that is <= 0 (or <= the guard bits) and keeps its result's bound
-below 2^31. With every rounding shift 0 the integer gradients equal float64 autograd of the same
+where every shift is the largest that is <= 0 (or <= the guard bits) and keeps its result's calibrated size
+(with its headroom) below its width. With every rounding shift 0 the integer gradients equal float64 autograd of the same
 network exactly (the surrogate 1 inside the band, the reset detached); the reference
 (ttc.compiler.train_reference) computes them both.
 """
@@ -55,13 +59,20 @@ from ttc.isa.train import band_fields
 from .ir import (Add, AvgPool, Conv2d, Graph, Input, IRError, Linear, MaxPool, NeuronQ, Op, Tape, TimeConcat,
                  TimeReduce, TimeSlice)
 from .tiling import fmt
+from .train_float import float_backward
 
 LIMIT_BITS = 31
 #: Gradients (membrane gradients, the gradients layers pass down) saturate to this many bits (isa/train.py).
 GRAD_BITS = 24
 GRAD_MAX = (1 << (GRAD_BITS - 1)) - 1
-#: A weight-gradient accumulator's shift leaves this many bits above its typical sum; it saturates (wgrad).
+#: A weight-gradient accumulator's shift leaves this many bits above its calibrated sum; it saturates (wgrad).
 WGRAD_HEADROOM = 4
+#: The transposed conv's accumulator (its sums are exact, then rounded and saturated: dconv's round_shift).
+ACC_BITS = 48
+#: A gradient's format leaves this many bits above the largest value of it on the calibration batch.
+CAL_HEADROOM = 3
+#: Samples in the calibration batch made when the user gives none.
+CAL_SAMPLES = 16
 
 
 FORMS = ("auto", "explicit", "trace")
@@ -168,8 +179,8 @@ class TrainedLayer:
     wgrad_shift: int = 0
     dw_frac: int = 0
     pre_shift: int = 0
+    post_shift: int = 0
     below_frac: int = 0
-    below_typical: int = 0
     sgd_shift: int = 0
     form: str = "explicit"  # its weight gradient: explicit (x[t] g_h[t]) or trace (trace[t] D[t]); `form_costs`
     costs: dict | None = None  # the two forms' predicted backward energy (pJ per sample), where both apply
@@ -313,14 +324,61 @@ def form_costs(r: TrainedLayer, neuron: NeuronQ, x: Op, options: TrainOptions, s
 
 
 @dataclass
+class Calibration:
+    """How large the gradients are on a calibration batch (float64 autograd, `float_backward`): the largest
+    |dL/dv| of every value v (by op name, over its steps and samples) and of every layer's dL/dW and dL/db
+    (by op name and `name.bias`, summed over the batch as the accumulators sum it, scaled to the options'
+    batch). `source` says what the batch was."""
+
+    values: dict[str, float]
+    params: dict[str, float]
+    source: str
+
+    def value(self, name: str, frac: int) -> float:
+        """The largest |dL/dv| of value `name` in integer units of a gradient at `frac`."""
+        return self.values.get(name, 0.0) * 2.0 ** frac
+
+    def param(self, name: str, frac: int) -> float:
+        return self.params.get(name, 0.0) * 2.0 ** frac
+
+
+def calibrate(graph: Graph, options: TrainOptions, data: tuple[np.ndarray, np.ndarray] | None = None,
+              seed: int = 0) -> Calibration:
+    """The gradients' sizes on `data` (inputs laid out as the model's input, integer labels), or on CAL_SAMPLES
+    random inputs (spikes at the options' density, or fixed-point values uniform over a quarter of the input
+    format's positive range) with random labels."""
+    x_op = next(op for op in graph.ops if isinstance(op, Input))
+    time = (x_op.type.time,) if x_op.type.time is not None else ()
+    classes = graph.op(graph.outputs[0]).type.shape[0]
+    if data is None:
+        rng = np.random.default_rng(seed)
+        shape, dt = time + (CAL_SAMPLES,) + tuple(x_op.type.shape), x_op.type.dtype
+        x = ((rng.random(shape) < options.spike_density).astype(np.float32) if dt.kind == "spike" else
+             rng.uniform(0, 2.0 ** (dt.bits - 3 - dt.frac), shape).astype(np.float32))
+        labels, source = rng.integers(0, classes, CAL_SAMPLES), f"{CAL_SAMPLES} random samples (seed {seed})"
+    else:
+        x, labels = np.asarray(data[0]), np.asarray(data[1])
+        layout = time + (len(labels),) + tuple(x_op.type.shape)
+        if x.shape != layout:
+            raise TrainError(f"calibration data of shape {x.shape} for {len(labels)} labels: the model's input takes "
+                             f"{'[T, N, ...]' if time else '[N, ...]'} = {layout}")
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or labels.min(initial=0) < 0 or labels.max(initial=0) >= classes:
+            raise TrainError(f"calibration labels must be class indices 0 to {classes - 1} (one per sample)")
+        source = f"{len(labels)} samples of data"
+    params, values = float_backward(graph, x, labels.astype(np.int64), options.loss)
+    scale = options.batch / len(labels)
+    return Calibration({name: float(g.abs().max()) for name, g in values.items()},
+                       {name: float(g.abs().max()) * scale for name, g in params.items()}, source)
+
+
+@dataclass
 class Grad:
-    """A gradient in DRAM: its frac, what it can reach (`bound`), its typical size, its steps (as many as the
-    value's it covers, or 1 when the same at every one of them), its place, and the steps of the value it covers
-    ([start, stop): a time slice's gradient covers the slice's steps; stop None: to the value's last)."""
+    """A gradient in DRAM: its frac, what it can reach (`bound`), its steps (as many as the value's it covers,
+    or 1 when the same at every one of them), its place, and the steps of the value it covers ([start, stop):
+    a time slice's gradient covers the slice's steps; stop None: to the value's last)."""
 
     frac: int
     bound: int
-    typical: int
     steps: int
     addr: int
     start: int = 0
@@ -377,21 +435,21 @@ class SumNode:
     kind: str = "sum"
 
 
-def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take) -> tuple[list[TrainedLayer], list, int, int]:
+def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take,
+                 sizes: Calibration) -> tuple[list[TrainedLayer], list, int, int]:
     """The backward walk of the graph, from the readout down: (the trained layers in forward order, the walk's
     nodes in backward order: TrainedLayer, NeuronNode, PoolNode and SumNode, the target's and the loss gradient's
     DRAM places). `take(nbytes)` places a buffer in DRAM. A value's gradient is the one gradient an op gives it,
     or the sum of several (SumNode); a residual add gives both operands its own gradient.
 
-    Each gradient's binary point is set for its typical size, to GRAD_BITS bits: sums of today's weights times
-    values of random signs (`_norm`), at the options' densities; the instructions that make gradients saturate
-    them there, so what the weight-gradient sums add is bounded whatever the weights become."""
+    Each gradient's binary point is set for its size on the calibration batch (`sizes`), to GRAD_BITS bits; the
+    instructions that make gradients saturate them there, so what the weight-gradient sums add is bounded
+    whatever the weights become."""
     _check(graph)
     reduce = graph.op(graph.outputs[0])
     readout = graph.op(reduce.inputs[0])
     classes = readout.type.shape[0]
     target, e = take(4 * classes), take(4 * classes)
-    forward = _typical_forward(graph, options)
     pending: dict[str, list[Grad]] = {}
     nodes: list = []
     layers: list[TrainedLayer] = []
@@ -414,12 +472,11 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take) -> tup
         bound = sum(math.ceil(p.bound * 2.0 ** k) + 1 for p, k in zip(parts, shifts))
         if bound >= 1 << LIMIT_BITS:
             op.fail(f"gradients of its {len(parts)} readers may sum to {bound}, beyond 32 bits")
-        typical = sum(math.ceil(p.typical * 2.0 ** k) for p, k in zip(parts, shifts))
         n = op.type.numel
         out = take(4 * n * top)
         nodes.append(SumNode(op.name, n, [[p.addr, p.steps, k, *span] for p, k, span in zip(parts, shifts, spans)], out,
                              top))
-        return Grad(frac, bound, typical, top, out)
+        return Grad(frac, bound, top, out)
 
     for op in reversed(graph.ops):
         if isinstance(op, (Linear, Conv2d)):
@@ -431,21 +488,21 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take) -> tup
                 g = gradient(pool or neuron or op)
                 if g is None:
                     op.fail("reaches the output only through what the training step cannot differentiate")
-            r = _layer_formats(graph, op, neuron, pool, g, options, hw, op.type.time, take, forward)
+            r = _layer_formats(graph, op, neuron, pool, g, options, hw, op.type.time, take, sizes)
             if r.input_grad:
-                contribute(op.inputs[0], Grad(r.below_frac, GRAD_MAX, r.below_typical, r.grad_out_steps, r.grad_out))
+                contribute(op.inputs[0], Grad(r.below_frac, GRAD_MAX, r.grad_out_steps, r.grad_out))
             nodes.append(r)
             layers.append(r)
         elif isinstance(op, NeuronQ) and graph.fused_into(op) is None:
             g = gradient(op)
             if g is None:
                 continue
-            src_shift, typical = _membrane_format(op, g.typical, op.type.time)
+            src_shift = _membrane_shift(op, sizes.value(op.inputs[0], g.frac), op.type.time)
             n = op.type.numel
             out = take(4 * n * op.type.time)
             tape = next(u.name for u in graph.users(op.name) if isinstance(u, Tape))
             nodes.append(NeuronNode(op.name, op.path, n, tape, src_shift, g.addr, g.steps, out))
-            contribute(op.inputs[0], Grad(g.frac + src_shift, GRAD_MAX, typical, op.type.time, out))
+            contribute(op.inputs[0], Grad(g.frac + src_shift, GRAD_MAX, op.type.time, out))
         elif isinstance(op, AvgPool):
             g = gradient(op)
             if g is None:
@@ -454,57 +511,27 @@ def plan_formats(graph: Graph, options: TrainOptions, hw: HwConfig, take) -> tup
             overlap = math.ceil(op.kernel / op.stride) ** 2
             out = take(4 * c * ih * iw * g.steps)
             nodes.append(PoolNode(op.name, op.path, c, ih, iw, oh, ow, op.kernel, op.stride, g.addr, g.steps, out))
-            contribute(op.inputs[0], Grad(g.frac + op.area_bits, g.bound * overlap, g.typical * overlap, g.steps, out))
+            contribute(op.inputs[0], Grad(g.frac + op.area_bits, g.bound * overlap, g.steps, out))
         elif isinstance(op, Add):
             g = gradient(op)
             if g is not None:  # both operands' gradient is the sum's (halved: one more fractional bit)
                 for operand in op.inputs:
-                    contribute(operand, Grad(g.frac + op.halve, g.bound, g.typical, g.steps, g.addr))
+                    contribute(operand, Grad(g.frac + op.halve, g.bound, g.steps, g.addr))
         elif isinstance(op, TimeSlice):
             g = gradient(op)
             if g is not None:  # the gradient of the steps it takes
-                contribute(op.inputs[0], Grad(g.frac, g.bound, g.typical, g.steps, g.addr, op.start, op.stop))
+                contribute(op.inputs[0], Grad(g.frac, g.bound, g.steps, g.addr, op.start, op.stop))
         elif isinstance(op, TimeConcat):
             g = gradient(op)
             if g is not None:  # each part's gradient: its own steps of the concatenation's (in place)
                 first = graph.op(op.inputs[0]).type.time
                 for operand, at in zip(op.inputs, (0, first)):
                     if g.steps > 1:
-                        contribute(operand, Grad(g.frac, g.bound, g.typical, graph.op(operand).type.time,
+                        contribute(operand, Grad(g.frac, g.bound, graph.op(operand).type.time,
                                                  g.addr + at * 4 * op.type.numel))
                     else:
                         contribute(operand, g)
     return layers[::-1], nodes, target, e
-
-
-def _typical_forward(graph: Graph, options: TrainOptions) -> dict[str, float]:
-    """The typical size of every value's integers in the forward (what the weight gradients' formats are set
-    for): an input's a quarter of its format's range (spikes: 1), a layer's sums of today's weights times
-    inputs of random signs (`_norm`) at the options' spike density, a neuron's spikes 1, an average pool's
-    sums of its window's spikes, an add's its operands' (as rescaled)."""
-    out: dict[str, float] = {}
-    for op in graph.ops:
-        ins = [out.get(name, 1.0) for name in op.inputs]
-        if isinstance(op, Input):
-            dt = op.type.dtype
-            out[op.name] = 1.0 if dt.kind == "spike" else float(1 << max(0, dt.bits - 2))
-        elif isinstance(op, (Linear, Conv2d)):
-            density = options.spike_density if graph.op(op.inputs[0]).type.dtype.kind == "spike" else 1.0
-            bias = float(np.abs(op.bias).max()) if op.bias is not None else 0.0
-            out[op.name] = _norm(op, "out") * math.sqrt(density) * ins[0] * 2.0 ** op.shift + bias
-        elif isinstance(op, NeuronQ):
-            out[op.name] = 1.0
-        elif isinstance(op, AvgPool):
-            out[op.name] = max(1.0, op.kernel * op.kernel * options.spike_density)
-        elif isinstance(op, Add):
-            out[op.name] = ins[0] * 2.0 ** op.shift_a + ins[1] * 2.0 ** op.shift_b
-        elif isinstance(op, TimeConcat):
-            out[op.name] = max(ins)
-        elif op.opname == "rescale":
-            out[op.name] = ins[0] * 2.0 ** op.shift
-        elif ins:  # flatten, repeat, max pool, tape, time reduction: as their input
-            out[op.name] = ins[0]
-    return out
 
 
 def _loss_grad(graph: Graph, readout: Op, options: TrainOptions, steps: int, e: int) -> Grad:
@@ -512,15 +539,12 @@ def _loss_grad(graph: Graph, readout: Op, options: TrainOptions, steps: int, e: 
     reduce = graph.op(graph.outputs[0])
     x = graph.op(readout.inputs[0])
     if options.loss == "ce":  # e = round((p - y) / T, CE_BITS + log2 T), from the host
-        return Grad(CE_BITS + math.ceil(math.log2(steps)), 1 << CE_BITS, 1 << CE_BITS, 1, e)
-    # e = out - target: exact, bounded by the forward's bound for any storable weights; typically the readout's
-    # inputs spiking at the options' density (a sum of random signs: the norm)
+        return Grad(CE_BITS + math.ceil(math.log2(steps)), 1 << CE_BITS, 1, e)
+    # e = out - target: exact, bounded by the forward's bound for any storable weights
     target = steps * (1 << reduce.type.dtype.frac)
     taps = readout.weight[0].size
     bound = steps * taps * _qmax(readout) * _bound(x) + target + _bias_bound(graph, readout)
-    density = options.spike_density if x.type.dtype.kind == "spike" else 1.0
-    typical = steps * math.ceil(_norm(readout, "out") * math.sqrt(density) * _bound(x)) + target
-    return Grad(reduce.type.dtype.frac + 2 * math.ceil(math.log2(steps)), bound, typical, 1, e)
+    return Grad(reduce.type.dtype.frac + 2 * math.ceil(math.log2(steps)), bound, 1, e)
 
 
 def _guard(neuron: NeuronQ, steps: int) -> int:
@@ -528,32 +552,26 @@ def _guard(neuron: NeuronQ, steps: int) -> int:
     return neuron.decay_shift * (steps - 1) if neuron.decay_mul != 1 << neuron.decay_shift else 0
 
 
-def _membrane_format(neuron: NeuronQ, typical: int, steps: int) -> tuple[int, int]:
-    """(src_shift, the membrane gradients' typical size) of nbwd on spike gradients of `typical` size: as many
-    of the decays' guard bits as GRAD_BITS holds."""
-    d_sum = decay_sum(neuron, steps)
-    src_shift = fit_shift(math.ceil(typical * d_sum) + steps, _guard(neuron, steps), bits=GRAD_BITS - 1)
-    return src_shift, min(GRAD_MAX, math.ceil((typical * 2.0 ** src_shift + 1) * d_sum) + steps)
+def _membrane_shift(neuron: NeuronQ, size: float, steps: int) -> int:
+    """nbwd's src_shift for membrane gradients of calibrated `size` (at the spike gradients' frac): as many of
+    the decays' guard bits as GRAD_BITS holds with CAL_HEADROOM to spare."""
+    return fit_shift(math.ceil(size * 2.0 ** CAL_HEADROOM) + steps, _guard(neuron, steps), bits=GRAD_BITS - 1)
 
 
 def _layer_formats(graph: Graph, op: Op, neuron: NeuronQ | None, pool: MaxPool | None, g: Grad,
-                   options: TrainOptions, hw: HwConfig, steps: int, take, forward: dict[str, float]) -> TrainedLayer:
+                   options: TrainOptions, hw: HwConfig, steps: int, take, sizes: Calibration) -> TrainedLayer:
     """A trained layer's formats and DRAM places, from the gradient of its top (its pool's, its neuron's or
-    its sums')."""
+    its sums') and the calibrated sizes of its gradients."""
     x = graph.op(op.inputs[0])
     r = _layer(graph, op, not isinstance(_source(graph, op.inputs[0]), Input), op is graph.op(graph.op(graph.outputs[0]).inputs[0]))
     r.grad_in, r.grad_in_steps = g.addr, g.steps
-    below_typical = g.typical
-    if r.readout:
-        r.grad_frac, r.grad_bound, typical = g.frac, g.bound, g.typical
-    elif neuron is not None:
+    if neuron is not None and not r.readout:
         r.neuron = neuron.name
         r.tape = next(u.name for u in graph.users(neuron.name) if isinstance(u, Tape))
-        if pool is not None:  # a window's gradient goes to one input: overlapping windows add up
+        if pool is not None:
             r.pool, r.pool_k, r.pool_stride, r.pool_pad = pool.name, pool.kernel, pool.stride, pool.padding
             r.pool_oh, r.pool_ow = pool.type.shape[1:]
-            below_typical *= math.ceil(pool.kernel / pool.stride) ** 2
-        r.src_shift, typical = _membrane_format(neuron, below_typical, steps)
+        r.src_shift = _membrane_shift(neuron, sizes.value(op.name, g.frac), steps)  # g_h = dL/d(its sums)
         r.grad_frac, r.grad_bound = g.frac + r.src_shift, GRAD_MAX
         if neuron.reset != "hard":  # both forms apply: priced, unless the options choose
             r.costs = form_costs(r, neuron, x, options, steps, hw)
@@ -561,52 +579,38 @@ def _layer_formats(graph: Graph, op: Op, neuron: NeuronQ | None, pool: MaxPool |
         elif options.form == "trace":
             neuron.fail("has a hard reset: the trace form of the weight gradient needs a subtract reset or none "
                         "(SSGD's neuron); use --grad-form explicit or auto")
-    else:  # the sums are read as they are: their gradient is the one from above
-        r.grad_frac, r.grad_bound, typical = g.frac, g.bound, g.typical
-    x_frac, x_bound, x_typical = x.type.dtype.frac, _bound(x), forward[_source(graph, op.inputs[0]).name]
-    g_typical = typical
+    else:  # the readout's e, or sums read as they are: their gradient is the one from above
+        r.grad_frac, r.grad_bound = g.frac, g.bound
+    x_frac, x_bound = x.type.dtype.frac, _bound(x)
     if r.form == "trace":  # trace[t] = D(trace[t-1]) + R(x[t], trace_shift), with the decays' guard bits
         d_sum = decay_sum(neuron, steps)
         r.trace_shift = fit_shift(math.ceil(x_bound * d_sum) + steps, _guard(neuron, steps))
-        r.trace_frac = x_frac + r.trace_shift
-        x_frac, x_typical = r.trace_frac, x_typical * 2.0 ** r.trace_shift * d_sum
+        r.trace_frac = x_frac = x_frac + r.trace_shift
         x_bound = math.ceil((x_bound * 2.0 ** r.trace_shift + 1) * d_sum) + steps
-        g_typical = min(GRAD_MAX, math.ceil(below_typical * 2.0 ** r.src_shift))  # D[t]
         r.traces = take(4 * r.n_in * steps)
-    # the terms a weight-gradient accumulator adds: a step's (y, x) of every sample, each term an input (a
-    # spike at the options' density) times a gradient; typical sizes with 2^WGRAD_HEADROOM to spare (it
-    # saturates), or the worst case where that is smaller
+    # a weight-gradient accumulator adds a step's (y, x) terms of every sample: its calibrated sum with
+    # 2^WGRAD_HEADROOM to spare (it saturates), or the worst case where that is smaller
     sums = options.batch * steps * r.oh * r.ow
-    density = options.spike_density if x.type.dtype.kind == "spike" and r.form != "trace" else 1.0
-    r.wgrad_shift = fit_shift(min(math.ceil(sums * density * x_typical * g_typical) << WGRAD_HEADROOM,
+    r.wgrad_shift = fit_shift(min(math.ceil(sizes.param(op.name, r.grad_frac + x_frac)) << WGRAD_HEADROOM,
                                   sums * x_bound * r.grad_bound), roundings=options.batch * steps)
     r.dw_frac = r.grad_frac + x_frac + r.wgrad_shift
     r.sgd_shift = r.weight_frac - options.lr_shift - r.dw_frac
     r.dw = take(4 * r.cout * r.cin * r.taps)
     if op.bias is not None:  # dB: the gradient summed over the outputs (a wgrad of a plane of ones)
         r.bias, r.bias_frac, r.bias_bits = True, op.type.dtype.frac, graph.notes["train_bias_bits"][op.name]
-        r.db_shift = fit_shift(min(sums * typical << WGRAD_HEADROOM, sums * r.grad_bound), roundings=options.batch * steps)
+        r.db_shift = fit_shift(min(math.ceil(sizes.param(f"{op.name}.bias", r.grad_frac)) << WGRAD_HEADROOM,
+                                   sums * r.grad_bound), roundings=options.batch * steps)
         r.db_frac = r.grad_frac + r.db_shift
         r.bias_sgd_shift = r.bias_frac - options.lr_shift - r.db_frac
         r.db = take(4 * r.cout)
-    if r.input_grad:  # g_s below = sat(W^T R(g_h, pre_shift)), to GRAD_BITS
-        # typically a sum of random signs over the non-zero gradients (the active fraction of a neuron's)
-        density = options.active_density if neuron is not None else 1.0
-        fan = _norm(op, "in") * math.sqrt(density)
-        r.pre_shift = fit_shift(math.ceil(fan * typical), bits=GRAD_BITS - 1)
-        r.below_frac = r.grad_frac + r.pre_shift + r.weight_frac
-        r.below_typical = min(GRAD_MAX, math.ceil(fan * (typical * 2.0 ** r.pre_shift + 1)))
+    if r.input_grad:  # g_s below = sat(R(W^T R(g_h, pre_shift), post_shift)): dL/dx's calibrated size fits
+        size = math.ceil(sizes.value(op.inputs[0], r.grad_frac + r.weight_frac) * 2.0 ** CAL_HEADROOM)
+        r.pre_shift = fit_shift(size, bits=ACC_BITS - 1)
+        r.post_shift = fit_shift(math.ceil(size * 2.0 ** r.pre_shift), bits=GRAD_BITS - 1)
+        r.below_frac = r.grad_frac + r.pre_shift + r.weight_frac + r.post_shift
         r.grad_out_steps = 1 if neuron is None and g.steps == 1 else steps
         r.grad_out = take(4 * r.n_in * r.grad_out_steps)
     return r
-
-
-def _norm(op: Op, side: str) -> float:
-    """The largest L2 norm of the weights an output reads ("out": a row) or an input feeds ("in": a column of
-    the transposed conv): the typical size of a sum of them times values of random signs."""
-    w = op.weight.astype(np.float64)
-    w = (w * w).reshape(w.shape[0], w.shape[1], -1)
-    return max(1.0, float(np.sqrt(w.sum(axis=(1, 2)) if side == "out" else w.sum(axis=(0, 2))).max(initial=0)))
 
 
 def _bias_bound(graph: Graph, op: Op) -> int:

@@ -20,6 +20,8 @@ from abc import abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Callable, ClassVar, Iterator
 
+import numpy as np
+
 from ttc.isa.encoding import Instr, Ref
 from ttc.isa.hwconfig import HwConfig, multiply_action, neuron_update_actions
 from ttc.isa.program import Program, ttc_version
@@ -31,7 +33,7 @@ from .ir import Conv2d, Graph, Linear, Op
 from .layout import align, step_stride, value_addr, weight_bytes
 from .plan import LayerPlan, Slots, Step, Stretch, turns
 from .sync import place_tokens
-from .train import GRAD_BITS, TrainedLayer, TrainError, TrainOptions, decay_sum, plan_formats
+from .train import GRAD_BITS, TrainedLayer, TrainError, TrainOptions, calibrate, decay_sum, plan_formats
 
 ALIGN = 32
 
@@ -247,7 +249,8 @@ class BackwardPlan(TrainLayerPlan):
                 code.append(self.instr("vacc", dst=self.scaled, src=self.gh, src_fmt="i32", dst_fmt="i32", n=r.n_out,
                                        shift=r.pre_shift, accumulate=0))
             code.append(self.instr("dconv", src=self.scaled, wgt=self.w, dst=self.gx, fmt="i32", wfmt=r.wfmt, shift=0,
-                                   transposed=1, skip=sparse, accumulate=0, group=0, sat_bits=GRAD_BITS, **_transposed(r)))
+                                   transposed=1, skip=sparse, accumulate=0, group=0, sat_bits=GRAD_BITS,
+                                   round_shift=-r.post_shift, **_transposed(r)))
             out_step = t if r.grad_out_steps > 1 else 0
             code.append(self.store(r.grad_out + out_step * 4 * r.n_in, self.gx, 4 * r.n_in))
         return code
@@ -539,11 +542,12 @@ def predicted_step(graph: Graph, hw: HwConfig, plans: list[TrainLayerPlan], opti
 
 
 def generate_training(graph: Graph, hw: HwConfig, options: TrainOptions, compile_options: dict, source: dict,
-                      inference: Program) -> Program:
+                      inference: Program, calibration: tuple[np.ndarray, np.ndarray] | None = None) -> Program:
     """The training-step program of the allocated graph (with tapes): forward, loss, backward, halt, update,
     halt (with the cross-entropy: forward, halt, backward, halt, update, halt; the host writes the loss
     gradient at the first halt). `inference`: the plain inference program of the same model, which shares
-    its weights' places (`ttc train` writes it back with the trained weights)."""
+    its weights' places (`ttc train` writes it back with the trained weights). `calibration`: the (inputs,
+    labels) the gradients' formats are set for (`ttc.compiler.train.calibrate`; random inputs if None)."""
     end = max(op.dram + step_stride(graph, op) * (op.type.time or 1) for op in graph.ops if op.dram is not None)
     end = max(end, max(op.wdram + weight_bytes(op) for op in graph.ops if isinstance(op, (Linear, Conv2d))))
     dram = [align(end)]  # the training step's own data after everything the graph stores
@@ -552,7 +556,8 @@ def generate_training(graph: Graph, hw: HwConfig, options: TrainOptions, compile
         at, dram[0] = dram[0], align(dram[0] + nbytes)
         return at
 
-    records, nodes, target, e = plan_formats(graph, options, hw, take)
+    sizes = calibrate(graph, options, calibration)
+    records, nodes, target, e = plan_formats(graph, options, hw, take, sizes)
     steps = graph.op(graph.op(graph.outputs[0]).inputs[0]).type.time
     dram_bytes = dram[0]
     plans = training_plans(graph, hw, records, nodes, options, target, e, placed=True)
@@ -579,7 +584,7 @@ def generate_training(graph: Graph, hw: HwConfig, options: TrainOptions, compile
     meta = dict(inference.meta)
     meta.update(ttc_version=ttc_version(), dram_bytes=dram_bytes, layers=layers, options=compile_options,
                 train=dict(options=asdict(options), update_at=starts[-1], backward_at=starts[1] if len(starts) > 2 else None,
-                           steps=steps, target=target, loss_grad=e,
+                           steps=steps, target=target, loss_grad=e, calibration=sizes.source,
                            classes=records[-1].cout, out_frac=graph.op(graph.outputs[0]).type.dtype.frac,
                            layers=[asdict(r) for r in records], nodes=[asdict(n) for n in nodes],
                            predicted=predicted_step(graph, hw, plans, options)))

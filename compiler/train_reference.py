@@ -4,14 +4,12 @@ train.plan_formats`, recorded in the program's metadata). It is the training cou
 quantized reference: the simulator must equal it bit for bit on the loss gradient, every weight gradient
 and the weights after every step. The arithmetic is isa/train.py's, the same functions the simulator calls.
 
-`float_gradients` is the check above it: float64 autograd of the same network (weights, inputs, decays
-and thresholds the integers stand for; the spike's gradient the rectangular surrogate, 1 inside the
-band; the reset detached). Where no format rounds, the integer gradients equal it exactly.
+The check above it is float64 autograd of the same network (`ttc.compiler.train_float`): where no
+format rounds, the integer gradients equal it exactly.
 """
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import torch
@@ -21,7 +19,7 @@ from ttc.isa.neuron import step as neuron_step
 from ttc.isa.table import rescale
 from ttc.isa.train import average_backward, backward_step, pool_backward, saturate, sgd
 
-from .ir import Graph, Input
+from .ir import Graph
 from .reference import evaluate
 from .train import GRAD_BITS, ce_gradient
 
@@ -174,7 +172,8 @@ class TrainingReference:
                           ((r["ih"], r["oh"], r["sh"], r["pt"], r["kh"]), (r["iw"], r["ow"], r["sw"], r["pl"], r["kw"])))
             gx = F.conv_transpose2d(scaled.flatten(0, 1).double(), w, stride=(r["sh"], r["sw"]), padding=(r["pt"], r["pl"]),
                                     output_padding=extra)
-            gx, _ = saturate(gx.round().long().reshape(gh.shape[0], batch, r["cin"], r["ih"], r["iw"]), GRAD_BITS)
+            gx = rescale(gx.round().long(), r["post_shift"]).reshape(gh.shape[0], batch, r["cin"], r["ih"], r["iw"])
+            gx, _ = saturate(gx, GRAD_BITS)
             dram.store(r["grad_out"], gx)
 
     def step(self, x: np.ndarray, labels: np.ndarray) -> dict:
@@ -187,107 +186,3 @@ class TrainingReference:
                 b, _ = sgd(self.biases[r["name"]], result["db"][r["name"]], r["bias_sgd_shift"], r["bias_bits"])
                 self.biases[r["name"]] = b
         return result
-
-
-class RectSpike(torch.autograd.Function):
-    """H(v) forward (v > 0, or v >= 0), the rectangle |v| < band backward: the training step's surrogate."""
-
-    @staticmethod
-    def forward(ctx, v, band, inclusive):
-        ctx.save_for_backward(v)
-        ctx.band = band
-        return (v >= 0 if inclusive else v > 0).to(v.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (v,) = ctx.saved_tensors
-        return grad * (v.abs() < ctx.band).to(grad.dtype), None, None
-
-
-def float_neuron(z: torch.Tensor, decay: float, theta: float, band: float, reset: str, v_reset: float = 0.0,
-                 v_init: float = 0.0, order: str = "reset_decay", cmp: str = "gt") -> torch.Tensor:
-    """The spikes [T, ...] of float neurons driven by z [T, ...], differentiable as the training step is: the
-    rectangular surrogate (`RectSpike`) and the reset detached (ttc.compiler.ir.Neuron's equations)."""
-    u, s, spikes = torch.full_like(z[0], v_init), torch.zeros_like(z[0]), []
-    for step in range(z.shape[0]):
-        fired = s.detach()
-        def after_reset(v):
-            return v * (1 - fired) + v_reset * fired if reset == "hard" else v - theta * fired if reset == "subtract" else v
-        u = decay * after_reset(u) if order == "reset_decay" else after_reset(decay * u)
-        u = u + z[step]
-        s = RectSpike.apply(u - theta, band, cmp == "ge")
-        spikes.append(s)
-    return torch.stack(spikes)
-
-
-def _rounded(v: torch.Tensor, frac: int) -> torch.Tensor:
-    """v rounded half up to `frac` fractional bits (R of a rescale), its gradient passed straight through."""
-    return v + (torch.floor(v * 2.0 ** frac + 0.5) * 2.0 ** -frac - v).detach()
-
-
-def float_gradients(graph: Graph, train: dict, x: np.ndarray, labels: np.ndarray,
-                    weights: dict[str, torch.Tensor], biases: dict[str, torch.Tensor] | None = None) -> dict:
-    """dL/dW of every trained layer (and dL/db, keyed `name.bias`) by float64 autograd, for the loss whose
-    gradient the machine's e is (1/2 sum (output - one-hot)^2 times (T / 2^ceil(log2 T))^2, or the softmax
-    cross-entropy): the network the integers of the quantized graph stand for, op by op, each value the float
-    its integers stand for, the trained layers' weights and biases the parameters. Where the forward rounds (a
-    rescale, an add's alignment) so does this network, the rounding's gradient taken as 1 (straight through), so
-    that its spikes are the machine's."""
-    steps = train["steps"]
-    trained = {r["name"]: r for r in train["layers"]}
-    params, values = {}, {}
-    env = evaluate(graph, [x])
-    for op in graph.ops:
-        ins = [values.get(name) for name in op.inputs]
-        if isinstance(op, Input):
-            v = env[op.name] * 2.0 ** -op.type.dtype.frac
-        elif op.opname in ("flatten",):
-            v = ins[0].flatten(2)
-        elif op.opname == "rescale":
-            v = _rounded(ins[0], op.type.dtype.frac)
-        elif op.opname == "tape":
-            v = ins[0]
-        elif op.opname == "repeat":
-            v = ins[0].unsqueeze(0).expand(op.steps, *ins[0].shape)
-        elif op.name in trained:
-            r = trained[op.name]
-            w = (weights[r["name"]].double() * 2.0 ** -r["weight_frac"]).requires_grad_(True)
-            params[r["name"]] = w
-            b = None
-            if r["bias"]:
-                b = (biases[r["name"]].double() * 2.0 ** -r["bias_frac"]).requires_grad_(True)
-                params[f"{r['name']}.bias"] = b
-            x_img = ins[0].reshape(*ins[0].shape[:2], r["cin"], r["ih"], r["iw"])
-            z = F.conv2d(x_img.flatten(0, 1), w.reshape(r["cout"], r["cin"], r["kh"], r["kw"]), b,
-                         stride=(r["sh"], r["sw"]), padding=(r["pt"], r["pl"]))
-            v = z.reshape(*ins[0].shape[:2], *op.type.shape)
-        elif op.opname == "neuron_q":
-            frac = graph.op(op.inputs[0]).type.dtype.frac + op.in_shift
-            v = float_neuron(ins[0], op.decay_mul / (1 << op.decay_shift), op.theta * 2.0 ** -frac, op.band * 2.0 ** -frac,
-                             op.reset, op.v_reset * 2.0 ** -frac, op.v_init * 2.0 ** -frac, op.order, op.cmp)
-        elif op.opname == "maxpool":
-            y = F.max_pool2d(ins[0].flatten(0, 1), op.kernel, op.stride, op.padding, ceil_mode=op.ceil_mode)
-            v = y.reshape(*ins[0].shape[:2], *y.shape[1:])
-        elif op.opname == "avgpool":
-            y = F.avg_pool2d(ins[0].flatten(0, 1), op.kernel, op.stride, divisor_override=op.area)
-            v = y.reshape(*ins[0].shape[:2], *y.shape[1:])
-        elif op.opname == "add":
-            v = (_rounded(ins[0], op.frac - op.halve) + _rounded(ins[1], op.frac - op.halve)) / (2 if op.halve else 1)
-        elif op.opname == "time_slice":
-            v = ins[0][op.start:op.stop]
-        elif op.opname == "time_concat":
-            v = torch.cat(ins)
-        elif op.opname == "time_reduce":
-            v = ins[0].sum(0) / steps
-        else:
-            op.fail("has no float semantics for the training check")
-        values[op.name] = v
-    out = values[graph.outputs[0]]
-    if train["options"]["loss"] == "ce":
-        loss = F.cross_entropy(out, torch.from_numpy(labels), reduction="sum")
-    else:
-        target = torch.zeros_like(out)
-        target[torch.arange(len(labels)), torch.from_numpy(labels)] = 1.0
-        loss = 0.5 * (steps / 2 ** math.ceil(math.log2(steps))) ** 2 * ((out - target) ** 2).sum()
-    loss.backward()
-    return {name: w.grad for name, w in params.items()}

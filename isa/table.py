@@ -35,9 +35,9 @@ from typing import Callable
 
 from .errors import InternalError
 
-ISA_VERSION = 9  # 7: pool's left padding (pl); 8: nrn's per-neuron decays (per_neuron); 9: training (nbwd, wgrad,
-# sgd; nrn's active band, dconv's transposed weights, vacc's negation)
-#: The oldest ISA whose programs this one runs unchanged: version 9 only added opcodes, and fields whose
+ISA_VERSION = 10  # 7: pool's left padding (pl); 8: nrn's per-neuron decays (per_neuron); 9: training (nbwd, wgrad,
+# sgd; nrn's active band, dconv's transposed weights, vacc's negation); 10: dconv's rounding of saturating sums
+#: The oldest ISA whose programs this one runs unchanged: versions 9 and 10 only added opcodes, and fields whose
 #: default (0) is the older behaviour; an older program that uses either is refused (`check_since`).
 ISA_READS_FROM = 8
 WORD_BYTES = 32
@@ -281,7 +281,10 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
                   "wgt[ci,co,kh-1-i,kw-1-j] (input gradients, training)", 0, since=9),
                _u("skip", 1, "1: zero src elements are skipped (counted work: non-zero src only)", 0, since=9),
                _u("sat_bits", 6, "the results saturate to a signed integer of this many bits (0: they must fit i32)",
-                  0, since=9))),
+                  0, since=9),
+               _u("round_shift", 5, "with sat_bits: the exact sums are rounded right by this many bits, R(sums, "
+                  "-round_shift), before they are added and saturate (a wide accumulator's output stage)", 0,
+                  since=10))),
     _op("pool", 0x07, "vector",
         (_ref("src", ("ifmap",)), _ref("dst", ("ofmap",)), _enum("mode", ("max", "sum", "min")),
          _enum("src_fmt", FORMATS + (TIME,)), _enum("dst_fmt", FORMATS + (TIME,)), _u("channels", 16), _u("ih", 12),

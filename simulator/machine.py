@@ -350,6 +350,7 @@ def _dconv(m: Machine, i: Instr) -> None:
     y = _conv_sums(m, conv, x, w) << i["shift"]
     a = m.event.actions
     if i["sat_bits"]:
+        y = rescale(y, -i["round_shift"])
         if i["accumulate"]:
             y = y + m.read(i["dst"], "i32", y.shape[1])
         y, a["grad_saturated"] = train.saturate(y, min(i["sat_bits"], 32))

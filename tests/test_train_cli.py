@@ -110,7 +110,8 @@ def test_inspect_a_training_step(work, tmp_path, capsys):
     assert t["phases"]["forward"] == 0 < t["phases"]["backward"] < t["phases"]["update"] < info["instructions"]
     assert [r["path"] for r in t["layers"]] == ["0", "2"]
     assert set(t["layers"][0]) == {"name", "path", "op", "cin", "cout", "form", "grad_frac", "src_shift", "wgrad_shift",
-                                   "pre_shift", "dw_frac", "sgd_shift"}
+                                   "pre_shift", "post_shift", "dw_frac", "sgd_shift"}
+    assert t["calibration"] == "16 random samples (seed 0)"
     assert {layer["phase"] for layer in info["layers"]} == {"forward", "backward", "update"}
     assert main(["inspect", str(work / "step.bin")]) == 0
     text = capsys.readouterr().out
@@ -139,6 +140,22 @@ def test_active_band_is_sparse_and_the_same_learning(work, tmp_path, capsys):
                      str(work / "y.npy"), "--epochs", "1", "--json"]) == 0
         losses.append(json.loads(capsys.readouterr().out)[0]["loss"])
     assert losses[0] == losses[1]  # the same gradients, less work
+
+
+def test_calibrate_sets_the_gradient_formats_for_the_data_given(work, tmp_path, capsys):
+    base = ["compile", work / "tiny.pt", "--input-shape", f"{T},N,12", "--input-encoding", "spikes", "--train",
+            "--batch", "8", "-o", tmp_path / "cal.bin"]
+    assert main(["-q", *map(str, base), "--calibrate", str(work / "x.npy"), str(work / "y.npy")]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "cal.bin"), "--json"]) == 0
+    calibrated = json.loads(capsys.readouterr().out)["train"]
+    assert calibrated["calibration"] == "64 samples of data"
+    np.save(tmp_path / "fy.npy", np.zeros(64, np.float32))
+    fails(capsys, tmp_path, base + ["--calibrate", work / "x.npy", tmp_path / "fy.npy"], "fy.npy", "labels must be integers")
+    fails(capsys, tmp_path, base + ["--calibrate", work / "x.npy", work / "hy.npy"], "calibration data of shape (4, 64, 12)",
+          "16 labels")
+    no_train = [arg for arg in base if arg != "--train"]
+    fails(capsys, tmp_path, no_train + ["--calibrate", work / "x.npy", work / "y.npy"], "--calibrate", "--train")
 
 
 @pytest.mark.parametrize("text, shift", [("2^-7", 7), ("2**-7", 7), ("0.0078125", 7), ("1", 0), ("2^-30", 30),

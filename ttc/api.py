@@ -97,9 +97,11 @@ def _lower(model: torch.nn.Module, input_shape, hw: str | HwConfig, name: str, o
 
 
 def compile_training(model: torch.nn.Module, input_shape, hw: str | HwConfig = "sata", name: str = "model",
-                     source: dict | None = None, train: TrainOptions = TrainOptions(), **options) -> Compiled:
+                     source: dict | None = None, train: TrainOptions = TrainOptions(),
+                     calibration: tuple[np.ndarray, np.ndarray] | None = None, **options) -> Compiled:
     """The training-step program of `model` (docs/training.md) and, in its metadata, what `ttc train` needs:
-    the formats of every gradient, the update segment, and the inference program of the same weights."""
+    the formats of every gradient (set for their sizes on `calibration`, inputs and labels; random inputs if
+    None), the update segment, and the inference program of the same weights."""
     quantize = {"quantize": {"training": train.weight_bits}}
     inference_passes = tuple(p for p in TRAIN_PIPELINE if p != "train-tape")  # the same layers and weights, no tapes
     o, hw, graph, _ = _lower(model, input_shape, hw, name, options, inference_passes, extra=quantize)
@@ -107,7 +109,7 @@ def compile_training(model: torch.nn.Module, input_shape, hw: str | HwConfig = "
     inference = generate(graph, hw, recorded, source or {})
     o, hw, graph, quantized = _lower(model, input_shape, hw, name, options, TRAIN_PIPELINE,
                                      {**quantize, "train-tape": {"band": train.band}})
-    step = generate_training(graph, hw, train, recorded, source or {}, inference)
+    step = generate_training(graph, hw, train, recorded, source or {}, inference, calibration)
     step.meta["inference"] = inference.to_bytes().hex()
     parameters = dict(model.named_parameters())
     for r in step.meta["train"]["layers"]:

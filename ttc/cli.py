@@ -121,9 +121,15 @@ def cmd_compile(a) -> int:
     from ttc.compiler.passes import OptionError, user_options
 
     train = train_options(a)
+    calibration = {}
+    if a.calibrate:  # the data the gradients' formats are set for (checked against the model by the compiler)
+        x, y = (_load_input(path) for path in a.calibrate)
+        if y.dtype.kind not in "iu":
+            raise CliError(f"{a.calibrate[1]}: holds {y.dtype} labels; labels must be integers (class indices)")
+        calibration["calibration"] = (np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64))
     try:
         compiled = compile_file(a.model, a.input_shape, a.hw, trust=a.trust_model, nir_dt=a.nir_dt, train=train,
-                                **{o.name: getattr(a, o.name) for o in user_options()})
+                                **calibration, **{o.name: getattr(a, o.name) for o in user_options()})
     except OptionError:  # names the option
         raise
     except UserError as e:  # the model cannot be compiled (for this machine)
@@ -157,8 +163,8 @@ def cmd_compile(a) -> int:
 #: The training options of `ttc compile --train` (their argparse dests); None when not given.
 TRAIN_FLAGS = {"loss": "--loss", "lr": "--lr", "surrogate": "--surrogate", "band": "--band",
                "active_band": "--active-band", "batch": "--batch", "train_weight_bits": "--train-weight-bits",
-               "grad_form": "--grad-form"}
-#: Compile flags a training step has no use for: it trains conv and linear layers, not tensor-train ones yet.
+               "grad_form": "--grad-form", "calibrate": "--calibrate"}
+#: Compile flags a training step has no use for: it trains tensor-train layers as their cores (no plans to choose).
 NOT_WITH_TRAIN = {"tt_rank": "--tt-rank", "tt_error": "--tt-error", "tt_core_bits": "--tt-core-bits",
                   "objective": "--objective", "schedule": "--schedule"}
 
@@ -201,7 +207,7 @@ def train_options(a):
         unusable.append("--explain")
     if unusable:
         raise CliError(f"{', '.join(unusable)} cannot be used with --train: they choose tensor-train layers and plans, "
-                       "and a training step has none (it trains conv and linear layers with LIF/IF neurons)")
+                       "and a training step has none (it trains a tensor-train layer as its four cores, each a conv)")
     if a.band is not None and a.active_band is not None:
         raise CliError("--band and --active-band: give one (--active-band B is --band B with the backward skipping "
                        "the zero gradients outside the band)")
@@ -538,13 +544,14 @@ def inspect_program(prog, path: str | None = None) -> dict:
         t = prog.meta["train"]
         info["layers"] = [{"source": layer["path"], **layer} for layer in prog.meta["layers"]]
         info["train"] = dict(phases=phase_starts(prog.meta["layers"]), options=t["options"], steps=t["steps"],
-                             classes=t["classes"], layers=[{k: r[k] for k in TRAINED_LAYER_FIELDS} for r in t["layers"]])
+                             classes=t["classes"], calibration=t["calibration"],
+                             layers=[{k: r[k] for k in TRAINED_LAYER_FIELDS} for r in t["layers"]])
     return info
 
 
 #: What `ttc inspect` shows of each trained layer of a training step.
 TRAINED_LAYER_FIELDS = ("name", "path", "op", "cin", "cout", "form", "grad_frac", "src_shift", "wgrad_shift", "pre_shift",
-                        "dw_frac", "sgd_shift")
+                        "post_shift", "dw_frac", "sgd_shift")
 
 
 def cmd_inspect(a) -> int:
@@ -590,7 +597,7 @@ def _print_train(t: dict) -> None:
           f"{t['steps']} time steps, {t['classes']} classes")
     print(f"  training options: loss {o['loss']}, lr 2^-{o['lr_shift']}, surrogate {o['surrogate']}, band {o['band']:g} "
           f"({'sparse: the active set only' if o['sparse'] else 'dense'}), batch up to {o['batch']}, "
-          f"{o['weight_bits']}-bit weights, gradient form {o['form']}")
+          f"{o['weight_bits']}-bit weights, gradient form {o['form']}; gradient formats calibrated on {t['calibration']}")
     print("  trained layers (fractional bits and shifts):")
     print("    " + " ".join(f"{k:>11}" if k not in ("name", "path") else f"{k:<12}" for k in TRAINED_LAYER_FIELDS))
     for r in t["layers"]:
@@ -657,6 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-form", choices=("auto", "explicit", "trace"), help="the hidden layers' weight gradients: explicit "
                    "BPTT, SSGD's trace form (subtract or no reset), or per layer the cheaper by the cost model (auto, "
                    "the default)")
+    t.add_argument("--calibrate", nargs=2, metavar=("X.npy", "Y.npy"), help="samples and labels the gradients' "
+                   "formats are set for (float64 gradients on them; default: 16 random inputs)")
     c.set_defaults(fn=cmd_compile)
 
     e = sub.add_parser("export", parents=[verbose, model], help="write a model in another format (NIR)")

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_reporting(command, args.verbose, ["python", "-m", "ttc.demo", *argv])
 
 
-TRAIN_EPOCHS, TRAIN_BATCH, TRAIN_LR_SHIFT, TRAIN_BAND, TRAIN_HIDDEN = 10, 32, 7, 0.5, 64
+TRAIN_EPOCHS, TRAIN_BATCH, TRAIN_LR_SHIFT, TRAIN_BAND, TRAIN_HIDDEN, TRAIN_CALIBRATION = 10, 32, 7, 0.5, 64, 64
 
 
 def train_demo(steps: int, epochs: int, active_band: float | None, loss: str = "mse") -> int:
@@ -79,7 +79,9 @@ def train_demo(steps: int, epochs: int, active_band: float | None, loss: str = "
     lr_shift = TRAIN_LR_SHIFT
     options = TrainOptions(lr_shift=lr_shift, band=band, sparse=active_band is not None, batch=TRAIN_BATCH, loss=loss)
     t0 = time.perf_counter()
-    compiled = api.compile_training(model, f"{steps},N,1,8,8", train=options, input_bits=8, input_frac=4)
+    calibration = x_tr[:, :TRAIN_CALIBRATION], y_tr[:TRAIN_CALIBRATION]  # the gradients' formats are set for these
+    compiled = api.compile_training(model, f"{steps},N,1,8,8", train=options, calibration=calibration, input_bits=8,
+                                    input_frac=4)
     trainer = Trainer(compiled.program, TRAIN_BATCH)
     print(f"ttc demo --train: FC 64-{TRAIN_HIDDEN}-10 LIF SNN (T={steps}) on the {len(y_tr)} training digits, batch "
           f"{TRAIN_BATCH}, SGD 2^-{lr_shift}, {'MSE on chip' if loss == 'mse' else 'cross-entropy (host)'}, "
@@ -119,8 +121,8 @@ def train_demo(steps: int, epochs: int, active_band: float | None, loss: str = "
           f"{backward.get('weight_grad', 0):,.0f} weight-gradient accumulations")
     if active_band is not None:
         dense = TrainOptions(lr_shift=lr_shift, band=band, sparse=False, batch=TRAIN_BATCH, loss=loss)
-        both = [Trainer(api.compile_training(model, f"{steps},N,1,8,8", train=o, input_bits=8, input_frac=4).program,
-                        TRAIN_BATCH) for o in (options, dense)]
+        both = [Trainer(api.compile_training(model, f"{steps},N,1,8,8", train=o, calibration=calibration, input_bits=8,
+                                             input_frac=4).program, TRAIN_BATCH) for o in (options, dense)]
         work = [t.step(x_tr[:, :TRAIN_BATCH], y_tr[:TRAIN_BATCH]).counters["backward"] for t in both]
         same = all(np.array_equal(a, b) for a, b in zip(both[0].weights().values(), both[1].weights().values()))
         print(f"  the first step, sparse against dense backward: input-gradient MACs {work[0].get('mac', 0):,.0f} vs "

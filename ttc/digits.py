@@ -88,7 +88,7 @@ def build_fc_snn(hidden: int = 64, seed: int = 0) -> nn.Sequential:
 def _recipe_forward(model: nn.Sequential, x: torch.Tensor, band: float) -> torch.Tensor:
     """The float forward of a chain of Flatten, Linear, LIF/IF and TimeMean, with the training step's
     surrogate (1 within band * threshold of the threshold) and its detached reset."""
-    from ttc.compiler.train_reference import float_neuron
+    from ttc.compiler.train_float import float_neuron
 
     for m in model:
         x = float_neuron(x, m.decay, m.threshold, band * m.threshold, m.reset, m.v_reset, m.v_init,
