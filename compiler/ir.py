@@ -149,11 +149,14 @@ def _pair(v) -> tuple[int, int]:
 
 
 def _accumulator(op: Op, x: TensorType, weight: np.ndarray, weight_frac: int | None, shift: int = 0,
-                 out_bits: int = 32, log_scale: int | None = None) -> DType:
+                 out_bits: int = 32, log_scale: int | None = None, sat_bits: int | None = None) -> DType:
     """Result type of a conv or linear: float in, float out; integers in, the sums with the input's
     and the weight's fractional bits (plus `shift`), stored in `out_bits` (accumulated in 32). With
     `log_scale` s the weights are 5-bit log codes (TTFS, on a ttfs input): code e stands for the
     integer sign * 2^(weight_frac + s - e), so every non-zero e must be at most weight_frac + s."""
+    if sat_bits is not None and (x.dtype.kind != "fix" or weight_frac is None or not 2 <= sat_bits <= out_bits):
+        op.fail(f"saturates its sums to {sat_bits} bits: only a quantized layer on multi-bit values does, to at most "
+                f"its {out_bits} stored bits")
     if log_scale is not None:
         if weight.dtype != np.uint8 or weight_frac is None:
             op.fail("logarithmic weights are u8 codes with a weight_frac")
@@ -248,7 +251,11 @@ class Conv2d(Op):
 
         y = b + sum over spikes and codes of sign * 2^(base - e - t),  base = F + s  (`tconv_base`),
 
-    each term dropped where base < e + t (below the accumulator's last bit): exact when weight_frac >= max e - s."""
+    each term dropped where base < e + t (below the accumulator's last bit): exact when weight_frac >= max e - s.
+
+    `sat_bits` (a training step's layers on multi-bit inputs, whose sums are bounded for their calibrated size,
+    not for every weight the update can reach): y = sat(b + (sum << shift)) to a signed integer of that many
+    bits, the sum exact."""
 
     opname: ClassVar[str] = "conv2d"
     weight: np.ndarray
@@ -259,6 +266,7 @@ class Conv2d(Op):
     shift: int = 0
     out_bits: int = 32
     log_scale: int | None = None
+    sat_bits: int | None = None
     fused: str | None = None  # the neuron, firing or time reduction run inside this layer (fuse pass)
     wdram: int | None = None  # DRAM address of the weights, then the bias (allocate pass)
     tile: tuple[int, int, int] | None = None  # output channels, output rows, input channels per tile (tile pass)
@@ -276,13 +284,14 @@ class Conv2d(Op):
         if oh <= 0 or ow <= 0:
             self.fail(f"kernel {kh}x{kw} does not fit input {x.shape[1]}x{x.shape[2]}")
         _check_bias(self, self.bias, cout, self.weight_frac)
-        dtype = _accumulator(self, x, self.weight, self.weight_frac, self.shift, self.out_bits, self.log_scale)
+        dtype = _accumulator(self, x, self.weight, self.weight_frac, self.shift, self.out_bits, self.log_scale,
+                             self.sat_bits)
         return x.with_(dtype=dtype, shape=(cout, oh, ow))
 
 
 @dataclass(eq=False, kw_only=True)
 class Linear(Op):
-    """y[t,o] = b[o] + sum_i w[o,i] * x[t,i]. Quantized (and TTFS) as conv2d."""
+    """y[t,o] = b[o] + sum_i w[o,i] * x[t,i]. Quantized (and TTFS, and saturating) as conv2d."""
 
     opname: ClassVar[str] = "linear"
     weight: np.ndarray
@@ -290,6 +299,7 @@ class Linear(Op):
     weight_frac: int | None = None
     out_bits: int = 32
     log_scale: int | None = None
+    sat_bits: int | None = None
     fused: str | None = None
     wdram: int | None = None
     tile: tuple[int, int, int] | None = None
@@ -301,7 +311,7 @@ class Linear(Op):
         if self.weight.ndim != 2 or x.shape != (self.weight.shape[1],):
             self.fail(f"weights {self.weight.shape} do not take an input {x}")
         _check_bias(self, self.bias, self.weight.shape[0], self.weight_frac)
-        dtype = _accumulator(self, x, self.weight, self.weight_frac, 0, self.out_bits, self.log_scale)
+        dtype = _accumulator(self, x, self.weight, self.weight_frac, 0, self.out_bits, self.log_scale, self.sat_bits)
         return x.with_(dtype=dtype, shape=(self.weight.shape[0],))
 
 

@@ -433,7 +433,11 @@ class ConvPlan(LayerPlan):
 
     @cached_property
     def ci_tiles(self) -> list[tuple[int, int]]:
-        return spans(self.cin, self.ci)
+        tiles = spans(self.cin, self.ci)
+        if len(tiles) > 1 and getattr(self.op, "sat_bits", None):  # sat(a + b) is not sat(sat(a) + b)
+            self.op.fail(f"saturates its sums, which it must add in one block of input channels: its {self.cin} input "
+                         f"channels take {len(tiles)} blocks in hardware config {self.hw.name!r}")
+        return tiles
 
     @property
     def tiles(self) -> int:
@@ -561,7 +565,8 @@ class ConvPlan(LayerPlan):
                 elif self.in_fmt == "spike":
                     code.append(self.instr("sconv", **args, wfmt=self.wfmt, planes=self.in_planes, mode=self.in_mode))
                 else:
-                    code.append(self.instr("dconv", **args, wfmt=self.wfmt, fmt=self.in_fmt))
+                    code.append(self.instr("dconv", **args, wfmt=self.wfmt, fmt=self.in_fmt,
+                                           sat_bits=getattr(self.op, "sat_bits", None) or 0))
         if fetch is not None:  # in DRAM's queue before this tile's last results
             code += self.resident_weights(fetch, self.co_tiles[k + 1])
         if self.consumer == "neuron":

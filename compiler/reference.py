@@ -17,6 +17,7 @@ from ttc.isa.io import decode_output, encode_input, spike_input
 from ttc.isa.mt import level_code
 from ttc.isa.neuron import PARAMS as NEURON_PARAMS, step as neuron_step
 from ttc.isa.table import rescale
+from ttc.isa.train import saturate
 from ttc.isa.ttfs import fire_times, synapse_weights, time_values
 from ttc.isa.train import active
 
@@ -116,7 +117,13 @@ def _weighted(dense):
 def _conv2d(op: Conv2d, x: torch.Tensor) -> torch.Tensor:
     w, b = _f64(op.weight), _f64(op.bias)
     y = _per_step(lambda v: F.conv2d(v, w, None, op.stride, op.padding), x) * 2.0 ** op.shift
-    return y if b is None else y + b.reshape(-1, 1, 1)
+    return _saturated(op, y if b is None else y + b.reshape(-1, 1, 1))
+
+
+def _saturated(op: Conv2d | Linear, y: torch.Tensor) -> torch.Tensor:
+    """A layer's sums as it stores them: saturated to sat_bits where it saturates (exact below 2^53 in float64,
+    and the machine's accumulator holds ACC_BITS < 53 bits)."""
+    return saturate(y, op.sat_bits)[0] if op.sat_bits else y
 
 
 def _neuron_q(ev: _Evaluation, op: NeuronQ, x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +146,7 @@ SEMANTICS = {
     Input: _input,
     Repeat: lambda ev, op, x: x.unsqueeze(0).expand(op.steps, *x.shape),
     Conv2d: _weighted(_conv2d),
-    Linear: _weighted(lambda op, x: F.linear(x, _f64(op.weight), _f64(op.bias))),
+    Linear: _weighted(lambda op, x: _saturated(op, F.linear(x, _f64(op.weight), _f64(op.bias)))),
     TTConv2d: lambda ev, op, x: tt_conv(op, x),
     Add: _integer(lambda op, a, b: rescale(a, op.shift_a) + rescale(b, op.shift_b)),
     Rescale: _integer(lambda op, x: rescale(x, op.shift)),

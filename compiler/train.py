@@ -54,7 +54,8 @@ import numpy as np
 
 
 from ttc.isa.hwconfig import HwConfig, multiply_action, neuron_update_actions
-from ttc.isa.train import band_fields
+from ttc.isa.table import BY_NAME
+from ttc.isa.train import ACC_BITS, band_fields
 
 from .ir import (Add, AvgPool, Conv2d, Graph, Input, IRError, Linear, MaxPool, NeuronQ, Op, Tape, TimeConcat,
                  TimeReduce, TimeSlice)
@@ -67,10 +68,11 @@ GRAD_BITS = 24
 GRAD_MAX = (1 << (GRAD_BITS - 1)) - 1
 #: A weight-gradient accumulator's shift leaves this many bits above its calibrated sum; it saturates (wgrad).
 WGRAD_HEADROOM = 4
-#: The transposed conv's accumulator (its sums are exact, then rounded and saturated: dconv's round_shift).
-ACC_BITS = 48
 #: A gradient's format leaves this many bits above the largest value of it on the calibration batch.
 CAL_HEADROOM = 3
+#: The farthest right `sgd` shifts a weight gradient (the most negative value of its signed shift field):
+#: finer weight-gradient formats are no use.
+SGD_REACH = 1 << (next(f for f in BY_NAME["sgd"].fields if f.name == "shift").bits - 1)
 #: Samples in the calibration batch made when the user gives none.
 CAL_SAMPLES = 16
 
@@ -342,20 +344,31 @@ class Calibration:
         return self.params.get(name, 0.0) * 2.0 ** frac
 
 
+def random_inputs(time: int | None, shape: tuple, spike: bool, bits: int, frac: int, density: float,
+                  seed: int = 0) -> np.ndarray:
+    """CAL_SAMPLES random inputs laid out as a model's ([T, N, ...] or [N, ...]): spikes at `density`, or
+    fixed-point values uniform over a quarter of the fix{bits}.{frac} format's positive range. The calibration
+    batch of a training step when the user gives none (its forward's formats and its gradients')."""
+    rng = np.random.default_rng(seed)
+    layout = ((time,) if time is not None else ()) + (CAL_SAMPLES,) + tuple(shape)
+    if spike:
+        return (rng.random(layout) < density).astype(np.float32)
+    return rng.uniform(0, 2.0 ** (bits - 3 - frac), layout).astype(np.float32)
+
+
 def calibrate(graph: Graph, options: TrainOptions, data: tuple[np.ndarray, np.ndarray] | None = None,
               seed: int = 0) -> Calibration:
-    """The gradients' sizes on `data` (inputs laid out as the model's input, integer labels), or on CAL_SAMPLES
-    random inputs (spikes at the options' density, or fixed-point values uniform over a quarter of the input
-    format's positive range) with random labels."""
+    """The gradients' sizes on `data` (inputs laid out as the model's input, integer labels), or on
+    `random_inputs` with random labels."""
     x_op = next(op for op in graph.ops if isinstance(op, Input))
     time = (x_op.type.time,) if x_op.type.time is not None else ()
     classes = graph.op(graph.outputs[0]).type.shape[0]
     if data is None:
-        rng = np.random.default_rng(seed)
-        shape, dt = time + (CAL_SAMPLES,) + tuple(x_op.type.shape), x_op.type.dtype
-        x = ((rng.random(shape) < options.spike_density).astype(np.float32) if dt.kind == "spike" else
-             rng.uniform(0, 2.0 ** (dt.bits - 3 - dt.frac), shape).astype(np.float32))
-        labels, source = rng.integers(0, classes, CAL_SAMPLES), f"{CAL_SAMPLES} random samples (seed {seed})"
+        dt = x_op.type.dtype
+        x = random_inputs(x_op.type.time, x_op.type.shape, dt.kind == "spike", dt.bits, dt.frac, options.spike_density,
+                          seed)
+        labels = np.random.default_rng(seed).integers(0, classes, CAL_SAMPLES)
+        source = f"{CAL_SAMPLES} random samples (seed {seed})"
     else:
         x, labels = np.asarray(data[0]), np.asarray(data[1])
         layout = time + (len(labels),) + tuple(x_op.type.shape)
@@ -591,15 +604,18 @@ def _layer_formats(graph: Graph, op: Op, neuron: NeuronQ | None, pool: MaxPool |
     # a weight-gradient accumulator adds a step's (y, x) terms of every sample: its calibrated sum with
     # 2^WGRAD_HEADROOM to spare (it saturates), or the worst case where that is smaller
     sums = options.batch * steps * r.oh * r.ow
+    # (no finer than the update's shift reaches: R(dW, sgd_shift) shifts right by at most SGD_REACH bits)
     r.wgrad_shift = fit_shift(min(math.ceil(sizes.param(op.name, r.grad_frac + x_frac)) << WGRAD_HEADROOM,
-                                  sums * x_bound * r.grad_bound), roundings=options.batch * steps)
+                                  sums * x_bound * r.grad_bound), roundings=options.batch * steps,
+                              most=min(0, r.weight_frac - options.lr_shift + SGD_REACH - r.grad_frac - x_frac))
     r.dw_frac = r.grad_frac + x_frac + r.wgrad_shift
     r.sgd_shift = r.weight_frac - options.lr_shift - r.dw_frac
     r.dw = take(4 * r.cout * r.cin * r.taps)
     if op.bias is not None:  # dB: the gradient summed over the outputs (a wgrad of a plane of ones)
         r.bias, r.bias_frac, r.bias_bits = True, op.type.dtype.frac, graph.notes["train_bias_bits"][op.name]
         r.db_shift = fit_shift(min(math.ceil(sizes.param(f"{op.name}.bias", r.grad_frac)) << WGRAD_HEADROOM,
-                                   sums * r.grad_bound), roundings=options.batch * steps)
+                                   sums * r.grad_bound), roundings=options.batch * steps,
+                               most=min(0, r.bias_frac - options.lr_shift + SGD_REACH - r.grad_frac))
         r.db_frac = r.grad_frac + r.db_shift
         r.bias_sgd_shift = r.bias_frac - options.lr_shift - r.db_frac
         r.db = take(4 * r.cout)

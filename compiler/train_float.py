@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ir import Conv2d, Graph, Input, Linear
+from .ir import Conv2d, Graph, Input, Linear, NeuronQ
 from .reference import evaluate
 
 
@@ -61,18 +61,33 @@ def _rounded(v: torch.Tensor, frac: int) -> torch.Tensor:
     return v + (torch.floor(v * 2.0 ** frac + 0.5) * 2.0 ** -frac - v).detach()
 
 
-def float_backward(graph: Graph, x: np.ndarray, labels: np.ndarray, loss: str, weights: dict | None = None,
-                   biases: dict | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(dL/dW of every conv and linear layer by its op's name, and dL/db keyed `name.bias`; dL/dv of every value
-    v the loss depends on through a parameter, by its op's name, [T, B, ...]) for one batch, at the layers'
-    integer `weights` and `biases` (those given; the graph's for the rest). L is the loss whose gradient the machine's e is:
-    1/2 sum (output - one-hot)^2 times (T / 2^ceil(log2 T))^2 ('mse'), or the softmax cross-entropy ('ce')."""
-    params, values, weights, biases = {}, {}, weights or {}, biases or {}
-    env = evaluate(graph, [x])
+def _saturated(v: torch.Tensor, bits: int, frac: int) -> torch.Tensor:
+    """v clamped to what a signed integer of `bits` bits holds at `frac` (a saturating conv's sums), its gradient
+    passed straight through."""
+    top = ((1 << (bits - 1)) - 1) * 2.0 ** -frac
+    return v + (v.clamp(-top, top) - v).detach()
+
+
+def _channels(v, ndim: int):
+    """A per-channel parameter (a [C] array) shaped to broadcast over a step's [B, C, ...]; a scalar as it is."""
+    if np.ndim(v) == 0:
+        return float(v)
+    return torch.as_tensor(np.asarray(v, dtype=np.float64)).reshape(-1, *([1] * (ndim - 2)))
+
+
+def _forward(graph: Graph, x: np.ndarray, parameter) -> dict[str, torch.Tensor]:
+    """Every value of `graph` in float64, op by op ([T, B, ...] or [B, ...]): a quantized graph (with its tapes)
+    as the network its integers stand for, rounding and saturating where its forward does (straight through), or
+    a float graph (before quantize) as it is. `parameter(op, w, b)` gives a layer's weight and bias tensors from
+    the floats they stand for (the training step's parameters)."""
+    quantized = any(isinstance(op, NeuronQ) for op in graph.ops) or any(
+        getattr(op, "weight_frac", None) is not None for op in graph.ops)
+    env = evaluate(graph, [x]) if quantized else None
+    values: dict[str, torch.Tensor] = {}
     for op in graph.ops:
         ins = [values.get(name) for name in op.inputs]
         if isinstance(op, Input):
-            v = env[op.name] * 2.0 ** -op.type.dtype.frac
+            v = env[op.name] * 2.0 ** -op.type.dtype.frac if quantized else torch.from_numpy(np.asarray(x, np.float64))
         elif op.opname in ("flatten",):
             v = ins[0].flatten(2)
         elif op.opname == "rescale":
@@ -82,21 +97,26 @@ def float_backward(graph: Graph, x: np.ndarray, labels: np.ndarray, loss: str, w
         elif op.opname == "repeat":
             v = ins[0].unsqueeze(0).expand(op.steps, *ins[0].shape)
         elif isinstance(op, (Conv2d, Linear)):
-            w = weights.get(op.name, torch.from_numpy(op.weight.astype(np.int64)))
-            w = params[op.name] = (w.double() * 2.0 ** -op.weight_frac).requires_grad_(True)
-            b = None
-            if op.bias is not None:
-                b = biases.get(op.name, torch.from_numpy(op.bias.astype(np.int64)))
-                b = params[f"{op.name}.bias"] = (b.double() * 2.0 ** -op.type.dtype.frac).requires_grad_(True)
+            w = torch.from_numpy(op.weight.astype(np.float64))
+            b = torch.from_numpy(op.bias.astype(np.float64)) if op.bias is not None else None
+            if op.weight_frac is not None:
+                w, b = w * 2.0 ** -op.weight_frac, b * 2.0 ** -op.type.dtype.frac if b is not None else None
+            w, b = parameter(op, w, b)
             if isinstance(op, Linear):
                 v = F.linear(ins[0], w, b)
             else:
                 z = F.conv2d(ins[0].flatten(0, 1), w, b, stride=op.stride, padding=op.padding)
                 v = z.reshape(*ins[0].shape[:2], *z.shape[1:])
+            if op.sat_bits:
+                v = _saturated(v, op.sat_bits, op.type.dtype.frac)
         elif op.opname == "neuron_q":
             frac = graph.op(op.inputs[0]).type.dtype.frac + op.in_shift
             v = float_neuron(ins[0], op.decay_mul / (1 << op.decay_shift), op.theta * 2.0 ** -frac, op.band * 2.0 ** -frac,
                              op.reset, op.v_reset * 2.0 ** -frac, op.v_init * 2.0 ** -frac, op.order, op.cmp, frac)
+        elif op.opname == "neuron":  # a float graph's (one threshold: what the training step takes)
+            ndim = ins[0].dim() - 1
+            v = float_neuron(ins[0], _channels(op.decay, ndim), _channels(op.theta, ndim), 0.0, op.reset, op.v_reset,
+                             op.v_init, op.order, op.cmp)
         elif op.opname == "maxpool":
             y = F.max_pool2d(ins[0].flatten(0, 1), op.kernel, op.stride, op.padding, ceil_mode=op.ceil_mode)
             v = y.reshape(*ins[0].shape[:2], *y.shape[1:])
@@ -104,7 +124,8 @@ def float_backward(graph: Graph, x: np.ndarray, labels: np.ndarray, loss: str, w
             y = F.avg_pool2d(ins[0].flatten(0, 1), op.kernel, op.stride, divisor_override=op.area)
             v = y.reshape(*ins[0].shape[:2], *y.shape[1:])
         elif op.opname == "add":
-            v = (_rounded(ins[0], op.frac - op.halve) + _rounded(ins[1], op.frac - op.halve)) / (2 if op.halve else 1)
+            a, c = ins if op.frac is None else (_rounded(i, op.frac - op.halve) for i in ins)
+            v = (a + c) / (2 if op.halve else 1)
         elif op.opname == "time_slice":
             v = ins[0][op.start:op.stop]
         elif op.opname == "time_concat":
@@ -113,9 +134,41 @@ def float_backward(graph: Graph, x: np.ndarray, labels: np.ndarray, loss: str, w
             v = ins[0].mean(0)
         else:
             op.fail("has no float semantics for a training step")
+        values[op.name] = v
+    return values
+
+
+def float_values(graph: Graph, x: np.ndarray) -> dict[str, float]:
+    """The largest |v| of every value of a float graph (before quantize) on inputs x: what a training step's
+    forward formats are calibrated for (`ttc.compiler.passes.quantize`)."""
+    with torch.no_grad():
+        return {name: float(v.abs().max()) if v.numel() else 0.0
+                for name, v in _forward(graph, x, lambda op, w, b: (w, b)).items()}
+
+
+def float_backward(graph: Graph, x: np.ndarray, labels: np.ndarray, loss: str, weights: dict | None = None,
+                   biases: dict | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(dL/dW of every conv and linear layer of a quantized graph by its op's name, and dL/db keyed `name.bias`;
+    dL/dv of every value v the loss depends on through a parameter, by its op's name, [T, B, ...]) for one batch,
+    at the layers' integer `weights` and `biases` (those given; the graph's for the rest). L is the loss whose
+    gradient the machine's e is: 1/2 sum (output - one-hot)^2 times (T / 2^ceil(log2 T))^2 ('mse'), or the
+    softmax cross-entropy ('ce')."""
+    params, weights, biases = {}, weights or {}, biases or {}
+
+    def parameter(op, w, b):
+        if op.name in weights:
+            w = weights[op.name].double() * 2.0 ** -op.weight_frac
+        params[op.name] = w = w.requires_grad_(True)
+        if b is not None:
+            if op.name in biases:
+                b = biases[op.name].double() * 2.0 ** -op.type.dtype.frac
+            params[f"{op.name}.bias"] = b = b.requires_grad_(True)
+        return w, b
+
+    values = _forward(graph, x, parameter)
+    for v in values.values():
         if v.requires_grad:
             v.retain_grad()
-        values[op.name] = v
     out, steps = values[graph.outputs[0]], graph.op(graph.op(graph.outputs[0]).inputs[0]).type.time
     if loss == "ce":
         total = F.cross_entropy(out, torch.from_numpy(labels), reduction="sum")

@@ -55,6 +55,10 @@ def backward_step(g_next, g_s, tape, spikes, *, decay_mul: int, decay_shift: int
     return rescale(g_s, src_shift) * tape + carried
 
 
+#: The accumulator of a saturating multiply-accumulate (dconv with sat_bits): its exact sums hold this many bits.
+ACC_BITS = 48
+
+
 def saturate(v, bits: int):
     """v clamped to a signed integer of `bits` bits, +-(2^(bits-1) - 1), and how many values were clamped
     (the gradients' saturation: their formats are chosen for the weights' typical size, not the worst case)."""

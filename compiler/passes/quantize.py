@@ -13,6 +13,12 @@
   rounding half up), no finer than keeps the sum within `stream_bits` bits;
 * a conv of a multi-bit value whose sums could overflow 32 bits reads it through a `rescale` that
   rounds off as few low bits as it needs;
+* a training step's layers (`training`) hold any weights of their format the update can reach, so their
+  worst case is far above what they compute; a layer on multi-bit values is formatted instead for the
+  largest sums the float network reaches on the calibration inputs (`calibration`, or `random_inputs`),
+  with 2^FORWARD_HEADROOM to spare, and saturates its sums to 32 bits (`sat_bits`, exact below ACC_BITS):
+  a chain of them (a tensor-train layer's cores) keeps its bits, where worst-case bounds would round a
+  later core's input to nothing;
 * a conv or add whose every reader is a conv is stored in 8 or 16 bits where its bound allows;
 * TTFS (docs/ttfs.md): a layer on spike times keeps its weights as 5-bit log codes, which must already
   lie on that grid (powers of two within 2^14 of the largest: CAT training's `LogConv2d` /
@@ -41,12 +47,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from ttc.isa.mt import max_code
+from ttc.isa.train import ACC_BITS
 from ttc.isa.table import rescale
 from ttc.isa.ttfs import ZERO_EXPONENT, synapse_weights
 
 from ..ir import (Add, AvgPool, Concat, Conv2d, Fire, Graph, Input, IRError, Linear, Membrane, Neuron, NeuronQ, Op, Repeat,
                   Rescale, SPIKE, TimeConcat, TimeReduce, TTConv2d, fix, tconv_base)
 from ..layout import ALIASES
+from ..train import random_inputs
+from ..train_float import float_values
 from . import Pass, register, user_option
 
 LIMIT = 1 << 31
@@ -88,6 +97,8 @@ def quantize_weights(w: np.ndarray, frac: int, bits: int) -> np.ndarray:
 #: Training (docs/training.md): weights keep this many bits above the largest initial weight, room to grow
 #: before the update saturates them.
 TRAIN_HEADROOM = 2
+#: Training: a layer on multi-bit values leaves this many bits above its calibrated sums before they saturate.
+FORWARD_HEADROOM = 4
 
 
 def conv_bounds(weight: np.ndarray, x_bound) -> np.ndarray:
@@ -157,6 +168,8 @@ class Quantize(Pass):
                                     "products would overflow")
     stream_bits: int = 32
     training: int = 0  # weights for a training step: this many bits, with headroom; bounds for any such weights
+    calibration: object = None  # a training step's calibration inputs (None: random_inputs at calibration_density)
+    calibration_density: float = 0.1
 
     def run(self, graph: Graph) -> Graph:
         if self.weight_bits != 8:
@@ -164,6 +177,7 @@ class Quantize(Pass):
         if self.training:
             self.weight_bits = self.training
         self.graph = graph
+        self.sizes = self.calibrated_sizes(graph) if self.training else None
         self.bound: dict[str, int] = {}
         self.state_frac: dict[str, int] = {}
         for op in list(graph.ops):  # in program order: every operand is quantized before its readers
@@ -178,6 +192,25 @@ class Quantize(Pass):
             op.type = op.infer([graph.op(i).type for i in op.inputs])
             self.check(op, self.bound[op.name])
         return graph.infer_types()
+
+    def calibrated_sizes(self, graph: Graph) -> dict[str, float] | None:
+        """The largest |v| of every value of the float graph on the calibration inputs (None where the float
+        network cannot be evaluated: the training step's checks then name what it cannot take)."""
+        x, op = self.calibration, next((o for o in graph.ops if isinstance(o, Input)), None)
+        if op is None:
+            return None
+        t = op.declared
+        if x is None:
+            x = random_inputs(t.time, t.shape, t.dtype == SPIKE, self.input_bits, self.input_frac,
+                              self.calibration_density)
+        elif x.shape[:1] + x.shape[2:] != (t.time,) + tuple(t.shape) and x.shape[1:] != tuple(t.shape):
+            raise IRError(f"calibration data of shape {x.shape}: the model's input takes "
+                          f"{'[T, N, ...]' if t.time is not None else '[N, ...]'} with T, ... = "
+                          f"{((t.time,) if t.time is not None else ()) + tuple(t.shape)}")
+        try:
+            return float_values(graph, x)
+        except IRError:
+            return None
 
     def check(self, op: Op, bound: int) -> None:
         if bound >= LIMIT:
@@ -210,11 +243,17 @@ class Quantize(Pass):
                 fan_in = np.full_like(fan_in, q[0].size << (self.weight_bits - 1))
             bias = op.bias.astype(np.float64) if op.bias is not None else np.zeros(q.shape[0])
             x = ins[0]
+            # a training step's layer on multi-bit values: formatted for its calibrated sums, saturating
+            size = self.sizes.get(op.name) if self.sizes is not None and x.type.dtype.kind == "fix" else None
             for shift in range(0, -32, -1) if x.type.dtype.kind == "fix" else (0,):  # spikes cannot be rescaled
                 bq = np.rint(bias * 2.0 ** (x.type.dtype.frac + shift + frac))
                 x_bound = rescale(b_in, shift)
-                biases = self.bias_reserve(op, int((fan_in * x_bound).max()), bq)
-                if int((fan_in * x_bound).max()) + biases < LIMIT:
+                worst = int((fan_in * x_bound).max())
+                biases = self.bias_reserve(op, min(worst, LIMIT - 1), bq)
+                if size is None and worst + biases < LIMIT:
+                    break
+                if size is not None and worst + biases < 1 << (ACC_BITS - 1) and (
+                        size * 2.0 ** (x.type.dtype.frac + shift + frac + FORWARD_HEADROOM) < LIMIT):
                     break
             if shift < 0:
                 x = self.insert_rescale(op, x, shift, x_bound)
@@ -222,7 +261,9 @@ class Quantize(Pass):
                 op.fail(f"bias {np.abs(bias).max()} does not fit 32 bits at 2^-{x.type.dtype.frac + frac}")
             op.weight, op.weight_frac = q, frac
             op.bias = bq.astype(np.int32) if op.bias is not None else None
-            self.bound[op.name] = int((fan_in * x_bound).max()) + biases
+            if worst + biases >= LIMIT:  # (calibrated: the worst case fits the accumulator, the result saturates)
+                op.sat_bits = 32
+            self.bound[op.name] = min(worst + biases, LIMIT - 1)
         elif isinstance(op, TTConv2d):
             self.tensor_train(op, ins[0], b_in)
         elif isinstance(op, Add):
