@@ -351,8 +351,8 @@ def _dconv(m: Machine, i: Instr) -> None:
     a = m.event.actions
     if i["sat_bits"]:
         if y.size and int(np.abs(y).max()) >> (train.ACC_BITS - 1):
-            raise InternalError(f"dconv: sums of {int(np.abs(y).max()).bit_length()} bits overflow the "
-                                f"{train.ACC_BITS}-bit accumulator (the compiler bounds them)")
+            raise SimError(f"instruction {m.pc} (dconv): sums of {int(np.abs(y).max()).bit_length()} bits overflow "
+                           f"its {train.ACC_BITS}-bit accumulator")
         y = rescale(y, -i["round_shift"])
         if i["accumulate"]:
             y = y + m.read(i["dst"], "i32", y.shape[1])
