@@ -14,13 +14,29 @@ import numpy as np
 from . import cli, mutators
 
 
+class BackendsDiffer(AssertionError):
+    """The JIT and NumPy simulators disagree on a program (a failure the engine records)."""
+
+
 def _program(blob: bytes) -> None:
-    """prog.bin: load and validate; a program that loads is simulated on a batch of one (zeros)."""
+    """prog.bin: load and validate; a program that loads is simulated on a batch of one (zeros) by both
+    simulator backends, which must agree: the same outputs and counters, or the same error."""
+    from ttc.isa.errors import UserError
     from ttc.isa.program import Program
     from ttc.runtime.run import run
     prog = Program.from_bytes(blob, "fuzz.bin")
     inputs = [np.zeros([1 if d == "N" else d for d in _shape(io)], dtype=np.float32) for io in prog.meta["inputs"]]
-    run(prog, inputs)
+    results = []
+    for backend in ("numpy", "jit"):
+        try:
+            r = run(prog, inputs, backend)
+            results.append(([o.tobytes() for o in r.outputs], r.counters, r.cycles))
+        except UserError as e:
+            results.append((type(e).__name__, str(e)))
+    if results[0] != results[1]:
+        raise BackendsDiffer(f"numpy: {str(results[0])[:300]}; jit: {str(results[1])[:300]}")
+    if isinstance(results[0][0], str):
+        raise UserError(results[0][1])
 
 
 def _shape(io: dict) -> list:

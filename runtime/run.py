@@ -101,7 +101,22 @@ def _read_output(machine: Machine, io: dict) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(values, 0, 1)) if io["time"] is not None else values[:, 0]
 
 
-def run(prog: Program, inputs: list[np.ndarray]) -> RunResult:
+#: The simulator's backends: NumPy handlers (the reference), or native kernels where they apply
+#: (ttc.simulator.jit; the default)
+BACKENDS = ("numpy", "jit")
+
+
+def machine_class(backend: str | None = None):
+    """The machine of `backend` (None: jit)."""
+    if backend in (None, "jit"):
+        from ttc.simulator.jit import JitMachine
+        return JitMachine
+    if backend == "numpy":
+        return Machine
+    raise InputError(f"unknown simulator backend {backend!r} (one of {', '.join(BACKENDS)})")
+
+
+def run(prog: Program, inputs: list[np.ndarray], backend: str | None = None) -> RunResult:
     ios = prog.meta["inputs"]
     if len(inputs) != len(ios):
         raise InputError(f"the program takes {len(ios)} inputs, got {len(inputs)}")
@@ -109,7 +124,7 @@ def run(prog: Program, inputs: list[np.ndarray]) -> RunResult:
     if len(batches) != 1:
         raise InputError(f"inputs disagree on the batch size: {sorted(batches)}")
     batch = batches.pop()
-    machine = Machine(prog, batch)
+    machine = machine_class(backend)(prog, batch)
     saturation = {}
     for io, x in zip(ios, inputs):
         x = np.asarray(x)

@@ -17,7 +17,7 @@ from ttc.isa import progress
 from ttc.isa.errors import UserError
 from ttc.isa.program import Program
 from ttc.simulator.energy import EnergyModel
-from ttc.simulator.machine import Machine
+from ttc.runtime.run import machine_class
 from ttc.simulator.timeline import Timeline
 
 from ttc.compiler.train import ce_gradient
@@ -52,14 +52,14 @@ def _phase_of(layers: list[dict]) -> list[str]:
 class Trainer:
     """The machine of a training-step program for batches of `batch` samples."""
 
-    def __init__(self, prog: Program, batch: int):
+    def __init__(self, prog: Program, batch: int, backend: str | None = None):
         if "train" not in prog.meta:
             raise TrainInputError("the program is not a training step (compile it with `ttc compile --train`)")
         self.prog, self.train, self.batch = prog, prog.meta["train"], batch
         if batch > self.train["options"]["batch"]:
             raise TrainInputError(f"batch {batch} is larger than the {self.train['options']['batch']} the step was "
                                   "compiled for (its gradient formats hold sums over that many samples)")
-        self.machine = Machine(prog, batch)
+        self.machine = machine_class(backend)(prog, batch)
         self.phases = _phase_of(prog.meta["layers"])
         self.cycles: dict[str, int] = {}  # per phase, from the first step's timelines (data-independent)
         self.timed: set[int] = set()  # the segments (by first instruction) whose timeline has run

@@ -270,22 +270,28 @@ def _sconv(m: Machine, i: Instr) -> None:
     cin, planes, mode = i["cin"], i["planes"], i["mode"]
     x, w = _conv_operands(m, i, "spike", i["wfmt"], planes)
     fanout = (w != 0).sum(axis=0)
-    y, a = 0, m.event.actions
-    outputs = i["cout"] * i["oh"] * i["ow"] * m.batch
+    y, adds = 0, []
     for p in range(planes):
         spikes = x[:, p * cin:(p + 1) * cin]
-        if p and mode == "cascade":
-            y = y << 1
+        y = (y << 1 if p and mode == "cascade" else y) + _conv_sums(m, i, spikes, w)
+        adds.append(int(_per_tap(spikes, i) @ fanout))
+    m.event.actions.update(sconv_actions(i, m.batch, adds))
+    _accumulate(m, i, y << i["shift"])
+
+
+def sconv_actions(i: Instr, batch: int, adds: list[int]) -> Counter:
+    """What an sconv does, given each plane's spike-driven adds (over the batch)."""
+    a, outputs = Counter(), i["cout"] * i["oh"] * i["ow"] * batch
+    for p, n in enumerate(adds):
+        if p and i["mode"] == "cascade":
             a[PLANE_SHIFT.format(k=p)] = outputs
             a["shift32"] += outputs
-        y = y + _conv_sums(m, i, spikes, w)
-        adds = int(_per_tap(spikes, i) @ fanout)
-        a[PLANE_ADD.format(k=p)] = adds
-        a["spike_add"] += adds
+        a[PLANE_ADD.format(k=p)] = n
+        a["spike_add"] += n
     a[spike_add_action(i["wfmt"])] = a["spike_add"]
     if i["shift"]:
         a["shift32"] += outputs
-    _accumulate(m, i, y << i["shift"])
+    return a
 
 
 def _tconv(m: Machine, i: Instr) -> None:
@@ -361,10 +367,21 @@ def _dconv(m: Machine, i: Instr) -> None:
     else:
         _accumulate(m, i, y)
     taps = (x != 0).astype(np.int64) if i["skip"] else np.ones((1,) + x.shape[1:], np.int64) if real is None else real
-    a["mac"] = a["add32"] = int(_per_tap(taps, conv).sum()) * cout * (1 if i["skip"] else m.batch)
-    a[multiply_action(i["fmt"], i["wfmt"])] = a["mac"]
+    a.update(dconv_actions(i, m.batch, int(_per_tap(taps, conv).sum()) * cout * (1 if i["skip"] else m.batch)))
+
+
+def dconv_actions(i: Instr, batch: int, macs: int) -> Counter:
+    """What a dconv does besides saturating, given its multiply-accumulates (over the batch)."""
+    a = Counter(mac=macs, add32=macs)
+    a[multiply_action(i["fmt"], i["wfmt"])] = macs
     if i["shift"]:
-        a["shift32"] += y.shape[1] * m.batch
+        a["shift32"] += i["cout"] * i["oh"] * i["ow"] * batch
+    return a
+
+
+def dense_dconv_macs(i: Instr, batch: int) -> int:
+    """A forward dconv's multiply-accumulates (every in-bounds tap, whatever the values)."""
+    return int(_per_tap(np.ones((1, i["cin"], i["ih"], i["iw"]), np.int64), i).sum()) * i["cout"] * batch
 
 
 def _pool(m: Machine, i: Instr) -> None:
@@ -374,8 +391,12 @@ def _pool(m: Machine, i: Instr) -> None:
     win = sliding_window_view(_window(x, i, k, k, s, s, i["pl"], fill), (k, k), axis=(2, 3))[:, :, ::s, ::s]
     y = {"max": win.max, "min": win.min, "sum": win.sum}[i["mode"]](axis=(4, 5))
     m.write(i["dst"], i["dst_fmt"], y)
+    m.event.actions.update(pool_actions(i, m.batch))
+
+
+def pool_actions(i: Instr, batch: int) -> Counter:
     op = "add32" if i["mode"] == "sum" else "or1" if i["src_fmt"] == "spike" else "cmp32"
-    m.event.actions[op] += y[0].size * k * k * m.batch
+    return Counter({op: i["channels"] * i["oh"] * i["ow"] * i["k"] * i["k"] * batch})
 
 
 def _nrn(m: Machine, i: Instr) -> None:
@@ -385,18 +406,29 @@ def _nrn(m: Machine, i: Instr) -> None:
         params["decay_mul"] = m.read(Ref(state.mem, state.addr + 4 * n), "i32", n)
     planes, h = neuron_step(m.read(state, "i32", n), m.read(i["src"], "i32", n), **params)
     m.write(state, "i32", h)
-    a, count = m.event.actions, n * m.batch
-    a["spike"] = sum(int(s.sum()) for s in planes)
+    spikes, active = sum(int(s.sum()) for s in planes), None
     if i["band"]:  # training: the active bits follow the spike planes
         planes = [*planes, train.active(h, i["theta"], i["band"] << i["band_exp"])]
-        a["active"] = int(planes[-1].sum())
+        active = int(planes[-1].sum())
     for k, s in enumerate(planes):
         m.write(Ref(i["dst"].mem, i["dst"].addr + k * elems_bytes("spike", n)), "spike", s)
-    a["neuron_update"] = count
-    decays = params["decay_mul"][0] if i["per_neuron"] else params["decay_mul"]  # every sample holds the same
+    m.event.actions.update(nrn_actions(m, i, spikes, active))
+
+
+def nrn_actions(m: Machine, i: Instr, spikes: int, active: int | None) -> Counter:
+    """What an nrn does, given the spikes it fired and (with a band) its active neurons, over the batch."""
+    n, state = i["n"], i["state"]
+    a, count = Counter(spike=spikes, neuron_update=n * m.batch), n * m.batch
+    if active is not None:
+        a["active"] = active
+    # every sample holds the same per-neuron multipliers (the n i32 after the states): sample 0's, looked at
+    # (the handler has read them, and counted it)
+    at = state.addr + 4 * n
+    decays = m.mem[state.mem][0, at:at + 4 * n].view("<i4").astype(np.int64) if i["per_neuron"] else i["decay_mul"]
     actions = neuron_update_actions(i["reset"], i["in_shift"], decays, i["decay_shift"], i["levels"], i["mode"])
     for action, per_update in actions.items():
         a[action] = round(count * per_update)  # averaged over the n multipliers: the product is whole
+    return a
 
 
 def _vacc(m: Machine, i: Instr) -> None:
@@ -404,10 +436,17 @@ def _vacc(m: Machine, i: Instr) -> None:
     y = rescale(m.read(i["src"], i["src_fmt"], n), shift) * (-1 if i["neg"] else 1)
     if i["accumulate"]:
         y = y + m.read(i["dst"], i["dst_fmt"], n)
-        m.event.actions["add32"] += n * m.batch
-    if shift:
-        m.event.actions["shift32"] += n * m.batch
+    m.event.actions.update(vacc_actions(i, m.batch))
     m.write(i["dst"], i["dst_fmt"], y)
+
+
+def vacc_actions(i: Instr, batch: int) -> Counter:
+    a = Counter()
+    if i["accumulate"]:
+        a["add32"] = i["n"] * batch
+    if i["shift"]:
+        a["shift32"] = i["n"] * batch
+    return a
 
 
 def _nbwd(m: Machine, i: Instr) -> None:

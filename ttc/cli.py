@@ -310,7 +310,7 @@ def cmd_run(a) -> int:
     x = _load_input(a.input) if a.input else default_input(ios[0])
     source = input_provenance(x, a.input)
     try:
-        result = run(prog, [x])
+        result = run(prog, [x], a.backend)
     except InputError as e:
         raise naming(a.input or a.program, e) from e  # the default input is the program's
     except UserError as e:  # what the program does on this machine (or on the --hw one: both are named)
@@ -675,6 +675,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", parents=[verbose], help="run prog.bin on the simulator")
     r.add_argument("--sim", action="store_true", help="run on the instruction-level simulator")
+    r.add_argument("--backend", choices=("jit", "numpy"), default="jit", help="the simulator's backend: native "
+                   "kernels (jit, the default) or NumPy handlers (the reference): the same outputs and counters")
     r.add_argument("program")
     r.add_argument("--input", help=".npy laid out as the model's forward input (any batch size)")
     r.add_argument("--output", help="write what forward returns (.npy; .npz for several tensors, each named "

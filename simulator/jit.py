@@ -1,0 +1,161 @@
+"""The JIT backend of the simulator: the machine of `ttc.simulator.machine` with native kernels
+(`ttc.simulator.native`) for the opcodes they cover, the NumPy handlers for the rest.
+
+What an instruction does natively is planned once per program (`plan`): its kernel, its fields as the
+kernel's integers, the scratch it needs, the bytes it moves (its footprint, which is what the NumPy
+handlers count) and its static work. An instruction no kernel takes (an opcode without one, a format or
+mode it does not handle, a footprint outside the memories, fields the NumPy handler refuses) runs its
+NumPy handler, which also gives it its error. Counters, events and listeners are the NumPy backend's:
+each kernel returns what depends on the data (spikes fired, adds done, values saturated) and the same
+rules (`sconv_actions`, `nrn_actions`, ...) turn that into the instruction's actions.
+"""
+from __future__ import annotations
+
+import ctypes
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from ttc.isa.encoding import Instr
+from ttc.isa.errors import InternalError
+from ttc.isa.footprint import regions
+from ttc.isa.hwconfig import memory_bytes
+from ttc.isa.program import Program
+from ttc.isa.table import MEMORIES
+
+from . import native
+from .machine import (Event, Machine, SimError, dconv_actions, dense_dconv_macs, nrn_actions, pool_actions,
+                      sconv_actions, vacc_actions)
+
+#: Counts a kernel may return after its error code (an sconv's planes)
+OUT_SLOTS = 16
+
+
+@dataclass
+class Planned:
+    """One instruction as a kernel call."""
+
+    kernel: object
+    args: np.ndarray
+    scratch: int  # bytes
+    reads: Counter
+    writes: Counter
+    static: Counter  # actions that do not depend on the data
+
+
+def _conv_scratch(i: Instr) -> int:
+    """The transposed weights (i32), each tap's non-zero count (i64) and the sums (i64)."""
+    taps = i["cin"] * i["kh"] * i["kw"]
+    return 4 * taps * i["cout"] + 8 * taps + 8 * i["cout"] * i["oh"] * i["ow"]
+
+
+def _native(i: Instr, sizes: dict[str, int]):
+    """Whether a kernel computes `i` as its NumPy handler does (else the handler runs it, and raises what it
+    refuses), and the scratch it needs."""
+    op = i.op
+    if op not in native.KERNELS:
+        return None
+    if any(r.hi > sizes[r.mem] for r in regions(i)):
+        return None
+    if op in ("sconv", "dconv"):
+        if min(i["cin"], i["cout"], i["oh"], i["ow"], i["kh"], i["kw"], i["sh"], i["sw"]) < 1:
+            return None
+        if op == "sconv" and not 1 <= i["planes"] < OUT_SLOTS:
+            return None
+        if op == "dconv" and (i["transposed"] or i["skip"]):
+            return None
+        return _conv_scratch(i)
+    if op == "pool" and min(i["oh"], i["ow"], i["k"], i["stride"]) < 1:
+        return None
+    if op == "nrn" and i["levels"] != 1:
+        return None
+    return 0
+
+
+def plan(prog: Program) -> tuple:
+    """Per instruction: a `Planned` kernel call, or None (the NumPy handler runs it). Made once per program."""
+    if getattr(prog, "_jit_plan", None) is None:
+        prog._jit_plan = _plan(prog)
+    return prog._jit_plan
+
+
+def _plan(prog: Program) -> tuple:
+    kernels = native.compiled()
+    sizes = {"dram": prog.meta["dram_bytes"], **{m: b.bytes for m, b in prog.hw.buffers.items()}}
+    out = []
+    for i in prog.code:
+        scratch = _native(i, sizes)
+        args = native.encode(i) if scratch is not None else None
+        if args is None:
+            out.append(None)
+            continue
+        reads, writes = Counter(), Counter()
+        for r in regions(i):
+            for mode, moved in (("r", reads), ("w", writes)):
+                if mode in r.mode:
+                    moved[r.mem] += r.hi - r.lo
+        static = Counter()
+        if i.op == "vacc":
+            static = vacc_actions(i, 1)
+        elif i.op == "pool":
+            static = pool_actions(i, 1)
+        elif i.op == "dconv":
+            static = dconv_actions(i, 1, dense_dconv_macs(i, 1))
+        out.append(Planned(kernels[i.op], args, scratch, +reads, +writes, static))
+    return tuple(out)
+
+
+class JitMachine(Machine):
+    """The simulator's machine, with native kernels where `plan` has one."""
+
+    def __init__(self, prog: Program, batch: int):
+        super().__init__(prog, batch)
+        self.plan = plan(prog)
+        self.bases = (ctypes.c_void_p * len(MEMORIES))(*(self.mem[m].ctypes.data for m in MEMORIES))
+        self.strides = np.array([self.mem[m].shape[1] for m in MEMORIES], dtype=np.int64)
+        self.scratch = np.zeros(max((p.scratch for p in self.plan if p is not None), default=0) + 64, dtype=np.uint8)
+        self.out = np.zeros(OUT_SLOTS, dtype=np.int64)
+
+    def step(self, instr: Instr) -> bool:
+        p = self.plan[self.pc]
+        if p is None:
+            return super().step(instr)
+        self.out[:] = 0
+        p.kernel(self.bases, self.strides.ctypes.data, self.batch, p.args.ctypes.data, self.out.ctypes.data,
+                 self.scratch.ctypes.data)
+        if self.out[0]:
+            self._fail(instr, int(self.out[0]))
+        self.event = Event(actions=self._actions(instr, p), reads=p.reads, writes=p.writes)
+        self.counters.update(self.event.actions)
+        for direction, moved in (("read", p.reads), ("write", p.writes)):
+            for m, n in moved.items():
+                self.counters[memory_bytes(m, direction)] += n * self.batch
+        self.counters["instructions"] += self.batch
+        for listener in self.listeners:
+            listener.on_instr(self.pc, instr, self.event)
+        return True
+
+    def _actions(self, i: Instr, p: Planned) -> Counter:
+        """The NumPy handler's actions, from the kernel's counts."""
+        op, out = i.op, self.out
+        if op == "sconv":
+            return sconv_actions(i, self.batch, [int(out[1 + k]) for k in range(i["planes"])])
+        if op == "nrn":
+            return nrn_actions(self, i, int(out[1]), int(out[2]) if i["band"] else None)
+        a = Counter({action: n * self.batch for action, n in p.static.items()})
+        if op == "dconv" and i["sat_bits"]:
+            a["grad_saturated"] = int(out[1])
+        return a
+
+    def _fail(self, i: Instr, code: int) -> None:
+        """The error the NumPy handler raises: an overflow is said here (the kernel may have written part of
+        its output); the checks made before anything is written, by the handler itself."""
+        if code == native.OVERFLOW:
+            fmt, ref = {"vacc": ("dst_fmt", "dst"), "pool": ("dst_fmt", "dst")}.get(i.op, (None, "dst"))
+            ref = "state" if i.op == "nrn" else ref
+            raise SimError(f"instruction {self.pc} ({i.op}): value out of {i[fmt] if fmt else 'i32'} range writing "
+                           f"{i[ref]} (overflow)")
+        super().step(i)
+        raise InternalError(f"instruction {self.pc} ({i.op}): the native kernel failed ({code}) where the NumPy "
+                            "handler does not (a JIT bug)")

@@ -1,0 +1,673 @@
+"""Native instruction kernels for the simulator's JIT backend (llvmlite): one generated LLVM function per
+opcode, compiled once per process at -O3 for the host CPU, called once per instruction with the batch's
+memories (docs/simulator.md).
+
+A kernel's signature is
+
+    void k(i8** bases, i64* strides, i64 batch, i64* args, i64* out, i8* scratch)
+
+`bases[m]` is memory m's first sample and `strides[m]` the bytes between two samples' copies (the machine's
+[B, bytes] arrays); `args` the instruction's fields as integers (`ttc.simulator.jit` lays them out, a
+reference as its memory's index and its address); `out` what the kernel counts (out[0]: an error code, 0
+when none; the rest per opcode); `scratch` a work area (a conv's transposed weights and sums). Every kernel
+loops over the samples itself. The arithmetic is the NumPy handlers' (`ttc.simulator.machine`), on int64,
+and the JIT tests hold the two to the same bits and counters.
+
+The kernels are written with `_Kernel`, a small structured builder over llvmlite's IRBuilder: loop
+counters and running values live in allocas, which -O3 promotes to registers, so loops read as loops.
+"""
+from __future__ import annotations
+
+import ctypes
+from contextlib import contextmanager
+from functools import lru_cache
+
+import llvmlite.binding as llvm
+import llvmlite.ir as ir
+import numpy as np
+
+from ttc.isa.table import BY_NAME, MEMORIES, TIME
+
+I1, I8, I16, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+P8 = I8.as_pointer()
+WIDTH = {1: I8, 2: I16, 4: I32}
+SIGNATURE = ir.FunctionType(ir.VoidType(), [P8.as_pointer(), I64.as_pointer(), I64, I64.as_pointer(), I64.as_pointer(), P8])
+CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                         ctypes.c_void_p)
+
+#: out[0] error codes (the JIT backend raises the NumPy backend's message for each)
+OVERFLOW, INEXACT, ACCUMULATOR = 1, 2, 3
+
+
+class _Kernel:
+    """One kernel function being built: structured loops and branches, typed loads and stores, int64 values."""
+
+    def __init__(self, module: ir.Module, name: str, op: str):
+        self.fn = ir.Function(module, SIGNATURE, name)
+        self.slots = layout(op)
+        self.fields: dict[str, ir.Value] = {}
+        self.module = module
+        for arg in (self.fn.args[0], self.fn.args[1], self.fn.args[3], self.fn.args[4]):
+            arg.add_attribute("noalias")
+        self.bases, self.strides, self.batch, self.args, self.out, self.scratch = self.fn.args
+        self.entry = self.fn.append_basic_block("entry")
+        self.b = ir.IRBuilder(self.entry)
+        self.sample = None
+
+    # ---- values
+    @staticmethod
+    def c(v: int) -> ir.Constant:
+        return I64(v)
+
+    def arg(self, k: int) -> ir.Value:
+        return self.b.load(self.b.gep(self.args, [self.c(k)]))
+
+    def f(self, name: str) -> ir.Value:
+        """The instruction's field `name` (an integer), loaded once at the kernel's entry: a load in a loop
+        would be repeated there, as any store may alias the args."""
+        if name not in self.fields:
+            with self.b.goto_block(self.entry):
+                self.b.position_at_start(self.entry)
+                self.fields[name] = self.b.load(self.b.gep(self.args, [self.c(self.slots[name])]))
+        return self.fields[name]
+
+    def at(self, name: str) -> ir.Value:
+        """The current sample's bytes at reference field `name`."""
+        return self.ref(self.slots[name])
+
+    def var(self, init) -> ir.AllocaInstr:
+        with self.b.goto_block(self.entry):
+            self.b.position_at_start(self.entry)
+            slot = self.b.alloca(I64)
+        self.b.store(init if isinstance(init, ir.Value) else self.c(init), slot)
+        return slot
+
+    def get(self, slot) -> ir.Value:
+        return self.b.load(slot)
+
+    def set(self, slot, value) -> None:
+        self.b.store(value if isinstance(value, ir.Value) else self.c(value), slot)
+
+    def add_to(self, slot, value) -> None:
+        self.set(slot, self.b.add(self.get(slot), value))
+
+    def count(self, k: int, value) -> None:
+        """out[k] += value."""
+        self.count_at(self.c(k), value)
+
+    def count_at(self, index, value) -> None:
+        p = self.b.gep(self.out, [index])
+        self.b.store(self.b.add(self.b.load(p), value), p)
+
+    def fail(self, code: int) -> None:
+        self.b.store(self.c(code), self.b.gep(self.out, [self.c(0)]))
+
+    # ---- arithmetic on i64
+    def add(self, a, b): return self.b.add(a, b)
+    def sub(self, a, b): return self.b.sub(a, b)
+    def mul(self, a, b): return self.b.mul(a, b)
+    def lt(self, a, b): return self.b.icmp_signed("<", a, b)
+    def le(self, a, b): return self.b.icmp_signed("<=", a, b)
+    def gt(self, a, b): return self.b.icmp_signed(">", a, b)
+    def ge(self, a, b): return self.b.icmp_signed(">=", a, b)
+    def eq(self, a, b): return self.b.icmp_signed("==", a, b)
+    def ne(self, a, b): return self.b.icmp_signed("!=", a, b)
+    def and_(self, a, b): return self.b.and_(a, b)
+    def or_(self, a, b): return self.b.or_(a, b)
+    def select(self, cond, a, b): return self.b.select(cond, a, b)
+    def bool(self, cond): return self.b.zext(cond, I64)
+    def neg(self, a): return self.b.neg(a)
+
+    def abs(self, a):
+        return self.select(self.lt(a, self.c(0)), self.neg(a), a)
+
+    def min(self, a, b):
+        return self.select(self.lt(a, b), a, b)
+
+    def max(self, a, b):
+        return self.select(self.gt(a, b), a, b)
+
+    def rescale(self, v, shift):
+        """R(v, shift) of isa/table.py: v << shift, or for shift < 0 (v + 2^(-shift-1)) >> -shift."""
+        right = self.neg(shift)
+        rounded = self.b.ashr(self.add(v, self.b.shl(self.c(1), self.sub(right, self.c(1)))), right)
+        return self.select(self.ge(shift, self.c(0)), self.b.shl(v, self.max(shift, self.c(0))), rounded)
+
+    # ---- memory
+    def base(self, mem) -> ir.Value:
+        """Memory `mem`'s bytes for the current sample."""
+        stride = self.b.load(self.b.gep(self.strides, [mem]))
+        return self.b.gep(self.b.load(self.b.gep(self.bases, [mem])), [self.mul(self.sample, stride)])
+
+    def ref(self, k: int) -> ir.Value:
+        """The place of the reference in args[k] (its memory) and args[k + 1] (its address)."""
+        return self.b.gep(self.base(self.arg(k)), [self.arg(k + 1)])
+
+    def load(self, ptr, index, nbytes: int) -> ir.Value:
+        """Element `index` of a little-endian signed integer array of `nbytes`-byte elements at ptr."""
+        p = self.b.bitcast(ptr, WIDTH[nbytes].as_pointer())
+        return self.b.sext(self.b.load(self.b.gep(p, [index]), align=1), I64)
+
+    def store(self, ptr, index, value, nbytes: int) -> None:
+        p = self.b.bitcast(ptr, WIDTH[nbytes].as_pointer())
+        self.b.store(self.b.trunc(value, WIDTH[nbytes]), self.b.gep(p, [index]), align=1)
+
+    def fits(self, value, nbytes: int):
+        top = (1 << (8 * nbytes - 1)) - 1
+        return self.and_(self.ge(value, self.c(-top - 1)), self.le(value, self.c(top)))
+
+    def spike(self, ptr, index) -> ir.Value:
+        """Bit `index` of a bit-packed spike array (element i in bit i % 8 of byte i // 8)."""
+        byte = self.b.zext(self.b.load(self.b.gep(ptr, [self.b.lshr(index, self.c(3))])), I64)
+        return self.b.and_(self.b.lshr(byte, self.b.and_(index, self.c(7))), self.c(1))
+
+    def element(self, ptr, index, fmt_bytes) -> ir.Value:
+        """Element `index` of an array of format `fmt_bytes` (0: spikes, else signed integers of that size),
+        the format a run-time value."""
+        slot = self.var(0)
+        for nbytes in (0, 1, 2, 4):
+            with self.if_(self.eq(fmt_bytes, self.c(nbytes))):
+                self.set(slot, self.spike(ptr, index) if nbytes == 0 else self.load(ptr, index, nbytes))
+        return self.get(slot)
+
+    def put(self, ptr, index, value, fmt_bytes) -> None:
+        """Store `value` as element `index` of an integer array of `fmt_bytes` bytes (1, 2 or 4)."""
+        for nbytes in (1, 2, 4):
+            with self.if_(self.eq(fmt_bytes, self.c(nbytes))):
+                self.store(ptr, index, value, nbytes)
+
+    def fits_fmt(self, value, fmt_bytes):
+        ok = self.var(0)
+        for nbytes in (1, 2, 4):
+            with self.if_(self.eq(fmt_bytes, self.c(nbytes))):
+                self.set(ok, self.bool(self.fits(value, nbytes)))
+        return self.ne(self.get(ok), self.c(0))
+
+    # ---- control
+    @contextmanager
+    def range(self, stop, start=0):
+        """for i in range(start, stop): yields i."""
+        i = self.var(start if isinstance(start, ir.Value) else self.c(start))
+        head, body, done = (self.fn.append_basic_block(n) for n in ("head", "body", "done"))
+        self.b.branch(head)
+        self.b.position_at_end(head)
+        self.b.cbranch(self.lt(self.get(i), stop if isinstance(stop, ir.Value) else self.c(stop)), body, done)
+        self.b.position_at_end(body)
+        yield self.get(i)
+        self.add_to(i, self.c(1))
+        self.b.branch(head)
+        self.b.position_at_end(done)
+
+    @contextmanager
+    def if_(self, cond):
+        then, done = self.fn.append_basic_block("then"), self.fn.append_basic_block("endif")
+        self.b.cbranch(cond, then, done)
+        self.b.position_at_end(then)
+        yield
+        if not self.b.block.is_terminated:
+            self.b.branch(done)
+        self.b.position_at_end(done)
+
+    @contextmanager
+    def samples(self):
+        """The kernel's body, once per sample."""
+        with self.range(self.batch) as b:
+            self.sample = b
+            yield b
+
+    def finish(self) -> None:
+        self.b.ret_void()
+
+
+@lru_cache(maxsize=1)
+def _engine():
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    target = llvm.Target.from_default_triple()
+    return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+                                        opt=3)
+
+
+KERNELS = {}  # opcode -> builder(_Kernel)
+
+#: Format fields are passed as their element's bytes (spikes 0); a format no kernel takes, as -1.
+FORMAT_CODE = {"spike": 0, "i8": 1, "i16": 2, "i32": 4}
+
+
+def layout(op: str) -> dict[str, int]:
+    """Where each field of `op` sits in a kernel's args: a reference takes two slots (its memory's index in
+    MEMORIES, its address), every other field one (an enum its choice's index, a format its FORMAT_CODE)."""
+    slots, at = {}, 0
+    for f in BY_NAME[op].fields:
+        if f.kind == "mask":
+            continue
+        slots[f.name] = at
+        at += 2 if f.kind == "ref" else 1
+    return slots
+
+
+def encode(instr) -> np.ndarray:
+    """An instruction's args (`layout`), or None where a field holds what no kernel takes."""
+    values = []
+    for f in BY_NAME[instr.op].fields:
+        v = instr[f.name]
+        if f.kind == "mask":
+            continue
+        if f.kind == "ref":
+            values += [MEMORIES.index(v.mem), v.addr]
+        elif f.kind == "enum" and set(f.choices) <= set(FORMAT_CODE) | {TIME}:
+            if v not in FORMAT_CODE:
+                return None
+            values.append(FORMAT_CODE[v])
+        elif f.kind == "enum":
+            values.append(f.choices.index(v))
+        else:
+            values.append(v)
+    return np.array(values, dtype=np.int64)
+
+
+def kernel(*ops: str):
+    def register(build):
+        for op in ops:
+            KERNELS[op] = build
+        return build
+    return register
+
+
+@lru_cache(maxsize=1)
+def compiled() -> dict[str, ctypes.CFUNCTYPE]:
+    """Every kernel, compiled once per process: opcode -> callable."""
+    module = ir.Module("ttc_kernels")
+    module.triple = llvm.get_process_triple()
+    names = {}
+    for op, build in KERNELS.items():
+        name = f"k_{build.__name__.strip('_')}"
+        if name not in names.values():
+            k = _Kernel(module, name, op)
+            build(k)
+            k.finish()
+        names[op] = name
+    parsed = llvm.parse_assembly(str(module))
+    parsed.verify()
+    tm = _engine()
+    tuning = llvm.create_pipeline_tuning_options(speed_level=3)
+    tuning.loop_interleaving = False  # the runs are short (taps x a tile's channels): one vector per step
+    pb = llvm.create_pass_builder(tm, tuning)
+    pb.getModulePassManager().run(parsed, pb)
+    engine = llvm.create_mcjit_compiler(parsed, tm)
+    engine.finalize_object()
+    _ENGINES.append(engine)  # the code lives as long as its engine
+    return {op: CFUNC(engine.get_function_address(name)) for op, name in names.items()}
+
+
+_ENGINES: list = []
+
+
+# ------------------------------------------------------------------------------------------ kernels
+# out[0] is the error code; the counts each kernel adds start at out[1].
+
+@kernel("load", "store")
+def _copy(k: _Kernel) -> None:
+    """rows of row_bytes from src to dst, each at its stride (a row read whole, then written)."""
+    move = k.module.declare_intrinsic("llvm.memmove", [P8, P8, I64])
+    with k.samples():
+        src, dst, nbytes = k.at("src"), k.at("dst"), k.f("row_bytes")
+        with k.range(k.f("rows")) as r:
+            k.b.call(move, [k.b.gep(dst, [k.mul(r, k.f("dst_stride"))]), k.b.gep(src, [k.mul(r, k.f("src_stride"))]),
+                            nbytes, ir.Constant(I1, 0)])
+
+
+@kernel("vfill")
+def _vfill(k: _Kernel) -> None:
+    with k.samples():
+        dst, value = k.at("dst"), k.f("value")
+        with k.range(k.f("n")) as j:
+            k.store(dst, j, value, 4)
+
+
+@kernel("vbias")
+def _vbias(k: _Kernel) -> None:
+    with k.samples():
+        dst, bias, plane = k.at("dst"), k.at("bias"), k.f("plane")
+        with k.range(k.f("channels")) as c:
+            b = k.load(bias, c, 4)
+            with k.range(plane) as j:
+                k.store(dst, k.add(k.mul(c, plane), j), b, 4)
+
+
+@kernel("vacc")
+def _vacc(k: _Kernel) -> None:
+    """dst (+)= +-R(src, shift)."""
+    with k.samples():
+        src, dst, fmt_in, fmt_out = k.at("src"), k.at("dst"), k.f("src_fmt"), k.f("dst_fmt")
+        sign = k.select(k.ne(k.f("neg"), k.c(0)), k.c(-1), k.c(1))
+        with k.range(k.f("n")) as j:
+            y = k.mul(k.rescale(k.element(src, j, fmt_in), k.f("shift")), sign)
+            y = k.select(k.ne(k.f("accumulate"), k.c(0)), k.add(y, k.element(dst, j, fmt_out)), y)
+            with k.if_(k.b.not_(k.fits_fmt(y, fmt_out))):
+                k.fail(OVERFLOW)
+            k.put(dst, j, y, fmt_out)
+
+
+@kernel("pool")
+def _pool(k: _Kernel) -> None:
+    """max, sum or min over k x k windows (outside the input: the format's least value for a max of
+    integers, else 0), to spikes (non-zero) or integers."""
+    with k.samples():
+        src, dst, fin, fout, mode = k.at("src"), k.at("dst"), k.f("src_fmt"), k.f("dst_fmt"), k.f("mode")
+        ih, iw, oh, ow, size, s, pt, pl = (k.f(n) for n in ("ih", "iw", "oh", "ow", "k", "stride", "pt", "pl"))
+        least = k.neg(k.b.shl(k.c(1), k.sub(k.mul(fin, k.c(8)), k.c(1))))
+        fill = k.select(k.and_(k.eq(mode, k.c(0)), k.ne(fin, k.c(0))), least, k.c(0))
+        n_out = k.mul(k.f("channels"), k.mul(oh, ow))
+        with k.if_(k.eq(fout, k.c(0))):  # spikes: the bytes are set bit by bit
+            with k.range(k.b.ashr(k.add(n_out, k.c(7)), k.c(3))) as j:
+                k.b.store(ir.Constant(I8, 0), k.b.gep(dst, [j]))
+        with k.range(k.f("channels")) as c:
+            with k.range(oh) as oy:
+                with k.range(ow) as ox:
+                    acc = k.var(k.select(k.eq(mode, k.c(0)), k.c(-(1 << 62)),
+                                         k.select(k.eq(mode, k.c(2)), k.c(1 << 62), k.c(0))))
+                    with k.range(size) as ky:
+                        r = k.sub(k.add(k.mul(oy, s), ky), pt)
+                        with k.range(size) as kx:
+                            col = k.sub(k.add(k.mul(ox, s), kx), pl)
+                            inside = k.and_(k.and_(k.ge(r, k.c(0)), k.lt(r, ih)), k.and_(k.ge(col, k.c(0)), k.lt(col, iw)))
+                            v = k.var(fill)
+                            with k.if_(inside):
+                                k.set(v, k.element(src, k.add(k.mul(k.add(k.mul(c, ih), r), iw), col), fin))
+                            a, x = k.get(acc), k.get(v)
+                            k.set(acc, k.select(k.eq(mode, k.c(1)), k.add(a, x),
+                                                k.select(k.eq(mode, k.c(0)), k.max(a, x), k.min(a, x))))
+                    out = k.add(k.mul(k.add(k.mul(c, oh), oy), ow), ox)
+                    y = k.get(acc)
+                    with k.if_(k.eq(fout, k.c(0))):
+                        byte = k.b.gep(dst, [k.b.lshr(out, k.c(3))])
+                        bit = k.b.trunc(k.b.shl(k.bool(k.ne(y, k.c(0))), k.b.and_(out, k.c(7))), I8)
+                        k.b.store(k.b.or_(k.b.load(byte), bit), byte)
+                    with k.if_(k.ne(fout, k.c(0))):
+                        with k.if_(k.b.not_(k.fits_fmt(y, fout))):
+                            k.fail(OVERFLOW)
+                        k.put(dst, out, y, fout)
+
+
+@kernel("nrn")
+def _nrn(k: _Kernel) -> None:
+    """One step of n neurons of one threshold (isa/neuron.py), the spikes (and with a band the active bits)
+    bit-packed after them; out[1] += spikes, out[2] += active neurons."""
+    with k.samples():
+        src, state, dst, n = k.at("src"), k.at("state"), k.at("dst"), k.f("n")
+        theta, v_reset, dshift, in_shift = k.f("theta"), k.f("v_reset"), k.f("decay_shift"), k.f("in_shift")
+        ge, reset, late_reset = k.ne(k.f("cmp"), k.c(0)), k.f("reset"), k.ne(k.f("order"), k.c(0))
+        per_neuron, band = k.ne(k.f("per_neuron"), k.c(0)), k.b.shl(k.f("band"), k.f("band_exp"))
+        nbytes = k.b.ashr(k.add(n, k.c(7)), k.c(3))
+
+        def fired(v):
+            return k.bool(k.select(ge, k.ge(v, theta), k.gt(v, theta)))
+
+        with k.range(nbytes) as j:
+            spikes, active = k.var(0), k.var(0)
+            with k.range(8) as bit:
+                i = k.add(k.mul(j, k.c(8)), bit)
+                with k.if_(k.lt(i, n)):
+                    u, x = k.load(state, i, 4), k.load(src, i, 4)
+                    mul = k.select(per_neuron, k.load(state, k.add(n, i), 4), k.f("decay_mul"))
+                    s = fired(u)
+
+                    def after_reset(v):
+                        hard = k.add(v, k.mul(k.sub(v_reset, v), s))
+                        return k.select(k.eq(reset, k.c(0)), hard,
+                                        k.select(k.eq(reset, k.c(1)), k.sub(v, k.mul(theta, s)), v))
+
+                    def decayed(v):
+                        return k.rescale(k.mul(v, mul), k.neg(dshift))
+
+                    u2 = k.select(late_reset, after_reset(decayed(u)), decayed(after_reset(u)))
+                    h = k.add(u2, k.rescale(x, in_shift))
+                    with k.if_(k.b.not_(k.fits(h, 4))):
+                        k.fail(OVERFLOW)
+                    k.store(state, i, h, 4)
+                    sh = fired(h)
+                    act = k.bool(k.lt(k.abs(k.sub(h, theta)), band))
+                    k.set(spikes, k.or_(k.get(spikes), k.b.shl(sh, bit)))
+                    k.set(active, k.or_(k.get(active), k.b.shl(act, bit)))
+                    k.count(1, sh)
+                    with k.if_(k.ne(band, k.c(0))):
+                        k.count(2, act)
+            k.b.store(k.b.trunc(k.get(spikes), I8), k.b.gep(dst, [j]))
+            with k.if_(k.ne(band, k.c(0))):
+                k.b.store(k.b.trunc(k.get(active), I8), k.b.gep(dst, [k.add(nbytes, j)]))
+
+
+def _transposed_weights(k: _Kernel, wbytes):
+    """Sample 0's weights [cout, cin, kh, kw] (every sample holds the same) into scratch as i32
+    [cin, kh, kw, cout] with kx reversed (position kw-1-kx), so that a tap's weights for every output
+    channel lie together, and a row of taps lines up with the row of outputs one input reaches (stride 1);
+    each tap's non-zero count (i64, by tap index), and the largest sum of |w| over an output channel's
+    weights. Returns (weights, counts, largest row sum, the scratch after them, for the sums)."""
+    cin, cout, kw = k.f("cin"), k.f("cout"), k.f("kw")
+    taps = k.mul(k.f("kh"), kw)
+    saved, k.sample = k.sample, k.c(0)
+    w = k.at("wgt")
+    k.sample = saved
+    wt = k.b.bitcast(k.scratch, I32.as_pointer())
+    n = k.mul(k.mul(cin, taps), cout)
+    nnz = k.b.bitcast(k.b.gep(k.scratch, [k.mul(n, k.c(4))]), I64.as_pointer())
+    rowmax = k.var(0)
+    with k.range(k.mul(cin, taps)) as t:
+        k.b.store(k.c(0), k.b.gep(nnz, [t]))
+    with k.range(cout) as co:
+        row = k.var(0)
+        with k.range(k.mul(cin, taps)) as t:
+            v = k.var(0)
+            for nbytes in (1, 2):
+                with k.if_(k.eq(wbytes, k.c(nbytes))):
+                    k.set(v, k.load(w, k.add(k.mul(co, k.mul(cin, taps)), t), nbytes))
+            x = k.get(v)
+            kx = k.b.srem(t, kw)
+            flipped = k.add(k.sub(t, kx), k.sub(k.sub(kw, k.c(1)), kx))
+            k.b.store(k.b.trunc(x, I32), k.b.gep(wt, [k.add(k.mul(flipped, cout), co)]))
+            q = k.b.gep(nnz, [t])
+            k.b.store(k.add(k.b.load(q), k.bool(k.ne(x, k.c(0)))), q)
+            k.add_to(row, k.abs(x))
+        k.set(rowmax, k.max(k.get(rowmax), k.get(row)))
+    sums = k.b.gep(k.scratch, [k.add(k.mul(n, k.c(4)), k.mul(k.mul(cin, taps), k.c(8)))])
+    return wt, nnz, k.get(rowmax), sums
+
+
+def _run_function(k: _Kernel, wide: bool) -> ir.Function:
+    """add_run(acc, w, n, value): acc[e] += value * w[e] for e < n, acc and w not aliasing (so the loop
+    vectorizes without run-time overlap checks); one per module and sum width."""
+    name = f"add_run_{64 if wide else 32}"
+    if name in k.module.globals:
+        return k.module.globals[name]
+    acc_t = (I64 if wide else I32).as_pointer()
+    fn = ir.Function(k.module, ir.FunctionType(ir.VoidType(), [acc_t, I32.as_pointer(), I64, I64]), name)
+    for arg in fn.args[:2]:
+        arg.add_attribute("noalias")
+    fn.attributes.add("noinline")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    acc, w, n, value = fn.args
+    head, body, done = (fn.append_basic_block(x) for x in ("head", "body", "done"))
+    entry = b.block
+    b.branch(head)
+    b.position_at_end(head)
+    e = b.phi(I64)
+    e.add_incoming(I64(0), entry)
+    b.cbranch(b.icmp_signed("<", e, n), body, done)
+    b.position_at_end(body)
+    q = b.gep(acc, [e])
+    x = b.load(b.gep(w, [e]))
+    if wide:
+        b.store(b.add(b.load(q), b.mul(value, b.sext(x, I64))), q)
+    else:
+        b.store(b.add(b.load(q), b.mul(b.trunc(value, I32), x)), q)
+    nxt = b.add(e, I64(1))
+    e.add_incoming(nxt, body)
+    b.branch(head)
+    b.position_at_end(done)
+    b.ret_void()
+    return fn
+
+
+def _add_run(k: _Kernel, acc, wt, acc_at, w_at, length, value, wide: bool) -> None:
+    """acc[acc_at + e] += value * wt[w_at + e] for e < length (the inner loop: contiguous, vectorized)."""
+    k.b.call(_run_function(k, wide), [k.b.gep(acc, [acc_at]), k.b.gep(wt, [w_at]), length, value])
+
+
+def _scatter(k: _Kernel, wt, acc, ci, r, col, value, on_tap, wide: bool) -> None:
+    """Input (ci, r, col) times `value` into every output it reaches: acc[(oy*ow + ox)*cout + co] +=
+    value * w[co, ci, ky, kx] for every in-bounds tap; `on_tap(tap index)` once per tap it reaches. With
+    stride 1 a row of taps reaches a row of outputs: one run of (taps x cout) adds, and no division."""
+    cout, kh, kw, sh, sw = (k.f(n) for n in ("cout", "kh", "kw", "sh", "sw"))
+    oh, ow, pt, pl = k.f("oh"), k.f("ow"), k.f("pt"), k.f("pl")
+    unit = k.and_(k.eq(sh, k.c(1)), k.eq(sw, k.c(1)))
+    first = k.sub(k.add(col, pl), k.sub(kw, k.c(1)))  # stride 1: outputs ox = col + pl - kx, kx = kw-1 ... 0
+    lo, hi = k.max(first, k.c(0)), k.min(k.add(col, pl), k.sub(ow, k.c(1)))
+    with k.if_(unit):
+        with k.if_(k.le(lo, hi)):
+            with k.range(kh) as ky:
+                oy = k.sub(k.add(r, pt), ky)
+                row = k.mul(k.add(k.mul(ci, kh), ky), kw)  # the tap index of (ci, ky, 0)
+                with k.if_(k.and_(k.ge(oy, k.c(0)), k.lt(oy, oh))):
+                    _add_run(k, acc, wt, k.mul(k.add(k.mul(oy, ow), lo), cout),
+                             k.mul(k.add(row, k.sub(lo, first)), cout), k.mul(k.add(k.sub(hi, lo), k.c(1)), cout),
+                             value, wide)
+                    with k.range(k.add(hi, k.c(1)), lo) as ox:
+                        on_tap(k.add(row, k.sub(k.add(col, pl), ox)))
+    with k.if_(k.b.not_(unit)):
+        with k.range(kh) as ky:
+            t = k.sub(k.add(r, pt), ky)  # oy * sh
+            row = k.mul(k.add(k.mul(ci, kh), ky), kw)
+            with k.if_(k.and_(k.ge(t, k.c(0)), k.eq(k.b.srem(t, sh), k.c(0)))):
+                oy = k.b.sdiv(t, sh)
+                with k.if_(k.lt(oy, oh)):
+                    with k.range(kw) as kx:
+                        u = k.sub(k.add(col, pl), kx)
+                        with k.if_(k.and_(k.ge(u, k.c(0)), k.eq(k.b.srem(u, sw), k.c(0)))):
+                            ox = k.b.sdiv(u, sw)
+                            with k.if_(k.lt(ox, ow)):
+                                flipped = k.add(row, k.sub(k.sub(kw, k.c(1)), kx))
+                                _add_run(k, acc, wt, k.mul(k.add(k.mul(oy, ow), ox), cout), k.mul(flipped, cout),
+                                         cout, value, wide)
+                                on_tap(k.add(row, kx))
+
+
+def _sums(k: _Kernel, sums, wide: bool):
+    return k.b.bitcast(sums, (I64 if wide else I32).as_pointer())
+
+
+def _clear(k: _Kernel, acc, n) -> None:
+    with k.range(n) as j:
+        q = k.b.gep(acc, [j])
+        k.b.store(ir.Constant(q.type.pointee, 0), q)
+
+
+def _both_widths(k: _Kernel, narrow, body) -> None:
+    """body(wide) under i32 sums where `narrow` (the sums' bound fits them), else i64."""
+    with k.if_(narrow):
+        body(False)
+    with k.if_(k.b.not_(narrow)):
+        body(True)
+
+
+@kernel("sconv")
+def _sconv(k: _Kernel) -> None:
+    """Spike-driven: every spike adds the weights of the taps it reaches into the sums (a cascade's sums
+    doubled before every plane after the first), then dst (+)= sums << shift; out[1 + p] += plane p's adds
+    (the non-zero weights its spikes reached). The sums are i32 where they cannot exceed it (a plane adds at
+    most the largest row sum of |w|), else i64."""
+    cin, cout, ih, iw, oh, ow = (k.f(n) for n in ("cin", "cout", "ih", "iw", "oh", "ow"))
+    wt, nnz, rowmax, scratch = _transposed_weights(k, k.f("wfmt"))
+    n_in, n_out, planes = k.mul(cin, k.mul(ih, iw)), k.mul(cout, k.mul(oh, ow)), k.f("planes")
+    cascade = k.ne(k.f("mode"), k.c(0))
+    narrow = k.lt(k.mul(rowmax, k.sub(k.b.shl(k.c(1), planes), k.c(1))), k.c(1 << 31))
+
+    def body(wide: bool) -> None:
+        acc = _sums(k, scratch, wide)
+        with k.samples():
+            src, dst = k.at("src"), k.at("dst")
+            _clear(k, acc, n_out)
+            with k.range(planes) as p:
+                with k.if_(k.and_(k.gt(p, k.c(0)), cascade)):
+                    with k.range(n_out) as j:
+                        q = k.b.gep(acc, [j])
+                        k.b.store(k.b.shl(k.b.load(q), ir.Constant(q.type.pointee, 1)), q)
+                plane = k.b.gep(src, [k.mul(p, k.b.ashr(k.add(n_in, k.c(7)), k.c(3)))])
+                adds = k.var(0)
+                with k.range(cin) as ci:
+                    with k.range(ih) as r:
+                        with k.range(iw) as col:
+                            with k.if_(k.ne(k.spike(plane, k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)), k.c(0))):
+                                _scatter(k, wt, acc, ci, r, col, k.c(1),
+                                         lambda tap: k.add_to(adds, k.b.load(k.b.gep(nnz, [tap]))), wide)
+                k.count_at(k.add(p, k.c(1)), k.get(adds))
+            _store_sums(k, acc, dst, None)
+
+    _both_widths(k, narrow, body)
+
+
+def _store_sums(k: _Kernel, acc, dst, saturate) -> None:
+    """dst[co, oy, ox] (+)= acc[(oy*ow + ox)*cout + co] << shift, written as i32 (`saturate`: the dconv's
+    rounding and saturation instead of the range check)."""
+    cout, oh, ow = k.f("cout"), k.f("oh"), k.f("ow")
+    accumulate = k.ne(k.f("accumulate"), k.c(0))
+    with k.range(cout) as co:
+        with k.range(k.mul(oh, ow)) as yx:
+            out = k.add(k.mul(co, k.mul(oh, ow)), yx)
+            y = k.b.load(k.b.gep(acc, [k.add(k.mul(yx, cout), co)]))
+            y = k.b.shl(y if y.type == I64 else k.b.sext(y, I64), k.f("shift"))
+            if saturate is not None:
+                y = saturate(y, lambda v: k.select(accumulate, k.add(v, k.load(dst, out, 4)), v))
+            else:
+                y = k.select(accumulate, k.add(y, k.load(dst, out, 4)), y)
+                with k.if_(k.b.not_(k.fits(y, 4))):
+                    k.fail(OVERFLOW)
+            k.store(dst, out, y, 4)
+
+
+@kernel("dconv")
+def _dconv(k: _Kernel) -> None:
+    """A forward conv of multi-bit values (not transposed, not skipping): every non-zero input times the
+    weights of the taps it reaches into the sums, then as the NumPy handler: the sums must be exact below
+    2^53 (else INEXACT); with sat_bits they must fit the accumulator (else ACCUMULATOR), are rounded by
+    round_shift, added, saturated (out[1] += how many saturated); else added and range-checked. The sums
+    are i32 where the input's largest |x| times the largest row sum of |w| fits it, else i64."""
+    cin, cout, ih, iw, oh, ow = (k.f(n) for n in ("cin", "cout", "ih", "iw", "oh", "ow"))
+    wt, _, rowmax, scratch = _transposed_weights(k, k.f("wfmt"))
+    fmt, n_in = k.f("fmt"), k.mul(cin, k.mul(ih, iw))
+    sat_bits = k.min(k.f("sat_bits"), k.c(32))
+    top = k.sub(k.b.shl(k.c(1), k.sub(sat_bits, k.c(1))), k.c(1))
+
+    def saturate(y, add_dst):
+        with k.if_(k.ge(k.abs(y), k.c(1 << 47))):
+            k.fail(ACCUMULATOR)
+        v = add_dst(k.rescale(y, k.neg(k.f("round_shift"))))
+        clipped = k.max(k.min(v, top), k.neg(top))
+        k.count(1, k.bool(k.ne(clipped, v)))
+        return clipped
+
+    with k.samples():
+        src, dst = k.at("src"), k.at("dst")
+        peak = k.var(0)
+        with k.range(n_in) as j:
+            k.set(peak, k.max(k.get(peak), k.abs(k.element(src, j, fmt))))
+        bound = k.mul(k.get(peak), rowmax)
+        with k.if_(k.ge(bound, k.c(1 << 53))):
+            k.fail(INEXACT)
+
+        def body(wide: bool) -> None:
+            acc = _sums(k, scratch, wide)
+            _clear(k, acc, k.mul(cout, k.mul(oh, ow)))
+            with k.range(cin) as ci:
+                with k.range(ih) as r:
+                    with k.range(iw) as col:
+                        x = k.element(src, k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col), fmt)
+                        with k.if_(k.ne(x, k.c(0))):
+                            _scatter(k, wt, acc, ci, r, col, x, lambda tap: None, wide)
+            with k.if_(k.ne(k.f("sat_bits"), k.c(0))):
+                _store_sums(k, acc, dst, saturate)
+            with k.if_(k.eq(k.f("sat_bits"), k.c(0))):
+                _store_sums(k, acc, dst, None)
+
+        with k.if_(k.eq(k.b.load(k.out), k.c(0))):
+            _both_widths(k, k.lt(bound, k.c(1 << 31)), body)

@@ -1,0 +1,105 @@
+"""The JIT backend (ttc.simulator.jit) against the NumPy backend: the same output bits, the same counters,
+cycles and energy per layer, on a model of every family ttc compiles, and the same errors."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import grid_inputs, small_conv_snn
+from ttc import api
+from ttc.compiler.train import TrainOptions
+from ttc.demo import EXAMPLES
+from ttc.frontends import modules as M
+from ttc.isa.encoding import Instr, Ref
+from ttc.isa.program import Program
+from ttc.runtime.run import machine_class, run
+from ttc.runtime.train import Trainer
+from ttc.simulator.machine import SimError
+
+
+def _mt(levels: int, mode: str) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(M.Conv2d(1, 4, 3, padding=1), M.MTNeuron(levels, mode, threshold=0.25, decay=0.5),
+                         M.Conv2d(4, 4, 3, stride=2, padding=1), M.LIF(decay=0.5, threshold=0.5), M.Flatten(),
+                         M.Linear(64, 10), M.TimeMean()).eval()
+
+
+def _tt(variant: str) -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(M.DirectEncoder(4), M.Conv2d(1, 4, 3, padding=1), M.BatchNorm2d(4),
+                         M.MSBlock(4, 4, ranks=(2, 2), variant=variant), M.LIF(), M.AvgPool2d(8), M.Flatten(),
+                         M.Linear(4, 10), M.TimeMean()).eval()
+
+
+#: name: (model, input shape, compile options, input)
+FAMILIES = {
+    "conv-bn-maxpool-fixed-input": (lambda: small_conv_snn(), "4,N,1,8,8", {}, grid_inputs((4, 6, 1, 8, 8))),
+    "event-input": (lambda: small_conv_snn(), "4,N,1,8,8", dict(input_encoding="spikes"),
+                    (np.random.default_rng(1).random((4, 6, 1, 8, 8)) < 0.3).astype(np.float32)),
+    "mt-parallel": (lambda: _mt(3, "parallel"), "4,N,1,8,8", {}, grid_inputs((4, 6, 1, 8, 8))),
+    "mt-cascade": (lambda: _mt(2, "cascade"), "4,N,1,8,8", {}, grid_inputs((4, 6, 1, 8, 8))),
+    "tt-stt-resnet": (lambda: _tt("stt"), "N,1,8,8", {}, grid_inputs((6, 1, 8, 8))),
+    "tt-htt-resnet": (lambda: _tt("htt"), "N,1,8,8", {}, grid_inputs((6, 1, 8, 8))),
+    "ttfs-cat-digits": (lambda: api.load_model(EXAMPLES / "cat_digits_ann.pt"), "N,1,8,8", {},
+                        grid_inputs((6, 1, 8, 8))),
+}
+
+
+def _same(a, b) -> None:
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(a.outputs, b.outputs))
+    assert a.counters == b.counters
+    assert a.cycles == b.cycles and a.energy_pj == b.energy_pj
+    assert [layer["counts"] for layer in a.layers] == [layer["counts"] for layer in b.layers]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_jit_equals_numpy_on_every_model_family(family):
+    build, shape, options, x = FAMILIES[family]
+    prog = api.compile_model(build(), shape, **options).program
+    jit, numpy = run(prog, [x], "jit"), run(prog, [x], "numpy")
+    _same(jit, numpy)
+    assert jit.counters.get("spike", 0) + jit.counters.get("fire", 0) > 0
+
+
+def test_the_jit_runs_a_training_step_with_numpy_handlers_where_it_has_no_kernel_and_agrees():
+    """A training step's backward and update have no kernel yet: the JIT machine runs them with the NumPy
+    handlers, in the same program as its kernels (the forward's)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(M.Conv2d(1, 4, 3, padding=1, bias=False), M.LIF(decay=0.5, threshold=0.5), M.Flatten(),
+                        M.Linear(256, 4, bias=False), M.TimeMean())
+    step = api.compile_training(net, "4,N,1,8,8", train=TrainOptions(batch=4, band=0.5), input_bits=8,
+                                input_frac=4).program
+    x, labels = grid_inputs((4, 4, 1, 8, 8)), np.array([0, 1, 2, 3])
+    trainers = [Trainer(step, 4, backend) for backend in ("jit", "numpy")]
+    for _ in range(3):
+        stats = [t.step(x, labels) for t in trainers]
+        assert stats[0].counters == stats[1].counters and stats[0].cycles == stats[1].cycles
+    for a, b in zip(trainers[0].weights().values(), trainers[1].weights().values()):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_batches_run_alike(batch):
+    build, shape, options, x = FAMILIES["conv-bn-maxpool-fixed-input"]
+    prog = api.compile_model(build(), shape, **options).program
+    _same(run(prog, [x[:, :batch]], "jit"), run(prog, [x[:, :batch]], "numpy"))
+
+
+def _program(instrs: list[Instr]) -> Program:
+    """A bare program on `sata`: the instructions, then halt."""
+    from ttc.isa.hwconfig import load_hw
+    return Program(code=[*instrs, Instr("halt", {})], data=b"", hw=load_hw("sata"),
+                   meta=dict(dram_bytes=1 << 12, inputs=[], outputs=[], layers=[dict(name="all", path="", op="",
+                                                                                      first_instr=0)]))
+
+
+def test_an_overflow_is_the_same_error_on_both_backends():
+    big = [Instr("vfill", dict(dst=Ref("psum", 0), n=4, value=(1 << 30))),
+           Instr("vacc", dict(dst=Ref("psum", 0), src=Ref("psum", 0), src_fmt="i32", dst_fmt="i32", n=4, shift=2,
+                              accumulate=0))]
+    errors = []
+    for backend in ("jit", "numpy"):
+        with pytest.raises(SimError) as e:
+            machine_class(backend)(_program(big), 2).run()
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and "value out of i32 range" in errors[0]
