@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ttc.isa.errors import UserError
 from ttc.isa.io import InputError, decode_output, encode_input, input_saturation, saturation_warning, spike_input
 from ttc.isa.table import TIME
 from ttc.isa.ttfs import time_values
 from ttc.isa.program import Program
 from ttc.simulator.machine import Machine
 from ttc.simulator.energy import EnergyModel
-from ttc.simulator.timeline import Timeline
+from ttc.simulator.timeline import ScheduleError, program_timeline
 
 
 @dataclass
@@ -133,10 +134,17 @@ def run(prog: Program, inputs: list[np.ndarray], backend: str | None = None) -> 
         s = _write_input(machine, io, x)
         if s is not None:
             saturation[io["path"] or io["name"]] = s
-    timeline = Timeline(prog.hw)
+    timeline = program_timeline(prog)
     energy = EnergyModel(prog.hw, prog.meta["layers"], batch)
-    machine.listeners += [timeline, energy]
-    machine.run()
+    machine.listeners.append(energy)
+    try:
+        machine.run()
+    except UserError:  # an instruction's error comes first, unless the schedule fails before it
+        if isinstance(timeline, ScheduleError) and timeline.index < machine.pc:
+            raise timeline from None
+        raise
+    if isinstance(timeline, ScheduleError):
+        raise timeline
     energy.finish(timeline.spans)
     layers = [dict(name=layer["name"], path=layer["path"], source=layer.get("source", layer["path"]), op=layer["op"],
                    counts=dict(energy.counts[k]),

@@ -68,8 +68,8 @@ def _native(i: Instr, sizes: dict[str, int]):
         return _conv_scratch(i)
     if op == "pool" and min(i["oh"], i["ow"], i["k"], i["stride"]) < 1:
         return None
-    if op == "nrn" and i["levels"] != 1:
-        return None
+    if op == "nrn":
+        return None if i["levels"] != 1 else 2 * i["n"]  # its spikes and active bits, a byte each
     return 0
 
 

@@ -393,49 +393,54 @@ def _pool(k: _Kernel) -> None:
 @kernel("nrn")
 def _nrn(k: _Kernel) -> None:
     """One step of n neurons of one threshold (isa/neuron.py), the spikes (and with a band the active bits)
-    bit-packed after them; out[1] += spikes, out[2] += active neurons."""
+    bit-packed after them; out[1] += spikes, out[2] += active neurons. Two passes: the neurons (a loop that
+    vectorizes, its spikes and active bits as bytes in scratch), then the packing."""
     with k.samples():
         src, state, dst, n = k.at("src"), k.at("state"), k.at("dst"), k.f("n")
         theta, v_reset, dshift, in_shift = k.f("theta"), k.f("v_reset"), k.f("decay_shift"), k.f("in_shift")
         ge, reset, late_reset = k.ne(k.f("cmp"), k.c(0)), k.f("reset"), k.ne(k.f("order"), k.c(0))
         per_neuron, band = k.ne(k.f("per_neuron"), k.c(0)), k.b.shl(k.f("band"), k.f("band_exp"))
         nbytes = k.b.ashr(k.add(n, k.c(7)), k.c(3))
+        fired_bytes, active_bytes = k.scratch, k.b.gep(k.scratch, [n])
 
         def fired(v):
             return k.bool(k.select(ge, k.ge(v, theta), k.gt(v, theta)))
 
-        with k.range(nbytes) as j:
-            spikes, active = k.var(0), k.var(0)
-            with k.range(8) as bit:
-                i = k.add(k.mul(j, k.c(8)), bit)
-                with k.if_(k.lt(i, n)):
-                    u, x = k.load(state, i, 4), k.load(src, i, 4)
-                    mul = k.select(per_neuron, k.load(state, k.add(n, i), 4), k.f("decay_mul"))
-                    s = fired(u)
+        spikes, active, bad = k.var(0), k.var(0), k.var(0)
+        with k.range(n) as i:
+            u, x = k.load(state, i, 4), k.load(src, i, 4)
+            mul = k.select(per_neuron, k.load(state, k.add(n, i), 4), k.f("decay_mul"))
+            s = fired(u)
 
-                    def after_reset(v):
-                        hard = k.add(v, k.mul(k.sub(v_reset, v), s))
-                        return k.select(k.eq(reset, k.c(0)), hard,
-                                        k.select(k.eq(reset, k.c(1)), k.sub(v, k.mul(theta, s)), v))
+            def after_reset(v):
+                hard = k.add(v, k.mul(k.sub(v_reset, v), s))
+                return k.select(k.eq(reset, k.c(0)), hard, k.select(k.eq(reset, k.c(1)), k.sub(v, k.mul(theta, s)), v))
 
-                    def decayed(v):
-                        return k.rescale(k.mul(v, mul), k.neg(dshift))
+            def decayed(v):
+                return k.rescale(k.mul(v, mul), k.neg(dshift))
 
-                    u2 = k.select(late_reset, after_reset(decayed(u)), decayed(after_reset(u)))
-                    h = k.add(u2, k.rescale(x, in_shift))
-                    with k.if_(k.b.not_(k.fits(h, 4))):
-                        k.fail(OVERFLOW)
-                    k.store(state, i, h, 4)
-                    sh = fired(h)
-                    act = k.bool(k.lt(k.abs(k.sub(h, theta)), band))
-                    k.set(spikes, k.or_(k.get(spikes), k.b.shl(sh, bit)))
-                    k.set(active, k.or_(k.get(active), k.b.shl(act, bit)))
-                    k.count(1, sh)
-                    with k.if_(k.ne(band, k.c(0))):
-                        k.count(2, act)
-            k.b.store(k.b.trunc(k.get(spikes), I8), k.b.gep(dst, [j]))
-            with k.if_(k.ne(band, k.c(0))):
-                k.b.store(k.b.trunc(k.get(active), I8), k.b.gep(dst, [k.add(nbytes, j)]))
+            h = k.add(k.select(late_reset, after_reset(decayed(u)), decayed(after_reset(u))), k.rescale(x, in_shift))
+            k.set(bad, k.or_(k.get(bad), k.bool(k.b.not_(k.fits(h, 4)))))
+            k.store(state, i, h, 4)
+            sh, act = fired(h), k.bool(k.lt(k.abs(k.sub(h, theta)), band))
+            k.b.store(k.b.trunc(sh, I8), k.b.gep(fired_bytes, [i]))
+            k.b.store(k.b.trunc(act, I8), k.b.gep(active_bytes, [i]))
+            k.add_to(spikes, sh)
+            k.add_to(active, act)
+        with k.if_(k.ne(k.get(bad), k.c(0))):
+            k.fail(OVERFLOW)
+        k.count(1, k.get(spikes))
+        with k.if_(k.ne(band, k.c(0))):
+            k.count(2, k.get(active))
+        for plane, bits in ((0, fired_bytes), (1, active_bytes)):
+            with k.if_(k.or_(k.eq(k.c(plane), k.c(0)), k.ne(band, k.c(0)))):
+                with k.range(nbytes) as j:
+                    byte = k.var(0)
+                    with k.range(8) as bit:
+                        i = k.add(k.mul(j, k.c(8)), bit)
+                        with k.if_(k.lt(i, n)):
+                            k.set(byte, k.or_(k.get(byte), k.b.shl(k.b.zext(k.b.load(k.b.gep(bits, [i])), I64), bit)))
+                    k.b.store(k.b.trunc(k.get(byte), I8), k.b.gep(dst, [k.add(k.mul(k.c(plane), nbytes), j)]))
 
 
 def _transposed_weights(k: _Kernel, wbytes):

@@ -101,3 +101,23 @@ class Timeline:
         if left:
             raise ScheduleError(f"halt (instruction {index}): tokens given but never taken on {', '.join(left)}")
         self.cycles = max((span.end for span in self.spans), default=0)
+
+
+def program_timeline(prog) -> Timeline | ScheduleError:
+    """The timeline of a program's run from its first instruction to its first halt, hazard-checked, or the
+    ScheduleError that check raises (its `index` the instruction): it depends on the program and the
+    hardware config, not on the data, so it is made once per program (and kept on it) rather than on every
+    run."""
+    cached = getattr(prog, "_timeline", None)
+    if cached is None:
+        cached = Timeline(prog.hw)
+        for index, instr in enumerate(prog.code):
+            try:
+                cached.on_instr(index, instr, None)
+            except ScheduleError as e:
+                e.index, cached = index, e
+                break
+            if instr.op == "halt":
+                break
+        prog._timeline = cached
+    return cached
