@@ -28,7 +28,7 @@ fuzz: $(STAMP)
 	$(PY) -m ttc.fuzz --inputs $(FUZZ_CLI_INPUTS) --seed $(FUZZ_SEED) --targets cli --out out/fuzz
 
 bench: $(STAMP)
-	$(PY) bench/bench_sim.py
+	$(PY) bench/sim_speed.py
 	$(PY) bench/vgg_report.py
 	$(PY) bench/train_digits.py
 	$(PY) bench/tt_training.py
