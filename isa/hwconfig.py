@@ -10,6 +10,8 @@ from them.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import hashlib
 import json
 import math
@@ -176,6 +178,7 @@ COUNTER_NAMES = frozenset(ENERGY_ACTIONS) | {
     for name in COUNTERS for k in range(MAX_LEVELS) for mem in MEMORIES for direction in ("read", "write")}
 
 
+@lru_cache(maxsize=None)
 def memory_bytes(mem: str, direction: str) -> str:
     """The counter of bytes read ("read") or written ("write") in a memory."""
     return MEMORY_BYTES.format(mem=mem, direction=direction)

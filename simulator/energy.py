@@ -29,6 +29,7 @@ class EnergyModel:
         self.energy = defaultdict(Counter)  # layer index -> component -> pJ
         self.counts = defaultdict(Counter)  # layer index -> counter (ttc.isa.hwconfig.COUNTER_NAMES) -> count
         self.last_instr = {}  # layer index -> its last instruction
+        self._access = {}  # (memory, direction, bytes) -> pJ: the same few accesses again and again
 
     def layer_of(self, index: int) -> int:
         return max(0, bisect_right(self.first, index) - 1)
@@ -47,7 +48,10 @@ class EnergyModel:
         for direction, moved in (("read", event.reads), ("write", event.writes)):
             for mem, nbytes in moved.items():
                 counts[memory_bytes(mem, direction)] += nbytes
-                energy[mem] += self.hw.access_pj(mem, direction, nbytes)
+                key = (mem, direction, nbytes)
+                if key not in self._access:
+                    self._access[key] = self.hw.access_pj(mem, direction, nbytes)
+                energy[mem] += self._access[key]
 
     def finish(self, spans) -> None:
         """Charge leakage: each layer leaks from the end of the previous layer's last instruction to

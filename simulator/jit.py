@@ -42,6 +42,12 @@ class Planned:
     reads: Counter
     writes: Counter
     static: Counter  # actions that do not depend on the data
+    moved: tuple = ()  # (counter, bytes per sample) of what it reads and writes
+
+    def __post_init__(self):
+        self.args_at = self.args.ctypes.data  # (the array lives as long as the plan)
+        self.moved = tuple((memory_bytes(m, direction), n) for direction, moved in (("read", self.reads),
+                           ("write", self.writes)) for m, n in moved.items())
 
 
 def _conv_scratch(i: Instr) -> int:
@@ -50,13 +56,13 @@ def _conv_scratch(i: Instr) -> int:
     return 4 * taps * i["cout"] + 8 * taps + 8 * i["cout"] * i["oh"] * i["ow"]
 
 
-def _native(i: Instr, sizes: dict[str, int]):
+def _native(i: Instr, footprint: list, sizes: dict[str, int]):
     """Whether a kernel computes `i` as its NumPy handler does (else the handler runs it, and raises what it
     refuses), and the scratch it needs."""
     op = i.op
     if op not in native.KERNELS:
         return None
-    if any(r.hi > sizes[r.mem] for r in regions(i)):
+    if any(r.hi > sizes[r.mem] for r in footprint):
         return None
     if op in ("sconv", "dconv"):
         if min(i["cin"], i["cout"], i["oh"], i["ow"], i["kh"], i["kw"], i["sh"], i["sw"]) < 1:
@@ -85,13 +91,14 @@ def _plan(prog: Program) -> tuple:
     sizes = {"dram": prog.meta["dram_bytes"], **{m: b.bytes for m, b in prog.hw.buffers.items()}}
     out = []
     for i in prog.code:
-        scratch = _native(i, sizes)
+        footprint = regions(i) if i.op in native.KERNELS else []
+        scratch = _native(i, footprint, sizes)
         args = native.encode(i) if scratch is not None else None
         if args is None:
             out.append(None)
             continue
         reads, writes = Counter(), Counter()
-        for r in regions(i):
+        for r in footprint:
             for mode, moved in (("r", reads), ("w", writes)):
                 if mode in r.mode:
                     moved[r.mem] += r.hi - r.lo
@@ -116,22 +123,23 @@ class JitMachine(Machine):
         self.strides = np.array([self.mem[m].shape[1] for m in MEMORIES], dtype=np.int64)
         self.scratch = np.zeros(max((p.scratch for p in self.plan if p is not None), default=0) + 64, dtype=np.uint8)
         self.out = np.zeros(OUT_SLOTS, dtype=np.int64)
+        self.at = (self.strides.ctypes.data, self.out.ctypes.data, self.scratch.ctypes.data)
 
     def step(self, instr: Instr) -> bool:
         p = self.plan[self.pc]
         if p is None:
             return super().step(instr)
         self.out[:] = 0
-        p.kernel(self.bases, self.strides.ctypes.data, self.batch, p.args.ctypes.data, self.out.ctypes.data,
-                 self.scratch.ctypes.data)
+        strides, out, scratch = self.at
+        p.kernel(self.bases, strides, self.batch, p.args_at, out, scratch)
         if self.out[0]:
             self._fail(instr, int(self.out[0]))
         self.event = Event(actions=self._actions(instr, p), reads=p.reads, writes=p.writes)
-        self.counters.update(self.event.actions)
-        for direction, moved in (("read", p.reads), ("write", p.writes)):
-            for m, n in moved.items():
-                self.counters[memory_bytes(m, direction)] += n * self.batch
-        self.counters["instructions"] += self.batch
+        counters = self.counters
+        counters.update(self.event.actions)
+        for key, n in p.moved:
+            counters[key] += n * self.batch
+        counters["instructions"] += self.batch
         for listener in self.listeners:
             listener.on_instr(self.pc, instr, self.event)
         return True
