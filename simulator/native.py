@@ -230,7 +230,8 @@ def _engine():
 
 KERNELS = {}  # opcode -> builder(_Kernel)
 
-#: Format fields are passed as their element's bytes (spikes 0); a format no kernel takes, as -1.
+#: Format fields are passed as their element's bytes (spikes 0); an instruction in a format no kernel takes
+#: (spike times, log codes) runs its NumPy handler.
 FORMAT_CODE = {"spike": 0, "i8": 1, "i16": 2, "i32": 4}
 
 
