@@ -44,10 +44,22 @@ class Planned:
     static: Counter  # actions that do not depend on the data
     moved: tuple = ()  # (counter, bytes per sample) of what it reads and writes
 
+    dynamic: bool = True  # does what it counts depend on the data (else `static` is all of it)
+
     def __post_init__(self):
         self.args_at = self.args.ctypes.data  # (the array lives as long as the plan)
         self.moved = tuple((memory_bytes(m, direction), n) for direction, moved in (("read", self.reads),
                            ("write", self.writes)) for m, n in moved.items())
+        self._events = {}
+
+    def event(self, batch: int) -> tuple[Event, tuple]:
+        """A data-independent instruction's event for a batch, and its counter increments: made once."""
+        if batch not in self._events:
+            event = Event(actions=Counter({a: n * batch for a, n in self.static.items()}), reads=self.reads,
+                          writes=self.writes)
+            increments = (*event.actions.items(), *((key, n * batch) for key, n in self.moved), ("instructions", batch))
+            self._events[batch] = event, increments
+        return self._events[batch]
 
 
 def _conv_scratch(i: Instr) -> int:
@@ -109,7 +121,8 @@ def _plan(prog: Program) -> tuple:
             static = pool_actions(i, 1)
         elif i.op == "dconv":
             static = dconv_actions(i, 1, dense_dconv_macs(i, 1))
-        out.append(Planned(kernels[i.op], args, scratch, +reads, +writes, static))
+        dynamic = i.op in ("sconv", "nrn") or (i.op == "dconv" and i["sat_bits"] != 0)
+        out.append(Planned(kernels[i.op], args, scratch, +reads, +writes, static, dynamic=dynamic))
     return tuple(out)
 
 
@@ -134,12 +147,17 @@ class JitMachine(Machine):
         p.kernel(self.bases, strides, self.batch, p.args_at, out, scratch)
         if self.out[0]:
             self._fail(instr, int(self.out[0]))
-        self.event = Event(actions=self._actions(instr, p), reads=p.reads, writes=p.writes)
         counters = self.counters
-        counters.update(self.event.actions)
-        for key, n in p.moved:
-            counters[key] += n * self.batch
-        counters["instructions"] += self.batch
+        if p.dynamic:
+            self.event = Event(actions=self._actions(instr, p), reads=p.reads, writes=p.writes)
+            counters.update(self.event.actions)
+            for key, n in p.moved:
+                counters[key] += n * self.batch
+            counters["instructions"] += self.batch
+        else:
+            self.event, increments = p.event(self.batch)
+            for key, n in increments:
+                counters[key] += n
         for listener in self.listeners:
             listener.on_instr(self.pc, instr, self.event)
         return True
@@ -152,8 +170,7 @@ class JitMachine(Machine):
         if op == "nrn":
             return nrn_actions(self, i, int(out[1]), int(out[2]) if i["band"] else None)
         a = Counter({action: n * self.batch for action, n in p.static.items()})
-        if op == "dconv" and i["sat_bits"]:
-            a["grad_saturated"] = int(out[1])
+        a["grad_saturated"] = int(out[1])  # (a saturating dconv)
         return a
 
     def _fail(self, i: Instr, code: int) -> None:
