@@ -64,8 +64,8 @@ class Planned:
 
 def _conv_scratch(i: Instr) -> int:
     """The transposed weights (i32), each tap's non-zero count (i64) and the sums (i64)."""
-    taps = i["cin"] * i["kh"] * i["kw"]
-    return 4 * taps * i["cout"] + 8 * taps + 8 * i["cout"] * i["oh"] * i["ow"]
+    taps, lanes = i["cin"] * i["kh"] * i["kw"], -(-i["cout"] // 16) * 16  # (native._lanes)
+    return 4 * taps * lanes + 8 * taps + 8 * lanes * i["oh"] * i["ow"]
 
 
 def _native(i: Instr, footprint: list, sizes: dict[str, int]):

@@ -444,21 +444,29 @@ def _nrn(k: _Kernel) -> None:
                     k.b.store(k.b.trunc(k.get(byte), I8), k.b.gep(dst, [k.add(k.mul(k.c(plane), nbytes), j)]))
 
 
+def _lanes(k: _Kernel) -> ir.Value:
+    """The output channels as the sums and transposed weights lay them out: padded to a multiple of 16 (the
+    padding's weights zero), so that every run of adds is whole vectors."""
+    return k.b.shl(k.b.ashr(k.add(k.f("cout"), k.c(15)), k.c(4)), k.c(4))
+
+
 def _transposed_weights(k: _Kernel, wbytes):
     """Sample 0's weights [cout, cin, kh, kw] (every sample holds the same) into scratch as i32
     [cin, kh, kw, cout] with kx reversed (position kw-1-kx), so that a tap's weights for every output
     channel lie together, and a row of taps lines up with the row of outputs one input reaches (stride 1);
     each tap's non-zero count (i64, by tap index), and the largest sum of |w| over an output channel's
     weights. Returns (weights, counts, largest row sum, the scratch after them, for the sums)."""
-    cin, cout, kw = k.f("cin"), k.f("cout"), k.f("kw")
+    cin, cout, kw, lanes = k.f("cin"), k.f("cout"), k.f("kw"), _lanes(k)
     taps = k.mul(k.f("kh"), kw)
     saved, k.sample = k.sample, k.c(0)
     w = k.at("wgt")
     k.sample = saved
     wt = k.b.bitcast(k.scratch, I32.as_pointer())
-    n = k.mul(k.mul(cin, taps), cout)
+    n = k.mul(k.mul(cin, taps), lanes)
     nnz = k.b.bitcast(k.b.gep(k.scratch, [k.mul(n, k.c(4))]), I64.as_pointer())
     rowmax = k.var(0)
+    with k.range(n) as j:
+        k.b.store(ir.Constant(I32, 0), k.b.gep(wt, [j]))
     with k.range(k.mul(cin, taps)) as t:
         k.b.store(k.c(0), k.b.gep(nnz, [t]))
     with k.range(cout) as co:
@@ -471,7 +479,7 @@ def _transposed_weights(k: _Kernel, wbytes):
             x = k.get(v)
             kx = k.b.srem(t, kw)
             flipped = k.add(k.sub(t, kx), k.sub(k.sub(kw, k.c(1)), kx))
-            k.b.store(k.b.trunc(x, I32), k.b.gep(wt, [k.add(k.mul(flipped, cout), co)]))
+            k.b.store(k.b.trunc(x, I32), k.b.gep(wt, [k.add(k.mul(flipped, lanes), co)]))
             q = k.b.gep(nnz, [t])
             k.b.store(k.add(k.b.load(q), k.bool(k.ne(x, k.c(0)))), q)
             k.add_to(row, k.abs(x))
@@ -521,11 +529,11 @@ def _add_run(k: _Kernel, acc, wt, acc_at, w_at, length, value, wide: bool) -> No
 
 
 def _scatter(k: _Kernel, wt, acc, ci, r, col, value, on_tap, wide: bool) -> None:
-    """Input (ci, r, col) times `value` into every output it reaches: acc[(oy*ow + ox)*cout + co] +=
+    """Input (ci, r, col) times `value` into every output it reaches: acc[(oy*ow + ox)*lanes + co] +=
     value * w[co, ci, ky, kx] for every in-bounds tap; `on_tap(tap index)` once per tap it reaches. With
     stride 1 a row of taps reaches a row of outputs: one run of (taps x cout) adds, and no division."""
-    cout, kh, kw, sh, sw = (k.f(n) for n in ("cout", "kh", "kw", "sh", "sw"))
-    oh, ow, pt, pl = k.f("oh"), k.f("ow"), k.f("pt"), k.f("pl")
+    kh, kw, sh, sw = (k.f(n) for n in ("kh", "kw", "sh", "sw"))
+    oh, ow, pt, pl, cout = k.f("oh"), k.f("ow"), k.f("pt"), k.f("pl"), _lanes(k)
     unit = k.and_(k.eq(sh, k.c(1)), k.eq(sw, k.c(1)))
     first = k.sub(k.add(col, pl), k.sub(kw, k.c(1)))  # stride 1: outputs ox = col + pl - kx, kx = kw-1 ... 0
     lo, hi = k.max(first, k.c(0)), k.min(k.add(col, pl), k.sub(ow, k.c(1)))
@@ -582,9 +590,9 @@ def _sconv(k: _Kernel) -> None:
     doubled before every plane after the first), then dst (+)= sums << shift; out[1 + p] += plane p's adds
     (the non-zero weights its spikes reached). The sums are i32 where they cannot exceed it (a plane adds at
     most the largest row sum of |w|), else i64."""
-    cin, cout, ih, iw, oh, ow = (k.f(n) for n in ("cin", "cout", "ih", "iw", "oh", "ow"))
+    cin, ih, iw, oh, ow = (k.f(n) for n in ("cin", "ih", "iw", "oh", "ow"))
     wt, nnz, rowmax, scratch = _transposed_weights(k, k.f("wfmt"))
-    n_in, n_out, planes = k.mul(cin, k.mul(ih, iw)), k.mul(cout, k.mul(oh, ow)), k.f("planes")
+    n_in, n_out, planes = k.mul(cin, k.mul(ih, iw)), k.mul(_lanes(k), k.mul(oh, ow)), k.f("planes")
     cascade = k.ne(k.f("mode"), k.c(0))
     narrow = k.lt(k.mul(rowmax, k.sub(k.b.shl(k.c(1), planes), k.c(1))), k.c(1 << 31))
 
@@ -613,14 +621,14 @@ def _sconv(k: _Kernel) -> None:
 
 
 def _store_sums(k: _Kernel, acc, dst, saturate) -> None:
-    """dst[co, oy, ox] (+)= acc[(oy*ow + ox)*cout + co] << shift, written as i32 (`saturate`: the dconv's
+    """dst[co, oy, ox] (+)= acc[(oy*ow + ox)*lanes + co] << shift, written as i32 (`saturate`: the dconv's
     rounding and saturation instead of the range check)."""
     cout, oh, ow = k.f("cout"), k.f("oh"), k.f("ow")
     accumulate = k.ne(k.f("accumulate"), k.c(0))
     with k.range(cout) as co:
         with k.range(k.mul(oh, ow)) as yx:
             out = k.add(k.mul(co, k.mul(oh, ow)), yx)
-            y = k.b.load(k.b.gep(acc, [k.add(k.mul(yx, cout), co)]))
+            y = k.b.load(k.b.gep(acc, [k.add(k.mul(yx, _lanes(k)), co)]))
             y = k.b.shl(y if y.type == I64 else k.b.sext(y, I64), k.f("shift"))
             if saturate is not None:
                 y = saturate(y, lambda v: k.select(accumulate, k.add(v, k.load(dst, out, 4)), v))
@@ -638,7 +646,7 @@ def _dconv(k: _Kernel) -> None:
     2^53 (else INEXACT); with sat_bits they must fit the accumulator (else ACCUMULATOR), are rounded by
     round_shift, added, saturated (out[1] += how many saturated); else added and range-checked. The sums
     are i32 where the input's largest |x| times the largest row sum of |w| fits it, else i64."""
-    cin, cout, ih, iw, oh, ow = (k.f(n) for n in ("cin", "cout", "ih", "iw", "oh", "ow"))
+    cin, ih, iw, oh, ow = (k.f(n) for n in ("cin", "ih", "iw", "oh", "ow"))
     wt, _, rowmax, scratch = _transposed_weights(k, k.f("wfmt"))
     fmt, n_in = k.f("fmt"), k.mul(cin, k.mul(ih, iw))
     sat_bits = k.min(k.f("sat_bits"), k.c(32))
@@ -663,7 +671,7 @@ def _dconv(k: _Kernel) -> None:
 
         def body(wide: bool) -> None:
             acc = _sums(k, scratch, wide)
-            _clear(k, acc, k.mul(cout, k.mul(oh, ow)))
+            _clear(k, acc, k.mul(_lanes(k), k.mul(oh, ow)))
             with k.range(cin) as ci:
                 with k.range(ih) as r:
                     with k.range(iw) as col:
