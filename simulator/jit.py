@@ -39,12 +39,10 @@ class Planned:
     kernel: object
     args: np.ndarray
     scratch: int  # bytes
-    reads: Counter
+    reads: Counter  # bytes per sample, by memory
     writes: Counter
-    static: Counter  # actions that do not depend on the data
-    moved: tuple = ()  # (counter, bytes per sample) of what it reads and writes
-
-    dynamic: bool = True  # does what it counts depend on the data (else `static` is all of it)
+    static: Counter  # actions that do not depend on the data (for a batch of one)
+    dynamic: bool  # does what it counts depend on the data (else `static` is all of it)
 
     def __post_init__(self):
         self.args_at = self.args.ctypes.data  # (the array lives as long as the plan)
@@ -122,7 +120,7 @@ def _plan(prog: Program) -> tuple:
         elif i.op == "dconv":
             static = dconv_actions(i, 1, dense_dconv_macs(i, 1))
         dynamic = i.op in ("sconv", "nrn") or (i.op == "dconv" and i["sat_bits"] != 0)
-        out.append(Planned(kernels[i.op], args, scratch, +reads, +writes, static, dynamic=dynamic))
+        out.append(Planned(kernels[i.op], args, scratch, +reads, +writes, static, dynamic))
     return tuple(out)
 
 
