@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ttc.isa import progress
 from ttc.isa.errors import UserError
 from ttc.isa.io import InputError, decode_output, encode_input, input_saturation, saturation_warning, spike_input
 from ttc.isa.table import TIME
@@ -28,20 +29,31 @@ class RunResult:
     spans: list  # per instruction (but halt): its queue and [start, end) cycles (ttc.simulator.timeline.Span)
     # per fixed-point input, by name: how many elements its format saturated (ttc.isa.io.input_saturation)
     input_saturation: dict = field(default_factory=dict)
+    # each sample's energy (pJ): the mean, plus what its data-dependent actions (spike-driven adds, TTFS
+    # shift-adds) cost beyond the batch's mean; every sample takes the same cycles (the dense machine)
+    energy_pj_per_sample: np.ndarray | None = None
 
     @property
     def total_energy_pj(self) -> float:
         return sum(self.energy_pj.values())
 
     def stats(self) -> dict:
+        per_sample = dict(cycles=_spread(np.full(self.batch, self.cycles)))
+        if self.energy_pj_per_sample is not None:
+            per_sample["energy_pj"] = _spread(self.energy_pj_per_sample)
         return dict(batch=self.batch, cycles_per_inference=self.cycles, cycles_by_unit=self.cycles_by_unit,
                     energy_pj_per_inference=self.total_energy_pj, energy_pj_by_component=self.energy_pj,
-                    actions_per_inference=self.counters, layers=self.layers, input_saturation=self.input_saturation)
+                    actions_per_inference=self.counters, layers=self.layers, input_saturation=self.input_saturation,
+                    per_sample=per_sample)
 
     def warnings(self) -> list[str]:
         """One line per input that lost values to saturation: what the CLI and ttc.api.simulate warn of."""
         lines = (saturation_warning(name, s) for name, s in self.input_saturation.items())
         return [line for line in lines if line]
+
+
+def _spread(values: np.ndarray) -> dict:
+    return dict(mean=float(values.mean()), min=float(values.min()), max=float(values.max()))
 
 
 def expected_shape(io: dict) -> list:
@@ -117,14 +129,66 @@ def machine_class(backend: str | None = None):
     raise InputError(f"unknown simulator backend {backend!r} (one of {', '.join(BACKENDS)})")
 
 
-def run(prog: Program, inputs: list[np.ndarray], backend: str | None = None) -> RunResult:
+def run(prog: Program, inputs: list[np.ndarray], backend: str | None = None, batch: int | None = None) -> RunResult:
+    """Run the program on `inputs` (each laid out as the model's forward takes it, any number of samples),
+    `batch` samples at a time (None: all at once), with a progress bar over the batches when they take long:
+    an input of any size (a memory-mapped .npy) is read a batch at a time. The result is per inference over
+    all samples, and each sample's cycles and energy (`stats()["per_sample"]`: mean, min, max)."""
     ios = prog.meta["inputs"]
     if len(inputs) != len(ios):
         raise InputError(f"the program takes {len(ios)} inputs, got {len(inputs)}")
-    batches = {_batch_of(io, np.asarray(x)) for io, x in zip(ios, inputs)}
-    if len(batches) != 1:
-        raise InputError(f"inputs disagree on the batch size: {sorted(batches)}")
-    batch = batches.pop()
+    inputs = [x if isinstance(x, np.ndarray) else np.asarray(x) for x in inputs]
+    sizes = {_batch_of(io, x) for io, x in zip(ios, inputs)}
+    if len(sizes) != 1:
+        raise InputError(f"inputs disagree on the batch size: {sorted(sizes)}")
+    total = sizes.pop()
+    if batch is not None and batch < 1:
+        raise InputError(f"batch {batch}: at least 1 sample")
+    step = min(batch or total, total)
+    if step == total:
+        return _run_batch(prog, inputs, backend, total)
+    axes = [1 if io["time"] is not None else 0 for io in ios]
+    results = []
+    with progress.bar(total, f"simulate ({total} samples, batch {step})", "sample") as shown:
+        for lo in range(0, total, step):
+            hi = min(lo + step, total)
+            chunk = [np.asarray(x[(slice(None),) * a + (slice(lo, hi),)]) for x, a in zip(inputs, axes)]
+            results.append(_run_batch(prog, chunk, backend, hi - lo))
+            shown.update(hi - lo)
+    return _merge(prog, results)
+
+
+def _merge(prog: Program, results: list[RunResult]) -> RunResult:
+    """Batches' results as one: per inference, weighted by their samples; outputs and samples in order."""
+    total = sum(r.batch for r in results)
+
+    def mean(dicts: list[dict]) -> dict:
+        out: dict = {}
+        for r, d in zip(results, dicts):
+            for k, v in d.items():
+                out[k] = out.get(k, 0.0) + v * r.batch / total
+        return out
+
+    layers = [dict(first, counts=mean([r.layers[k]["counts"] for r in results]),
+                   energy_pj=mean([r.layers[k]["energy_pj"] for r in results])) for k, first in enumerate(results[0].layers)]
+    saturation = {}
+    for r in results:
+        for name, s in r.input_saturation.items():
+            m = saturation.setdefault(name, dict(s, elements=0, saturated=0, largest_magnitude=0.0))
+            m["elements"] += s["elements"]
+            m["saturated"] += s["saturated"]
+            m["largest_magnitude"] = max(m["largest_magnitude"], s["largest_magnitude"])
+    axes = [1 if io["time"] is not None else 0 for io in prog.meta["outputs"]]
+    first = results[0]
+    return RunResult(outputs=[np.concatenate([r.outputs[k] for r in results], axis=a) for k, a in enumerate(axes)],
+                     batch=total, cycles=first.cycles, cycles_by_unit=first.cycles_by_unit,
+                     counters=mean([r.counters for r in results]), energy_pj=mean([r.energy_pj for r in results]),
+                     layers=layers, spans=first.spans, input_saturation=saturation,
+                     energy_pj_per_sample=np.concatenate([r.energy_pj_per_sample for r in results]))
+
+
+def _run_batch(prog: Program, inputs: list[np.ndarray], backend: str | None, batch: int) -> RunResult:
+    ios = prog.meta["inputs"]
     machine = machine_class(backend)(prog, batch)
     saturation = {}
     for io, x in zip(ios, inputs):
@@ -150,7 +214,9 @@ def run(prog: Program, inputs: list[np.ndarray], backend: str | None = None) -> 
                    counts=dict(energy.counts[k]),
                    energy_pj=dict(energy.energy[k])) for k, layer in enumerate(prog.meta["layers"])]
     per_inference = {k: v / batch for k, v in sorted(machine.counters.items())}
+    energy_pj = energy.by_component()
     return RunResult(
         outputs=[_read_output(machine, io) for io in prog.meta["outputs"]], batch=batch,
         cycles=timeline.cycles, cycles_by_unit=dict(timeline.busy), counters=per_inference,
-        energy_pj=energy.by_component(), layers=layers, spans=timeline.spans, input_saturation=saturation)
+        energy_pj=energy_pj, layers=layers, spans=timeline.spans, input_saturation=saturation,
+        energy_pj_per_sample=sum(energy_pj.values()) + machine.sample_pj - machine.sample_pj.mean())

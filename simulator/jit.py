@@ -20,17 +20,13 @@ import numpy as np
 from ttc.isa.encoding import Instr
 from ttc.isa.errors import InternalError
 from ttc.isa.footprint import regions
-from ttc.isa.hwconfig import memory_bytes
+from ttc.isa.hwconfig import memory_bytes, spike_add_action
 from ttc.isa.program import Program
 from ttc.isa.table import MEMORIES
 
 from . import native
 from .machine import (Event, Machine, SimError, dconv_actions, dense_dconv_macs, nrn_actions, pool_actions,
                       sconv_actions, vacc_actions)
-
-#: Counts a kernel may return after its error code (an sconv's planes)
-OUT_SLOTS = 16
-
 
 @dataclass
 class Planned:
@@ -77,7 +73,7 @@ def _native(i: Instr, footprint: list, sizes: dict[str, int]):
     if op in ("sconv", "dconv"):
         if min(i["cin"], i["cout"], i["oh"], i["ow"], i["kh"], i["kw"], i["sh"], i["sw"]) < 1:
             return None
-        if op == "sconv" and not 1 <= i["planes"] < OUT_SLOTS:
+        if op == "sconv" and not 1 <= i["planes"] < native.OUT_SLOTS:
             return None
         if op == "dconv" and (i["transposed"] or i["skip"]):
             return None
@@ -133,7 +129,7 @@ class JitMachine(Machine):
         self.bases = (ctypes.c_void_p * len(MEMORIES))(*(self.mem[m].ctypes.data for m in MEMORIES))
         self.strides = np.array([self.mem[m].shape[1] for m in MEMORIES], dtype=np.int64)
         self.scratch = np.zeros(max((p.scratch for p in self.plan if p is not None), default=0) + 64, dtype=np.uint8)
-        self.out = np.zeros(OUT_SLOTS, dtype=np.int64)
+        self.out = np.zeros(native.OUT_SLOTS * (batch + 1), dtype=np.int64)
         self.at = (self.strides.ctypes.data, self.out.ctypes.data, self.scratch.ctypes.data)
 
     def step(self, instr: Instr) -> bool:
@@ -164,6 +160,8 @@ class JitMachine(Machine):
         """The NumPy handler's actions, from the kernel's counts."""
         op, out = i.op, self.out
         if op == "sconv":
+            per_sample = out[native.OUT_SLOTS:native.OUT_SLOTS * (self.batch + 1)].reshape(self.batch, -1)
+            self.charge_samples(spike_add_action(i["wfmt"]), per_sample[:, 1:1 + i["planes"]].sum(axis=1))
             return sconv_actions(i, self.batch, [int(out[1 + k]) for k in range(i["planes"])])
         if op == "nrn":
             return nrn_actions(self, i, int(out[1]), int(out[2]) if i["band"] else None)

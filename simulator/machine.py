@@ -58,6 +58,7 @@ class Machine:
         self.mem = {m: np.zeros((batch, sizes[m]), dtype=np.uint8) for m in MEMORIES}
         self.mem["dram"][:, :len(prog.data)] = np.frombuffer(prog.data, dtype=np.uint8)
         self.counters: Counter = Counter()
+        self.sample_pj = np.zeros(batch)  # each sample's energy in the actions that depend on its data
         self.listeners: list = []
         self.pc = 0
         self.event = Event()
@@ -163,16 +164,23 @@ class Machine:
         """Run from `start` to the next halt once for the whole batch (a training step's weight update):
         on the first sample's memories, whose DRAM bytes it wrote then become every sample's (weights and
         their gradients are one per machine; every sample's copy of them is the same)."""
-        batch, mem = self.batch, self.mem
-        self.batch, self.mem = 1, {m: a[:1] for m, a in mem.items()}
+        batch, mem, sample_pj = self.batch, self.mem, self.sample_pj
+        self.batch, self.mem, self.sample_pj = 1, {m: a[:1] for m, a in mem.items()}, np.zeros(1)
         try:
             self.run(start)
         finally:
-            self.batch, self.mem = batch, mem
+            self.batch, self.mem, self.sample_pj = batch, mem, sample_pj
         for instr in self.prog.code[start:self.pc]:
             for r in regions(instr):
                 if r.mem == "dram" and "w" in r.mode:
                     mem["dram"][1:, r.lo:r.hi] = mem["dram"][0, r.lo:r.hi]
+
+    def charge_samples(self, action: str, per_sample: np.ndarray) -> None:
+        """Each sample's count of a data-dependent action, priced (what makes one sample's energy differ from
+        another's: RunResult.energy_pj_per_sample)."""
+        pj = self.hw.energy_pj.get(action)
+        if pj:
+            self.sample_pj += pj * per_sample
 
     def check_counters(self) -> None:
         """Every counter a handler emitted is declared (once per run: not on the per-instruction path)."""
@@ -227,6 +235,12 @@ def _per_tap(x: np.ndarray, i: Instr) -> np.ndarray:
     return win[:, ::i["sh"], ::i["sw"]].sum(axis=(1, 2)).reshape(-1)
 
 
+def _per_tap_samples(x: np.ndarray, i: Instr) -> np.ndarray:
+    """`_per_tap` of each sample: [B, taps]."""
+    win = sliding_window_view(_padded(x, i), (i["kh"], i["kw"]), axis=(2, 3))
+    return win[:, :, ::i["sh"], ::i["sw"]].sum(axis=(2, 3)).reshape(x.shape[0], -1)
+
+
 def _conv_sums(m: Machine, i: Instr, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """The integer convolution of x [B, cin, ih, iw] with w [cout, cin*kh*kw] as [B, cout*oh*ow], through
     torch's conv2d in floating point, which is exact here: every partial sum is an integer bounded by
@@ -270,12 +284,15 @@ def _sconv(m: Machine, i: Instr) -> None:
     cin, planes, mode = i["cin"], i["planes"], i["mode"]
     x, w = _conv_operands(m, i, "spike", i["wfmt"], planes)
     fanout = (w != 0).sum(axis=0)
-    y, adds = 0, []
+    y, adds, per_sample = 0, [], 0
     for p in range(planes):
         spikes = x[:, p * cin:(p + 1) * cin]
         y = (y << 1 if p and mode == "cascade" else y) + _conv_sums(m, i, spikes, w)
-        adds.append(int(_per_tap(spikes, i) @ fanout))
+        sample_adds = _per_tap_samples(spikes, i) @ fanout
+        adds.append(int(sample_adds.sum()))
+        per_sample = per_sample + sample_adds
     m.event.actions.update(sconv_actions(i, m.batch, adds))
+    m.charge_samples(spike_add_action(i["wfmt"]), per_sample)
     _accumulate(m, i, y << i["shift"])
 
 
@@ -311,16 +328,18 @@ def _tconv(m: Machine, i: Instr) -> None:
     x = np.where(early, np.left_shift(1, np.clip(exact - times, 0, 62)), 0)
     w = synapse_weights(codes, shift - exact) if exact >= 0 else np.zeros_like(codes)
     y = _conv_sums(m, i, x, w)
-    synapses = int(_per_tap(early.astype(np.int64), i) @ live.sum(axis=0))
+    per_sample = _per_tap_samples(early.astype(np.int64), i) @ live.sum(axis=0)
     for t in range(max(exact + 1, 0), window):
         spikes = (times == t).astype(np.int64)
         w = synapse_weights(codes, shift - t)
         y += _conv_sums(m, i, spikes, w)
-        synapses += int(_per_tap(spikes, i) @ (w != 0).sum(axis=0))
+        per_sample = per_sample + _per_tap_samples(spikes, i) @ (w != 0).sum(axis=0)
     _accumulate(m, i, y)
+    synapses = int(per_sample.sum())
     m.event.actions["shift_add"] = synapses
     for action, per_synapse in TTFS_SYNAPSE_ACTIONS.items():
         m.event.actions[action] += synapses * per_synapse
+        m.charge_samples(action, per_sample * per_synapse)
 
 
 def _tfire(m: Machine, i: Instr) -> None:

@@ -37,6 +37,8 @@ CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
 
 #: out[0] error codes (the JIT backend raises the NumPy backend's message for each)
 OVERFLOW, INEXACT, ACCUMULATOR = 1, 2, 3
+#: out holds OUT_SLOTS counts for the batch (out[0] the error code), then OUT_SLOTS per sample
+OUT_SLOTS = 16
 
 
 class _Kernel:
@@ -589,7 +591,7 @@ def _both_widths(k: _Kernel, narrow, body) -> None:
 def _sconv(k: _Kernel) -> None:
     """Spike-driven: every spike adds the weights of the taps it reaches into the sums (a cascade's sums
     doubled before every plane after the first), then dst (+)= sums << shift; out[1 + p] += plane p's adds
-    (the non-zero weights its spikes reached). The sums are i32 where they cannot exceed it (a plane adds at
+    (the non-zero weights its spikes reached), and each sample's too. The sums are i32 where they cannot exceed it (a plane adds at
     most the largest row sum of |w|), else i64."""
     cin, ih, iw, oh, ow = (k.f(n) for n in ("cin", "ih", "iw", "oh", "ow"))
     wt, nnz, rowmax, scratch = _transposed_weights(k, k.f("wfmt"))
@@ -616,6 +618,7 @@ def _sconv(k: _Kernel) -> None:
                                 _scatter(k, wt, acc, ci, r, col, k.c(1),
                                          lambda tap: k.add_to(adds, k.b.load(k.b.gep(nnz, [tap]))), wide)
                 k.count_at(k.add(p, k.c(1)), k.get(adds))
+                k.count_at(k.add(k.mul(k.add(k.sample, k.c(1)), k.c(OUT_SLOTS)), k.add(p, k.c(1))), k.get(adds))
             _store_sums(k, acc, dst, None)
 
     _both_widths(k, narrow, body)

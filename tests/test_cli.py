@@ -52,6 +52,20 @@ def test_run_check_is_bit_exact_and_writes_outputs(compiled):
     assert report["check"]["float"][0]["top1_agreement"] >= 0.8
 
 
+def test_run_streams_a_data_set_in_batches_with_per_sample_figures(compiled):
+    x = grid_inputs((4, 7, 1, 8, 8), seed=3)
+    np.save(compiled / "seven.npy", x)
+    runs = [json.loads(ttc("run", "--sim", compiled / "prog.bin", "--input", compiled / "seven.npy", "--json",
+                           *batch, "--output", compiled / f"y{len(batch)}.npy").stdout) for batch in ([], ["--batch", "3"])]
+    assert runs[0]["batch"] == runs[1]["batch"] == 7
+    assert np.load(compiled / "y0.npy").tobytes() == np.load(compiled / "y2.npy").tobytes()
+    for key in ("mean", "min", "max"):
+        assert runs[1]["per_sample"]["energy_pj"][key] == pytest.approx(runs[0]["per_sample"]["energy_pj"][key], rel=1e-12)
+    assert runs[0]["per_sample"]["cycles"]["min"] == runs[0]["per_sample"]["cycles"]["max"] == runs[0]["cycles_per_inference"]
+    assert_clean_failure(ttc("run", "--sim", compiled / "prog.bin", "--input", compiled / "seven.npy", "--batch", "0"),
+                         "--batch 0")
+
+
 def test_run_without_input_uses_a_deterministic_batch_of_one(compiled):
     a, b = (ttc("run", "--sim", compiled / "prog.bin", "--json") for _ in range(2))
     assert a.returncode == 0 and json.loads(a.stdout)["batch"] == 1

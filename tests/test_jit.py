@@ -103,3 +103,32 @@ def test_an_overflow_is_the_same_error_on_both_backends():
             machine_class(backend)(_program(big), 2).run()
         errors.append(str(e.value))
     assert errors[0] == errors[1] and "value out of i32 range" in errors[0]
+
+
+@pytest.mark.parametrize("backend", ["jit", "numpy"])
+@pytest.mark.parametrize("family", ["event-input", "mt-cascade", "ttfs-cat-digits"])
+def test_each_samples_energy_is_its_own_run(family, backend):
+    """A batch's per-sample energy is what each sample costs run alone: the same cycles, and energy that
+    differs only by its data-dependent actions (spike-driven adds, TTFS shift-adds)."""
+    build, shape, options, x = FAMILIES[family]
+    prog = api.compile_model(build(), shape, **options).program
+    axis = 0 if shape.startswith("N") else 1
+    whole = run(prog, [x], backend)
+    alone = [run(prog, [np.take(x, [b], axis=axis)], backend).total_energy_pj for b in range(x.shape[axis])]
+    assert whole.energy_pj_per_sample == pytest.approx(alone, rel=1e-12)
+    spread = whole.stats()["per_sample"]
+    assert spread["energy_pj"]["min"] < spread["energy_pj"]["max"]  # the samples' spikes differ
+    assert spread["cycles"] == dict(mean=whole.cycles, min=whole.cycles, max=whole.cycles)
+
+
+def test_a_data_set_runs_batch_by_batch_as_it_runs_whole():
+    build, shape, options, x = FAMILIES["conv-bn-maxpool-fixed-input"]
+    prog = api.compile_model(build(), shape, **options).program
+    whole, batched = run(prog, [x]), run(prog, [x], batch=4)  # 6 samples: batches of 4 and 2
+    assert batched.batch == whole.batch == 6
+    assert batched.outputs[0].tobytes() == whole.outputs[0].tobytes()
+    assert batched.counters == pytest.approx(whole.counters, rel=1e-12)
+    assert batched.energy_pj == pytest.approx(whole.energy_pj, rel=1e-12)
+    assert batched.energy_pj_per_sample == pytest.approx(whole.energy_pj_per_sample, rel=1e-12)
+    for a, b in zip(batched.layers, whole.layers):
+        assert a["counts"] == pytest.approx(b["counts"], rel=1e-12) and a["energy_pj"] == pytest.approx(b["energy_pj"], rel=1e-12)

@@ -299,6 +299,8 @@ def cmd_run(a) -> int:
 
     if not a.sim:
         raise CliError("only the simulator backend exists: pass --sim")
+    if a.batch is not None and a.batch < 1:
+        raise CliError(f"--batch {a.batch}: simulate at least 1 sample at a time")
     prog = Program.load(a.program)
     if a.hw:
         from ttc.isa.hwconfig import load_hw
@@ -310,7 +312,7 @@ def cmd_run(a) -> int:
     x = _load_input(a.input) if a.input else default_input(ios[0])
     source = input_provenance(x, a.input)
     try:
-        result = run(prog, [x], a.backend)
+        result = run(prog, [x], a.backend, a.batch)
     except InputError as e:
         raise naming(a.input or a.program, e) from e  # the default input is the program's
     except UserError as e:  # what the program does on this machine (or on the --hw one: both are named)
@@ -355,6 +357,9 @@ def _print_run(r: dict) -> None:
           f"{r['energy_pj_per_inference'] / 1e3:.2f} nJ per inference")  # nJ throughout, as the report's table
     print("  energy by component (nJ): " + ", ".join(f"{k} {v / 1e3:.2f}" for k, v in r["energy_pj_by_component"].items()))
     print("  cycles by unit: " + ", ".join(f"{k} {v}" for k, v in r["cycles_by_unit"].items()))
+    e = r["per_sample"]["energy_pj"]
+    print(f"  per sample: energy {e['mean'] / 1e3:.2f} nJ mean, {e['min'] / 1e3:.2f} to {e['max'] / 1e3:.2f}; cycles "
+          f"{r['per_sample']['cycles']['mean']:.0f} (the same for every sample: a dense machine)")
     print("  actions per inference: " + ", ".join(f"{k} {v:g}" for k, v in r["actions_per_inference"].items()))
     if "check" in r:
         c = r["check"]
@@ -679,6 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "kernels (jit, the default) or NumPy handlers (the reference): the same outputs and counters")
     r.add_argument("program")
     r.add_argument("--input", help=".npy laid out as the model's forward input (any batch size)")
+    r.add_argument("--batch", type=int, metavar="N", help="simulate N samples at a time (default: all at once): an "
+                   "input of any size is read a batch at a time, with a progress bar")
     r.add_argument("--output", help="write what forward returns (.npy; .npz for several tensors, each named "
                    "as `ttc inspect` names the output)")
     r.add_argument("--check", metavar="MODEL", help="compare with the quantized reference (bit for bit) and the float model")
