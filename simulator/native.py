@@ -455,9 +455,10 @@ def _lanes(k: _Kernel) -> ir.Value:
 def _transposed_weights(k: _Kernel, wbytes):
     """Sample 0's weights [cout, cin, kh, kw] (every sample holds the same) into scratch as i32
     [cin, kh, kw, cout] with kx reversed (position kw-1-kx), so that a tap's weights for every output
-    channel lie together, and a row of taps lines up with the row of outputs one input reaches (stride 1);
-    each tap's non-zero count (i64, by tap index), and the largest sum of |w| over an output channel's
-    weights. Returns (weights, counts, largest row sum, the scratch after them, for the sums)."""
+    channel lie together (`_lanes` of them), and a row of taps lines up with the row of outputs one input
+    reaches (stride 1); each tap's non-zero count (i64, by tap index), and the largest sum of |w| over an
+    output channel's weights. Returns (weights, counts, largest row sum, the scratch after them, for the
+    sums)."""
     cin, cout, kw, lanes = k.f("cin"), k.f("cout"), k.f("kw"), _lanes(k)
     taps = k.mul(k.f("kh"), kw)
     saved, k.sample = k.sample, k.c(0)
@@ -591,8 +592,8 @@ def _both_widths(k: _Kernel, narrow, body) -> None:
 def _sconv(k: _Kernel) -> None:
     """Spike-driven: every spike adds the weights of the taps it reaches into the sums (a cascade's sums
     doubled before every plane after the first), then dst (+)= sums << shift; out[1 + p] += plane p's adds
-    (the non-zero weights its spikes reached), and each sample's too. The sums are i32 where they cannot exceed it (a plane adds at
-    most the largest row sum of |w|), else i64."""
+    (the non-zero weights its spikes reached), and each sample's too (after the batch's counts). The sums
+    are i32 where they cannot exceed it (a plane adds at most the largest row sum of |w|), else i64."""
     cin, ih, iw, oh, ow = (k.f(n) for n in ("cin", "ih", "iw", "oh", "ow"))
     wt, nnz, rowmax, scratch = _transposed_weights(k, k.f("wfmt"))
     n_in, n_out, planes = k.mul(cin, k.mul(ih, iw)), k.mul(_lanes(k), k.mul(oh, ow)), k.f("planes")

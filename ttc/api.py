@@ -239,17 +239,19 @@ def run_float(model: torch.nn.Module, x: np.ndarray) -> list[np.ndarray]:
     return [t.detach().numpy() for t in ys]
 
 
-def simulate(program: Program | Compiled, x: np.ndarray, backend: str | None = None) -> RunResult:
+def simulate(program: Program | Compiled, x: np.ndarray, backend: str | None = None,
+             batch: int | None = None) -> RunResult:
     """Run `program` (a Program, or the Compiled that compile_model returns) on the simulator for input
-    `x`, laid out as the model's forward takes it, with `backend` ('jit', the default, or 'numpy': the same
-    bits and counters). Inputs outside the range of the input format are saturated, as the hardware does:
-    the result's `input_saturation` counts them per input, and an InputSaturationWarning says so."""
+    `x`, laid out as the model's forward takes it (any number of samples: `batch` at a time, None: all at
+    once), with `backend` ('jit', the default, or 'numpy': the same bits and counters). Inputs outside the
+    range of the input format are saturated, as the hardware does: the result's `input_saturation` counts
+    them per input, and an InputSaturationWarning says so."""
     if isinstance(program, Compiled):
         program = program.program
     if not isinstance(program, Program):
         raise ApiError(f"simulate() takes a ttc.isa.program.Program or the ttc.api.Compiled that compile_model "
                        f"returns, not {type(program).__name__} (load a prog.bin with Program.load(path))")
-    result = run(program, [x], backend)
+    result = run(program, [x], backend, batch)
     for line in result.warnings():
         warnings.warn(line, InputSaturationWarning, stacklevel=2)
     return result
