@@ -120,8 +120,14 @@ BACKENDS = ("numpy", "jit")
 
 
 def machine_class(backend: str | None = None):
-    """The machine of `backend` (None: jit)."""
-    if backend in (None, "jit"):
+    """The machine of `backend` (None: jit, where llvmlite loads; else numpy)."""
+    if backend is None:
+        try:
+            from ttc.simulator.jit import JitMachine
+        except ImportError:  # (llvmlite is a dependency: a broken install still simulates)
+            return Machine
+        return JitMachine
+    if backend == "jit":
         from ttc.simulator.jit import JitMachine
         return JitMachine
     if backend == "numpy":

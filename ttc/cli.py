@@ -680,8 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", parents=[verbose], help="run prog.bin on the simulator")
     r.add_argument("--sim", action="store_true", help="run on the instruction-level simulator")
-    r.add_argument("--backend", choices=("jit", "numpy"), default="jit", help="the simulator's backend: native "
-                   "kernels (jit, the default) or NumPy handlers (the reference): the same outputs and counters")
+    r.add_argument("--backend", choices=("jit", "numpy"), help="the simulator's backend: native kernels (jit, the "
+                   "default) or NumPy handlers (the reference): the same outputs and counters")
     r.add_argument("program")
     r.add_argument("--input", help=".npy laid out as the model's forward input (any batch size)")
     r.add_argument("--batch", type=int, metavar="N", help="simulate N samples at a time (default: all at once): an "
