@@ -81,14 +81,22 @@ def test_handlers_stay_inside_the_declared_footprint(compiled, monkeypatch):
         _run(compiled.program, "numpy")
 
 
+class _SmallPages(RangeMap):
+    PAGE_BITS = 3  # runs across pages, in a test's few bytes
+
+
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(0, 5)), max_size=30))
 def test_range_map_equals_a_plain_array(updates):
-    ranges, plain = RangeMap(0), [0] * 48
-    for a, b, v in updates:
-        lo, hi = min(a, b), max(a, b)
-        ranges.update(lo, hi, lambda old: old + v)
-        plain[lo:hi] = [p + v for p in plain[lo:hi]]
-        assert ranges.starts == sorted(set(ranges.starts)) and ranges.starts[0] == 0
-        for x in range(0, 43, 3):
-            assert ranges.runs(x, x + 5) == [plain[x]] + [plain[k] for k in range(x + 1, x + 5) if plain[k] != plain[k - 1]]
+    for ranges in (RangeMap(0), _SmallPages(0)):
+        plain = [0] * 48
+        for a, b, v in updates:
+            lo, hi = min(a, b), max(a, b)
+            ranges.update(lo, hi, lambda old: old + v)
+            plain[lo:hi] = [p + v for p in plain[lo:hi]]
+            for p, (starts, values) in ranges.pages.items():
+                assert starts == sorted(set(starts)) and starts[0] == p << ranges.PAGE_BITS
+                assert all(x != y for x, y in zip(values, values[1:]))
+            for x in range(0, 43, 3):
+                assert ranges.runs(x, x + 5) == [plain[x]] + [plain[k] for k in range(x + 1, x + 5)
+                                                              if plain[k] != plain[k - 1]]
