@@ -235,10 +235,16 @@ def _per_tap(x: np.ndarray, i: Instr) -> np.ndarray:
     return win[:, ::i["sh"], ::i["sw"]].sum(axis=(1, 2)).reshape(-1)
 
 
-def _per_tap_samples(x: np.ndarray, i: Instr) -> np.ndarray:
-    """`_per_tap` of each sample: [B, taps]."""
-    win = sliding_window_view(_padded(x, i), (i["kh"], i["kw"]), axis=(2, 3))
-    return win[:, :, ::i["sh"], ::i["sw"]].sum(axis=(2, 3)).reshape(x.shape[0], -1)
+def _tap_weighted(x: np.ndarray, i: Instr, per_tap: np.ndarray) -> np.ndarray:
+    """Each sample's sum over its outputs and their taps (c, i, j) of the input the tap reads times
+    per_tap[c, i, j] (`_per_tap(x) @ per_tap`, sample by sample): one single-channel conv, exact in float32
+    below 2^24 (its partial sums are integers no larger than the bound), else in float64."""
+    per_tap = np.asarray(per_tap)
+    bound = int(np.abs(per_tap).sum()) * int(np.abs(x).max(initial=0)) * i["oh"] * i["ow"]
+    dtype = torch.float32 if bound < 1 << 24 else torch.float64  # (exact either way)
+    kernel = torch.from_numpy(per_tap.reshape(1, i["cin"], i["kh"], i["kw"])).to(dtype)
+    y = torch.nn.functional.conv2d(torch.from_numpy(_padded(x, i)).to(dtype), kernel, stride=(i["sh"], i["sw"]))
+    return np.rint(y.double().sum(dim=(1, 2, 3)).numpy()).astype(np.int64)
 
 
 def _conv_sums(m: Machine, i: Instr, x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -288,7 +294,7 @@ def _sconv(m: Machine, i: Instr) -> None:
     for p in range(planes):
         spikes = x[:, p * cin:(p + 1) * cin]
         y = (y << 1 if p and mode == "cascade" else y) + _conv_sums(m, i, spikes, w)
-        sample_adds = _per_tap_samples(spikes, i) @ fanout
+        sample_adds = _tap_weighted(spikes, i, fanout)
         adds.append(int(sample_adds.sum()))
         per_sample = per_sample + sample_adds
     m.event.actions.update(sconv_actions(i, m.batch, adds))
@@ -328,12 +334,12 @@ def _tconv(m: Machine, i: Instr) -> None:
     x = np.where(early, np.left_shift(1, np.clip(exact - times, 0, 62)), 0)
     w = synapse_weights(codes, shift - exact) if exact >= 0 else np.zeros_like(codes)
     y = _conv_sums(m, i, x, w)
-    per_sample = _per_tap_samples(early.astype(np.int64), i) @ live.sum(axis=0)
+    per_sample = _tap_weighted(early.astype(np.int64), i, live.sum(axis=0))
     for t in range(max(exact + 1, 0), window):
         spikes = (times == t).astype(np.int64)
         w = synapse_weights(codes, shift - t)
         y += _conv_sums(m, i, spikes, w)
-        per_sample = per_sample + _per_tap_samples(spikes, i) @ (w != 0).sum(axis=0)
+        per_sample = per_sample + _tap_weighted(spikes, i, (w != 0).sum(axis=0))
     _accumulate(m, i, y)
     synapses = int(per_sample.sum())
     m.event.actions["shift_add"] = synapses
