@@ -136,7 +136,7 @@ class JitMachine(Machine):
         p = self.plan[self.pc]
         if p is None:
             return super().step(instr)
-        self.out[:] = 0
+        self.out[:native.OUT_SLOTS] = 0
         strides, out, scratch = self.at
         p.kernel(self.bases, strides, self.batch, p.args_at, out, scratch)
         if self.out[0]:

@@ -391,8 +391,13 @@ def _dconv(m: Machine, i: Instr) -> None:
         m.write(i["dst"], "i32", y)
     else:
         _accumulate(m, i, y)
-    taps = (x != 0).astype(np.int64) if i["skip"] else np.ones((1,) + x.shape[1:], np.int64) if real is None else real
-    a.update(dconv_actions(i, m.batch, int(_per_tap(taps, conv).sum()) * cout * (1 if i["skip"] else m.batch)))
+    if i["skip"]:
+        macs = int(_per_tap((x != 0).astype(np.int64), conv).sum()) * cout
+    elif real is not None:
+        macs = int(_per_tap(real, conv).sum()) * cout * m.batch
+    else:
+        macs = dense_dconv_macs(i, m.batch)
+    a.update(dconv_actions(i, m.batch, macs))
 
 
 def dconv_actions(i: Instr, batch: int, macs: int) -> Counter:

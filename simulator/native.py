@@ -37,7 +37,8 @@ CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
 
 #: out[0] error codes (the JIT backend raises the NumPy backend's message for each)
 OVERFLOW, INEXACT, ACCUMULATOR = 1, 2, 3
-#: out holds OUT_SLOTS counts for the batch (out[0] the error code), then OUT_SLOTS per sample
+#: out holds OUT_SLOTS counts for the batch (out[0] the error code; the caller clears them, kernels add to
+#: them), then OUT_SLOTS per sample (kernels set those)
 OUT_SLOTS = 16
 
 
@@ -619,7 +620,8 @@ def _sconv(k: _Kernel) -> None:
                                 _scatter(k, wt, acc, ci, r, col, k.c(1),
                                          lambda tap: k.add_to(adds, k.b.load(k.b.gep(nnz, [tap]))), wide)
                 k.count_at(k.add(p, k.c(1)), k.get(adds))
-                k.count_at(k.add(k.mul(k.add(k.sample, k.c(1)), k.c(OUT_SLOTS)), k.add(p, k.c(1))), k.get(adds))
+                sample_slot = k.add(k.mul(k.add(k.sample, k.c(1)), k.c(OUT_SLOTS)), k.add(p, k.c(1)))
+                k.b.store(k.get(adds), k.b.gep(k.out, [sample_slot]))  # (set: the batch's slots alone are cleared)
             _store_sums(k, acc, dst, None)
 
     _both_widths(k, narrow, body)
