@@ -29,6 +29,7 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/sim_speed.py
+	$(PY) bench/skip_density.py
 	$(PY) bench/vgg_report.py
 	$(PY) bench/train_digits.py
 	$(PY) bench/tt_training.py

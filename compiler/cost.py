@@ -85,10 +85,11 @@ def _slot(plan: LayerPlan, mem: str, addr: int) -> tuple[str, int]:
     return mem, addr // size
 
 
-def step_template(plan: LayerPlan, instrs: list[Instr]) -> StepTemplate:
+def step_template(plan: LayerPlan, instrs: list[Instr], share: float = 1.0) -> StepTemplate:
     """Within a step only on-chip bytes are shared (a layer reads its inputs' DRAM and writes its
     outputs', which never overlap), and on chip every operand is one run of bytes: the footprint's
-    extent is enough."""
+    extent is enough. A spike-driven conv takes the cycles of `share` of its dense PE work (`LayerPlan.pe_share`)
+    where the array skips."""
     hw = plan.hw
     # per memory and byte range touched so far: [its last writer, {queue: its last reader since}]
     ranges: dict[str, dict[tuple[int, int], list]] = {}
@@ -127,7 +128,7 @@ def step_template(plan: LayerPlan, instrs: list[Instr]) -> StepTemplate:
                 energy[mem] += hw.access_pj(mem, direction, nbytes)
                 dram_bytes += nbytes if mem == "dram" else 0
         after.discard(j)
-        work.append(Work(queue, opcode.cycles(hw, args), instr.op in DMA, tuple(sorted(after)),
+        work.append(Work(queue, _cycles(hw, opcode, args, share), instr.op in DMA, tuple(sorted(after)),
                          tuple(sorted(reads)), tuple(sorted(writes))))
     return StepTemplate(tuple(work), dict(energy), dram_bytes)
 
@@ -193,13 +194,20 @@ class _Timeline:
         self.dram.starts, self.dram.ends = [t + floor for t in starts], [t + floor for t in ends]
 
 
-def step_busy(plan: LayerPlan, instrs: list[Instr]) -> Counter:
+def step_busy(plan: LayerPlan, instrs: list[Instr], share: float = 1.0) -> Counter:
     """Cycles of work a step's instructions give each resource (the queues; "dram" for transfers)."""
     busy: Counter = Counter()
     for instr in instrs:
         opcode = BY_NAME[instr.op]
-        busy["dram" if instr.op in DMA else opcode.queue(instr.args)] += opcode.cycles(plan.hw, instr.args)
+        busy["dram" if instr.op in DMA else opcode.queue(instr.args)] += _cycles(plan.hw, opcode, instr.args, share)
     return busy
+
+
+def _cycles(hw: HwConfig, opcode, args: dict, share: float) -> int:
+    """An instruction's cycles; a spike-driven conv's, where the array skips, those of `share` of its dense work."""
+    if opcode.spike_driven and hw.pe_skip != "none":
+        return hw.pe_cycles(opcode.pe_work(args) * args.get("planes", 1) * share)
+    return opcode.cycles(hw, args)
 
 
 class PricedWalk:
@@ -207,8 +215,9 @@ class PricedWalk:
     bound on its cycles, then its full price. The steps of a stretch seen before (same signature, slots
     at the same turns) are not walked again: its keys are known, its slots advanced."""
 
-    def __init__(self, plan: LayerPlan):
+    def __init__(self, plan: LayerPlan, density: float = DEFAULT_DENSITY, rows: float | None = None):
         self.plan = plan
+        self.share = plan.pe_share(density, rows)  # of the spike-driven convs' dense PE work, where the array skips
         self.stretching = plan.stretches()
         self.keys: list = []
         self.first: dict[tuple, Step] = {}  # work -> the first step that does it
@@ -227,7 +236,7 @@ class PricedWalk:
             first = self.first[work]
             template = self.templates.get(first.key)
             if template is None:
-                template = self.templates[first.key] = step_template(self.plan, first.instrs)
+                template = self.templates[first.key] = step_template(self.plan, first.instrs, self.share)
             if place != first.place:
                 template = template.moved({mem: (b - a, of) for (mem, of), a, b in zip(self.slots, first.place, place) if b != a})
             self.templates[key] = template
@@ -248,7 +257,7 @@ class PricedWalk:
             work = self.work_busy.get(step.work)
             if work is None:
                 self.first[step.work] = step
-                work = self.work_busy[step.work] = step_busy(self.plan, step.instrs)
+                work = self.work_busy[step.work] = step_busy(self.plan, step.instrs, self.share)
             busy.update(work)
         seen = self.stretch_seen[(stretch.signature, turns)] = (
             keys, [slots.used - b for slots, b in zip(stretch.slots, before)], busy)
@@ -317,16 +326,21 @@ _PRICED: dict[tuple, tuple] = {}  # (id of the config, plan shape) -> (config, c
 _PRICED_MAX = 20_000
 
 
-def layer_cost(plan: LayerPlan, density: float = DEFAULT_DENSITY, walk: PricedWalk | None = None) -> LayerCost:
-    """The plan's predicted cost (`walk`: its walk, if already built). Plans of the same shape on the
-    same machine walk the same on-chip work, so their cycles and memory energy are priced once (layers
-    repeat in ResNets, and the tile search and tt-schedule price the same shapes again)."""
-    key = (id(plan.hw), plan.shape_key())
+def layer_cost(plan: LayerPlan, density: float = DEFAULT_DENSITY, walk: PricedWalk | None = None,
+               rows: float | None = None) -> LayerCost:
+    """The plan's predicted cost at input spike `density` (and, where the array skips spike rows, the share
+    `rows` of them holding a spike, if measured: `input_rows`); `walk`: its walk, if already built. Plans of
+    the same shape on the same machine walk the same on-chip work, so their cycles and memory energy are
+    priced once (layers repeat in ResNets, and the tile search and tt-schedule price the same shapes again)."""
+    share = plan.pe_share(density, rows)
+    key = (id(plan.hw), plan.shape_key(), share)
     hit = _PRICED.get(key)
     if hit is None or hit[0] is not plan.hw:
         if len(_PRICED) >= _PRICED_MAX:
             _PRICED.clear()
-        hit = _PRICED[key] = (plan.hw, *(walk or PricedWalk(plan)).price())
+        if walk is None or walk.share != share:
+            walk = PricedWalk(plan, density, rows)
+        hit = _PRICED[key] = (plan.hw, *walk.price())
     _, cycles, memory, dram_bytes = hit
     energy = Counter(memory)
     for unit, actions in plan.arithmetic(density).items():
@@ -336,25 +350,40 @@ def layer_cost(plan: LayerPlan, density: float = DEFAULT_DENSITY, walk: PricedWa
     return LayerCost(cycles, dict(energy), dram_bytes)
 
 
+def _spike_planes(graph: Graph, op, values: dict) -> list | None:
+    """A conv's or linear's input spikes (spike times, MT planes) as boolean planes, from a run of the quantized
+    reference (`ttc.compiler.reference.evaluate`); None for any other op or input."""
+    dtype = graph.op(op.inputs[0]).type.dtype if op.inputs else None
+    if not (isinstance(op, (Conv2d, Linear)) and dtype.kind in ("spike", "ttfs", "mt")):
+        return None
+    x = values[op.inputs[0]]
+    return code_planes(x.long(), dtype.planes, dtype.mode) if dtype.kind == "mt" else [x != 0]
+
+
 def input_densities(graph: Graph, values: dict) -> dict[str, float]:
     """Spikes per input neuron (and plane, MT) and step of every conv and linear with a spike (or spike
-    time) input, from a run of the quantized reference (`ttc.compiler.reference.evaluate`), keyed by the conv's name."""
-    out = {}
-    for op in graph.ops:
-        dtype = graph.op(op.inputs[0]).type.dtype if op.inputs else None
-        if isinstance(op, (Conv2d, Linear)) and dtype.kind in ("spike", "ttfs", "mt"):
-            planes = code_planes(values[op.inputs[0]].long(), dtype.planes, dtype.mode) if dtype.kind == "mt" \
-                else [values[op.inputs[0]] != 0]
-            out[op.name] = float(torch.stack(planes).double().mean())
-    return out
+    time) input, keyed by the conv's name."""
+    return {op.name: float(torch.stack(planes).double().mean()) for op in graph.ops
+            if (planes := _spike_planes(graph, op, values)) is not None}
 
 
-def graph_costs(graph: Graph, hw: HwConfig, densities: dict[str, float] | None = None) -> dict[str, LayerCost]:
+def input_rows(graph: Graph, values: dict) -> dict[str, float]:
+    """The share of spike rows (one input channel's row of a conv, of one plane and step; one input of a linear)
+    holding a spike, of every conv and linear with a spike (or spike time) input, keyed by the conv's name: what
+    the array's work follows where it skips spike rows."""
+    return {op.name: float(torch.stack([p.any(dim=-1) if isinstance(op, Conv2d) else p for p in planes]).double().mean())
+            for op in graph.ops if (planes := _spike_planes(graph, op, values)) is not None}
+
+
+def graph_costs(graph: Graph, hw: HwConfig, densities: dict[str, float] | None = None,
+                rows: dict[str, float] | None = None) -> dict[str, LayerCost]:
     """Every layer's predicted cost, keyed as the program's layer table names layers (a conv fused
-    with a neuron or reduction by the consumer's name)."""
+    with a neuron or reduction by the consumer's name), at the measured `densities` and `rows` (`input_densities`,
+    `input_rows`) where given."""
     out = {}
     for op in graph.ops:
         plan = layer_plan(graph, op, hw)
         if plan is not None:
-            out[plan.head.name] = layer_cost(plan, (densities or {}).get(op.name, DEFAULT_DENSITY))
+            out[plan.head.name] = layer_cost(plan, (densities or {}).get(op.name, DEFAULT_DENSITY),
+                                             rows=(rows or {}).get(op.name))
     return out

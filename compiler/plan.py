@@ -187,6 +187,11 @@ class LayerPlan(ABC):
     def arithmetic(self, density: float) -> dict[str, dict[str, float]]:
         """Arithmetic actions per inference by unit, the spike-driven ones at input spike `density`."""
 
+    def pe_share(self, density: float, rows: float | None = None) -> float:
+        """The share of its spike-driven convs' dense PE work that the array does under `[array] skip` (what
+        their cycles follow): all of it, but in a plan that has such convs."""
+        return 1.0
+
     # ---- instructions and DRAM addressing, shared by every walk
     def instr(self, op: str, **args) -> Instr:
         """Checked against the ISA table when the walk is emitted (codegen), not when it is only priced."""
@@ -585,6 +590,21 @@ class ConvPlan(LayerPlan):
         else:
             code += self.move_block("store", self.op, t, self.output_block(self.stored_fmt, co, rt), acc)
         return code
+
+    def pe_share(self, density: float, rows: float | None = None) -> float:
+        """Under skip "event", the spike-driven adds at input spike `density` over the dense pairs (the same
+        share of every conv instruction's); under "tile", the pairs reading in-bounds rows times the share of
+        spike rows holding a spike: `rows` as measured, else that of `iw` independent spikes at `density`."""
+        mode = self.hw.pe_skip
+        if mode == "none" or self.in_fmt not in ("spike", TIME):
+            return 1.0
+        dense = self.cout * self.cin * self.oh * self.ow * self.kh * self.kw
+        tap_rows = _in_bounds(self.oh, self.ih, self.kh, self.sh, self.pt)
+        if mode == "event":
+            reach = np.outer(tap_rows, _in_bounds(self.ow, self.iw, self.kw, self.sw, self.pl))
+            return density * float((_live_per_tap(self.op) * reach).sum()) / dense
+        occupied = rows if rows is not None else 1 - (1 - density) ** self.iw
+        return occupied * int(tap_rows.sum()) / (self.oh * self.kh)
 
     def arithmetic(self, density: float) -> dict[str, dict[str, float]]:
         steps = self.time

@@ -65,6 +65,7 @@ class HwConfig:
     dram_pj_per_access: float
     buffers: dict[str, Buffer]
     energy_pj: dict[str, float]
+    pe_skip: str = "none"  # what the PE array skips (SKIP_MODES)
 
     @property
     def pes(self) -> int:
@@ -74,7 +75,13 @@ class HwConfig:
     def conv_cycles(self, cout: int, oh: int, ow: int, cin: int, kh: int, kw: int, planes: int = 1) -> int:
         """One PE group computes every (output, tap) pair, spike or not (the dense array schedule), plane
         by plane of MT spikes."""
-        return -(-cout * oh * ow * cin * kh * kw * planes // (self.pes // self.pe_groups))
+        return self.pe_cycles(cout * oh * ow * cin * kh * kw * planes)
+
+    def pe_cycles(self, work: float) -> int:
+        """Cycles of `work` (output, tap) pairs or spike-driven adds on one PE group, a PE each per cycle (a
+        float: the cost model's expected work)."""
+        lanes = self.pes // self.pe_groups
+        return -(-work // lanes) if isinstance(work, int) else math.ceil(work / lanes)
 
     def transfer_cycles(self, nbytes: int) -> int:
         """Cycles a DMA transfer holds the DRAM interface; the data lands `dram_latency_cycles` later."""
@@ -249,6 +256,7 @@ class Key:
     low_open: bool = False
     high: float | None = None
     default: object = None
+    choices: tuple[str, ...] = ()  # a string key's allowed values (none: any text)
 
     @property
     def required(self) -> bool:
@@ -258,7 +266,7 @@ class Key:
     def range_text(self) -> str:
         """The allowed values, as the reference prints them."""
         if self.kind is str:
-            return "any text"
+            return f"one of {', '.join(self.choices)}" if self.choices else "any text"
         if self.low is not None and self.high is not None:
             if self.low_open:
                 return f"> {_number(self.low)} and at most {_number(self.high)}"
@@ -273,6 +281,8 @@ class Key:
         if self.kind is str:
             if not isinstance(value, str):
                 raise HwConfigError(f"{where}: {self.name} must be a string, got {value!r}")
+            if self.choices and value not in self.choices:
+                raise HwConfigError(f"{where}: {self.name} must be {self.range_text}, got {value!r}")
             return value
         # bool is an int in Python but `true` is no number in a hardware config
         if isinstance(value, bool) or not isinstance(value, (int, float) if self.kind is float else int):
@@ -309,6 +319,18 @@ def _non_negative(name: str, unit: str, meaning: str, field: str | None = None) 
     return Key(name, float, unit, meaning, field, low=0)
 
 
+#: The PE array's schedules of a spike-driven conv (`[array] skip`): what its cycles count. The energy of
+#: the adds is per spike in every mode; the time, and so the leakage, follows the mode.
+SKIP_MODES = {
+    "none": "nothing: every (output, tap) pair takes its PE cycle, spike or not (SATA's dense array; "
+            "the cycles do not depend on the data)",
+    "tile": "spike rows with no spike: the pairs that read a row of one input channel (and spike plane) "
+            "holding no spike (padding rows included) take no cycle",
+    "event": "everything but the spikes: a conv takes one PE cycle per spike-driven add (an input spike "
+             "times a non-zero weight it reaches; a TTFS synapse's shift-add), the address-event schedule "
+             "of Loihi- or SpiNNaker-like cores",
+}
+
 #: What the run reports as the source of the energy figures when a config does not say.
 ENERGY_SOURCE_UNSTATED = "not stated in the hardware config"
 
@@ -328,6 +350,9 @@ SCHEMA = (
                f"(pe0..pe{PE_GROUPS - 1}); must divide rows x cols", "pe_groups", high=PE_GROUPS),
         Key("frequency_mhz", float, "MHz", "clock of the whole machine (turns cycles into time and leakage "
             "power into energy)", "frequency_mhz", low=0, low_open=True),
+        Key("skip", str, "", "what the array skips of the spike-driven convs (sconv, tconv): "
+            + "; ".join(f"`{mode}`: {meaning}" for mode, meaning in SKIP_MODES.items()), "pe_skip",
+            default="none", choices=tuple(SKIP_MODES)),
     )),
     Section("neuron_unit", "the unit that runs neuron updates (nrn, tfire)", (
         _count("lanes", "neurons per cycle", "neurons updated per cycle (a cascade MT neuron takes one cycle "

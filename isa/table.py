@@ -25,7 +25,10 @@ config is passed in, so this module does not import it), which the simulator's t
 the PE array, `pe_work(args)`, the dense (output, tap) pairs cout*oh*ow*cin*kh*kw the instruction
 computes, which the reports' PE utilisation counts. PE work is the model's work, counted once per pair:
 an MT `sconv` passes over its spike planes one after another, so it takes `planes` times as many cycles
-for the same work, and its utilisation shows what the bit-planes cost.
+for the same work, and its utilisation shows what the bit-planes cost. The spike-driven convs (`sconv`,
+`tconv`: `spike_driven`) take those dense cycles on the SATA-like array; a config whose array skips
+(`[array] skip`, `ttc.isa.hwconfig.SKIP_MODES`) gives them the cycles of the work their spikes leave
+(`HwConfig.pe_cycles`), which the simulator counts per sample and the cost model predicts at a density.
 """
 from __future__ import annotations
 
@@ -139,6 +142,7 @@ class Opcode:
     cycles: Callable[[object, dict], int] | None = None
     pe_work: Callable[[dict], int] | None = None
     since: int = 1  # the ISA version that added it
+    spike_driven: bool = False  # its cycles follow its input's spikes under `[array] skip` (else `cycles`)
 
     @cached_property
     def field_names(self) -> tuple[str, ...]:
@@ -178,12 +182,12 @@ _SYNC = (
 )
 
 
-def _op(name, code, unit, fields, semantics, footprint, cycles, pe_work=None, since=1, added=()):
+def _op(name, code, unit, fields, semantics, footprint, cycles, pe_work=None, since=1, added=(), spike_driven=False):
     """A unit instruction: its own fields, then the group (PE instructions) and the sync masks, then the
     fields later ISA versions `added` (after every older field, so that an older program decodes unchanged)."""
     group = (_u("group", (PE_GROUPS - 1).bit_length(), "PE group that runs it"),) if unit == "pe" else ()
     return Opcode(name, code, unit, tuple(fields) + group + _SYNC + tuple(added), semantics, footprint, cycles, pe_work,
-                  since)
+                  since, spike_driven)
 
 
 def _rows(a, stride) -> tuple[int, int, int]:
@@ -269,7 +273,8 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         f"dst[co,y,x] (+)= (sum over planes p of (sum over spikes of plane p at {_CONV_INDEX} of wgt[co,ci,i,j]) "
         "<< plane_shift(p)) << shift, plane_shift(p) = planes-1-p (cascade) or 0 (adds only; cascade doubles the "
         "sum between planes)",
-        _conv_footprint(lambda a: "spike", planes=lambda a: a["planes"]), _conv_cycles(lambda a: a["planes"]), _conv_pairs),
+        _conv_footprint(lambda a: "spike", planes=lambda a: a["planes"]), _conv_cycles(lambda a: a["planes"]), _conv_pairs,
+        spike_driven=True),
     _op("dconv", 0x06, "pe",
         (_ref("src", ("ifmap", "psum")), _ref("wgt", ("wgt",)), _ref("dst", ("psum",)),
          _enum("fmt", FORMATS[1:], "element format of src")) + _CONV_GEOMETRY + _INTEGER_WEIGHTS,
@@ -329,7 +334,7 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
         + (_u("shift", 5, "base: a spike at t through code e adds sign * 2^(shift - e - t)"), _WINDOW),
         f"dst[co,y,x] (+)= sum over spike times t < window of {_CONV_INDEX} of sign(w) << (shift - e(w) - t), "
         "w = wgt[co,ci,i,j] a 5-bit log code, zero codes skipped (TTFS: shifts and adds, in time order)",
-        _conv_footprint(lambda a: TIME, lambda a: LOG5), _conv_cycles(), _conv_pairs),
+        _conv_footprint(lambda a: TIME, lambda a: LOG5), _conv_cycles(), _conv_pairs, spike_driven=True),
     _op("tfire", 0x0B, "neuron",
         (_ref("src", ("psum", "ifmap")), _ref("dst", ("ofmap",)), _enum("src_fmt", FORMATS[1:]), _u("n", 24),
          _u("frac", 6, "fractional bits of src"), _WINDOW),

@@ -14,7 +14,7 @@ from ttc.isa.ttfs import time_values
 from ttc.isa.program import Program
 from ttc.simulator.machine import Machine
 from ttc.simulator.energy import EnergyModel
-from ttc.simulator.timeline import ScheduleError, program_timeline
+from ttc.simulator.timeline import ScheduleError, program_timeline, sample_timelines
 
 
 @dataclass
@@ -30,15 +30,19 @@ class RunResult:
     # per fixed-point input, by name: how many elements its format saturated (ttc.isa.io.input_saturation)
     input_saturation: dict = field(default_factory=dict)
     # each sample's energy (pJ): the mean, plus what its data-dependent actions (spike-driven adds, TTFS
-    # shift-adds) cost beyond the batch's mean; every sample takes the same cycles (the dense machine)
+    # shift-adds) and, where the array skips, its leakage over its own cycles cost beyond the batch's mean
     energy_pj_per_sample: np.ndarray | None = None
+    # each sample's cycles: all the same on the dense array; where the array skips (`[array] skip`), each
+    # sample's own timeline (`cycles` and `cycles_by_unit` are then the means over the samples, `spans` the first's)
+    cycles_per_sample: np.ndarray | None = None
 
     @property
     def total_energy_pj(self) -> float:
         return sum(self.energy_pj.values())
 
     def stats(self) -> dict:
-        per_sample = dict(cycles=_spread(np.full(self.batch, self.cycles)))
+        cycles = self.cycles_per_sample if self.cycles_per_sample is not None else np.full(self.batch, self.cycles)
+        per_sample = dict(cycles=_spread(cycles))
         if self.energy_pj_per_sample is not None:
             per_sample["energy_pj"] = _spread(self.energy_pj_per_sample)
         return dict(batch=self.batch, cycles_per_inference=self.cycles, cycles_by_unit=self.cycles_by_unit,
@@ -186,11 +190,19 @@ def _merge(prog: Program, results: list[RunResult]) -> RunResult:
             m["largest_magnitude"] = max(m["largest_magnitude"], s["largest_magnitude"])
     axes = [1 if io["time"] is not None else 0 for io in prog.meta["outputs"]]
     first = results[0]
+    cycles = np.concatenate([r.cycles_per_sample for r in results])
     return RunResult(outputs=[np.concatenate([r.outputs[k] for r in results], axis=a) for k, a in enumerate(axes)],
-                     batch=total, cycles=first.cycles, cycles_by_unit=first.cycles_by_unit,
+                     batch=total, cycles=_whole(cycles.mean()),
+                     cycles_by_unit={u: _whole(c) for u, c in mean([r.cycles_by_unit for r in results]).items()},
                      counters=mean([r.counters for r in results]), energy_pj=mean([r.energy_pj for r in results]),
                      layers=layers, spans=first.spans, input_saturation=saturation,
-                     energy_pj_per_sample=np.concatenate([r.energy_pj_per_sample for r in results]))
+                     energy_pj_per_sample=np.concatenate([r.energy_pj_per_sample for r in results]),
+                     cycles_per_sample=cycles)
+
+
+def _whole(cycles: float) -> int | float:
+    """A mean of cycles: an integer where it is whole (every sample took the same, on the dense array)."""
+    return int(cycles) if float(cycles).is_integer() else float(cycles)
 
 
 def _run_batch(prog: Program, inputs: list[np.ndarray], backend: str | None, batch: int) -> RunResult:
@@ -215,7 +227,11 @@ def _run_batch(prog: Program, inputs: list[np.ndarray], backend: str | None, bat
         raise
     if isinstance(timeline, ScheduleError):
         raise timeline
-    energy.finish(timeline.spans)
+    timelines = sample_timelines(prog, machine.pe_work) if machine.pe_work else [timeline] * batch
+    leakage = energy.finish([t.spans for t in timelines])
+    own_leakage = leakage - leakage.mean() if machine.pe_work else 0  # (what each sample's own time leaks)
+    cycles = np.array([t.cycles for t in timelines])
+    busy = {unit: sum(t.busy[unit] for t in timelines) / batch for unit in timeline.busy}
     layers = [dict(name=layer["name"], path=layer["path"], source=layer.get("source", layer["path"]), op=layer["op"],
                    counts=dict(energy.counts[k]),
                    energy_pj=dict(energy.energy[k])) for k, layer in enumerate(prog.meta["layers"])]
@@ -223,6 +239,7 @@ def _run_batch(prog: Program, inputs: list[np.ndarray], backend: str | None, bat
     energy_pj = energy.by_component()
     return RunResult(
         outputs=[_read_output(machine, io) for io in prog.meta["outputs"]], batch=batch,
-        cycles=timeline.cycles, cycles_by_unit=dict(timeline.busy), counters=per_inference,
-        energy_pj=energy_pj, layers=layers, spans=timeline.spans, input_saturation=saturation,
-        energy_pj_per_sample=sum(energy_pj.values()) + machine.sample_pj - machine.sample_pj.mean())
+        cycles=_whole(cycles.mean()), cycles_by_unit={u: _whole(b) for u, b in busy.items()},
+        counters=per_inference, energy_pj=energy_pj, layers=layers, spans=timelines[0].spans,
+        input_saturation=saturation, cycles_per_sample=cycles,
+        energy_pj_per_sample=sum(energy_pj.values()) + machine.sample_pj - machine.sample_pj.mean() + own_leakage)

@@ -18,7 +18,7 @@ from ttc.isa.errors import UserError
 from ttc.isa.program import Program
 from ttc.simulator.energy import EnergyModel
 from ttc.runtime.run import machine_class
-from ttc.simulator.timeline import Timeline
+from ttc.simulator.timeline import Timeline, sample_timelines
 
 from ttc.compiler.train import ce_gradient
 
@@ -61,8 +61,11 @@ class Trainer:
                                   "compiled for (its gradient formats hold sums over that many samples)")
         self.machine = machine_class(backend)(prog, batch)
         self.phases = _phase_of(prog.meta["layers"])
-        self.cycles: dict[str, int] = {}  # per phase, from the first step's timelines (data-independent)
-        self.timed: set[int] = set()  # the segments (by first instruction) whose timeline has run
+        # per phase: a sample's cycles, from the first step's timelines (data-independent), or where the array
+        # skips (`[array] skip`) the last step's mean over its samples; by segment (its first instruction)
+        self.cycles: Counter = Counter()
+        self.segments: dict[int, Counter] = {}
+        self.timed: set[int] = set()  # the segments whose hazard check has run
 
     def step(self, x: np.ndarray, labels: np.ndarray) -> StepStats:
         io, t = self.prog.meta["inputs"][0], self.train
@@ -98,18 +101,24 @@ class Trainer:
 
     def _run(self, stats: StepStats, start: int, samples: int) -> None:
         """Run the segment from instruction `start` (once for the batch: `samples` 1, the update) with an energy
-        model (and, the first time, a timeline: the cycles do not depend on the data), charging its layers to
+        model (and, the first time, a hazard-checked timeline: on the dense array the cycles do not depend on the
+        data; where it skips, every run's samples are timed), charging its layers to
         their phases, `samples` times (a sample's work happens once per sample on the machine)."""
         m = self.machine
         energy = EnergyModel(self.prog.hw, self.prog.meta["layers"], m.batch if samples > 1 else 1)
         timeline = Timeline(self.prog.hw) if start not in self.timed else None
         before = Counter(m.counters)
         m.listeners = [energy] + ([timeline] if timeline else [])
+        m.pe_work = {}
         m.run(start) if samples > 1 else m.run_shared(start)
         m.listeners = []
-        if timeline is not None:  # the layers' shares of the segment's time
-            energy.finish({span.index: span for span in timeline.spans})
-            self._cycles_by_phase(energy)
+        if m.pe_work:  # the array skips: every step's samples have timelines of their own
+            spans = [t.spans for t in sample_timelines(self.prog, m.pe_work, start)]
+        else:
+            spans = [timeline.spans] if timeline is not None else []
+        if spans:  # the layers' shares of the segment's time
+            energy.finish([{span.index: span for span in s} for s in spans])
+            self._cycles_by_phase(energy, start)
             self.timed.add(start)
         for layer, parts in energy.energy.items():
             phase = self.phases[layer]
@@ -126,11 +135,12 @@ class Trainer:
             stats.energy_pj[phase]["leakage"] += self.prog.hw.leakage_pj(cycles)
         m.counters = before
 
-    def _cycles_by_phase(self, energy: EnergyModel) -> None:
+    def _cycles_by_phase(self, energy: EnergyModel, start: int) -> None:
+        segment = self.segments[start] = Counter()
         for layer, counts in energy.counts.items():
             if "cycles" in counts:
-                phase = self.phases[layer]
-                self.cycles[phase] = self.cycles.get(phase, 0) + counts["cycles"]
+                segment[self.phases[layer]] += counts["cycles"]
+        self.cycles = sum(self.segments.values(), Counter())
 
     # ---- the trained weights
     def weights(self) -> dict[str, np.ndarray]:

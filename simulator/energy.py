@@ -13,6 +13,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import Counter, defaultdict
 
+import numpy as np
+
 from ttc.isa.encoding import Instr
 from ttc.isa.hwconfig import HwConfig, memory_bytes
 from ttc.isa.table import BY_NAME
@@ -53,15 +55,24 @@ class EnergyModel:
                     self._access[key] = self.hw.access_pj(mem, direction, nbytes)
                 energy[mem] += self._access[key]
 
-    def finish(self, spans) -> None:
+    def finish(self, timelines: list) -> np.ndarray:
         """Charge leakage: each layer leaks from the end of the previous layer's last instruction to
-        the end of its own (the layers partition the simulated time)."""
-        done = 0
-        for layer in sorted(self.last_instr):
-            end = max(done, spans[self.last_instr[layer]].end)
-            self.counts[layer]["cycles"] = end - done
-            self.energy[layer]["leakage"] = self.hw.leakage_pj(end - done)
-            done = end
+        the end of its own (the layers partition the simulated time), on each sample's timeline (its
+        spans, by instruction index), the mean over them per inference. Returns each sample's leakage (pJ)."""
+        samples = np.zeros(len(timelines))
+        shares = defaultdict(float)  # layer -> its cycles summed over the samples
+        for k, spans in enumerate(timelines):
+            done = 0
+            for layer in sorted(self.last_instr):
+                end = max(done, spans[self.last_instr[layer]].end)
+                shares[layer] += end - done
+                samples[k] += self.hw.leakage_pj(end - done)
+                done = end
+        for layer, cycles in shares.items():
+            mean = cycles / len(timelines)
+            self.counts[layer]["cycles"] = int(mean) if mean.is_integer() else mean
+            self.energy[layer]["leakage"] = self.hw.leakage_pj(mean)
+        return samples
 
     def by_component(self) -> dict[str, float]:
         total = Counter()

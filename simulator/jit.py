@@ -22,7 +22,7 @@ from ttc.isa.errors import InternalError
 from ttc.isa.footprint import regions
 from ttc.isa.hwconfig import memory_bytes, spike_add_action
 from ttc.isa.program import Program
-from ttc.isa.table import MEMORIES
+from ttc.isa.table import MEMORIES, elems_bytes
 
 from . import native
 from .machine import (Event, Machine, SimError, dconv_actions, dense_dconv_macs, nrn_actions, pool_actions,
@@ -161,13 +161,24 @@ class JitMachine(Machine):
         op, out = i.op, self.out
         if op == "sconv":
             per_sample = out[native.OUT_SLOTS:native.OUT_SLOTS * (self.batch + 1)].reshape(self.batch, -1)
-            self.charge_samples(spike_add_action(i["wfmt"]), per_sample[:, 1:1 + i["planes"]].sum(axis=1))
+            adds = per_sample[:, 1:1 + i["planes"]].sum(axis=1)
+            self.charge_samples(spike_add_action(i["wfmt"]), adds)
+            self.record_work(i, lambda: self._spikes(i), adds)
             return sconv_actions(i, self.batch, [int(out[1 + k]) for k in range(i["planes"])])
         if op == "nrn":
             return nrn_actions(self, i, int(out[1]), int(out[2]) if i["band"] else None)
         a = Counter({action: n * self.batch for action, n in p.static.items()})
         a["grad_saturated"] = int(out[1])  # (a saturating dconv)
         return a
+
+    def _spikes(self, i: Instr) -> np.ndarray:
+        """An sconv's input spikes [B, planes * cin, ih, iw] as bits (not counted as moved: the kernel's footprint
+        was)."""
+        n = i["cin"] * i["ih"] * i["iw"]
+        step = elems_bytes("spike", n)
+        raw = self.mem[i["src"].mem][:, i["src"].addr:i["src"].addr + i["planes"] * step]
+        bits = np.unpackbits(raw.reshape(self.batch, i["planes"], step), axis=2, count=n, bitorder="little")
+        return bits.reshape(self.batch, i["planes"] * i["cin"], i["ih"], i["iw"])
 
     def _fail(self, i: Instr, code: int) -> None:
         """The error the NumPy handler raises: an overflow is said here (the kernel may have written part of

@@ -59,6 +59,7 @@ class Machine:
         self.mem["dram"][:, :len(prog.data)] = np.frombuffer(prog.data, dtype=np.uint8)
         self.counters: Counter = Counter()
         self.sample_pj = np.zeros(batch)  # each sample's energy in the actions that depend on its data
+        self.pe_work: dict[int, np.ndarray] = {}  # where the array skips: instruction -> each sample's PE work
         self.listeners: list = []
         self.pc = 0
         self.event = Event()
@@ -182,6 +183,16 @@ class Machine:
         if pj:
             self.sample_pj += pj * per_sample
 
+    def record_work(self, i: Instr, active, events: np.ndarray) -> None:
+        """Where the array skips (`[array] skip`), each sample's PE work of spike-driven instruction `i`, which its
+        cycles follow (`ttc.simulator.timeline.sample_timelines`): its spike-driven adds or synapses (`events`,
+        per sample) under "event", the dense pairs of its spike rows holding a spike under "tile" (`active()`: where
+        its input [B, planes * cin, ih, iw] has a spike)."""
+        if self.hw.pe_skip == "event":
+            self.pe_work[self.pc] = np.asarray(events, dtype=np.int64)
+        elif self.hw.pe_skip == "tile":
+            self.pe_work[self.pc] = row_work(active(), i)
+
     def check_counters(self) -> None:
         """Every counter a handler emitted is declared (once per run: not on the per-instruction path)."""
         undeclared = self.counters.keys() - COUNTER_NAMES
@@ -247,6 +258,22 @@ def _tap_weighted(x: np.ndarray, i: Instr, per_tap: np.ndarray) -> np.ndarray:
     return np.rint(y.double().sum(dim=(1, 2, 3)).numpy()).astype(np.int64)
 
 
+def row_work(active: np.ndarray, i: Instr) -> np.ndarray:
+    """Each sample's dense (output, tap) pairs that read a spike row holding a spike: a row of one input channel
+    and plane of `active` [B, planes * cin, ih, iw] with a spike in a column the outputs read, times the pairs
+    reading it, cout * ow * kw per tap row (oy, ky) that lands on it (input row oy * sh + ky - pt)."""
+    per_row = _taps_reading(i["oh"], i["ih"], i["kh"], i["sh"], i["pt"])
+    read = _taps_reading(i["ow"], i["iw"], i["kw"], i["sw"], i["pl"]) > 0
+    spiking = (active & read).any(axis=3).astype(np.int64)
+    return (spiking @ per_row).sum(axis=1) * (i["cout"] * i["ow"] * i["kw"])
+
+
+def _taps_reading(n_out: int, n_in: int, k: int, s: int, pad: int) -> np.ndarray:
+    """For each of n_in input positions, the (output, tap) pairs of one axis that read it: at out * s + tap - pad."""
+    at = (np.arange(n_out)[:, None] * s + np.arange(k) - pad).ravel()
+    return np.bincount(at[(at >= 0) & (at < n_in)], minlength=n_in)
+
+
 def _conv_sums(m: Machine, i: Instr, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """The integer convolution of x [B, cin, ih, iw] with w [cout, cin*kh*kw] as [B, cout*oh*ow], through
     torch's conv2d in floating point, which is exact here: every partial sum is an integer bounded by
@@ -299,6 +326,7 @@ def _sconv(m: Machine, i: Instr) -> None:
         per_sample = per_sample + sample_adds
     m.event.actions.update(sconv_actions(i, m.batch, adds))
     m.charge_samples(spike_add_action(i["wfmt"]), per_sample)
+    m.record_work(i, lambda: x != 0, per_sample)
     _accumulate(m, i, y << i["shift"])
 
 
@@ -341,6 +369,7 @@ def _tconv(m: Machine, i: Instr) -> None:
         y += _conv_sums(m, i, spikes, w)
         per_sample = per_sample + _tap_weighted(spikes, i, (w != 0).sum(axis=0))
     _accumulate(m, i, y)
+    m.record_work(i, lambda: times < window, per_sample)
     synapses = int(per_sample.sum())
     m.event.actions["shift_add"] = synapses
     for action, per_synapse in TTFS_SYNAPSE_ACTIONS.items():

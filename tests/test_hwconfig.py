@@ -76,6 +76,8 @@ def test_every_preset_key_is_documented_and_every_documented_key_is_in_the_schem
 
 def _changed(key, value):
     """Another valid value of the key (the sata preset's value is `value`)."""
+    if key.choices:
+        return next(c for c in key.choices if c != value)
     if key.kind is str:
         return value + " (changed)"
     if key.high is not None and not key.low_open:  # (an open low bound is no valid value)
@@ -103,8 +105,8 @@ def test_every_documented_key_is_validated_and_used(section, key):
     else:
         assert getattr(hw_from_dict(raw, "t"), key.field) == key.default
 
-    value = _table(_sata(), section)[key.name]
-    for bad in [_wrong_type(key)] + ([True] if key.kind is not str else []):
+    value = _table(_sata(), section).get(key.name, key.default)  # (sata leaves the optional keys out)
+    for bad in [_wrong_type(key)] + ([True] if key.kind is not str else []) + (["not a choice"] if key.choices else []):
         raw = _sata()
         _table(raw, section)[key.name] = bad
         with pytest.raises(HwConfigError, match=re.escape(f"{where}: {key.name} must ")):

@@ -48,11 +48,12 @@ def test_every_token_given_is_taken(compiled):
 
 
 def test_a_missing_token_is_a_race_naming_both_instructions(compiled):
-    """Remove a load -> conv token: where the load would then still be in flight when the conv starts,
-    the hazard check names both (elsewhere the conv's other waits happen to cover it in time)."""
+    """Remove a load -> conv token: the hazard check names both, every time, even where the conv's other
+    waits would happen to keep it after the load in time (that holds for these durations only: on an array
+    that skips, the durations depend on the data)."""
     code = compiled.program.code
-    races = 0
-    for j in [k for k, i in enumerate(code) if i.op in ("sconv", "dconv") and "load" in i["wait"]][:12]:
+    races, tried = 0, [k for k, i in enumerate(code) if i.op in ("sconv", "dconv") and "load" in i["wait"]][:12]
+    for j in tried:
         queue = table.BY_NAME[code[j].op].queue(code[j].args)
         i = max(k for k in range(j) if code[k].op == "load" and queue in code[k]["signal"])
         broken = _replace(_replace(compiled.program, j, wait=tuple(q for q in code[j]["wait"] if q != "load")),
@@ -62,7 +63,7 @@ def test_a_missing_token_is_a_race_naming_both_instructions(compiled):
         except ScheduleError as e:
             assert re.search(rf"race on .*instruction {j} .*instruction {i} \(load", str(e)), str(e)
             races += 1
-    assert races > 0
+    assert races == len(tried) > 0
 
 
 def test_a_wait_without_a_signal_deadlocks_and_an_untaken_token_is_reported(compiled):

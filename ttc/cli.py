@@ -353,13 +353,14 @@ def _print_run(r: dict) -> None:
     print(f"{p['program'].get('path', 'program')} (sha256 {p['program']['sha256'][:12]}, compiled by ttc "
           f"{p['program']['compiled_by']}) on {p['hardware']['name']} ({p['hardware']['digest'][:12]}), ttc {p['ttc_version']}")
     print(describe_input(p["input"]))
-    print(f"batch {r['batch']}: {r['cycles_per_inference']} cycles and "
+    print(f"batch {r['batch']}: {r['cycles_per_inference']:.0f} cycles and "
           f"{r['energy_pj_per_inference'] / 1e3:.2f} nJ per inference")  # nJ throughout, as the report's table
     print("  energy by component (nJ): " + ", ".join(f"{k} {v / 1e3:.2f}" for k, v in r["energy_pj_by_component"].items()))
     print("  cycles by unit: " + ", ".join(f"{k} {v}" for k, v in r["cycles_by_unit"].items()))
-    e = r["per_sample"]["energy_pj"]
-    print(f"  per sample: energy {e['mean'] / 1e3:.2f} nJ mean, {e['min'] / 1e3:.2f} to {e['max'] / 1e3:.2f}; cycles "
-          f"{r['per_sample']['cycles']['mean']:.0f} (the same for every sample: a dense machine)")
+    e, c = r["per_sample"]["energy_pj"], r["per_sample"]["cycles"]
+    cycles = (f"{c['mean']:.0f} (the same for every sample: a dense array)" if c["min"] == c["max"] else
+              f"{c['mean']:.0f} mean, {c['min']:.0f} to {c['max']:.0f} (the array skips: each sample's spikes set its time)")
+    print(f"  per sample: energy {e['mean'] / 1e3:.2f} nJ mean, {e['min'] / 1e3:.2f} to {e['max'] / 1e3:.2f}; cycles {cycles}")
     print("  actions per inference: " + ", ".join(f"{k} {v:g}" for k, v in r["actions_per_inference"].items()))
     if "check" in r:
         c = r["check"]
