@@ -39,7 +39,6 @@ class ScheduleError(UserError, RuntimeError):
 
 QUEUE_INDEX = {q: k for k, q in enumerate(QUEUES)}
 NOTHING = (-1,) * len(QUEUES)  # per queue, the last of its instructions known to have completed: none
-NO_READERS = (None,) * len(QUEUES)
 
 
 @dataclass
@@ -87,7 +86,8 @@ class Timeline:
         self._tokens = {(a, b): deque() for a in QUEUES for b in QUEUES}
         self._issued = Counter()  # per queue: its instructions so far
         self._known = dict.fromkeys(QUEUES, NOTHING)  # per queue: what had happened when its last instruction started
-        # per memory and byte: (its last writer, per queue the last reader since), each (queue, position, index, op)
+        # per memory and byte: (its last writer, the last reader of each queue since), each (queue's index in
+        # QUEUES, position on it, instruction index, opcode)
         self._board: dict[str, RangeMap] = {}
 
     def on_instr(self, index: int, instr: Instr, event) -> None:
@@ -136,20 +136,20 @@ class Timeline:
         for r in touched:
             board = self._board.get(r.mem)
             for writer, readers in board.runs(r.lo, r.hi) if board else ():
-                for other in (writer, *(readers if "w" in r.mode else ())):
-                    if other is not None and other[2] != index and known[QUEUE_INDEX[other[0]]] < other[1]:
+                for other in (writer, *readers) if "w" in r.mode else (writer,):
+                    if other is not None and known[other[0]] < other[1] and other[2] != index:
                         raise ScheduleError(
                             f"race on {r}: instruction {index} ({instr.op}, {queue}) may start before instruction "
-                            f"{other[2]} ({other[3]}, {other[0]}) completes, whatever their durations: a dependency "
-                            "token is missing")
-        me = (queue, position, index, instr.op)
+                            f"{other[2]} ({other[3]}, {QUEUES[other[0]]}) completes, whatever their durations: a "
+                            "dependency token is missing")
         slot = QUEUE_INDEX[queue]
+        me = (slot, position, index, instr.op)
         for r in touched:
-            board = self._board.setdefault(r.mem, RangeMap((None, NO_READERS)))
+            board = self._board.setdefault(r.mem, RangeMap((None, ())))
             if "w" in r.mode:
-                board.update(r.lo, r.hi, lambda v: (me, NO_READERS))
-            else:
-                board.update(r.lo, r.hi, lambda v: (v[0], v[1][:slot] + (me,) + v[1][slot + 1:]))
+                board.update(r.lo, r.hi, lambda v: (me, ()))
+            else:  # the latest reader of each queue: the earlier ones completed before it does
+                board.update(r.lo, r.hi, lambda v: (v[0], tuple(o for o in v[1] if o[0] != slot) + (me,)))
 
     def finish(self, index: int) -> None:
         left = [f"{a}->{b}" for (a, b), ch in self._tokens.items() if ch]
