@@ -256,3 +256,30 @@ def test_a_command_that_fails_part_way_leaves_nothing(compiled, tmp_path, capsys
     assert sorted(p.name for p in report.iterdir()) == ["energy.png", "layers.csv", "report.json", "timeline.png",
                                                         "trace.json"]
     assert (tmp_path / "y.npy").is_file()
+
+
+def test_an_array_that_skips_gives_each_sample_its_time_whole_or_in_batches(compiled):
+    """`[array] skip = "event"` in a config file: `ttc run` says each sample's time differs, the batched run
+    gives the whole run's per-sample figures, and the JSON keeps the documented schema."""
+    import jsonschema
+
+    sata = (Path(__file__).parent.parent / "isa" / "presets" / "sata.toml").read_text()
+    (compiled / "event.toml").write_text(sata.replace("frequency_mhz = 400", 'frequency_mhz = 400\nskip = "event"'))
+    r = ttc("compile", compiled / "model.pt", "-o", compiled / "event.bin", "--input-shape", "4,N,1,8,8",
+            "--hw", compiled / "event.toml")
+    assert r.returncode == 0, r.stderr
+    x = np.concatenate([grid_inputs((4, 6, 1, 8, 8), seed=3), np.zeros((4, 1, 1, 8, 8), np.float32)], axis=1)
+    np.save(compiled / "skip.npy", x)
+    runs = [json.loads(ttc("run", "--sim", compiled / "event.bin", "--input", compiled / "skip.npy", "--json",
+                           *batch).stdout) for batch in ([], ["--batch", "3"])]
+    schema = json.loads((Path(__file__).parent.parent / "docs" / "schema" / "run.schema.json").read_text())
+    for run in runs:
+        jsonschema.validate(run, schema)
+        cycles = run["per_sample"]["cycles"]
+        assert cycles["min"] < cycles["max"] and cycles["mean"] == pytest.approx(run["cycles_per_inference"])
+    for figure in ("cycles", "energy_pj"):
+        assert runs[0]["per_sample"][figure] == pytest.approx(runs[1]["per_sample"][figure], rel=1e-12)
+    dense = json.loads(ttc("run", "--sim", compiled / "prog.bin", "--input", compiled / "skip.npy", "--json").stdout)
+    assert runs[0]["per_sample"]["cycles"]["max"] < dense["cycles_per_inference"]
+    text = ttc("run", "--sim", compiled / "event.bin", "--input", compiled / "skip.npy").stdout
+    assert "the array skips: each sample's spikes set its time" in text
