@@ -589,17 +589,194 @@ def _both_widths(k: _Kernel, narrow, body) -> None:
         body(True)
 
 
+#: What an sconv plane costs added spike by spike or densely (`_Dense`), in cycles measured on the
+#: benchmarks' tiles: a spike's add of one tap into 16 output channels, a spike's own overhead; a pair of
+#: taps multiply-added into 16 sums (one vector multiply-add), an input unpacked
+EVENT_TAP, EVENT_SPIKE, DENSE_PAIR, DENSE_INPUT = 3, 50, 1, 6
+
+
+def _plane_spikes(k: _Kernel, plane, n):
+    """The spikes among the first n bits of a bit-packed plane (the bits after them are not its)."""
+    count = k.var(0)
+    with k.range(k.b.ashr(n, k.c(3))) as j:
+        k.add_to(count, k.b.zext(k.b.call(_ctpop(k), [k.b.load(k.b.gep(plane, [j]))]), I64))
+    with k.range(n, k.b.and_(n, k.c(~7))) as j:
+        k.add_to(count, k.spike(plane, j))
+    return k.get(count)
+
+
+def _ctpop(k: _Kernel) -> ir.Function:
+    return k.module.declare_intrinsic("llvm.ctpop", [I8])
+
+
+class _Dense:
+    """The dense form of an sconv plane, for planes where many inputs spike: the spikes unpacked to i16
+    (0/1) in a zero-padded input laid out [row][column][channel], the weights as i16 pairs of channels
+    [ky][kx][channel pair][lane][2], and every output's 16-lane vector of sums accumulated in a register
+    over every tap, two channels per vector multiply-add (x86: pmaddwd, or vpdpwssd with AVX-512 VNNI).
+    Each input's fan-out (the non-zero weights of the taps it reaches) gives the adds the spike-driven
+    form counts. Its pieces (packed weights, fan-outs) are made once per call, on the first plane that
+    takes it."""
+
+    BLOCK = 4  # outputs whose sums are accumulated together
+
+    def __init__(self, k: _Kernel, wt, nnz, after):
+        self.k = k
+        cin, ih, iw, oh, ow, kh, kw = (k.f(n) for n in ("cin", "ih", "iw", "oh", "ow", "kh", "kw"))
+        self.wt, self.nnz, self.lanes = wt, nnz, _lanes(k)
+        self.pairs = k.b.ashr(k.add(cin, k.c(1)), k.c(1))
+        self.rows, self.cols = (k.add(k.mul(k.sub(o, k.c(1)), k.f(s)), kk) for o, s, kk in ((oh, "sh", kh), (ow, "sw", kw)))
+        taps_pairs = k.mul(k.mul(kh, kw), self.pairs)
+        self.packed = k.b.bitcast(after, I16.as_pointer())
+        fan = k.b.gep(after, [k.mul(k.mul(taps_pairs, self.lanes), k.c(4))])
+        self.fan = k.b.bitcast(fan, I64.as_pointer())
+        rowok = k.b.gep(self.fan, [k.mul(cin, k.mul(ih, iw))])
+        self.rowok, self.colok = rowok, k.b.gep(rowok, [k.mul(ih, kh)])
+        self.x = k.b.bitcast(k.b.gep(self.colok, [k.mul(iw, kw)]), I16.as_pointer())
+        self.ready = k.var(0)
+
+    def cost(self, spikes):
+        """(spike-driven, dense) costs of a plane with `spikes` spikes."""
+        k = self.k
+        vectors = k.b.ashr(self.lanes, k.c(4))
+        taps = k.mul(k.f("kh"), k.f("kw"))
+        event = k.mul(spikes, k.add(k.mul(k.mul(taps, vectors), k.c(EVENT_TAP)), k.c(EVENT_SPIKE)))
+        outputs = k.mul(k.f("oh"), k.f("ow"))
+        dense = k.add(k.mul(k.mul(k.mul(outputs, taps), k.mul(self.pairs, vectors)), k.c(DENSE_PAIR)),
+                      k.mul(k.mul(k.f("cin"), k.mul(k.f("ih"), k.f("iw"))), k.c(DENSE_INPUT)))
+        return event, dense
+
+    def prepare(self) -> None:
+        k = self.k
+        with k.if_(k.eq(k.get(self.ready), k.c(0))):
+            k.set(self.ready, k.c(1))
+            self._pack()
+            self._fan_outs()
+            with k.range(k.mul(k.mul(self.rows, self.cols), k.add(self.pairs, self.pairs))) as j:
+                k.b.store(ir.Constant(I16, 0), k.b.gep(self.x, [j]))  # the padding stays 0
+
+    def _pack(self) -> None:
+        k = self.k
+        cin, kh, kw, lanes = k.f("cin"), k.f("kh"), k.f("kw"), self.lanes
+        with k.range(k.add(self.pairs, self.pairs)) as ci:
+            with k.range(kh) as ky:
+                with k.range(kw) as kx:
+                    flipped = k.add(k.mul(k.add(k.mul(ci, kh), ky), kw), k.sub(k.sub(kw, k.c(1)), kx))
+                    to = k.mul(k.add(k.mul(k.add(k.mul(ky, kw), kx), self.pairs), k.b.ashr(ci, k.c(1))), lanes)
+                    with k.range(lanes) as co:
+                        w = k.b.load(k.b.gep(self.wt, [k.add(k.mul(flipped, lanes), co)]))
+                        w = k.b.select(k.lt(ci, cin), k.b.trunc(w, I16), ir.Constant(I16, 0))
+                        at = k.add(k.mul(k.add(to, co), k.c(2)), k.b.and_(ci, k.c(1)))
+                        k.b.store(w, k.b.gep(self.packed, [at]))
+
+    def _fan_outs(self) -> None:
+        """fan[ci, r, col]: the sum of nnz over the taps input (ci, r, col) reaches; a tap (ky, kx) reaches an
+        output where row r + pt - ky and column col + pl - kx are whole strides inside the outputs."""
+        k = self.k
+        cin, ih, iw, kh, kw = (k.f(n) for n in ("cin", "ih", "iw", "kh", "kw"))
+        for table, n, size, pad, stride, outs in ((self.rowok, ih, kh, "pt", "sh", "oh"),
+                                                  (self.colok, iw, kw, "pl", "sw", "ow")):
+            with k.range(n) as r:
+                with k.range(size) as t:
+                    u = k.sub(k.add(r, k.f(pad)), t)
+                    ok = k.and_(k.and_(k.ge(u, k.c(0)), k.eq(k.b.srem(u, k.f(stride)), k.c(0))),
+                                k.lt(k.b.sdiv(u, k.f(stride)), k.f(outs)))
+                    k.b.store(k.bool(ok), k.b.gep(table, [k.add(k.mul(r, size), t)]))
+        with k.range(cin) as ci:
+            with k.range(ih) as r:
+                with k.range(iw) as col:
+                    fan = k.var(0)
+                    with k.range(kh) as ky:
+                        with k.if_(k.ne(k.b.load(k.b.gep(self.rowok, [k.add(k.mul(r, kh), ky)])), k.c(0))):
+                            with k.range(kw) as kx:
+                                tap = k.add(k.mul(k.add(k.mul(ci, kh), ky), kw), kx)
+                                reached = k.b.load(k.b.gep(self.colok, [k.add(k.mul(col, kw), kx)]))
+                                k.add_to(fan, k.mul(reached, k.b.load(k.b.gep(self.nnz, [tap]))))
+                    k.b.store(k.get(fan), k.b.gep(self.fan, [k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)]))
+
+    def plane(self, plane, acc, adds) -> None:
+        """acc += the plane's sums; adds += its spike-driven adds."""
+        k = self.k
+        cin, ih, iw, pt, pl = (k.f(n) for n in ("cin", "ih", "iw", "pt", "pl"))
+        channels = k.add(self.pairs, self.pairs)
+        with k.range(cin) as ci:
+            with k.range(ih) as r:
+                pr = k.add(r, pt)
+                with k.if_(k.and_(k.ge(pr, k.c(0)), k.lt(pr, self.rows))):
+                    with k.range(iw) as col:
+                        pc = k.add(col, pl)
+                        with k.if_(k.and_(k.ge(pc, k.c(0)), k.lt(pc, self.cols))):
+                            j = k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)
+                            s = k.spike(plane, j)
+                            at = k.add(k.mul(k.add(k.mul(pr, self.cols), pc), channels), ci)
+                            k.b.store(k.b.trunc(s, I16), k.b.gep(self.x, [at]))
+                            k.add_to(adds, k.mul(s, k.b.load(k.b.gep(self.fan, [j]))))
+        self._accumulate(acc)
+
+    def _accumulate(self, acc) -> None:
+        """Every output's sums += its taps' weights times their inputs: BLOCK outputs of a row at a time
+        (each its own register of 16 sums, sharing the weights' loads and keeping several multiply-adds in
+        flight), then the row's last outputs one at a time."""
+        k = self.k
+        ow = k.f("ow")
+        whole = k.mul(k.b.sdiv(ow, k.c(self.BLOCK)), k.c(self.BLOCK))
+        with k.range(k.f("oh")) as oy:
+            with k.range(k.b.sdiv(ow, k.c(self.BLOCK))) as block:
+                self._outputs(acc, oy, k.mul(block, k.c(self.BLOCK)), self.BLOCK)
+            with k.range(ow, whole) as ox:
+                self._outputs(acc, oy, ox, 1)
+
+    def _outputs(self, acc, oy, ox, count: int) -> None:
+        """The sums of outputs (oy, ox) ... (oy, ox + count - 1)."""
+        k = self.k
+        ow, kh, kw, sh, sw = (k.f(n) for n in ("ow", "kh", "kw", "sh", "sw"))
+        v16, v32, w32 = ir.VectorType(I32, 16), ir.VectorType(I16, 32), ir.VectorType(I32, 32)
+        even, odd = (ir.Constant(v16, [2 * e + first for e in range(16)]) for first in (0, 1))
+        channels, lanes = k.add(self.pairs, self.pairs), self.lanes
+        with k.b.goto_block(k.entry):
+            k.b.position_at_start(k.entry)
+            running = [k.b.alloca(v16) for _ in range(count)]
+        with k.range(k.b.ashr(lanes, k.c(4))) as v:
+            sums = [k.b.bitcast(k.b.gep(acc, [k.add(k.mul(k.add(k.mul(oy, ow), k.add(ox, k.c(e))), lanes),
+                                                     k.mul(v, k.c(16)))]), v16.as_pointer()) for e in range(count)]
+            for r, q in zip(running, sums):
+                k.b.store(k.b.load(q, align=4), r)
+            with k.range(kh) as ky:
+                row = k.mul(k.add(k.mul(oy, sh), ky), self.cols)
+                with k.range(kw) as kx:
+                    xs = [k.b.bitcast(k.b.gep(self.x, [k.mul(k.add(row, k.add(k.mul(k.add(ox, k.c(e)), sw), kx)),
+                                                             channels)]), I32.as_pointer()) for e in range(count)]
+                    w = k.b.gep(self.packed, [k.mul(k.add(k.mul(k.mul(k.add(k.mul(ky, kw), kx), self.pairs), lanes),
+                                                          k.mul(v, k.c(16))), k.c(2))])
+                    with k.range(self.pairs) as q:
+                        wq = k.b.bitcast(k.b.gep(w, [k.mul(k.mul(q, lanes), k.c(2))]), v32.as_pointer())
+                        weights = k.b.sext(k.b.load(wq, align=2), w32)
+                        for x, r in zip(xs, running):
+                            pair = k.b.load(k.b.gep(x, [q]), align=2)
+                            splat = k.b.shuffle_vector(k.b.insert_element(ir.Constant(v16, None), pair, I32(0)),
+                                                       ir.Constant(v16, None), ir.Constant(v16, [0] * 16))
+                            products = k.b.mul(k.b.sext(k.b.bitcast(splat, v32), w32), weights)
+                            both = k.b.add(k.b.shuffle_vector(products, products, even),
+                                           k.b.shuffle_vector(products, products, odd))
+                            k.b.store(k.b.add(k.b.load(r), both), r)
+            for r, q in zip(running, sums):
+                k.b.store(k.b.load(r), q, align=4)
+
+
 @kernel("sconv")
 def _sconv(k: _Kernel) -> None:
-    """Spike-driven: every spike adds the weights of the taps it reaches into the sums (a cascade's sums
-    doubled before every plane after the first), then dst (+)= sums << shift; out[1 + p] += plane p's adds
-    (the non-zero weights its spikes reached), and each sample's too (after the batch's counts). The sums
-    are i32 where they cannot exceed it (a plane adds at most the largest row sum of |w|), else i64."""
+    """Every spike adds the weights of the taps it reaches into the sums (a cascade's sums doubled before
+    every plane after the first), then dst (+)= sums << shift; out[1 + p] += plane p's adds (the non-zero
+    weights its spikes reached), and each sample's too (after the batch's counts). The sums are i32 where
+    they cannot exceed it (a plane adds at most the largest row sum of |w|), else i64. A plane is added
+    spike by spike (`_scatter`), or with i32 sums densely (`_Dense`) where that costs less: the same
+    integers either way."""
     cin, ih, iw, oh, ow = (k.f(n) for n in ("cin", "ih", "iw", "oh", "ow"))
     wt, nnz, rowmax, scratch = _transposed_weights(k, k.f("wfmt"))
     n_in, n_out, planes = k.mul(cin, k.mul(ih, iw)), k.mul(_lanes(k), k.mul(oh, ow)), k.f("planes")
     cascade = k.ne(k.f("mode"), k.c(0))
     narrow = k.lt(k.mul(rowmax, k.sub(k.b.shl(k.c(1), planes), k.c(1))), k.c(1 << 31))
+    dense = _Dense(k, wt, nnz, k.b.gep(scratch, [k.mul(n_out, k.c(8))]))
 
     def body(wide: bool) -> None:
         acc = _sums(k, scratch, wide)
@@ -613,12 +790,21 @@ def _sconv(k: _Kernel) -> None:
                         k.b.store(k.b.shl(k.b.load(q), ir.Constant(q.type.pointee, 1)), q)
                 plane = k.b.gep(src, [k.mul(p, k.b.ashr(k.add(n_in, k.c(7)), k.c(3)))])
                 adds = k.var(0)
-                with k.range(cin) as ci:
-                    with k.range(ih) as r:
-                        with k.range(iw) as col:
-                            with k.if_(k.ne(k.spike(plane, k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)), k.c(0))):
-                                _scatter(k, wt, acc, ci, r, col, k.c(1),
-                                         lambda tap: k.add_to(adds, k.b.load(k.b.gep(nnz, [tap]))), wide)
+                by_spike = k.c(1)
+                if not wide:
+                    event, whole = dense.cost(_plane_spikes(k, plane, n_in))
+                    by_spike = k.bool(k.le(event, whole))
+                    with k.if_(k.eq(by_spike, k.c(0))):
+                        dense.prepare()
+                        dense.plane(plane, acc, adds)
+                with k.if_(k.ne(by_spike, k.c(0))):
+                    with k.range(cin) as ci:
+                        with k.range(ih) as r:
+                            with k.range(iw) as col:
+                                j = k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)
+                                with k.if_(k.ne(k.spike(plane, j), k.c(0))):
+                                    _scatter(k, wt, acc, ci, r, col, k.c(1),
+                                             lambda tap: k.add_to(adds, k.b.load(k.b.gep(nnz, [tap]))), wide)
                 k.count_at(k.add(p, k.c(1)), k.get(adds))
                 sample_slot = k.add(k.mul(k.add(k.sample, k.c(1)), k.c(OUT_SLOTS)), k.add(p, k.c(1)))
                 k.b.store(k.get(adds), k.b.gep(k.out, [sample_slot]))  # (set: the batch's slots alone are cleared)
