@@ -356,12 +356,19 @@ def _vacc(k: _Kernel) -> None:
 @kernel("pool")
 def _pool(k: _Kernel) -> None:
     """max, sum or min over k x k windows (outside the input: the format's least value for a max of
-    integers, else 0), to spikes (non-zero) or integers."""
+    integers, else 0), to spikes (non-zero) or integers. The loops are made once per source format, so
+    that reading an element is not a choice among formats (a spike pool is mostly reads)."""
+    for fin in sorted(set(FORMAT_CODE.values())):
+        with k.if_(k.eq(k.f("src_fmt"), k.c(fin))):
+            _pool_from(k, fin)
+
+
+def _pool_from(k: _Kernel, fin: int) -> None:
+    """The pool of a source of format `fin` (FORMAT_CODE)."""
     with k.samples():
-        src, dst, fin, fout, mode = k.at("src"), k.at("dst"), k.f("src_fmt"), k.f("dst_fmt"), k.f("mode")
+        src, dst, fout, mode = k.at("src"), k.at("dst"), k.f("dst_fmt"), k.f("mode")
         ih, iw, oh, ow, size, s, pt, pl = (k.f(n) for n in ("ih", "iw", "oh", "ow", "k", "stride", "pt", "pl"))
-        least = k.neg(k.b.shl(k.c(1), k.sub(k.mul(fin, k.c(8)), k.c(1))))
-        fill = k.select(k.and_(k.eq(mode, k.c(0)), k.ne(fin, k.c(0))), least, k.c(0))
+        fill = k.select(k.eq(mode, k.c(0)), k.c(-(1 << (8 * fin - 1)) if fin else 0), k.c(0))
         n_out = k.mul(k.f("channels"), k.mul(oh, ow))
         with k.if_(k.eq(fout, k.c(0))):  # spikes: the bytes are set bit by bit
             with k.range(k.b.ashr(k.add(n_out, k.c(7)), k.c(3))) as j:
@@ -378,7 +385,8 @@ def _pool(k: _Kernel) -> None:
                             inside = k.and_(k.and_(k.ge(r, k.c(0)), k.lt(r, ih)), k.and_(k.ge(col, k.c(0)), k.lt(col, iw)))
                             v = k.var(fill)
                             with k.if_(inside):
-                                k.set(v, k.element(src, k.add(k.mul(k.add(k.mul(c, ih), r), iw), col), fin))
+                                at = k.add(k.mul(k.add(k.mul(c, ih), r), iw), col)
+                                k.set(v, k.spike(src, at) if fin == 0 else k.load(src, at, fin))
                             a, x = k.get(acc), k.get(v)
                             k.set(acc, k.select(k.eq(mode, k.c(1)), k.add(a, x),
                                                 k.select(k.eq(mode, k.c(0)), k.max(a, x), k.min(a, x))))
@@ -618,7 +626,8 @@ class _Dense:
     form counts. Its pieces (packed weights, fan-outs) are made once per call, on the first plane that
     takes it."""
 
-    BLOCK = 4  # outputs whose sums are accumulated together
+    BLOCK = 8  # outputs whose sums are accumulated together
+    VECTOR = 16  # sums per register (`_lanes` pads to 16; 8, with 8-channel vectors, was no faster here)
 
     def __init__(self, k: _Kernel, wt, nnz, after):
         self.k = k
@@ -714,48 +723,50 @@ class _Dense:
         self._accumulate(acc)
 
     def _accumulate(self, acc) -> None:
-        """Every output's sums += its taps' weights times their inputs: BLOCK outputs of a row at a time
-        (each its own register of 16 sums, sharing the weights' loads and keeping several multiply-adds in
-        flight), then the row's last outputs one at a time."""
+        """Every output's sums += its taps' weights times their inputs: BLOCK outputs at a time, in row-major
+        order across rows (each its own register of sums, sharing the weights' loads and keeping several
+        multiply-adds in flight), then the last outputs one at a time."""
         k = self.k
-        ow = k.f("ow")
-        whole = k.mul(k.b.sdiv(ow, k.c(self.BLOCK)), k.c(self.BLOCK))
-        with k.range(k.f("oh")) as oy:
-            with k.range(k.b.sdiv(ow, k.c(self.BLOCK))) as block:
-                self._outputs(acc, oy, k.mul(block, k.c(self.BLOCK)), self.BLOCK)
-            with k.range(ow, whole) as ox:
-                self._outputs(acc, oy, ox, 1)
+        outputs = k.mul(k.f("oh"), k.f("ow"))
+        whole = k.mul(k.b.sdiv(outputs, k.c(self.BLOCK)), k.c(self.BLOCK))
+        with k.range(k.b.sdiv(outputs, k.c(self.BLOCK))) as block:
+            self._outputs(acc, k.mul(block, k.c(self.BLOCK)), self.BLOCK)
+        with k.range(outputs, whole) as first:
+            self._outputs(acc, first, 1)
 
-    def _outputs(self, acc, oy, ox, count: int) -> None:
-        """The sums of outputs (oy, ox) ... (oy, ox + count - 1)."""
+    def _outputs(self, acc, first, count: int) -> None:
+        """The sums of outputs first ... first + count - 1 (in row-major order)."""
         k = self.k
         ow, kh, kw, sh, sw = (k.f(n) for n in ("ow", "kh", "kw", "sh", "sw"))
-        v16, v32, w32 = ir.VectorType(I32, 16), ir.VectorType(I16, 32), ir.VectorType(I32, 32)
-        even, odd = (ir.Constant(v16, [2 * e + first for e in range(16)]) for first in (0, 1))
+        n = self.VECTOR
+        sums_t, pairs_t, wide_t = ir.VectorType(I32, n), ir.VectorType(I16, 2 * n), ir.VectorType(I32, 2 * n)
+        even, odd = (ir.Constant(sums_t, [2 * e + parity for e in range(n)]) for parity in (0, 1))
         channels, lanes = k.add(self.pairs, self.pairs), self.lanes
         with k.b.goto_block(k.entry):
             k.b.position_at_start(k.entry)
-            running = [k.b.alloca(v16) for _ in range(count)]
-        with k.range(k.b.ashr(lanes, k.c(4))) as v:
-            sums = [k.b.bitcast(k.b.gep(acc, [k.add(k.mul(k.add(k.mul(oy, ow), k.add(ox, k.c(e))), lanes),
-                                                     k.mul(v, k.c(16)))]), v16.as_pointer()) for e in range(count)]
+            running = [k.b.alloca(sums_t) for _ in range(count)]
+        # each output's first input: its top-left tap's row and column of the padded input
+        corners = [k.mul(k.add(k.mul(k.mul(k.b.sdiv(o, ow), sh), self.cols), k.mul(k.b.srem(o, ow), sw)), channels)
+                   for o in (k.add(first, k.c(e)) for e in range(count))]
+        with k.range(k.b.sdiv(lanes, k.c(n))) as v:
+            sums = [k.b.bitcast(k.b.gep(acc, [k.add(k.mul(k.add(first, k.c(e)), lanes), k.mul(v, k.c(n)))]),
+                                sums_t.as_pointer()) for e in range(count)]
             for r, q in zip(running, sums):
                 k.b.store(k.b.load(q, align=4), r)
             with k.range(kh) as ky:
-                row = k.mul(k.add(k.mul(oy, sh), ky), self.cols)
                 with k.range(kw) as kx:
-                    xs = [k.b.bitcast(k.b.gep(self.x, [k.mul(k.add(row, k.add(k.mul(k.add(ox, k.c(e)), sw), kx)),
-                                                             channels)]), I32.as_pointer()) for e in range(count)]
+                    tap = k.mul(k.add(k.mul(ky, self.cols), kx), channels)
+                    xs = [k.b.bitcast(k.b.gep(self.x, [k.add(corner, tap)]), I32.as_pointer()) for corner in corners]
                     w = k.b.gep(self.packed, [k.mul(k.add(k.mul(k.mul(k.add(k.mul(ky, kw), kx), self.pairs), lanes),
-                                                          k.mul(v, k.c(16))), k.c(2))])
+                                                          k.mul(v, k.c(n))), k.c(2))])
                     with k.range(self.pairs) as q:
-                        wq = k.b.bitcast(k.b.gep(w, [k.mul(k.mul(q, lanes), k.c(2))]), v32.as_pointer())
-                        weights = k.b.sext(k.b.load(wq, align=2), w32)
+                        wq = k.b.bitcast(k.b.gep(w, [k.mul(k.mul(q, lanes), k.c(2))]), pairs_t.as_pointer())
+                        weights = k.b.sext(k.b.load(wq, align=2), wide_t)
                         for x, r in zip(xs, running):
                             pair = k.b.load(k.b.gep(x, [q]), align=2)
-                            splat = k.b.shuffle_vector(k.b.insert_element(ir.Constant(v16, None), pair, I32(0)),
-                                                       ir.Constant(v16, None), ir.Constant(v16, [0] * 16))
-                            products = k.b.mul(k.b.sext(k.b.bitcast(splat, v32), w32), weights)
+                            splat = k.b.shuffle_vector(k.b.insert_element(ir.Constant(sums_t, None), pair, I32(0)),
+                                                       ir.Constant(sums_t, None), ir.Constant(sums_t, [0] * n))
+                            products = k.b.mul(k.b.sext(k.b.bitcast(splat, pairs_t), wide_t), weights)
                             both = k.b.add(k.b.shuffle_vector(products, products, even),
                                            k.b.shuffle_vector(products, products, odd))
                             k.b.store(k.b.add(k.b.load(r), both), r)
