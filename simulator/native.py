@@ -618,13 +618,14 @@ def _ctpop(k: _Kernel) -> ir.Function:
 
 
 class _Dense:
-    """The dense form of an sconv plane, for planes where many inputs spike: the spikes unpacked to i16
-    (0/1) in a zero-padded input laid out [row][column][channel], the weights as i16 pairs of channels
-    [ky][kx][channel pair][lane][2], and every output's 16-lane vector of sums accumulated in a register
-    over every tap, two channels per vector multiply-add (x86: pmaddwd, or vpdpwssd with AVX-512 VNNI).
-    Each input's fan-out (the non-zero weights of the taps it reaches) gives the adds the spike-driven
-    form counts. Its pieces (packed weights, fan-outs) are made once per call, on the first plane that
-    takes it."""
+    """The dense form of a conv with i32 sums (an sconv plane where many inputs spike, a dconv of i16
+    values): the input as i16 in a zero-padded copy laid out [row][column][channel], the weights as i16
+    pairs of channels [ky][kx][channel pair][lane][2], and every output's 16-lane vector of sums
+    accumulated in a register over every tap, two channels per vector multiply-add (x86: pmaddwd, or
+    vpdpwssd with AVX-512 VNNI), exact where the sums' bound fits i32. With `nnz` (an sconv), each
+    input's fan-out (the non-zero weights of the taps it reaches) gives the adds the spike-driven form
+    counts. Its pieces (packed weights, fan-outs) are made once per call, on the first input that takes
+    it."""
 
     BLOCK = 8  # outputs whose sums are accumulated together
     VECTOR = 16  # sums per register (`_lanes` pads to 16; 8, with 8-channel vectors, was no faster here)
@@ -645,7 +646,7 @@ class _Dense:
         self.ready = k.var(0)
 
     def cost(self, spikes):
-        """(spike-driven, dense) costs of a plane with `spikes` spikes."""
+        """(spike-driven, dense) costs of an input of which `spikes` are not 0."""
         k = self.k
         vectors = k.b.ashr(self.lanes, k.c(4))
         taps = k.mul(k.f("kh"), k.f("kw"))
@@ -660,7 +661,8 @@ class _Dense:
         with k.if_(k.eq(k.get(self.ready), k.c(0))):
             k.set(self.ready, k.c(1))
             self._pack()
-            self._fan_outs()
+            if self.nnz is not None:
+                self._fan_outs()
             with k.range(k.mul(k.mul(self.rows, self.cols), k.add(self.pairs, self.pairs))) as j:
                 k.b.store(ir.Constant(I16, 0), k.b.gep(self.x, [j]))  # the padding stays 0
 
@@ -703,8 +705,9 @@ class _Dense:
                                 k.add_to(fan, k.mul(reached, k.b.load(k.b.gep(self.nnz, [tap]))))
                     k.b.store(k.get(fan), k.b.gep(self.fan, [k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)]))
 
-    def plane(self, plane, acc, adds) -> None:
-        """acc += the plane's sums; adds += its spike-driven adds."""
+    def add(self, value, acc, adds=None) -> None:
+        """acc += the sums of the input whose element j is value(j) (a spike, or a value that fits i16);
+        adds += its spike-driven adds (an sconv's)."""
         k = self.k
         cin, ih, iw, pt, pl = (k.f(n) for n in ("cin", "ih", "iw", "pt", "pl"))
         channels = k.add(self.pairs, self.pairs)
@@ -716,10 +719,11 @@ class _Dense:
                         pc = k.add(col, pl)
                         with k.if_(k.and_(k.ge(pc, k.c(0)), k.lt(pc, self.cols))):
                             j = k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)
-                            s = k.spike(plane, j)
+                            x = value(j)
                             at = k.add(k.mul(k.add(k.mul(pr, self.cols), pc), channels), ci)
-                            k.b.store(k.b.trunc(s, I16), k.b.gep(self.x, [at]))
-                            k.add_to(adds, k.mul(s, k.b.load(k.b.gep(self.fan, [j]))))
+                            k.b.store(k.b.trunc(x, I16), k.b.gep(self.x, [at]))
+                            if adds is not None:
+                                k.add_to(adds, k.mul(x, k.b.load(k.b.gep(self.fan, [j]))))
         self._accumulate(acc)
 
     def _accumulate(self, acc) -> None:
@@ -807,7 +811,7 @@ def _sconv(k: _Kernel) -> None:
                     by_spike = k.bool(k.le(event, whole))
                     with k.if_(k.eq(by_spike, k.c(0))):
                         dense.prepare()
-                        dense.plane(plane, acc, adds)
+                        dense.add(lambda j: k.spike(plane, j), acc, adds)
                 with k.if_(k.ne(by_spike, k.c(0))):
                     with k.range(cin) as ci:
                         with k.range(ih) as r:
@@ -849,7 +853,8 @@ def _dconv(k: _Kernel) -> None:
     weights of the taps it reaches into the sums, then as the NumPy handler: the sums must be exact below
     2^53 (else INEXACT); with sat_bits they must fit the accumulator (else ACCUMULATOR), are rounded by
     round_shift, added, saturated (out[1] += how many saturated); else added and range-checked. The sums
-    are i32 where the input's largest |x| times the largest row sum of |w| fits it, else i64."""
+    are i32 where the input's largest |x| times the largest row sum of |w| fits it, else i64; with i32
+    sums and inputs that fit i16, densely (`_Dense`) where that costs less."""
     cin, ih, iw, oh, ow = (k.f(n) for n in ("cin", "ih", "iw", "oh", "ow"))
     wt, _, rowmax, scratch = _transposed_weights(k, k.f("wfmt"))
     fmt, n_in = k.f("fmt"), k.mul(cin, k.mul(ih, iw))
@@ -864,11 +869,14 @@ def _dconv(k: _Kernel) -> None:
         k.count(1, k.bool(k.ne(clipped, v)))
         return clipped
 
+    dense = _Dense(k, wt, None, k.b.gep(scratch, [k.mul(k.mul(_lanes(k), k.mul(oh, ow)), k.c(8))]))
     with k.samples():
         src, dst = k.at("src"), k.at("dst")
-        peak = k.var(0)
+        peak, nonzero = k.var(0), k.var(0)
         with k.range(n_in) as j:
-            k.set(peak, k.max(k.get(peak), k.abs(k.element(src, j, fmt))))
+            x = k.element(src, j, fmt)
+            k.set(peak, k.max(k.get(peak), k.abs(x)))
+            k.add_to(nonzero, k.bool(k.ne(x, k.c(0))))
         bound = k.mul(k.get(peak), rowmax)
         with k.if_(k.ge(bound, k.c(1 << 53))):
             k.fail(INEXACT)
@@ -876,12 +884,20 @@ def _dconv(k: _Kernel) -> None:
         def body(wide: bool) -> None:
             acc = _sums(k, scratch, wide)
             _clear(k, acc, k.mul(_lanes(k), k.mul(oh, ow)))
-            with k.range(cin) as ci:
-                with k.range(ih) as r:
-                    with k.range(iw) as col:
-                        x = k.element(src, k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col), fmt)
-                        with k.if_(k.ne(x, k.c(0))):
-                            _scatter(k, wt, acc, ci, r, col, x, lambda tap: None, wide)
+            by_input = k.c(1)
+            if not wide:
+                event, whole = dense.cost(k.get(nonzero))
+                by_input = k.bool(k.or_(k.le(event, whole), k.ge(k.get(peak), k.c(1 << 15))))
+                with k.if_(k.eq(by_input, k.c(0))):
+                    dense.prepare()
+                    dense.add(lambda j: k.element(src, j, fmt), acc)
+            with k.if_(k.ne(by_input, k.c(0))):
+                with k.range(cin) as ci:
+                    with k.range(ih) as r:
+                        with k.range(iw) as col:
+                            x = k.element(src, k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col), fmt)
+                            with k.if_(k.ne(x, k.c(0))):
+                                _scatter(k, wt, acc, ci, r, col, x, lambda tap: None, wide)
             with k.if_(k.ne(k.f("sat_bits"), k.c(0))):
                 _store_sums(k, acc, dst, saturate)
             with k.if_(k.eq(k.f("sat_bits"), k.c(0))):
