@@ -406,7 +406,8 @@ def _pool_from(k: _Kernel, fin: int) -> None:
 def _nrn(k: _Kernel) -> None:
     """One step of n neurons of one threshold (isa/neuron.py), the spikes (and with a band the active bits)
     bit-packed after them; out[1] += spikes, out[2] += active neurons. Two passes: the neurons (a loop that
-    vectorizes, its spikes and active bits as bytes in scratch), then the packing."""
+    vectorizes, its spikes and active bits as bytes in scratch), then the packing (eight bytes into one by
+    a multiply, the last few bit by bit)."""
     with k.samples():
         src, state, dst, n = k.at("src"), k.at("state"), k.at("dst"), k.f("n")
         theta, v_reset, dshift, in_shift = k.f("theta"), k.f("v_reset"), k.f("decay_shift"), k.f("in_shift")
@@ -446,7 +447,13 @@ def _nrn(k: _Kernel) -> None:
             k.count(2, k.get(active))
         for plane, bits in ((0, fired_bytes), (1, active_bytes)):
             with k.if_(k.or_(k.eq(k.c(plane), k.c(0)), k.ne(band, k.c(0)))):
-                with k.range(nbytes) as j:
+                whole = k.b.ashr(n, k.c(3))
+                eights = k.b.bitcast(bits, I64.as_pointer())
+                with k.range(whole) as j:
+                    # byte b of the eight (each 0 or 1) lands in bit 56 + b of the product
+                    byte = k.b.lshr(k.mul(k.b.load(k.b.gep(eights, [j]), align=1), k.c(0x0102040810204080)), k.c(56))
+                    k.b.store(k.b.trunc(byte, I8), k.b.gep(dst, [k.add(k.mul(k.c(plane), nbytes), j)]))
+                with k.range(nbytes, whole) as j:
                     byte = k.var(0)
                     with k.range(8) as bit:
                         i = k.add(k.mul(j, k.c(8)), bit)
