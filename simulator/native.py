@@ -223,6 +223,13 @@ class _Kernel:
 
 
 @lru_cache(maxsize=1)
+def _has_vnni() -> bool:
+    """Whether the host has AVX-512 VNNI (the kernels are compiled for the host CPU)."""
+    _engine()
+    return "+avx512vnni" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+@lru_cache(maxsize=1)
 def _engine():
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
@@ -604,10 +611,10 @@ def _both_widths(k: _Kernel, narrow, body) -> None:
         body(True)
 
 
-#: What an sconv plane costs added spike by spike or densely (`_Dense`), in cycles measured on the
-#: benchmarks' tiles: a spike's add of one tap into 16 output channels, a spike's own overhead; a pair of
-#: taps multiply-added into 16 sums (one vector multiply-add), an input unpacked
-EVENT_TAP, EVENT_SPIKE, DENSE_PAIR, DENSE_INPUT = 3, 50, 1, 6
+#: What a conv's input costs added element by element or densely (`_Dense`), in cycles measured on the
+#: benchmarks' tiles: a spike's add of one tap into 16 output channels, a spike's own overhead; a group of
+#: channels of a tap multiply-added into 16 sums (one vector multiply-add), an input unpacked
+EVENT_TAP, EVENT_SPIKE, DENSE_GROUP, DENSE_INPUT = 3, 50, 1, 6
 
 
 def _plane_spikes(k: _Kernel, plane, n):
@@ -626,30 +633,33 @@ def _ctpop(k: _Kernel) -> ir.Function:
 
 class _Dense:
     """The dense form of a conv with i32 sums (an sconv plane where many inputs spike, a dconv of i16
-    values): the input as i16 in a zero-padded copy laid out [row][column][channel], the weights as i16
-    pairs of channels [ky][kx][channel pair][lane][2], and every output's 16-lane vector of sums
-    accumulated in a register over every tap, two channels per vector multiply-add (x86: pmaddwd, or
-    vpdpwssd with AVX-512 VNNI), exact where the sums' bound fits i32. With `nnz` (an sconv), each
-    input's fan-out (the non-zero weights of the taps it reaches) gives the adds the spike-driven form
-    counts. Its pieces (packed weights, fan-outs) are made once per call, on the first input that takes
-    it."""
+    values): the input in a zero-padded copy laid out [row][column][channel], the weights in groups of
+    channels [ky][kx][group][lane][channel in group], and every output's 16-lane vector of sums
+    accumulated in a register over every tap, a group of channels per vector multiply-add, exact where the
+    sums' bound fits i32. A group is two channels as i16 (x86: pmaddwd, or vpdpwssd with AVX-512 VNNI), or
+    with QUADS four as bytes, unsigned inputs (spikes) times signed weights (i8): vpdpbusd, which the
+    kernels use where the host has AVX-512 VNNI. With `nnz` (an sconv), each input's fan-out (the
+    non-zero weights of the taps it reaches) gives the adds the spike-driven form counts. Its pieces
+    (packed weights, fan-outs) are made once per call, on the first input that takes it."""
 
     BLOCK = 8  # outputs whose sums are accumulated together
     VECTOR = 16  # sums per register (`_lanes` pads to 16; 8, with 8-channel vectors, was no faster here)
+    PAIRS, QUADS = 2, 4
 
-    def __init__(self, k: _Kernel, wt, nnz, after):
-        self.k = k
+    def __init__(self, k: _Kernel, wt, nnz, after, group: int):
+        self.k, self.group = k, group
+        self.element = I16 if group == self.PAIRS else I8
         cin, ih, iw, oh, ow, kh, kw = (k.f(n) for n in ("cin", "ih", "iw", "oh", "ow", "kh", "kw"))
         self.wt, self.nnz, self.lanes = wt, nnz, _lanes(k)
-        self.pairs = k.b.ashr(k.add(cin, k.c(1)), k.c(1))
+        self.groups = k.b.sdiv(k.add(cin, k.c(group - 1)), k.c(group))
+        self.channels = k.mul(self.groups, k.c(group))
         self.rows, self.cols = (k.add(k.mul(k.sub(o, k.c(1)), k.f(s)), kk) for o, s, kk in ((oh, "sh", kh), (ow, "sw", kw)))
-        taps_pairs = k.mul(k.mul(kh, kw), self.pairs)
-        self.packed = k.b.bitcast(after, I16.as_pointer())
-        fan = k.b.gep(after, [k.mul(k.mul(taps_pairs, self.lanes), k.c(4))])
+        self.packed = k.b.bitcast(after, self.element.as_pointer())
+        fan = k.b.gep(after, [k.mul(k.mul(k.mul(kh, kw), k.mul(self.channels, self.lanes)), k.c(self.element.width // 8))])
         self.fan = k.b.bitcast(fan, I64.as_pointer())
         rowok = k.b.gep(self.fan, [k.mul(cin, k.mul(ih, iw))])
         self.rowok, self.colok = rowok, k.b.gep(rowok, [k.mul(ih, kh)])
-        self.x = k.b.bitcast(k.b.gep(self.colok, [k.mul(iw, kw)]), I16.as_pointer())
+        self.x = k.b.bitcast(k.b.gep(self.colok, [k.mul(iw, kw)]), self.element.as_pointer())
         self.ready = k.var(0)
 
     def cost(self, spikes):
@@ -659,7 +669,7 @@ class _Dense:
         taps = k.mul(k.f("kh"), k.f("kw"))
         event = k.mul(spikes, k.add(k.mul(k.mul(taps, vectors), k.c(EVENT_TAP)), k.c(EVENT_SPIKE)))
         outputs = k.mul(k.f("oh"), k.f("ow"))
-        dense = k.add(k.mul(k.mul(k.mul(outputs, taps), k.mul(self.pairs, vectors)), k.c(DENSE_PAIR)),
+        dense = k.add(k.mul(k.mul(k.mul(outputs, taps), k.mul(self.groups, vectors)), k.c(DENSE_GROUP)),
                       k.mul(k.mul(k.f("cin"), k.mul(k.f("ih"), k.f("iw"))), k.c(DENSE_INPUT)))
         return event, dense
 
@@ -670,21 +680,21 @@ class _Dense:
             self._pack()
             if self.nnz is not None:
                 self._fan_outs()
-            with k.range(k.mul(k.mul(self.rows, self.cols), k.add(self.pairs, self.pairs))) as j:
-                k.b.store(ir.Constant(I16, 0), k.b.gep(self.x, [j]))  # the padding stays 0
+            with k.range(k.mul(k.mul(self.rows, self.cols), self.channels)) as j:
+                k.b.store(ir.Constant(self.element, 0), k.b.gep(self.x, [j]))  # the padding stays 0
 
     def _pack(self) -> None:
         k = self.k
-        cin, kh, kw, lanes = k.f("cin"), k.f("kh"), k.f("kw"), self.lanes
-        with k.range(k.add(self.pairs, self.pairs)) as ci:
+        cin, kh, kw, lanes, group = k.f("cin"), k.f("kh"), k.f("kw"), self.lanes, k.c(self.group)
+        with k.range(self.channels) as ci:
             with k.range(kh) as ky:
                 with k.range(kw) as kx:
                     flipped = k.add(k.mul(k.add(k.mul(ci, kh), ky), kw), k.sub(k.sub(kw, k.c(1)), kx))
-                    to = k.mul(k.add(k.mul(k.add(k.mul(ky, kw), kx), self.pairs), k.b.ashr(ci, k.c(1))), lanes)
+                    to = k.mul(k.add(k.mul(k.add(k.mul(ky, kw), kx), self.groups), k.b.sdiv(ci, group)), lanes)
                     with k.range(lanes) as co:
                         w = k.b.load(k.b.gep(self.wt, [k.add(k.mul(flipped, lanes), co)]))
-                        w = k.b.select(k.lt(ci, cin), k.b.trunc(w, I16), ir.Constant(I16, 0))
-                        at = k.add(k.mul(k.add(to, co), k.c(2)), k.b.and_(ci, k.c(1)))
+                        w = k.b.select(k.lt(ci, cin), k.b.trunc(w, self.element), ir.Constant(self.element, 0))
+                        at = k.add(k.mul(k.add(to, co), group), k.b.srem(ci, group))
                         k.b.store(w, k.b.gep(self.packed, [at]))
 
     def _fan_outs(self) -> None:
@@ -713,11 +723,11 @@ class _Dense:
                     k.b.store(k.get(fan), k.b.gep(self.fan, [k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)]))
 
     def add(self, value, acc, adds=None) -> None:
-        """acc += the sums of the input whose element j is value(j) (a spike, or a value that fits i16);
-        adds += its spike-driven adds (an sconv's)."""
+        """acc += the sums of the input whose element j is value(j) (a spike, or a value that fits the
+        element: i16 with PAIRS); adds += its spike-driven adds (an sconv's)."""
         k = self.k
         cin, ih, iw, pt, pl = (k.f(n) for n in ("cin", "ih", "iw", "pt", "pl"))
-        channels = k.add(self.pairs, self.pairs)
+        channels = self.channels
         with k.range(cin) as ci:
             with k.range(ih) as r:
                 pr = k.add(r, pt)
@@ -728,7 +738,7 @@ class _Dense:
                             j = k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)
                             x = value(j)
                             at = k.add(k.mul(k.add(k.mul(pr, self.cols), pc), channels), ci)
-                            k.b.store(k.b.trunc(x, I16), k.b.gep(self.x, [at]))
+                            k.b.store(k.b.trunc(x, self.element), k.b.gep(self.x, [at]))
                             if adds is not None:
                                 k.add_to(adds, k.mul(x, k.b.load(k.b.gep(self.fan, [j]))))
         self._accumulate(acc)
@@ -749,10 +759,9 @@ class _Dense:
         """The sums of outputs first ... first + count - 1 (in row-major order)."""
         k = self.k
         ow, kh, kw, sh, sw = (k.f(n) for n in ("ow", "kh", "kw", "sh", "sw"))
-        n = self.VECTOR
-        sums_t, pairs_t, wide_t = ir.VectorType(I32, n), ir.VectorType(I16, 2 * n), ir.VectorType(I32, 2 * n)
-        even, odd = (ir.Constant(sums_t, [2 * e + parity for e in range(n)]) for parity in (0, 1))
-        channels, lanes = k.add(self.pairs, self.pairs), self.lanes
+        n, group = self.VECTOR, self.group
+        sums_t, weights_t = ir.VectorType(I32, n), ir.VectorType(self.element, group * n)
+        channels, lanes = self.channels, self.lanes
         with k.b.goto_block(k.entry):
             k.b.position_at_start(k.entry)
             running = [k.b.alloca(sums_t) for _ in range(count)]
@@ -768,21 +777,32 @@ class _Dense:
                 with k.range(kw) as kx:
                     tap = k.mul(k.add(k.mul(ky, self.cols), kx), channels)
                     xs = [k.b.bitcast(k.b.gep(self.x, [k.add(corner, tap)]), I32.as_pointer()) for corner in corners]
-                    w = k.b.gep(self.packed, [k.mul(k.add(k.mul(k.mul(k.add(k.mul(ky, kw), kx), self.pairs), lanes),
-                                                          k.mul(v, k.c(n))), k.c(2))])
-                    with k.range(self.pairs) as q:
-                        wq = k.b.bitcast(k.b.gep(w, [k.mul(k.mul(q, lanes), k.c(2))]), pairs_t.as_pointer())
-                        weights = k.b.sext(k.b.load(wq, align=2), wide_t)
+                    w = k.b.gep(self.packed, [k.mul(k.add(k.mul(k.mul(k.add(k.mul(ky, kw), kx), self.groups), lanes),
+                                                          k.mul(v, k.c(n))), k.c(group))])
+                    with k.range(self.groups) as q:
+                        wq = k.b.bitcast(k.b.gep(w, [k.mul(k.mul(q, lanes), k.c(group))]), weights_t.as_pointer())
+                        weights = k.b.load(wq, align=1)
                         for x, r in zip(xs, running):
-                            pair = k.b.load(k.b.gep(x, [q]), align=2)
-                            splat = k.b.shuffle_vector(k.b.insert_element(ir.Constant(sums_t, None), pair, I32(0)),
+                            inputs = k.b.load(k.b.gep(x, [q]), align=1)  # the group's channels, 4 bytes
+                            splat = k.b.shuffle_vector(k.b.insert_element(ir.Constant(sums_t, None), inputs, I32(0)),
                                                        ir.Constant(sums_t, None), ir.Constant(sums_t, [0] * n))
-                            products = k.b.mul(k.b.sext(k.b.bitcast(splat, pairs_t), wide_t), weights)
-                            both = k.b.add(k.b.shuffle_vector(products, products, even),
-                                           k.b.shuffle_vector(products, products, odd))
-                            k.b.store(k.b.add(k.b.load(r), both), r)
+                            k.b.store(self._multiply_add(k.b.load(r), k.b.bitcast(splat, weights_t), weights), r)
             for r, q in zip(running, sums):
                 k.b.store(k.b.load(r), q, align=4)
+
+    def _multiply_add(self, sums, inputs, weights):
+        """sums[e] + the dot product of lane e's group of inputs and weights."""
+        k, n = self.k, self.VECTOR
+        if self.group == self.QUADS:
+            name = "llvm.x86.avx512.vpdpbusd.512"
+            fn = k.module.globals.get(name) or ir.Function(k.module, ir.FunctionType(sums.type, [sums.type, inputs.type,
+                                                                                               weights.type]), name)
+            return k.b.call(fn, [sums, inputs, weights])
+        wide_t = ir.VectorType(I32, 2 * n)
+        products = k.b.mul(k.b.sext(inputs, wide_t), k.b.sext(weights, wide_t))
+        even, odd = (ir.Constant(sums.type, [2 * e + parity for e in range(n)]) for parity in (0, 1))
+        return k.b.add(sums, k.b.add(k.b.shuffle_vector(products, products, even),
+                                     k.b.shuffle_vector(products, products, odd)))
 
 
 @kernel("sconv")
@@ -798,7 +818,10 @@ def _sconv(k: _Kernel) -> None:
     n_in, n_out, planes = k.mul(cin, k.mul(ih, iw)), k.mul(_lanes(k), k.mul(oh, ow)), k.f("planes")
     cascade = k.ne(k.f("mode"), k.c(0))
     narrow = k.lt(k.mul(rowmax, k.sub(k.b.shl(k.c(1), planes), k.c(1))), k.c(1 << 31))
-    dense = _Dense(k, wt, nnz, k.b.gep(scratch, [k.mul(n_out, k.c(8))]))
+    i8 = k.eq(k.f("wfmt"), k.c(FORMAT_CODE["i8"]))
+    forms = ([(_Dense.QUADS, i8), (_Dense.PAIRS, k.b.not_(i8))] if _has_vnni() else [(_Dense.PAIRS, ir.Constant(I1, 1))])
+    after = k.b.gep(scratch, [k.mul(n_out, k.c(8))])
+    dense = [(_Dense(k, wt, nnz, after, group), takes) for group, takes in forms]
 
     def body(wide: bool) -> None:
         acc = _sums(k, scratch, wide)
@@ -811,15 +834,16 @@ def _sconv(k: _Kernel) -> None:
                         q = k.b.gep(acc, [j])
                         k.b.store(k.b.shl(k.b.load(q), ir.Constant(q.type.pointee, 1)), q)
                 plane = k.b.gep(src, [k.mul(p, k.b.ashr(k.add(n_in, k.c(7)), k.c(3)))])
-                adds = k.var(0)
-                by_spike = k.c(1)
+                adds, by_spike = k.var(0), k.var(1)
                 if not wide:
-                    event, whole = dense.cost(_plane_spikes(k, plane, n_in))
-                    by_spike = k.bool(k.le(event, whole))
-                    with k.if_(k.eq(by_spike, k.c(0))):
-                        dense.prepare()
-                        dense.add(lambda j: k.spike(plane, j), acc, adds)
-                with k.if_(k.ne(by_spike, k.c(0))):
+                    spikes = _plane_spikes(k, plane, n_in)
+                    for form, takes in dense:
+                        event, whole = form.cost(spikes)
+                        with k.if_(k.and_(takes, k.gt(event, whole))):
+                            k.set(by_spike, 0)
+                            form.prepare()
+                            form.add(lambda j: k.spike(plane, j), acc, adds)
+                with k.if_(k.ne(k.get(by_spike), k.c(0))):
                     with k.range(cin) as ci:
                         with k.range(ih) as r:
                             with k.range(iw) as col:
@@ -876,7 +900,7 @@ def _dconv(k: _Kernel) -> None:
         k.count(1, k.bool(k.ne(clipped, v)))
         return clipped
 
-    dense = _Dense(k, wt, None, k.b.gep(scratch, [k.mul(k.mul(_lanes(k), k.mul(oh, ow)), k.c(8))]))
+    dense = _Dense(k, wt, None, k.b.gep(scratch, [k.mul(k.mul(_lanes(k), k.mul(oh, ow)), k.c(8))]), _Dense.PAIRS)
     with k.samples():
         src, dst = k.at("src"), k.at("dst")
         peak, nonzero = k.var(0), k.var(0)
