@@ -363,19 +363,22 @@ def _vacc(k: _Kernel) -> None:
 @kernel("pool")
 def _pool(k: _Kernel) -> None:
     """max, sum or min over k x k windows (outside the input: the format's least value for a max of
-    integers, else 0), to spikes (non-zero) or integers. The loops are made once per source format, so
-    that reading an element is not a choice among formats (a spike pool is mostly reads)."""
-    for fin in sorted(set(FORMAT_CODE.values())):
-        with k.if_(k.eq(k.f("src_fmt"), k.c(fin))):
-            _pool_from(k, fin)
+    integers, else 0), to spikes (non-zero) or integers. The loops are made twice: for spikes (reading one
+    is not a choice among formats: a spike pool is mostly reads) and for integers."""
+    spikes = k.eq(k.f("src_fmt"), k.c(FORMAT_CODE["spike"]))
+    with k.if_(spikes):
+        _pool_from(k, lambda src, at: k.spike(src, at))
+    with k.if_(k.b.not_(spikes)):
+        _pool_from(k, lambda src, at: k.element(src, at, k.f("src_fmt")))
 
 
-def _pool_from(k: _Kernel, fin: int) -> None:
-    """The pool of a source of format `fin` (FORMAT_CODE)."""
+def _pool_from(k: _Kernel, read) -> None:
+    """The pool of a source whose element `at` is read(src, at)."""
     with k.samples():
-        src, dst, fout, mode = k.at("src"), k.at("dst"), k.f("dst_fmt"), k.f("mode")
+        src, dst, fin, fout, mode = k.at("src"), k.at("dst"), k.f("src_fmt"), k.f("dst_fmt"), k.f("mode")
         ih, iw, oh, ow, size, s, pt, pl = (k.f(n) for n in ("ih", "iw", "oh", "ow", "k", "stride", "pt", "pl"))
-        fill = k.select(k.eq(mode, k.c(0)), k.c(-(1 << (8 * fin - 1)) if fin else 0), k.c(0))
+        least = k.neg(k.b.shl(k.c(1), k.sub(k.mul(fin, k.c(8)), k.c(1))))
+        fill = k.select(k.and_(k.eq(mode, k.c(0)), k.ne(fin, k.c(0))), least, k.c(0))
         n_out = k.mul(k.f("channels"), k.mul(oh, ow))
         with k.if_(k.eq(fout, k.c(0))):  # spikes: the bytes are set bit by bit
             with k.range(k.b.ashr(k.add(n_out, k.c(7)), k.c(3))) as j:
@@ -393,7 +396,7 @@ def _pool_from(k: _Kernel, fin: int) -> None:
                             v = k.var(fill)
                             with k.if_(inside):
                                 at = k.add(k.mul(k.add(k.mul(c, ih), r), iw), col)
-                                k.set(v, k.spike(src, at) if fin == 0 else k.load(src, at, fin))
+                                k.set(v, read(src, at))
                             a, x = k.get(acc), k.get(v)
                             k.set(acc, k.select(k.eq(mode, k.c(1)), k.add(a, x),
                                                 k.select(k.eq(mode, k.c(0)), k.max(a, x), k.min(a, x))))
