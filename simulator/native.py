@@ -735,15 +735,13 @@ class _Dense:
             with k.range(ih) as r:
                 pr = k.add(r, pt)
                 with k.if_(k.and_(k.ge(pr, k.c(0)), k.lt(pr, self.rows))):
-                    with k.range(iw) as col:
-                        pc = k.add(col, pl)
-                        with k.if_(k.and_(k.ge(pc, k.c(0)), k.lt(pc, self.cols))):
-                            j = k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)
-                            x = value(j)
-                            at = k.add(k.mul(k.add(k.mul(pr, self.cols), pc), channels), ci)
-                            k.b.store(k.b.trunc(x, self.element), k.b.gep(self.x, [at]))
-                            if adds is not None:
-                                k.add_to(adds, k.mul(x, k.b.load(k.b.gep(self.fan, [j]))))
+                    row = k.mul(k.add(k.mul(ci, ih), r), iw)
+                    to = k.add(k.mul(k.add(k.mul(pr, self.cols), pl), channels), ci)
+                    with k.range(k.min(iw, k.sub(self.cols, pl))) as col:  # (the columns inside: pl >= 0)
+                        x = value(k.add(row, col))
+                        k.b.store(k.b.trunc(x, self.element), k.b.gep(self.x, [k.add(to, k.mul(col, channels))]))
+                        if adds is not None:
+                            k.add_to(adds, k.mul(x, k.b.load(k.b.gep(self.fan, [k.add(row, col)]))))
         self._accumulate(acc)
 
     def _accumulate(self, acc) -> None:
