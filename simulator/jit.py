@@ -93,30 +93,32 @@ def _native(i: Instr, footprint: list, sizes: dict[str, int]):
 
 def plan(prog: Program) -> tuple:
     """Per instruction: a `Planned` kernel call, or None (the NumPy handler runs it). Made once per program."""
-    if getattr(prog, "_jit_plan", None) is None:
-        prog._jit_plan = _plan(prog)
-    return prog._jit_plan
+    return _prepared(prog)[0]
 
 
 def reach(prog: Program) -> dict[str, int]:
     """Per on-chip buffer, the bytes the program's instructions can touch (their footprints' end, at most
     the buffer's size): a sample's copy of the buffer needs no more. Made once per program."""
-    if getattr(prog, "_jit_reach", None) is None:
-        ends = dict.fromkeys(prog.hw.buffers, 0)
-        for i in prog.code:
-            for r in regions(i):
-                if r.mem in ends:
-                    ends[r.mem] = max(ends[r.mem], r.hi)
-        prog._jit_reach = {m: min(end, prog.hw.buffers[m].bytes) for m, end in ends.items()}
-    return prog._jit_reach
+    return _prepared(prog)[1]
+
+
+def _prepared(prog: Program) -> tuple:
+    if getattr(prog, "_jit_plan", None) is None:
+        prog._jit_plan = _plan(prog)
+    return prog._jit_plan
 
 
 def _plan(prog: Program) -> tuple:
+    """(`plan`, `reach`): one pass over the instructions' footprints."""
     kernels = native.compiled()
     sizes = {"dram": prog.meta["dram_bytes"], **{m: b.bytes for m, b in prog.hw.buffers.items()}}
+    ends = dict.fromkeys(prog.hw.buffers, 0)
     out = []
     for i in prog.code:
-        footprint = regions(i) if i.op in native.KERNELS else []
+        footprint = regions(i)
+        for r in footprint:
+            if r.mem in ends:
+                ends[r.mem] = max(ends[r.mem], r.hi)
         scratch = _native(i, footprint, sizes)
         args = native.encode(i) if scratch is not None else None
         if args is None:
@@ -136,7 +138,7 @@ def _plan(prog: Program) -> tuple:
             static = dconv_actions(i, 1, dense_dconv_macs(i, 1))
         dynamic = i.op in ("sconv", "nrn") or (i.op == "dconv" and i["sat_bits"] != 0)
         out.append(Planned(kernels[i.op], args, scratch, +reads, +writes, static, dynamic))
-    return tuple(out)
+    return tuple(out), {m: min(end, prog.hw.buffers[m].bytes) for m, end in ends.items()}
 
 
 class JitMachine(Machine):
