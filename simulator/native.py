@@ -662,7 +662,9 @@ class _Dense:
         self.fan = k.b.bitcast(fan, I64.as_pointer())
         rowok = k.b.gep(self.fan, [k.mul(cin, k.mul(ih, iw))])
         self.rowok, self.colok = rowok, k.b.gep(rowok, [k.mul(ih, kh)])
-        self.x = k.b.bitcast(k.b.gep(self.colok, [k.mul(iw, kw)]), self.element.as_pointer())
+        self.corners = k.b.gep(self.colok, [k.mul(iw, kw)])
+        x = k.b.gep(self.corners, [k.mul(oh, ow)])
+        self.x = k.b.bitcast(x, self.element.as_pointer())
         self.ready = k.var(0)
 
     def cost(self, spikes):
@@ -683,6 +685,10 @@ class _Dense:
             self._pack()
             if self.nnz is not None:
                 self._fan_outs()
+            ow, sh, sw = k.f("ow"), k.f("sh"), k.f("sw")
+            with k.range(k.mul(k.f("oh"), ow)) as o:  # each output's top-left input in the padded copy
+                corner = k.add(k.mul(k.mul(k.b.sdiv(o, ow), sh), self.cols), k.mul(k.b.srem(o, ow), sw))
+                k.b.store(k.mul(corner, self.channels), k.b.gep(self.corners, [o]))
             with k.range(k.mul(k.mul(self.rows, self.cols), self.channels)) as j:
                 k.b.store(ir.Constant(self.element, 0), k.b.gep(self.x, [j]))  # the padding stays 0
 
@@ -759,16 +765,14 @@ class _Dense:
     def _outputs(self, acc, first, count: int) -> None:
         """The sums of outputs first ... first + count - 1 (in row-major order)."""
         k = self.k
-        ow, kh, kw, sh, sw = (k.f(n) for n in ("ow", "kh", "kw", "sh", "sw"))
+        kh, kw = k.f("kh"), k.f("kw")
         n, group = self.VECTOR, self.group
         sums_t, weights_t = ir.VectorType(I32, n), ir.VectorType(self.element, group * n)
         channels, lanes = self.channels, self.lanes
         with k.b.goto_block(k.entry):
             k.b.position_at_start(k.entry)
             running = [k.b.alloca(sums_t) for _ in range(count)]
-        # each output's first input: its top-left tap's row and column of the padded input
-        corners = [k.mul(k.add(k.mul(k.mul(k.b.sdiv(o, ow), sh), self.cols), k.mul(k.b.srem(o, ow), sw)), channels)
-                   for o in (k.add(first, k.c(e)) for e in range(count))]
+        corners = [k.b.load(k.b.gep(self.corners, [k.add(first, k.c(e))])) for e in range(count)]
         with k.range(k.b.sdiv(lanes, k.c(n))) as v:
             sums = [k.b.bitcast(k.b.gep(acc, [k.add(k.mul(k.add(first, k.c(e)), lanes), k.mul(v, k.c(n)))]),
                                 sums_t.as_pointer()) for e in range(count)]
