@@ -383,23 +383,24 @@ def _pool_from(k: _Kernel, read) -> None:
         with k.if_(k.eq(fout, k.c(0))):  # spikes: the bytes are set bit by bit
             with k.range(k.b.ashr(k.add(n_out, k.c(7)), k.c(3))) as j:
                 k.b.store(ir.Constant(I8, 0), k.b.gep(dst, [j]))
+        def pooled(a, x):
+            return k.select(k.eq(mode, k.c(1)), k.add(a, x), k.select(k.eq(mode, k.c(0)), k.max(a, x), k.min(a, x)))
+
+        start = k.select(k.eq(mode, k.c(0)), k.c(-(1 << 62)), k.select(k.eq(mode, k.c(2)), k.c(1 << 62), k.c(0)))
         with k.range(k.f("channels")) as c:
             with k.range(oh) as oy:
+                top = k.sub(k.mul(oy, s), pt)  # the window's rows top + ky0 ... top + ky1 - 1 lie inside
+                ky0, ky1 = k.max(k.neg(top), k.c(0)), k.min(k.sub(ih, top), size)
                 with k.range(ow) as ox:
-                    acc = k.var(k.select(k.eq(mode, k.c(0)), k.c(-(1 << 62)),
-                                         k.select(k.eq(mode, k.c(2)), k.c(1 << 62), k.c(0))))
-                    with k.range(size) as ky:
-                        r = k.sub(k.add(k.mul(oy, s), ky), pt)
-                        with k.range(size) as kx:
-                            col = k.sub(k.add(k.mul(ox, s), kx), pl)
-                            inside = k.and_(k.and_(k.ge(r, k.c(0)), k.lt(r, ih)), k.and_(k.ge(col, k.c(0)), k.lt(col, iw)))
-                            v = k.var(fill)
-                            with k.if_(inside):
-                                at = k.add(k.mul(k.add(k.mul(c, ih), r), iw), col)
-                                k.set(v, read(src, at))
-                            a, x = k.get(acc), k.get(v)
-                            k.set(acc, k.select(k.eq(mode, k.c(1)), k.add(a, x),
-                                                k.select(k.eq(mode, k.c(0)), k.max(a, x), k.min(a, x))))
+                    left = k.sub(k.mul(ox, s), pl)
+                    kx0, kx1 = k.max(k.neg(left), k.c(0)), k.min(k.sub(iw, left), size)
+                    # a window reaching outside holds `fill` (once is enough: max, min and a sum of 0s)
+                    clipped = k.or_(k.or_(k.gt(ky0, k.c(0)), k.lt(ky1, size)), k.or_(k.gt(kx0, k.c(0)), k.lt(kx1, size)))
+                    acc = k.var(k.select(clipped, pooled(start, fill), start))
+                    with k.range(ky1, ky0) as ky:
+                        row = k.add(k.mul(k.add(k.mul(c, ih), k.add(top, ky)), iw), left)
+                        with k.range(kx1, kx0) as kx:
+                            k.set(acc, pooled(k.get(acc), read(src, k.add(row, kx))))
                     out = k.add(k.mul(k.add(k.mul(c, oh), oy), ow), ox)
                     y = k.get(acc)
                     with k.if_(k.eq(fout, k.c(0))):
