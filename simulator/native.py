@@ -697,9 +697,10 @@ class _Dense:
         k = self.k
         cin, kh, kw, lanes, group = k.f("cin"), k.f("kh"), k.f("kw"), self.lanes, k.c(self.group)
         with k.range(self.channels) as ci:
+            real = k.min(ci, k.sub(cin, k.c(1)))  # (a padding channel's weights are 0: read within wt, dropped)
             with k.range(kh) as ky:
                 with k.range(kw) as kx:
-                    flipped = k.add(k.mul(k.add(k.mul(ci, kh), ky), kw), k.sub(k.sub(kw, k.c(1)), kx))
+                    flipped = k.add(k.mul(k.add(k.mul(real, kh), ky), kw), k.sub(k.sub(kw, k.c(1)), kx))
                     to = k.mul(k.add(k.mul(k.add(k.mul(ky, kw), kx), self.groups), k.b.sdiv(ci, group)), lanes)
                     with k.range(lanes) as co:
                         w = k.b.load(k.b.gep(self.wt, [k.add(k.mul(flipped, lanes), co)]))
