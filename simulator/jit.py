@@ -57,9 +57,16 @@ class Planned:
 
 
 def _conv_scratch(i: Instr) -> int:
-    """The transposed weights (i32), each tap's non-zero count (i64) and the sums (i64)."""
+    """The transposed weights (i32), each tap's non-zero count (i64) and the sums (i64); the dense form
+    (native._Dense) after them: its weights (i16 channel pairs; i8 quads take less), each input's fan-out
+    (i64), which rows and columns reach the outputs (i64), each output's first input (i64) and the padded
+    input (i16)."""
     taps, lanes = i["cin"] * i["kh"] * i["kw"], -(-i["cout"] // 16) * 16  # (native._lanes)
-    return 4 * taps * lanes + 8 * taps + 8 * lanes * i["oh"] * i["ow"]
+    channels = i["cin"] + i["cin"] % 2
+    rows, cols = (i["oh"] - 1) * i["sh"] + i["kh"], (i["ow"] - 1) * i["sw"] + i["kw"]
+    return (4 * taps * lanes + 8 * taps + 8 * lanes * i["oh"] * i["ow"]
+            + 2 * i["kh"] * i["kw"] * channels * lanes + 8 * i["cin"] * i["ih"] * i["iw"]
+            + 8 * (i["ih"] * i["kh"] + i["iw"] * i["kw"] + i["oh"] * i["ow"]) + 2 * rows * cols * channels)
 
 
 def _native(i: Instr, footprint: list, sizes: dict[str, int]):
@@ -87,17 +94,32 @@ def _native(i: Instr, footprint: list, sizes: dict[str, int]):
 
 def plan(prog: Program) -> tuple:
     """Per instruction: a `Planned` kernel call, or None (the NumPy handler runs it). Made once per program."""
+    return _prepared(prog)[0]
+
+
+def reach(prog: Program) -> dict[str, int]:
+    """Per on-chip buffer, the bytes the program's instructions can touch (their footprints' end, at most
+    the buffer's size): a sample's copy of the buffer needs no more. Made once per program."""
+    return _prepared(prog)[1]
+
+
+def _prepared(prog: Program) -> tuple:
     if getattr(prog, "_jit_plan", None) is None:
         prog._jit_plan = _plan(prog)
     return prog._jit_plan
 
 
 def _plan(prog: Program) -> tuple:
+    """(`plan`, `reach`): one pass over the instructions' footprints."""
     kernels = native.compiled()
     sizes = {"dram": prog.meta["dram_bytes"], **{m: b.bytes for m, b in prog.hw.buffers.items()}}
+    ends = dict.fromkeys(prog.hw.buffers, 0)
     out = []
     for i in prog.code:
-        footprint = regions(i) if i.op in native.KERNELS else []
+        footprint = regions(i)
+        for r in footprint:
+            if r.mem in ends:
+                ends[r.mem] = max(ends[r.mem], r.hi)
         scratch = _native(i, footprint, sizes)
         args = native.encode(i) if scratch is not None else None
         if args is None:
@@ -117,7 +139,7 @@ def _plan(prog: Program) -> tuple:
             static = dconv_actions(i, 1, dense_dconv_macs(i, 1))
         dynamic = i.op in ("sconv", "nrn") or (i.op == "dconv" and i["sat_bits"] != 0)
         out.append(Planned(kernels[i.op], args, scratch, +reads, +writes, static, dynamic))
-    return tuple(out)
+    return tuple(out), {m: min(end, prog.hw.buffers[m].bytes) for m, end in ends.items()}
 
 
 class JitMachine(Machine):
@@ -125,6 +147,11 @@ class JitMachine(Machine):
 
     def __init__(self, prog: Program, batch: int):
         super().__init__(prog, batch)
+        # each sample's buffers only as long as the program reaches (a bounds check still sees the buffer's
+        # size where a footprint goes beyond it): the batch's copies lie close together, fewer pages to
+        # fault in and to cache (digits at batch 256: 32 KB per sample and buffer, of which it uses 0.1-4)
+        for m, size in reach(prog).items():
+            self.mem[m] = np.zeros((batch, size), dtype=np.uint8)
         self.plan = plan(prog)
         self.bases = (ctypes.c_void_p * len(MEMORIES))(*(self.mem[m].ctypes.data for m in MEMORIES))
         self.strides = np.array([self.mem[m].shape[1] for m in MEMORIES], dtype=np.int64)

@@ -223,6 +223,13 @@ class _Kernel:
 
 
 @lru_cache(maxsize=1)
+def _has_vnni() -> bool:
+    """Whether the host has AVX-512 VNNI (the kernels are compiled for the host CPU)."""
+    _engine()
+    return "+avx512vnni" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+@lru_cache(maxsize=1)
 def _engine():
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
@@ -356,7 +363,17 @@ def _vacc(k: _Kernel) -> None:
 @kernel("pool")
 def _pool(k: _Kernel) -> None:
     """max, sum or min over k x k windows (outside the input: the format's least value for a max of
-    integers, else 0), to spikes (non-zero) or integers."""
+    integers, else 0), to spikes (non-zero) or integers. The loops are made twice: for spikes (reading one
+    is not a choice among formats: a spike pool is mostly reads) and for integers."""
+    spikes = k.eq(k.f("src_fmt"), k.c(FORMAT_CODE["spike"]))
+    with k.if_(spikes):
+        _pool_from(k, lambda src, at: k.spike(src, at))
+    with k.if_(k.b.not_(spikes)):
+        _pool_from(k, lambda src, at: k.element(src, at, k.f("src_fmt")))
+
+
+def _pool_from(k: _Kernel, read) -> None:
+    """The pool of a source whose element `at` is read(src, at)."""
     with k.samples():
         src, dst, fin, fout, mode = k.at("src"), k.at("dst"), k.f("src_fmt"), k.f("dst_fmt"), k.f("mode")
         ih, iw, oh, ow, size, s, pt, pl = (k.f(n) for n in ("ih", "iw", "oh", "ow", "k", "stride", "pt", "pl"))
@@ -366,22 +383,24 @@ def _pool(k: _Kernel) -> None:
         with k.if_(k.eq(fout, k.c(0))):  # spikes: the bytes are set bit by bit
             with k.range(k.b.ashr(k.add(n_out, k.c(7)), k.c(3))) as j:
                 k.b.store(ir.Constant(I8, 0), k.b.gep(dst, [j]))
+        def pooled(a, x):
+            return k.select(k.eq(mode, k.c(1)), k.add(a, x), k.select(k.eq(mode, k.c(0)), k.max(a, x), k.min(a, x)))
+
+        start = k.select(k.eq(mode, k.c(0)), k.c(-(1 << 62)), k.select(k.eq(mode, k.c(2)), k.c(1 << 62), k.c(0)))
         with k.range(k.f("channels")) as c:
             with k.range(oh) as oy:
+                top = k.sub(k.mul(oy, s), pt)  # the window's rows top + ky0 ... top + ky1 - 1 lie inside
+                ky0, ky1 = k.max(k.neg(top), k.c(0)), k.min(k.sub(ih, top), size)
                 with k.range(ow) as ox:
-                    acc = k.var(k.select(k.eq(mode, k.c(0)), k.c(-(1 << 62)),
-                                         k.select(k.eq(mode, k.c(2)), k.c(1 << 62), k.c(0))))
-                    with k.range(size) as ky:
-                        r = k.sub(k.add(k.mul(oy, s), ky), pt)
-                        with k.range(size) as kx:
-                            col = k.sub(k.add(k.mul(ox, s), kx), pl)
-                            inside = k.and_(k.and_(k.ge(r, k.c(0)), k.lt(r, ih)), k.and_(k.ge(col, k.c(0)), k.lt(col, iw)))
-                            v = k.var(fill)
-                            with k.if_(inside):
-                                k.set(v, k.element(src, k.add(k.mul(k.add(k.mul(c, ih), r), iw), col), fin))
-                            a, x = k.get(acc), k.get(v)
-                            k.set(acc, k.select(k.eq(mode, k.c(1)), k.add(a, x),
-                                                k.select(k.eq(mode, k.c(0)), k.max(a, x), k.min(a, x))))
+                    left = k.sub(k.mul(ox, s), pl)
+                    kx0, kx1 = k.max(k.neg(left), k.c(0)), k.min(k.sub(iw, left), size)
+                    # a window reaching outside holds `fill` (once is enough: max, min and a sum of 0s)
+                    clipped = k.or_(k.or_(k.gt(ky0, k.c(0)), k.lt(ky1, size)), k.or_(k.gt(kx0, k.c(0)), k.lt(kx1, size)))
+                    acc = k.var(k.select(clipped, pooled(start, fill), start))
+                    with k.range(ky1, ky0) as ky:
+                        row = k.add(k.mul(k.add(k.mul(c, ih), k.add(top, ky)), iw), left)
+                        with k.range(kx1, kx0) as kx:
+                            k.set(acc, pooled(k.get(acc), read(src, k.add(row, kx))))
                     out = k.add(k.mul(k.add(k.mul(c, oh), oy), ow), ox)
                     y = k.get(acc)
                     with k.if_(k.eq(fout, k.c(0))):
@@ -398,7 +417,8 @@ def _pool(k: _Kernel) -> None:
 def _nrn(k: _Kernel) -> None:
     """One step of n neurons of one threshold (isa/neuron.py), the spikes (and with a band the active bits)
     bit-packed after them; out[1] += spikes, out[2] += active neurons. Two passes: the neurons (a loop that
-    vectorizes, its spikes and active bits as bytes in scratch), then the packing."""
+    vectorizes, its spikes and active bits as bytes in scratch), then the packing (eight bytes into one by
+    a multiply, the last few bit by bit)."""
     with k.samples():
         src, state, dst, n = k.at("src"), k.at("state"), k.at("dst"), k.f("n")
         theta, v_reset, dshift, in_shift = k.f("theta"), k.f("v_reset"), k.f("decay_shift"), k.f("in_shift")
@@ -438,7 +458,13 @@ def _nrn(k: _Kernel) -> None:
             k.count(2, k.get(active))
         for plane, bits in ((0, fired_bytes), (1, active_bytes)):
             with k.if_(k.or_(k.eq(k.c(plane), k.c(0)), k.ne(band, k.c(0)))):
-                with k.range(nbytes) as j:
+                whole = k.b.ashr(n, k.c(3))
+                eights = k.b.bitcast(bits, I64.as_pointer())
+                with k.range(whole) as j:
+                    # byte b of the eight (each 0 or 1) lands in bit 56 + b of the product
+                    byte = k.b.lshr(k.mul(k.b.load(k.b.gep(eights, [j]), align=1), k.c(0x0102040810204080)), k.c(56))
+                    k.b.store(k.b.trunc(byte, I8), k.b.gep(dst, [k.add(k.mul(k.c(plane), nbytes), j)]))
+                with k.range(nbytes, whole) as j:
                     byte = k.var(0)
                     with k.range(8) as bit:
                         i = k.add(k.mul(j, k.c(8)), bit)
@@ -589,17 +615,220 @@ def _both_widths(k: _Kernel, narrow, body) -> None:
         body(True)
 
 
+#: What a conv's input costs added element by element or densely (`_Dense`), in cycles measured on the
+#: benchmarks' tiles: a spike's add of one tap into 16 output channels, a spike's own overhead; a group of
+#: channels of a tap multiply-added into 16 sums (one vector multiply-add), an input unpacked
+EVENT_TAP, EVENT_SPIKE, DENSE_GROUP, DENSE_INPUT = 3, 50, 1, 6
+
+
+def _plane_spikes(k: _Kernel, plane, n):
+    """The spikes among the first n bits of a bit-packed plane (the bits after them are not its)."""
+    count = k.var(0)
+    with k.range(k.b.ashr(n, k.c(3))) as j:
+        k.add_to(count, k.b.zext(k.b.call(_ctpop(k), [k.b.load(k.b.gep(plane, [j]))]), I64))
+    with k.range(n, k.b.and_(n, k.c(~7))) as j:
+        k.add_to(count, k.spike(plane, j))
+    return k.get(count)
+
+
+def _ctpop(k: _Kernel) -> ir.Function:
+    return k.module.declare_intrinsic("llvm.ctpop", [I8])
+
+
+class _Dense:
+    """The dense form of a conv with i32 sums (an sconv plane where many inputs spike, a dconv of i16
+    values): the input in a zero-padded copy laid out [row][column][channel], the weights in groups of
+    channels [ky][kx][group][lane][channel in group], and every output's 16-lane vector of sums
+    accumulated in a register over every tap, a group of channels per vector multiply-add, exact where the
+    sums' bound fits i32. A group is two channels as i16 (x86: pmaddwd, or vpdpwssd with AVX-512 VNNI), or
+    with QUADS four as bytes, unsigned inputs (spikes) times signed weights (i8): vpdpbusd, which the
+    kernels use where the host has AVX-512 VNNI. With `nnz` (an sconv), each input's fan-out (the
+    non-zero weights of the taps it reaches) gives the adds the spike-driven form counts. Its pieces
+    (packed weights, fan-outs) are made once per call, on the first input that takes it."""
+
+    BLOCK = 8  # outputs whose sums are accumulated together
+    VECTOR = 16  # sums per register (`_lanes` pads to 16; 8, with 8-channel vectors, was no faster here)
+    PAIRS, QUADS = 2, 4
+
+    def __init__(self, k: _Kernel, wt, nnz, after, group: int):
+        self.k, self.group = k, group
+        self.element = I16 if group == self.PAIRS else I8
+        cin, ih, iw, oh, ow, kh, kw = (k.f(n) for n in ("cin", "ih", "iw", "oh", "ow", "kh", "kw"))
+        self.wt, self.nnz, self.lanes = wt, nnz, _lanes(k)
+        self.groups = k.b.sdiv(k.add(cin, k.c(group - 1)), k.c(group))
+        self.channels = k.mul(self.groups, k.c(group))
+        self.rows, self.cols = (k.add(k.mul(k.sub(o, k.c(1)), k.f(s)), kk) for o, s, kk in ((oh, "sh", kh), (ow, "sw", kw)))
+        self.packed = k.b.bitcast(after, self.element.as_pointer())
+        fan = k.b.gep(after, [k.mul(k.mul(k.mul(kh, kw), k.mul(self.channels, self.lanes)), k.c(self.element.width // 8))])
+        self.fan = k.b.bitcast(fan, I64.as_pointer())
+        rowok = k.b.gep(self.fan, [k.mul(cin, k.mul(ih, iw))])
+        self.rowok, self.colok = rowok, k.b.gep(rowok, [k.mul(ih, kh)])
+        self.corners = k.b.gep(self.colok, [k.mul(iw, kw)])
+        x = k.b.gep(self.corners, [k.mul(oh, ow)])
+        self.x = k.b.bitcast(x, self.element.as_pointer())
+        self.ready = k.var(0)
+
+    def cost(self, spikes):
+        """(spike-driven, dense) costs of an input of which `spikes` are not 0."""
+        k = self.k
+        vectors = k.b.ashr(self.lanes, k.c(4))
+        taps = k.mul(k.f("kh"), k.f("kw"))
+        event = k.mul(spikes, k.add(k.mul(k.mul(taps, vectors), k.c(EVENT_TAP)), k.c(EVENT_SPIKE)))
+        outputs = k.mul(k.f("oh"), k.f("ow"))
+        dense = k.add(k.mul(k.mul(k.mul(outputs, taps), k.mul(self.groups, vectors)), k.c(DENSE_GROUP)),
+                      k.mul(k.mul(k.f("cin"), k.mul(k.f("ih"), k.f("iw"))), k.c(DENSE_INPUT)))
+        return event, dense
+
+    def prepare(self) -> None:
+        k = self.k
+        with k.if_(k.eq(k.get(self.ready), k.c(0))):
+            k.set(self.ready, k.c(1))
+            self._pack()
+            if self.nnz is not None:
+                self._fan_outs()
+            ow, sh, sw = k.f("ow"), k.f("sh"), k.f("sw")
+            with k.range(k.mul(k.f("oh"), ow)) as o:  # each output's top-left input in the padded copy
+                corner = k.add(k.mul(k.mul(k.b.sdiv(o, ow), sh), self.cols), k.mul(k.b.srem(o, ow), sw))
+                k.b.store(k.mul(corner, self.channels), k.b.gep(self.corners, [o]))
+            with k.range(k.mul(k.mul(self.rows, self.cols), self.channels)) as j:
+                k.b.store(ir.Constant(self.element, 0), k.b.gep(self.x, [j]))  # the padding stays 0
+
+    def _pack(self) -> None:
+        k = self.k
+        cin, kh, kw, lanes, group = k.f("cin"), k.f("kh"), k.f("kw"), self.lanes, k.c(self.group)
+        with k.range(self.channels) as ci:
+            real = k.min(ci, k.sub(cin, k.c(1)))  # (a padding channel's weights are 0: read within wt, dropped)
+            with k.range(kh) as ky:
+                with k.range(kw) as kx:
+                    flipped = k.add(k.mul(k.add(k.mul(real, kh), ky), kw), k.sub(k.sub(kw, k.c(1)), kx))
+                    to = k.mul(k.add(k.mul(k.add(k.mul(ky, kw), kx), self.groups), k.b.sdiv(ci, group)), lanes)
+                    with k.range(lanes) as co:
+                        w = k.b.load(k.b.gep(self.wt, [k.add(k.mul(flipped, lanes), co)]))
+                        w = k.b.select(k.lt(ci, cin), k.b.trunc(w, self.element), ir.Constant(self.element, 0))
+                        at = k.add(k.mul(k.add(to, co), group), k.b.srem(ci, group))
+                        k.b.store(w, k.b.gep(self.packed, [at]))
+
+    def _fan_outs(self) -> None:
+        """fan[ci, r, col]: the sum of nnz over the taps input (ci, r, col) reaches; a tap (ky, kx) reaches an
+        output where row r + pt - ky and column col + pl - kx are whole strides inside the outputs."""
+        k = self.k
+        cin, ih, iw, kh, kw = (k.f(n) for n in ("cin", "ih", "iw", "kh", "kw"))
+        for table, n, size, pad, stride, outs in ((self.rowok, ih, kh, "pt", "sh", "oh"),
+                                                  (self.colok, iw, kw, "pl", "sw", "ow")):
+            with k.range(n) as r:
+                with k.range(size) as t:
+                    u = k.sub(k.add(r, k.f(pad)), t)
+                    ok = k.and_(k.and_(k.ge(u, k.c(0)), k.eq(k.b.srem(u, k.f(stride)), k.c(0))),
+                                k.lt(k.b.sdiv(u, k.f(stride)), k.f(outs)))
+                    k.b.store(k.bool(ok), k.b.gep(table, [k.add(k.mul(r, size), t)]))
+        with k.range(cin) as ci:
+            with k.range(ih) as r:
+                with k.range(iw) as col:
+                    fan = k.var(0)
+                    with k.range(kh) as ky:
+                        with k.if_(k.ne(k.b.load(k.b.gep(self.rowok, [k.add(k.mul(r, kh), ky)])), k.c(0))):
+                            with k.range(kw) as kx:
+                                tap = k.add(k.mul(k.add(k.mul(ci, kh), ky), kw), kx)
+                                reached = k.b.load(k.b.gep(self.colok, [k.add(k.mul(col, kw), kx)]))
+                                k.add_to(fan, k.mul(reached, k.b.load(k.b.gep(self.nnz, [tap]))))
+                    k.b.store(k.get(fan), k.b.gep(self.fan, [k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)]))
+
+    def add(self, value, acc, adds=None) -> None:
+        """acc += the sums of the input whose element j is value(j) (a spike, or a value that fits the
+        element: i16 with PAIRS); adds += its spike-driven adds (an sconv's)."""
+        k = self.k
+        cin, ih, iw, pt, pl = (k.f(n) for n in ("cin", "ih", "iw", "pt", "pl"))
+        channels = self.channels
+        with k.range(cin) as ci:
+            with k.range(ih) as r:
+                pr = k.add(r, pt)
+                with k.if_(k.and_(k.ge(pr, k.c(0)), k.lt(pr, self.rows))):
+                    row = k.mul(k.add(k.mul(ci, ih), r), iw)
+                    to = k.add(k.mul(k.add(k.mul(pr, self.cols), pl), channels), ci)
+                    with k.range(k.min(iw, k.sub(self.cols, pl))) as col:  # (the columns inside: pl >= 0)
+                        x = value(k.add(row, col))
+                        k.b.store(k.b.trunc(x, self.element), k.b.gep(self.x, [k.add(to, k.mul(col, channels))]))
+                        if adds is not None:
+                            k.add_to(adds, k.mul(x, k.b.load(k.b.gep(self.fan, [k.add(row, col)]))))
+        self._accumulate(acc)
+
+    def _accumulate(self, acc) -> None:
+        """Every output's sums += its taps' weights times their inputs: BLOCK outputs at a time, in row-major
+        order across rows (each its own register of sums, sharing the weights' loads and keeping several
+        multiply-adds in flight), then the last outputs one at a time."""
+        k = self.k
+        outputs = k.mul(k.f("oh"), k.f("ow"))
+        whole = k.mul(k.b.sdiv(outputs, k.c(self.BLOCK)), k.c(self.BLOCK))
+        with k.range(k.b.sdiv(outputs, k.c(self.BLOCK))) as block:
+            self._outputs(acc, k.mul(block, k.c(self.BLOCK)), self.BLOCK)
+        with k.range(outputs, whole) as first:
+            self._outputs(acc, first, 1)
+
+    def _outputs(self, acc, first, count: int) -> None:
+        """The sums of outputs first ... first + count - 1 (in row-major order)."""
+        k = self.k
+        kh, kw = k.f("kh"), k.f("kw")
+        n, group = self.VECTOR, self.group
+        sums_t, weights_t = ir.VectorType(I32, n), ir.VectorType(self.element, group * n)
+        channels, lanes = self.channels, self.lanes
+        with k.b.goto_block(k.entry):
+            k.b.position_at_start(k.entry)
+            running = [k.b.alloca(sums_t) for _ in range(count)]
+        corners = [k.b.load(k.b.gep(self.corners, [k.add(first, k.c(e))])) for e in range(count)]
+        with k.range(k.b.sdiv(lanes, k.c(n))) as v:
+            sums = [k.b.bitcast(k.b.gep(acc, [k.add(k.mul(k.add(first, k.c(e)), lanes), k.mul(v, k.c(n)))]),
+                                sums_t.as_pointer()) for e in range(count)]
+            for r, q in zip(running, sums):
+                k.b.store(k.b.load(q, align=4), r)
+            with k.range(kh) as ky:
+                with k.range(kw) as kx:
+                    tap = k.mul(k.add(k.mul(ky, self.cols), kx), channels)
+                    xs = [k.b.bitcast(k.b.gep(self.x, [k.add(corner, tap)]), I32.as_pointer()) for corner in corners]
+                    w = k.b.gep(self.packed, [k.mul(k.add(k.mul(k.mul(k.add(k.mul(ky, kw), kx), self.groups), lanes),
+                                                          k.mul(v, k.c(n))), k.c(group))])
+                    with k.range(self.groups) as q:
+                        wq = k.b.bitcast(k.b.gep(w, [k.mul(k.mul(q, lanes), k.c(group))]), weights_t.as_pointer())
+                        weights = k.b.load(wq, align=1)
+                        for x, r in zip(xs, running):
+                            inputs = k.b.load(k.b.gep(x, [q]), align=1)  # the group's channels, 4 bytes
+                            splat = k.b.shuffle_vector(k.b.insert_element(ir.Constant(sums_t, None), inputs, I32(0)),
+                                                       ir.Constant(sums_t, None), ir.Constant(sums_t, [0] * n))
+                            k.b.store(self._multiply_add(k.b.load(r), k.b.bitcast(splat, weights_t), weights), r)
+            for r, q in zip(running, sums):
+                k.b.store(k.b.load(r), q, align=4)
+
+    def _multiply_add(self, sums, inputs, weights):
+        """sums[e] + the dot product of lane e's group of inputs and weights."""
+        k, n = self.k, self.VECTOR
+        if self.group == self.QUADS:
+            name = "llvm.x86.avx512.vpdpbusd.512"
+            fn = k.module.globals.get(name) or ir.Function(k.module, ir.FunctionType(sums.type, [sums.type, inputs.type,
+                                                                                               weights.type]), name)
+            return k.b.call(fn, [sums, inputs, weights])
+        wide_t = ir.VectorType(I32, 2 * n)
+        products = k.b.mul(k.b.sext(inputs, wide_t), k.b.sext(weights, wide_t))
+        even, odd = (ir.Constant(sums.type, [2 * e + parity for e in range(n)]) for parity in (0, 1))
+        return k.b.add(sums, k.b.add(k.b.shuffle_vector(products, products, even),
+                                     k.b.shuffle_vector(products, products, odd)))
+
+
 @kernel("sconv")
 def _sconv(k: _Kernel) -> None:
-    """Spike-driven: every spike adds the weights of the taps it reaches into the sums (a cascade's sums
-    doubled before every plane after the first), then dst (+)= sums << shift; out[1 + p] += plane p's adds
-    (the non-zero weights its spikes reached), and each sample's too (after the batch's counts). The sums
-    are i32 where they cannot exceed it (a plane adds at most the largest row sum of |w|), else i64."""
+    """Every spike adds the weights of the taps it reaches into the sums (a cascade's sums doubled before
+    every plane after the first), then dst (+)= sums << shift; out[1 + p] += plane p's adds (the non-zero
+    weights its spikes reached), and each sample's too (after the batch's counts). The sums are i32 where
+    they cannot exceed it (a plane adds at most the largest row sum of |w|), else i64. A plane is added
+    spike by spike (`_scatter`), or with i32 sums densely (`_Dense`) where that costs less: the same
+    integers either way."""
     cin, ih, iw, oh, ow = (k.f(n) for n in ("cin", "ih", "iw", "oh", "ow"))
     wt, nnz, rowmax, scratch = _transposed_weights(k, k.f("wfmt"))
     n_in, n_out, planes = k.mul(cin, k.mul(ih, iw)), k.mul(_lanes(k), k.mul(oh, ow)), k.f("planes")
     cascade = k.ne(k.f("mode"), k.c(0))
     narrow = k.lt(k.mul(rowmax, k.sub(k.b.shl(k.c(1), planes), k.c(1))), k.c(1 << 31))
+    i8 = k.eq(k.f("wfmt"), k.c(FORMAT_CODE["i8"]))
+    forms = ([(_Dense.QUADS, i8), (_Dense.PAIRS, k.b.not_(i8))] if _has_vnni() else [(_Dense.PAIRS, ir.Constant(I1, 1))])
+    after = k.b.gep(scratch, [k.mul(n_out, k.c(8))])
+    dense = [(_Dense(k, wt, nnz, after, group), takes) for group, takes in forms]
 
     def body(wide: bool) -> None:
         acc = _sums(k, scratch, wide)
@@ -612,13 +841,23 @@ def _sconv(k: _Kernel) -> None:
                         q = k.b.gep(acc, [j])
                         k.b.store(k.b.shl(k.b.load(q), ir.Constant(q.type.pointee, 1)), q)
                 plane = k.b.gep(src, [k.mul(p, k.b.ashr(k.add(n_in, k.c(7)), k.c(3)))])
-                adds = k.var(0)
-                with k.range(cin) as ci:
-                    with k.range(ih) as r:
-                        with k.range(iw) as col:
-                            with k.if_(k.ne(k.spike(plane, k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)), k.c(0))):
-                                _scatter(k, wt, acc, ci, r, col, k.c(1),
-                                         lambda tap: k.add_to(adds, k.b.load(k.b.gep(nnz, [tap]))), wide)
+                adds, by_spike = k.var(0), k.var(1)
+                if not wide:
+                    spikes = _plane_spikes(k, plane, n_in)
+                    for form, takes in dense:
+                        event, whole = form.cost(spikes)
+                        with k.if_(k.and_(takes, k.gt(event, whole))):
+                            k.set(by_spike, 0)
+                            form.prepare()
+                            form.add(lambda j: k.spike(plane, j), acc, adds)
+                with k.if_(k.ne(k.get(by_spike), k.c(0))):
+                    with k.range(cin) as ci:
+                        with k.range(ih) as r:
+                            with k.range(iw) as col:
+                                j = k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)
+                                with k.if_(k.ne(k.spike(plane, j), k.c(0))):
+                                    _scatter(k, wt, acc, ci, r, col, k.c(1),
+                                             lambda tap: k.add_to(adds, k.b.load(k.b.gep(nnz, [tap]))), wide)
                 k.count_at(k.add(p, k.c(1)), k.get(adds))
                 sample_slot = k.add(k.mul(k.add(k.sample, k.c(1)), k.c(OUT_SLOTS)), k.add(p, k.c(1)))
                 k.b.store(k.get(adds), k.b.gep(k.out, [sample_slot]))  # (set: the batch's slots alone are cleared)
@@ -652,7 +891,8 @@ def _dconv(k: _Kernel) -> None:
     weights of the taps it reaches into the sums, then as the NumPy handler: the sums must be exact below
     2^53 (else INEXACT); with sat_bits they must fit the accumulator (else ACCUMULATOR), are rounded by
     round_shift, added, saturated (out[1] += how many saturated); else added and range-checked. The sums
-    are i32 where the input's largest |x| times the largest row sum of |w| fits it, else i64."""
+    are i32 where the input's largest |x| times the largest row sum of |w| fits it, else i64; with i32
+    sums and inputs that fit i16, densely (`_Dense`) where that costs less."""
     cin, ih, iw, oh, ow = (k.f(n) for n in ("cin", "ih", "iw", "oh", "ow"))
     wt, _, rowmax, scratch = _transposed_weights(k, k.f("wfmt"))
     fmt, n_in = k.f("fmt"), k.mul(cin, k.mul(ih, iw))
@@ -667,11 +907,14 @@ def _dconv(k: _Kernel) -> None:
         k.count(1, k.bool(k.ne(clipped, v)))
         return clipped
 
+    dense = _Dense(k, wt, None, k.b.gep(scratch, [k.mul(k.mul(_lanes(k), k.mul(oh, ow)), k.c(8))]), _Dense.PAIRS)
     with k.samples():
         src, dst = k.at("src"), k.at("dst")
-        peak = k.var(0)
+        peak, nonzero = k.var(0), k.var(0)
         with k.range(n_in) as j:
-            k.set(peak, k.max(k.get(peak), k.abs(k.element(src, j, fmt))))
+            x = k.element(src, j, fmt)
+            k.set(peak, k.max(k.get(peak), k.abs(x)))
+            k.add_to(nonzero, k.bool(k.ne(x, k.c(0))))
         bound = k.mul(k.get(peak), rowmax)
         with k.if_(k.ge(bound, k.c(1 << 53))):
             k.fail(INEXACT)
@@ -679,12 +922,20 @@ def _dconv(k: _Kernel) -> None:
         def body(wide: bool) -> None:
             acc = _sums(k, scratch, wide)
             _clear(k, acc, k.mul(_lanes(k), k.mul(oh, ow)))
-            with k.range(cin) as ci:
-                with k.range(ih) as r:
-                    with k.range(iw) as col:
-                        x = k.element(src, k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col), fmt)
-                        with k.if_(k.ne(x, k.c(0))):
-                            _scatter(k, wt, acc, ci, r, col, x, lambda tap: None, wide)
+            by_input = k.c(1)
+            if not wide:
+                event, whole = dense.cost(k.get(nonzero))
+                by_input = k.bool(k.or_(k.le(event, whole), k.ge(k.get(peak), k.c(1 << 15))))
+                with k.if_(k.eq(by_input, k.c(0))):
+                    dense.prepare()
+                    dense.add(lambda j: k.element(src, j, fmt), acc)
+            with k.if_(k.ne(by_input, k.c(0))):
+                with k.range(cin) as ci:
+                    with k.range(ih) as r:
+                        with k.range(iw) as col:
+                            x = k.element(src, k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col), fmt)
+                            with k.if_(k.ne(x, k.c(0))):
+                                _scatter(k, wt, acc, ci, r, col, x, lambda tap: None, wide)
             with k.if_(k.ne(k.f("sat_bits"), k.c(0))):
                 _store_sums(k, acc, dst, saturate)
             with k.if_(k.eq(k.f("sat_bits"), k.c(0))):
