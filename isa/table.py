@@ -298,7 +298,7 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
          _u("pl", 4, "zero columns left of the input")),
         f"dst[c,y,x] = max, sum or min of {_POOL_INDEX} (max of spikes is OR; min of spike times is the "
         "earliest spike, the max of the values they stand for); the input is padded as far as the outputs reach "
-        "with zeros, or for a max of integers with the format's lowest value",
+        "with zeros, or for a max of integers with the format's lowest value; written as spikes, a non-zero result is a spike",
         lambda a: [("src", "r", elems_bytes(a["src_fmt"], a["channels"] * a["ih"] * a["iw"])),
                    ("dst", "w", elems_bytes(a["dst_fmt"], a["channels"] * a["oh"] * a["ow"]))],
         lambda hw, a: hw.vector_cycles(a["channels"] * a["oh"] * a["ow"] * a["k"] ** 2)),

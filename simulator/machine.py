@@ -118,8 +118,8 @@ class Machine:
 
     def write(self, ref: Ref, fmt: str, values: np.ndarray) -> None:
         values = values.reshape(self.batch, -1)
-        if fmt == "spike":
-            self.write_bytes(ref, np.packbits(values.astype(np.uint8), axis=1, bitorder="little"))
+        if fmt == "spike":  # a non-zero value is a spike (a pool of integers written as spikes)
+            self.write_bytes(ref, np.packbits(values != 0, axis=1, bitorder="little"))
             return
         bits = 8 * FORMAT_BYTES[fmt]
         lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
