@@ -1,6 +1,6 @@
 """Native instruction kernels for the simulator's JIT backend (llvmlite): one generated LLVM function per
-opcode, compiled once per process at -O3 for the host CPU, called once per instruction with the batch's
-memories (docs/simulator.md).
+opcode, compiled once at -O3 for the host CPU (and cached on disk for the next process), called once per
+instruction with the batch's memories (docs/simulator.md).
 
 A kernel's signature is
 
@@ -19,14 +19,20 @@ counters and running values live in allocas, which -O3 promotes to registers, so
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import logging
+import os
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 import numpy as np
 
 from ttc.isa.table import BY_NAME, MEMORIES, TIME
+
+log = logging.getLogger(__name__)
 
 I1, I8, I16, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 P8 = I8.as_pointer()
@@ -287,7 +293,8 @@ def kernel(*ops: str):
 
 @lru_cache(maxsize=1)
 def compiled() -> dict[str, ctypes.CFUNCTYPE]:
-    """Every kernel, compiled once per process: opcode -> callable."""
+    """Every kernel, compiled once per process (or loaded from the object cache, `kernel_object`): opcode ->
+    callable."""
     module = ir.Module("ttc_kernels")
     module.triple = llvm.get_process_triple()
     names = {}
@@ -298,17 +305,51 @@ def compiled() -> dict[str, ctypes.CFUNCTYPE]:
             build(k)
             k.finish()
         names[op] = name
-    parsed = llvm.parse_assembly(str(module))
-    parsed.verify()
     tm = _engine()
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+    engine.add_object_file(llvm.ObjectFileRef.from_data(kernel_object(str(module), tm)))
+    engine.finalize_object()
+    _ENGINES.append(engine)  # the code lives as long as its engine
+    return {op: CFUNC(engine.get_function_address(name)) for op, name in names.items()}
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept between processes: $TTC_CACHE_DIR, else ttc/ under $XDG_CACHE_HOME
+    (~/.cache)."""
+    if os.environ.get("TTC_CACHE_DIR"):
+        return Path(os.environ["TTC_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ttc"
+
+
+def kernel_object(text: str, tm) -> bytes:
+    """The object code of the kernels' LLVM IR `text` for target machine `tm`, optimised at -O3: from the cache
+    when it holds it for this IR, target, CPU and LLVM (optimising and generating it takes 2 s, every fresh
+    process), else made and kept there. A cached file holds its own digest, so a damaged one is made again,
+    never loaded; a cache that cannot be written is only slower."""
+    key = hashlib.sha256("\n".join((text, tm.triple, llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
+                                     ".".join(map(str, llvm.llvm_version_info)))).encode()).hexdigest()
+    path = cache_dir() / f"kernels-{key[:32]}.o"
+    try:
+        blob = path.read_bytes()
+        if hashlib.sha256(blob[32:]).digest() == blob[:32]:
+            return blob[32:]
+    except OSError:
+        pass
+    parsed = llvm.parse_assembly(text)
+    parsed.verify()
     tuning = llvm.create_pipeline_tuning_options(speed_level=3)
     tuning.loop_interleaving = False  # the runs are short (taps x a tile's channels): one vector per step
     pb = llvm.create_pass_builder(tm, tuning)
     pb.getModulePassManager().run(parsed, pb)
-    engine = llvm.create_mcjit_compiler(parsed, tm)
-    engine.finalize_object()
-    _ENGINES.append(engine)  # the code lives as long as its engine
-    return {op: CFUNC(engine.get_function_address(name)) for op, name in names.items()}
+    obj = tm.emit_object(parsed)
+    try:  # written whole under a temporary name, then renamed: another process reads all of it or nothing
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(hashlib.sha256(obj).digest() + obj)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.info("the JIT's kernels are not kept for the next process: %s", e)
+    return obj
 
 
 _ENGINES: list = []

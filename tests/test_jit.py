@@ -15,6 +15,7 @@ from ttc.isa.program import Program
 from ttc.isa.table import elems_bytes
 from ttc.runtime.run import machine_class, run
 from ttc.runtime.train import Trainer
+from ttc.simulator import native
 from ttc.simulator.machine import SimError
 
 
@@ -215,3 +216,22 @@ def test_a_pool_of_any_shape_is_numpys():
             except SimError as e:
                 results.append(str(e))
         assert results[0] == results[1], instr
+
+
+def test_compiled_kernels_are_kept_for_the_next_process_and_a_damaged_copy_is_made_again(tmp_path, monkeypatch):
+    import llvmlite.binding as llvm
+
+    monkeypatch.setenv("TTC_CACHE_DIR", str(tmp_path / "cache"))
+    text = 'define i64 @twice(i64 %x) {\n  %y = add i64 %x, %x\n  ret i64 %y\n}\n'
+    tm = native._engine()
+    made = native.kernel_object(text, tm)
+    [kept] = (tmp_path / "cache").iterdir()
+    parse = llvm.parse_assembly
+    monkeypatch.setattr(llvm, "parse_assembly", lambda *a: pytest.fail("compiled again, not taken from the cache"))
+    assert native.kernel_object(text, tm) == made
+    kept.write_bytes(kept.read_bytes()[:-1] + b"\0")  # damaged: made again, not loaded
+    monkeypatch.setattr(llvm, "parse_assembly", parse)
+    assert native.kernel_object(text, tm) == made
+    assert kept.read_bytes().endswith(made)
+    monkeypatch.setenv("TTC_CACHE_DIR", str(kept))  # a file where the directory should be: no cache, still works
+    assert native.kernel_object(text, tm) == made
