@@ -227,11 +227,11 @@ def _run_batch(prog: Program, inputs: list[np.ndarray], backend: str | None, bat
         raise
     if isinstance(timeline, ScheduleError):
         raise timeline
-    timelines = sample_timelines(prog, machine.pe_work) if machine.pe_work else [timeline] * batch
+    timelines = sample_timelines(prog, machine.pe_work) if machine.pe_work else [timeline]  # (one for all: dense)
     leakage = energy.finish([t.spans for t in timelines])
     own_leakage = leakage - leakage.mean() if machine.pe_work else 0  # (what each sample's own time leaks)
-    cycles = np.array([t.cycles for t in timelines])
-    busy = {unit: sum(t.busy[unit] for t in timelines) / batch for unit in timeline.busy}
+    cycles = np.array([t.cycles for t in timelines]) if machine.pe_work else np.full(batch, timeline.cycles)
+    busy = {unit: sum(t.busy[unit] for t in timelines) / len(timelines) for unit in timeline.busy}
     layers = [dict(name=layer["name"], path=layer["path"], source=layer.get("source", layer["path"]), op=layer["op"],
                    counts=dict(energy.counts[k]),
                    energy_pj=dict(energy.energy[k])) for k, layer in enumerate(prog.meta["layers"])]

@@ -57,8 +57,9 @@ class EnergyModel:
 
     def finish(self, timelines: list) -> np.ndarray:
         """Charge leakage: each layer leaks from the end of the previous layer's last instruction to
-        the end of its own (the layers partition the simulated time), on each sample's timeline (its
-        spans, by instruction index), the mean over them per inference. Returns each sample's leakage (pJ)."""
+        the end of its own (the layers partition the simulated time), on each of the samples' timelines (its
+        spans, by instruction index; one for all on the dense array), the mean over them per inference.
+        Returns each timeline's leakage (pJ)."""
         samples = np.zeros(len(timelines))
         shares = defaultdict(float)  # layer -> its cycles summed over the samples
         for k, spans in enumerate(timelines):

@@ -406,11 +406,50 @@ def _pool(k: _Kernel) -> None:
     """max, sum or min over k x k windows (outside the input: the format's least value for a max of
     integers, else 0), to spikes (non-zero) or integers. The loops are made twice: for spikes (reading one
     is not a choice among formats: a spike pool is mostly reads) and for integers."""
-    spikes = k.eq(k.f("src_fmt"), k.c(FORMAT_CODE["spike"]))
-    with k.if_(spikes):
+    spike = k.c(FORMAT_CODE["spike"])
+    spikes = k.eq(k.f("src_fmt"), spike)
+    # a max of spikes to spikes (every spiking net's pool), rows short enough for a word: OR of rows
+    by_rows = k.and_(k.and_(spikes, k.eq(k.f("dst_fmt"), spike)), k.and_(k.eq(k.f("mode"), k.c(0)), k.le(k.f("iw"), k.c(56))))
+    with k.if_(by_rows):
+        _spike_or_pool(k)
+    with k.if_(k.and_(spikes, k.b.not_(by_rows))):
         _pool_from(k, lambda src, at: k.spike(src, at))
     with k.if_(k.b.not_(spikes)):
         _pool_from(k, lambda src, at: k.element(src, at, k.f("src_fmt")))
+
+
+def _spike_or_pool(k: _Kernel) -> None:
+    """A max pool of spikes as bit operations: per output row, the OR of the window's input rows (each
+    iw <= 56 bits, read bytewise into a word), then per output whether its window's columns hold a bit (the
+    padding holds none): what the element-wise loops compute, an output row at a time."""
+    with k.samples():
+        src, dst = k.at("src"), k.at("dst")
+        ih, iw, oh, ow, size, s, pt, pl = (k.f(n) for n in ("ih", "iw", "oh", "ow", "k", "stride", "pt", "pl"))
+        n_out = k.mul(k.f("channels"), k.mul(oh, ow))
+        with k.range(k.b.ashr(k.add(n_out, k.c(7)), k.c(3))) as j:
+            k.b.store(ir.Constant(I8, 0), k.b.gep(dst, [j]))
+        with k.range(k.f("channels")) as c:
+            with k.range(oh) as oy:
+                top = k.sub(k.mul(oy, s), pt)
+                ky0, ky1 = k.max(k.neg(top), k.c(0)), k.min(k.sub(ih, top), size)
+                bits = k.var(0)
+                with k.range(ky1, ky0) as ky:
+                    first = k.mul(k.add(k.mul(c, ih), k.add(top, ky)), iw)  # the row's first bit
+                    word = k.var(0)
+                    with k.range(k.b.ashr(k.add(k.add(k.b.and_(first, k.c(7)), iw), k.c(7)), k.c(3))) as byte:
+                        value = k.b.zext(k.b.load(k.b.gep(src, [k.add(k.b.ashr(first, k.c(3)), byte)])), I64)
+                        k.set(word, k.or_(k.get(word), k.b.shl(value, k.mul(byte, k.c(8)))))
+                    k.set(bits, k.or_(k.get(bits), k.b.lshr(k.get(word), k.b.and_(first, k.c(7)))))
+                row = k.b.and_(k.get(bits), k.sub(k.b.shl(k.c(1), iw), k.c(1)))
+                with k.range(ow) as ox:
+                    left = k.sub(k.mul(ox, s), pl)
+                    kx0, kx1 = k.max(k.neg(left), k.c(0)), k.min(k.sub(iw, left), size)
+                    width = k.max(k.sub(kx1, kx0), k.c(0))
+                    window = k.b.shl(k.sub(k.b.shl(k.c(1), width), k.c(1)), k.max(k.add(left, kx0), k.c(0)))
+                    out = k.add(k.mul(k.add(k.mul(c, oh), oy), ow), ox)
+                    byte = k.b.gep(dst, [k.b.lshr(out, k.c(3))])
+                    bit = k.b.trunc(k.b.shl(k.bool(k.ne(k.and_(row, window), k.c(0))), k.b.and_(out, k.c(7))), I8)
+                    k.b.store(k.b.or_(k.b.load(byte), bit), byte)
 
 
 def _pool_from(k: _Kernel, read) -> None:

@@ -193,13 +193,17 @@ def test_a_pool_of_any_shape_is_numpys():
     and formats: the NumPy handler's values, counts and errors (a sum that overflows its format)."""
     rng = np.random.default_rng(3)
     formats = ["spike", "i8", "i16", "i32"]
-    for _ in range(120):
+    for case in range(240):
         size, stride = int(rng.integers(1, 4)), int(rng.integers(1, 3))
         channels, ih, iw = (int(rng.integers(1, 7)) for _ in range(3))
+        src_fmt, dst_fmt = (formats[int(rng.integers(4))] for _ in range(2))  # (integers to spikes: non-zero)
+        mode = ["max", "sum", "min"][int(rng.integers(3))]
+        if case % 2:  # a max of spikes (the kernel's bitwise form; rows of up to 56 bits, and longer ones)
+            src_fmt = dst_fmt = "spike"
+            mode, iw = "max", int(rng.integers(1, 64))
         pt, pl = int(rng.integers(-1, size + 1)), int(rng.integers(0, size + 1))
         oh, ow = max(1, (ih + 2 * max(pt, 0) - size) // stride + 1), max(1, (iw + 2 * pl - size) // stride + 1)
-        src_fmt, dst_fmt = (formats[int(rng.integers(4))] for _ in range(2))  # (integers to spikes: non-zero)
-        instr = Instr("pool", dict(src=Ref("ifmap", 0), dst=Ref("ofmap", 0), mode=["max", "sum", "min"][int(rng.integers(3))],
+        instr = Instr("pool", dict(src=Ref("ifmap", 0), dst=Ref("ofmap", 0), mode=mode,
                                    src_fmt=src_fmt, dst_fmt=dst_fmt, channels=channels, ih=ih, iw=iw, oh=oh, ow=ow,
                                    k=size, stride=stride, pt=pt, pl=pl))
         n = channels * ih * iw
