@@ -12,7 +12,9 @@ tokens); across steps, the buffer slots it touches (a slot written by a step mus
 the steps before, and read only once written). A layer takes until its last instruction completes.
 The cost is in distinct work, not in steps: stretches seen before are not walked again, a template is
 built once per work and moved to other slots, and the timeline skips the steps that follow a state it
-was in before (`PricedWalk`).
+was in before (`PricedWalk`). Where the config's array skips (`[array] skip`), a spike-driven conv takes
+the cycles of the share of its dense PE work its input's spikes leave (`LayerPlan.pe_share`, from the
+spike density and, if measured, the share of spike rows holding a spike: `input_rows`).
 
 Energy. Every instruction's memory accesses are its footprint's bytes, priced per memory and direction
 as the simulator prices them (`HwConfig.access_pj`); arithmetic is the plan's action counts (the
@@ -322,7 +324,7 @@ class PricedWalk:
         return max(tops, default=0), energy, sum(count * self.templates[key].dram_bytes for key, count in counts.items())
 
 
-_PRICED: dict[tuple, tuple] = {}  # (id of the config, plan shape) -> (config, cycles, memory energy, DRAM bytes)
+_PRICED: dict[tuple, tuple] = {}  # (id of the config, plan shape, PE share) -> (config, cycles, memory energy, DRAM bytes)
 _PRICED_MAX = 20_000
 
 
