@@ -61,7 +61,7 @@ def _conv_scratch(i: Instr) -> int:
     (native._Dense) after them: its weights (i16 channel pairs; i8 quads take less), each input's fan-out
     (i64), which rows and columns reach the outputs (i64), each output's first input (i64) and the padded
     input (i16)."""
-    taps, lanes = i["cin"] * i["kh"] * i["kw"], -(-i["cout"] // 16) * 16  # (native._lanes)
+    taps, lanes = i["cin"] * i["kh"] * i["kw"], -(-i["cout"] // 16) * 16  # (at least native._lanes)
     channels = i["cin"] + i["cin"] % 2
     rows, cols = (i["oh"] - 1) * i["sh"] + i["kh"], (i["ow"] - 1) * i["sw"] + i["kw"]
     return (4 * taps * lanes + 8 * taps + 8 * lanes * i["oh"] * i["ow"]

@@ -230,9 +230,18 @@ class _Kernel:
 
 @lru_cache(maxsize=1)
 def _has_vnni() -> bool:
-    """Whether the host has AVX-512 VNNI (the kernels are compiled for the host CPU)."""
+    """Whether the host has AVX-512 VNNI, and AVX512VL for its 128- and 256-bit forms (the kernels are compiled
+    for the host CPU)."""
     _engine()
-    return "+avx512vnni" in llvm.get_host_cpu_features().flatten().split(",")
+    return {"+avx512vnni", "+avx512vl"} <= set(llvm.get_host_cpu_features().flatten().split(","))
+
+
+@lru_cache(maxsize=1)
+def _is_x86() -> bool:
+    """Whether the host is x86-64 (with SSE2 and, for 8 lanes, AVX2: the kernels are compiled for the host)."""
+    _engine()
+    features = llvm.get_host_cpu_features().flatten().split(",")
+    return llvm.get_process_triple().startswith("x86_64") and "+avx2" in features
 
 
 @lru_cache(maxsize=1)
@@ -554,9 +563,16 @@ def _nrn(k: _Kernel) -> None:
 
 
 def _lanes(k: _Kernel) -> ir.Value:
-    """The output channels as the sums and transposed weights lay them out: padded to a multiple of 16 (the
-    padding's weights zero), so that every run of adds is whole vectors."""
-    return k.b.shl(k.b.ashr(k.add(k.f("cout"), k.c(15)), k.c(4)), k.c(4))
+    """The output channels as the sums and transposed weights lay them out: padded to 4 or 8 where cout is that
+    small, else to a multiple of 16 (the padding's weights zero), so that every run of adds is whole vectors
+    (`LANES`), and a small tile (digits' 4 output channels) does not clear, add and store 16 lanes' sums."""
+    cout = k.f("cout")
+    wide = k.b.shl(k.b.ashr(k.add(cout, k.c(15)), k.c(4)), k.c(4))
+    return k.select(k.le(cout, k.c(4)), k.c(4), k.select(k.le(cout, k.c(8)), k.c(8), wide))
+
+
+#: the vector widths of the sums (`_lanes`): lanes 4 and 8 are one vector, else lanes // 16 vectors of 16
+LANES = (4, 8, 16)
 
 
 def _transposed_weights(k: _Kernel, wbytes):
@@ -599,36 +615,46 @@ def _transposed_weights(k: _Kernel, wbytes):
 
 
 def _run_function(k: _Kernel, wide: bool) -> ir.Function:
-    """add_run(acc, w, n, value): acc[e] += value * w[e] for e < n, acc and w not aliasing (so the loop
-    vectorizes without run-time overlap checks, which inlining keeps as scoped alias metadata); one per
-    module and sum width."""
+    """add_run(acc, w, n, value, lanes): acc[e] += value * w[e] for e < n, n a multiple of `lanes` (a run is
+    whole taps of `_lanes`), acc and w not aliasing: written as vectors of min(lanes, 16), each at a tap's
+    lanes (a loop left to the vectorizer did a run of 12, three taps of 4 lanes, one element at a time; vectors
+    not on the lanes' grid load what a store of the spike before wrote in part, which stalls). One per module
+    and sum width."""
     name = f"add_run_{64 if wide else 32}"
     if name in k.module.globals:
         return k.module.globals[name]
-    acc_t = (I64 if wide else I32).as_pointer()
-    fn = ir.Function(k.module, ir.FunctionType(ir.VoidType(), [acc_t, I32.as_pointer(), I64, I64]), name)
+    acc_t = I64 if wide else I32
+    fn = ir.Function(k.module, ir.FunctionType(ir.VoidType(), [acc_t.as_pointer(), I32.as_pointer(), I64, I64, I64]),
+                     name)
     for arg in fn.args[:2]:
         arg.add_attribute("noalias")
     fn.attributes.add("alwaysinline")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    acc, w, n, value = fn.args
-    head, body, done = (fn.append_basic_block(x) for x in ("head", "body", "done"))
-    entry = b.block
-    b.branch(head)
-    b.position_at_end(head)
-    e = b.phi(I64)
-    e.add_incoming(I64(0), entry)
-    b.cbranch(b.icmp_signed("<", e, n), body, done)
-    b.position_at_end(body)
-    q = b.gep(acc, [e])
-    x = b.load(b.gep(w, [e]))
-    if wide:
-        b.store(b.add(b.load(q), b.mul(value, b.sext(x, I64))), q)
-    else:
-        b.store(b.add(b.load(q), b.mul(b.trunc(value, I32), x)), q)
-    nxt = b.add(e, I64(1))
-    e.add_incoming(nxt, body)
-    b.branch(head)
+    acc, w, n, value, lanes = fn.args
+    factor = value if wide else b.trunc(value, I32)
+    done = fn.append_basic_block("done")
+    for width in LANES:
+        loop, head, body, other = (fn.append_basic_block(f"{x}{width}") for x in ("loop", "head", "body", "other"))
+        taken = b.icmp_signed("==", lanes, I64(width)) if width < 16 else b.icmp_signed(">=", lanes, I64(width))
+        b.cbranch(taken, loop, other)
+        b.position_at_end(loop)
+        b.branch(head)
+        b.position_at_end(head)
+        e = b.phi(I64)
+        e.add_incoming(I64(0), loop)
+        b.cbranch(b.icmp_signed("<", e, n), body, done)
+        b.position_at_end(body)
+        vec_t, w_t = ir.VectorType(acc_t, width), ir.VectorType(I32, width)
+        q = b.bitcast(b.gep(acc, [e]), vec_t.as_pointer())
+        x = b.load(b.bitcast(b.gep(w, [e]), w_t.as_pointer()), align=4)
+        x = b.sext(x, vec_t) if wide else x
+        splat = b.shuffle_vector(b.insert_element(ir.Constant(vec_t, None), factor, I32(0)), ir.Constant(vec_t, None),
+                                 ir.Constant(ir.VectorType(I32, width), [0] * width))
+        b.store(b.add(b.load(q, align=4), b.mul(splat, x)), q, align=4)
+        e.add_incoming(b.add(e, I64(width)), body)
+        b.branch(head)
+        b.position_at_end(other)
+    b.branch(done)
     b.position_at_end(done)
     b.ret_void()
     return fn
@@ -636,7 +662,7 @@ def _run_function(k: _Kernel, wide: bool) -> ir.Function:
 
 def _add_run(k: _Kernel, acc, wt, acc_at, w_at, length, value, wide: bool) -> None:
     """acc[acc_at + e] += value * wt[w_at + e] for e < length (the inner loop: contiguous, vectorized)."""
-    k.b.call(_run_function(k, wide), [k.b.gep(acc, [acc_at]), k.b.gep(wt, [w_at]), length, value])
+    k.b.call(_run_function(k, wide), [k.b.gep(acc, [acc_at]), k.b.gep(wt, [w_at]), length, value, _lanes(k)])
 
 
 def _scatter(k: _Kernel, wt, acc, ci, r, col, value, on_tap, wide: bool) -> None:
@@ -718,7 +744,7 @@ def _ctpop(k: _Kernel) -> ir.Function:
 class _Dense:
     """The dense form of a conv with i32 sums (an sconv plane where many inputs spike, a dconv of i16
     values): the input in a zero-padded copy laid out [row][column][channel], the weights in groups of
-    channels [ky][kx][group][lane][channel in group], and every output's 16-lane vector of sums
+    channels [ky][kx][group][lane][channel in group], and every output's vectors of sums (`LANES`: 4, 8 or 16 lanes)
     accumulated in a register over every tap, a group of channels per vector multiply-add, exact where the
     sums' bound fits i32. A group is two channels as i16 (x86: pmaddwd, or vpdpwssd with AVX-512 VNNI), or
     with QUADS four as bytes, unsigned inputs (spikes) times signed weights (i8): vpdpbusd, which the
@@ -727,7 +753,6 @@ class _Dense:
     (packed weights, fan-outs) are made once per call, on the first input that takes it."""
 
     BLOCK = 8  # outputs whose sums are accumulated together
-    VECTOR = 16  # sums per register (`_lanes` pads to 16; 8, with 8-channel vectors, was no faster here)
     PAIRS, QUADS = 2, 4
 
     def __init__(self, k: _Kernel, wt, nnz, after, group: int):
@@ -751,7 +776,7 @@ class _Dense:
     def cost(self, spikes):
         """(spike-driven, dense) costs of an input of which `spikes` are not 0."""
         k = self.k
-        vectors = k.b.ashr(self.lanes, k.c(4))
+        vectors = k.b.ashr(k.add(self.lanes, k.c(15)), k.c(4))
         taps = k.mul(k.f("kh"), k.f("kw"))
         event = k.mul(spikes, k.add(k.mul(k.mul(taps, vectors), k.c(EVENT_TAP)), k.c(EVENT_SPIKE)))
         outputs = k.mul(k.f("oh"), k.f("ow"))
@@ -839,16 +864,18 @@ class _Dense:
         k = self.k
         outputs = k.mul(k.f("oh"), k.f("ow"))
         whole = k.mul(k.b.sdiv(outputs, k.c(self.BLOCK)), k.c(self.BLOCK))
-        with k.range(k.b.sdiv(outputs, k.c(self.BLOCK))) as block:
-            self._outputs(acc, k.mul(block, k.c(self.BLOCK)), self.BLOCK)
-        with k.range(outputs, whole) as first:
-            self._outputs(acc, first, 1)
+        for n in LANES:  # vectors as wide as the lanes (a multiple of 16: 16)
+            with k.if_(k.eq(self.lanes, k.c(n)) if n < 16 else k.ge(self.lanes, k.c(n))):
+                with k.range(k.b.sdiv(outputs, k.c(self.BLOCK))) as block:
+                    self._outputs(acc, k.mul(block, k.c(self.BLOCK)), self.BLOCK, n)
+                with k.range(outputs, whole) as first:
+                    self._outputs(acc, first, 1, n)
 
-    def _outputs(self, acc, first, count: int) -> None:
-        """The sums of outputs first ... first + count - 1 (in row-major order)."""
+    def _outputs(self, acc, first, count: int, n: int) -> None:
+        """The sums of outputs first ... first + count - 1 (in row-major order), in vectors of n lanes."""
         k = self.k
         kh, kw = k.f("kh"), k.f("kw")
-        n, group = self.VECTOR, self.group
+        group = self.group
         sums_t, weights_t = ir.VectorType(I32, n), ir.VectorType(self.element, group * n)
         channels, lanes = self.channels, self.lanes
         with k.b.goto_block(k.entry):
@@ -873,18 +900,23 @@ class _Dense:
                             inputs = k.b.load(k.b.gep(x, [q]), align=1)  # the group's channels, 4 bytes
                             splat = k.b.shuffle_vector(k.b.insert_element(ir.Constant(sums_t, None), inputs, I32(0)),
                                                        ir.Constant(sums_t, None), ir.Constant(sums_t, [0] * n))
-                            k.b.store(self._multiply_add(k.b.load(r), k.b.bitcast(splat, weights_t), weights), r)
+                            k.b.store(self._multiply_add(k.b.load(r), k.b.bitcast(splat, weights_t), weights, n), r)
             for r, q in zip(running, sums):
                 k.b.store(k.b.load(r), q, align=4)
 
-    def _multiply_add(self, sums, inputs, weights):
-        """sums[e] + the dot product of lane e's group of inputs and weights."""
-        k, n = self.k, self.VECTOR
-        if self.group == self.QUADS:
-            name = "llvm.x86.avx512.vpdpbusd.512"
+    def _multiply_add(self, sums, inputs, weights, n: int):
+        """sums[e] + the dot product of lane e's group of inputs (unsigned with QUADS) and weights, n lanes."""
+        k = self.k
+        if self.group == self.QUADS:  # (AVX-512 VNNI, with its 128- and 256-bit forms: AVX512VL)
+            name = f"llvm.x86.avx512.vpdpbusd.{32 * n}"
             fn = k.module.globals.get(name) or ir.Function(k.module, ir.FunctionType(sums.type, [sums.type, inputs.type,
                                                                                                weights.type]), name)
             return k.b.call(fn, [sums, inputs, weights])
+        if n < 16 and _is_x86():  # pmaddwd (SSE2, AVX2) named: the pattern below is not matched at these widths
+            name = "llvm.x86.sse2.pmadd.wd" if n == 4 else "llvm.x86.avx2.pmadd.wd"
+            fn = k.module.globals.get(name) or ir.Function(k.module, ir.FunctionType(sums.type, [inputs.type,
+                                                                                               weights.type]), name)
+            return k.b.add(sums, k.b.call(fn, [inputs, weights]))
         wide_t = ir.VectorType(I32, 2 * n)
         products = k.b.mul(k.b.sext(inputs, wide_t), k.b.sext(weights, wide_t))
         even, odd = (ir.Constant(sums.type, [2 * e + parity for e in range(n)]) for parity in (0, 1))

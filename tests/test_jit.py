@@ -136,11 +136,11 @@ def test_a_data_set_runs_batch_by_batch_as_it_runs_whole():
         assert a["counts"] == pytest.approx(b["counts"], rel=1e-12) and a["energy_pj"] == pytest.approx(b["energy_pj"], rel=1e-12)
 
 
-def _random_conv(rng, op: str, density: float) -> tuple[Instr, dict]:
+def _random_conv(rng, op: str, density: float, cout_below: int = 40) -> tuple[Instr, dict]:
     """An sconv or a forward dconv of random shape (strides, padding, odd channels, i8 or i16 weights; an
-    sconv's planes, a dconv's input format and saturation) and the memories it reads: inputs non-zero at
-    `density` (an sconv's spikes), weights with zeros among them."""
-    cin, cout, kh, kw, sh, sw = (int(rng.integers(1, hi)) for hi in (20, 40, 4, 4, 3, 3))
+    sconv's planes, a dconv's input format and saturation; cout below `cout_below`) and the memories it reads:
+    inputs non-zero at `density` (an sconv's spikes), weights with zeros among them."""
+    cin, cout, kh, kw, sh, sw = (int(rng.integers(1, hi)) for hi in (20, cout_below, 4, 4, 3, 3))
     ih, iw = (int(rng.integers(1, 10)) for _ in range(2))
     pt, pl = int(rng.integers(-1, kh)), int(rng.integers(0, kw))
     oh, ow = max(1, (ih + 2 * max(pt, 0) - kh) // sh + 1), max(1, (iw + 2 * pl - kw) // sw + 1)
@@ -167,12 +167,14 @@ def _random_conv(rng, op: str, density: float) -> tuple[Instr, dict]:
 
 @pytest.mark.parametrize("op", ["sconv", "dconv"])
 @pytest.mark.parametrize("density", [0.05, 0.6, 1.0])
-def test_a_conv_of_any_shape_adds_as_numpy_does_sparse_or_dense(op, density):
+@pytest.mark.parametrize("cout_below", [40, 10])
+def test_a_conv_of_any_shape_adds_as_numpy_does_sparse_or_dense(op, density, cout_below):
     """The conv kernels add a sparse input element by element and a dense one densely: both give the
-    NumPy handler's sums, counts and errors, whatever the shape."""
-    rng = np.random.default_rng(int(density * 100))
+    NumPy handler's sums, counts and errors, whatever the shape; a small tile's too (cout up to 9: its sums in 4
+    or 8 lanes)."""
+    rng = np.random.default_rng(int(density * 100) + cout_below)
     for _ in range(40):
-        instr, memories = _random_conv(rng, op, density)
+        instr, memories = _random_conv(rng, op, density, cout_below)
         results = []
         for backend in ("jit", "numpy"):
             machine = machine_class(backend)(_program([instr]), 3)
