@@ -95,6 +95,31 @@ def _program(instrs: list[Instr]) -> Program:
                                                                                       first_instr=0)]))
 
 
+def test_the_jit_machine_is_the_numpy_machine_with_shorter_buffers():
+    """JitMachine sets up Machine's state for its batch (it does not let Machine allocate the whole buffers):
+    every attribute Machine has, each array as long as the batch, the memories holding the same bytes as far
+    as the program reaches, and a batch too large for memory refused alike."""
+    from ttc.simulator.jit import JitMachine, reach
+    from ttc.simulator.machine import Machine
+    prog = _program([Instr("vfill", dict(dst=Ref("psum", 8), n=4, value=3))])
+    prog.data = bytes(range(40))
+    jit, ref = JitMachine(prog, 3), Machine(prog, 3)
+    assert set(vars(ref)) <= set(vars(jit))
+    for name, value in vars(ref).items():
+        if isinstance(value, np.ndarray):
+            assert getattr(jit, name).shape == value.shape, name
+        elif name != "mem":
+            assert getattr(jit, name) == value, name
+    for m, data in ref.mem.items():
+        assert jit.mem[m].shape == (3, reach(prog).get(m, data.shape[1]))
+        assert jit.mem[m].tobytes() == data[:, :jit.mem[m].shape[1]].tobytes()
+    with pytest.raises(SimError) as refused:
+        Machine(prog, 1 << 40)
+    with pytest.raises(SimError) as also:
+        JitMachine(prog, 1 << 40)
+    assert str(also.value) == str(refused.value)
+
+
 def test_an_overflow_is_the_same_error_on_both_backends():
     big = [Instr("vfill", dict(dst=Ref("psum", 0), n=4, value=(1 << 30))),
            Instr("vacc", dict(dst=Ref("psum", 0), src=Ref("psum", 0), src_fmt="i32", dst_fmt="i32", n=4, shift=2,
