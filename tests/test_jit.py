@@ -120,6 +120,29 @@ def test_the_jit_machine_is_the_numpy_machine_with_shorter_buffers():
     assert str(also.value) == str(refused.value)
 
 
+def test_a_gone_machines_memories_are_reused_cleared_unless_something_still_holds_them():
+    import gc
+    from ttc.simulator.jit import JitMachine
+    prog = _program([Instr("vfill", dict(dst=Ref(m, 8), n=4, value=3)) for m in ("psum", "vmem", "ifmap")])
+    prog.data = bytes(range(1, 41))
+    first = JitMachine(prog, 5)
+    assert min(first.mem[m].shape[1] for m in ("psum", "vmem", "ifmap")) == 24
+    first.run()
+    psum, dram = id(first.mem["psum"]), id(first.mem["dram"])
+    kept, view = first.mem["vmem"], first.mem["ifmap"][1:]
+    kept[:] = 7
+    view[:] = 9
+    del first
+    gc.collect()
+    second = JitMachine(prog, 5)
+    taken = {id(a) for a in second.mem.values()}
+    assert psum in taken and id(second.mem["dram"]) == dram  # reused ...
+    assert not any(a.any() for m, a in second.mem.items() if m != "dram")  # ... cleared
+    assert second.mem["dram"][:, :40].tobytes() == prog.data * 5 and not second.mem["dram"][:, 40:].any()
+    assert id(kept) not in taken and (kept == 7).all()  # held by a name: not given to another
+    assert id(view.base) not in taken and (view == 9).all()  # held by a view: neither
+
+
 def test_an_overflow_is_the_same_error_on_both_backends():
     big = [Instr("vfill", dict(dst=Ref("psum", 0), n=4, value=(1 << 30))),
            Instr("vacc", dict(dst=Ref("psum", 0), src=Ref("psum", 0), src_fmt="i32", dst_fmt="i32", n=4, shift=2,
