@@ -63,14 +63,15 @@ class Planned:
 def _conv_scratch(i: Instr) -> int:
     """The transposed weights (i32), each tap's non-zero count (i64) and the sums (i64); the dense form
     (native._Dense) after them: its weights (i16 channel pairs; i8 quads take less), each input's fan-out
-    (i64), which rows and columns reach the outputs (i64), each output's first input (i64) and the padded
-    input (i16)."""
+    (i64), which rows and columns reach the outputs (i64), each output's first input (i64), each input's
+    place in the padded input (i64) and the padded input (i16), with one element after it."""
     taps, lanes = i["cin"] * i["kh"] * i["kw"], -(-i["cout"] // 16) * 16  # (at least native._lanes)
     channels = i["cin"] + i["cin"] % 2
     rows, cols = (i["oh"] - 1) * i["sh"] + i["kh"], (i["ow"] - 1) * i["sw"] + i["kw"]
     return (4 * taps * lanes + 8 * taps + 8 * lanes * i["oh"] * i["ow"]
             + 2 * i["kh"] * i["kw"] * channels * lanes + 8 * i["cin"] * i["ih"] * i["iw"]
-            + 8 * (i["ih"] * i["kh"] + i["iw"] * i["kw"] + i["oh"] * i["ow"]) + 2 * rows * cols * channels)
+            + 8 * (i["ih"] * i["kh"] + i["iw"] * i["kw"] + i["oh"] * i["ow"]) + 8 * i["cin"] * i["ih"] * i["iw"]
+            + 2 * (rows * cols * channels + 1))
 
 
 def _native(i: Instr, footprint: list, sizes: dict[str, int]):

@@ -769,7 +769,8 @@ class _Dense:
         rowok = k.b.gep(self.fan, [k.mul(cin, k.mul(ih, iw))])
         self.rowok, self.colok = rowok, k.b.gep(rowok, [k.mul(ih, kh)])
         self.corners = k.b.gep(self.colok, [k.mul(iw, kw)])
-        x = k.b.gep(self.corners, [k.mul(oh, ow)])
+        self.dest = k.b.gep(self.corners, [k.mul(oh, ow)])
+        x = k.b.gep(self.dest, [k.mul(cin, k.mul(ih, iw))])
         self.x = k.b.bitcast(x, self.element.as_pointer())
         self.ready = k.var(0)
 
@@ -795,8 +796,24 @@ class _Dense:
             with k.range(k.mul(k.f("oh"), ow)) as o:  # each output's top-left input in the padded copy
                 corner = k.add(k.mul(k.mul(k.b.sdiv(o, ow), sh), self.cols), k.mul(k.b.srem(o, ow), sw))
                 k.b.store(k.mul(corner, self.channels), k.b.gep(self.corners, [o]))
-            with k.range(k.mul(k.mul(self.rows, self.cols), self.channels)) as j:
+            size = k.mul(k.mul(self.rows, self.cols), self.channels)
+            with k.range(k.add(size, k.c(1))) as j:
                 k.b.store(ir.Constant(self.element, 0), k.b.gep(self.x, [j]))  # the padding stays 0
+            self._destinations(size)
+
+    def _destinations(self, trash) -> None:
+        """dest[j]: where input j lies in the padded copy, or `trash` (the element after it) for an input
+        no output reaches (a row beyond the padded rows, a column beyond the padded columns)."""
+        k = self.k
+        cin, ih, iw, pt, pl = (k.f(n) for n in ("cin", "ih", "iw", "pt", "pl"))
+        with k.range(cin) as ci:
+            with k.range(ih) as r:
+                with k.range(iw) as col:
+                    pr = k.add(r, pt)
+                    inside = k.and_(k.and_(k.ge(pr, k.c(0)), k.lt(pr, self.rows)), k.lt(col, k.sub(self.cols, pl)))
+                    to = k.add(k.mul(k.add(k.mul(pr, self.cols), k.add(pl, col)), self.channels), ci)
+                    j = k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)
+                    k.b.store(k.select(inside, to, trash), k.b.gep(self.dest, [j]))
 
     def _pack(self) -> None:
         k = self.k
@@ -838,23 +855,31 @@ class _Dense:
                                 k.add_to(fan, k.mul(reached, k.b.load(k.b.gep(self.nnz, [tap]))))
                     k.b.store(k.get(fan), k.b.gep(self.fan, [k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)]))
 
-    def add(self, value, acc, adds=None) -> None:
-        """acc += the sums of the input whose element j is value(j) (a spike, or a value that fits the
-        element: i16 with PAIRS); adds += its spike-driven adds (an sconv's)."""
+    def add(self, value, acc, adds=None, plane=None) -> None:
+        """acc += the sums of an input: the spikes of `plane` (bit-packed, read a byte at a time, eight inputs
+        from each), else `value` = (src, its format's FORMAT_CODE), values that fit the element (i16 with
+        PAIRS); each input put where `dest` says; adds += its spike-driven adds (an sconv's)."""
         k = self.k
-        cin, ih, iw, pt, pl = (k.f(n) for n in ("cin", "ih", "iw", "pt", "pl"))
-        channels = self.channels
-        with k.range(cin) as ci:
-            with k.range(ih) as r:
-                pr = k.add(r, pt)
-                with k.if_(k.and_(k.ge(pr, k.c(0)), k.lt(pr, self.rows))):
-                    row = k.mul(k.add(k.mul(ci, ih), r), iw)
-                    to = k.add(k.mul(k.add(k.mul(pr, self.cols), pl), channels), ci)
-                    with k.range(k.min(iw, k.sub(self.cols, pl))) as col:  # (the columns inside: pl >= 0)
-                        x = value(k.add(row, col))
-                        k.b.store(k.b.trunc(x, self.element), k.b.gep(self.x, [k.add(to, k.mul(col, channels))]))
-                        if adds is not None:
-                            k.add_to(adds, k.mul(x, k.b.load(k.b.gep(self.fan, [k.add(row, col)]))))
+        n = k.mul(k.f("cin"), k.mul(k.f("ih"), k.f("iw")))
+
+        def put(j, x) -> None:
+            k.b.store(k.b.trunc(x, self.element), k.b.gep(self.x, [k.b.load(k.b.gep(self.dest, [j]))]))
+            if adds is not None:
+                k.add_to(adds, k.mul(x, k.b.load(k.b.gep(self.fan, [j]))))
+
+        if plane is not None:
+            with k.range(k.b.ashr(n, k.c(3))) as byte:
+                bits = k.b.zext(k.b.load(k.b.gep(plane, [byte])), I64)
+                for e in range(8):
+                    put(k.add(k.mul(byte, k.c(8)), k.c(e)), k.b.and_(k.b.lshr(bits, k.c(e)), k.c(1)))
+            with k.range(n, k.b.and_(n, k.c(~7))) as j:
+                put(j, k.spike(plane, j))
+        else:  # elements of a format known at run time: a loop per format
+            src, fmt = value
+            for nbytes in (0, 1, 2, 4):
+                with k.if_(k.eq(fmt, k.c(nbytes))):
+                    with k.range(n) as j:
+                        put(j, k.spike(src, j) if nbytes == 0 else k.load(src, j, nbytes))
         self._accumulate(acc)
 
     def _accumulate(self, acc) -> None:
@@ -961,7 +986,7 @@ def _sconv(k: _Kernel) -> None:
                         with k.if_(k.and_(takes, k.gt(event, whole))):
                             k.set(by_spike, 0)
                             form.prepare()
-                            form.add(lambda j: k.spike(plane, j), acc, adds)
+                            form.add(None, acc, adds, plane)
                 with k.if_(k.ne(k.get(by_spike), k.c(0))):
                     with k.range(cin) as ci:
                         with k.range(ih) as r:
@@ -1023,10 +1048,12 @@ def _dconv(k: _Kernel) -> None:
     with k.samples():
         src, dst = k.at("src"), k.at("dst")
         peak, nonzero = k.var(0), k.var(0)
-        with k.range(n_in) as j:
-            x = k.element(src, j, fmt)
-            k.set(peak, k.max(k.get(peak), k.abs(x)))
-            k.add_to(nonzero, k.bool(k.ne(x, k.c(0))))
+        for nbytes in (0, 1, 2, 4):  # (a loop per format)
+            with k.if_(k.eq(fmt, k.c(nbytes))):
+                with k.range(n_in) as j:
+                    x = k.spike(src, j) if nbytes == 0 else k.load(src, j, nbytes)
+                    k.set(peak, k.max(k.get(peak), k.abs(x)))
+                    k.add_to(nonzero, k.bool(k.ne(x, k.c(0))))
         bound = k.mul(k.get(peak), rowmax)
         with k.if_(k.ge(bound, k.c(1 << 53))):
             k.fail(INEXACT)
@@ -1040,7 +1067,7 @@ def _dconv(k: _Kernel) -> None:
                 by_input = k.bool(k.or_(k.le(event, whole), k.ge(k.get(peak), k.c(1 << 15))))
                 with k.if_(k.eq(by_input, k.c(0))):
                     dense.prepare()
-                    dense.add(lambda j: k.element(src, j, fmt), acc)
+                    dense.add((src, fmt), acc)
             with k.if_(k.ne(by_input, k.c(0))):
                 with k.range(cin) as ci:
                     with k.range(ih) as r:
