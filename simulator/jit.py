@@ -215,14 +215,14 @@ class JitMachine(Machine):
         self.strides = np.array([self.mem[m].shape[1] for m in MEMORIES], dtype=np.int64)
         self.scratch = np.zeros(max((p.scratch for p in self.plan if p is not None), default=0) + 64, dtype=np.uint8)
         self.out = np.zeros(native.OUT_SLOTS * (batch + 1), dtype=np.int64)
+        self.per_sample = self.out[native.OUT_SLOTS:].reshape(batch, native.OUT_SLOTS)  # (a view)
         self.at = (self.strides.ctypes.data, self.out.ctypes.data, self.scratch.ctypes.data)
 
     def step(self, instr: Instr) -> bool:
         p = self.plan[self.pc]
         if p is None:
             return super().step(instr)
-        self.out[:native.OUT_SLOTS] = 0
-        strides, out, scratch = self.at
+        strides, out, scratch = self.at  # (the kernel clears the batch's counts)
         p.kernel(self.bases, strides, self.batch, p.args_at, out, scratch)
         if self.out[0]:
             self._fail(instr, int(self.out[0]))
@@ -245,8 +245,8 @@ class JitMachine(Machine):
         """The NumPy handler's actions, from the kernel's counts."""
         op, out = i.op, self.out
         if op == "sconv":
-            per_sample = out[native.OUT_SLOTS:native.OUT_SLOTS * (self.batch + 1)].reshape(self.batch, -1)
-            adds = per_sample[:, 1:1 + i["planes"]].sum(axis=1)
+            per_sample, planes = self.per_sample, i["planes"]
+            adds = per_sample[:, 1].copy() if planes == 1 else per_sample[:, 1:1 + planes].sum(axis=1)
             self.charge_samples(spike_add_action(i["wfmt"]), adds)
             self.record_work(i, lambda: self._spikes(i), adds)
             return sconv_actions(i, self.batch, [int(out[1 + k]) for k in range(i["planes"])])

@@ -43,8 +43,8 @@ CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
 
 #: out[0] error codes (the JIT backend raises the NumPy backend's message for each)
 OVERFLOW, INEXACT, ACCUMULATOR = 1, 2, 3
-#: out holds OUT_SLOTS counts for the batch (out[0] the error code; the caller clears them, kernels add to
-#: them), then OUT_SLOTS per sample (kernels set those)
+#: out holds OUT_SLOTS counts for the batch (out[0] the error code; every kernel clears them at its entry,
+#: then adds to them), then OUT_SLOTS per sample (kernels set those)
 OUT_SLOTS = 16
 
 
@@ -62,6 +62,8 @@ class _Kernel:
         self.entry = self.fn.append_basic_block("entry")
         self.b = ir.IRBuilder(self.entry)
         self.sample = None
+        for slot in range(OUT_SLOTS):  # (the batch's counts: cleared here, not by a NumPy call per instruction)
+            self.b.store(self.c(0), self.b.gep(self.out, [self.c(slot)]))
 
     # ---- values
     @staticmethod
