@@ -90,8 +90,8 @@ def _native(i: Instr, footprint: list, sizes: dict[str, int]):
         if op == "dconv" and (i["transposed"] or i["skip"]):
             return None
         return _conv_scratch(i)
-    if op == "pool" and min(i["oh"], i["ow"], i["k"], i["stride"]) < 1:
-        return None
+    if op == "pool":  # (a max of spikes: each output column's window, i64)
+        return None if min(i["oh"], i["ow"], i["k"], i["stride"]) < 1 else 8 * i["ow"]
     if op == "nrn":
         return None if i["levels"] != 1 else 2 * i["n"]  # its spikes and active bits, a byte each
     return 0

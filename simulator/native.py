@@ -432,10 +432,18 @@ def _pool(k: _Kernel) -> None:
 def _spike_or_pool(k: _Kernel) -> None:
     """A max pool of spikes as bit operations: per output row, the OR of the window's input rows (each
     iw <= 56 bits, read bytewise into a word), then per output whether its window's columns hold a bit (the
-    padding holds none): what the element-wise loops compute, an output row at a time."""
+    padding holds none): what the element-wise loops compute, an output row at a time. Each output
+    column's mask of input columns is made once per call (in scratch)."""
+    ih, iw, oh, ow, size, s, pt, pl = (k.f(n) for n in ("ih", "iw", "oh", "ow", "k", "stride", "pt", "pl"))
+    windows = k.b.bitcast(k.scratch, I64.as_pointer())
+    with k.range(ow) as ox:
+        left = k.sub(k.mul(ox, s), pl)
+        kx0, kx1 = k.max(k.neg(left), k.c(0)), k.min(k.sub(iw, left), size)
+        width = k.max(k.sub(kx1, kx0), k.c(0))
+        window = k.b.shl(k.sub(k.b.shl(k.c(1), width), k.c(1)), k.max(k.add(left, kx0), k.c(0)))
+        k.b.store(window, k.b.gep(windows, [ox]))
     with k.samples():
         src, dst = k.at("src"), k.at("dst")
-        ih, iw, oh, ow, size, s, pt, pl = (k.f(n) for n in ("ih", "iw", "oh", "ow", "k", "stride", "pt", "pl"))
         n_out = k.mul(k.f("channels"), k.mul(oh, ow))
         with k.range(k.b.ashr(k.add(n_out, k.c(7)), k.c(3))) as j:
             k.b.store(ir.Constant(I8, 0), k.b.gep(dst, [j]))
@@ -453,10 +461,7 @@ def _spike_or_pool(k: _Kernel) -> None:
                     k.set(bits, k.or_(k.get(bits), k.b.lshr(k.get(word), k.b.and_(first, k.c(7)))))
                 row = k.b.and_(k.get(bits), k.sub(k.b.shl(k.c(1), iw), k.c(1)))
                 with k.range(ow) as ox:
-                    left = k.sub(k.mul(ox, s), pl)
-                    kx0, kx1 = k.max(k.neg(left), k.c(0)), k.min(k.sub(iw, left), size)
-                    width = k.max(k.sub(kx1, kx0), k.c(0))
-                    window = k.b.shl(k.sub(k.b.shl(k.c(1), width), k.c(1)), k.max(k.add(left, kx0), k.c(0)))
+                    window = k.b.load(k.b.gep(windows, [ox]))
                     out = k.add(k.mul(k.add(k.mul(c, oh), oy), ow), ox)
                     byte = k.b.gep(dst, [k.b.lshr(out, k.c(3))])
                     bit = k.b.trunc(k.b.shl(k.bool(k.ne(k.and_(row, window), k.c(0))), k.b.and_(out, k.c(7))), I8)
