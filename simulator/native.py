@@ -1015,6 +1015,7 @@ def _store_sums(k: _Kernel, acc, dst, saturate) -> None:
     rounding and saturation instead of the range check)."""
     cout, oh, ow = k.f("cout"), k.f("oh"), k.f("ow")
     accumulate = k.ne(k.f("accumulate"), k.c(0))
+    bad = k.var(0)  # (a value out of range noted, not branched on, and said after the loops)
     with k.range(cout) as co:
         with k.range(k.mul(oh, ow)) as yx:
             out = k.add(k.mul(co, k.mul(oh, ow)), yx)
@@ -1024,9 +1025,10 @@ def _store_sums(k: _Kernel, acc, dst, saturate) -> None:
                 y = saturate(y, lambda v: k.select(accumulate, k.add(v, k.load(dst, out, 4)), v))
             else:
                 y = k.select(accumulate, k.add(y, k.load(dst, out, 4)), y)
-                with k.if_(k.b.not_(k.fits(y, 4))):
-                    k.fail(OVERFLOW)
+                k.set(bad, k.or_(k.get(bad), k.bool(k.b.not_(k.fits(y, 4)))))
             k.store(dst, out, y, 4)
+    with k.if_(k.ne(k.get(bad), k.c(0))):
+        k.fail(OVERFLOW)
 
 
 @kernel("dconv")
