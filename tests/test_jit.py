@@ -238,6 +238,33 @@ def test_a_conv_of_any_shape_adds_as_numpy_does_sparse_or_dense(op, density, cou
         assert results[0] == results[1], instr
 
 
+@pytest.mark.parametrize("op", ["sconv", "dconv"])
+@pytest.mark.parametrize("where", [3, 10])
+def test_a_conv_sum_out_of_i32_range_is_the_same_error_on_both_backends(op, where):
+    """A conv's output that leaves i32 when added to dst, among the outputs stored as vectors (3) or one by one
+    (10, of 12 per channel): the NumPy handler's error on both backends."""
+    fields = dict(src=Ref("ifmap", 0), wgt=Ref("wgt", 0), dst=Ref("psum", 0), cin=1, cout=2, ih=3, iw=4, oh=3, ow=4,
+                  kh=1, kw=1, sh=1, sw=1, pt=0, pl=0, accumulate=1, wfmt="i8", shift=0, group=0)
+    psum = np.zeros(2 * 12, dtype="<i4")
+    psum[12 + where] = (1 << 31) - 1  # channel 1: + 1 (a spike) or + 100 leaves i32
+    if op == "sconv":
+        fields.update(planes=1, mode="parallel")
+        src = np.packbits(np.ones(16, dtype=bool), bitorder="little")
+    else:
+        fields.update(fmt="i8", transposed=0, skip=0, sat_bits=0, round_shift=0)
+        src = np.full(12, 100, dtype="<i1").view(np.uint8)
+    memories = dict(wgt=np.array([1, 1], dtype="<i1").view(np.uint8), ifmap=src, psum=psum.view(np.uint8))
+    errors = []
+    for backend in ("jit", "numpy"):
+        machine = machine_class(backend)(_program([Instr(op, fields)]), 2)
+        for mem, data in memories.items():
+            machine.mem[mem][:, :data.size] = data
+        with pytest.raises(SimError) as e:
+            machine.run()
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and "overflow" in errors[0]
+
+
 def test_a_pool_of_any_shape_is_numpys():
     """The pool kernel, on random windows (padding that cuts windows, or leaves some wholly outside), modes
     and formats: the NumPy handler's values, counts and errors (a sum that overflows its format)."""
