@@ -869,16 +869,31 @@ class _Dense:
         k = self.k
         n = k.mul(k.f("cin"), k.mul(k.f("ih"), k.f("iw")))
 
-        def put(j, x) -> None:
+        def put(j, x, count=True) -> None:
             k.b.store(k.b.trunc(x, self.element), k.b.gep(self.x, [k.b.load(k.b.gep(self.dest, [j]))]))
-            if adds is not None:
+            if adds is not None and count:
                 k.add_to(adds, k.mul(x, k.b.load(k.b.gep(self.fan, [j]))))
 
         if plane is not None:
+            eight = ir.VectorType(I64, 8)
+            if adds is not None:  # a byte's fan-outs added under its bits as a mask, in a vector
+                with k.b.goto_block(k.entry):
+                    k.b.position_at_start(k.entry)
+                    fans = k.b.alloca(eight)
+                k.b.store(ir.Constant(eight, [0] * 8), fans)
             with k.range(k.b.ashr(n, k.c(3))) as byte:
-                bits = k.b.zext(k.b.load(k.b.gep(plane, [byte])), I64)
+                raw = k.b.load(k.b.gep(plane, [byte]))
+                bits = k.b.zext(raw, I64)
                 for e in range(8):
-                    put(k.add(k.mul(byte, k.c(8)), k.c(e)), k.b.and_(k.b.lshr(bits, k.c(e)), k.c(1)))
+                    put(k.add(k.mul(byte, k.c(8)), k.c(e)), k.b.and_(k.b.lshr(bits, k.c(e)), k.c(1)), count=False)
+                if adds is not None:
+                    fan = k.b.load(k.b.bitcast(k.b.gep(self.fan, [k.mul(byte, k.c(8))]), eight.as_pointer()), align=8)
+                    taken = k.b.select(k.b.bitcast(raw, ir.VectorType(I1, 8)), fan, ir.Constant(eight, [0] * 8))
+                    k.b.store(k.b.add(k.b.load(fans), taken), fans)
+            if adds is not None:
+                total = k.b.load(fans)
+                for e in range(8):
+                    k.add_to(adds, k.b.extract_element(total, I32(e)))
             with k.range(n, k.b.and_(n, k.c(~7))) as j:
                 put(j, k.spike(plane, j))
         else:  # elements of a format known at run time: a loop per format
