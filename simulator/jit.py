@@ -12,15 +12,19 @@ rules (`sconv_actions`, `nrn_actions`, ...) turn that into the instruction's act
 from __future__ import annotations
 
 import ctypes
-from collections import Counter
+import sys
+import threading
+import weakref
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from ttc.isa.encoding import Instr
-from ttc.isa.errors import InternalError
+from ttc.isa.errors import InternalError, UserError
 from ttc.isa.footprint import regions
 from ttc.isa.hwconfig import memory_bytes, spike_add_action
+from ttc.isa.limits import check_memory
 from ttc.isa.program import Program
 from ttc.isa.table import MEMORIES, elems_bytes
 
@@ -42,6 +46,7 @@ class Planned:
 
     def __post_init__(self):
         self.args_at = self.args.ctypes.data  # (the array lives as long as the plan)
+        self.template = {}  # an nrn's actions by batch, its spikes to fill in (JitMachine._nrn_template)
         self.moved = tuple((memory_bytes(m, direction), n) for direction, moved in (("read", self.reads),
                            ("write", self.writes)) for m, n in moved.items())
         self._events = {}
@@ -59,14 +64,15 @@ class Planned:
 def _conv_scratch(i: Instr) -> int:
     """The transposed weights (i32), each tap's non-zero count (i64) and the sums (i64); the dense form
     (native._Dense) after them: its weights (i16 channel pairs; i8 quads take less), each input's fan-out
-    (i64), which rows and columns reach the outputs (i64), each output's first input (i64) and the padded
-    input (i16)."""
-    taps, lanes = i["cin"] * i["kh"] * i["kw"], -(-i["cout"] // 16) * 16  # (native._lanes)
+    (i64), which rows and columns reach the outputs (i64), each output's first input (i64), each input's
+    place in the padded input (i64) and the padded input (i16), with one element after it."""
+    taps, lanes = i["cin"] * i["kh"] * i["kw"], -(-i["cout"] // 16) * 16  # (at least native._lanes)
     channels = i["cin"] + i["cin"] % 2
     rows, cols = (i["oh"] - 1) * i["sh"] + i["kh"], (i["ow"] - 1) * i["sw"] + i["kw"]
     return (4 * taps * lanes + 8 * taps + 8 * lanes * i["oh"] * i["ow"]
             + 2 * i["kh"] * i["kw"] * channels * lanes + 8 * i["cin"] * i["ih"] * i["iw"]
-            + 8 * (i["ih"] * i["kh"] + i["iw"] * i["kw"] + i["oh"] * i["ow"]) + 2 * rows * cols * channels)
+            + 8 * (i["ih"] * i["kh"] + i["iw"] * i["kw"] + i["oh"] * i["ow"]) + 8 * i["cin"] * i["ih"] * i["iw"]
+            + 2 * (rows * cols * channels + 1))
 
 
 def _native(i: Instr, footprint: list, sizes: dict[str, int]):
@@ -85,8 +91,8 @@ def _native(i: Instr, footprint: list, sizes: dict[str, int]):
         if op == "dconv" and (i["transposed"] or i["skip"]):
             return None
         return _conv_scratch(i)
-    if op == "pool" and min(i["oh"], i["ow"], i["k"], i["stride"]) < 1:
-        return None
+    if op == "pool":  # (a max of spikes: each output column's window, i64)
+        return None if min(i["oh"], i["ow"], i["k"], i["stride"]) < 1 else 8 * i["ow"]
     if op == "nrn":
         return None if i["levels"] != 1 else 2 * i["n"]  # its spikes and active bits, a byte each
     return 0
@@ -142,29 +148,82 @@ def _plan(prog: Program) -> tuple:
     return tuple(out), {m: min(end, prog.hw.buffers[m].bytes) for m, end in ends.items()}
 
 
+#: The memories of machines that are gone, by shape, for the next machine of the same shapes: clearing them
+#: costs less than the page faults of new ones (digits at batch 256 ran in 9.3 ms with new memories, 7.5
+#: with these). At most SPARE_BYTES are kept, the oldest given up first.
+_SPARE: OrderedDict = OrderedDict()
+SPARE_BYTES = 256 << 20
+_spare_lock = threading.Lock()
+
+
+def _refs_of_popped(arrays: list) -> int:
+    a = arrays.pop()
+    return sys.getrefcount(a)
+
+
+#: the references to an array popped off a list that nothing else holds (measured as `_zeros` counts them)
+_ALONE = _refs_of_popped([np.zeros(1, dtype=np.uint8)])
+
+
+def _zeros(shape: tuple) -> np.ndarray:
+    """np.zeros(shape, uint8), on a gone machine's memory of that shape where one is spare and nothing holds
+    it any more (no name, no view of it: its references counted)."""
+    with _spare_lock:
+        spares = _SPARE.get(shape, [])
+        while spares:
+            a = spares.pop()
+            if sys.getrefcount(a) <= _ALONE:
+                a.fill(0)
+                return a
+    return np.zeros(shape, dtype=np.uint8)
+
+
+def _give_back(arrays: list) -> None:
+    """A gone machine's memories, kept for the next (`_zeros`)."""
+    with _spare_lock:
+        for a in arrays:
+            _SPARE.setdefault(a.shape, []).append(a)
+            _SPARE.move_to_end(a.shape)
+        total = sum(a.nbytes for spares in _SPARE.values() for a in spares)
+        while total > SPARE_BYTES and _SPARE:
+            _, spares = _SPARE.popitem(last=False)
+            total -= sum(a.nbytes for a in spares)
+
+
 class JitMachine(Machine):
     """The simulator's machine, with native kernels where `plan` has one."""
 
     def __init__(self, prog: Program, batch: int):
-        super().__init__(prog, batch)
-        # each sample's buffers only as long as the program reaches (a bounds check still sees the buffer's
-        # size where a footprint goes beyond it): the batch's copies lie close together, fewer pages to
-        # fault in and to cache (digits at batch 256: 32 KB per sample and buffer, of which it uses 0.1-4)
-        for m, size in reach(prog).items():
-            self.mem[m] = np.zeros((batch, size), dtype=np.uint8)
+        # the machine of an empty batch (nothing allocated), then the batch's memories and energies: each
+        # sample's buffers only as long as the program reaches (a bounds check still sees the buffer's size
+        # where a footprint goes beyond it), so the batch's copies lie close together, fewer pages to fault
+        # in and to cache (digits at batch 256: 32 KB per sample and buffer, of which it uses 0.1-4), and the
+        # whole buffers are not made first (0.3 ms a run at batch 256)
+        super().__init__(prog, 0)
+        sizes = {"dram": prog.meta["dram_bytes"], **{m: b.bytes for m, b in prog.hw.buffers.items()}}
+        try:  # (Machine's check, for the batch)
+            check_memory(batch * sum(sizes.values()), f"simulating a batch of {batch}", "simulator")
+        except UserError as e:
+            raise SimError(str(e)) from None
+        self.batch = batch
+        ends = reach(prog)
+        self.mem = {m: _zeros((batch, ends.get(m, sizes[m]))) for m in MEMORIES}
+        self.mem["dram"][:, :len(prog.data)] = np.frombuffer(prog.data, dtype=np.uint8)
+        self.sample_pj = np.zeros(batch)
+        weakref.finalize(self, _give_back, list(self.mem.values()))
         self.plan = plan(prog)
         self.bases = (ctypes.c_void_p * len(MEMORIES))(*(self.mem[m].ctypes.data for m in MEMORIES))
         self.strides = np.array([self.mem[m].shape[1] for m in MEMORIES], dtype=np.int64)
         self.scratch = np.zeros(max((p.scratch for p in self.plan if p is not None), default=0) + 64, dtype=np.uint8)
         self.out = np.zeros(native.OUT_SLOTS * (batch + 1), dtype=np.int64)
+        self.per_sample = self.out[native.OUT_SLOTS:].reshape(batch, native.OUT_SLOTS)  # (a view)
         self.at = (self.strides.ctypes.data, self.out.ctypes.data, self.scratch.ctypes.data)
 
     def step(self, instr: Instr) -> bool:
         p = self.plan[self.pc]
         if p is None:
             return super().step(instr)
-        self.out[:native.OUT_SLOTS] = 0
-        strides, out, scratch = self.at
+        strides, out, scratch = self.at  # (the kernel clears the batch's counts)
         p.kernel(self.bases, strides, self.batch, p.args_at, out, scratch)
         if self.out[0]:
             self._fail(instr, int(self.out[0]))
@@ -187,16 +246,41 @@ class JitMachine(Machine):
         """The NumPy handler's actions, from the kernel's counts."""
         op, out = i.op, self.out
         if op == "sconv":
-            per_sample = out[native.OUT_SLOTS:native.OUT_SLOTS * (self.batch + 1)].reshape(self.batch, -1)
-            adds = per_sample[:, 1:1 + i["planes"]].sum(axis=1)
+            per_sample, planes = self.per_sample, i["planes"]
+            adds = per_sample[:, 1].copy() if planes == 1 else per_sample[:, 1:1 + planes].sum(axis=1)
             self.charge_samples(spike_add_action(i["wfmt"]), adds)
             self.record_work(i, lambda: self._spikes(i), adds)
             return sconv_actions(i, self.batch, [int(out[1 + k]) for k in range(i["planes"])])
         if op == "nrn":
-            return nrn_actions(self, i, int(out[1]), int(out[2]) if i["band"] else None)
+            spikes, active = int(out[1]), int(out[2]) if i["band"] else None
+            if i["per_neuron"]:  # (its multipliers are read from memory)
+                return nrn_actions(self, i, spikes, active)
+            if self.batch not in p.template:
+                p.template[self.batch] = self._nrn_template(i)
+            template = p.template[self.batch]
+            if template is None:
+                return nrn_actions(self, i, spikes, active)
+            a = Counter(template)
+            a["spike"] = spikes
+            if active is not None:
+                a["active"] = active
+            return a
         a = Counter({action: n * self.batch for action, n in p.static.items()})
         a["grad_saturated"] = int(out[1])  # (a saturating dconv)
         return a
+
+    def _nrn_template(self, i: Instr) -> Counter | None:
+        """An nrn's actions for this batch with its spikes (and active neurons) left to fill in: nrn_actions'
+        for two different counts, where they differ in those counts alone (else None: it is called every
+        time)."""
+        band = bool(i["band"])
+        zero, one = nrn_actions(self, i, 0, 0 if band else None), nrn_actions(self, i, 1, 1 if band else None)
+        filled = {"spike", "active"} if band else {"spike"}
+        if {key for key in zero.keys() | one.keys() if zero[key] != one[key]} != filled or list(zero) != list(one):
+            return None
+        if any(zero[key] != 0 or one[key] != 1 for key in filled):
+            return None
+        return zero
 
     def _spikes(self, i: Instr) -> np.ndarray:
         """An sconv's input spikes [B, planes * cin, ih, iw] as bits (not counted as moved: the kernel's footprint

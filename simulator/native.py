@@ -43,8 +43,8 @@ CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
 
 #: out[0] error codes (the JIT backend raises the NumPy backend's message for each)
 OVERFLOW, INEXACT, ACCUMULATOR = 1, 2, 3
-#: out holds OUT_SLOTS counts for the batch (out[0] the error code; the caller clears them, kernels add to
-#: them), then OUT_SLOTS per sample (kernels set those)
+#: out holds OUT_SLOTS counts for the batch (out[0] the error code; every kernel clears them at its entry,
+#: then adds to them), then OUT_SLOTS per sample (kernels set those)
 OUT_SLOTS = 16
 
 
@@ -62,6 +62,8 @@ class _Kernel:
         self.entry = self.fn.append_basic_block("entry")
         self.b = ir.IRBuilder(self.entry)
         self.sample = None
+        for slot in range(OUT_SLOTS):  # (the batch's counts: cleared here, not by a NumPy call per instruction)
+            self.b.store(self.c(0), self.b.gep(self.out, [self.c(slot)]))
 
     # ---- values
     @staticmethod
@@ -230,9 +232,18 @@ class _Kernel:
 
 @lru_cache(maxsize=1)
 def _has_vnni() -> bool:
-    """Whether the host has AVX-512 VNNI (the kernels are compiled for the host CPU)."""
+    """Whether the host has AVX-512 VNNI, and AVX512VL for its 128- and 256-bit forms (the kernels are compiled
+    for the host CPU)."""
     _engine()
-    return "+avx512vnni" in llvm.get_host_cpu_features().flatten().split(",")
+    return {"+avx512vnni", "+avx512vl"} <= set(llvm.get_host_cpu_features().flatten().split(","))
+
+
+@lru_cache(maxsize=1)
+def _is_x86() -> bool:
+    """Whether the host is x86-64 (with SSE2 and, for 8 lanes, AVX2: the kernels are compiled for the host)."""
+    _engine()
+    features = llvm.get_host_cpu_features().flatten().split(",")
+    return llvm.get_process_triple().startswith("x86_64") and "+avx2" in features
 
 
 @lru_cache(maxsize=1)
@@ -421,10 +432,18 @@ def _pool(k: _Kernel) -> None:
 def _spike_or_pool(k: _Kernel) -> None:
     """A max pool of spikes as bit operations: per output row, the OR of the window's input rows (each
     iw <= 56 bits, read bytewise into a word), then per output whether its window's columns hold a bit (the
-    padding holds none): what the element-wise loops compute, an output row at a time."""
+    padding holds none): what the element-wise loops compute, an output row at a time. Each output
+    column's mask of input columns is made once per call (in scratch)."""
+    ih, iw, oh, ow, size, s, pt, pl = (k.f(n) for n in ("ih", "iw", "oh", "ow", "k", "stride", "pt", "pl"))
+    windows = k.b.bitcast(k.scratch, I64.as_pointer())
+    with k.range(ow) as ox:
+        left = k.sub(k.mul(ox, s), pl)
+        kx0, kx1 = k.max(k.neg(left), k.c(0)), k.min(k.sub(iw, left), size)
+        width = k.max(k.sub(kx1, kx0), k.c(0))
+        window = k.b.shl(k.sub(k.b.shl(k.c(1), width), k.c(1)), k.max(k.add(left, kx0), k.c(0)))
+        k.b.store(window, k.b.gep(windows, [ox]))
     with k.samples():
         src, dst = k.at("src"), k.at("dst")
-        ih, iw, oh, ow, size, s, pt, pl = (k.f(n) for n in ("ih", "iw", "oh", "ow", "k", "stride", "pt", "pl"))
         n_out = k.mul(k.f("channels"), k.mul(oh, ow))
         with k.range(k.b.ashr(k.add(n_out, k.c(7)), k.c(3))) as j:
             k.b.store(ir.Constant(I8, 0), k.b.gep(dst, [j]))
@@ -442,10 +461,7 @@ def _spike_or_pool(k: _Kernel) -> None:
                     k.set(bits, k.or_(k.get(bits), k.b.lshr(k.get(word), k.b.and_(first, k.c(7)))))
                 row = k.b.and_(k.get(bits), k.sub(k.b.shl(k.c(1), iw), k.c(1)))
                 with k.range(ow) as ox:
-                    left = k.sub(k.mul(ox, s), pl)
-                    kx0, kx1 = k.max(k.neg(left), k.c(0)), k.min(k.sub(iw, left), size)
-                    width = k.max(k.sub(kx1, kx0), k.c(0))
-                    window = k.b.shl(k.sub(k.b.shl(k.c(1), width), k.c(1)), k.max(k.add(left, kx0), k.c(0)))
+                    window = k.b.load(k.b.gep(windows, [ox]))
                     out = k.add(k.mul(k.add(k.mul(c, oh), oy), ow), ox)
                     byte = k.b.gep(dst, [k.b.lshr(out, k.c(3))])
                     bit = k.b.trunc(k.b.shl(k.bool(k.ne(k.and_(row, window), k.c(0))), k.b.and_(out, k.c(7))), I8)
@@ -554,9 +570,16 @@ def _nrn(k: _Kernel) -> None:
 
 
 def _lanes(k: _Kernel) -> ir.Value:
-    """The output channels as the sums and transposed weights lay them out: padded to a multiple of 16 (the
-    padding's weights zero), so that every run of adds is whole vectors."""
-    return k.b.shl(k.b.ashr(k.add(k.f("cout"), k.c(15)), k.c(4)), k.c(4))
+    """The output channels as the sums and transposed weights lay them out: padded to 4 or 8 where cout is that
+    small, else to a multiple of 16 (the padding's weights zero), so that every run of adds is whole vectors
+    (`LANES`), and a small tile (digits' 4 output channels) does not clear, add and store 16 lanes' sums."""
+    cout = k.f("cout")
+    wide = k.b.shl(k.b.ashr(k.add(cout, k.c(15)), k.c(4)), k.c(4))
+    return k.select(k.le(cout, k.c(4)), k.c(4), k.select(k.le(cout, k.c(8)), k.c(8), wide))
+
+
+#: the vector widths of the sums (`_lanes`): lanes 4 and 8 are one vector, else lanes // 16 vectors of 16
+LANES = (4, 8, 16)
 
 
 def _transposed_weights(k: _Kernel, wbytes):
@@ -599,36 +622,46 @@ def _transposed_weights(k: _Kernel, wbytes):
 
 
 def _run_function(k: _Kernel, wide: bool) -> ir.Function:
-    """add_run(acc, w, n, value): acc[e] += value * w[e] for e < n, acc and w not aliasing (so the loop
-    vectorizes without run-time overlap checks, which inlining keeps as scoped alias metadata); one per
-    module and sum width."""
+    """add_run(acc, w, n, value, lanes): acc[e] += value * w[e] for e < n, n a multiple of `lanes` (a run is
+    whole taps of `_lanes`), acc and w not aliasing: written as vectors of min(lanes, 16), each at a tap's
+    lanes (a loop left to the vectorizer did a run of 12, three taps of 4 lanes, one element at a time; vectors
+    not on the lanes' grid load what a store of the spike before wrote in part, which stalls). One per module
+    and sum width."""
     name = f"add_run_{64 if wide else 32}"
     if name in k.module.globals:
         return k.module.globals[name]
-    acc_t = (I64 if wide else I32).as_pointer()
-    fn = ir.Function(k.module, ir.FunctionType(ir.VoidType(), [acc_t, I32.as_pointer(), I64, I64]), name)
+    acc_t = I64 if wide else I32
+    fn = ir.Function(k.module, ir.FunctionType(ir.VoidType(), [acc_t.as_pointer(), I32.as_pointer(), I64, I64, I64]),
+                     name)
     for arg in fn.args[:2]:
         arg.add_attribute("noalias")
     fn.attributes.add("alwaysinline")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    acc, w, n, value = fn.args
-    head, body, done = (fn.append_basic_block(x) for x in ("head", "body", "done"))
-    entry = b.block
-    b.branch(head)
-    b.position_at_end(head)
-    e = b.phi(I64)
-    e.add_incoming(I64(0), entry)
-    b.cbranch(b.icmp_signed("<", e, n), body, done)
-    b.position_at_end(body)
-    q = b.gep(acc, [e])
-    x = b.load(b.gep(w, [e]))
-    if wide:
-        b.store(b.add(b.load(q), b.mul(value, b.sext(x, I64))), q)
-    else:
-        b.store(b.add(b.load(q), b.mul(b.trunc(value, I32), x)), q)
-    nxt = b.add(e, I64(1))
-    e.add_incoming(nxt, body)
-    b.branch(head)
+    acc, w, n, value, lanes = fn.args
+    factor = value if wide else b.trunc(value, I32)
+    done = fn.append_basic_block("done")
+    for width in LANES:
+        loop, head, body, other = (fn.append_basic_block(f"{x}{width}") for x in ("loop", "head", "body", "other"))
+        taken = b.icmp_signed("==", lanes, I64(width)) if width < 16 else b.icmp_signed(">=", lanes, I64(width))
+        b.cbranch(taken, loop, other)
+        b.position_at_end(loop)
+        b.branch(head)
+        b.position_at_end(head)
+        e = b.phi(I64)
+        e.add_incoming(I64(0), loop)
+        b.cbranch(b.icmp_signed("<", e, n), body, done)
+        b.position_at_end(body)
+        vec_t, w_t = ir.VectorType(acc_t, width), ir.VectorType(I32, width)
+        q = b.bitcast(b.gep(acc, [e]), vec_t.as_pointer())
+        x = b.load(b.bitcast(b.gep(w, [e]), w_t.as_pointer()), align=4)
+        x = b.sext(x, vec_t) if wide else x
+        splat = b.shuffle_vector(b.insert_element(ir.Constant(vec_t, None), factor, I32(0)), ir.Constant(vec_t, None),
+                                 ir.Constant(ir.VectorType(I32, width), [0] * width))
+        b.store(b.add(b.load(q, align=4), b.mul(splat, x)), q, align=4)
+        e.add_incoming(b.add(e, I64(width)), body)
+        b.branch(head)
+        b.position_at_end(other)
+    b.branch(done)
     b.position_at_end(done)
     b.ret_void()
     return fn
@@ -636,7 +669,7 @@ def _run_function(k: _Kernel, wide: bool) -> ir.Function:
 
 def _add_run(k: _Kernel, acc, wt, acc_at, w_at, length, value, wide: bool) -> None:
     """acc[acc_at + e] += value * wt[w_at + e] for e < length (the inner loop: contiguous, vectorized)."""
-    k.b.call(_run_function(k, wide), [k.b.gep(acc, [acc_at]), k.b.gep(wt, [w_at]), length, value])
+    k.b.call(_run_function(k, wide), [k.b.gep(acc, [acc_at]), k.b.gep(wt, [w_at]), length, value, _lanes(k)])
 
 
 def _scatter(k: _Kernel, wt, acc, ci, r, col, value, on_tap, wide: bool) -> None:
@@ -718,7 +751,7 @@ def _ctpop(k: _Kernel) -> ir.Function:
 class _Dense:
     """The dense form of a conv with i32 sums (an sconv plane where many inputs spike, a dconv of i16
     values): the input in a zero-padded copy laid out [row][column][channel], the weights in groups of
-    channels [ky][kx][group][lane][channel in group], and every output's 16-lane vector of sums
+    channels [ky][kx][group][lane][channel in group], and every output's vectors of sums (`LANES`: 4, 8 or 16 lanes)
     accumulated in a register over every tap, a group of channels per vector multiply-add, exact where the
     sums' bound fits i32. A group is two channels as i16 (x86: pmaddwd, or vpdpwssd with AVX-512 VNNI), or
     with QUADS four as bytes, unsigned inputs (spikes) times signed weights (i8): vpdpbusd, which the
@@ -727,7 +760,6 @@ class _Dense:
     (packed weights, fan-outs) are made once per call, on the first input that takes it."""
 
     BLOCK = 8  # outputs whose sums are accumulated together
-    VECTOR = 16  # sums per register (`_lanes` pads to 16; 8, with 8-channel vectors, was no faster here)
     PAIRS, QUADS = 2, 4
 
     def __init__(self, k: _Kernel, wt, nnz, after, group: int):
@@ -744,14 +776,15 @@ class _Dense:
         rowok = k.b.gep(self.fan, [k.mul(cin, k.mul(ih, iw))])
         self.rowok, self.colok = rowok, k.b.gep(rowok, [k.mul(ih, kh)])
         self.corners = k.b.gep(self.colok, [k.mul(iw, kw)])
-        x = k.b.gep(self.corners, [k.mul(oh, ow)])
+        self.dest = k.b.gep(self.corners, [k.mul(oh, ow)])
+        x = k.b.gep(self.dest, [k.mul(cin, k.mul(ih, iw))])
         self.x = k.b.bitcast(x, self.element.as_pointer())
         self.ready = k.var(0)
 
     def cost(self, spikes):
         """(spike-driven, dense) costs of an input of which `spikes` are not 0."""
         k = self.k
-        vectors = k.b.ashr(self.lanes, k.c(4))
+        vectors = k.b.ashr(k.add(self.lanes, k.c(15)), k.c(4))
         taps = k.mul(k.f("kh"), k.f("kw"))
         event = k.mul(spikes, k.add(k.mul(k.mul(taps, vectors), k.c(EVENT_TAP)), k.c(EVENT_SPIKE)))
         outputs = k.mul(k.f("oh"), k.f("ow"))
@@ -770,8 +803,24 @@ class _Dense:
             with k.range(k.mul(k.f("oh"), ow)) as o:  # each output's top-left input in the padded copy
                 corner = k.add(k.mul(k.mul(k.b.sdiv(o, ow), sh), self.cols), k.mul(k.b.srem(o, ow), sw))
                 k.b.store(k.mul(corner, self.channels), k.b.gep(self.corners, [o]))
-            with k.range(k.mul(k.mul(self.rows, self.cols), self.channels)) as j:
+            size = k.mul(k.mul(self.rows, self.cols), self.channels)
+            with k.range(k.add(size, k.c(1))) as j:
                 k.b.store(ir.Constant(self.element, 0), k.b.gep(self.x, [j]))  # the padding stays 0
+            self._destinations(size)
+
+    def _destinations(self, trash) -> None:
+        """dest[j]: where input j lies in the padded copy, or `trash` (the element after it) for an input
+        no output reaches (a row beyond the padded rows, a column beyond the padded columns)."""
+        k = self.k
+        cin, ih, iw, pt, pl = (k.f(n) for n in ("cin", "ih", "iw", "pt", "pl"))
+        with k.range(cin) as ci:
+            with k.range(ih) as r:
+                with k.range(iw) as col:
+                    pr = k.add(r, pt)
+                    inside = k.and_(k.and_(k.ge(pr, k.c(0)), k.lt(pr, self.rows)), k.lt(col, k.sub(self.cols, pl)))
+                    to = k.add(k.mul(k.add(k.mul(pr, self.cols), k.add(pl, col)), self.channels), ci)
+                    j = k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)
+                    k.b.store(k.select(inside, to, trash), k.b.gep(self.dest, [j]))
 
     def _pack(self) -> None:
         k = self.k
@@ -813,23 +862,46 @@ class _Dense:
                                 k.add_to(fan, k.mul(reached, k.b.load(k.b.gep(self.nnz, [tap]))))
                     k.b.store(k.get(fan), k.b.gep(self.fan, [k.add(k.mul(k.add(k.mul(ci, ih), r), iw), col)]))
 
-    def add(self, value, acc, adds=None) -> None:
-        """acc += the sums of the input whose element j is value(j) (a spike, or a value that fits the
-        element: i16 with PAIRS); adds += its spike-driven adds (an sconv's)."""
+    def add(self, value, acc, adds=None, plane=None) -> None:
+        """acc += the sums of an input: the spikes of `plane` (bit-packed, read a byte at a time, eight inputs
+        from each), else `value` = (src, its format's FORMAT_CODE), values that fit the element (i16 with
+        PAIRS); each input put where `dest` says; adds += its spike-driven adds (an sconv's)."""
         k = self.k
-        cin, ih, iw, pt, pl = (k.f(n) for n in ("cin", "ih", "iw", "pt", "pl"))
-        channels = self.channels
-        with k.range(cin) as ci:
-            with k.range(ih) as r:
-                pr = k.add(r, pt)
-                with k.if_(k.and_(k.ge(pr, k.c(0)), k.lt(pr, self.rows))):
-                    row = k.mul(k.add(k.mul(ci, ih), r), iw)
-                    to = k.add(k.mul(k.add(k.mul(pr, self.cols), pl), channels), ci)
-                    with k.range(k.min(iw, k.sub(self.cols, pl))) as col:  # (the columns inside: pl >= 0)
-                        x = value(k.add(row, col))
-                        k.b.store(k.b.trunc(x, self.element), k.b.gep(self.x, [k.add(to, k.mul(col, channels))]))
-                        if adds is not None:
-                            k.add_to(adds, k.mul(x, k.b.load(k.b.gep(self.fan, [k.add(row, col)]))))
+        n = k.mul(k.f("cin"), k.mul(k.f("ih"), k.f("iw")))
+
+        def put(j, x, count=True) -> None:
+            k.b.store(k.b.trunc(x, self.element), k.b.gep(self.x, [k.b.load(k.b.gep(self.dest, [j]))]))
+            if adds is not None and count:
+                k.add_to(adds, k.mul(x, k.b.load(k.b.gep(self.fan, [j]))))
+
+        if plane is not None:
+            eight = ir.VectorType(I64, 8)
+            if adds is not None:  # a byte's fan-outs added under its bits as a mask, in a vector
+                with k.b.goto_block(k.entry):
+                    k.b.position_at_start(k.entry)
+                    fans = k.b.alloca(eight)
+                k.b.store(ir.Constant(eight, [0] * 8), fans)
+            with k.range(k.b.ashr(n, k.c(3))) as byte:
+                raw = k.b.load(k.b.gep(plane, [byte]))
+                bits = k.b.zext(raw, I64)
+                for e in range(8):
+                    put(k.add(k.mul(byte, k.c(8)), k.c(e)), k.b.and_(k.b.lshr(bits, k.c(e)), k.c(1)), count=False)
+                if adds is not None:
+                    fan = k.b.load(k.b.bitcast(k.b.gep(self.fan, [k.mul(byte, k.c(8))]), eight.as_pointer()), align=8)
+                    taken = k.b.select(k.b.bitcast(raw, ir.VectorType(I1, 8)), fan, ir.Constant(eight, [0] * 8))
+                    k.b.store(k.b.add(k.b.load(fans), taken), fans)
+            if adds is not None:
+                total = k.b.load(fans)
+                for e in range(8):
+                    k.add_to(adds, k.b.extract_element(total, I32(e)))
+            with k.range(n, k.b.and_(n, k.c(~7))) as j:
+                put(j, k.spike(plane, j))
+        else:  # elements of a format known at run time: a loop per format
+            src, fmt = value
+            for nbytes in (0, 1, 2, 4):
+                with k.if_(k.eq(fmt, k.c(nbytes))):
+                    with k.range(n) as j:
+                        put(j, k.spike(src, j) if nbytes == 0 else k.load(src, j, nbytes))
         self._accumulate(acc)
 
     def _accumulate(self, acc) -> None:
@@ -839,16 +911,18 @@ class _Dense:
         k = self.k
         outputs = k.mul(k.f("oh"), k.f("ow"))
         whole = k.mul(k.b.sdiv(outputs, k.c(self.BLOCK)), k.c(self.BLOCK))
-        with k.range(k.b.sdiv(outputs, k.c(self.BLOCK))) as block:
-            self._outputs(acc, k.mul(block, k.c(self.BLOCK)), self.BLOCK)
-        with k.range(outputs, whole) as first:
-            self._outputs(acc, first, 1)
+        for n in LANES:  # vectors as wide as the lanes (a multiple of 16: 16)
+            with k.if_(k.eq(self.lanes, k.c(n)) if n < 16 else k.ge(self.lanes, k.c(n))):
+                with k.range(k.b.sdiv(outputs, k.c(self.BLOCK))) as block:
+                    self._outputs(acc, k.mul(block, k.c(self.BLOCK)), self.BLOCK, n)
+                with k.range(outputs, whole) as first:
+                    self._outputs(acc, first, 1, n)
 
-    def _outputs(self, acc, first, count: int) -> None:
-        """The sums of outputs first ... first + count - 1 (in row-major order)."""
+    def _outputs(self, acc, first, count: int, n: int) -> None:
+        """The sums of outputs first ... first + count - 1 (in row-major order), in vectors of n lanes."""
         k = self.k
         kh, kw = k.f("kh"), k.f("kw")
-        n, group = self.VECTOR, self.group
+        group = self.group
         sums_t, weights_t = ir.VectorType(I32, n), ir.VectorType(self.element, group * n)
         channels, lanes = self.channels, self.lanes
         with k.b.goto_block(k.entry):
@@ -873,18 +947,23 @@ class _Dense:
                             inputs = k.b.load(k.b.gep(x, [q]), align=1)  # the group's channels, 4 bytes
                             splat = k.b.shuffle_vector(k.b.insert_element(ir.Constant(sums_t, None), inputs, I32(0)),
                                                        ir.Constant(sums_t, None), ir.Constant(sums_t, [0] * n))
-                            k.b.store(self._multiply_add(k.b.load(r), k.b.bitcast(splat, weights_t), weights), r)
+                            k.b.store(self._multiply_add(k.b.load(r), k.b.bitcast(splat, weights_t), weights, n), r)
             for r, q in zip(running, sums):
                 k.b.store(k.b.load(r), q, align=4)
 
-    def _multiply_add(self, sums, inputs, weights):
-        """sums[e] + the dot product of lane e's group of inputs and weights."""
-        k, n = self.k, self.VECTOR
-        if self.group == self.QUADS:
-            name = "llvm.x86.avx512.vpdpbusd.512"
+    def _multiply_add(self, sums, inputs, weights, n: int):
+        """sums[e] + the dot product of lane e's group of inputs (unsigned with QUADS) and weights, n lanes."""
+        k = self.k
+        if self.group == self.QUADS:  # (AVX-512 VNNI, with its 128- and 256-bit forms: AVX512VL)
+            name = f"llvm.x86.avx512.vpdpbusd.{32 * n}"
             fn = k.module.globals.get(name) or ir.Function(k.module, ir.FunctionType(sums.type, [sums.type, inputs.type,
                                                                                                weights.type]), name)
             return k.b.call(fn, [sums, inputs, weights])
+        if n < 16 and _is_x86():  # pmaddwd (SSE2, AVX2) named: the pattern below is not matched at these widths
+            name = "llvm.x86.sse2.pmadd.wd" if n == 4 else "llvm.x86.avx2.pmadd.wd"
+            fn = k.module.globals.get(name) or ir.Function(k.module, ir.FunctionType(sums.type, [inputs.type,
+                                                                                               weights.type]), name)
+            return k.b.add(sums, k.b.call(fn, [inputs, weights]))
         wide_t = ir.VectorType(I32, 2 * n)
         products = k.b.mul(k.b.sext(inputs, wide_t), k.b.sext(weights, wide_t))
         even, odd = (ir.Constant(sums.type, [2 * e + parity for e in range(n)]) for parity in (0, 1))
@@ -929,7 +1008,7 @@ def _sconv(k: _Kernel) -> None:
                         with k.if_(k.and_(takes, k.gt(event, whole))):
                             k.set(by_spike, 0)
                             form.prepare()
-                            form.add(lambda j: k.spike(plane, j), acc, adds)
+                            form.add(None, acc, adds, plane)
                 with k.if_(k.ne(k.get(by_spike), k.c(0))):
                     with k.range(cin) as ci:
                         with k.range(ih) as r:
@@ -951,8 +1030,12 @@ def _store_sums(k: _Kernel, acc, dst, saturate) -> None:
     rounding and saturation instead of the range check)."""
     cout, oh, ow = k.f("cout"), k.f("oh"), k.f("ow")
     accumulate = k.ne(k.f("accumulate"), k.c(0))
+    bad = k.var(0)  # (a value out of range noted, not branched on, and said after the loops)
+    whole = k.c(0)
+    if saturate is None:
+        whole = _store_vectors(k, acc, dst, accumulate, bad)
     with k.range(cout) as co:
-        with k.range(k.mul(oh, ow)) as yx:
+        with k.range(k.mul(oh, ow), whole) as yx:
             out = k.add(k.mul(co, k.mul(oh, ow)), yx)
             y = k.b.load(k.b.gep(acc, [k.add(k.mul(yx, _lanes(k)), co)]))
             y = k.b.shl(y if y.type == I64 else k.b.sext(y, I64), k.f("shift"))
@@ -960,9 +1043,45 @@ def _store_sums(k: _Kernel, acc, dst, saturate) -> None:
                 y = saturate(y, lambda v: k.select(accumulate, k.add(v, k.load(dst, out, 4)), v))
             else:
                 y = k.select(accumulate, k.add(y, k.load(dst, out, 4)), y)
-                with k.if_(k.b.not_(k.fits(y, 4))):
-                    k.fail(OVERFLOW)
+                k.set(bad, k.or_(k.get(bad), k.bool(k.b.not_(k.fits(y, 4)))))
             k.store(dst, out, y, 4)
+    with k.if_(k.ne(k.get(bad), k.c(0))):
+        k.fail(OVERFLOW)
+
+
+STORE_VECTOR = 8  # outputs of a channel stored together
+
+
+def _store_vectors(k: _Kernel, acc, dst, accumulate, bad):
+    """_store_sums without saturation for each channel's first outputs, STORE_VECTOR at a time: their sums
+    read one by one (lanes apart) into a vector, then shifted, added, range-checked and stored as vectors
+    (a scalar loop with a strided read did each output in about nine instructions). Returns how many
+    outputs of each channel it stored."""
+    n = STORE_VECTOR
+    cout, outputs = k.f("cout"), k.mul(k.f("oh"), k.f("ow"))
+    vec_t, out_t = ir.VectorType(I64, n), ir.VectorType(I32, n)
+
+    def splat(v):
+        return k.b.shuffle_vector(k.b.insert_element(ir.Constant(vec_t, None), v, I32(0)), ir.Constant(vec_t, None),
+                                  ir.Constant(ir.VectorType(I32, n), [0] * n))
+
+    shift, low, high = splat(k.f("shift")), splat(k.c(-(1 << 31))), splat(k.c((1 << 31) - 1))
+    lanes = _lanes(k)
+    with k.range(cout) as co:
+        with k.range(k.b.sdiv(outputs, k.c(n))) as chunk:
+            first = k.mul(chunk, k.c(n))
+            y = ir.Constant(vec_t, None)
+            for e in range(n):
+                v = k.b.load(k.b.gep(acc, [k.add(k.mul(k.add(first, k.c(e)), lanes), co)]))
+                y = k.b.insert_element(y, v if v.type == I64 else k.b.sext(v, I64), I32(e))
+            y = k.b.shl(y, shift)
+            at = k.b.bitcast(k.b.gep(dst, [k.mul(k.add(k.mul(co, outputs), first), k.c(4))]), out_t.as_pointer())
+            y = k.b.select(accumulate, k.b.add(y, k.b.sext(k.b.load(at, align=1), vec_t)), y)
+            inside = k.b.and_(k.b.icmp_signed(">=", y, low), k.b.icmp_signed("<=", y, high))
+            all_inside = k.b.icmp_unsigned("==", k.b.bitcast(inside, ir.IntType(n)), ir.Constant(ir.IntType(n), (1 << n) - 1))
+            k.set(bad, k.or_(k.get(bad), k.bool(k.b.not_(all_inside))))
+            k.b.store(k.b.trunc(y, out_t), at, align=1)
+    return k.mul(k.b.sdiv(outputs, k.c(n)), k.c(n))
 
 
 @kernel("dconv")
@@ -991,10 +1110,12 @@ def _dconv(k: _Kernel) -> None:
     with k.samples():
         src, dst = k.at("src"), k.at("dst")
         peak, nonzero = k.var(0), k.var(0)
-        with k.range(n_in) as j:
-            x = k.element(src, j, fmt)
-            k.set(peak, k.max(k.get(peak), k.abs(x)))
-            k.add_to(nonzero, k.bool(k.ne(x, k.c(0))))
+        for nbytes in (0, 1, 2, 4):  # (a loop per format)
+            with k.if_(k.eq(fmt, k.c(nbytes))):
+                with k.range(n_in) as j:
+                    x = k.spike(src, j) if nbytes == 0 else k.load(src, j, nbytes)
+                    k.set(peak, k.max(k.get(peak), k.abs(x)))
+                    k.add_to(nonzero, k.bool(k.ne(x, k.c(0))))
         bound = k.mul(k.get(peak), rowmax)
         with k.if_(k.ge(bound, k.c(1 << 53))):
             k.fail(INEXACT)
@@ -1008,7 +1129,7 @@ def _dconv(k: _Kernel) -> None:
                 by_input = k.bool(k.or_(k.le(event, whole), k.ge(k.get(peak), k.c(1 << 15))))
                 with k.if_(k.eq(by_input, k.c(0))):
                     dense.prepare()
-                    dense.add(lambda j: k.element(src, j, fmt), acc)
+                    dense.add((src, fmt), acc)
             with k.if_(k.ne(by_input, k.c(0))):
                 with k.range(cin) as ci:
                     with k.range(ih) as r:

@@ -95,6 +95,54 @@ def _program(instrs: list[Instr]) -> Program:
                                                                                       first_instr=0)]))
 
 
+def test_the_jit_machine_is_the_numpy_machine_with_shorter_buffers():
+    """JitMachine sets up Machine's state for its batch (it does not let Machine allocate the whole buffers):
+    every attribute Machine has, each array as long as the batch, the memories holding the same bytes as far
+    as the program reaches, and a batch too large for memory refused alike."""
+    from ttc.simulator.jit import JitMachine, reach
+    from ttc.simulator.machine import Machine
+    prog = _program([Instr("vfill", dict(dst=Ref("psum", 8), n=4, value=3))])
+    prog.data = bytes(range(40))
+    jit, ref = JitMachine(prog, 3), Machine(prog, 3)
+    assert set(vars(ref)) <= set(vars(jit))
+    for name, value in vars(ref).items():
+        if isinstance(value, np.ndarray):
+            assert getattr(jit, name).shape == value.shape, name
+        elif name != "mem":
+            assert getattr(jit, name) == value, name
+    for m, data in ref.mem.items():
+        assert jit.mem[m].shape == (3, reach(prog).get(m, data.shape[1]))
+        assert jit.mem[m].tobytes() == data[:, :jit.mem[m].shape[1]].tobytes()
+    with pytest.raises(SimError) as refused:
+        Machine(prog, 1 << 40)
+    with pytest.raises(SimError) as also:
+        JitMachine(prog, 1 << 40)
+    assert str(also.value) == str(refused.value)
+
+
+def test_a_gone_machines_memories_are_reused_cleared_unless_something_still_holds_them():
+    import gc
+    from ttc.simulator.jit import JitMachine
+    prog = _program([Instr("vfill", dict(dst=Ref(m, 8), n=4, value=3)) for m in ("psum", "vmem", "ifmap")])
+    prog.data = bytes(range(1, 41))
+    first = JitMachine(prog, 5)
+    assert min(first.mem[m].shape[1] for m in ("psum", "vmem", "ifmap")) == 24
+    first.run()
+    psum, dram = id(first.mem["psum"]), id(first.mem["dram"])
+    kept, view = first.mem["vmem"], first.mem["ifmap"][1:]
+    kept[:] = 7
+    view[:] = 9
+    del first
+    gc.collect()
+    second = JitMachine(prog, 5)
+    taken = {id(a) for a in second.mem.values()}
+    assert psum in taken and id(second.mem["dram"]) == dram  # reused ...
+    assert not any(a.any() for m, a in second.mem.items() if m != "dram")  # ... cleared
+    assert second.mem["dram"][:, :40].tobytes() == prog.data * 5 and not second.mem["dram"][:, 40:].any()
+    assert id(kept) not in taken and (kept == 7).all()  # held by a name: not given to another
+    assert id(view.base) not in taken and (view == 9).all()  # held by a view: neither
+
+
 def test_an_overflow_is_the_same_error_on_both_backends():
     big = [Instr("vfill", dict(dst=Ref("psum", 0), n=4, value=(1 << 30))),
            Instr("vacc", dict(dst=Ref("psum", 0), src=Ref("psum", 0), src_fmt="i32", dst_fmt="i32", n=4, shift=2,
@@ -136,11 +184,11 @@ def test_a_data_set_runs_batch_by_batch_as_it_runs_whole():
         assert a["counts"] == pytest.approx(b["counts"], rel=1e-12) and a["energy_pj"] == pytest.approx(b["energy_pj"], rel=1e-12)
 
 
-def _random_conv(rng, op: str, density: float) -> tuple[Instr, dict]:
+def _random_conv(rng, op: str, density: float, cout_below: int = 40) -> tuple[Instr, dict]:
     """An sconv or a forward dconv of random shape (strides, padding, odd channels, i8 or i16 weights; an
-    sconv's planes, a dconv's input format and saturation) and the memories it reads: inputs non-zero at
-    `density` (an sconv's spikes), weights with zeros among them."""
-    cin, cout, kh, kw, sh, sw = (int(rng.integers(1, hi)) for hi in (20, 40, 4, 4, 3, 3))
+    sconv's planes, a dconv's input format and saturation; cout below `cout_below`) and the memories it reads:
+    inputs non-zero at `density` (an sconv's spikes), weights with zeros among them."""
+    cin, cout, kh, kw, sh, sw = (int(rng.integers(1, hi)) for hi in (20, cout_below, 4, 4, 3, 3))
     ih, iw = (int(rng.integers(1, 10)) for _ in range(2))
     pt, pl = int(rng.integers(-1, kh)), int(rng.integers(0, kw))
     oh, ow = max(1, (ih + 2 * max(pt, 0) - kh) // sh + 1), max(1, (iw + 2 * pl - kw) // sw + 1)
@@ -167,12 +215,14 @@ def _random_conv(rng, op: str, density: float) -> tuple[Instr, dict]:
 
 @pytest.mark.parametrize("op", ["sconv", "dconv"])
 @pytest.mark.parametrize("density", [0.05, 0.6, 1.0])
-def test_a_conv_of_any_shape_adds_as_numpy_does_sparse_or_dense(op, density):
+@pytest.mark.parametrize("cout_below", [40, 10])
+def test_a_conv_of_any_shape_adds_as_numpy_does_sparse_or_dense(op, density, cout_below):
     """The conv kernels add a sparse input element by element and a dense one densely: both give the
-    NumPy handler's sums, counts and errors, whatever the shape."""
-    rng = np.random.default_rng(int(density * 100))
+    NumPy handler's sums, counts and errors, whatever the shape; a small tile's too (cout up to 9: its sums in 4
+    or 8 lanes)."""
+    rng = np.random.default_rng(int(density * 100) + cout_below)
     for _ in range(40):
-        instr, memories = _random_conv(rng, op, density)
+        instr, memories = _random_conv(rng, op, density, cout_below)
         results = []
         for backend in ("jit", "numpy"):
             machine = machine_class(backend)(_program([instr]), 3)
@@ -186,6 +236,33 @@ def test_a_conv_of_any_shape_adds_as_numpy_does_sparse_or_dense(op, density):
             except SimError as e:
                 results.append(str(e))
         assert results[0] == results[1], instr
+
+
+@pytest.mark.parametrize("op", ["sconv", "dconv"])
+@pytest.mark.parametrize("where", [3, 10])
+def test_a_conv_sum_out_of_i32_range_is_the_same_error_on_both_backends(op, where):
+    """A conv's output that leaves i32 when added to dst, among the outputs stored as vectors (3) or one by one
+    (10, of 12 per channel): the NumPy handler's error on both backends."""
+    fields = dict(src=Ref("ifmap", 0), wgt=Ref("wgt", 0), dst=Ref("psum", 0), cin=1, cout=2, ih=3, iw=4, oh=3, ow=4,
+                  kh=1, kw=1, sh=1, sw=1, pt=0, pl=0, accumulate=1, wfmt="i8", shift=0, group=0)
+    psum = np.zeros(2 * 12, dtype="<i4")
+    psum[12 + where] = (1 << 31) - 1  # channel 1: + 1 (a spike) or + 100 leaves i32
+    if op == "sconv":
+        fields.update(planes=1, mode="parallel")
+        src = np.packbits(np.ones(16, dtype=bool), bitorder="little")
+    else:
+        fields.update(fmt="i8", transposed=0, skip=0, sat_bits=0, round_shift=0)
+        src = np.full(12, 100, dtype="<i1").view(np.uint8)
+    memories = dict(wgt=np.array([1, 1], dtype="<i1").view(np.uint8), ifmap=src, psum=psum.view(np.uint8))
+    errors = []
+    for backend in ("jit", "numpy"):
+        machine = machine_class(backend)(_program([Instr(op, fields)]), 2)
+        for mem, data in memories.items():
+            machine.mem[mem][:, :data.size] = data
+        with pytest.raises(SimError) as e:
+            machine.run()
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and "overflow" in errors[0]
 
 
 def test_a_pool_of_any_shape_is_numpys():
