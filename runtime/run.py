@@ -237,8 +237,10 @@ def _run_batch(prog: Program, inputs: list[np.ndarray], backend: str | None, bat
                    energy_pj=dict(energy.energy[k])) for k, layer in enumerate(prog.meta["layers"])]
     per_inference = {k: v / batch for k, v in sorted(machine.counters.items())}
     energy_pj = energy.by_component()
+    outputs = [_read_output(machine, io) for io in prog.meta["outputs"]]
+    machine.release()  # (for the program's next run: its outputs are copies)
     return RunResult(
-        outputs=[_read_output(machine, io) for io in prog.meta["outputs"]], batch=batch,
+        outputs=outputs, batch=batch,
         cycles=_whole(cycles.mean()), cycles_by_unit={u: _whole(b) for u, b in busy.items()},
         counters=per_inference, energy_pj=energy_pj, layers=layers, spans=timelines[0].spans,
         input_saturation=saturation, cycles_per_sample=cycles,

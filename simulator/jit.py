@@ -12,25 +12,22 @@ rules (`sconv_actions`, `nrn_actions`, ...) turn that into the instruction's act
 from __future__ import annotations
 
 import ctypes
-import sys
-import threading
-import weakref
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
 from ttc.isa.encoding import Instr
-from ttc.isa.errors import InternalError, UserError
+from ttc.isa.errors import InternalError
 from ttc.isa.footprint import regions
 from ttc.isa.hwconfig import memory_bytes, spike_add_action
-from ttc.isa.limits import check_memory
 from ttc.isa.program import Program
 from ttc.isa.table import MEMORIES, elems_bytes
 
 from . import native
 from .machine import (Event, Machine, SimError, dconv_actions, dense_dconv_macs, nrn_actions, pool_actions,
                       sconv_actions, vacc_actions)
+
 
 @dataclass
 class Planned:
@@ -148,69 +145,11 @@ def _plan(prog: Program) -> tuple:
     return tuple(out), {m: min(end, prog.hw.buffers[m].bytes) for m, end in ends.items()}
 
 
-#: The memories of machines that are gone, by shape, for the next machine of the same shapes: clearing them
-#: costs less than the page faults of new ones (digits at batch 256 ran in 9.3 ms with new memories, 7.5
-#: with these). At most SPARE_BYTES are kept, the oldest given up first.
-_SPARE: OrderedDict = OrderedDict()
-SPARE_BYTES = 256 << 20
-_spare_lock = threading.Lock()
-
-
-def _refs_of_popped(arrays: list) -> int:
-    a = arrays.pop()
-    return sys.getrefcount(a)
-
-
-#: the references to an array popped off a list that nothing else holds (measured as `_zeros` counts them)
-_ALONE = _refs_of_popped([np.zeros(1, dtype=np.uint8)])
-
-
-def _zeros(shape: tuple) -> np.ndarray:
-    """np.zeros(shape, uint8), on a gone machine's memory of that shape where one is spare and nothing holds
-    it any more (no name, no view of it: its references counted)."""
-    with _spare_lock:
-        spares = _SPARE.get(shape, [])
-        while spares:
-            a = spares.pop()
-            if sys.getrefcount(a) <= _ALONE:
-                a.fill(0)
-                return a
-    return np.zeros(shape, dtype=np.uint8)
-
-
-def _give_back(arrays: list) -> None:
-    """A gone machine's memories, kept for the next (`_zeros`)."""
-    with _spare_lock:
-        for a in arrays:
-            _SPARE.setdefault(a.shape, []).append(a)
-            _SPARE.move_to_end(a.shape)
-        total = sum(a.nbytes for spares in _SPARE.values() for a in spares)
-        while total > SPARE_BYTES and _SPARE:
-            _, spares = _SPARE.popitem(last=False)
-            total -= sum(a.nbytes for a in spares)
-
-
 class JitMachine(Machine):
     """The simulator's machine, with native kernels where `plan` has one."""
 
     def __init__(self, prog: Program, batch: int):
-        # the machine of an empty batch (nothing allocated), then the batch's memories and energies: each
-        # sample's buffers only as long as the program reaches (a bounds check still sees the buffer's size
-        # where a footprint goes beyond it), so the batch's copies lie close together, fewer pages to fault
-        # in and to cache (digits at batch 256: 32 KB per sample and buffer, of which it uses 0.1-4), and the
-        # whole buffers are not made first (0.3 ms a run at batch 256)
-        super().__init__(prog, 0)
-        sizes = {"dram": prog.meta["dram_bytes"], **{m: b.bytes for m, b in prog.hw.buffers.items()}}
-        try:  # (Machine's check, for the batch)
-            check_memory(batch * sum(sizes.values()), f"simulating a batch of {batch}", "simulator")
-        except UserError as e:
-            raise SimError(str(e)) from None
-        self.batch = batch
-        ends = reach(prog)
-        self.mem = {m: _zeros((batch, ends.get(m, sizes[m]))) for m in MEMORIES}
-        self.mem["dram"][:, :len(prog.data)] = np.frombuffer(prog.data, dtype=np.uint8)
-        self.sample_pj = np.zeros(batch)
-        weakref.finalize(self, _give_back, list(self.mem.values()))
+        super().__init__(prog, batch)
         self.plan = plan(prog)
         self.bases = (ctypes.c_void_p * len(MEMORIES))(*(self.mem[m].ctypes.data for m in MEMORIES))
         self.strides = np.array([self.mem[m].shape[1] for m in MEMORIES], dtype=np.int64)
@@ -218,6 +157,13 @@ class JitMachine(Machine):
         self.out = np.zeros(native.OUT_SLOTS * (batch + 1), dtype=np.int64)
         self.per_sample = self.out[native.OUT_SLOTS:].reshape(batch, native.OUT_SLOTS)  # (a view)
         self.at = (self.strides.ctypes.data, self.out.ctypes.data, self.scratch.ctypes.data)
+
+    def sample_bytes(self, sizes: dict[str, int]) -> dict[str, int]:
+        """Each sample's buffers only as long as the program reaches (a bounds check still sees the buffer's
+        size where a footprint goes beyond it): the batch's copies lie close together, fewer pages to fault in
+        and to cache (digits at batch 256: 32 KB per sample and buffer, of which it uses 0.1-4)."""
+        ends = reach(self.prog)
+        return {m: ends.get(m, n) for m, n in sizes.items()}
 
     def step(self, instr: Instr) -> bool:
         p = self.plan[self.pc]

@@ -120,27 +120,35 @@ def test_the_jit_machine_is_the_numpy_machine_with_shorter_buffers():
     assert str(also.value) == str(refused.value)
 
 
-def test_a_gone_machines_memories_are_reused_cleared_unless_something_still_holds_them():
-    import gc
-    from ttc.simulator.jit import JitMachine
+@pytest.mark.parametrize("backend", ["jit", "numpy"])
+def test_a_released_machines_memories_serve_the_programs_next_machine_cleared(backend):
     prog = _program([Instr("vfill", dict(dst=Ref(m, 8), n=4, value=3)) for m in ("psum", "vmem", "ifmap")])
     prog.data = bytes(range(1, 41))
-    first = JitMachine(prog, 5)
-    assert min(first.mem[m].shape[1] for m in ("psum", "vmem", "ifmap")) == 24
+    first = machine_class(backend)(prog, 5)
     first.run()
-    psum, dram = id(first.mem["psum"]), id(first.mem["dram"])
-    kept, view = first.mem["vmem"], first.mem["ifmap"][1:]
-    kept[:] = 7
-    view[:] = 9
-    del first
-    gc.collect()
-    second = JitMachine(prog, 5)
-    taken = {id(a) for a in second.mem.values()}
-    assert psum in taken and id(second.mem["dram"]) == dram  # reused ...
+    first.mem["vmem"][:] = 7
+    kept = dict(first.mem)
+    first.release()
+    assert first.mem is None
+    second = machine_class(backend)(prog, 5)
+    assert all(second.mem[m] is kept[m] for m in kept)  # reused ...
     assert not any(a.any() for m, a in second.mem.items() if m != "dram")  # ... cleared
     assert second.mem["dram"][:, :40].tobytes() == prog.data * 5 and not second.mem["dram"][:, 40:].any()
-    assert id(kept) not in taken and (kept == 7).all()  # held by a name: not given to another
-    assert id(view.base) not in taken and (view == 9).all()  # held by a view: neither
+    third = machine_class(backend)(prog, 5)  # nothing spare while the second machine holds them
+    assert not any(third.mem[m] is kept[m] for m in kept)
+    second.release()
+    other = machine_class(backend)(prog, 4)  # another batch: new memories, and the spare ones dropped
+    assert not any(other.mem[m] is kept[m] for m in kept) and "_spare_memories" not in prog.__dict__
+
+
+def test_a_run_gives_its_machine_back_for_the_next_run():
+    build, shape, options, x = FAMILIES["conv-bn-maxpool-fixed-input"]
+    prog = api.compile_model(build(), shape, **options).program
+    first = run(prog, [x])
+    spare = prog._spare_memories
+    second = run(prog, [x])
+    assert prog._spare_memories is spare  # taken by the second run's machine, and given back
+    _same(first, second)
 
 
 def test_an_overflow_is_the_same_error_on_both_backends():
