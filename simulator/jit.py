@@ -25,8 +25,8 @@ from ttc.isa.program import Program
 from ttc.isa.table import MEMORIES, elems_bytes
 
 from . import native
-from .machine import (Event, Machine, SimError, dconv_actions, dense_dconv_macs, nrn_actions, pool_actions,
-                      sconv_actions, vacc_actions)
+from .machine import (Event, Machine, SimError, dconv_actions, dense_dconv_macs, nrn_actions, nrn_static_actions,
+                      pool_actions, sconv_actions, vacc_actions)
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Planned:
 
     def __post_init__(self):
         self.args_at = self.args.ctypes.data  # (the array lives as long as the plan)
-        self.template = {}  # an nrn's actions by batch, its spikes to fill in (JitMachine._nrn_template)
+        self.nrn_static = {}  # an nrn's actions whatever its data, by batch (nrn_static_actions)
         self.moved = tuple((memory_bytes(m, direction), n) for direction, moved in (("read", self.reads),
                            ("write", self.writes)) for m, n in moved.items())
         self._events = {}
@@ -201,32 +201,12 @@ class JitMachine(Machine):
             spikes, active = int(out[1]), int(out[2]) if i["band"] else None
             if i["per_neuron"]:  # (its multipliers are read from memory)
                 return nrn_actions(self, i, spikes, active)
-            if self.batch not in p.template:
-                p.template[self.batch] = self._nrn_template(i)
-            template = p.template[self.batch]
-            if template is None:
-                return nrn_actions(self, i, spikes, active)
-            a = Counter(template)
-            a["spike"] = spikes
-            if active is not None:
-                a["active"] = active
-            return a
+            if self.batch not in p.nrn_static:
+                p.nrn_static[self.batch] = nrn_static_actions(self, i, active is not None)
+            return nrn_actions(self, i, spikes, active, p.nrn_static[self.batch])
         a = Counter({action: n * self.batch for action, n in p.static.items()})
         a["grad_saturated"] = int(out[1])  # (a saturating dconv)
         return a
-
-    def _nrn_template(self, i: Instr) -> Counter | None:
-        """An nrn's actions for this batch with its spikes (and active neurons) left to fill in: nrn_actions'
-        for two different counts, where they differ in those counts alone (else None: it is called every
-        time)."""
-        band = bool(i["band"])
-        zero, one = nrn_actions(self, i, 0, 0 if band else None), nrn_actions(self, i, 1, 1 if band else None)
-        filled = {"spike", "active"} if band else {"spike"}
-        if {key for key in zero.keys() | one.keys() if zero[key] != one[key]} != filled or list(zero) != list(one):
-            return None
-        if any(zero[key] != 0 or one[key] != 1 for key in filled):
-            return None
-        return zero
 
     def _spikes(self, i: Instr) -> np.ndarray:
         """An sconv's input spikes [B, planes * cin, ih, iw] as bits (not counted as moved: the kernel's footprint

@@ -495,12 +495,23 @@ def _nrn(m: Machine, i: Instr) -> None:
     m.event.actions.update(nrn_actions(m, i, spikes, active))
 
 
-def nrn_actions(m: Machine, i: Instr, spikes: int, active: int | None) -> Counter:
-    """What an nrn does, given the spikes it fired and (with a band) its active neurons, over the batch."""
-    n, state = i["n"], i["state"]
-    a, count = Counter(spike=spikes, neuron_update=n * m.batch), n * m.batch
+def nrn_actions(m: Machine, i: Instr, spikes: int, active: int | None, static: Counter | None = None) -> Counter:
+    """What an nrn does, given the spikes it fired and (with a band) its active neurons, over the batch: its
+    `nrn_static_actions` (or `static`, those made before) with them filled in."""
+    a = Counter(static) if static is not None else nrn_static_actions(m, i, active is not None)
+    a["spike"] = spikes
     if active is not None:
         a["active"] = active
+    return a
+
+
+def nrn_static_actions(m: Machine, i: Instr, band: bool) -> Counter:
+    """What an nrn does whatever its data, over the batch; its spikes (and with a band its active neurons) 0 in
+    their places (the order of the counts is the order the energy model adds them in)."""
+    n, state = i["n"], i["state"]
+    a, count = Counter(spike=0, neuron_update=n * m.batch), n * m.batch
+    if band:
+        a["active"] = 0
     # every sample holds the same per-neuron multipliers (the n i32 after the states): sample 0's, looked at
     # (the handler has read them, and counted it)
     at = state.addr + 4 * n
