@@ -515,6 +515,20 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_sweep(a) -> int:
+    from ttc.sweep import load_spec, run_sweep
+
+    if a.workers is not None and a.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {a.workers}")
+    if not Path(a.spec).is_file():
+        raise CliError(f"{a.spec}: no such file")
+    spec = load_spec(a.spec)
+    s = run_sweep(spec, a.output, a.workers)
+    print(f"sweep {a.spec}: {s.points} points, {s.ran} run ({s.failed} failed), {s.skipped} kept from earlier runs, "
+          f"in {s.seconds:.1f} s; results in {Path(a.output) / 'results.csv'}")
+    return 0
+
+
 def cmd_asm(a) -> int:
     from ttc.isa.asm import assemble
 
@@ -719,6 +733,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--trust-model", action="store_true", help=trust_help)
     tr.add_argument("--json", action="store_true", help="print the epochs' statistics as JSON")
     tr.set_defaults(fn=cmd_train)
+
+    sw = sub.add_parser("sweep", parents=[verbose], help="compile and simulate a model at every point of a design space")
+    sw.add_argument("spec", help="the sweep spec (TOML: model, data, base hardware config, axes; see ttc.sweep)")
+    sw.add_argument("-o", "--output", required=True, metavar="DIR", help="where points/<id>.json and results.csv go; "
+                    "points already there are not run again")
+    sw.add_argument("--workers", type=int, metavar="N", help="processes running points (default: one per core)")
+    sw.set_defaults(fn=cmd_sweep)
 
     s = sub.add_parser("asm", parents=[verbose], help="assemble text assembly into prog.bin")
     s.add_argument("source")
