@@ -2,12 +2,18 @@
 recorded without stopping the sweep, resumption, the same results from one and two workers, bad specs."""
 import csv
 import json
+from pathlib import Path
 
+import jsonschema
+import numpy as np
 import pytest
 
 from ttc import sweep
 from ttc.cli import main
 from ttc.demo import MODEL
+from ttc.digits import load_digits_split
+
+RUN_SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "schema" / "run.schema.json").read_text())
 
 # every key of a point is valid alone, but 3 groups do not divide an 8 x 16 array: the point fails, the sweep goes on
 BAD_GROUPS = 3
@@ -41,6 +47,7 @@ def test_a_sweep_writes_every_point_and_the_csv_and_records_a_failing_point(tmp_
             assert s["status"] == "ok" and s["error"] is None and 0 <= s["accuracy"] <= 1
             assert result["cycles_per_inference"] > 0 and result["batch"] == 8
             assert result["provenance"]["hardware"]["name"] == "sata-sweep"
+            jsonschema.validate(result, RUN_SCHEMA)  # a report.json, with the sweep block beside
     ok = [r for r in points.values() if r["sweep"]["status"] == "ok"]
     # the axes reach the machine: a smaller array takes more cycles, more time steps take more
     by = {(r["sweep"]["settings"]["hw.array.rows"], r["sweep"]["settings"]["T"]): r["cycles_per_inference"] for r in ok}
@@ -92,6 +99,22 @@ def test_a_builder_with_parameters_and_a_compile_option_axis(tmp_path):
     assert results[0]["actions_per_inference"] != results[1]["actions_per_inference"]
 
 
+def test_npy_data_with_labels_gives_the_accuracy_and_cites_the_file(tmp_path):
+    _, _, x, y = load_digits_split(2)
+    np.save(tmp_path / "x.npy", x[:, :6])
+    np.save(tmp_path / "y.npy", y[:6])
+    spec = sweep.load_spec(write_spec(tmp_path, '"hw.array.skip" = ["none", "event"]',
+                                      data='input = "x.npy"\nlabels = "y.npy"\nlimit = 5',
+                                      model=f'path = "{MODEL}"\ninput_shape = "2,N,1,8,8"'))
+    sweep.run_sweep(spec, tmp_path / "out", workers=1)
+    results = {r["sweep"]["settings"]["hw.array.skip"]: r for r in points_of(tmp_path / "out").values()}
+    for r in results.values():
+        assert r["batch"] == 5 and r["provenance"]["input"]["path"] == str(tmp_path / "x.npy")
+    # the array's schedule changes the time, not the function
+    assert results["none"]["sweep"]["accuracy"] == results["event"]["sweep"]["accuracy"] >= 0.6
+    assert results["event"]["cycles_per_inference"] < results["none"]["cycles_per_inference"]
+
+
 def test_point_ids_are_stable_and_follow_the_model_and_the_settings(tmp_path):
     spec = sweep.load_spec(write_spec(tmp_path, '"hw.array.rows" = [4, 8]'))
     ids = [p.id for p in spec.points()]
@@ -121,8 +144,6 @@ def test_point_ids_are_stable_and_follow_the_model_and_the_settings(tmp_path):
     ("", 'input = "missing.npy"', "data.input: no file"),
 ])
 def test_a_bad_spec_is_one_line_naming_the_key(tmp_path, capsys, axes, data, message):
-    import numpy as np
-
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 1, 8, 8), np.float32))
     spec = write_spec(tmp_path, axes, **({"data": data} if data else {}))
     with pytest.raises(sweep.SweepSpecError) as e:

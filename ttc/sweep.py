@@ -351,6 +351,7 @@ def run_point(work: _Workload, point: Point) -> dict:
     """The point's result file: the report.json dict of its run plus the `sweep` block; a UserError
     (an invalid combination of keys, a config too small for the model) makes a failed point."""
     from ttc import api
+    from ttc.runtime.provenance import input_provenance, provenance
     from ttc.runtime.report import report
 
     spec = work.spec
@@ -370,7 +371,9 @@ def run_point(work: _Workload, point: Point) -> dict:
     scores = result.outputs[0]
     if y is not None and scores.ndim == 2 and scores.shape[0] == len(y):
         record["accuracy"] = float((scores.argmax(1) == y).mean())
-    return dict(report(compiled.program, result), sweep=record)
+    # an .npy input is cited by its file; the digits split by the spec, which the point's id covers
+    source = input_provenance(x, spec.data["input"]) if "input" in spec.data else None
+    return dict(report(compiled.program, result, provenance(compiled.program, x_source=source)), sweep=record)
 
 
 # ---- the sweep ------------------------------------------------------------------------------------------
