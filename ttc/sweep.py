@@ -32,8 +32,9 @@ Each point is identified by a hash of everything that determines its result (mod
 fixed options and its axis values), so results in DIR stay valid when the spec grows an axis value, and a
 changed model or data set never reuses them. DIR/points/<id>.json holds the point's report.json dict
 (docs/schema/run.schema.json) plus a `sweep` block (settings, status, accuracy, error); DIR/results.csv
-one row per point. Points whose file exists are not run again (resumption); a point that fails (a config
-too small for the model: the compiler's UserError) is recorded with its error and the sweep goes on.
+one row per point. Points whose file exists are not run again (resumption); a point that fails with a
+UserError (keys the config refuses together, a plan the model cannot take) is recorded with its error and
+the sweep goes on. docs/sweep.md describes it all.
 """
 from __future__ import annotations
 
@@ -349,7 +350,7 @@ def _point_hw(spec: Spec, settings: dict, where: str):
 
 def run_point(work: _Workload, point: Point) -> dict:
     """The point's result file: the report.json dict of its run plus the `sweep` block; a UserError
-    (an invalid combination of keys, a config too small for the model) makes a failed point."""
+    (an invalid combination of keys, a plan the model cannot take) makes a failed point."""
     from ttc import api
     from ttc.runtime.provenance import input_provenance, provenance
     from ttc.runtime.report import report
