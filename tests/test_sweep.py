@@ -55,6 +55,14 @@ def test_a_sweep_writes_every_point_and_the_csv_and_records_a_failing_point(tmp_
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["id"] for r in rows] == [p.id for p in sweep.load_spec(spec).points()]
     assert {r["id"] for r in rows} == set(points)
+    assert (out / "pareto.png").stat().st_size > 0
+    front = list(csv.DictReader((out / "pareto.csv").open()))
+    assert front and all(points[r["id"]]["sweep"]["status"] == "ok" for r in front)
+    assert main(["sweep", "--report", str(out), "--objectives", "cycles,data_bytes"]) == 0
+    printed = capsys.readouterr().out
+    # the fastest point is on every front that minimises cycles
+    fastest = min((r for r in points.values() if r["sweep"]["status"] == "ok"), key=lambda r: r["cycles_per_inference"])
+    assert printed.startswith("Pareto front over cycles, data_bytes: ") and fastest["sweep"]["id"] in printed
     for r in rows:
         assert r["status"] == points[r["id"]]["sweep"]["status"]
         assert float(r["hw.array.rows"]) == points[r["id"]]["sweep"]["settings"]["hw.array.rows"]
@@ -113,6 +121,21 @@ def test_npy_data_with_labels_gives_the_accuracy_and_cites_the_file(tmp_path):
     # the array's schedule changes the time, not the function
     assert results["none"]["sweep"]["accuracy"] == results["event"]["sweep"]["accuracy"] >= 0.6
     assert results["event"]["cycles_per_inference"] < results["none"]["cycles_per_inference"]
+
+
+def fake_point(id, energy, cycles, accuracy, status="ok"):
+    return dict(sweep=dict(id=id, settings={}, status=status, accuracy=accuracy, program_data_bytes=1),
+                energy_pj_per_inference=energy, cycles_per_inference=cycles)
+
+
+def test_the_pareto_front_keeps_exactly_the_points_nothing_dominates():
+    points = [fake_point("a", 1, 9, 0.5), fake_point("b", 2, 2, 0.9), fake_point("c", 3, 3, 0.9),  # c: b is better
+              fake_point("d", 2, 2, 0.9), fake_point("e", 9, 1, 0.1), fake_point("f", 1, 1, 1.0, "failed"),
+              fake_point("g", 2, 3, 0.95)]
+    assert [p["sweep"]["id"] for p in sweep.pareto_front(points, ("energy", "cycles", "accuracy"))] == ["a", "b", "d", "g", "e"]
+    assert [p["sweep"]["id"] for p in sweep.pareto_front(points, ("energy", "cycles"))] == ["a", "b", "d", "e"]
+    with pytest.raises(sweep.SweepSpecError, match="give two or more different objectives of energy, cycles"):
+        sweep.parse_objectives("energy,speed")
 
 
 def test_point_ids_are_stable_and_follow_the_model_and_the_settings(tmp_path):

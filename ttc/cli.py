@@ -516,16 +516,23 @@ def cmd_export(a) -> int:
 
 
 def cmd_sweep(a) -> int:
-    from ttc.sweep import load_spec, run_sweep
+    from ttc.sweep import format_front, load_spec, parse_objectives, run_sweep, write_pareto
 
+    if (a.spec is None) == (a.report is None) or (a.report is None) == (a.output is None):
+        raise CliError("give a spec and -o DIR to run a sweep, or --report DIR to redraw its Pareto front")
     if a.workers is not None and a.workers < 1:
         raise CliError(f"--workers must be at least 1, got {a.workers}")
-    if not Path(a.spec).is_file():
-        raise CliError(f"{a.spec}: no such file")
-    spec = load_spec(a.spec)
-    s = run_sweep(spec, a.output, a.workers)
-    print(f"sweep {a.spec}: {s.points} points, {s.ran} run ({s.failed} failed), {s.skipped} kept from earlier runs, "
-          f"in {s.seconds:.1f} s; results in {Path(a.output) / 'results.csv'}")
+    objectives = None if a.objectives is None else parse_objectives(a.objectives)
+    out = a.report
+    if a.spec is not None:
+        if not Path(a.spec).is_file():
+            raise CliError(f"{a.spec}: no such file")
+        s = run_sweep(load_spec(a.spec), a.output, a.workers)
+        print(f"sweep {a.spec}: {s.points} points, {s.ran} run ({s.failed} failed), {s.skipped} kept from earlier "
+              f"runs, in {s.seconds:.1f} s; results in {Path(a.output) / 'results.csv'}")
+        out = a.output
+    objectives, front = write_pareto(out, objectives)
+    print(format_front(front, objectives))
     return 0
 
 
@@ -735,10 +742,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(fn=cmd_train)
 
     sw = sub.add_parser("sweep", parents=[verbose], help="compile and simulate a model at every point of a design space")
-    sw.add_argument("spec", help="the sweep spec (TOML: model, data, base hardware config, axes; see ttc.sweep)")
-    sw.add_argument("-o", "--output", required=True, metavar="DIR", help="where points/<id>.json and results.csv go; "
-                    "points already there are not run again")
+    sw.add_argument("spec", nargs="?", help="the sweep spec (TOML: model, data, base hardware config, axes; "
+                    "docs/sweep.md)")
+    sw.add_argument("-o", "--output", metavar="DIR", help="where points/<id>.json, results.csv and the Pareto front "
+                    "(pareto.csv, pareto.png) go; points already there are not run again")
     sw.add_argument("--workers", type=int, metavar="N", help="processes running points (default: one per core)")
+    sw.add_argument("--report", metavar="DIR", help="instead of running: redraw DIR's Pareto front from its point files")
+    sw.add_argument("--objectives", metavar="A,B,..", help="the Pareto front's objectives, of energy, cycles, latency, "
+                    "accuracy, data_bytes (default energy,cycles,accuracy; without accuracy when the data has no labels)")
     sw.set_defaults(fn=cmd_sweep)
 
     s = sub.add_parser("asm", parents=[verbose], help="assemble text assembly into prog.bin")

@@ -66,8 +66,17 @@ from ttc.isa.hwconfig import BUFFER_KEYS, BUFFERS, PRESET_DIR, SCHEMA, HwConfigE
 TIME_AXIS = "T"
 POINTS = "points"
 RESULTS = "results.csv"
-#: The CSV's figures after the axes: per inference, from the report, and the accuracy on the labels.
-FIGURES = ("accuracy", "cycles_per_inference", "microseconds_per_inference", "energy_pj_per_inference")
+#: The CSV's figures after the axes: per inference, from the report; the accuracy on the labels and the bytes
+#: of the program's data segment, from the sweep block.
+FIGURES = ("accuracy", "cycles_per_inference", "microseconds_per_inference", "energy_pj_per_inference",
+           "program_data_bytes")
+SWEEP_FIGURES = ("accuracy", "program_data_bytes")
+#: What a Pareto front may be taken over: objective -> (figure, True when larger is better).
+OBJECTIVES = {"energy": ("energy_pj_per_inference", False), "cycles": ("cycles_per_inference", False),
+              "latency": ("microseconds_per_inference", False), "accuracy": ("accuracy", True),
+              "data_bytes": ("program_data_bytes", False)}
+DEFAULT_OBJECTIVES = ("energy", "cycles", "accuracy")
+PARETO_CSV, PARETO_PNG = "pareto.csv", "pareto.png"
 
 
 class SweepSpecError(UserError):
@@ -356,7 +365,7 @@ def run_point(work: _Workload, point: Point) -> dict:
     from ttc.runtime.report import report
 
     spec = work.spec
-    record = dict(id=point.id, settings=point.settings, status="ok", error=None, accuracy=None)
+    record = dict(id=point.id, settings=point.settings, status="ok", error=None, accuracy=None, program_data_bytes=None)
     try:
         steps = point.settings.get(TIME_AXIS, spec.data.get("steps", STEPS) if "digits" in spec.data else None)
         shape = ",".join(str(steps) if d == TIME_AXIS else d for d in spec.model["input_shape"].split(","))
@@ -369,6 +378,7 @@ def run_point(work: _Workload, point: Point) -> dict:
     except UserError as e:
         record.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         return dict(sweep=record)
+    record["program_data_bytes"] = len(compiled.program.data)  # weights, TT cores, biases, thresholds
     scores = result.outputs[0]
     if y is not None and scores.ndim == 2 and scores.shape[0] == len(y):
         record["accuracy"] = float((scores.argmax(1) == y).mean())
@@ -454,8 +464,101 @@ def write_results(spec: Spec, points: list[Point], out: Path) -> None:
     for p in points:
         result = json.loads((out / POINTS / f"{p.id}.json").read_text())
         s = result["sweep"]
-        figures = [s["accuracy"] if k == "accuracy" else result.get(k) for k in FIGURES]
+        figures = [figure(result, k) for k in FIGURES]
         w.writerow([p.id, s["status"], *p.settings.values(), *("" if v is None else v for v in figures),
                     s["error"] or ""])
     make_dirs(out)
     atomic_write(out / RESULTS, lambda tmp: tmp.write_text(buf.getvalue()))
+
+
+def figure(result: dict, name: str):
+    """A figure of a point's file (None for a failed point, or an accuracy without labels)."""
+    return result["sweep"][name] if name in SWEEP_FIGURES else result.get(name)
+
+
+# ---- the Pareto front -----------------------------------------------------------------------------------
+
+def read_points(out: str | Path) -> list[dict]:
+    """Every point file in `out`/points, by id."""
+    files = sorted((Path(out) / POINTS).glob("*.json"))
+    if not files:
+        raise SweepSpecError(f"{out}: no sweep results (no {POINTS}/*.json)")
+    return [json.loads(f.read_text()) for f in files]
+
+
+def parse_objectives(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(","))
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown or len(names) < 2 or len(set(names)) != len(names):
+        raise SweepSpecError(f"--objectives {text!r}: give two or more different objectives of "
+                             f"{', '.join(OBJECTIVES)}")
+    return names
+
+
+def pareto_front(results: list[dict], objectives: tuple[str, ...]) -> list[dict]:
+    """The successful points no other one dominates (at least as good in every objective and better in one),
+    ordered by the first objective; points without a figure (no labels: no accuracy) cannot be ranked."""
+    def key(r: dict) -> tuple[float, ...]:  # to minimise
+        return tuple(-figure(r, OBJECTIVES[o][0]) if OBJECTIVES[o][1] else figure(r, OBJECTIVES[o][0])
+                     for o in objectives)
+
+    ranked = [r for r in results if r["sweep"]["status"] == "ok"
+              and all(figure(r, OBJECTIVES[o][0]) is not None for o in objectives)]
+    keys = [key(r) for r in ranked]
+    front = [r for r, k in zip(ranked, keys)
+             if not any(all(a <= b for a, b in zip(other, k)) and other != k for other in keys)]
+    return sorted(front, key=lambda r: (key(r), r["sweep"]["id"]))
+
+
+def write_pareto(out: str | Path, objectives: tuple[str, ...] | None = None) -> tuple[tuple[str, ...], list[dict]]:
+    """DIR/pareto.csv (the front's points: id, settings, objectives) and DIR/pareto.png (every successful
+    point over the first two objectives, the front marked), from the point files; returns the objectives
+    (None: DEFAULT_OBJECTIVES, without accuracy when no point has one) and the front."""
+    out = Path(out)
+    results = read_points(out)
+    unlabelled = all(r["sweep"]["accuracy"] is None for r in results)
+    if objectives is None:
+        objectives = tuple(o for o in DEFAULT_OBJECTIVES if not (unlabelled and o == "accuracy"))
+    elif unlabelled and "accuracy" in objectives:
+        raise SweepSpecError(f"{out}: no point has an accuracy (the sweep's data has no labels); choose other objectives")
+    front = pareto_front(results, objectives)
+    axes = list(dict.fromkeys(k for r in results for k in r["sweep"]["settings"]))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", *axes, *(OBJECTIVES[o][0] for o in objectives)])
+    for r in front:
+        w.writerow([r["sweep"]["id"], *(r["sweep"]["settings"].get(a, "") for a in axes),
+                    *(figure(r, OBJECTIVES[o][0]) for o in objectives)])
+    atomic_write(out / PARETO_CSV, lambda tmp: tmp.write_text(buf.getvalue()))
+    _plot_pareto(results, front, objectives, out / PARETO_PNG)
+    return objectives, front
+
+
+def _plot_pareto(results: list[dict], front: list[dict], objectives: tuple[str, ...], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_name, y_name = (OBJECTIVES[o][0] for o in objectives[:2])
+    ok = [r for r in results if r["sweep"]["status"] == "ok" and None not in (figure(r, x_name), figure(r, y_name))]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter([figure(r, x_name) for r in ok], [figure(r, y_name) for r in ok], s=18, color="0.6", label="points")
+    ax.scatter([figure(r, x_name) for r in front], [figure(r, y_name) for r in front], s=36, color="tab:red",
+               label=f"Pareto front over {', '.join(objectives)}")
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def format_front(front: list[dict], objectives: tuple[str, ...]) -> str:
+    """The front as a terminal table: id, settings, objectives."""
+    lines = [f"Pareto front over {', '.join(objectives)}: {len(front)} points"]
+    for r in front:
+        settings = ", ".join(f"{k}={v}" for k, v in r["sweep"]["settings"].items())
+        values = ", ".join(f"{o} {figure(r, OBJECTIVES[o][0]):.6g}" for o in objectives)
+        lines.append(f"  {r['sweep']['id']}  {settings or '(no axes)'}: {values}")
+    return "\n".join(lines)
