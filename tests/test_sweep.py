@@ -97,6 +97,16 @@ def test_one_and_two_workers_give_identical_result_files(tmp_path):
     assert (tmp_path / "one" / "results.csv").read_text() == (tmp_path / "two" / "results.csv").read_text()
 
 
+def test_ray_tasks_give_the_same_result_files_as_the_process_pool(tmp_path):
+    pytest.importorskip("ray", reason="Ray is the optional extra ttc[sweep]")
+    spec = sweep.load_spec(write_spec(tmp_path, f'"hw.array.rows" = [4, 8]\n"hw.array.groups" = [{BAD_GROUPS}, 2]'))
+    sweep.run_sweep(spec, tmp_path / "pool", workers=1)
+    summary = sweep.run_sweep(spec, tmp_path / "ray", workers=2, ray_address="local")
+    assert (summary.ran, summary.failed) == (4, 2)
+    assert points_of(tmp_path / "ray") == points_of(tmp_path / "pool")
+    assert (tmp_path / "ray" / "results.csv").read_text() == (tmp_path / "pool" / "results.csv").read_text()
+
+
 def test_a_builder_with_parameters_and_a_compile_option_axis(tmp_path):
     model = 'builder = "ttc.digits:build_tt_digits_snn"\nparams = { variant = "stt", rank = 2 }\ninput_shape = "T,N,1,8,8"'
     spec = sweep.load_spec(write_spec(tmp_path, '"options.schedule" = ["cores", "merged"]', model=model))

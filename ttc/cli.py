@@ -527,7 +527,7 @@ def cmd_sweep(a) -> int:
     if a.spec is not None:
         if not Path(a.spec).is_file():
             raise CliError(f"{a.spec}: no such file")
-        s = run_sweep(load_spec(a.spec), a.output, a.workers)
+        s = run_sweep(load_spec(a.spec), a.output, a.workers, a.ray)
         print(f"sweep {a.spec}: {s.points} points, {s.ran} run ({s.failed} failed), {s.skipped} kept from earlier "
               f"runs, in {s.seconds:.1f} s; results in {Path(a.output) / 'results.csv'}")
         out = a.output
@@ -747,6 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("-o", "--output", metavar="DIR", help="where points/<id>.json, results.csv and the Pareto front "
                     "(pareto.csv, pareto.png) go; points already there are not run again")
     sw.add_argument("--workers", type=int, metavar="N", help="processes running points (default: one per core)")
+    sw.add_argument("--ray", metavar="ADDRESS", help="run the points as Ray tasks on the cluster at ADDRESS (auto: "
+                    "the one this machine belongs to; local: start one here with --workers CPUs); needs ttc[sweep]")
     sw.add_argument("--report", metavar="DIR", help="instead of running: redraw DIR's Pareto front from its point files")
     sw.add_argument("--objectives", metavar="A,B,..", help="the Pareto front's objectives, of energy, cycles, latency, "
                     "accuracy, data_bytes (default energy,cycles,accuracy; without accuracy when the data has no labels)")

@@ -160,6 +160,12 @@ class Spec:
                     data={k: v for k, v in self.data.items() if k not in ("input", "labels")},
                     files=sorted(files.values()), hw=self.hw_raw, options=self.options)
 
+    def steps(self, settings: dict) -> int | None:
+        """A point's time steps: its T, else the digits' steps; None for an .npy input (its own)."""
+        if "input" in self.data:
+            return None
+        return settings.get(TIME_AXIS, self.data.get("steps", STEPS))
+
     def points(self) -> list[Point]:
         identity = self.identity()
         names = list(self.axes)
@@ -307,12 +313,14 @@ def load_spec(path: str | Path) -> Spec:
 # ---- one point ------------------------------------------------------------------------------------------
 
 class _Workload:
-    """The model and data of a sweep, loaded once per process (the sweep's own, or each pool worker)."""
+    """The model and data of a sweep, loaded once: in the sweep's process, in each pool worker, or in the Ray
+    driver, which ships it to the cluster (so that no node needs the spec's files)."""
 
     def __init__(self, spec: Spec) -> None:
         import torch
 
         from ttc import api
+        from ttc.runtime.provenance import input_provenance
 
         self.spec = spec
         if "path" in spec.model:
@@ -320,28 +328,27 @@ class _Workload:
         else:
             torch.manual_seed(0)  # an untrained model's weights: the same in every process
             self.model = _builder(spec.model["builder"], spec.where)(**spec.model.get("params", {}))
-        self._data: dict[int | None, tuple[np.ndarray, np.ndarray | None]] = {}
+        #: (x, labels or None) by time steps: every T the points use (digits), or the .npy input (None)
+        self.data = {steps: self._load(steps) for steps in spec.axes.get(TIME_AXIS, [spec.steps({})])}
+        # an .npy input is cited by its file; the digits split by the spec, which the point's id covers
+        self.input_source = input_provenance(self.data[None][0], spec.data["input"]) if "input" in spec.data else None
 
-    def data(self, steps: int | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """(x, labels or None) for `steps` time steps (digits), or the .npy input (steps None)."""
-        if steps not in self._data:
-            d = self.spec.data
-            if "digits" in d:
-                from ttc.digits import load_digits_split
+    def _load(self, steps: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+        d = self.spec.data
+        if "digits" in d:
+            from ttc.digits import load_digits_split
 
-                x_tr, y_tr, x_te, y_te = load_digits_split(steps)
-                x, y = (x_tr, y_tr) if d["digits"] == "train" else (x_te, y_te)
-                x, y = x[:, :d.get("limit")], y[:d.get("limit")]
-            else:
-                x = np.load(d["input"], allow_pickle=False)
-                y = np.load(d["labels"], allow_pickle=False) if "labels" in d else None
-                # the batch axis is N's place in the input shape
-                axis = self.spec.model["input_shape"].split(",").index("N")
-                if "limit" in d:
-                    x = np.take(x, range(min(d["limit"], x.shape[axis])), axis=axis)
-                    y = None if y is None else y[:d["limit"]]
-            self._data[steps] = (np.ascontiguousarray(x), y)
-        return self._data[steps]
+            x_tr, y_tr, x_te, y_te = load_digits_split(steps)
+            x, y = (x_tr, y_tr) if d["digits"] == "train" else (x_te, y_te)
+            x, y = x[:, :d.get("limit")], y[:d.get("limit")]
+        else:
+            x = np.load(d["input"], allow_pickle=False)
+            y = np.load(d["labels"], allow_pickle=False) if "labels" in d else None
+            if "limit" in d:
+                axis = self.spec.model["input_shape"].split(",").index("N")  # the batch axis
+                x = np.take(x, range(min(d["limit"], x.shape[axis])), axis=axis)
+                y = None if y is None else y[:d["limit"]]
+        return np.ascontiguousarray(x), y
 
 
 def _point_hw(spec: Spec, settings: dict, where: str):
@@ -361,19 +368,19 @@ def run_point(work: _Workload, point: Point) -> dict:
     """The point's result file: the report.json dict of its run plus the `sweep` block; a UserError
     (an invalid combination of keys, a plan the model cannot take) makes a failed point."""
     from ttc import api
-    from ttc.runtime.provenance import input_provenance, provenance
+    from ttc.runtime.provenance import provenance
     from ttc.runtime.report import report
 
     spec = work.spec
     record = dict(id=point.id, settings=point.settings, status="ok", error=None, accuracy=None, program_data_bytes=None)
     try:
-        steps = point.settings.get(TIME_AXIS, spec.data.get("steps", STEPS) if "digits" in spec.data else None)
+        steps = spec.steps(point.settings)
         shape = ",".join(str(steps) if d == TIME_AXIS else d for d in spec.model["input_shape"].split(","))
         options = {**spec.options, **{k.removeprefix("options."): v for k, v in point.settings.items()
                                       if k.startswith("options.")}}
         hw = _point_hw(spec, point.settings, f"point {point.id}")
         compiled = api.compile_model(work.model, shape, hw, **options)
-        x, y = work.data(steps)
+        x, y = work.data[steps]
         result = api.simulate(compiled.program, x)
     except UserError as e:
         record.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
@@ -382,9 +389,7 @@ def run_point(work: _Workload, point: Point) -> dict:
     scores = result.outputs[0]
     if y is not None and scores.ndim == 2 and scores.shape[0] == len(y):
         record["accuracy"] = float((scores.argmax(1) == y).mean())
-    # an .npy input is cited by its file; the digits split by the spec, which the point's id covers
-    source = input_provenance(x, spec.data["input"]) if "input" in spec.data else None
-    return dict(report(compiled.program, result, provenance(compiled.program, x_source=source)), sweep=record)
+    return dict(report(compiled.program, result, provenance(compiled.program, x_source=work.input_source)), sweep=record)
 
 
 # ---- the sweep ------------------------------------------------------------------------------------------
@@ -421,9 +426,10 @@ class SweepSummary:
     seconds: float
 
 
-def run_sweep(spec: Spec, out: str | Path, workers: int | None = None) -> SweepSummary:
+def run_sweep(spec: Spec, out: str | Path, workers: int | None = None, ray_address: str | None = None) -> SweepSummary:
     """Run every point of `spec` whose result file is missing in `out`/points (`workers` processes; 1: in
-    this process), then write `out`/results.csv from all the points' files."""
+    this process; with `ray_address`, as Ray tasks on that cluster: `local` starts one here with `workers`
+    CPUs), then write `out`/results.csv from all the points' files."""
     t0 = time.perf_counter()
     out = Path(out)
     points_dir = out / POINTS
@@ -439,7 +445,9 @@ def run_sweep(spec: Spec, out: str | Path, workers: int | None = None) -> SweepS
             _write_now(points_dir / f"{point.id}.json", result)
             bar.update()
 
-        if workers == 1:
+        if ray_address is not None and todo:
+            _run_on_ray(spec, todo, ray_address, workers, done)
+        elif workers == 1:
             work = _Workload(spec) if todo else None
             for p in todo:
                 done(p, run_point(work, p))
@@ -454,6 +462,42 @@ def run_sweep(spec: Spec, out: str | Path, workers: int | None = None) -> SweepS
                 pool.shutdown(cancel_futures=True)
     write_results(spec, points, out)
     return SweepSummary(len(points), len(todo), failed, len(points) - len(todo), time.perf_counter() - t0)
+
+
+#: How often Ray runs a point again whose worker or node died under it (a UserError is a failed point, not a
+#: crash; an exception from ttc itself is a bug, which running again would only repeat).
+RAY_RETRIES = 3
+
+
+def _ray_point(work: _Workload, point: Point) -> dict:
+    import torch
+
+    torch.set_num_threads(1)  # Ray runs one task per CPU
+    return run_point(work, point)
+
+
+def _run_on_ray(spec: Spec, todo: list[Point], address: str, workers: int, done) -> None:
+    """The points as Ray tasks: the model and data put in the object store once, each result handed to `done`
+    as it arrives (so an interrupted sweep keeps what finished)."""
+    try:
+        import ray
+    except ImportError:
+        raise SweepSpecError("--ray needs Ray: pip install 'ttc[sweep]'") from None
+    local = address == "local"
+    try:
+        ray.init(address=address, num_cpus=workers if local else None, include_dashboard=False, log_to_driver=False)
+    except ConnectionError as e:
+        raise SweepSpecError(f"--ray {address}: {e}") from None
+    try:
+        work = ray.put(_Workload(spec))
+        task = ray.remote(max_retries=RAY_RETRIES)(_ray_point)
+        pending = {task.remote(work, p): p for p in todo}
+        while pending:
+            finished, _ = ray.wait(list(pending), num_returns=1)
+            for ref in finished:
+                done(pending.pop(ref), ray.get(ref))
+    finally:
+        ray.shutdown()  # a cluster started here stops; one given by address is left running, disconnected
 
 
 def write_results(spec: Spec, points: list[Point], out: Path) -> None:
