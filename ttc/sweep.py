@@ -47,6 +47,7 @@ import io
 import itertools
 import json
 import os
+import threading
 import time
 import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -398,12 +399,22 @@ _worker: _Workload | None = None
 
 
 def _start_worker(spec: Spec) -> None:
-    """A pool worker's set-up: one thread for torch (the pool already uses the cores), the workload loaded once."""
+    """A pool worker's set-up: one thread for torch (the pool already uses the cores), the workload loaded once,
+    and a watch on the sweep's process."""
     global _worker
     import torch
 
     torch.set_num_threads(1)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     _worker = _Workload(spec)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker once the sweep's process is gone: a sweep killed outright (SIGTERM, SIGKILL) cannot shut
+    its pool down, and its workers would otherwise wait for work forever."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _run_in_worker(point: Point) -> dict:
