@@ -175,6 +175,7 @@ def test_point_ids_are_stable_and_follow_the_model_and_the_settings(tmp_path):
     ("", 'digits = "test"\ninput = "x.npy"', "data: give exactly one of digits"),
     ("", 'digits = "test"\nbatch = 3', "data: unknown key ('batch' was unexpected)"),
     ("", 'input = "missing.npy"', "data.input: no file"),
+    ("", 'digits = "test"\nlabels = "x.npy"', "data.labels: the digits split brings its own labels"),
 ])
 def test_a_bad_spec_is_one_line_naming_the_key(tmp_path, capsys, axes, data, message):
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 1, 8, 8), np.float32))
@@ -192,6 +193,20 @@ def test_a_spec_names_one_model_source_and_a_builder_that_imports(tmp_path):
     both = f'path = "{MODEL}"\nbuilder = "ttc.digits:build_digits_snn"\ninput_shape = "T,N,1,8,8"'
     with pytest.raises(sweep.SweepSpecError, match="model: give exactly one of path"):
         sweep.load_spec(write_spec(tmp_path, "", model=both))
+    fixed_time = f'path = "{MODEL}"\ninput_shape = "4,N,1,8,8"'
+    with pytest.raises(sweep.SweepSpecError, match="model.input_shape: write the time axis as T"):
+        sweep.load_spec(write_spec(tmp_path, "T = [2, 4]", model=fixed_time))
     missing = 'builder = "ttc.digits:build_nothing"\ninput_shape = "T,N,1,8,8"'
     with pytest.raises(sweep.SweepSpecError, match="model.builder: cannot import 'ttc.digits:build_nothing'"):
         sweep.load_spec(write_spec(tmp_path, "", model=missing))
+
+
+def test_a_base_config_that_is_not_a_hardware_config_names_the_file(tmp_path):
+    spec = write_spec(tmp_path, '"hw.array.rows" = [4]')
+    (tmp_path / "mine.toml").write_text("name = 'mine'\n[array\n")
+    spec.write_text(spec.read_text() + '\n[hw]\nbase = "mine.toml"\n')
+    with pytest.raises(sweep.SweepSpecError, match="spec.toml: hw.base: mine.toml: not valid TOML: "):
+        sweep.load_spec(spec)
+    (tmp_path / "mine.toml").write_text("name = 'mine'\n[array]\nrows = 8\n")
+    with pytest.raises(sweep.SweepSpecError, match="spec.toml: hw.base: mine.toml: missing key 'description'"):
+        sweep.load_spec(spec)

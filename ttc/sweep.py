@@ -28,13 +28,14 @@ A spec (TOML):
     "options.tt_rank" = ["2", "4"]               # any compile option (ttc.api.OPTIONS)
     T = [2, 4]                                   # time steps (digits data only)
 
-Each point is identified by a hash of everything that determines its result (model, data, base config,
-fixed options and its axis values), so results in DIR stay valid when the spec grows an axis value, and a
+Each point is identified by a hash of everything that determines its result (ttc's version, model, data,
+base config, fixed options and its axis values), so results in DIR stay valid when the spec grows an axis value, and a
 changed model or data set never reuses them. DIR/points/<id>.json holds the point's report.json dict
-(docs/schema/run.schema.json) plus a `sweep` block (settings, status, accuracy, error); DIR/results.csv
-one row per point. Points whose file exists are not run again (resumption); a point that fails with a
-UserError (keys the config refuses together, a plan the model cannot take) is recorded with its error and
-the sweep goes on. docs/sweep.md describes it all.
+(docs/schema/run.schema.json) plus a `sweep` block (settings, status, error, accuracy, program data
+bytes); DIR/results.csv one row per point; DIR/pareto.csv and pareto.png the Pareto front of chosen
+objectives. Points whose file exists are not run again (resumption); a point that fails with a UserError
+(keys the config refuses together, a plan the model cannot take) is recorded with its error and the sweep
+goes on. Points run in a local process pool, or as Ray tasks (`--ray`). docs/sweep.md describes it all.
 """
 from __future__ import annotations
 
@@ -151,15 +152,16 @@ class Spec:
     axes: dict[str, list]  # axis name -> its values, in the spec's order
 
     def identity(self) -> dict:
-        """What every point's result depends on besides its axis values: the model and data (with their
-        files' digests), the base config and the fixed options."""
-        files = {}
-        for p in (self.model.get("path"), self.data.get("input"), self.data.get("labels")):
-            if p:
-                files[p] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-        return dict(model={k: v for k, v in self.model.items() if k != "path"},
+        """What every point's result depends on besides its axis values: the ttc that runs it, the model and
+        data (files by their digests, not their paths), the base config and the fixed options."""
+        from ttc.isa.program import ttc_version
+
+        files = {role: hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                 for role, path in (("model", self.model.get("path")), ("input", self.data.get("input")),
+                                    ("labels", self.data.get("labels"))) if path}
+        return dict(ttc=ttc_version(), model={k: v for k, v in self.model.items() if k != "path"},
                     data={k: v for k, v in self.data.items() if k not in ("input", "labels")},
-                    files=sorted(files.values()), hw=self.hw_raw, options=self.options)
+                    files=files, hw=self.hw_raw, options=self.options)
 
     def steps(self, settings: dict) -> int | None:
         """A point's time steps: its T, else the digits' steps; None for an .npy input (its own)."""
@@ -243,10 +245,13 @@ def parse_spec(text: str, where: str, base_dir: Path) -> Spec:
         hw_path = base_dir / hw_base
     if not hw_path.is_file():
         raise SweepSpecError(f"{where}: hw.base: no hardware preset or file {hw_base!r}")
-    hw_raw = tomllib.loads(read_text(hw_path))
+    try:
+        hw_raw = tomllib.loads(read_text(hw_path))
+    except tomllib.TOMLDecodeError as e:
+        raise SweepSpecError(f"{where}: hw.base: {hw_path.name}: not valid TOML: {e}") from None
     try:
         hw_from_dict(hw_raw, hw_path.name)
-    except HwConfigError as e:
+    except HwConfigError as e:  # it names the file
         raise SweepSpecError(f"{where}: hw.base: {e}") from None
     options = raw.get("options", {})
     for name, value in options.items():
@@ -278,6 +283,9 @@ def parse_spec(text: str, where: str, base_dir: Path) -> Spec:
                                  "(a compile option)")
         if len({json.dumps(v) for v in values}) != len(values):
             raise SweepSpecError(f"{here}: a value is repeated")
+    if TIME_AXIS in axes and TIME_AXIS not in model["input_shape"].split(","):
+        raise SweepSpecError(f"{where}: model.input_shape: write the time axis as T (\"T,N,1,8,8\") for the T axis "
+                             "to set it")
     if TIME_AXIS in model["input_shape"].split(",") and "input" in data:
         raise SweepSpecError(f"{where}: model.input_shape: T stands for the digits' time steps; give the .npy "
                              "input's shape")
