@@ -144,7 +144,7 @@ def test_the_pareto_front_keeps_exactly_the_points_nothing_dominates():
               fake_point("g", 2, 3, 0.95)]
     assert [p["sweep"]["id"] for p in sweep.pareto_front(points, ("energy", "cycles", "accuracy"))] == ["a", "b", "d", "g", "e"]
     assert [p["sweep"]["id"] for p in sweep.pareto_front(points, ("energy", "cycles"))] == ["a", "b", "d", "e"]
-    with pytest.raises(sweep.SweepSpecError, match="give two or more different objectives of energy, cycles"):
+    with pytest.raises(sweep.SweepError, match="give two or more different objectives of energy, cycles"):
         sweep.parse_objectives("energy,speed")
 
 
@@ -180,7 +180,7 @@ def test_point_ids_are_stable_and_follow_the_model_and_the_settings(tmp_path):
 def test_a_bad_spec_is_one_line_naming_the_key(tmp_path, capsys, axes, data, message):
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 1, 8, 8), np.float32))
     spec = write_spec(tmp_path, axes, **({"data": data} if data else {}))
-    with pytest.raises(sweep.SweepSpecError) as e:
+    with pytest.raises(sweep.SweepError) as e:
         sweep.load_spec(spec)
     assert message in str(e.value) and str(e.value).startswith("spec.toml: ")
     assert main(["sweep", str(spec), "-o", str(tmp_path / "out")]) == 1
@@ -191,13 +191,13 @@ def test_a_bad_spec_is_one_line_naming_the_key(tmp_path, capsys, axes, data, mes
 
 def test_a_spec_names_one_model_source_and_a_builder_that_imports(tmp_path):
     both = f'path = "{MODEL}"\nbuilder = "ttc.digits:build_digits_snn"\ninput_shape = "T,N,1,8,8"'
-    with pytest.raises(sweep.SweepSpecError, match="model: give exactly one of path"):
+    with pytest.raises(sweep.SweepError, match="model: give exactly one of path"):
         sweep.load_spec(write_spec(tmp_path, "", model=both))
     fixed_time = f'path = "{MODEL}"\ninput_shape = "4,N,1,8,8"'
-    with pytest.raises(sweep.SweepSpecError, match="model.input_shape: write the time axis as T"):
+    with pytest.raises(sweep.SweepError, match="model.input_shape: write the time axis as T"):
         sweep.load_spec(write_spec(tmp_path, "T = [2, 4]", model=fixed_time))
     missing = 'builder = "ttc.digits:build_nothing"\ninput_shape = "T,N,1,8,8"'
-    with pytest.raises(sweep.SweepSpecError, match="model.builder: cannot import 'ttc.digits:build_nothing'"):
+    with pytest.raises(sweep.SweepError, match="model.builder: cannot import 'ttc.digits:build_nothing'"):
         sweep.load_spec(write_spec(tmp_path, "", model=missing))
 
 
@@ -205,8 +205,19 @@ def test_a_base_config_that_is_not_a_hardware_config_names_the_file(tmp_path):
     spec = write_spec(tmp_path, '"hw.array.rows" = [4]')
     (tmp_path / "mine.toml").write_text("name = 'mine'\n[array\n")
     spec.write_text(spec.read_text() + '\n[hw]\nbase = "mine.toml"\n')
-    with pytest.raises(sweep.SweepSpecError, match="spec.toml: hw.base: mine.toml: not valid TOML: "):
+    with pytest.raises(sweep.SweepError, match="spec.toml: hw.base: mine.toml: not valid TOML: "):
         sweep.load_spec(spec)
     (tmp_path / "mine.toml").write_text("name = 'mine'\n[array]\nrows = 8\n")
-    with pytest.raises(sweep.SweepSpecError, match="spec.toml: hw.base: mine.toml: missing key 'description'"):
+    with pytest.raises(sweep.SweepError, match="spec.toml: hw.base: mine.toml: missing key 'description'"):
         sweep.load_spec(spec)
+
+
+def test_the_command_runs_a_spec_into_a_directory_or_reports_one(tmp_path, capsys):
+    assert main(["sweep", "--report", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"ttc: error: {tmp_path}: no sweep results (no points/*.json)\n"
+    spec = write_spec(tmp_path, '"hw.array.rows" = [4]')
+    for args in ([str(spec)], [str(spec), "--report", str(tmp_path)], ["-o", str(tmp_path)]):
+        assert main(["sweep", *args]) == 1
+        assert "give a spec and -o DIR to run a sweep, or --report DIR" in capsys.readouterr().err
+    assert main(["sweep", str(spec), "-o", str(tmp_path / "out"), "--objectives", "energy"]) == 1
+    assert "--objectives 'energy': give two or more different objectives" in capsys.readouterr().err

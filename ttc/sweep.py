@@ -81,8 +81,9 @@ DEFAULT_OBJECTIVES = ("energy", "cycles", "accuracy")
 PARETO_CSV, PARETO_PNG = "pareto.csv", "pareto.png"
 
 
-class SweepSpecError(UserError):
-    """A sweep spec that cannot be run: the message names the file and the key."""
+class SweepError(UserError):
+    """A sweep that cannot run: a bad spec (the message names the file and the key), a results directory
+    without results, --ray without Ray."""
 
 
 #: The spec's structure; the values of hardware keys and compile options are checked against their own
@@ -192,12 +193,12 @@ def _hw_key(path: str, where: str):
         keys = sections[""].keys
     else:
         known = [f"hw.{s.name}.KEY" for s in SCHEMA if s.name] + [f"hw.buffers.{b}.KEY" for b in BUFFERS]
-        raise SweepSpecError(f"{where}: names no hardware-config section (known: {', '.join(known)}; "
+        raise SweepError(f"{where}: names no hardware-config section (known: {', '.join(known)}; "
                              "keys: docs/hardware-config.md)")
     for key in keys:
         if key.name == parts[-1]:
             return key
-    raise SweepSpecError(f"{where}: unknown hardware-config key {parts[-1]!r} "
+    raise SweepError(f"{where}: unknown hardware-config key {parts[-1]!r} "
                          f"(known: {', '.join(k.name for k in keys)})")
 
 
@@ -206,15 +207,15 @@ def _check_option(name: str, value, where: str) -> None:
 
     by_name = {o.name: o for o in user_options()}
     if name not in by_name:
-        raise SweepSpecError(f"{where}: unknown compile option {name!r} (options: {', '.join(by_name)})")
+        raise SweepError(f"{where}: unknown compile option {name!r} (options: {', '.join(by_name)})")
     o = by_name[name]
     kind = type(o.default)
     # TOML's integers are fine floats, and fine ranks (tt_rank = 4 as well as "4" or "conv1=2"); a bool is neither
     ok = isinstance(value, kind) or (kind in (float, str) and isinstance(value, int))
     if isinstance(value, bool) or not ok:
-        raise SweepSpecError(f"{where}: {name} must be {kind.__name__}, got {value!r}")
+        raise SweepError(f"{where}: {name} must be {kind.__name__}, got {value!r}")
     if o.choices and value not in o.choices:
-        raise SweepSpecError(f"{where}: {name} must be one of {', '.join(map(str, o.choices))}, got {value!r}")
+        raise SweepError(f"{where}: {name} must be one of {', '.join(map(str, o.choices))}, got {value!r}")
 
 
 def parse_spec(text: str, where: str, base_dir: Path) -> Spec:
@@ -222,37 +223,37 @@ def parse_spec(text: str, where: str, base_dir: Path) -> Spec:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise SweepSpecError(f"{where}: not valid TOML: {e}") from None
+        raise SweepError(f"{where}: not valid TOML: {e}") from None
     errors = sorted(jsonschema.Draft202012Validator(SPEC_SCHEMA).iter_errors(raw), key=lambda e: list(e.path))
     if errors:
         e = errors[0]
         key = ".".join(map(str, e.absolute_path)) or "the top level"
-        raise SweepSpecError(f"{where}: {key}: {_schema_message(e)}")
+        raise SweepError(f"{where}: {key}: {_schema_message(e)}")
     model, data = dict(raw["model"]), dict(raw["data"])
     for table, key in ((model, "path"), (data, "input"), (data, "labels")):
         if key in table:
             path = (base_dir / table[key]).resolve()
             if not path.is_file():
-                raise SweepSpecError(f"{where}: {'model' if table is model else 'data'}.{key}: no file {str(path)!r}")
+                raise SweepError(f"{where}: {'model' if table is model else 'data'}.{key}: no file {str(path)!r}")
             table[key] = str(path)
     if "labels" in data and "digits" in data:
-        raise SweepSpecError(f"{where}: data.labels: the digits split brings its own labels")
+        raise SweepError(f"{where}: data.labels: the digits split brings its own labels")
     if "steps" in data and "input" in data:
-        raise SweepSpecError(f"{where}: data.steps: an .npy input has its own time steps")
+        raise SweepError(f"{where}: data.steps: an .npy input has its own time steps")
     hw_base = raw.get("hw", {}).get("base", "sata")
     hw_path = PRESET_DIR / f"{hw_base}.toml"
     if not hw_path.is_file():
         hw_path = base_dir / hw_base
     if not hw_path.is_file():
-        raise SweepSpecError(f"{where}: hw.base: no hardware preset or file {hw_base!r}")
+        raise SweepError(f"{where}: hw.base: no hardware preset or file {hw_base!r}")
     try:
         hw_raw = tomllib.loads(read_text(hw_path))
     except tomllib.TOMLDecodeError as e:
-        raise SweepSpecError(f"{where}: hw.base: {hw_path.name}: not valid TOML: {e}") from None
+        raise SweepError(f"{where}: hw.base: {hw_path.name}: not valid TOML: {e}") from None
     try:
         hw_from_dict(hw_raw, hw_path.name)
     except HwConfigError as e:  # it names the file
-        raise SweepSpecError(f"{where}: hw.base: {e}") from None
+        raise SweepError(f"{where}: hw.base: {e}") from None
     options = raw.get("options", {})
     for name, value in options.items():
         _check_option(name, value, f"{where}: options")
@@ -261,33 +262,33 @@ def parse_spec(text: str, where: str, base_dir: Path) -> Spec:
         here = f"{where}: axes.{name!r}"
         if name == TIME_AXIS:
             if "input" in data:
-                raise SweepSpecError(f"{here}: an .npy input has its own time steps; sweep T over the digits data")
+                raise SweepError(f"{here}: an .npy input has its own time steps; sweep T over the digits data")
             for v in values:
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise SweepSpecError(f"{here}: time steps must be positive integers, got {v!r}")
+                    raise SweepError(f"{here}: time steps must be positive integers, got {v!r}")
         elif name.startswith("hw."):
             key = _hw_key(name, here)
             for v in values:
                 try:
                     key.check(v, here)
                 except HwConfigError as e:
-                    raise SweepSpecError(str(e)) from None
+                    raise SweepError(str(e)) from None
         elif name.startswith("options."):
             opt = name.removeprefix("options.")
             if opt in options:
-                raise SweepSpecError(f"{here}: {opt} is also fixed in [options]")
+                raise SweepError(f"{here}: {opt} is also fixed in [options]")
             for v in values:
                 _check_option(opt, v, here)
         else:
-            raise SweepSpecError(f"{here}: an axis is T, hw.SECTION.KEY (a hardware-config key) or options.NAME "
+            raise SweepError(f"{here}: an axis is T, hw.SECTION.KEY (a hardware-config key) or options.NAME "
                                  "(a compile option)")
         if len({json.dumps(v) for v in values}) != len(values):
-            raise SweepSpecError(f"{here}: a value is repeated")
+            raise SweepError(f"{here}: a value is repeated")
     if TIME_AXIS in axes and TIME_AXIS not in model["input_shape"].split(","):
-        raise SweepSpecError(f"{where}: model.input_shape: write the time axis as T (\"T,N,1,8,8\") for the T axis "
+        raise SweepError(f"{where}: model.input_shape: write the time axis as T (\"T,N,1,8,8\") for the T axis "
                              "to set it")
     if TIME_AXIS in model["input_shape"].split(",") and "input" in data:
-        raise SweepSpecError(f"{where}: model.input_shape: T stands for the digits' time steps; give the .npy "
+        raise SweepError(f"{where}: model.input_shape: T stands for the digits' time steps; give the .npy "
                              "input's shape")
     if "builder" in model:
         _builder(model["builder"], where)
@@ -300,7 +301,7 @@ def _builder(name: str, where: str):
     try:
         return getattr(importlib.import_module(module), function)
     except (ImportError, AttributeError) as e:
-        raise SweepSpecError(f"{where}: model.builder: cannot import {name!r}: {e}") from None
+        raise SweepError(f"{where}: model.builder: cannot import {name!r}: {e}") from None
 
 
 def _schema_message(e: jsonschema.ValidationError) -> str:
@@ -501,12 +502,12 @@ def _run_on_ray(spec: Spec, todo: list[Point], address: str, workers: int, done)
     try:
         import ray
     except ImportError:
-        raise SweepSpecError("--ray needs Ray: pip install 'ttc[sweep]'") from None
+        raise SweepError("--ray needs Ray: pip install 'ttc[sweep]'") from None
     local = address == "local"
     try:
         ray.init(address=address, num_cpus=workers if local else None, include_dashboard=False, log_to_driver=False)
     except ConnectionError as e:
-        raise SweepSpecError(f"--ray {address}: {e}") from None
+        raise SweepError(f"--ray {address}: {e}") from None
     try:
         work = ray.put(_Workload(spec))
         task = ray.remote(max_retries=RAY_RETRIES)(_ray_point)
@@ -545,7 +546,7 @@ def read_points(out: str | Path) -> list[dict]:
     """Every point file in `out`/points, by id."""
     files = sorted((Path(out) / POINTS).glob("*.json"))
     if not files:
-        raise SweepSpecError(f"{out}: no sweep results (no {POINTS}/*.json)")
+        raise SweepError(f"{out}: no sweep results (no {POINTS}/*.json)")
     return [json.loads(f.read_text()) for f in files]
 
 
@@ -553,7 +554,7 @@ def parse_objectives(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(","))
     unknown = [n for n in names if n not in OBJECTIVES]
     if unknown or len(names) < 2 or len(set(names)) != len(names):
-        raise SweepSpecError(f"--objectives {text!r}: give two or more different objectives of "
+        raise SweepError(f"--objectives {text!r}: give two or more different objectives of "
                              f"{', '.join(OBJECTIVES)}")
     return names
 
@@ -583,7 +584,7 @@ def write_pareto(out: str | Path, objectives: tuple[str, ...] | None = None) -> 
     if objectives is None:
         objectives = tuple(o for o in DEFAULT_OBJECTIVES if not (unlabelled and o == "accuracy"))
     elif unlabelled and "accuracy" in objectives:
-        raise SweepSpecError(f"{out}: no point has an accuracy (the sweep's data has no labels); choose other objectives")
+        raise SweepError(f"{out}: no point has an accuracy (the sweep's data has no labels); choose other objectives")
     front = pareto_front(results, objectives)
     axes = list(dict.fromkeys(k for r in results for k in r["sweep"]["settings"]))
     buf = io.StringIO()
