@@ -97,6 +97,7 @@ def test_one_and_two_workers_give_identical_result_files(tmp_path):
     assert (tmp_path / "one" / "results.csv").read_text() == (tmp_path / "two" / "results.csv").read_text()
 
 
+@pytest.mark.slow  # starting a local Ray takes seconds
 def test_ray_tasks_give_the_same_result_files_as_the_process_pool(tmp_path):
     pytest.importorskip("ray", reason="Ray is the optional extra ttc[sweep]")
     spec = sweep.load_spec(write_spec(tmp_path, f'"hw.array.rows" = [4, 8]\n"hw.array.groups" = [{BAD_GROUPS}, 2]'))
