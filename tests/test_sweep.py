@@ -99,7 +99,6 @@ def test_one_and_two_workers_give_identical_result_files(tmp_path):
 
 @pytest.mark.slow  # starting a local Ray takes seconds
 def test_ray_tasks_give_the_same_result_files_as_the_process_pool(tmp_path):
-    pytest.importorskip("ray", reason="Ray is the optional extra ttc[sweep]")
     spec = sweep.load_spec(write_spec(tmp_path, f'"hw.array.rows" = [4, 8]\n"hw.array.groups" = [{BAD_GROUPS}, 2]'))
     sweep.run_sweep(spec, tmp_path / "pool", workers=1)
     summary = sweep.run_sweep(spec, tmp_path / "ray", workers=2, ray_address="local")
