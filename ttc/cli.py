@@ -515,6 +515,27 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_sweep(a) -> int:
+    from ttc.sweep import format_front, load_spec, parse_objectives, run_sweep, write_pareto
+
+    if (a.spec is None) == (a.report is None) or (a.report is None) == (a.output is None):
+        raise CliError("give a spec and -o DIR to run a sweep, or --report DIR to redraw its Pareto front")
+    if a.workers is not None and a.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {a.workers}")
+    objectives = None if a.objectives is None else parse_objectives(a.objectives)
+    out = a.report
+    if a.spec is not None:
+        if not Path(a.spec).is_file():
+            raise CliError(f"{a.spec}: no such file")
+        s = run_sweep(load_spec(a.spec), a.output, a.workers, a.ray)
+        print(f"sweep {a.spec}: {s.points} points, {s.ran} run ({s.failed} failed), {s.skipped} kept from earlier "
+              f"runs, in {s.seconds:.1f} s; results in {Path(a.output) / 'results.csv'}")
+        out = a.output
+    objectives, front = write_pareto(out, objectives)
+    print(format_front(front, objectives))
+    return 0
+
+
 def cmd_asm(a) -> int:
     from ttc.isa.asm import assemble
 
@@ -719,6 +740,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--trust-model", action="store_true", help=trust_help)
     tr.add_argument("--json", action="store_true", help="print the epochs' statistics as JSON")
     tr.set_defaults(fn=cmd_train)
+
+    sw = sub.add_parser("sweep", parents=[verbose], help="compile and simulate a model at every point of a design space")
+    sw.add_argument("spec", nargs="?", help="the sweep spec (TOML: model, data, base hardware config, axes; "
+                    "docs/sweep.md)")
+    sw.add_argument("-o", "--output", metavar="DIR", help="where points/<id>.json, results.csv and the Pareto front "
+                    "(pareto.csv, pareto.png) go; points already there are not run again")
+    sw.add_argument("--workers", type=int, metavar="N", help="processes running points (default: one per core)")
+    sw.add_argument("--ray", metavar="ADDRESS", help="run the points as Ray tasks on the cluster at ADDRESS (auto: "
+                    "the one this machine belongs to; local: start one here with --workers CPUs); needs ttc[sweep]")
+    sw.add_argument("--report", metavar="DIR", help="instead of running: redraw DIR's Pareto front from its point files")
+    sw.add_argument("--objectives", metavar="A,B,..", help="the Pareto front's objectives, of energy, cycles, latency, "
+                    "accuracy, data_bytes (default energy,cycles,accuracy; without accuracy when the data has no labels)")
+    sw.set_defaults(fn=cmd_sweep)
 
     s = sub.add_parser("asm", parents=[verbose], help="assemble text assembly into prog.bin")
     s.add_argument("source")
