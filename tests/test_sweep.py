@@ -166,6 +166,11 @@ def test_point_ids_are_stable_and_follow_the_model_and_the_settings(tmp_path):
     ('"hw.buffers.wgt.kib" = ["big"]', None, "kib must be a number, got 'big'"),
     ('"hw.array.rows" = []', None, "axes.hw.array.rows: [] should be non-empty"),
     ('"hw.array.rows" = [4, 4]', None, "a value is repeated"),
+    ('"hw.array.rows" = { from = 8, to = 4 }', None, "the range ends (4) before it starts (8)"),
+    ('"hw.array.rows" = { from = 4, to = 8, step = 0 }', None, "step: 0 is less than or equal to the minimum of 0"),
+    ('"hw.array.rows" = { from = 4, to = 8, step = 2, times = 2 }', None, "a step or a factor (times), not both"),
+    ('"hw.array.rows" = { from = 4, upto = 8 }', None, "axes.hw.array.rows: unknown key ('upto' was unexpected)"),
+    ('"hw.array.rows" = { from = 4 }', None, "'to' is a required property"),
     ('"options.tt_rnk" = ["2"]', None, "unknown compile option 'tt_rnk'"),
     ('"options.objective" = ["speed"]', None, "objective must be one of"),
     ("T = [0]", None, "time steps must be positive integers, got 0"),
@@ -187,6 +192,16 @@ def test_a_bad_spec_is_one_line_naming_the_key(tmp_path, capsys, axes, data, mes
     err = capsys.readouterr().err
     assert err.startswith("ttc: error: spec.toml: ") and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_an_axis_given_as_a_range_is_the_list_it_spans(tmp_path):
+    listed = [p.id for p in sweep.load_spec(write_spec(tmp_path, '"hw.array.rows" = [4, 8, 12, 16]')).points()]
+    stepped = sweep.load_spec(write_spec(tmp_path, '"hw.array.rows" = { from = 4, to = 16, step = 4 }')).points()
+    assert [p.id for p in stepped] == listed
+    doubled = sweep.load_spec(write_spec(tmp_path, '"hw.buffers.wgt.kib" = { from = 16, to = 144, times = 2 }'))
+    assert [p.settings["hw.buffers.wgt.kib"] for p in doubled.points()] == [16, 32, 64, 128]
+    halves = sweep.load_spec(write_spec(tmp_path, '"hw.array.frequency_mhz" = { from = 100.0, to = 200.0, step = 50.0 }'))
+    assert [p.settings["hw.array.frequency_mhz"] for p in halves.points()] == [100.0, 150.0, 200.0]
 
 
 def test_a_spec_names_one_model_source_and_a_builder_that_imports(tmp_path):

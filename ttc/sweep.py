@@ -24,7 +24,7 @@ A spec (TOML):
 
     [axes]
     "hw.array.rows" = [4, 8, 16]                 # any hardware-config key, by its dotted path
-    "hw.buffers.wgt.kib" = [16, 144]
+    "hw.buffers.wgt.kib" = { from = 16, to = 128, times = 2 }   # a range: 16, 32, 64, 128 (or a step)
     "options.tt_rank" = ["2", "4"]               # any compile option (ttc.api.OPTIONS)
     T = [2, 4]                                   # time steps (digits data only)
 
@@ -126,7 +126,12 @@ SPEC_SCHEMA = {
         "options": {"type": "object"},
         "axes": {
             "type": "object",
-            "additionalProperties": {"type": "array", "minItems": 1},
+            # a list of values, or a range (`_range`): each keyword applies to its type alone
+            "additionalProperties": {
+                "type": ["array", "object"], "minItems": 1, "additionalProperties": False, "required": ["from", "to"],
+                "properties": {"from": {"type": "number"}, "to": {"type": "number"},
+                               "step": {"type": "number", "exclusiveMinimum": 0},
+                               "times": {"type": "number", "exclusiveMinimum": 1}}},
         },
     },
 }
@@ -257,7 +262,8 @@ def parse_spec(text: str, where: str, base_dir: Path) -> Spec:
     options = raw.get("options", {})
     for name, value in options.items():
         _check_option(name, value, f"{where}: options")
-    axes = raw["axes"]
+    axes = {name: _range(values, f"{where}: axes.{name!r}") if isinstance(values, dict) else values
+            for name, values in raw["axes"].items()}
     for name, values in axes.items():
         here = f"{where}: axes.{name!r}"
         if name == TIME_AXIS:
@@ -293,6 +299,27 @@ def parse_spec(text: str, where: str, base_dir: Path) -> Spec:
     if "builder" in model:
         _builder(model["builder"], where)
     return Spec(where, model, data, hw_base, hw_raw, options, axes)
+
+
+def _range(r: dict, where: str) -> list:
+    """An axis given as a range: `from`, `from + step`, ... or `from`, `from * times`, ... (step 1 when neither
+    is given) up to `to` inclusive; integers when `from` and the step or factor are."""
+    lo, hi, step, times = r["from"], r["to"], r.get("step"), r.get("times")
+    if step is not None and times is not None:
+        raise SweepError(f"{where}: a range has a step or a factor (times), not both")
+    if hi < lo:
+        raise SweepError(f"{where}: the range ends ({hi}) before it starts ({lo})")
+    if times is not None and lo <= 0:
+        raise SweepError(f"{where}: a range of factors starts above 0, got from = {lo}")
+    step = 1 if step is None and times is None else step
+    whole = isinstance(lo, int) and isinstance(step if times is None else times, int)
+    values, k = [], 0
+    while True:
+        v = lo * times ** k if times is not None else lo + k * step
+        if v > hi * (1 + 1e-12):  # (a float step may land a rounding error past `to`)
+            return values
+        values.append(int(v) if whole else v)
+        k += 1
 
 
 def _builder(name: str, where: str):
