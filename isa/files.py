@@ -65,13 +65,14 @@ def make_dirs(directory: str | Path) -> None:
         pending.created += missing
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], object], at_once: bool = False) -> None:
     """Make `path` hold what `write(tmp)` writes to the file `tmp`, or leave it as it was.
 
     `tmp` is a new file with a unique name in the directory of `path` (so that two writers never share
     it and the final rename stays within one file system, where it is atomic); it is renamed onto `path`
-    once `write` returns (inside `all_or_nothing`: when the block ends), and removed if anything fails,
-    interruption included."""
+    once `write` returns (inside `all_or_nothing`: when the block ends, unless `at_once`: an output that
+    must outlive a command that fails later, such as a sweep's finished points), and removed if anything
+    fails, interruption included."""
     path = Path(path)
     try:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -85,7 +86,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    pending = _PENDING.get()
+    pending = None if at_once else _PENDING.get()
     if pending is None:
         os.replace(tmp, path)
     else:

@@ -192,8 +192,7 @@ class JitMachine(Machine):
         """The NumPy handler's actions, from the kernel's counts."""
         op, out = i.op, self.out
         if op == "sconv":
-            per_sample, planes = self.per_sample, i["planes"]
-            adds = per_sample[:, 1].copy() if planes == 1 else per_sample[:, 1:1 + planes].sum(axis=1)
+            adds = self.per_sample[:, 1:1 + i["planes"]].sum(axis=1)
             self.charge_samples(spike_add_action(i["wfmt"]), adds)
             self.record_work(i, lambda: self._spikes(i), adds)
             return sconv_actions(i, self.batch, [int(out[1 + k]) for k in range(i["planes"])])

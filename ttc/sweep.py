@@ -39,7 +39,6 @@ goes on. Points run in a local process pool, or as Ray tasks (`--ray`). docs/swe
 """
 from __future__ import annotations
 
-import contextvars
 import copy
 import csv
 import hashlib
@@ -459,9 +458,9 @@ def _run_in_worker(point: Point) -> dict:
 
 def _write_now(path: Path, result: dict) -> None:
     """Write a point's file at once, even inside a command's all-or-nothing block: an interrupted sweep must
-    keep the points it finished (resumption). A fresh context holds no pending outputs."""
+    keep the points it finished (resumption)."""
     text = json.dumps(result, indent=1, sort_keys=True) + "\n"
-    contextvars.Context().run(atomic_write, path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text), at_once=True)
 
 
 @dataclass
