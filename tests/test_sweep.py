@@ -117,6 +117,47 @@ def test_a_builder_with_parameters_and_a_compile_option_axis(tmp_path):
     assert results[0]["actions_per_inference"] != results[1]["actions_per_inference"]
 
 
+def test_a_builder_parameter_axis_builds_one_model_per_value_once(tmp_path, monkeypatch):
+    model = 'builder = "ttc.digits:build_tt_digits_snn"\nparams = { variant = "stt" }\ninput_shape = "T,N,1,8,8"'
+    spec = sweep.load_spec(write_spec(tmp_path, '"params.rank" = [2, 4]\n"hw.array.skip" = ["none", "event"]', model=model))
+    built = []
+    builder = sweep._builder
+
+    def counting(name, where):
+        function = builder(name, where)
+        return lambda **params: built.append(params) or function(**params)
+
+    monkeypatch.setattr(sweep, "_builder", counting)
+    sweep.run_sweep(spec, tmp_path / "out", workers=1)
+    assert built == [dict(variant="stt", rank=2), dict(variant="stt", rank=4)]  # per value, not per point
+    results = points_of(tmp_path / "out").values()
+    assert [r["sweep"]["status"] for r in results] == ["ok"] * 4
+    data = {(r["sweep"]["settings"]["params.rank"], r["sweep"]["settings"]["hw.array.skip"]): r["sweep"]["program_data_bytes"]
+            for r in results}
+    # the rank reaches the model (its cores' bytes); the skip mode does not change the program's data
+    assert data[2, "none"] == data[2, "event"] < data[4, "none"] == data[4, "event"]
+    # resumed, only the models of the missing points are built
+    for r in results:
+        if r["sweep"]["settings"]["params.rank"] == 4:
+            (tmp_path / "out" / "points" / f"{r['sweep']['id']}.json").unlink()
+    built.clear()
+    assert sweep.run_sweep(spec, tmp_path / "out", workers=1).ran == 2 and built == [dict(variant="stt", rank=4)]
+
+
+def test_the_trained_tt_builder_is_deterministic_on_one_thread():
+    import torch
+
+    from ttc.digits import build_tt_digits_snn, train_tt_digits_snn
+
+    threads = torch.get_num_threads()
+    a, b = (train_tt_digits_snn(rank=2, epochs=1).state_dict() for _ in range(2))
+    assert torch.get_num_threads() == threads
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(0)
+    untrained = build_tt_digits_snn("stt", 2).state_dict()
+    assert not all(torch.equal(a[k], untrained[k]) for k in a)  # it trained
+
+
 def test_npy_data_with_labels_gives_the_accuracy_and_cites_the_file(tmp_path):
     _, _, x, y = load_digits_split(2)
     np.save(tmp_path / "x.npy", x[:, :6])
@@ -214,6 +255,16 @@ def test_a_spec_names_one_model_source_and_a_builder_that_imports(tmp_path):
     missing = 'builder = "ttc.digits:build_nothing"\ninput_shape = "T,N,1,8,8"'
     with pytest.raises(sweep.SweepError, match="model.builder: cannot import 'ttc.digits:build_nothing'"):
         sweep.load_spec(write_spec(tmp_path, "", model=missing))
+    with pytest.raises(sweep.SweepError, match="axes.'params.rank': a builder-parameter axis needs model.builder"):
+        sweep.load_spec(write_spec(tmp_path, '"params.rank" = [2]'))
+    tt = 'builder = "ttc.digits:build_tt_digits_snn"\nparams = { rank = 2 }\ninput_shape = "T,N,1,8,8"'
+    with pytest.raises(sweep.SweepError, match="axes.'params.rank': rank is also fixed in model.params"):
+        sweep.load_spec(write_spec(tmp_path, '"params.rank" = [2, 4]', model=tt))
+    with pytest.raises(sweep.SweepError, match="model.builder: ttc.digits:build_tt_digits_snn takes no parameter "
+                                               "'ranks' \\(it takes: variant, rank\\)"):
+        sweep.load_spec(write_spec(tmp_path, '"params.ranks" = [2, 4]', model=tt.replace("rank = 2", "")))
+    with pytest.raises(sweep.SweepError, match="a builder parameter's value is a string, number or boolean"):
+        sweep.load_spec(write_spec(tmp_path, '"params.variant" = [["stt"]]', model=tt))
 
 
 def test_a_base_config_that_is_not_a_hardware_config_names_the_file(tmp_path):

@@ -51,6 +51,19 @@ def build_tt_digits_snn(variant: str = "stt", rank: int = 4) -> nn.Sequential:
         M.Flatten(), M.Linear(128, 10), M.TimeMean())
 
 
+def train_tt_digits_snn(rank: int = 4, variant: str = "stt", epochs: int = 20, seed: int = 0) -> nn.Sequential:
+    """`build_tt_digits_snn(variant, rank)` trained on the digits' training split by examples/digits/train.py's
+    recipe for `epochs` epochs (about 10 s at 20): the model builder a sweep over TT ranks trains a model
+    per rank with. Deterministic: seeded, and on one thread whatever torch's setting (which is restored)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        return train(build_tt_digits_snn(variant, rank), epochs, verbose=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def build_mt_digits_snn(levels: int = 4, mode: str = "parallel") -> nn.Sequential:
     """[T, N, 1, 8, 8] -> [N, 10], the MT-SNN example (docs/mt.md): two conv-BN blocks of multi-threshold
     PLIF neurons (`levels` thresholds in `mode`; threshold 1, learnt decay), the second conv strided by 2
@@ -129,8 +142,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def train(model: nn.Module, epochs: int, static: bool = False, batch: int = 64, lr: float = 3e-3,
-          steps: int = STEPS) -> nn.Module:
-    """`static`: the model takes the image [N, 1, 8, 8] once (an ANN), not repeated over `steps` time steps."""
+          steps: int = STEPS, verbose: bool = True) -> nn.Module:
+    """`static`: the model takes the image [N, 1, 8, 8] once (an ANN), not repeated over `steps` time steps;
+    `verbose`: print the accuracies every 10 epochs."""
     x_tr, y_tr, x_te, y_te = (torch.from_numpy(a) for a in load_digits_split(steps))
     if static:
         x_tr, x_te = x_tr[0], x_te[0]
@@ -145,6 +159,6 @@ def train(model: nn.Module, epochs: int, static: bool = False, batch: int = 64, 
             loss.backward()
             opt.step()
         sched.step()
-        if (epoch + 1) % 10 == 0:
+        if verbose and (epoch + 1) % 10 == 0:
             print(f"epoch {epoch + 1}: train {accuracy(model, x_tr, y_tr):.4f}, held-out {accuracy(model, x_te, y_te):.4f}")
     return model.eval()

@@ -1,12 +1,13 @@
 """Design-space sweeps (`ttc sweep SPEC.toml -o DIR`): one model and data set compiled and simulated at
-every point of the cartesian product of a spec's axes (hardware-config keys, compile options, time steps).
+every point of the cartesian product of a spec's axes (hardware-config keys, compile options, time steps,
+the model builder's parameters).
 
 A spec (TOML):
 
     [model]
     path = "digits_snn.pt"                       # a torch.save'd model (relative to the spec), or
-    # builder = "ttc.digits:build_tt_digits_snn" # a function returning one, called with `params`
-    # params = { rank = 4 }
+    # builder = "ttc.digits:train_tt_digits_snn" # a function returning one, called with `params`
+    # params = { variant = "stt" }                # (and the point's params.* axes)
     input_shape = "T,N,1,8,8"                    # T: the point's time steps
 
     [data]
@@ -26,6 +27,7 @@ A spec (TOML):
     "hw.array.rows" = [4, 8, 16]                 # any hardware-config key, by its dotted path
     "hw.buffers.wgt.kib" = { from = 16, to = 128, times = 2 }   # a range: 16, 32, 64, 128 (or a step)
     "options.tt_rank" = ["2", "4"]               # any compile option (ttc.api.OPTIONS)
+    # "params.rank" = [2, 4, 8]                  # a builder parameter: a model built per value
     T = [2, 4]                                   # time steps (digits data only)
 
 Each point is identified by a hash of everything that determines its result (ttc's version, model, data,
@@ -35,7 +37,9 @@ changed model or data set never reuses them. DIR/points/<id>.json holds the poin
 bytes); DIR/results.csv one row per point; DIR/pareto.csv and pareto.png the Pareto front of chosen
 objectives. Points whose file exists are not run again (resumption); a point that fails with a UserError
 (keys the config refuses together, a plan the model cannot take) is recorded with its error and the sweep
-goes on. Points run in a local process pool, or as Ray tasks (`--ray`). docs/sweep.md describes it all.
+goes on. The sweep's process loads the model (or builds one per combination of builder-parameter values) and
+the data once, and ships them to the points, which run in a local process pool or as Ray tasks (`--ray`).
+docs/sweep.md describes it all.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ import copy
 import csv
 import hashlib
 import importlib
+import inspect
 import io
 import itertools
 import json
@@ -65,6 +70,7 @@ from ttc.isa.files import atomic_write, make_dirs, read_text
 from ttc.isa.hwconfig import BUFFER_KEYS, BUFFERS, PRESET_DIR, SCHEMA, HwConfigError, hw_from_dict
 
 TIME_AXIS = "T"
+HW, OPTION, PARAM = "hw.", "options.", "params."  # the prefixes of the other axes' names
 POINTS = "points"
 RESULTS = "results.csv"
 #: The CSV's figures after the axes: per inference, from the report; the accuracy on the labels and the bytes
@@ -271,22 +277,31 @@ def parse_spec(text: str, where: str, base_dir: Path) -> Spec:
             for v in values:
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     raise SweepError(f"{here}: time steps must be positive integers, got {v!r}")
-        elif name.startswith("hw."):
+        elif name.startswith(HW):
             key = _hw_key(name, here)
             for v in values:
                 try:
                     key.check(v, here)
                 except HwConfigError as e:
                     raise SweepError(str(e)) from None
-        elif name.startswith("options."):
-            opt = name.removeprefix("options.")
+        elif name.startswith(OPTION):
+            opt = name.removeprefix(OPTION)
             if opt in options:
                 raise SweepError(f"{here}: {opt} is also fixed in [options]")
             for v in values:
                 _check_option(opt, v, here)
+        elif name.startswith(PARAM):
+            param = name.removeprefix(PARAM)
+            if "builder" not in model:
+                raise SweepError(f"{here}: a builder-parameter axis needs model.builder, not a saved model")
+            if param in model.get("params", {}):
+                raise SweepError(f"{here}: {param} is also fixed in model.params")
+            for v in values:
+                if not isinstance(v, (str, int, float, bool)):
+                    raise SweepError(f"{here}: a builder parameter's value is a string, number or boolean, got {v!r}")
         else:
-            raise SweepError(f"{here}: an axis is T, hw.SECTION.KEY (a hardware-config key) or options.NAME "
-                                 "(a compile option)")
+            raise SweepError(f"{here}: an axis is T, hw.SECTION.KEY (a hardware-config key), options.NAME "
+                                 "(a compile option) or params.NAME (a parameter of model.builder)")
         if len({json.dumps(v) for v in values}) != len(values):
             raise SweepError(f"{here}: a value is repeated")
     if TIME_AXIS in axes and TIME_AXIS not in model["input_shape"].split(","):
@@ -296,7 +311,8 @@ def parse_spec(text: str, where: str, base_dir: Path) -> Spec:
         raise SweepError(f"{where}: model.input_shape: T stands for the digits' time steps; give the .npy "
                              "input's shape")
     if "builder" in model:
-        _builder(model["builder"], where)
+        _check_params(_builder(model["builder"], where), [*model.get("params", {}),
+                      *(a.removeprefix(PARAM) for a in axes if a.startswith(PARAM))], f"{where}: model.builder")
     return Spec(where, model, data, hw_base, hw_raw, options, axes)
 
 
@@ -330,6 +346,17 @@ def _builder(name: str, where: str):
         raise SweepError(f"{where}: model.builder: cannot import {name!r}: {e}") from None
 
 
+def _check_params(builder, names: list[str], where: str) -> None:
+    """Every parameter the spec gives the builder is one it takes."""
+    signature = inspect.signature(builder)
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        return
+    for name in names:
+        if name not in signature.parameters:
+            raise SweepError(f"{where}: {builder.__module__}:{builder.__name__} takes no parameter {name!r} "
+                             f"(it takes: {', '.join(signature.parameters) or 'none'})")
+
+
 def _schema_message(e: jsonschema.ValidationError) -> str:
     """jsonschema's message, in the spec's words for the cases it says least clearly."""
     if e.validator == "oneOf" and e.absolute_path and e.absolute_path[-1] == "model":
@@ -349,25 +376,42 @@ def load_spec(path: str | Path) -> Spec:
 # ---- one point ------------------------------------------------------------------------------------------
 
 class _Workload:
-    """The model and data of a sweep, loaded once: in the sweep's process, in each pool worker, or in the Ray
-    driver, which ships it to the cluster (so that no node needs the spec's files)."""
+    """The models and data the points to run need, loaded once in the sweep's process and shipped to the pool's
+    workers or the Ray cluster's object store (so that no node needs the spec's files, and every point of a
+    builder's model sees the same weights)."""
 
-    def __init__(self, spec: Spec) -> None:
-        import torch
-
+    def __init__(self, spec: Spec, points: list[Point]) -> None:
         from ttc import api
         from ttc.runtime.provenance import input_provenance
 
         self.spec = spec
         if "path" in spec.model:
-            self.model = api.load_model(spec.model["path"], spec.model.get("trust", False))
+            self.models = {_model_key({}): api.load_model(spec.model["path"], spec.model.get("trust", False))}
         else:
-            torch.manual_seed(0)  # an untrained model's weights: the same in every process
-            self.model = _builder(spec.model["builder"], spec.where)(**spec.model.get("params", {}))
+            self.models = self._build({_model_key(p.settings): p.settings for p in points})
         #: (x, labels or None) by time steps: every T the points use (digits), or the .npy input (None)
-        self.data = {steps: self._load(steps) for steps in spec.axes.get(TIME_AXIS, [spec.steps({})])}
+        self.data = {steps: self._load(steps) for steps in dict.fromkeys(spec.steps(p.settings) for p in points)}
         # an .npy input is cited by its file; the digits split by the spec, which the point's id covers
         self.input_source = input_provenance(self.data[None][0], spec.data["input"]) if "input" in spec.data else None
+
+    def _build(self, settings_by_model: dict[str, dict]) -> dict:
+        """The builder's model for each key of `settings_by_model` (`_model_key`), called with the fixed
+        params and the params.* axes' values of that key's settings."""
+        import torch
+
+        builder = _builder(self.spec.model["builder"], self.spec.where)
+        models = {}
+        with progress.bar(len(settings_by_model), "models", unit="model") as bar:
+            for key, settings in settings_by_model.items():
+                torch.manual_seed(0)  # an untrained model's weights: the same in every sweep
+                models[key] = builder(**self.spec.model.get("params", {}),
+                                      **{k.removeprefix(PARAM): v for k, v in settings.items() if k.startswith(PARAM)})
+                bar.update()
+        return models
+
+    def model(self, settings: dict):
+        """The model of a point with these axis values."""
+        return self.models[_model_key(settings)]
 
     def _load(self, steps: int | None) -> tuple[np.ndarray, np.ndarray | None]:
         d = self.spec.data
@@ -387,10 +431,15 @@ class _Workload:
         return np.ascontiguousarray(x), y
 
 
+def _model_key(settings: dict) -> str:
+    """Which model a point uses: its builder-parameter axes' values."""
+    return json.dumps({k: v for k, v in settings.items() if k.startswith(PARAM)}, sort_keys=True)
+
+
 def _point_hw(spec: Spec, settings: dict, where: str):
     raw = copy.deepcopy(spec.hw_raw)
     for name, value in settings.items():
-        if name.startswith("hw."):
+        if name.startswith(HW):
             *tables, key = name.split(".")[1:]
             table = raw
             for t in tables:
@@ -412,10 +461,10 @@ def run_point(work: _Workload, point: Point) -> dict:
     try:
         steps = spec.steps(point.settings)
         shape = ",".join(str(steps) if d == TIME_AXIS else d for d in spec.model["input_shape"].split(","))
-        options = {**spec.options, **{k.removeprefix("options."): v for k, v in point.settings.items()
-                                      if k.startswith("options.")}}
+        options = {**spec.options, **{k.removeprefix(OPTION): v for k, v in point.settings.items()
+                                      if k.startswith(OPTION)}}
         hw = _point_hw(spec, point.settings, f"point {point.id}")
-        compiled = api.compile_model(work.model, shape, hw, **options)
+        compiled = api.compile_model(work.model(point.settings), shape, hw, **options)
         x, y = work.data[steps]
         result = api.simulate(compiled.program, x)
     except UserError as e:
@@ -433,15 +482,15 @@ def run_point(work: _Workload, point: Point) -> dict:
 _worker: _Workload | None = None
 
 
-def _start_worker(spec: Spec) -> None:
-    """A pool worker's set-up: one thread for torch (the pool already uses the cores), the workload loaded once,
-    and a watch on the sweep's process."""
+def _start_worker(work: _Workload) -> None:
+    """A pool worker's set-up: one thread for torch (the pool already uses the cores), the sweep's workload, and a
+    watch on the sweep's process."""
     global _worker
     import torch
 
     torch.set_num_threads(1)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    _worker = _Workload(spec)
+    _worker = work
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -484,6 +533,7 @@ def run_sweep(spec: Spec, out: str | Path, workers: int | None = None, ray_addre
     todo = [p for p in points if not (points_dir / f"{p.id}.json").is_file()]
     workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
     failed = 0
+    work = _Workload(spec, todo) if todo else None
     with progress.bar(len(todo), "sweep", unit="point") as bar:
         def done(point: Point, result: dict) -> None:
             nonlocal failed
@@ -492,14 +542,13 @@ def run_sweep(spec: Spec, out: str | Path, workers: int | None = None, ray_addre
             bar.update()
 
         if ray_address is not None and todo:
-            _run_on_ray(spec, todo, ray_address, workers, done)
+            _run_on_ray(work, todo, ray_address, workers, done)
         elif workers == 1:
-            work = _Workload(spec) if todo else None
             for p in todo:
                 done(p, run_point(work, p))
         elif todo:
             # spawn, not fork: a forked child of a process that has run torch's thread pools can hang
-            pool = ProcessPoolExecutor(workers, get_context("spawn"), _start_worker, (spec,))
+            pool = ProcessPoolExecutor(workers, get_context("spawn"), _start_worker, (work,))
             try:
                 futures = {pool.submit(_run_in_worker, p): p for p in todo}
                 for f in as_completed(futures):
@@ -522,7 +571,7 @@ def _ray_point(work: _Workload, point: Point) -> dict:
     return run_point(work, point)
 
 
-def _run_on_ray(spec: Spec, todo: list[Point], address: str, workers: int, done) -> None:
+def _run_on_ray(workload: _Workload, todo: list[Point], address: str, workers: int, done) -> None:
     """The points as Ray tasks: the model and data put in the object store once, each result handed to `done`
     as it arrives (so an interrupted sweep keeps what finished)."""
     try:
@@ -535,7 +584,7 @@ def _run_on_ray(spec: Spec, todo: list[Point], address: str, workers: int, done)
     except ConnectionError as e:
         raise SweepError(f"--ray {address}: {e}") from None
     try:
-        work = ray.put(_Workload(spec))
+        work = ray.put(workload)
         task = ray.remote(max_retries=RAY_RETRIES)(_ray_point)
         pending = {task.remote(work, p): p for p in todo}
         while pending:
