@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ttc-installed
 
-.PHONY: demo test bench docs fuzz clean
+.PHONY: demo test bench bench-r34 docs fuzz clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(STAMP)
 	$(PY) bench/vgg_report.py
 	$(PY) bench/train_digits.py
 	$(PY) bench/tt_training.py
+
+# TT-ResNet-34 STT as SATA_Sim ran it, beside SATA_Sim's figures (about 2 minutes; not part of `bench`).
+bench-r34: $(STAMP)
+	$(PY) bench/tt_resnet34_sata.py --json out/tt_resnet34_sata.json
 
 docs: $(STAMP)
 	$(PY) -m ttc.isa.docs > docs/isa.md

@@ -46,6 +46,12 @@ RESNETS = {18: ((2, 2, 2, 2), (64, 64, 128, 256, 512)),
            34: ((3, 4, 6, 3), (64, 64, 128, 256, 512)),
            19: ((3, 3, 2), (128, 128, 256, 512))}
 
+#: The per-TT-conv ranks of TT-SNN's ResNet-34 STT as SATA_Sim ran it (two per MS-ResNet block, 16
+#: blocks, in order): each TT conv's first core's output channels ('Num Filter' of layer 'Conv{k}a') in
+#: RuokaiYin/SATA_Sim commit d447058, inference-energy-cal/workloads/tt-snn/workload_stt_res34.yaml.
+SATA_SIM_RES34_STT_RANKS = (24, 23, 22, 17, 16, 12, 22, 31, 25, 25, 24, 21, 20, 19, 48, 79, 64, 69, 63, 69, 60, 65,
+                            63, 63, 62, 58, 121, 170, 173, 147, 161, 108)
+
 
 def tt_resnet(depth: int = 18, ranks=None, variant: str = "stt", in_channels: int = 3, size: int = 32,
               classes: int = 10, steps: int | None = 4, seed: int = 0) -> nn.Sequential:
