@@ -98,11 +98,9 @@ def run(a: argparse.Namespace):
     net = tt_resnet(depth=34, ranks=SATA_SIM_RES34_STT_RANKS, variant="stt", in_channels=2, size=SIZE,
                     classes=CLASSES, steps=None)
     x = (np.random.default_rng(0).random((STEPS, 1, 2, SIZE, SIZE)) < a.density).astype(np.float32)
-    options = {"input_encoding": a.input_encoding}
-    if a.schedule:
-        options["schedule"] = a.schedule
     t0 = time.perf_counter()
-    compiled = api.compile_model(net, f"{STEPS},N,2,{SIZE},{SIZE}", a.hw, **options)
+    compiled = api.compile_model(net, f"{STEPS},N,2,{SIZE},{SIZE}", a.hw, input_encoding=a.input_encoding,
+                                 schedule=a.schedule)
     print(f"compiled in {time.perf_counter() - t0:.1f} s: {len(compiled.program.code):,} instructions, "
           f"{len(compiled.program.data):,} bytes of data", flush=True)
     t0 = time.perf_counter()
