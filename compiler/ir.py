@@ -267,7 +267,7 @@ class Conv2d(Op):
     out_bits: int = 32
     log_scale: int | None = None
     sat_bits: int | None = None
-    fused: str | None = None  # the neuron, firing or time reduction run inside this layer (fuse pass)
+    fused: str | None = None  # the neuron, firing, time reduction or residual add run inside this layer (fuse pass)
     wdram: int | None = None  # DRAM address of the weights, then the bias (allocate pass)
     tile: tuple[int, int, int] | None = None  # output channels, output rows, input channels per tile (tile pass)
 
@@ -724,6 +724,7 @@ class Add(Op):
     shift_b: int = 0
     frac: int | None = None
     out_bits: int = 32
+    fused: str | None = None  # the neuron run on the sum, when the add is itself fused into its conv operand's layer
     tile: tuple[int] | None = None  # elements per chunk (tile pass)
 
     def infer(self, ins):
@@ -830,7 +831,7 @@ class TimeReduce(Op):
 
 
 #: What a conv or linear layer can run inside itself, on its sums, tile by tile (the fuse pass).
-FUSABLE = (NeuronQ, Fire, TimeReduce)
+FUSABLE = (NeuronQ, Fire, TimeReduce, Add)  # what a conv or linear layer may run inside it (the fuse pass)
 
 # ----------------------------------------------------------------------------------------- graph
 
@@ -881,9 +882,9 @@ class Graph:
         return self.op(fused) if fused else None
 
     def fused_into(self, op: Op) -> Op | None:
-        """The layer `op` is fused into, if it is a fused consumer."""
-        head = self.op(op.inputs[0]) if op.inputs else None
-        return head if head is not None and getattr(head, "fused", None) == op.name else None
+        """The op whose layer `op` runs inside (the operand that names it in its `fused` field), if it is a fused
+        consumer: a conv for its neuron, firing, reduction or add, an add for the neuron after it."""
+        return next((head for head in map(self.op, op.inputs) if getattr(head, "fused", None) == op.name), None)
 
     def only_user(self, name: str) -> Op | None:
         """The one op that reads `name` when it is not also a graph output, else None."""
@@ -958,6 +959,23 @@ class Graph:
             types[o.name] = o.type
         return self
 
+    def _verify_fusion(self, o: Op) -> None:
+        """A conv or linear runs inside it its only reader, a neuron, firing, time reduction or residual add whose
+        other operand is defined before it; a fused add runs a neuron that reads it (the sum is stored too)."""
+        consumer = self.op(o.fused) if self.has(o.fused) else None
+        if isinstance(o, Add):
+            if not (isinstance(consumer, NeuronQ) and consumer.inputs[0] == o.name and self.fused_into(o) is not None):
+                o.fail(f"is fused with %{o.fused}, which is not a neuron reading it, or the add is not fused into a conv")
+            return
+        if not (consumer is not None and self.only_user(o.name) is consumer and isinstance(consumer, FUSABLE)):
+            o.fail(f"is fused with %{o.fused}, which is not its only reader, or not a neuron, firing, time reduction "
+                   "or add")
+        if isinstance(consumer, Add):
+            other = next(i for i in consumer.inputs if i != o.name) if consumer.inputs.count(o.name) == 1 else None
+            order = {op.name: k for k, op in enumerate(self.ops)}
+            if other is None or order[other] > order[o.name]:
+                o.fail(f"is fused with %{o.fused}, whose other operand is not defined before it")
+
     def verify(self) -> "Graph":
         """Names unique, operands defined before use, types as stored, means feed only outputs, and the
         def-use indexes current (no pass changed the ops behind the graph's API)."""
@@ -981,9 +999,8 @@ class Graph:
                 o.fail("membrane of a value that no neuron op defines")
             if isinstance(o, Tape) and not (isinstance(self.op(o.inputs[0]), NeuronQ) and self.op(o.inputs[0]).band > 0):
                 o.fail("tape of a value that no quantized neuron with a band defines")
-            if getattr(o, "fused", None) is not None and not (
-                    self.has(o.fused) and self.only_user(o.name) is self.op(o.fused) and isinstance(self.op(o.fused), FUSABLE)):
-                o.fail(f"is fused with %{o.fused}, which is not its only reader, or not a neuron, firing or time reduction")
+            if getattr(o, "fused", None) is not None:
+                self._verify_fusion(o)
             seen[o.name] = o.type
         if not self.outputs:
             raise IRError(f"graph @{self.name} has no outputs")

@@ -10,7 +10,8 @@ on the same on-chip slots (only DRAM addresses differ), so the cost model prices
 Codegen (`ttc.compiler.codegen`) emits the walk; the cost model (`ttc.compiler.cost`) prices the same
 walk; the tile pass chooses tiles by that price. Nothing else decides tiles, fusion or loop order.
 
-    conv / linear (+ neuron, firing, time reduction): tiles of `co` output channels x `rows` output rows,
+    conv / linear (+ neuron, firing, time reduction, or a residual add and the neuron after it): tiles of
+        `co` output channels x `rows` output rows,
         each on all T steps while its membranes (or sums) stay on chip; each step sums its input in
         blocks of `ci` input channels; weights stay resident per output-channel tile when all of its
         input channels fit (the next tile's prefetched during the current one's last step), else stream
@@ -164,8 +165,12 @@ class LayerPlan(ABC):
 
     @property
     def kind(self) -> str:
-        consumer = self.graph.consumer(self.op)
-        return self.op.opname + (f"+{consumer.opname}" if consumer else "")
+        """The layer's ops: `conv2d+neuron_q`, `conv2d+add+neuron_q`, ..."""
+        names, op = [self.op.opname], self.graph.consumer(self.op)
+        while op is not None:
+            names.append(op.opname)
+            op = self.graph.consumer(op)
+        return "+".join(names)
 
     def info(self) -> dict:
         """The layer table's extra fields for this layer."""
@@ -313,7 +318,13 @@ def _in_bounds(n_out: int, n_in: int, k: int, s: int, pad: int) -> np.ndarray:
 
 @dataclass
 class ConvPlan(LayerPlan):
-    """A conv (linear: a 1x1 conv of a 1x1 image) with its fused consumer, in tiles of co x rows x ci."""
+    """A conv (linear: a 1x1 conv of a 1x1 image) with its fused consumer, in tiles of co x rows x ci.
+
+    A fused residual add (consumer "add"): each step's sums s meet the same block of the add's other operand
+    r, loaded into the ifmap slot after the input blocks' (the next in turn, as one more block), as
+    y = R(s, shift) + R(r, shift') (the add's shifts) in a second psum region;
+    y is stored (narrowed through ofmap when the add stores fewer bits), and the neuron fused after the add,
+    if any, runs on it there."""
 
     co: int = 0
     rows: int = 0
@@ -331,7 +342,7 @@ class ConvPlan(LayerPlan):
     pt: int = 0
     pl: int = 0
     in_fmt: str = ""
-    consumer: str = ""  # "neuron", "fire" (TTFS), "reduce" or "" (the raw sums are stored)
+    consumer: str = ""  # "neuron", "fire" (TTFS), "reduce", "add" or "" (the raw sums are stored)
     bias: bool = False
     membranes_out: int = 0  # membrane outputs of the fused neuron
     wfmt: str = "i8"
@@ -343,6 +354,10 @@ class ConvPlan(LayerPlan):
     in_mode: str = "parallel"
     out_planes: int = 1  # MT: the thresholds of the fused neuron, and its mode
     out_mode: str = "parallel"
+    add_fmt: str = ""  # add: the sum's stored format, the other operand's, and (the sums', the operand's) shifts
+    residual_fmt: str = ""
+    add_shifts: tuple[int, int] = (0, 0)
+    add_neuron: bool = False  # add: a neuron runs on the sum
 
     tile_names: ClassVar = ("output channels", "output rows", "input channels")
 
@@ -350,7 +365,9 @@ class ConvPlan(LayerPlan):
     def of(cls, graph: Graph, op: Conv2d | Linear, hw: HwConfig, tile, placed: bool = False) -> "ConvPlan":
         x, consumer = graph.op(op.inputs[0]).type, graph.consumer(op)
         oh, ow = op.type.shape[1:] or (1, 1)
-        neuron = isinstance(consumer, NeuronQ)
+        add = consumer if isinstance(consumer, Add) else None
+        neuron_op = graph.consumer(add) if add is not None else consumer  # the neuron the layer runs, if any
+        neuron = isinstance(neuron_op, NeuronQ)
         co, rows, ci = tile
         if isinstance(op, Linear):
             geometry = dict(cin=x.shape[0], ih=1, iw=1, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0)
@@ -358,18 +375,28 @@ class ConvPlan(LayerPlan):
             _, cin, kh, kw = op.weight.shape
             geometry = dict(cin=cin, ih=x.shape[1], iw=x.shape[2], kh=kh, kw=kw, sh=op.stride[0], sw=op.stride[1],
                             pt=op.padding[0], pl=op.padding[1])
-        kind = "neuron" if neuron else "fire" if isinstance(consumer, Fire) else "reduce" if consumer else ""
+        kind = ("add" if add is not None else "neuron" if neuron else "fire" if isinstance(consumer, Fire)
+                else "reduce" if consumer else "")
+        if add is not None:
+            mine = add.inputs.index(op.name)
+            shifts = (add.shift_a, add.shift_b)
+            residual = graph.op(add.inputs[1 - mine])
+            add_fields = dict(add_fmt=fmt(add.type.dtype), residual_fmt=fmt(residual.type.dtype),
+                              add_shifts=(shifts[mine], shifts[1 - mine]), add_neuron=neuron)
+        else:
+            add_fields = {}
         return cls(graph, op, hw, placed, co=co, rows=rows, ci=ci, cout=op.type.shape[0], oh=oh, ow=ow,
                    in_fmt=fmt(x.dtype), consumer=kind, bias=op.bias is not None,
-                   membranes_out=sum(isinstance(u, Membrane) for u in graph.users(consumer.name)) if neuron else 0,
+                   membranes_out=sum(isinstance(u, Membrane) for u in graph.users(neuron_op.name)) if neuron else 0,
                    wfmt=LOG5 if op.log_scale is not None else f"i{8 * op.weight.itemsize}", out_fmt=fmt(op.type.dtype),
                    shift=tconv_base(op, x) if op.log_scale is not None else op.shift,
                    in_window=x.dtype.bits if x.dtype.kind == "ttfs" else 0,
                    fire_window=consumer.window if kind == "fire" else 0,
                    in_planes=x.dtype.planes, in_mode=x.dtype.mode,
-                   out_planes=consumer.levels if neuron else 1, out_mode=consumer.mode if neuron else "parallel",
-                   per_neuron=neuron and consumer.per_channel,
-                   taped=neuron and any(isinstance(u, Tape) for u in graph.users(consumer.name)), **geometry)
+                   out_planes=neuron_op.levels if neuron else 1, out_mode=neuron_op.mode if neuron else "parallel",
+                   per_neuron=neuron and neuron_op.per_channel,
+                   taped=neuron and any(isinstance(u, Tape) for u in graph.users(neuron_op.name)), **add_fields,
+                   **geometry)
 
     @staticmethod
     def extents(graph: Graph, op: Op) -> tuple[int, ...]:
@@ -383,24 +410,44 @@ class ConvPlan(LayerPlan):
         weights = self.co * (self.cin if self.resident else self.ci) * taps * wb
         n = self.co * self.rows * self.ow
         spikes = self.co * elems_bytes("spike", self.rows * self.ow) if self.rows < self.oh else elems_bytes("spike", n)
-        out = {"neuron": (self.out_planes + self.taped) * spikes, "fire": n, "reduce": 4 * n,
-               "": elems_bytes(self.out_fmt, n) if self.narrowed else None}[self.consumer]
+        fired = (self.out_planes + self.taped) * spikes if self.neuron else 0
+        #: add: where the narrowed sum sits in an ofmap slot (after the neuron's spikes)
+        self.narrow_at = ceil_to(fired, SLOT_ALIGN)
+        if self.consumer == "add":
+            out = (self.narrow_at + elems_bytes(self.add_fmt, n) if self.add_fmt != "i32" else fired) or None
+        else:
+            out = {"neuron": fired, "fire": n, "reduce": 4 * n,
+                   "": elems_bytes(self.out_fmt, n) if self.narrowed else None}[self.consumer]
         loaded = max(t.r1 - t.r0 for t in self.row_tiles)
+        inputs = self.in_planes * (self.ci * elems_bytes(self.in_fmt, loaded * self.iw) if self.rows < self.oh
+                                   else elems_bytes(self.in_fmt, self.ci * self.ih * self.iw))
+        adding = self.consumer == "add"
         self.slot_bytes = {"wgt": self.bias_offset(weights) + 4 * self.co,
-                           "ifmap": self.in_planes * (self.ci * elems_bytes(self.in_fmt, loaded * self.iw) if self.rows < self.oh
-                                                      else elems_bytes(self.in_fmt, self.ci * self.ih * self.iw)),
-                           "psum": 4 * n}
-        if self.consumer == "neuron":
+                           "ifmap": max(inputs, elems_bytes(self.residual_fmt, n)) if adding else inputs,
+                           "psum": 4 * n * (2 if adding else 1)}  # add: the sums, then the sum with the operand
+        if self.neuron:
             self.slot_bytes["vmem"] = self.vmem_bytes(n)
         if out is not None:
             self.slot_bytes["ofmap"] = out
         self.double = frozenset({"wgt", "ifmap", "psum"}
-                                | ({"ofmap"} if self.consumer in ("neuron", "fire") or self.narrowed else set()))
+                                | ({"ofmap"} if self.consumer in ("neuron", "fire", "add") or self.narrowed else set()))
 
     @property
-    def stored_fmt(self) -> str:
-        """The format of what the layer stores: spikes, spike times, or sums."""
-        return {"neuron": "spike", "fire": TIME}.get(self.consumer, self.out_fmt)
+    def neuron(self) -> bool:
+        """Does the layer run a neuron (fused into the conv, or after its fused add)?"""
+        return self.consumer == "neuron" or self.add_neuron
+
+    @property
+    def neuron_op(self) -> NeuronQ | None:
+        consumer = self.graph.consumer(self.op)
+        return (self.graph.consumer(consumer) if self.consumer == "add" else consumer) if self.neuron else None
+
+    @property
+    def stored_fmts(self) -> tuple[str, ...]:
+        """The formats of what the layer stores: spikes, spike times, sums, or an add's sum and its neuron's spikes."""
+        if self.consumer == "add":
+            return (self.add_fmt, "spike") if self.add_neuron else (self.add_fmt,)
+        return ({"neuron": "spike", "fire": TIME}.get(self.consumer, self.out_fmt),)
 
     @property
     def narrowed(self) -> bool:
@@ -462,18 +509,17 @@ class ConvPlan(LayerPlan):
     def aligned(self) -> bool:
         """Do the tiles of every spike tensor start on bytes, and do a tile's channels fit the conv
         instructions' `cin` and `cout` fields (a linear layer of 70,000 inputs must take them in tiles)?"""
-        out_fmt = self.stored_fmt
         if self.ci > CONV_FIELD_MAX["cin"] or self.co > CONV_FIELD_MAX["cout"]:
             return False
         if self.rows < self.oh:
             if self.in_fmt == "spike" and self.ih * self.iw % 8:
                 return False
-            if out_fmt == "spike" and (self.oh * self.ow % 8 or self.rows % row_unit("spike", self.ow)):
+            if "spike" in self.stored_fmts and (self.oh * self.ow % 8 or self.rows % row_unit("spike", self.ow)):
                 return False
         else:
             if self.ci % channel_unit(self.in_fmt, self.ih * self.iw) and self.ci != self.cin:
                 return False
-            if self.co % channel_unit(out_fmt, self.oh * self.ow) and self.co != self.cout:
+            if any(self.co % channel_unit(f, self.oh * self.ow) for f in self.stored_fmts) and self.co != self.cout:
                 return False
         return True
 
@@ -530,7 +576,8 @@ class ConvPlan(LayerPlan):
         for t in range(steps):
             place = turns(wgt, ifmap, psum, out)
             acc = psum.next()
-            inputs = ifmap.take(len(self.ci_tiles))  # block b's input slot is inputs[b % len(inputs)]
+            # block b's input slot is inputs[b % len(inputs)]; an add's operand takes the next after the blocks'
+            inputs = ifmap.take(len(self.ci_tiles) + (self.consumer == "add"))
             weights = [w] if self.resident else wgt.take(len(self.ci_tiles))
             prefetch = wgt.next() if fetch and t == steps - 1 else None
             dst = out.next() if out is not None and self.consumer != "reduce" else out[0] if out else None
@@ -549,8 +596,8 @@ class ConvPlan(LayerPlan):
         tc, taps = co[1] - co[0], self.taps
         n = tc * (rt.y1 - rt.y0) * self.ow
         code = []
-        if t == 0 and self.consumer == "neuron":
-            code += self.neuron_start(consumer, n, self.output_block("i32", co, rt))
+        if t == 0 and self.neuron:
+            code += self.neuron_start(self.neuron_op, n, self.output_block("i32", co, rt))
         elif t == 0 and self.consumer == "reduce":
             code.append(self.instr("vfill", dst=dst, n=n, value=0))
         for b, (i0, i1) in enumerate(self.ci_tiles):
@@ -577,6 +624,8 @@ class ConvPlan(LayerPlan):
         if self.consumer == "neuron":
             code += self.neuron_step(consumer, n, t, acc, dst, self.output_block("spike", co, rt),
                                      self.output_block("i32", co, rt))
+        elif self.consumer == "add":
+            code += self.add_step(consumer, co, rt, t, acc, inputs[-1], dst)
         elif self.consumer == "fire":
             code += self.fire(consumer, n, t, acc, dst, self.output_block(TIME, co, rt))
         elif self.consumer == "reduce":
@@ -586,9 +635,34 @@ class ConvPlan(LayerPlan):
         elif self.narrowed:
             code.append(self.instr("vacc", dst=dst, src=acc, src_fmt="i32", dst_fmt=self.out_fmt, n=n, shift=0,
                                            accumulate=0))
-            code += self.move_block("store", self.op, t, self.output_block(self.stored_fmt, co, rt), dst)
+            code += self.move_block("store", self.op, t, self.output_block(self.out_fmt, co, rt), dst)
         else:
-            code += self.move_block("store", self.op, t, self.output_block(self.stored_fmt, co, rt), acc)
+            code += self.move_block("store", self.op, t, self.output_block(self.out_fmt, co, rt), acc)
+        return code
+
+    def add_step(self, add: Add, co: tuple[int, int], rt: RowTile, t: int, acc: Ref, operand: Ref,
+                 dst: Ref | None) -> list[Instr]:
+        """The fused add of step t: the other operand's block loaded into ifmap slot `operand`, the sum of it and
+        the sums at `acc` made in i32 after them, stored (through `dst` when narrower), and the neuron after the
+        add run on it."""
+        n = (co[1] - co[0]) * (rt.y1 - rt.y0) * self.ow
+        residual = self.graph.op(next(i for i in add.inputs if i != self.op.name))
+        total = Ref("psum", acc.addr + 4 * n)
+        own, other = self.add_shifts
+        code = [*self.move_block("load", residual, t, self.output_block(self.residual_fmt, co, rt), operand),
+                self.instr("vacc", dst=total, src=acc, src_fmt="i32", dst_fmt="i32", n=n, shift=own, accumulate=0),
+                self.instr("vacc", dst=total, src=operand, src_fmt=self.residual_fmt, dst_fmt="i32", n=n, shift=other,
+                           accumulate=1)]
+        if self.add_fmt == "i32":
+            code += self.move_block("store", add, t, self.output_block("i32", co, rt), total)
+        else:
+            narrow = Ref(dst.mem, dst.addr + self.narrow_at)
+            code += [self.instr("vacc", dst=narrow, src=total, src_fmt="i32", dst_fmt=self.add_fmt, n=n, shift=0,
+                                accumulate=0),
+                     *self.move_block("store", add, t, self.output_block(self.add_fmt, co, rt), narrow)]
+        if self.add_neuron:
+            code += self.neuron_step(self.neuron_op, n, t, total, dst, self.output_block("spike", co, rt),
+                                     self.output_block("i32", co, rt))
         return code
 
     def pe_share(self, density: float, rows: float | None = None) -> float:
@@ -627,8 +701,10 @@ class ConvPlan(LayerPlan):
             pe["shift32"] = pe.get("shift32", 0) + n * len(self.ci_tiles) * shifts * steps
         out = {"pe": pe}
         consumer = self.graph.consumer(self.op)
-        if self.consumer == "neuron":
-            out["neuron"] = {a: c * n * steps for a, c in _neuron_actions(consumer).items()}
+        if self.neuron:
+            out["neuron"] = {a: c * n * steps for a, c in _neuron_actions(self.neuron_op).items()}
+        if self.consumer == "add":  # the operand added (each vacc that shifts, shifts)
+            out["vector"] = {"add32": n * steps, "shift32": sum(s != 0 for s in self.add_shifts) * n * steps}
         elif self.consumer == "fire":
             out["neuron"] = {a: c * n * steps for a, c in TTFS_FIRE_ACTIONS.items()}
         elif self.consumer == "reduce":
@@ -896,7 +972,7 @@ def plan_kind(graph: Graph, op: Op) -> type[LayerPlan] | None:
         return ConvPlan
     if isinstance(op, (MaxPool, AvgPool)):
         return PoolPlan
-    if isinstance(op, (Add, Rescale)) or (isinstance(op, (NeuronQ, Fire)) and graph.fused_into(op) is None):
+    if isinstance(op, (Add, Rescale, NeuronQ, Fire)) and graph.fused_into(op) is None:
         return ElementwisePlan
     if isinstance(op, TimeReduce) and graph.fused_into(op) is None:
         return ReducePlan

@@ -142,9 +142,10 @@ ENERGY_ACTIONS = {
     "add8": "8-bit add: one input spike adds one 8-bit weight into an accumulator (sconv)",
     "add16": "16-bit add: one input spike adds one 16-bit weight (sconv of a contracted TT kernel)",
     "add32": "32-bit add: multiply-accumulate sums, membrane charge, soft reset, vector adds, a TTFS synapse (tconv)",
-    "mul8": "8x8-bit multiply (dconv of 8-bit inputs)",
-    "mul16": "16-bit multiply (dconv of 16-bit inputs or weights; membrane decay by a non-power-of-two factor)",
-    "mul32": "32-bit multiply (dconv of 32-bit inputs)",
+    "mul8": "8x8-bit multiply (dconv of 8-bit inputs and weights)",
+    "mul16": "16x16-bit multiply, or one of as few operand bits (dconv of 16-bit inputs or weights, of 32-bit inputs "
+             "and 8-bit weights; membrane decay by a non-power-of-two factor)",
+    "mul32": "32x32-bit multiply, or one of more operand bits than 16x16 (dconv of 32-bit inputs and 16-bit weights)",
     "shift32": "32-bit shift (decay by a power of two, rescaling a neuron's input, a TTFS synapse's 2^-(e+t))",
     "cmp32": "32-bit compare (threshold test, max pooling, TTFS firing: leading one and one compare)",
     "or1": "1-bit OR (max pooling of spikes)",
@@ -197,9 +198,10 @@ def spike_add_action(wfmt: str) -> str:
 
 
 def multiply_action(src_fmt: str, wfmt: str) -> str:
-    """The multiply of a dconv tap: as wide as the wider of input and weight."""
-    width = max(int(src_fmt[1:]), int(wfmt[1:]))
-    return {8: "mul8", 16: "mul16", 32: "mul32"}[width]
+    """The multiply of a dconv tap: the smallest square multiplier with at least its operands' bit product (an
+    array multiplier's energy follows the product of its operand widths: 32 x 8 bits costs what 16 x 16 does)."""
+    product = int(src_fmt[1:]) * int(wfmt[1:])
+    return "mul8" if product <= 8 * 8 else "mul16" if product <= 16 * 16 else "mul32"
 
 
 #: A TTFS synapse (`tconv`, per input spike and non-zero weight it reaches): shift, then add.

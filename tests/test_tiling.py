@@ -21,7 +21,7 @@ from ttc.digits import build_mt_digits_snn, load_digits_split
 from ttc.frontends import modules as M
 from ttc.isa.errors import InternalError
 from ttc.isa.hwconfig import load_hw
-from ttc.models import vgg_snn
+from ttc.models import tt_resnet, vgg_snn
 from ttc.simulator.machine import _window
 
 SHAPE = "{},N,3,32,32"
@@ -130,6 +130,11 @@ def test_cost_model_is_within_five_percent_of_the_simulator_on_every_layer(hw):
 
     decays = api.compile_model(PerChannelDecays(), "4,N,1,8,8", config)  # nrn reading its decays per neuron
     checks += _cost_vs_simulator(decays, api.simulate(decays.program, x), x)
+    events = (np.random.default_rng(0).random((2, 1, 2, 8, 8)) < 0.2).astype(np.float32)
+    resnet = api.compile_model(tt_resnet(18, [3] * 16, "stt", in_channels=2, size=8, classes=4, steps=None), "2,N,2,8,8",
+                               config, input_encoding="spikes")  # TT cores; convs that run the residual add and a neuron
+    assert any(layer["op"] == "conv2d+add+neuron_q" for layer in resnet.program.meta["layers"])
+    checks += _cost_vs_simulator(resnet, api.simulate(resnet.program, events), events)
     assert len(checks) >= 28
     for name, cycles_error, energy_error in checks:
         assert abs(cycles_error) <= 0.05 and abs(energy_error) <= 0.05, (name, cycles_error, energy_error)

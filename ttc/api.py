@@ -102,6 +102,7 @@ def compile_training(model: torch.nn.Module, input_shape, hw: str | HwConfig = "
     """The training-step program of `model` (docs/training.md) and, in its metadata, what `ttc train` needs:
     the formats of every gradient (set for their sizes on `calibration`, inputs and labels; random inputs if
     None), the update segment, and the inference program of the same weights."""
+    options = {**options, "fusion": "neuron"}  # its backward walks each residual add as a layer of its own
     quantize = {"quantize": {"training": train.weight_bits, "calibration_density": train.spike_density,
                              "calibration": None if calibration is None else np.asarray(calibration[0])}}
     inference_passes = tuple(p for p in TRAIN_PIPELINE if p != "train-tape")  # the same layers and weights, no tapes

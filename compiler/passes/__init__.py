@@ -5,7 +5,9 @@
 The fields users set are declared with `user_option(...)` and nowhere else: `user_options` reads them, and
 `ttc.api.OPTIONS` (the keywords of `compile_model`, recorded in prog.bin) and the `ttc compile` flags
 derive from it. A pass that reads the hardware config has a field `hw`, which `pipeline_arguments`
-fills from the one `--hw` of the compile.
+fills from the one `--hw` of the compile; a pass that must know another pass's user option (tt-schedule
+prices plans fused as `fuse` will fuse them) has a plain field of that option's field name, which
+`pipeline_arguments` fills with the same value.
 """
 from __future__ import annotations
 
@@ -115,11 +117,15 @@ def user_options(passes: tuple[str, ...] = PIPELINE) -> list[UserOption]:
 
 def pipeline_arguments(options: dict, hw, passes: tuple[str, ...] = PIPELINE) -> dict[str, dict]:
     """Each pass's keyword arguments: the user options it declares, taken from `options` (by user
-    name; a missing one keeps its default), and `hw` where the pass has a field of that name."""
+    name; a missing one keeps its default), `hw` where the pass has a field of that name, and another pass's
+    user option where it has a plain field of that option's field name."""
     arguments = {name: {"hw": hw} if "hw" in pass_class(name).option_names() else {} for name in passes}
     for o in user_options(passes):
         if o.name in options:
             arguments[o.pass_name][o.field_name] = options[o.name]
+        for name in passes:
+            if name != o.pass_name and o.field_name in pass_class(name).option_names():
+                arguments[name][o.field_name] = options.get(o.name, o.default)
     return arguments
 
 

@@ -4,8 +4,8 @@ DRAM holds, from address 0: the weights and biases of every conv and linear laye
 every neuron layer with a decay per channel (one i32 per neuron of a step, in its [C, H, W] layout, so
 that a tile's decays are a block like its states): the program's data image; then every value that is
 stored, T steps one after another, each step aligned to 16 bytes
-(`ttc.compiler.layout`). A value fused into the layer that produces it (the fuse pass) is never
-stored, nor is the conv whose sums it consumes; aliases (flatten, repeat, time slices) take their
+(`ttc.compiler.layout`). The sums of a conv or linear layer that runs its consumer inside it (the fuse
+pass) are never stored: the consumer takes them on chip and stores its own result; aliases (flatten, repeat, time slices) take their
 source's place, and the two parts of a `time_concat` are stored in its place, one after the other, and
 those of a channel `concat` each at its channels' offset within every step of it.
 """
@@ -19,8 +19,9 @@ from . import Pass, register
 
 
 def _stored(graph: Graph, op: Op) -> bool:
-    """Is `op`'s value written to DRAM in its own place?"""
-    return not (isinstance(op, ALIASES) or getattr(op, "fused", None))
+    """Is `op`'s value written to DRAM in its own place? Not an alias, nor a conv's sums, which the consumer
+    fused into its layer takes on chip (a fused add's sum is stored: later layers read it)."""
+    return not (isinstance(op, ALIASES) or (isinstance(op, (Conv2d, Linear)) and op.fused))
 
 
 def _concat_part(graph: Graph, op: Op) -> TimeConcat | Concat | None:

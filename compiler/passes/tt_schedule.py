@@ -129,6 +129,7 @@ class TTSchedule(Pass):
                                  choices=OBJECTIVES)
     schedule: str = user_option("", "schedule", "force the contraction plan (cores, merged, dense) of every or of the "
                                 "named TT layers", metavar="PLAN|PATH=PLAN,...")
+    fusion: str = "residual"  # the fuse pass's option (`pipeline_arguments` passes it): plans are priced fused so
 
     def run(self, graph: Graph) -> Graph:
         if self.objective not in OBJECTIVES:
@@ -151,7 +152,7 @@ class TTSchedule(Pass):
                 except PlanUnavailable as e:
                     options[plan] = {"available": False, "why": str(e)}
                     continue
-                options[plan] = {"available": True, **_price(graph, tt, built[plan], hw)}
+                options[plan] = {"available": True, **_price(graph, tt, built[plan], hw, self.fusion)}
             want = forced.get(tt.path, forced.get("*"))
             if want is not None and not options[want]["available"]:
                 tt.fail(f"plan {want!r} is unavailable: {options[want]['why']}")
@@ -167,18 +168,19 @@ def _score(option: dict, objective: str) -> float:
             "edp": option["cycles"] * option["energy_pj"]}[objective]
 
 
-def _price(graph: Graph, tt: TTConv2d, ops: list[Op], hw: HwConfig) -> dict:
+def _price(graph: Graph, tt: TTConv2d, ops: list[Op], hw: HwConfig, fusion: str) -> dict:
     """Predicted cycles and energy of a plan's layers, each fused and tiled as the fuse and tile passes
-    would; the layer that takes the TT layer's name is priced with what it fuses (its neuron). The ops
-    are left unfused and untiled: those passes record their decisions in the final graph."""
+    would; the layer that takes the TT layer's name is priced with what it fuses (its neuron, or the residual
+    add and the neuron after it). The ops are left unfused and untiled: those passes record their decisions in
+    the final graph."""
     trial = Graph(graph.name, list(graph.ops), list(graph.outputs))
     trial.replace_op(tt, ops)
     trial.infer_types()
     cycles = energy = 0.0
     dram = 0
-    layers = []
+    layers, fused = [], []
     for op in ops:
-        fuse_layer(trial, op)
+        fused += fuse_layer(trial, op, fusion)
         tile = choose_tile(trial, op, hw)
         plan = layer_plan(trial, op, hw, tile)
         if plan is None:
@@ -187,8 +189,7 @@ def _price(graph: Graph, tt: TTConv2d, ops: list[Op], hw: HwConfig) -> dict:
         cycles, energy, dram = cycles + cost.cycles, energy + cost.total_pj, dram + cost.dram_bytes
         layers.append({"op": op.opname, "name": op.name, "tile": list(tile) if tile else None,
                        "cycles": round(cost.cycles), "energy_pj": round(cost.total_pj, 1)})
-    for op in ops:
-        if hasattr(op, "fused"):
-            op.fused = None
+    for op in fused:  # (an add after the plan's last conv too: it belongs to the graph)
+        op.fused = None
     weights = sum(o.weight.nbytes for o in ops if isinstance(o, Conv2d))
     return {"cycles": cycles, "energy_pj": energy, "dram_bytes": dram, "weight_bytes": int(weights), "layers": layers}
