@@ -700,7 +700,6 @@ class ConvPlan(LayerPlan):
         if shifts:
             pe["shift32"] = pe.get("shift32", 0) + n * len(self.ci_tiles) * shifts * steps
         out = {"pe": pe}
-        consumer = self.graph.consumer(self.op)
         if self.neuron:
             out["neuron"] = {a: c * n * steps for a, c in _neuron_actions(self.neuron_op).items()}
         if self.consumer == "add":  # the operand added (each vacc that shifts, shifts)
