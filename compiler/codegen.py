@@ -67,7 +67,7 @@ def generate(graph: Graph, hw: HwConfig, options: dict, source: dict) -> Program
     dram_bytes = max([len(data)] + [op.dram + step_stride(graph, op) * (op.type.time or 1) for op in stored])
     meta = dict(
         ttc_version=ttc_version(), dram_bytes=dram_bytes, options=options, source=source, layers=layers,
-        **{note: graph.notes.get(note, {}) for note in ("counts", "factorize", "schedule", "ttfs", "decay")},
+        **{note: graph.notes.get(note, {}) for note in ("counts", "factorize", "schedule", "fusion", "ttfs", "decay")},
         inputs=[io_record(graph, op, index=op.index, bits=op.type.dtype.bits) for op in graph.inputs],
         outputs=[io_record(graph, graph.op(name), divide_by=output_divisor(graph, name)) for name in graph.outputs],
     )

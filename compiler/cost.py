@@ -39,6 +39,12 @@ from .ir import Conv2d, Graph, Linear
 from .plan import LayerPlan, Step, layer_plan
 
 DEFAULT_DENSITY = 0.1  # input spikes per neuron and step, when nothing better is known
+OBJECTIVES = ("latency", "energy", "edp")
+
+
+def score(cycles: float, energy_pj: float, objective: str) -> float:
+    """What a choice between plans minimises: cycles (latency), energy, or their product (edp)."""
+    return {"latency": cycles, "energy": energy_pj, "edp": cycles * energy_pj}[objective]
 
 
 @dataclass

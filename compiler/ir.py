@@ -650,6 +650,12 @@ class MaxPool(Op):
     ceil_mode: bool = False
     tile: tuple[int, int] | None = None  # channels, output rows per tile (tile pass)
 
+    def tiles_input(self, x: "TensorType") -> bool:
+        """Do its windows tile its input exactly (kernel = stride, no padding, every row and column in one
+        window)? Then a conv's layer can pool its sums tile by tile (the fuse pass)."""
+        return (self.kernel == self.stride and not self.padding and not self.ceil_mode and len(x.shape) == 3
+                and x.shape[1] % self.kernel == 0 and x.shape[2] % self.kernel == 0)
+
     def infer(self, ins):
         x = self.seq_input(ins[0])
         if (self.padding or self.ceil_mode) and x.dtype.kind in ("ttfs", "mt"):
@@ -831,7 +837,7 @@ class TimeReduce(Op):
 
 
 #: What a conv or linear layer can run inside itself, on its sums, tile by tile (the fuse pass).
-FUSABLE = (NeuronQ, Fire, TimeReduce, Add)  # what a conv or linear layer may run inside it (the fuse pass)
+FUSABLE = (NeuronQ, Fire, TimeReduce, Add, MaxPool)  # what a conv or linear layer may run inside it (the fuse pass)
 
 # ----------------------------------------------------------------------------------------- graph
 
@@ -960,16 +966,19 @@ class Graph:
         return self
 
     def _verify_fusion(self, o: Op) -> None:
-        """A conv or linear runs inside it its only reader, a neuron, firing, time reduction or residual add whose
-        other operand is defined before it; a fused add runs a neuron that reads it (the sum is stored too)."""
+        """A conv or linear runs inside it its only reader, a neuron, firing, time reduction, a residual add whose
+        other operand is defined before it, or a max pool whose windows tile its output; a fused add runs a neuron
+        that reads it (the sum is stored too)."""
         consumer = self.op(o.fused) if self.has(o.fused) else None
         if isinstance(o, Add):
             if not (isinstance(consumer, NeuronQ) and consumer.inputs[0] == o.name and self.fused_into(o) is not None):
                 o.fail(f"is fused with %{o.fused}, which is not a neuron reading it, or the add is not fused into a conv")
             return
         if not (consumer is not None and self.only_user(o.name) is consumer and isinstance(consumer, FUSABLE)):
-            o.fail(f"is fused with %{o.fused}, which is not its only reader, or not a neuron, firing, time reduction "
-                   "or add")
+            o.fail(f"is fused with %{o.fused}, which is not its only reader, or not a neuron, firing, time reduction, "
+                   "add or max pool")
+        if isinstance(consumer, MaxPool) and not (isinstance(o, Conv2d) and consumer.tiles_input(o.type)):
+            o.fail(f"is fused with %{o.fused}, a max pool whose windows do not tile the conv's output")
         if isinstance(consumer, Add):
             other = next(i for i in consumer.inputs if i != o.name) if consumer.inputs.count(o.name) == 1 else None
             order = {op.name: k for k, op in enumerate(self.ops)}

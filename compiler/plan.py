@@ -10,8 +10,8 @@ on the same on-chip slots (only DRAM addresses differ), so the cost model prices
 Codegen (`ttc.compiler.codegen`) emits the walk; the cost model (`ttc.compiler.cost`) prices the same
 walk; the tile pass chooses tiles by that price. Nothing else decides tiles, fusion or loop order.
 
-    conv / linear (+ neuron, firing, time reduction, or a residual add and the neuron after it): tiles of
-        `co` output channels x `rows` output rows,
+    conv / linear (+ neuron, firing, time reduction, a max pool, or a residual add and the neuron after it):
+        tiles of `co` output channels x `rows` output rows,
         each on all T steps while its membranes (or sums) stay on chip; each step sums its input in
         blocks of `ci` input channels; weights stay resident per output-channel tile when all of its
         input channels fit (the next tile's prefetched during the current one's last step), else stream
@@ -324,7 +324,8 @@ class ConvPlan(LayerPlan):
     r, loaded into the ifmap slot after the input blocks' (the next in turn, as one more block), as
     y = R(s, shift) + R(r, shift') (the add's shifts) in a second psum region;
     y is stored (narrowed through ofmap when the add stores fewer bits), and the neuron fused after the add,
-    if any, runs on it there."""
+    if any, runs on it there. A fused max pool (consumer "pool", its windows tiling the output): each step's
+    sums are pooled from psum into ofmap (row tiles hold whole windows) and only the pooled values stored."""
 
     co: int = 0
     rows: int = 0
@@ -342,7 +343,7 @@ class ConvPlan(LayerPlan):
     pt: int = 0
     pl: int = 0
     in_fmt: str = ""
-    consumer: str = ""  # "neuron", "fire" (TTFS), "reduce", "add" or "" (the raw sums are stored)
+    consumer: str = ""  # "neuron", "fire" (TTFS), "reduce", "add", "pool" or "" (the raw sums are stored)
     bias: bool = False
     membranes_out: int = 0  # membrane outputs of the fused neuron
     wfmt: str = "i8"
@@ -358,6 +359,8 @@ class ConvPlan(LayerPlan):
     residual_fmt: str = ""
     add_shifts: tuple[int, int] = (0, 0)
     add_neuron: bool = False  # add: a neuron runs on the sum
+    pool_k: int = 0  # pool: its window (= stride), and the pooled values' format
+    pool_fmt: str = ""
 
     tile_names: ClassVar = ("output channels", "output rows", "input channels")
 
@@ -376,13 +379,15 @@ class ConvPlan(LayerPlan):
             geometry = dict(cin=cin, ih=x.shape[1], iw=x.shape[2], kh=kh, kw=kw, sh=op.stride[0], sw=op.stride[1],
                             pt=op.padding[0], pl=op.padding[1])
         kind = ("add" if add is not None else "neuron" if neuron else "fire" if isinstance(consumer, Fire)
-                else "reduce" if consumer else "")
+                else "pool" if isinstance(consumer, MaxPool) else "reduce" if consumer else "")
         if add is not None:
             mine = add.inputs.index(op.name)
             shifts = (add.shift_a, add.shift_b)
             residual = graph.op(add.inputs[1 - mine])
             add_fields = dict(add_fmt=fmt(add.type.dtype), residual_fmt=fmt(residual.type.dtype),
                               add_shifts=(shifts[mine], shifts[1 - mine]), add_neuron=neuron)
+        elif kind == "pool":
+            add_fields = dict(pool_k=consumer.kernel, pool_fmt=fmt(consumer.type.dtype))
         else:
             add_fields = {}
         return cls(graph, op, hw, placed, co=co, rows=rows, ci=ci, cout=op.type.shape[0], oh=oh, ow=ow,
@@ -415,6 +420,8 @@ class ConvPlan(LayerPlan):
         self.narrow_at = ceil_to(fired, SLOT_ALIGN)
         if self.consumer == "add":
             out = (self.narrow_at + elems_bytes(self.add_fmt, n) if self.add_fmt != "i32" else fired) or None
+        elif self.consumer == "pool":
+            out = elems_bytes(self.pool_fmt, n // self.pool_k ** 2)
         else:
             out = {"neuron": fired, "fire": n, "reduce": 4 * n,
                    "": elems_bytes(self.out_fmt, n) if self.narrowed else None}[self.consumer]
@@ -430,7 +437,8 @@ class ConvPlan(LayerPlan):
         if out is not None:
             self.slot_bytes["ofmap"] = out
         self.double = frozenset({"wgt", "ifmap", "psum"}
-                                | ({"ofmap"} if self.consumer in ("neuron", "fire", "add") or self.narrowed else set()))
+                                | ({"ofmap"} if self.consumer in ("neuron", "fire", "add", "pool") or self.narrowed
+                                   else set()))
 
     @property
     def neuron(self) -> bool:
@@ -447,6 +455,8 @@ class ConvPlan(LayerPlan):
         """The formats of what the layer stores: spikes, spike times, sums, or an add's sum and its neuron's spikes."""
         if self.consumer == "add":
             return (self.add_fmt, "spike") if self.add_neuron else (self.add_fmt,)
+        if self.consumer == "pool":
+            return (self.pool_fmt,)
         return ({"neuron": "spike", "fire": TIME}.get(self.consumer, self.out_fmt),)
 
     @property
@@ -510,6 +520,8 @@ class ConvPlan(LayerPlan):
         """Do the tiles of every spike tensor start on bytes, and do a tile's channels fit the conv
         instructions' `cin` and `cout` fields (a linear layer of 70,000 inputs must take them in tiles)?"""
         if self.ci > CONV_FIELD_MAX["cin"] or self.co > CONV_FIELD_MAX["cout"]:
+            return False
+        if self.consumer == "pool" and self.rows % self.pool_k:  # a row tile pools whole windows
             return False
         if self.rows < self.oh:
             if self.in_fmt == "spike" and self.ih * self.iw % 8:
@@ -626,6 +638,13 @@ class ConvPlan(LayerPlan):
                                      self.output_block("i32", co, rt))
         elif self.consumer == "add":
             code += self.add_step(consumer, co, rt, t, acc, inputs[-1], dst)
+        elif self.consumer == "pool":
+            k, tc = self.pool_k, co[1] - co[0]
+            code += [self.instr("pool", src=acc, dst=dst, mode="max", src_fmt="i32", dst_fmt=self.pool_fmt, channels=tc,
+                                ih=rt.y1 - rt.y0, iw=self.ow, oh=(rt.y1 - rt.y0) // k, ow=self.ow // k, k=k, stride=k,
+                                pt=0, pl=0),
+                     *self.move_block("store", consumer, t, Block(self.pool_fmt, (self.cout, self.oh // k, self.ow // k),
+                                                                  *co, rt.y0 // k, rt.y1 // k), dst)]
         elif self.consumer == "fire":
             code += self.fire(consumer, n, t, acc, dst, self.output_block(TIME, co, rt))
         elif self.consumer == "reduce":
@@ -704,6 +723,8 @@ class ConvPlan(LayerPlan):
             out["neuron"] = {a: c * n * steps for a, c in _neuron_actions(self.neuron_op).items()}
         if self.consumer == "add":  # the operand added (each vacc that shifts, shifts)
             out["vector"] = {"add32": n * steps, "shift32": sum(s != 0 for s in self.add_shifts) * n * steps}
+        elif self.consumer == "pool":  # every sum in one window, compared
+            out["vector"] = {"cmp32": n * steps}
         elif self.consumer == "fire":
             out["neuron"] = {a: c * n * steps for a, c in TTFS_FIRE_ACTIONS.items()}
         elif self.consumer == "reduce":
@@ -969,7 +990,7 @@ def plan_kind(graph: Graph, op: Op) -> type[LayerPlan] | None:
     input, flatten, repeat, time slices and concatenations, membranes)."""
     if isinstance(op, (Conv2d, Linear)):
         return ConvPlan
-    if isinstance(op, (MaxPool, AvgPool)):
+    if isinstance(op, (MaxPool, AvgPool)) and graph.fused_into(op) is None:
         return PoolPlan
     if isinstance(op, (Add, Rescale, NeuronQ, Fire)) and graph.fused_into(op) is None:
         return ElementwisePlan

@@ -291,7 +291,7 @@ INSTRUCTIONS: tuple[Opcode, ...] = (
                   "-round_shift), before they are added and saturate (a wide accumulator's output stage)", 0,
                   since=10))),
     _op("pool", 0x07, "vector",
-        (_ref("src", ("ifmap",)), _ref("dst", ("ofmap",)), _enum("mode", ("max", "sum", "min")),
+        (_ref("src", ("ifmap", "psum")), _ref("dst", ("ofmap",)), _enum("mode", ("max", "sum", "min")),
          _enum("src_fmt", FORMATS + (TIME,)), _enum("dst_fmt", FORMATS + (TIME,)), _u("channels", 16), _u("ih", 12),
          _u("iw", 12), _u("oh", 12), _u("ow", 12), _u("k", 4), _u("stride", 4),
          _s("pt", 5, "zero rows above the input (negative: input rows skipped)"),

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ttc import api
+from ttc.cli import explain
 from ttc.models import tt_resnet
 
 SIZE = 8
@@ -27,7 +28,7 @@ def test_fused_residual_adds_change_no_output_bit_and_move_fewer_bytes(name):
     build, steps = MODELS[name]
     net, x = build(), _events(steps)
     shape = f"{steps},N,2,{SIZE},{SIZE}"
-    fused, unfused = (api.compile_model(net, shape, "sata", input_encoding="spikes", fusion=f) for f in ("residual", "neuron"))
+    fused, unfused = (api.compile_model(net, shape, "sata", input_encoding="spikes", fusion=f) for f in ("all", "neuron"))
     fused_kinds, unfused_kinds = ([layer["op"] for layer in c.program.meta["layers"]] for c in (fused, unfused))
     assert "conv2d+add+neuron_q" in fused_kinds and not any("+add" in k for k in unfused_kinds)
     assert fused_kinds.count("add") < unfused_kinds.count("add")
@@ -47,3 +48,19 @@ def test_a_training_step_keeps_its_adds_as_layers():
     assert compiled.program.meta["options"]["fusion"] == "neuron"
     kinds = [layer["op"] for layer in compiled.program.meta["layers"]]
     assert kinds.count("add") == 2 and not any("+add" in k for k in kinds)
+
+
+@pytest.mark.parametrize("objective", ["latency", "energy"])
+def test_each_pool_or_add_is_fused_where_the_cost_model_prices_it_lower_and_explained(objective):
+    build, steps = MODELS["stt"]
+    compiled = api.compile_model(build(), f"{steps},N,2,{SIZE},{SIZE}", "sata", input_encoding="spikes",
+                                 objective=objective)
+    notes, graph = compiled.program.meta["fusion"], compiled.graph
+    assert {"add+neuron_q", "maxpool"} <= {n["kind"] for n in notes.values()}
+    for conv, note in notes.items():
+        fused, apart = (note[w]["cycles"] if objective == "latency" else note[w]["energy_pj"] for w in ("fused", "apart"))
+        assert note["chosen"] == ("fused" if fused < apart else "apart") and note["objective"] == objective
+        assert graph.op(conv).fused == (note["consumer"] if note["chosen"] == "fused" else None)
+    text = explain(compiled.program.meta)
+    for conv, note in notes.items():
+        assert f"{conv} + {note['kind']} %{note['consumer']}: {note['chosen']} (best {objective})" in text

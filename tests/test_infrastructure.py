@@ -77,7 +77,7 @@ def test_atomic_write_into_a_missing_directory_names_the_file(tmp_path):
 
 def test_options_recorded_in_prog_bin_keep_their_names_and_defaults():
     assert api.OPTIONS == {"input_encoding": "fixed", "input_bits": 16, "input_frac": 8, "tt_rank": "", "tt_error": 0.0, "tt_core_bits": 8,
-                           "objective": "latency", "schedule": "", "fusion": "residual"}
+                           "objective": "latency", "schedule": "", "fusion": "all"}
     assert api.OPTIONS == {o.name: o.default for o in user_options()}
 
 

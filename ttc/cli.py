@@ -242,7 +242,8 @@ def phase_starts(layers: list[dict]) -> dict[str, int]:
 
 def explain(meta: dict) -> str:
     """What tt-factorize did to each conv it looked at, then one block per TT layer: each plan's
-    predicted cycles and energy, or why it is unavailable."""
+    predicted cycles and energy, or why it is unavailable; then each conv that could run the max pool or
+    residual add after it: the predicted cost fused and apart, and the choice."""
     lines = []
     for path, note in meta.get("factorize", {}).items():
         if "ranks" in note:
@@ -258,7 +259,12 @@ def explain(meta: dict) -> str:
             lines.append(f"  {plan:<7} " + (f"{o['cycles']:>10.0f} cycles {o['energy_pj'] / 1e3:>10.2f} nJ "
                                             f"{o['weight_bytes']:>8} weight bytes" if o["available"]
                                             else f"unavailable: {o['why']}"))
-    return "\n".join(lines) if lines else "no tensor-train layers"
+    for conv, note in meta.get("fusion", {}).items():
+        lines.append(f"{conv} + {note['kind']} %{note['consumer']}: {note['chosen']} (best {note['objective']})")
+        for way in ("fused", "apart"):
+            o = note[way]
+            lines.append(f"  {way:<7} {o['cycles']:>10.0f} cycles {o['energy_pj'] / 1e3:>10.2f} nJ {o['dram_bytes']:>10} DRAM bytes")
+    return "\n".join(lines) if lines else "no tensor-train layers, and no layer that could run a pool or add"
 
 
 def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -670,7 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True)
     c.add_argument("--hw", default="sata", help="hardware preset name or TOML file (default: sata)")
     add_option_flags(c, user_options())
-    c.add_argument("--explain", action="store_true", help="print each TT layer's plans, their predicted cost and the choice")
+    c.add_argument("--explain", action="store_true", help="print each TT layer's plans, and each fusion of a pool or "
+                   "residual add, their predicted cost and the choice")
     c.add_argument("--emit-ir", metavar="FILE", help="also write the final IR as text")
     t = c.add_argument_group("training (docs/training.md)")
     t.add_argument("--train", action="store_true", help="compile the model's training step (forward, backward and "

@@ -24,7 +24,7 @@ import numpy as np
 from ttc.isa.errors import InternalError
 from ttc.isa.hwconfig import HwConfig, load_hw
 
-from ..cost import layer_cost
+from ..cost import OBJECTIVES, layer_cost, score
 from ..ir import Add, Conv2d, Graph, IRError, Op, TimeConcat, TimeSlice, TTConv2d
 from ..plan import layer_plan
 from . import Pass, parse_per_layer, register, user_option
@@ -33,7 +33,6 @@ from .tile import choose_tile
 from .quantize import contracted, conv_bounds, middle, stored_bits
 
 PLANS = ("cores", "merged", "dense")
-OBJECTIVES = ("latency", "energy", "edp")
 I16_MAX = (1 << 15) - 1
 
 
@@ -129,7 +128,7 @@ class TTSchedule(Pass):
                                  choices=OBJECTIVES)
     schedule: str = user_option("", "schedule", "force the contraction plan (cores, merged, dense) of every or of the "
                                 "named TT layers", metavar="PLAN|PATH=PLAN,...")
-    fusion: str = "residual"  # the fuse pass's option (`pipeline_arguments` passes it): plans are priced fused so
+    fusion: str = "all"  # the fuse pass's option (`pipeline_arguments` passes it): plans are priced fused so
 
     def run(self, graph: Graph) -> Graph:
         if self.objective not in OBJECTIVES:
@@ -152,23 +151,18 @@ class TTSchedule(Pass):
                 except PlanUnavailable as e:
                     options[plan] = {"available": False, "why": str(e)}
                     continue
-                options[plan] = {"available": True, **_price(graph, tt, built[plan], hw, self.fusion)}
+                options[plan] = {"available": True, **_price(graph, tt, built[plan], hw, self.fusion, self.objective)}
             want = forced.get(tt.path, forced.get("*"))
             if want is not None and not options[want]["available"]:
                 tt.fail(f"plan {want!r} is unavailable: {options[want]['why']}")
-            chosen = want or min((p for p in PLANS if options[p]["available"]), key=lambda p: _score(options[p], self.objective))
+            chosen = want or min((p for p in PLANS if options[p]["available"]), key=lambda p: score(options[p]["cycles"], options[p]["energy_pj"], self.objective))
             notes[tt.path or tt.name] = {"variant": tt.variant, "ranks": list(tt.ranks), "chosen": chosen,
                                          "forced": want is not None, "objective": self.objective, "plans": options}
             graph.replace_op(tt, built[chosen])
         return graph.infer_types()
 
 
-def _score(option: dict, objective: str) -> float:
-    return {"latency": option["cycles"], "energy": option["energy_pj"],
-            "edp": option["cycles"] * option["energy_pj"]}[objective]
-
-
-def _price(graph: Graph, tt: TTConv2d, ops: list[Op], hw: HwConfig, fusion: str) -> dict:
+def _price(graph: Graph, tt: TTConv2d, ops: list[Op], hw: HwConfig, fusion: str, objective: str) -> dict:
     """Predicted cycles and energy of a plan's layers, each fused and tiled as the fuse and tile passes
     would; the layer that takes the TT layer's name is priced with what it fuses (its neuron, or the residual
     add and the neuron after it). The ops are left unfused and untiled: those passes record their decisions in
@@ -180,7 +174,7 @@ def _price(graph: Graph, tt: TTConv2d, ops: list[Op], hw: HwConfig, fusion: str)
     dram = 0
     layers, fused = [], []
     for op in ops:
-        fused += fuse_layer(trial, op, fusion)
+        fused += fuse_layer(trial, op, fusion, hw, objective)
         tile = choose_tile(trial, op, hw)
         plan = layer_plan(trial, op, hw, tile)
         if plan is None:
