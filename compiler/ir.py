@@ -837,7 +837,13 @@ class TimeReduce(Op):
 
 
 #: What a conv or linear layer can run inside itself, on its sums, tile by tile (the fuse pass).
-FUSABLE = (NeuronQ, Fire, TimeReduce, Add, MaxPool)  # what a conv or linear layer may run inside it (the fuse pass)
+FUSABLE = (NeuronQ, Fire, TimeReduce, Add, MaxPool, Conv2d)  # what a conv or linear layer may run inside it (fuse)
+
+
+def pointwise_rows(conv: "Conv2d") -> bool:
+    """Does `conv` read each output row from that row of its input alone (kernel height 1, stride 1, no padding
+    above), so that a producer conv can make its input tile by tile inside its layer (the fuse pass)?"""
+    return conv.weight.shape[2] == 1 and conv.stride == (1, 1) and conv.padding[0] == 0
 
 # ----------------------------------------------------------------------------------------- graph
 
@@ -967,8 +973,9 @@ class Graph:
 
     def _verify_fusion(self, o: Op) -> None:
         """A conv or linear runs inside it its only reader, a neuron, firing, time reduction, a residual add whose
-        other operand is defined before it, or a max pool whose windows tile its output; a fused add runs a neuron
-        that reads it (the sum is stored too)."""
+        other operand is defined before it, a max pool whose windows tile its output, or a conv reading its rows
+        one to one (which then makes the layer: the producer computed inside it); a fused add runs a neuron that
+        reads it (the sum is stored too)."""
         consumer = self.op(o.fused) if self.has(o.fused) else None
         if isinstance(o, Add):
             if not (isinstance(consumer, NeuronQ) and consumer.inputs[0] == o.name and self.fused_into(o) is not None):
@@ -979,6 +986,11 @@ class Graph:
                    "add or max pool")
         if isinstance(consumer, MaxPool) and not (isinstance(o, Conv2d) and consumer.tiles_input(o.type)):
             o.fail(f"is fused with %{o.fused}, a max pool whose windows do not tile the conv's output")
+        if isinstance(consumer, Conv2d) and not (isinstance(o, Conv2d) and pointwise_rows(consumer)
+                                                 and self.fused_into(o) is None
+                                                 and not isinstance(self.consumer(consumer), Conv2d)):
+            o.fail(f"is fused with %{o.fused}, a conv that does not read its rows one to one, or a chain of more "
+                   "than two convs")
         if isinstance(consumer, Add):
             other = next(i for i in consumer.inputs if i != o.name) if consumer.inputs.count(o.name) == 1 else None
             order = {op.name: k for k, op in enumerate(self.ops)}

@@ -42,7 +42,7 @@ from ttc.isa.train import band_fields
 from .ir import (Add, AvgPool, Conv2d, Fire, Graph, Linear, MaxPool, Membrane, NeuronQ, Op, Rescale, Tape, TimeReduce,
                  live_synapses, tconv_base)
 from .layout import plane_bytes, step_bytes, step_stride, value_addr
-from .tiling import CONV_FIELD_MAX, Block, RowTile, ceil_to, channel_unit, fmt, row_tiles, row_unit, spans, split
+from .tiling import CONV_FIELD_MAX, Block, RowTile, candidates, ceil_to, channel_unit, fmt, row_tiles, row_unit, spans, split
 
 SLOT_ALIGN = 32
 
@@ -183,6 +183,11 @@ class LayerPlan(ABC):
     @abstractmethod
     def stretches(self) -> Iterator[Stretch]:
         """The layer's steps in program order, in stretches: each plan kind walks its own loop nest."""
+
+    @classmethod
+    def sizes(cls, graph: Graph, op: Op) -> list[list[int]]:
+        """The tile sizes the tile search tries in each dimension of `extents` (plans that have them)."""
+        return [candidates(n) for n in cls.extents(graph, op)]
 
     def walk(self) -> Iterator[Step]:
         for stretch in self.stretches():
@@ -361,12 +366,27 @@ class ConvPlan(LayerPlan):
     add_neuron: bool = False  # add: a neuron runs on the sum
     pool_k: int = 0  # pool: its window (= stride), and the pooled values' format
     pool_fmt: str = ""
+    producer_key: tuple = ()  # the shape of the conv run inside this layer to make its input, if any
+    producer: "ConvPlan | None" = field(default=None, repr=False, compare=False)
 
     tile_names: ClassVar = ("output channels", "output rows", "input channels")
 
     @classmethod
     def of(cls, graph: Graph, op: Conv2d | Linear, hw: HwConfig, tile, placed: bool = False) -> "ConvPlan":
-        x, consumer = graph.op(op.inputs[0]).type, graph.consumer(op)
+        """The plan of the layer `op` heads: its own, or, when `op` is a producer fused into its 1x1 consumer
+        conv, the consumer's with `op` computed inside it (every output channel, the tile's rows)."""
+        main = graph.consumer(op)
+        if not isinstance(main, Conv2d):
+            return cls._of(graph, op, hw, tile, placed)
+        producer = cls._of(graph, op, hw, (op.type.shape[0], tile[1], graph.op(op.inputs[0]).type.shape[0]), placed,
+                           alone=True)
+        return cls._of(graph, main, hw, tile, placed, producer)
+
+    @classmethod
+    def _of(cls, graph: Graph, op: Conv2d | Linear, hw: HwConfig, tile, placed: bool, producer: "ConvPlan | None" = None,
+            alone: bool = False) -> "ConvPlan":
+        """`alone`: without what runs inside its layer (a producer's sums stay on chip for its consumer)."""
+        x, consumer = graph.op(op.inputs[0]).type, None if alone else graph.consumer(op)
         oh, ow = op.type.shape[1:] or (1, 1)
         add = consumer if isinstance(consumer, Add) else None
         neuron_op = graph.consumer(add) if add is not None else consumer  # the neuron the layer runs, if any
@@ -391,7 +411,7 @@ class ConvPlan(LayerPlan):
         else:
             add_fields = {}
         return cls(graph, op, hw, placed, co=co, rows=rows, ci=ci, cout=op.type.shape[0], oh=oh, ow=ow,
-                   in_fmt=fmt(x.dtype), consumer=kind, bias=op.bias is not None,
+                   in_fmt="i32" if producer is not None else fmt(x.dtype), consumer=kind, bias=op.bias is not None,
                    membranes_out=sum(isinstance(u, Membrane) for u in graph.users(neuron_op.name)) if neuron else 0,
                    wfmt=LOG5 if op.log_scale is not None else f"i{8 * op.weight.itemsize}", out_fmt=fmt(op.type.dtype),
                    shift=tconv_base(op, x) if op.log_scale is not None else op.shift,
@@ -401,12 +421,25 @@ class ConvPlan(LayerPlan):
                    out_planes=neuron_op.levels if neuron else 1, out_mode=neuron_op.mode if neuron else "parallel",
                    per_neuron=neuron and neuron_op.per_channel,
                    taped=neuron and any(isinstance(u, Tape) for u in graph.users(neuron_op.name)), **add_fields,
-                   **geometry)
+                   **geometry, **(dict(producer=producer, producer_key=producer.shape_key())
+                                  if producer is not None else {}))
 
     @staticmethod
     def extents(graph: Graph, op: Op) -> tuple[int, ...]:
-        """How many of each tiled dimension there are: output channels, output rows, input channels."""
+        """How many of each tiled dimension there are: output channels, output rows, input channels (of the
+        consumer conv a producer runs inside)."""
+        main = graph.consumer(op)
+        op = main if isinstance(main, Conv2d) else op
         return op.type.shape[0], (op.type.shape[1:] or (1,))[0], graph.op(op.inputs[0]).type.shape[0]
+
+    @classmethod
+    def sizes(cls, graph: Graph, op: Op) -> list[list[int]]:
+        """With a producer, every output and input channel in one tile (the producer's sums, made once per row
+        tile, are all of the layer's input): only the rows are tiled."""
+        if isinstance(graph.consumer(op), Conv2d):
+            channels, rows, inputs = cls.extents(graph, op)
+            return [[channels], candidates(rows), [inputs]]
+        return super().sizes(graph, op)
 
     def __post_init__(self):
         taps = self.kh * self.kw
@@ -428,10 +461,15 @@ class ConvPlan(LayerPlan):
         loaded = max(t.r1 - t.r0 for t in self.row_tiles)
         inputs = self.in_planes * (self.ci * elems_bytes(self.in_fmt, loaded * self.iw) if self.rows < self.oh
                                    else elems_bytes(self.in_fmt, self.ci * self.ih * self.iw))
-        adding = self.consumer == "add"
-        self.slot_bytes = {"wgt": self.bias_offset(weights) + 4 * self.co,
+        adding, p = self.consumer == "add", self.producer
+        #: a producer's weights after the layer's own in a weight slot, and its sums after the layer's in psum
+        self.producer_wgt_at = ceil_to(self.bias_offset(weights) + 4 * self.co, SLOT_ALIGN)
+        self.produced_at = 4 * n * (2 if adding else 1)  # add: the sums, then the sum with the operand
+        if p is not None:
+            inputs = p.slot_bytes["ifmap"]  # the producer's input block: the layer's own input is made on chip
+        self.slot_bytes = {"wgt": self.producer_wgt_at + p.slot_bytes["wgt"] if p else self.bias_offset(weights) + 4 * self.co,
                            "ifmap": max(inputs, elems_bytes(self.residual_fmt, n)) if adding else inputs,
-                           "psum": 4 * n * (2 if adding else 1)}  # add: the sums, then the sum with the operand
+                           "psum": self.produced_at + (p.slot_bytes["psum"] if p else 0)}
         if self.neuron:
             self.slot_bytes["vmem"] = self.vmem_bytes(n)
         if out is not None:
@@ -439,6 +477,11 @@ class ConvPlan(LayerPlan):
         self.double = frozenset({"wgt", "ifmap", "psum"}
                                 | ({"ofmap"} if self.consumer in ("neuron", "fire", "add", "pool") or self.narrowed
                                    else set()))
+
+    @property
+    def kind(self) -> str:
+        """With a producer first: `conv2d+conv2d+neuron_q`."""
+        return f"{self.producer.op.opname}+{super().kind}" if self.producer is not None else super().kind
 
     @property
     def neuron(self) -> bool:
@@ -523,6 +566,8 @@ class ConvPlan(LayerPlan):
             return False
         if self.consumer == "pool" and self.rows % self.pool_k:  # a row tile pools whole windows
             return False
+        if self.producer is not None and (self.ci != self.cin or not self.producer.aligned()):  # one block, made here
+            return False
         if self.rows < self.oh:
             if self.in_fmt == "spike" and self.ih * self.iw % 8:
                 return False
@@ -565,7 +610,28 @@ class ConvPlan(LayerPlan):
         return self.op.wdram or 0
 
     def resident_weights(self, slot: Ref, co: tuple[int, int]) -> list[Instr]:
-        return [i for ci in self.ci_tiles for i in self.load_weights(slot, co, ci)]
+        return [i for ci in self.ci_tiles for i in self.load_weights(slot, co, ci)] + self.producer_weights(slot)
+
+    def producer_weights(self, slot: Ref) -> list[Instr]:
+        """A producer's weights (all of them), after the layer's own in `slot`."""
+        p = self.producer
+        return p.load_weights(Ref("wgt", slot.addr + self.producer_wgt_at), (0, p.cout), (0, p.cin)) if p else []
+
+    @cached_property
+    def producer_rows(self) -> dict[int, RowTile]:
+        """The producer's row tile that makes each of the layer's row tiles' rows (by its first row)."""
+        return {rt.y0: rt for rt in self.producer.row_tiles}
+
+    def produce(self, t: int, rt: RowTile, slot: Ref, w: Ref, dst: Ref) -> list[Instr]:
+        """Step t of the producer, for the rows of row tile `rt` and every channel: its input block loaded
+        into ifmap `slot`, its sums made at psum `dst` from its weights in weight slot `w`."""
+        p, prt = self.producer, self.producer_rows[rt.y0]
+        n = p.cout * (rt.y1 - rt.y0) * p.ow
+        at = w.addr + self.producer_wgt_at
+        code = [p.instr("vbias", dst=dst, bias=Ref("wgt", at + p.bias_at(p.cout)), channels=p.cout, plane=n // p.cout)
+                ] if p.bias else []
+        code += p.move_block("load", self.graph.op(p.op.inputs[0]), t, p.input_block((0, p.cin), prt), slot)
+        return code + p.block_conv(slot, at, dst, p.cout, n, (0, p.cin), prt, accumulate=int(p.bias))
 
     def stretches(self) -> Iterator[Stretch]:
         """One stretch per output tile: its T steps. Resident weights are loaded before the first (the
@@ -577,8 +643,17 @@ class ConvPlan(LayerPlan):
             upcoming = self.co_tiles[k + 1] if self.resident and k + 1 < len(self.co_tiles) else None
             for j, rt in enumerate(self.row_tiles):
                 first, fetch = k == j == 0, upcoming if j == len(self.row_tiles) - 1 else None
-                yield Stretch((co[1] - co[0], rt.y1 - rt.y0, rt.r1 - rt.r0, rt.pt, first, fetch and fetch[1] - fetch[0]), slots,
+                yield Stretch((co[1] - co[0], *self.rows_key(rt), first, fetch and fetch[1] - fetch[0]), slots,
                               lambda k=k, co=co, rt=rt, first=first, fetch=fetch: self.tile_steps(k, co, rt, first, fetch, *slots))
+
+    def rows_key(self, rt: RowTile) -> tuple[int, ...]:
+        """What of a row tile decides its steps' work: its rows, the input rows it loads and where they start (and
+        those of the producer's row tile that makes its input)."""
+        key = (rt.y1 - rt.y0, rt.r1 - rt.r0, rt.pt)
+        if self.producer is not None:
+            made = self.producer_rows[rt.y0]
+            key += (made.r1 - made.r0, made.pt)
+        return key
 
     def tile_steps(self, k: int, co: tuple[int, int], rt: RowTile, first: bool, fetch: tuple[int, int] | None,
                    wgt: Slots, ifmap: Slots, psum: Slots, out: Slots | None = None) -> Iterator[Step]:
@@ -593,8 +668,7 @@ class ConvPlan(LayerPlan):
             weights = [w] if self.resident else wgt.take(len(self.ci_tiles))
             prefetch = wgt.next() if fetch and t == steps - 1 else None
             dst = out.next() if out is not None and self.consumer != "reduce" else out[0] if out else None
-            work = (co[1] - co[0], rt.y1 - rt.y0, rt.r1 - rt.r0, rt.pt, t == 0, t == steps - 1, bool(prologue),
-                    prefetch and fetch[1] - fetch[0])
+            work = (co[1] - co[0], *self.rows_key(rt), t == 0, t == steps - 1, bool(prologue), prefetch and fetch[1] - fetch[0])
             yield Step(work, place,
                        lambda prologue=prologue, t=t, acc=acc, inputs=inputs, weights=weights, prefetch=prefetch, dst=dst:
                        prologue + self.conv_step(x_op, consumer, co, rt, t, acc, inputs, weights, prefetch, k, dst))
@@ -605,7 +679,7 @@ class ConvPlan(LayerPlan):
         """Step t of output tile (co, rt): acc = bias + the conv of the input, block by block of input
         channels (streaming each block's weights unless resident), then the fused consumer. Block b
         reads its input from slot inputs[b % len(inputs)] and its weights from weights[b % len(weights)]."""
-        tc, taps = co[1] - co[0], self.taps
+        tc = co[1] - co[0]
         n = tc * (rt.y1 - rt.y0) * self.ow
         code = []
         if t == 0 and self.neuron:
@@ -615,22 +689,17 @@ class ConvPlan(LayerPlan):
         for b, (i0, i1) in enumerate(self.ci_tiles):
             w, src = weights[b % len(weights)], inputs[b % len(inputs)]
             if not self.resident:
-                code += self.load_weights(w, co, (i0, i1))
+                code += self.load_weights(w, co, (i0, i1)) + self.producer_weights(w)
             if b == 0 and self.bias:
                 code.append(self.instr("vbias", dst=acc, bias=Ref("wgt", w.addr + self.bias_at(tc)), channels=tc,
                                                 plane=n // tc))
-            code += self.move_block("load", x_op, t, self.input_block((i0, i1), rt), src)
-            for group, (lo, hi) in enumerate(split(tc, self.hw.pe_groups)):
-                args = dict(src=src, wgt=Ref("wgt", w.addr + self.weights_at(tc, i0) + lo * (i1 - i0) * taps * self.wbytes),
-                            dst=Ref("psum", acc.addr + 4 * lo * n // tc), **self.conv_args(i1 - i0, rt),
-                            cout=hi - lo, accumulate=int(self.bias or b > 0), group=group, shift=self.shift)
-                if self.in_fmt == TIME:
-                    code.append(self.instr("tconv", **args, window=self.in_window))
-                elif self.in_fmt == "spike":
-                    code.append(self.instr("sconv", **args, wfmt=self.wfmt, planes=self.in_planes, mode=self.in_mode))
-                else:
-                    code.append(self.instr("dconv", **args, wfmt=self.wfmt, fmt=self.in_fmt,
-                                           sat_bits=getattr(self.op, "sat_bits", None) or 0))
+            if self.producer is None:
+                code += self.move_block("load", x_op, t, self.input_block((i0, i1), rt), src)
+            else:  # the input is made here: the producer's sums of the tile's rows
+                made = Ref("psum", acc.addr + 4 * n * (2 if self.consumer == "add" else 1))  # as produced_at
+                code += self.produce(t, rt, src, w, made)
+                src = made
+            code += self.block_conv(src, w.addr, acc, tc, n, (i0, i1), rt, accumulate=int(self.bias or b > 0))
         if fetch is not None:  # in DRAM's queue before this tile's last results
             code += self.resident_weights(fetch, self.co_tiles[k + 1])
         if self.consumer == "neuron":
@@ -657,6 +726,24 @@ class ConvPlan(LayerPlan):
             code += self.move_block("store", self.op, t, self.output_block(self.out_fmt, co, rt), dst)
         else:
             code += self.move_block("store", self.op, t, self.output_block(self.out_fmt, co, rt), acc)
+        return code
+
+    def block_conv(self, src: Ref, wgt_addr: int, acc: Ref, tc: int, n: int, ci: tuple[int, int], rt: RowTile,
+                   accumulate: int) -> list[Instr]:
+        """The conv of input channels `ci` at `src` into the tile's `tc` x n/tc sums at `acc`, one instruction per PE
+        group, with the weights of the slot at `wgt_addr`."""
+        (i0, i1), code = ci, []
+        for group, (lo, hi) in enumerate(split(tc, self.hw.pe_groups)):
+            args = dict(src=src, wgt=Ref("wgt", wgt_addr + self.weights_at(tc, i0) + lo * (i1 - i0) * self.taps * self.wbytes),
+                        dst=Ref("psum", acc.addr + 4 * lo * n // tc), **self.conv_args(i1 - i0, rt),
+                        cout=hi - lo, accumulate=accumulate, group=group, shift=self.shift)
+            if self.in_fmt == TIME:
+                code.append(self.instr("tconv", **args, window=self.in_window))
+            elif self.in_fmt == "spike":
+                code.append(self.instr("sconv", **args, wfmt=self.wfmt, planes=self.in_planes, mode=self.in_mode))
+            else:
+                code.append(self.instr("dconv", **args, wfmt=self.wfmt, fmt=self.in_fmt,
+                                       sat_bits=getattr(self.op, "sat_bits", None) or 0))
         return code
 
     def add_step(self, add: Add, co: tuple[int, int], rt: RowTile, t: int, acc: Ref, operand: Ref,
@@ -689,6 +776,8 @@ class ConvPlan(LayerPlan):
         share of every conv instruction's); under "tile", the pairs reading in-bounds rows times the share of
         spike rows holding a spike: `rows` as measured, else that of `iw` independent spikes at `density`."""
         mode = self.hw.pe_skip
+        if self.producer is not None:  # its own input is multi-bit: only the producer's convs may be spike-driven
+            return self.producer.pe_share(density, rows)
         if mode == "none" or self.in_fmt not in ("spike", TIME):
             return 1.0
         dense = self.cout * self.cin * self.oh * self.ow * self.kh * self.kw
@@ -718,6 +807,9 @@ class ConvPlan(LayerPlan):
         shifts += self.in_planes - 1 if self.in_mode == "cascade" else 0  # a cascade's doubling between planes
         if shifts:
             pe["shift32"] = pe.get("shift32", 0) + n * len(self.ci_tiles) * shifts * steps
+        if self.producer is not None:  # made again for every output-channel tile
+            for action, count in self.producer.arithmetic(density)["pe"].items():
+                pe[action] = pe.get(action, 0) + count * len(self.co_tiles)
         out = {"pe": pe}
         if self.neuron:
             out["neuron"] = {a: c * n * steps for a, c in _neuron_actions(self.neuron_op).items()}
@@ -988,7 +1080,7 @@ class ReducePlan(LayerPlan):
 def plan_kind(graph: Graph, op: Op) -> type[LayerPlan] | None:
     """The plan kind of the layer `op` heads, or None if it is not a layer (fused into one, or free:
     input, flatten, repeat, time slices and concatenations, membranes)."""
-    if isinstance(op, (Conv2d, Linear)):
+    if isinstance(op, (Conv2d, Linear)) and graph.fused_into(op) is None:  # (not a conv its producer's layer runs)
         return ConvPlan
     if isinstance(op, (MaxPool, AvgPool)) and graph.fused_into(op) is None:
         return PoolPlan

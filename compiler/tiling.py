@@ -97,6 +97,12 @@ def row_tiles(oh: int, rows: int, ih: int, k: int, s: int, pad: int, unit: int) 
     return tiles
 
 
+def candidates(n: int) -> list[int]:
+    """Tile sizes to try for n items: every tile count's largest size, also in multiples of 2, 4, 8
+    (byte-aligned tiles of spike tensors)."""
+    return sorted({size for unit in (1, 2, 4, 8) for size in sizes(n, unit)}, reverse=True)
+
+
 def sizes(n: int, unit: int) -> list[int]:
     """Tile sizes worth trying for n items in multiples of `unit` (or n): the largest size for each
     tile count, largest first."""

@@ -263,7 +263,9 @@ def explain(meta: dict) -> str:
         lines.append(f"{conv} + {note['kind']} %{note['consumer']}: {note['chosen']} (best {note['objective']})")
         for way in ("fused", "apart"):
             o = note[way]
-            lines.append(f"  {way:<7} {o['cycles']:>10.0f} cycles {o['energy_pj'] / 1e3:>10.2f} nJ {o['dram_bytes']:>10} DRAM bytes")
+            lines.append(f"  {way:<7} " + (f"unavailable: {o['unavailable']}" if "unavailable" in o else
+                                           f"{o['cycles']:>10.0f} cycles {o['energy_pj'] / 1e3:>10.2f} nJ "
+                                           f"{o['dram_bytes']:>10} DRAM bytes"))
     return "\n".join(lines) if lines else "no tensor-train layers, and no layer that could run a pool or add"
 
 

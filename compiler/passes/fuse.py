@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from ttc.isa.hwconfig import HwConfig, load_hw
 
 from ..cost import LayerCost, layer_cost, score
-from ..ir import Add, Conv2d, Fire, Graph, Linear, MaxPool, NeuronQ, Op, TimeReduce
+from ..ir import Add, Conv2d, Fire, Graph, IRError, Linear, MaxPool, NeuronQ, Op, TimeReduce, pointwise_rows
 from ..plan import layer_plan
 from . import Pass, register, user_option
 from .tile import choose_tile
@@ -36,25 +36,43 @@ FUSIONS = ("all", "neuron")
 
 
 def fuse_layer(graph: Graph, op: Op, fusion: str = "all", hw: HwConfig | None = None,
-               objective: str = "latency") -> list[Op]:
-    """Record what `op`'s layer runs inside it under `fusion` (FUSIONS); with `hw`, a max pool or residual add
-    only where the cost model prefers it for `objective` (noted in graph.notes["fusion"]). Returns the ops
-    whose `fused` field was set."""
-    if not isinstance(op, (Conv2d, Linear)):
-        return []
+               objective: str = "latency", weigh: bool = True) -> list[Op]:
+    """Record what `op`'s layer runs inside it under `fusion` (FUSIONS); with `hw`, a max pool, residual add or
+    producer only where the fused layer fits the machine and (`weigh`) the cost model prefers it for `objective`
+    (noted in graph.notes["fusion"]). Returns the ops whose `fused` field was set."""
+    if not isinstance(op, (Conv2d, Linear)) or isinstance(graph.fused_into(op), Conv2d):
+        return []  # (a conv its producer runs inside was decided with it)
     consumer = graph.only_user(op.name)
     op.fused = consumer.name if isinstance(consumer, (NeuronQ, Fire, TimeReduce)) else None
     if fusion != "all" or not _fusable(graph, op, consumer):
         return [op]
-    if hw is None or _cheaper_fused(graph, op, consumer, hw, objective):
-        return _fuse(graph, op, consumer)
-    return [op]
+    decided = fuse_layer(graph, consumer, fusion, hw, objective, weigh) if isinstance(consumer, Conv2d) else []
+    if hw is None or (_cheaper_fused(graph, op, consumer, hw, objective) if weigh else _fits(graph, op, consumer, hw)):
+        return _fuse(graph, op, consumer) + decided
+    return [op] + decided
+
+
+def _fits(graph: Graph, op: Op, consumer: Op, hw: HwConfig) -> bool:
+    """Does a tile of the layer that runs `consumer` fit the machine? Leaves them unfused."""
+    fused_ops = _fuse(graph, op, consumer)
+    try:
+        choose_tile(graph, op, hw)
+        return True
+    except IRError:
+        return False
+    finally:
+        for o in fused_ops:
+            o.fused = None
 
 
 def _fusable(graph: Graph, op: Op, consumer: Op | None) -> bool:
-    """Can `op`'s layer run its only reader `consumer`, a max pool or a residual add?"""
+    """Can `op`'s layer run its only reader `consumer`, a max pool, a residual add, or a conv reading its rows one
+    to one (whose own reader is not a conv: one producer a layer)?"""
     if isinstance(consumer, MaxPool):
         return isinstance(op, Conv2d) and consumer.tiles_input(op.type)
+    if isinstance(consumer, Conv2d):
+        return (isinstance(op, Conv2d) and pointwise_rows(consumer)
+                and not isinstance(graph.only_user(consumer.name), (Conv2d, Linear)))
     if not isinstance(consumer, Add) or consumer.inputs.count(op.name) != 1:
         return False
     other = next(i for i in consumer.inputs if i != op.name)  # a fixed-point value ready before `op` runs
@@ -75,19 +93,23 @@ def _cheaper_fused(graph: Graph, op: Op, consumer: Op, hw: HwConfig, objective: 
     """Is the layer that runs `consumer` (and a fused add's neuron) better for `objective` than the layers it
     replaces? Leaves `op` and `consumer` unfused; notes both prices."""
     fused_ops = _fuse(graph, op, consumer)
-    fused = _price(graph, op, hw)
-    neuron = graph.consumer(consumer)
+    neuron = graph.consumer(consumer) if isinstance(consumer, Add) else None  # (a conv's consumer is its own layer's)
+    try:
+        fused = _price(graph, op, hw)
+    except IRError as e:  # no tile of the fused layer fits the machine
+        fused, why = None, str(e).partition(": ")[2]
     for o in fused_ops:
         o.fused = None
     unfused = [_price(graph, o, hw) for o in (op, consumer, neuron) if o is not None]
     apart = LayerCost(sum(c.cycles for c in unfused), {"total": sum(c.total_pj for c in unfused)},
                       sum(c.dram_bytes for c in unfused))
-    better = score(fused.cycles, fused.total_pj, objective) < score(apart.cycles, apart.total_pj, objective)
+    better = fused is not None and score(fused.cycles, fused.total_pj, objective) < score(apart.cycles, apart.total_pj,
+                                                                                          objective)
     graph.notes.setdefault("fusion", {})[op.name] = {
         "consumer": consumer.name, "kind": consumer.opname + ("+" + neuron.opname if neuron is not None else ""),
         "objective": objective, "chosen": "fused" if better else "apart",
         **{name: {"cycles": round(c.cycles), "energy_pj": round(c.total_pj, 1), "dram_bytes": c.dram_bytes}
-           for name, c in (("fused", fused), ("apart", apart))}}
+           if c is not None else {"unavailable": why} for name, c in (("fused", fused), ("apart", apart))}}
     return better
 
 
@@ -110,8 +132,8 @@ class Fuse(Pass):
     def run(self, graph: Graph) -> Graph:
         hw = self.hw if isinstance(self.hw, HwConfig) else load_hw(self.hw)
         graph.notes.pop("fusion", None)
-        for op in graph.ops:
-            if isinstance(op, Add):
+        for op in graph.ops:  # decided afresh
+            if hasattr(op, "fused"):
                 op.fused = None
         for op in graph.ops:
             fuse_layer(graph, op, self.fusion, hw, self.objective)

@@ -21,17 +21,10 @@ from ttc.isa.hwconfig import HwConfig, load_hw
 from ..cost import PricedWalk, layer_cost
 from ..ir import Graph, Membrane, NeuronQ, Op
 from ..plan import ConvPlan, ElementwisePlan, LayerPlan, PoolPlan, ReducePlan, layer_plan, plan_kind
-from ..tiling import sizes
 from . import Pass, register
 
 CYCLE_TIE = 0.01
 _CHOSEN: dict[tuple, tuple] = {}  # (id of the config, layer shape) -> (config, tile)
-
-
-def candidates(n: int) -> list[int]:
-    """Tile sizes to try for n items: every tile count's largest size, also in multiples of 2, 4, 8
-    (byte-aligned tiles of spike tensors)."""
-    return sorted({size for unit in (1, 2, 4, 8) for size in sizes(n, unit)}, reverse=True)
 
 
 def _fail(op: Op, hw: HwConfig, what: str, plan: LayerPlan) -> None:
@@ -86,7 +79,7 @@ def _fastest(graph: Graph, op: Op, hw: HwConfig, kind: type[ConvPlan] | type[Poo
     cheapest to walk, and mostly the fastest); one whose lower bound on cycles (`PricedWalk.bound`, which
     stops walking once it is exceeded) passes the window of the fastest so far could not be in the final
     window either, and is not priced: the choice is the one pricing them all would make."""
-    *outer, last = [candidates(n) for n in kind.extents(graph, op)]
+    *outer, last = kind.sizes(graph, op)
     fitting, smallest = [], None
     for lead in product(*outer):
         for size in last:

@@ -151,7 +151,7 @@ class TTSchedule(Pass):
                 except PlanUnavailable as e:
                     options[plan] = {"available": False, "why": str(e)}
                     continue
-                options[plan] = {"available": True, **_price(graph, tt, built[plan], hw, self.fusion, self.objective)}
+                options[plan] = {"available": True, **_price(graph, tt, built[plan], hw, self.fusion)}
             want = forced.get(tt.path, forced.get("*"))
             if want is not None and not options[want]["available"]:
                 tt.fail(f"plan {want!r} is unavailable: {options[want]['why']}")
@@ -162,10 +162,11 @@ class TTSchedule(Pass):
         return graph.infer_types()
 
 
-def _price(graph: Graph, tt: TTConv2d, ops: list[Op], hw: HwConfig, fusion: str, objective: str) -> dict:
-    """Predicted cycles and energy of a plan's layers, each fused and tiled as the fuse and tile passes
-    would; the layer that takes the TT layer's name is priced with what it fuses (its neuron, or the residual
-    add and the neuron after it). The ops are left unfused and untiled: those passes record their decisions in
+def _price(graph: Graph, tt: TTConv2d, ops: list[Op], hw: HwConfig, fusion: str) -> dict:
+    """Predicted cycles and energy of a plan's layers, each tiled as the tile pass would and fused with all
+    that fits (the fuse pass then keeps the fusions the cost model prefers): the layer that takes the TT layer's
+    name is priced with what it runs (its neuron, or the residual add and the neuron after it, and the core
+    before it made inside it). The ops are left unfused and untiled: those passes record their decisions in
     the final graph."""
     trial = Graph(graph.name, list(graph.ops), list(graph.outputs))
     trial.replace_op(tt, ops)
@@ -174,7 +175,7 @@ def _price(graph: Graph, tt: TTConv2d, ops: list[Op], hw: HwConfig, fusion: str,
     dram = 0
     layers, fused = [], []
     for op in ops:
-        fused += fuse_layer(trial, op, fusion, hw, objective)
+        fused += fuse_layer(trial, op, fusion, hw, weigh=False)  # (the fuse pass weighs each fusion)
         tile = choose_tile(trial, op, hw)
         plan = layer_plan(trial, op, hw, tile)
         if plan is None:
