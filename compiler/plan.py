@@ -330,7 +330,10 @@ class ConvPlan(LayerPlan):
     y = R(s, shift) + R(r, shift') (the add's shifts) in a second psum region;
     y is stored (narrowed through ofmap when the add stores fewer bits), and the neuron fused after the add,
     if any, runs on it there. A fused max pool (consumer "pool", its windows tiling the output): each step's
-    sums are pooled from psum into ofmap (row tiles hold whole windows) and only the pooled values stored."""
+    sums are pooled from psum into ofmap (row tiles hold whole windows) and only the pooled values stored.
+    A producer (a conv fused into this layer's conv, which reads each row of its input alone): each step
+    makes the tile's input, the producer's sums of the tile's rows for all its channels, in psum after the
+    layer's own regions, from the producer's input block and its weights (after the layer's in the slot)."""
 
     co: int = 0
     rows: int = 0
@@ -404,12 +407,12 @@ class ConvPlan(LayerPlan):
             mine = add.inputs.index(op.name)
             shifts = (add.shift_a, add.shift_b)
             residual = graph.op(add.inputs[1 - mine])
-            add_fields = dict(add_fmt=fmt(add.type.dtype), residual_fmt=fmt(residual.type.dtype),
-                              add_shifts=(shifts[mine], shifts[1 - mine]), add_neuron=neuron)
+            consumer_fields = dict(add_fmt=fmt(add.type.dtype), residual_fmt=fmt(residual.type.dtype),
+                                   add_shifts=(shifts[mine], shifts[1 - mine]), add_neuron=neuron)
         elif kind == "pool":
-            add_fields = dict(pool_k=consumer.kernel, pool_fmt=fmt(consumer.type.dtype))
+            consumer_fields = dict(pool_k=consumer.kernel, pool_fmt=fmt(consumer.type.dtype))
         else:
-            add_fields = {}
+            consumer_fields = {}
         return cls(graph, op, hw, placed, co=co, rows=rows, ci=ci, cout=op.type.shape[0], oh=oh, ow=ow,
                    in_fmt="i32" if producer is not None else fmt(x.dtype), consumer=kind, bias=op.bias is not None,
                    membranes_out=sum(isinstance(u, Membrane) for u in graph.users(neuron_op.name)) if neuron else 0,
@@ -420,7 +423,7 @@ class ConvPlan(LayerPlan):
                    in_planes=x.dtype.planes, in_mode=x.dtype.mode,
                    out_planes=neuron_op.levels if neuron else 1, out_mode=neuron_op.mode if neuron else "parallel",
                    per_neuron=neuron and neuron_op.per_channel,
-                   taped=neuron and any(isinstance(u, Tape) for u in graph.users(neuron_op.name)), **add_fields,
+                   taped=neuron and any(isinstance(u, Tape) for u in graph.users(neuron_op.name)), **consumer_fields,
                    **geometry, **(dict(producer=producer, producer_key=producer.shape_key())
                                   if producer is not None else {}))
 
@@ -462,14 +465,13 @@ class ConvPlan(LayerPlan):
         inputs = self.in_planes * (self.ci * elems_bytes(self.in_fmt, loaded * self.iw) if self.rows < self.oh
                                    else elems_bytes(self.in_fmt, self.ci * self.ih * self.iw))
         adding, p = self.consumer == "add", self.producer
-        #: a producer's weights after the layer's own in a weight slot, and its sums after the layer's in psum
+        #: a producer's weights after the layer's own in a weight slot (its sums after the layer's in psum)
         self.producer_wgt_at = ceil_to(self.bias_offset(weights) + 4 * self.co, SLOT_ALIGN)
-        self.produced_at = 4 * n * (2 if adding else 1)  # add: the sums, then the sum with the operand
         if p is not None:
             inputs = p.slot_bytes["ifmap"]  # the producer's input block: the layer's own input is made on chip
         self.slot_bytes = {"wgt": self.producer_wgt_at + p.slot_bytes["wgt"] if p else self.bias_offset(weights) + 4 * self.co,
                            "ifmap": max(inputs, elems_bytes(self.residual_fmt, n)) if adding else inputs,
-                           "psum": self.produced_at + (p.slot_bytes["psum"] if p else 0)}
+                           "psum": self.own_psum(n) + (p.slot_bytes["psum"] if p else 0)}
         if self.neuron:
             self.slot_bytes["vmem"] = self.vmem_bytes(n)
         if out is not None:
@@ -477,6 +479,11 @@ class ConvPlan(LayerPlan):
         self.double = frozenset({"wgt", "ifmap", "psum"}
                                 | ({"ofmap"} if self.consumer in ("neuron", "fire", "add", "pool") or self.narrowed
                                    else set()))
+
+    def own_psum(self, n: int) -> int:
+        """The psum bytes of the layer's own regions for a tile of n sums: the sums, then an add's sum with its
+        operand (a producer's sums follow them)."""
+        return 4 * n * (2 if self.consumer == "add" else 1)
 
     @property
     def kind(self) -> str:
@@ -696,7 +703,7 @@ class ConvPlan(LayerPlan):
             if self.producer is None:
                 code += self.move_block("load", x_op, t, self.input_block((i0, i1), rt), src)
             else:  # the input is made here: the producer's sums of the tile's rows
-                made = Ref("psum", acc.addr + 4 * n * (2 if self.consumer == "add" else 1))  # as produced_at
+                made = Ref("psum", acc.addr + self.own_psum(n))
                 code += self.produce(t, rt, src, w, made)
                 src = made
             code += self.block_conv(src, w.addr, acc, tc, n, (i0, i1), rt, accumulate=int(self.bias or b > 0))
@@ -708,7 +715,7 @@ class ConvPlan(LayerPlan):
         elif self.consumer == "add":
             code += self.add_step(consumer, co, rt, t, acc, inputs[-1], dst)
         elif self.consumer == "pool":
-            k, tc = self.pool_k, co[1] - co[0]
+            k = self.pool_k
             code += [self.instr("pool", src=acc, dst=dst, mode="max", src_fmt="i32", dst_fmt=self.pool_fmt, channels=tc,
                                 ih=rt.y1 - rt.y0, iw=self.ow, oh=(rt.y1 - rt.y0) // k, ow=self.ow // k, k=k, stride=k,
                                 pt=0, pl=0),

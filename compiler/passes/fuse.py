@@ -35,11 +35,10 @@ from .tile import choose_tile
 FUSIONS = ("all", "neuron")
 
 
-def fuse_layer(graph: Graph, op: Op, fusion: str = "all", hw: HwConfig | None = None,
-               objective: str = "latency", weigh: bool = True) -> list[Op]:
-    """Record what `op`'s layer runs inside it under `fusion` (FUSIONS); with `hw`, a max pool, residual add or
-    producer only where the fused layer fits the machine and (`weigh`) the cost model prefers it for `objective`
-    (noted in graph.notes["fusion"]). Returns the ops whose `fused` field was set."""
+def fuse_layer(graph: Graph, op: Op, fusion: str, hw: HwConfig, objective: str = "latency", weigh: bool = True) -> list[Op]:
+    """Record what `op`'s layer runs inside it under `fusion` (FUSIONS): a max pool, residual add or producer
+    only where the fused layer fits `hw` and (`weigh`) the cost model prefers it for `objective` (noted in
+    graph.notes["fusion"]). Returns the ops whose `fused` field was set."""
     if not isinstance(op, (Conv2d, Linear)) or isinstance(graph.fused_into(op), Conv2d):
         return []  # (a conv its producer runs inside was decided with it)
     consumer = graph.only_user(op.name)
@@ -47,7 +46,7 @@ def fuse_layer(graph: Graph, op: Op, fusion: str = "all", hw: HwConfig | None = 
     if fusion != "all" or not _fusable(graph, op, consumer):
         return [op]
     decided = fuse_layer(graph, consumer, fusion, hw, objective, weigh) if isinstance(consumer, Conv2d) else []
-    if hw is None or (_cheaper_fused(graph, op, consumer, hw, objective) if weigh else _fits(graph, op, consumer, hw)):
+    if _cheaper_fused(graph, op, consumer, hw, objective) if weigh else _fits(graph, op, consumer, hw):
         return _fuse(graph, op, consumer) + decided
     return [op] + decided
 
