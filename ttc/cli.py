@@ -242,8 +242,8 @@ def phase_starts(layers: list[dict]) -> dict[str, int]:
 
 def explain(meta: dict) -> str:
     """What tt-factorize did to each conv it looked at, then one block per TT layer: each plan's
-    predicted cycles and energy, or why it is unavailable; then each conv that could run the max pool or
-    residual add after it: the predicted cost fused and apart, and the choice."""
+    predicted cycles and energy, or why it is unavailable; then each conv that could run the max pool,
+    residual add or conv after it: the predicted cost fused and apart, and the choice."""
     lines = []
     for path, note in meta.get("factorize", {}).items():
         if "ranks" in note:
@@ -266,7 +266,7 @@ def explain(meta: dict) -> str:
             lines.append(f"  {way:<7} " + (f"unavailable: {o['unavailable']}" if "unavailable" in o else
                                            f"{o['cycles']:>10.0f} cycles {o['energy_pj'] / 1e3:>10.2f} nJ "
                                            f"{o['dram_bytes']:>10} DRAM bytes"))
-    return "\n".join(lines) if lines else "no tensor-train layers, and no layer that could run a pool or add"
+    return "\n".join(lines) if lines else "no tensor-train layers, and no pool, add or conv that a layer could run"
 
 
 def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
