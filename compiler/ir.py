@@ -875,6 +875,18 @@ class Graph:
             self._index = by_name, users
         return self._index
 
+    def defined_before(self, a: str, b: str) -> bool:
+        """Is value `a` defined before value `b` (program order)?"""
+        return next(name for name in self._indexes()[0] if name in (a, b)) == a != b
+
+    def runs_add(self, conv: Op, add: "Add") -> bool:
+        """Can `conv`'s layer run `add` (the fuse pass): it reads `conv` once, and its other operand is a
+        fixed-point value defined before `conv` (ready when the layer runs)?"""
+        if add.inputs.count(conv.name) != 1:
+            return False
+        other = next(i for i in add.inputs if i != conv.name)
+        return self.defined_before(other, conv.name) and self.op(other).type.dtype.kind == "fix"
+
     def op(self, name: str) -> Op:
         found = self._indexes()[0].get(name)
         if found is None:
@@ -991,11 +1003,8 @@ class Graph:
                                                  and not isinstance(self.consumer(consumer), Conv2d)):
             o.fail(f"is fused with %{o.fused}, a conv that does not read its rows one to one, or a chain of more "
                    "than two convs")
-        if isinstance(consumer, Add):
-            other = next(i for i in consumer.inputs if i != o.name) if consumer.inputs.count(o.name) == 1 else None
-            order = {op.name: k for k, op in enumerate(self.ops)}
-            if other is None or order[other] > order[o.name]:
-                o.fail(f"is fused with %{o.fused}, whose other operand is not defined before it")
+        if isinstance(consumer, Add) and not self.runs_add(o, consumer):
+            o.fail(f"is fused with %{o.fused}, whose other operand is not a fixed-point value defined before it")
 
     def verify(self) -> "Graph":
         """Names unique, operands defined before use, types as stored, means feed only outputs, and the

@@ -378,12 +378,18 @@ class ConvPlan(LayerPlan):
     def of(cls, graph: Graph, op: Conv2d | Linear, hw: HwConfig, tile, placed: bool = False) -> "ConvPlan":
         """The plan of the layer `op` heads: its own, or, when `op` is a producer fused into its 1x1 consumer
         conv, the consumer's with `op` computed inside it (every output channel, the tile's rows)."""
-        main = graph.consumer(op)
-        if not isinstance(main, Conv2d):
+        main = cls.main_conv(graph, op)
+        if main is op:
             return cls._of(graph, op, hw, tile, placed)
         producer = cls._of(graph, op, hw, (op.type.shape[0], tile[1], graph.op(op.inputs[0]).type.shape[0]), placed,
                            alone=True)
         return cls._of(graph, main, hw, tile, placed, producer)
+
+    @staticmethod
+    def main_conv(graph: Graph, op: Op) -> Op:
+        """The conv whose plan is the layer `op` heads: `op`'s own, or the consumer conv a producer runs inside."""
+        consumer = graph.consumer(op)
+        return consumer if isinstance(consumer, Conv2d) else op
 
     @classmethod
     def _of(cls, graph: Graph, op: Conv2d | Linear, hw: HwConfig, tile, placed: bool, producer: "ConvPlan | None" = None,
@@ -431,15 +437,14 @@ class ConvPlan(LayerPlan):
     def extents(graph: Graph, op: Op) -> tuple[int, ...]:
         """How many of each tiled dimension there are: output channels, output rows, input channels (of the
         consumer conv a producer runs inside)."""
-        main = graph.consumer(op)
-        op = main if isinstance(main, Conv2d) else op
+        op = ConvPlan.main_conv(graph, op)
         return op.type.shape[0], (op.type.shape[1:] or (1,))[0], graph.op(op.inputs[0]).type.shape[0]
 
     @classmethod
     def sizes(cls, graph: Graph, op: Op) -> list[list[int]]:
         """With a producer, every output and input channel in one tile (the producer's sums, made once per row
         tile, are all of the layer's input): only the rows are tiled."""
-        if isinstance(graph.consumer(op), Conv2d):
+        if cls.main_conv(graph, op) is not op:
             channels, rows, inputs = cls.extents(graph, op)
             return [[channels], candidates(rows), [inputs]]
         return super().sizes(graph, op)

@@ -678,8 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True)
     c.add_argument("--hw", default="sata", help="hardware preset name or TOML file (default: sata)")
     add_option_flags(c, user_options())
-    c.add_argument("--explain", action="store_true", help="print each TT layer's plans, and each fusion of a pool or "
-                   "residual add, their predicted cost and the choice")
+    c.add_argument("--explain", action="store_true", help="print each TT layer's plans, and each fusion of a pool, "
+                   "residual add or conv, their predicted cost and the choice")
     c.add_argument("--emit-ir", metavar="FILE", help="also write the final IR as text")
     t = c.add_argument_group("training (docs/training.md)")
     t.add_argument("--train", action="store_true", help="compile the model's training step (forward, backward and "

@@ -72,11 +72,7 @@ def _fusable(graph: Graph, op: Op, consumer: Op | None) -> bool:
     if isinstance(consumer, Conv2d):
         return (isinstance(op, Conv2d) and pointwise_rows(consumer)
                 and not isinstance(graph.only_user(consumer.name), (Conv2d, Linear)))
-    if not isinstance(consumer, Add) or consumer.inputs.count(op.name) != 1:
-        return False
-    other = next(i for i in consumer.inputs if i != op.name)  # a fixed-point value ready before `op` runs
-    position = {o.name: k for k, o in enumerate(graph.ops)}
-    return position[other] < position[op.name] and graph.op(other).type.dtype.kind == "fix"
+    return isinstance(consumer, Add) and graph.runs_add(op, consumer)
 
 
 def _fuse(graph: Graph, op: Op, consumer: Op) -> list[Op]:
